@@ -1,0 +1,16 @@
+//! shop: a local microservices lab in one binary.
+//!
+//! # Layout
+//! - [`cli`]: the command line; one module per command
+//! - [`orchestrator`]: starting and supervising service processes
+//! - [`services`]: the seven services, one module each
+//! - [`plumbing`]: what the services share (HTTP bootstrap, SQLite, discovery, client, metrics)
+//! - [`invariants`]: the business invariants of SPEC section 7, checked across databases
+//! - [`fixtures`]: seed users and products
+
+pub mod cli;
+pub mod fixtures;
+pub mod invariants;
+pub mod orchestrator;
+pub mod plumbing;
+pub mod services;

@@ -1,0 +1,5 @@
+//! The `shop` binary: parse, run, map the outcome to an exit code.
+
+fn main() {
+    std::process::exit(shop::cli::main());
+}

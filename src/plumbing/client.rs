@@ -1,0 +1,233 @@
+//! The one client for service-to-service calls: discovery, per-call timeout, trace propagation,
+//! and errors that say whether the request could have been applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::plumbing::discovery::Discovery;
+use crate::plumbing::trace::TraceCtx;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no instance of `{0}` is registered")]
+    NoInstance(String),
+    #[error("cannot connect to `{service}` at {address}: {message}")]
+    Refused { service: String, address: String, message: String },
+    #[error("`{service}` did not answer within {timeout:?}")]
+    Timeout { service: String, timeout: Duration },
+    #[error("call to `{service}` failed: {message}")]
+    Transport { service: String, message: String },
+    #[error("`{service}` answered {status} {code}: {message}")]
+    Status { service: String, status: u16, code: String, message: String },
+    #[error("`{service}` sent an unreadable answer: {message}")]
+    Decode { service: String, message: String },
+}
+
+impl CallError {
+    /// Worth retrying: the dependency may answer next time. A 4xx never is.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CallError::Status { status, .. } => *status >= 500 || *status == 429,
+            CallError::Decode { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// The request may have been applied although we got no answer (a timeout, a reset).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, CallError::Timeout { .. } | CallError::Transport { .. }) || matches!(self, CallError::Status { status, .. } if *status >= 500)
+    }
+
+    /// The error code a dependency gave with a 4xx, e.g. `out_of_stock`.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CallError::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A pooled HTTP client bound to the registry view; clone it freely.
+#[derive(Clone)]
+pub struct ServiceClient {
+    http: reqwest::Client,
+    discovery: Arc<Discovery>,
+    timeout: Duration,
+    retries: u32,
+}
+
+/// A pooled client for loopback calls; one per process.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1))
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+impl ServiceClient {
+    pub fn new(http: reqwest::Client, discovery: Arc<Discovery>, timeout: Duration, retries: u32) -> ServiceClient {
+        ServiceClient { http, discovery, timeout, retries }
+    }
+
+    pub fn discovery(&self) -> &Arc<Discovery> {
+        &self.discovery
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The same client with another per-call timeout (a call that waits on purpose).
+    pub fn with_timeout(&self, timeout: Duration) -> ServiceClient {
+        ServiceClient { timeout, ..self.clone() }
+    }
+
+    /// One call to some instance of `service`. A refused connection moves on to another
+    /// instance at once (nothing was delivered, so that is always safe); anything else is
+    /// returned to the caller, who knows whether the request is safe to repeat.
+    pub async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        trace: Option<&TraceCtx>,
+    ) -> Result<T, CallError> {
+        let instances = self.discovery.instances(service).await.len().max(1);
+        let mut last = CallError::NoInstance(service.to_string());
+        for _ in 0..instances {
+            let Some(address) = self.discovery.pick(service).await else { break };
+            match self.send(service, &address, method.clone(), path, body, trace).await {
+                Err(e @ CallError::Refused { .. }) => {
+                    self.discovery.mark_failed(&address);
+                    last = e;
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    /// [`call`](Self::call) retried on transient failures with exponential backoff and jitter,
+    /// for requests that are idempotent (reads, or writes carrying an idempotency key).
+    pub async fn call_idempotent<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        trace: Option<&TraceCtx>,
+    ) -> Result<T, CallError> {
+        let mut attempt = 0;
+        loop {
+            match self.call(service, method.clone(), path, body, trace).await {
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    tokio::time::sleep(backoff(attempt, Duration::from_millis(50), Duration::from_secs(1))).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        service: &str,
+        address: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        trace: Option<&TraceCtx>,
+    ) -> Result<T, CallError> {
+        let url = format!("http://{address}{path}");
+        let mut req = self.http.request(method, url).timeout(self.timeout);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(trace) = trace {
+            req = req.header("traceparent", trace.header_value());
+        }
+        let resp = req.send().await.map_err(|e| self.classify(service, address, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.classify(service, address, e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| CallError::Decode { service: service.to_string(), message: e.to_string() });
+        }
+        let (code, message) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => (
+                v["error"]["code"].as_str().unwrap_or("error").to_string(),
+                v["error"]["message"].as_str().unwrap_or("").to_string(),
+            ),
+            Err(_) => ("error".to_string(), String::from_utf8_lossy(&bytes).chars().take(200).collect()),
+        };
+        Err(CallError::Status { service: service.to_string(), status: status.as_u16(), code, message })
+    }
+
+    fn classify(&self, service: &str, address: &str, e: reqwest::Error) -> CallError {
+        if e.is_connect() {
+            CallError::Refused { service: service.to_string(), address: address.to_string(), message: root_cause(&e) }
+        } else if e.is_timeout() {
+            CallError::Timeout { service: service.to_string(), timeout: self.timeout }
+        } else {
+            CallError::Transport { service: service.to_string(), message: root_cause(&e) }
+        }
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Exponential backoff with full jitter: a random wait in `[base·2^attempt / 2, base·2^attempt]`,
+/// capped at `max`, so retrying clients do not stampede a recovering service in step.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let half = exp / 2;
+    half + exp.mul_f64(rand::thread_rng().gen_range(0.0..0.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for attempt in 0..20 {
+            let d = backoff(attempt, base, max);
+            assert!(d <= max, "{attempt}: {d:?}");
+            assert!(d >= base.saturating_mul(1 << attempt.min(16)).min(max) / 2);
+        }
+    }
+
+    #[test]
+    fn four_hundreds_are_not_retried_but_five_hundreds_are() {
+        let status = |s| CallError::Status { service: "x".into(), status: s, code: "c".into(), message: String::new() };
+        assert!(!status(409).is_transient());
+        assert!(status(503).is_transient());
+        assert!(CallError::NoInstance("x".into()).is_transient());
+        assert!(!CallError::NoInstance("x".into()).outcome_unknown());
+    }
+}

@@ -1,0 +1,70 @@
+//! What a service process is told at start: flags for the common knobs, `SHOP_*` environment
+//! variables for everything the supervisor derives from stack.yaml.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::plumbing::time::parse_duration;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Port to listen on; 0 picks any free port [default: 8080 gateway, 7070 registry, 0 others]
+    #[arg(long, env = "SHOP_PORT")]
+    pub port: Option<u16>,
+    /// SQLite file of this service [default: ./shop-SERVICE.db]
+    #[arg(long, env = "SHOP_DB")]
+    pub db: Option<PathBuf>,
+    /// Base URL of the service registry
+    #[arg(long, env = "SHOP_REGISTRY", default_value = "http://127.0.0.1:7070")]
+    pub registry: String,
+    /// Instance name to register under [default: the service name]
+    #[arg(long, env = "SHOP_INSTANCE")]
+    pub instance: Option<String>,
+    /// Address to listen on
+    #[arg(long, env = "SHOP_BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// Seed data (users.yaml for user, products.yaml for inventory), loaded once on first start
+    #[arg(long, env = "SHOP_FIXTURES")]
+    pub fixtures: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Knobs the supervisor passes from stack.yaml; hidden from `--help` because users set them there.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Tuning {
+    /// How often to heartbeat the registry and refresh the view of other services
+    #[arg(long, env = "SHOP_HEARTBEAT", default_value = "1s", value_parser = parse_duration, hide = true)]
+    pub heartbeat: Duration,
+    /// Registry only: an instance silent this long is dropped
+    #[arg(long, env = "SHOP_TTL", default_value = "3s", value_parser = parse_duration, hide = true)]
+    pub ttl: Duration,
+    /// Per-call timeout toward other services
+    #[arg(long, env = "SHOP_CLIENT_TIMEOUT", default_value = "2s", value_parser = parse_duration, hide = true)]
+    pub client_timeout: Duration,
+    /// Retries of a transient failure on a plain call (the saga retries until its timeout)
+    #[arg(long, env = "SHOP_CLIENT_RETRIES", default_value_t = 3, hide = true)]
+    pub client_retries: u32,
+    /// Order only: a saga that cannot finish by then is compensated and FAILED with `timeout`
+    #[arg(long, env = "SHOP_SAGA_TIMEOUT", default_value = "60s", value_parser = parse_duration, hide = true)]
+    pub saga_timeout: Duration,
+    /// Inventory only: a held reservation is released after this long (a safety net)
+    #[arg(long, env = "SHOP_RESERVATION_TTL", default_value = "120s", value_parser = parse_duration, hide = true)]
+    pub reservation_ttl: Duration,
+    /// Gateway only: requests per second allowed per token
+    #[arg(long, env = "SHOP_RATE_PER_SECOND", default_value_t = 20_000, hide = true)]
+    pub rate_per_second: u32,
+    /// Gateway only: burst allowed per token
+    #[arg(long, env = "SHOP_RATE_BURST", default_value_t = 40_000, hide = true)]
+    pub rate_burst: u32,
+    /// Test hook: exit at once (as a crash would) right after this saga event is persisted
+    #[arg(long, env = "SHOP_CRASH_AFTER", hide = true)]
+    pub crash_after: Option<String>,
+    /// Exit when this process (the supervisor) is gone, so no orphan keeps a port
+    #[arg(long, env = "SHOP_PARENT_PID", hide = true)]
+    pub parent_pid: Option<i32>,
+    /// Stack secret required by admin endpoints
+    #[arg(long, env = "SHOP_SECRET", hide = true)]
+    pub secret: Option<String>,
+}

@@ -1,0 +1,108 @@
+//! HTTP bootstrap shared by every service: health, readiness and metrics routes, the metrics
+//! middleware, JSON 404/405 answers, the body limit, and graceful shutdown on Ctrl-C or SIGTERM.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::plumbing::error::{ApiError, MAX_BODY_BYTES};
+use crate::plumbing::metrics::Metrics;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Says whether the service can do its work (database, required dependencies).
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<Result<(), String>> + Send + Sync>;
+/// Renders service-specific gauges for `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn() -> BoxFuture<String> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Common {
+    pub service: &'static str,
+    pub instance: String,
+    pub metrics: Arc<Metrics>,
+    pub ready: ReadyCheck,
+    pub extra_metrics: ExtraMetrics,
+}
+
+/// Wraps a service's own routes with what every service answers.
+pub fn with_common_routes(routes: Router, common: Common) -> Router {
+    let metrics = common.metrics.clone();
+    let shared = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(common);
+    routes
+        .merge(shared)
+        .route_layer(axum::middleware::from_fn_with_state(metrics, record_metrics))
+        .fallback(|| async { ApiError::not_found("no such route; see GET /openapi.json on the gateway") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+async fn healthz(State(c): State<Common>) -> Response {
+    axum::Json(serde_json::json!({"status": "ok", "service": c.service, "instance": c.instance})).into_response()
+}
+
+async fn readyz(State(c): State<Common>) -> Response {
+    match (c.ready)().await {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).into_response(),
+    }
+}
+
+async fn metrics_text(State(c): State<Common>) -> Response {
+    let extra = (c.extra_metrics)().await;
+    let body = c.metrics.render(c.service, &c.instance, &extra);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn record_metrics(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    if let Some(route) = route {
+        metrics.record(method.as_str(), &route, response.status().as_u16(), start.elapsed());
+    }
+    response
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Resolves when the process `pid` (our supervisor) is gone: we were re-parented.
+pub async fn parent_gone(pid: Option<i32>) {
+    let Some(pid) = pid else { return std::future::pending().await };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if nix::unistd::getppid().as_raw() != pid {
+            tracing::warn!(supervisor = pid, "supervisor is gone; shutting down");
+            return;
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Request metrics in Prometheus text format: counters and latency histograms by route and status.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+struct Series {
+    count: u64,
+    sum_s: f64,
+    buckets: [u64; BUCKETS.len()],
+}
+
+/// Everything one process has served, keyed route → (method, status).
+///
+/// The outer key is a `String` so a lookup by the matched route's `&str` needs no allocation;
+/// the lock is held for a few adds, never across an await.
+#[derive(Default)]
+pub struct Metrics {
+    series: Mutex<HashMap<String, HashMap<(String, u16), Series>>>,
+}
+
+impl Metrics {
+    pub fn record(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let by_route = match map.get_mut(route) {
+            Some(m) => m,
+            None => map.entry(route.to_string()).or_default(),
+        };
+        let series = by_route.entry((method.to_string(), status)).or_default();
+        series.count += 1;
+        series.sum_s += secs;
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            series.buckets[i] += 1;
+        }
+    }
+
+    /// The text exposition of every series, followed by `extra` (service-specific gauges).
+    pub fn render(&self, service: &str, instance: &str, extra: &str) -> String {
+        let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::with_capacity(4096);
+        let labels = |route: &str, method: &str, status: u16| {
+            format!(
+                "service=\"{service}\",instance=\"{}\",route=\"{}\",method=\"{method}\",status=\"{status}\"",
+                escape(instance),
+                escape(route)
+            )
+        };
+        out.push_str("# HELP shop_http_requests_total Requests served, by route and status.\n");
+        out.push_str("# TYPE shop_http_requests_total counter\n");
+        let mut rows: Vec<_> = map
+            .iter()
+            .flat_map(|(route, m)| m.iter().map(move |((method, status), s)| (route, method, *status, s)))
+            .collect();
+        rows.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        for (route, method, status, s) in &rows {
+            let _ = writeln!(out, "shop_http_requests_total{{{}}} {}", labels(route, method, *status), s.count);
+        }
+        out.push_str("# HELP shop_http_request_duration_seconds Request latency, by route and status.\n");
+        out.push_str("# TYPE shop_http_request_duration_seconds histogram\n");
+        for (route, method, status, s) in &rows {
+            let l = labels(route, method, *status);
+            let mut cumulative = 0;
+            for (bound, n) in BUCKETS.iter().zip(s.buckets.iter()) {
+                cumulative += n;
+                let _ = writeln!(out, "shop_http_request_duration_seconds_bucket{{{l},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "shop_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}", s.count);
+            let _ = writeln!(out, "shop_http_request_duration_seconds_sum{{{l}}} {}", s.sum_s);
+            let _ = writeln!(out, "shop_http_request_duration_seconds_count{{{l}}} {}", s.count);
+        }
+        out.push_str(extra);
+        out
+    }
+}
+
+/// Appends one gauge (with its HELP and TYPE lines) to `out`.
+pub fn gauge(out: &mut String, name: &str, help: &str, labels: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {value}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_counted() {
+        let m = Metrics::default();
+        m.record("GET", "/healthz", 200, Duration::from_micros(300));
+        m.record("GET", "/healthz", 200, Duration::from_millis(30));
+        let text = m.render("user", "user-1", "");
+        assert!(text.contains(r#"shop_http_requests_total{service="user",instance="user-1",route="/healthz",method="GET",status="200"} 2"#));
+        assert!(text.contains(r#"le="0.0005"} 1"#));
+        assert!(text.contains(r#"le="0.05"} 2"#));
+        assert!(text.contains(r#"le="+Inf"} 2"#));
+    }
+}

@@ -1,0 +1,12 @@
+//! Plumbing every service shares: HTTP bootstrap, errors, SQLite, discovery, the inter-service client, metrics, ids and trace context.
+
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod time;
+pub mod trace;

@@ -1,0 +1,343 @@
+//! The API gateway: the only public API. It authenticates bearer tokens (by hash, through the
+//! user service), rate-limits per token, validates requests, starts a trace per request, and
+//! forwards to the order and inventory services.
+
+mod openapi;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+
+use super::order::store::OrderView;
+use super::order::{Placement, RequestedItem};
+use super::user::User;
+use super::{Runtime, Service};
+use crate::fixtures::token_hash;
+use crate::plumbing::client::{CallError, ServiceClient};
+use crate::plumbing::db::Db;
+use crate::plumbing::error::{ApiError, ApiPath, ApiQuery, JsonBody};
+use crate::plumbing::time::now_ms;
+use crate::plumbing::trace::TraceCtx;
+
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE accepted_orders (
+        order_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        returned_at INTEGER NOT NULL
+    );"];
+
+/// Limits of SPEC section 5.
+const MAX_ITEMS: usize = 100;
+const MAX_ID_LEN: usize = 64;
+const MAX_KEY_LEN: usize = 255;
+/// How long `POST /orders` waits for a terminal state unless `Prefer: wait=N` says otherwise.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a resolved token is trusted before asking the user service again.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+struct Gateway {
+    client: ServiceClient,
+    db: Db,
+    tokens: Arc<Mutex<HashMap<String, (User, Instant)>>>,
+    limiter: Arc<Mutex<HashMap<String, Bucket>>>,
+    rate_per_second: f64,
+    burst: f64,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
+    let gw = Gateway {
+        client: rt.client.clone(),
+        db: rt.db.clone(),
+        tokens: Arc::default(),
+        limiter: Arc::default(),
+        rate_per_second: rt.args.tuning.rate_per_second.max(1) as f64,
+        burst: rt.args.tuning.rate_burst.max(1) as f64,
+    };
+    let routes = Router::new()
+        .route("/orders", get(list_orders).post(place_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/products", get(products))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .with_state(gw);
+    Ok(Service { ready: Some(super::ready_with_deps(rt, &["order", "user", "inventory"])), ..Service::new(routes) })
+}
+
+/// The public request body of `POST /orders`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBody {
+    pub items: Vec<RequestedItem>,
+}
+
+impl Gateway {
+    /// The caller, from `Authorization: Bearer TOKEN`; rate-limited per token.
+    async fn caller(&self, headers: &HeaderMap, trace: &TraceCtx) -> Result<User, ApiError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token; send `Authorization: Bearer TOKEN`"))?;
+        let hash = token_hash(token);
+        self.rate_limit(&hash)?;
+        let cached = {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens.get(&hash).filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL).map(|(u, _)| u.clone())
+        };
+        if let Some(user) = cached {
+            return Ok(user);
+        }
+        let path = format!("/v1/tokens/{hash}");
+        let user: User = match self.client.call_idempotent::<(), _>("user", Method::GET, &path, None, Some(trace)).await {
+            Ok(u) => u,
+            Err(e) if e.status() == Some(404) => return Err(ApiError::unauthorized("unknown token")),
+            Err(e) => return Err(unavailable("user", &e)),
+        };
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (user.clone(), Instant::now()));
+        Ok(user)
+    }
+
+    fn rate_limit(&self, key: &str) -> Result<(), ApiError> {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let bucket = match limiter.get_mut(key) {
+            Some(b) => b,
+            None => limiter.entry(key.to_string()).or_insert(Bucket { tokens: self.burst, last: now }),
+        };
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * self.rate_per_second).min(self.burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - bucket.tokens) / self.rate_per_second).ceil().max(1.0) as u64;
+            Err(ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this token; slow down")
+            })
+        }
+    }
+}
+
+fn unavailable(service: &str, e: &CallError) -> ApiError {
+    tracing::warn!(service, error = %e, "dependency unavailable");
+    ApiError::unavailable(format!("the {service} service is unavailable; try again shortly"), 1)
+}
+
+fn validate(body: &OrderBody) -> Result<(), ApiError> {
+    if body.items.is_empty() {
+        return Err(ApiError::bad_request("`items` must not be empty"));
+    }
+    if body.items.len() > MAX_ITEMS {
+        return Err(ApiError::bad_request(format!("at most {MAX_ITEMS} items per order, got {}", body.items.len())));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for item in &body.items {
+        if item.product_id.is_empty() || item.product_id.len() > MAX_ID_LEN {
+            return Err(ApiError::bad_request(format!("`product_id` must be 1 to {MAX_ID_LEN} characters")));
+        }
+        if !(1..=1000).contains(&item.quantity) {
+            return Err(ApiError::bad_request(format!(
+                "quantity of `{}` must be 1 to 1000, got {}",
+                item.product_id, item.quantity
+            )));
+        }
+        if !seen.insert(item.product_id.as_str()) {
+            return Err(ApiError::bad_request(format!("`{}` appears twice; list each product once", item.product_id)));
+        }
+    }
+    Ok(())
+}
+
+/// `Prefer: wait=SECONDS` (RFC 7240), bounded.
+fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
+    let Some(prefer) = headers.get("prefer").and_then(|v| v.to_str().ok()) else { return Ok(DEFAULT_WAIT) };
+    for pref in prefer.split(',').map(str::trim) {
+        if let Some(v) = pref.strip_prefix("wait=") {
+            let secs: f64 = v.trim().parse().map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
+            if !(secs >= 0.0 && secs.is_finite()) {
+                return Err(ApiError::bad_request("`Prefer: wait` must be 0 or more seconds"));
+            }
+            return Ok(Duration::from_secs_f64(secs).min(MAX_WAIT));
+        }
+    }
+    Ok(DEFAULT_WAIT)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::bad_request("`Idempotency-Key` must be printable ASCII"))?.trim();
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ApiError::bad_request(format!("`Idempotency-Key` must be 1 to {MAX_KEY_LEN} characters")));
+    }
+    Ok(Some(key.to_string()))
+}
+
+async fn place_order(State(gw): State<Gateway>, headers: HeaderMap, body: Result<JsonBody<OrderBody>, ApiError>) -> Result<Response, ApiError> {
+    let trace = TraceCtx::new_root();
+    let user = gw.caller(&headers, &trace).await?;
+    if !user.active {
+        return Err(ApiError::forbidden("user_inactive", format!("user `{}` is not active and cannot place orders", user.user_id)));
+    }
+    let JsonBody(body) = body?;
+    validate(&body)?;
+    let wait = wait_budget(&headers)?;
+    let canonical = serde_json::to_string(&body.items).map_err(ApiError::internal)?;
+    let request_hash = token_hash(&canonical);
+    // Without a client key, the gateway makes one, so its own retries to the order service can
+    // never create a second order.
+    let key = idempotency_key(&headers)?.unwrap_or_else(|| crate::plumbing::ids::new("gw"));
+    let request = serde_json::json!({
+        "user_id": user.user_id,
+        "items": body.items,
+        "idempotency_key": key,
+        "request_hash": request_hash,
+        "wait_ms": wait.as_millis() as u64,
+    });
+    let client = gw.client.with_timeout(wait + gw.client.timeout());
+    let placed: Placement = client
+        .call_idempotent("order", Method::POST, "/v1/orders", Some(&request), Some(&trace))
+        .await
+        .map_err(|e| match e {
+            CallError::Status { status, code, message, .. } if (400..500).contains(&status) => {
+                ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, message)
+            }
+            e => unavailable("order", &e),
+        })?;
+    let order = placed.order;
+    let (id, uid) = (order.id.clone(), order.user_id.clone());
+    gw.db
+        .call(move |c| {
+            c.prepare_cached("INSERT OR IGNORE INTO accepted_orders (order_id, user_id, returned_at) VALUES (?1, ?2, ?3)")?
+                .execute(rusqlite::params![id, uid, now_ms()])
+        })
+        .await?;
+    let status = match (placed.created, order.status) {
+        (false, _) => StatusCode::OK,
+        (true, super::order::events::Status::Pending) => StatusCode::ACCEPTED,
+        (true, _) => StatusCode::CREATED,
+    };
+    let mut response = (status, Json(&order)).into_response();
+    if status != StatusCode::CREATED {
+        if let Ok(location) = format!("/orders/{}", order.id).parse() {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    if let Ok(tp) = trace.header_value().parse() {
+        response.headers_mut().insert("traceparent", tp);
+    }
+    Ok(response)
+}
+
+async fn get_order(State(gw): State<Gateway>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<OrderView>, ApiError> {
+    let trace = TraceCtx::new_root();
+    let user = gw.caller(&headers, &trace).await?;
+    if id.len() > MAX_ID_LEN {
+        return Err(ApiError::bad_request(format!("an order id is at most {MAX_ID_LEN} characters")));
+    }
+    let not_found = || ApiError::not_found(format!("no order `{id}`"));
+    let order: OrderView = match gw.client.call_idempotent::<(), _>("order", Method::GET, &format!("/v1/orders/{id}"), None, Some(&trace)).await {
+        Ok(o) => o,
+        Err(e) if e.status() == Some(404) => return Err(not_found()),
+        Err(e) => return Err(unavailable("order", &e)),
+    };
+    // Someone else's order is answered exactly like a missing one, so ids cannot be probed.
+    if order.user_id != user.user_id {
+        return Err(not_found());
+    }
+    Ok(Json(order))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_orders(State(gw): State<Gateway>, headers: HeaderMap, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Vec<OrderView>>, ApiError> {
+    let trace = TraceCtx::new_root();
+    let user = gw.caller(&headers, &trace).await?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s @ ("PENDING" | "CONFIRMED" | "FAILED")) => Some(s),
+        Some(s) => return Err(ApiError::bad_request(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED"))),
+    };
+    let limit: u32 = match q.limit.as_deref() {
+        None | Some("") => 20,
+        Some(l) => l.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| ApiError::bad_request(format!("`limit` must be 1 to 100, got `{l}`")))?,
+    };
+    let mut path = format!("/v1/orders?user_id={}&limit={limit}", urlencode(&user.user_id));
+    if let Some(s) = status {
+        path.push_str(&format!("&status={s}"));
+    }
+    let orders: Vec<OrderView> =
+        gw.client.call_idempotent::<(), _>("order", Method::GET, &path, None, Some(&trace)).await.map_err(|e| unavailable("order", &e))?;
+    Ok(Json(orders))
+}
+
+async fn products(State(gw): State<Gateway>) -> Result<Json<serde_json::Value>, ApiError> {
+    let trace = TraceCtx::new_root();
+    let list: serde_json::Value = gw
+        .client
+        .call_idempotent::<(), _>("inventory", Method::GET, "/v1/products", None, Some(&trace))
+        .await
+        .map_err(|e| unavailable("inventory", &e))?;
+    Ok(Json(list))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, q: i64) -> RequestedItem {
+        RequestedItem { product_id: id.into(), quantity: q }
+    }
+
+    #[test]
+    fn order_bodies_are_validated_as_the_spec_lists() {
+        assert!(validate(&OrderBody { items: vec![] }).is_err());
+        assert!(validate(&OrderBody { items: vec![item("a", 0)] }).is_err());
+        assert!(validate(&OrderBody { items: vec![item("a", 1001)] }).is_err());
+        assert!(validate(&OrderBody { items: vec![item(&"x".repeat(65), 1)] }).is_err());
+        assert!(validate(&OrderBody { items: (0..101).map(|i| item(&format!("p{i}"), 1)).collect() }).is_err());
+        assert!(validate(&OrderBody { items: vec![item("a", 1), item("a", 2)] }).is_err());
+        assert!(validate(&OrderBody { items: vec![item("a", 1000), item(&"x".repeat(64), 1)] }).is_ok());
+    }
+
+    #[test]
+    fn prefer_wait_is_parsed_and_bounded() {
+        let mut h = HeaderMap::new();
+        assert_eq!(wait_budget(&h).unwrap(), DEFAULT_WAIT);
+        h.insert("prefer", "respond-async, wait=0".parse().unwrap());
+        assert_eq!(wait_budget(&h).unwrap(), Duration::ZERO);
+        h.insert("prefer", "wait=9999".parse().unwrap());
+        assert_eq!(wait_budget(&h).unwrap(), MAX_WAIT);
+        h.insert("prefer", "wait=soon".parse().unwrap());
+        assert!(wait_budget(&h).is_err());
+    }
+}

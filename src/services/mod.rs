@@ -1,0 +1,213 @@
+//! The seven services of the shop, each a `shop serve NAME` process with its own SQLite file.
+//!
+//! [`serve`] is the one way a service starts: bind, open the database, build the service's
+//! router, register with the registry, serve until shutdown, deregister.
+
+pub mod gateway;
+pub mod inventory;
+pub mod notification;
+pub mod order;
+pub mod payment;
+pub mod registry;
+pub mod user;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::plumbing::client::{http_client, ServiceClient};
+use crate::plumbing::config::ServeArgs;
+use crate::plumbing::db::Db;
+use crate::plumbing::discovery::{Discovery, Instance};
+use crate::plumbing::http::{self, Common, ExtraMetrics, ReadyCheck};
+use crate::plumbing::metrics::Metrics;
+
+/// Which built-in service a process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Registry,
+    Gateway,
+    User,
+    Order,
+    Payment,
+    Inventory,
+    Notification,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] =
+        [Kind::Registry, Kind::Gateway, Kind::User, Kind::Order, Kind::Payment, Kind::Inventory, Kind::Notification];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Registry => "registry",
+            Kind::Gateway => "gateway",
+            Kind::User => "user",
+            Kind::Order => "order",
+            Kind::Payment => "payment",
+            Kind::Inventory => "inventory",
+            Kind::Notification => "notification",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The port a service listens on when none is given: the two well-known ones, else any.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Kind::Gateway => 8080,
+            Kind::Registry => 7070,
+            _ => 0,
+        }
+    }
+
+    fn migrations(self) -> &'static [&'static str] {
+        match self {
+            Kind::Registry => registry::MIGRATIONS,
+            Kind::Gateway => gateway::MIGRATIONS,
+            Kind::User => user::MIGRATIONS,
+            Kind::Order => order::MIGRATIONS,
+            Kind::Payment => payment::MIGRATIONS,
+            Kind::Inventory => inventory::MIGRATIONS,
+            Kind::Notification => notification::MIGRATIONS,
+        }
+    }
+}
+
+/// What a running service has at hand; built once by [`serve`], shared by its handlers.
+pub struct Runtime {
+    pub kind: Kind,
+    pub instance: String,
+    pub args: ServeArgs,
+    pub db: Db,
+    pub metrics: Arc<Metrics>,
+    /// Calls to other services, through the registry's view.
+    pub client: ServiceClient,
+    pub address: SocketAddr,
+}
+
+impl Runtime {
+    pub fn discovery(&self) -> &Arc<Discovery> {
+        self.client.discovery()
+    }
+}
+
+/// A built service: its routes plus what `/readyz` and `/metrics` should say about it.
+pub struct Service {
+    pub routes: Router,
+    pub ready: Option<ReadyCheck>,
+    pub extra_metrics: Option<ExtraMetrics>,
+}
+
+impl Service {
+    pub fn new(routes: Router) -> Service {
+        Service { routes, ready: None, extra_metrics: None }
+    }
+}
+
+/// Runs `kind` until Ctrl-C, SIGTERM, or the death of the supervisor named in `SHOP_PARENT_PID`.
+///
+/// Prints `listening on ADDRESS` as the first line of stdout once the port is bound, which is how
+/// a launcher that asked for port 0 learns the real one.
+pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
+    let port = args.port.unwrap_or(kind.default_port());
+    let listener = TcpListener::bind((args.bind, port)).await.with_context(|| {
+        format!("cannot listen on {}:{port} for service `{}`; pick another --port or stop what holds it", args.bind, kind.name())
+    })?;
+    let address = listener.local_addr()?;
+    let instance = args.instance.clone().unwrap_or_else(|| kind.name().to_string());
+    let db_path = args.db.clone().unwrap_or_else(|| format!("shop-{}.db", kind.name()).into());
+    let db = Db::open(&db_path, kind.migrations())?;
+
+    let http = http_client();
+    let me = (kind != Kind::Registry).then(|| Instance {
+        service: kind.name().to_string(),
+        instance: instance.clone(),
+        address: address.to_string(),
+        pid: std::process::id(),
+    });
+    let discovery = Arc::new(Discovery::new(&args.registry, http.clone(), me));
+    let client = ServiceClient::new(http, discovery.clone(), args.tuning.client_timeout, args.tuning.client_retries);
+    let rt = Arc::new(Runtime {
+        kind,
+        instance: instance.clone(),
+        args: args.clone(),
+        db: db.clone(),
+        metrics: Arc::new(Metrics::default()),
+        client,
+        address,
+    });
+
+    let service = match kind {
+        Kind::Registry => registry::build(&rt).await?,
+        Kind::Gateway => gateway::build(&rt).await?,
+        Kind::User => user::build(&rt).await?,
+        Kind::Order => order::build(&rt).await?,
+        Kind::Payment => payment::build(&rt).await?,
+        Kind::Inventory => inventory::build(&rt).await?,
+        Kind::Notification => notification::build(&rt).await?,
+    };
+    let ready = service.ready.unwrap_or_else(|| db_ready(db.clone()));
+    let extra_metrics = service.extra_metrics.unwrap_or_else(|| Arc::new(|| Box::pin(async { String::new() })));
+    let common = Common { service: kind.name(), instance: instance.clone(), metrics: rt.metrics.clone(), ready, extra_metrics };
+    let app = http::with_common_routes(service.routes, common);
+
+    if kind != Kind::Registry {
+        if !discovery.register().await {
+            tracing::warn!(registry = %args.registry, "registry unreachable; will register when it answers");
+        }
+        discovery.refresh().await;
+        discovery.spawn_loop(args.tuning.heartbeat);
+    }
+    println!("listening on {address}");
+    tracing::info!(service = kind.name(), %instance, %address, db = %db_path.display(), "serving");
+
+    let parent = args.tuning.parent_pid;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! { _ = http::shutdown_signal() => {}, _ = http::parent_gone(parent) => {} }
+        })
+        .await
+        .context("server failed")?;
+    discovery.deregister().await;
+    tracing::info!(service = kind.name(), %instance, "stopped");
+    Ok(())
+}
+
+/// The default readiness check: the database answers.
+pub fn db_ready(db: Db) -> ReadyCheck {
+    Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move {
+            db.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("database: {e}"))
+        })
+    })
+}
+
+/// Readiness that also needs each of `deps` to be known in the registry view.
+pub fn ready_with_deps(rt: &Arc<Runtime>, deps: &'static [&'static str]) -> ReadyCheck {
+    let db = db_ready(rt.db.clone());
+    let discovery = rt.discovery().clone();
+    Arc::new(move || {
+        let db = db.clone();
+        let discovery = discovery.clone();
+        Box::pin(async move {
+            db().await?;
+            let missing: Vec<&str> = deps.iter().copied().filter(|d| !discovery.knows(d)).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no instance registered for: {}", missing.join(", ")))
+            }
+        })
+    })
+}

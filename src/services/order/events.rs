@@ -1,0 +1,445 @@
+//! The order's append-only event log and the saga state folded from it.
+//!
+//! Nothing about an order is stored that cannot be derived from its events: the saga decides
+//! its next action from [`SagaState::next`], and the `steps` a user sees come from [`steps`].
+
+use serde::{Deserialize, Serialize};
+
+/// One line of an order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    pub product_id: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+/// Why an order failed: the step, a stable code, and words for a human.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub step: String,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    OrderPlaced { user_id: String, items: Vec<Item>, total_cents: i64, currency: String, trace_id: String },
+    UserValidated { card: String },
+    StockReservationRequested {},
+    StockReserved { reservation_id: String },
+    PaymentRequested {},
+    PaymentCaptured { payment_id: String, amount_cents: i64 },
+    StockCommitRequested {},
+    StockCommitted {},
+    OrderConfirmed {},
+    /// Written in the same transaction as the terminal event, with the outbox row.
+    NotificationQueued { event_id: String, kind: String },
+    NotificationDelivered { notification_id: String, attempts: i64 },
+    /// A business failure (or the saga timeout): compensation runs from here, in reverse.
+    CompensationStarted { step: String, code: String, message: String },
+    PaymentRefundRequested {},
+    PaymentRefunded { payment_id: String, refunded_cents: i64 },
+    StockReleaseRequested {},
+    StockReleased {},
+    OrderFailed { step: String, code: String, message: String },
+    /// A transient failure of `step` (timeout, refused, 5xx); the step is tried again.
+    StepRetried { step: String, attempt: i64, error: String },
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::OrderPlaced { .. } => "OrderPlaced",
+            Event::UserValidated { .. } => "UserValidated",
+            Event::StockReservationRequested {} => "StockReservationRequested",
+            Event::StockReserved { .. } => "StockReserved",
+            Event::PaymentRequested {} => "PaymentRequested",
+            Event::PaymentCaptured { .. } => "PaymentCaptured",
+            Event::StockCommitRequested {} => "StockCommitRequested",
+            Event::StockCommitted {} => "StockCommitted",
+            Event::OrderConfirmed {} => "OrderConfirmed",
+            Event::NotificationQueued { .. } => "NotificationQueued",
+            Event::NotificationDelivered { .. } => "NotificationDelivered",
+            Event::CompensationStarted { .. } => "CompensationStarted",
+            Event::PaymentRefundRequested {} => "PaymentRefundRequested",
+            Event::PaymentRefunded { .. } => "PaymentRefunded",
+            Event::StockReleaseRequested {} => "StockReleaseRequested",
+            Event::StockReleased {} => "StockReleased",
+            Event::OrderFailed { .. } => "OrderFailed",
+            Event::StepRetried { .. } => "StepRetried",
+        }
+    }
+
+    /// The event's fields as stored in the `data` column.
+    pub fn data(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut m)) => m.remove("data").unwrap_or(serde_json::Value::Null),
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    pub fn from_parts(type_name: &str, data: serde_json::Value) -> Result<Event, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({"type": type_name, "data": data}))
+    }
+}
+
+/// An event with its place in the log.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub event: Event,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Pending,
+    Confirmed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Confirmed => "CONFIRMED",
+            Status::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "PENDING" => Some(Status::Pending),
+            "CONFIRMED" => Some(Status::Confirmed),
+            "FAILED" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What the saga does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    ValidateUser,
+    ReserveStock,
+    ChargePayment,
+    CommitStock,
+    Confirm,
+    RefundPayment,
+    ReleaseStock,
+    MarkFailed,
+    Done,
+}
+
+/// The order as folded from its events.
+#[derive(Clone, Debug, Default)]
+pub struct SagaState {
+    pub order_id: String,
+    pub user_id: String,
+    pub items: Vec<Item>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub trace_id: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub card: Option<String>,
+    pub reserve_requested: bool,
+    pub reservation_id: Option<String>,
+    pub charge_requested: bool,
+    pub payment_id: Option<String>,
+    pub commit_requested: bool,
+    pub committed: bool,
+    pub confirmed: bool,
+    pub compensating: Option<Failure>,
+    pub refund_requested: bool,
+    pub refunded: bool,
+    pub release_requested: bool,
+    pub released: bool,
+    pub failed: Option<Failure>,
+    pub notification_queued: bool,
+    pub notification_delivered: bool,
+    /// Retries so far of the step in progress, for backoff across restarts.
+    pub retries: i64,
+}
+
+impl SagaState {
+    pub fn fold(order_id: &str, events: &[Recorded]) -> SagaState {
+        let mut s = SagaState { order_id: order_id.to_string(), ..SagaState::default() };
+        for r in events {
+            s.apply(&r.event, r.at_ms);
+        }
+        s
+    }
+
+    pub fn apply(&mut self, event: &Event, at_ms: i64) {
+        self.updated_ms = at_ms;
+        if !matches!(event, Event::StepRetried { .. }) {
+            self.retries = 0;
+        }
+        match event {
+            Event::OrderPlaced { user_id, items, total_cents, currency, trace_id } => {
+                self.user_id = user_id.clone();
+                self.items = items.clone();
+                self.total_cents = *total_cents;
+                self.currency = currency.clone();
+                self.trace_id = trace_id.clone();
+                self.created_ms = at_ms;
+            }
+            Event::UserValidated { card } => self.card = Some(card.clone()),
+            Event::StockReservationRequested {} => self.reserve_requested = true,
+            Event::StockReserved { reservation_id } => self.reservation_id = Some(reservation_id.clone()),
+            Event::PaymentRequested {} => self.charge_requested = true,
+            Event::PaymentCaptured { payment_id, .. } => self.payment_id = Some(payment_id.clone()),
+            Event::StockCommitRequested {} => self.commit_requested = true,
+            Event::StockCommitted {} => self.committed = true,
+            Event::OrderConfirmed {} => self.confirmed = true,
+            Event::NotificationQueued { .. } => self.notification_queued = true,
+            Event::NotificationDelivered { .. } => self.notification_delivered = true,
+            Event::CompensationStarted { step, code, message } => {
+                self.compensating = Some(Failure { step: step.clone(), code: code.clone(), message: message.clone() })
+            }
+            Event::PaymentRefundRequested {} => self.refund_requested = true,
+            Event::PaymentRefunded { .. } => self.refunded = true,
+            Event::StockReleaseRequested {} => self.release_requested = true,
+            Event::StockReleased {} => self.released = true,
+            Event::OrderFailed { step, code, message } => {
+                self.failed = Some(Failure { step: step.clone(), code: code.clone(), message: message.clone() })
+            }
+            Event::StepRetried { attempt, .. } => self.retries = *attempt,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        if self.confirmed {
+            Status::Confirmed
+        } else if self.failed.is_some() {
+            Status::Failed
+        } else {
+            Status::Pending
+        }
+    }
+
+    /// The failure users see: final once FAILED, already known while compensating.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failed.as_ref().or(self.compensating.as_ref())
+    }
+
+    /// The next action. Compensation undoes, in reverse, every step that was *requested*, not
+    /// only those known to have succeeded: a request whose answer was lost may have been applied,
+    /// and refund and release are no-ops (tombstones) where nothing happened.
+    pub fn next(&self) -> Action {
+        if self.confirmed || self.failed.is_some() {
+            return Action::Done;
+        }
+        if self.compensating.is_some() {
+            if self.charge_requested && !self.refunded {
+                return Action::RefundPayment;
+            }
+            if self.reserve_requested && !self.released {
+                return Action::ReleaseStock;
+            }
+            return Action::MarkFailed;
+        }
+        if self.card.is_none() {
+            Action::ValidateUser
+        } else if self.reservation_id.is_none() {
+            Action::ReserveStock
+        } else if self.payment_id.is_none() {
+            Action::ChargePayment
+        } else if !self.committed {
+            Action::CommitStock
+        } else {
+            Action::Confirm
+        }
+    }
+}
+
+/// One saga step as `shop order place` and `shop inspect order` show it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    pub step: String,
+    pub service: String,
+    /// `ok`, `pending`, or the failure code
+    pub outcome: String,
+    pub duration_ms: i64,
+    pub attempts: i64,
+    /// true for refund and release
+    pub compensation: bool,
+}
+
+/// The steps of a saga, derived from its log in the order they started.
+pub fn steps(events: &[Recorded]) -> Vec<Step> {
+    struct Open {
+        step: &'static str,
+        service: &'static str,
+        start: i64,
+        attempts: i64,
+        compensation: bool,
+    }
+    let mut out = Vec::new();
+    let mut open: Vec<Open> = Vec::new();
+    let mut last_at = events.first().map(|e| e.at_ms).unwrap_or(0);
+    let begin = |open: &mut Vec<Open>, step, service, start, compensation| {
+        open.push(Open { step, service, start, attempts: 1, compensation });
+    };
+    let close = |open: &mut Vec<Open>, out: &mut Vec<Step>, step: &str, at: i64, outcome: &str| {
+        if let Some(i) = open.iter().position(|o| o.step == step) {
+            let o = open.remove(i);
+            out.push(Step {
+                step: o.step.into(),
+                service: o.service.into(),
+                outcome: outcome.into(),
+                duration_ms: (at - o.start).max(0),
+                attempts: o.attempts,
+                compensation: o.compensation,
+            });
+        }
+    };
+    for r in events {
+        let at = r.at_ms;
+        match &r.event {
+            Event::OrderPlaced { .. } => begin(&mut open, "validate_user", "user", at, false),
+            Event::UserValidated { .. } => close(&mut open, &mut out, "validate_user", at, "ok"),
+            Event::StockReservationRequested {} => begin(&mut open, "reserve_stock", "inventory", at, false),
+            Event::StockReserved { .. } => close(&mut open, &mut out, "reserve_stock", at, "ok"),
+            Event::PaymentRequested {} => begin(&mut open, "charge_payment", "payment", at, false),
+            Event::PaymentCaptured { .. } => close(&mut open, &mut out, "charge_payment", at, "ok"),
+            Event::StockCommitRequested {} => begin(&mut open, "commit_stock", "inventory", at, false),
+            Event::StockCommitted {} => {
+                close(&mut open, &mut out, "commit_stock", at, "ok");
+                begin(&mut open, "confirm", "order", at, false);
+            }
+            Event::OrderConfirmed {} => close(&mut open, &mut out, "confirm", at, "ok"),
+            Event::CompensationStarted { step, code, .. } => close(&mut open, &mut out, step, at, code),
+            Event::PaymentRefundRequested {} => begin(&mut open, "refund_payment", "payment", at, true),
+            Event::PaymentRefunded { .. } => close(&mut open, &mut out, "refund_payment", at, "ok"),
+            Event::StockReleaseRequested {} => begin(&mut open, "release_stock", "inventory", at, true),
+            Event::StockReleased {} => close(&mut open, &mut out, "release_stock", at, "ok"),
+            Event::NotificationQueued { .. } => begin(&mut open, "notify", "notification", at, false),
+            Event::NotificationDelivered { attempts, .. } => {
+                if let Some(o) = open.iter_mut().find(|o| o.step == "notify") {
+                    o.attempts = (*attempts).max(1);
+                }
+                close(&mut open, &mut out, "notify", at, "ok");
+            }
+            Event::StepRetried { step, .. } => {
+                if let Some(o) = open.iter_mut().find(|o| o.step == step) {
+                    o.attempts += 1;
+                }
+            }
+            Event::OrderFailed { .. } => {}
+        }
+        last_at = last_at.max(at);
+    }
+    for o in open {
+        out.push(Step {
+            step: o.step.into(),
+            service: o.service.into(),
+            outcome: "pending".into(),
+            duration_ms: (last_at - o.start).max(0),
+            attempts: o.attempts,
+            compensation: o.compensation,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(events: Vec<Event>) -> Vec<Recorded> {
+        events.into_iter().enumerate().map(|(i, event)| Recorded { seq: i as i64 + 1, at_ms: 1000 + 10 * i as i64, event }).collect()
+    }
+
+    fn placed() -> Event {
+        Event::OrderPlaced {
+            user_id: "alice".into(),
+            items: vec![Item { product_id: "sku-1".into(), quantity: 2, unit_price_cents: 250 }],
+            total_cents: 500,
+            currency: "USD".into(),
+            trace_id: "t".into(),
+        }
+    }
+
+    #[test]
+    fn the_happy_path_walks_every_step_in_order() {
+        let mut events = vec![placed()];
+        let expected = [Action::ValidateUser, Action::ReserveStock, Action::ChargePayment, Action::CommitStock, Action::Confirm];
+        let results = [
+            vec![Event::UserValidated { card: "4242".into() }],
+            vec![Event::StockReservationRequested {}, Event::StockReserved { reservation_id: "res_1".into() }],
+            vec![Event::PaymentRequested {}, Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 500 }],
+            vec![Event::StockCommitRequested {}, Event::StockCommitted {}],
+            vec![Event::OrderConfirmed {}],
+        ];
+        for (want, result) in expected.iter().zip(results) {
+            assert_eq!(&SagaState::fold("o", &log(events.clone())).next(), want);
+            events.extend(result);
+        }
+        let s = SagaState::fold("o", &log(events.clone()));
+        assert_eq!((s.next(), s.status()), (Action::Done, Status::Confirmed));
+        let names: Vec<_> = steps(&log(events)).into_iter().map(|s| (s.step, s.outcome)).collect();
+        assert_eq!(names.len(), 5);
+        assert!(names.iter().all(|(_, o)| o == "ok"));
+    }
+
+    #[test]
+    fn a_declined_card_compensates_what_was_requested_in_reverse() {
+        let events = vec![
+            placed(),
+            Event::UserValidated { card: "4000000000000002".into() },
+            Event::StockReservationRequested {},
+            Event::StockReserved { reservation_id: "res_1".into() },
+            Event::PaymentRequested {},
+            Event::CompensationStarted { step: "charge_payment".into(), code: "card_declined".into(), message: "no".into() },
+        ];
+        let s = SagaState::fold("o", &log(events.clone()));
+        // The charge was requested, so a refund (a no-op for a decline) comes first, then release.
+        assert_eq!(s.next(), Action::RefundPayment);
+        let mut more = events.clone();
+        more.extend([Event::PaymentRefundRequested {}, Event::PaymentRefunded { payment_id: "pay_1".into(), refunded_cents: 0 }]);
+        assert_eq!(SagaState::fold("o", &log(more.clone())).next(), Action::ReleaseStock);
+        more.extend([Event::StockReleaseRequested {}, Event::StockReleased {}]);
+        assert_eq!(SagaState::fold("o", &log(more.clone())).next(), Action::MarkFailed);
+        more.push(Event::OrderFailed { step: "charge_payment".into(), code: "card_declined".into(), message: "no".into() });
+        let s = SagaState::fold("o", &log(more.clone()));
+        assert_eq!((s.status(), s.failure().map(|f| f.code.as_str())), (Status::Failed, Some("card_declined")));
+        let st = steps(&log(more));
+        assert_eq!(st.iter().find(|s| s.step == "charge_payment").unwrap().outcome, "card_declined");
+        assert!(st.iter().find(|s| s.step == "release_stock").unwrap().compensation);
+    }
+
+    #[test]
+    fn a_failure_before_any_request_needs_no_compensation() {
+        let events = vec![
+            placed(),
+            Event::CompensationStarted { step: "validate_user".into(), code: "user_inactive".into(), message: "x".into() },
+        ];
+        assert_eq!(SagaState::fold("o", &log(events)).next(), Action::MarkFailed);
+    }
+
+    #[test]
+    fn retries_are_counted_as_attempts() {
+        let events = vec![
+            placed(),
+            Event::UserValidated { card: "4242".into() },
+            Event::StockReservationRequested {},
+            Event::StepRetried { step: "reserve_stock".into(), attempt: 1, error: "refused".into() },
+            Event::StepRetried { step: "reserve_stock".into(), attempt: 2, error: "refused".into() },
+            Event::StockReserved { reservation_id: "r".into() },
+        ];
+        let st = steps(&log(events));
+        assert_eq!(st[1].attempts, 3);
+    }
+
+    #[test]
+    fn events_round_trip_through_type_and_data() {
+        let e = Event::StockReserved { reservation_id: "res_1".into() };
+        assert_eq!(Event::from_parts(e.type_name(), e.data()).unwrap(), e);
+        let e = Event::PaymentRequested {};
+        assert_eq!(Event::from_parts(e.type_name(), e.data()).unwrap(), e);
+    }
+}

@@ -1,0 +1,67 @@
+//! The outbox relay: delivers queued notifications to the notification service, with retries
+//! and backoff, until each is acknowledged. The notification service deduplicates by event id,
+//! so a delivery repeated after a lost acknowledgement is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use super::store::{OutboxRow, Store};
+use crate::plumbing::client::{backoff, ServiceClient};
+use crate::plumbing::time::now_ms;
+use crate::plumbing::trace::TraceCtx;
+
+#[derive(Deserialize)]
+struct Delivered {
+    notification_id: String,
+}
+
+/// Runs forever: wakes when a notification is queued, and at least every 200 ms for retries.
+pub async fn run(store: Store, client: ServiceClient, wake: Arc<Notify>) {
+    loop {
+        let due = match store.due_outbox(64).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                Vec::new()
+            }
+        };
+        let full = due.len() == 64;
+        let mut batch = tokio::task::JoinSet::new();
+        for row in due {
+            let (store, client) = (store.clone(), client.clone());
+            batch.spawn(async move { deliver(&store, &client, row).await });
+        }
+        while batch.join_next().await.is_some() {}
+        if !full {
+            let _ = tokio::time::timeout(Duration::from_millis(200), wake.notified()).await;
+        }
+    }
+}
+
+async fn deliver(store: &Store, client: &ServiceClient, row: OutboxRow) {
+    let mut payload: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or_default();
+    // The delivery joins the order's trace; the trace id is not part of the notification itself.
+    let trace = payload
+        .as_object_mut()
+        .and_then(|m| m.remove("trace_id"))
+        .and_then(|t| t.as_str().map(str::to_string))
+        .map(|trace_id| TraceCtx { trace_id, span_id: TraceCtx::new_root().span_id });
+    let result = client
+        .call::<_, Delivered>("notification", Method::POST, "/v1/notifications", Some(&payload), trace.as_ref())
+        .await;
+    let outcome = match result {
+        Ok(d) => store.delivered(&row, d.notification_id).await,
+        Err(e) => {
+            let wait = backoff(row.attempts.min(20) as u32, Duration::from_millis(100), Duration::from_secs(5));
+            tracing::warn!(event_id = %row.event_id, order_id = %row.order_id, attempt = row.attempts + 1, error = %e, "notification delivery failed; will retry");
+            store.delivery_failed(&row, now_ms() + wait.as_millis() as i64, e.to_string()).await
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::error!(event_id = %row.event_id, error = %e, "cannot record a delivery outcome");
+    }
+}

@@ -1,0 +1,384 @@
+//! The order database: orders (a projection of their events), the event log, and the outbox.
+//!
+//! Every write appends events and updates the projection in one transaction, so the row a
+//! reader sees never disagrees with the log it was derived from.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use super::events::{steps, Event, Item, Recorded, SagaState, Status, Step};
+use crate::plumbing::db::{Db, DbError};
+use crate::plumbing::time::{now_ms, rfc3339};
+
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'FAILED')),
+        items TEXT NOT NULL,
+        total_cents INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        failure TEXT,
+        payment_id TEXT,
+        trace_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (user_id, idempotency_key)
+    );
+    CREATE INDEX orders_by_user ON orders (user_id, order_id);
+    CREATE INDEX orders_pending ON orders (status) WHERE status = 'PENDING';
+    CREATE TABLE order_events (
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (order_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        event_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        last_error TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;"];
+
+/// How long a saga runner owns an order without writing to it before another may take over.
+pub const LEASE_MS: i64 = 15_000;
+
+/// The order as the API shows it (SPEC section 5), plus its saga steps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrderView {
+    pub id: String,
+    pub user_id: String,
+    pub items: Vec<Item>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub status: Status,
+    pub failure: Option<super::events::Failure>,
+    pub payment_id: Option<String>,
+    pub trace_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub steps: Vec<Step>,
+}
+
+/// An event as `shop inspect order` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventView {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: String,
+    pub data: serde_json::Value,
+}
+
+/// A notification waiting in the outbox.
+#[derive(Clone, Debug)]
+pub struct OutboxRow {
+    pub event_id: String,
+    pub order_id: String,
+    pub payload: String,
+    pub attempts: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub db: Db,
+    /// This instance's name, the owner recorded in leases.
+    pub owner: String,
+}
+
+/// The outcome of recording a new order under an idempotency key.
+pub enum Placed {
+    New(SagaState),
+    /// The key was used before: the order it made, and whether the body matched.
+    Existing { order_id: String, same_request: bool },
+}
+
+impl Store {
+    /// Records a new order and its `OrderPlaced` event, or finds the one this key made before.
+    pub async fn place(
+        &self,
+        order_id: String,
+        idempotency_key: String,
+        request_hash: String,
+        event: Event,
+    ) -> Result<Placed, DbError> {
+        let owner = self.owner.clone();
+        self.db
+            .tx(move |tx| {
+                let Event::OrderPlaced { user_id, items, total_cents, currency, trace_id } = &event else {
+                    unreachable!("place is only called with OrderPlaced")
+                };
+                if let Some(found) = find_by_key(tx, user_id, &idempotency_key)? {
+                    return Ok(Placed::Existing { order_id: found.0, same_request: found.1 == request_hash });
+                }
+                let now = now_ms();
+                tx.prepare_cached(
+                    "INSERT INTO orders (order_id, user_id, idempotency_key, request_hash, status, items, total_cents, currency,
+                                         trace_id, created_at, updated_at, lease_owner, lease_until)
+                     VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    order_id,
+                    user_id,
+                    idempotency_key,
+                    request_hash,
+                    serde_json::to_string(items).unwrap_or_default(),
+                    total_cents,
+                    currency,
+                    trace_id,
+                    now,
+                    owner,
+                    now + LEASE_MS
+                ])?;
+                insert_event(tx, &order_id, 1, now, &event)?;
+                let recorded = [Recorded { seq: 1, at_ms: now, event: event.clone() }];
+                Ok(Placed::New(SagaState::fold(&order_id, &recorded)))
+            })
+            .await
+    }
+
+    /// Appends `events` after what the log holds, updates the projection from `state` (which
+    /// already has them applied), renews this runner's lease, and queues `outbox` if given.
+    pub async fn append(&self, state: &SagaState, events: Vec<Event>, outbox: Option<(String, String)>) -> Result<(), DbError> {
+        let order_id = state.order_id.clone();
+        let status = state.status();
+        let failure = state.failure().map(|f| serde_json::to_string(f).unwrap_or_default());
+        let payment_id = state.payment_id.clone();
+        let owner = self.owner.clone();
+        let at = state.updated_ms;
+        self.db
+            .tx(move |tx| {
+                let mut seq: i64 = tx
+                    .prepare_cached("SELECT coalesce(max(seq), 0) FROM order_events WHERE order_id = ?1")?
+                    .query_row([&order_id], |r| r.get(0))?;
+                for e in &events {
+                    seq += 1;
+                    insert_event(tx, &order_id, seq, at, e)?;
+                }
+                let (lease_owner, lease_until) =
+                    if status == Status::Pending { (Some(owner), at + LEASE_MS) } else { (None, 0) };
+                tx.prepare_cached(
+                    "UPDATE orders SET status = ?2, failure = ?3, payment_id = ?4, updated_at = ?5, lease_owner = ?6, lease_until = ?7
+                     WHERE order_id = ?1",
+                )?
+                .execute(params![order_id, status.as_str(), failure, payment_id, at, lease_owner, lease_until])?;
+                if let Some((event_id, payload)) = outbox {
+                    tx.prepare_cached(
+                        "INSERT INTO outbox (event_id, order_id, payload, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    )?
+                    .execute(params![event_id, order_id, payload, at])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Takes the lease on a PENDING order unless another live runner holds it.
+    pub async fn claim(&self, order_id: &str) -> Result<bool, DbError> {
+        let (order_id, owner) = (order_id.to_string(), self.owner.clone());
+        self.db
+            .call(move |c| {
+                let now = now_ms();
+                let n = c.execute(
+                    "UPDATE orders SET lease_owner = ?2, lease_until = ?3
+                     WHERE order_id = ?1 AND status = 'PENDING' AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until < ?4)",
+                    params![order_id, owner, now + LEASE_MS, now],
+                )?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    /// PENDING orders this instance may run: unowned, its own, or with a lapsed lease.
+    pub async fn resumable(&self) -> Result<Vec<String>, DbError> {
+        let owner = self.owner.clone();
+        self.db
+            .call(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT order_id FROM orders WHERE status = 'PENDING'
+                     AND (lease_owner IS NULL OR lease_owner = ?1 OR lease_until < ?2) ORDER BY order_id LIMIT 1000",
+                )?;
+                let rows = stmt.query_map(params![owner, now_ms()], |r| r.get(0))?.collect();
+                rows
+            })
+            .await
+    }
+
+    pub async fn events(&self, order_id: &str) -> Result<Vec<Recorded>, DbError> {
+        let order_id = order_id.to_string();
+        self.db.call(move |c| load_events(c, &order_id)).await
+    }
+
+    /// The order with its steps, or `None`.
+    pub async fn view(&self, order_id: &str) -> Result<Option<(OrderView, Vec<Recorded>)>, DbError> {
+        let order_id = order_id.to_string();
+        self.db
+            .call(move |c| {
+                let exists: Option<i64> =
+                    c.prepare_cached("SELECT 1 FROM orders WHERE order_id = ?1")?.query_row([&order_id], |r| r.get(0)).optional()?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+                let events = load_events(c, &order_id)?;
+                Ok(Some((view_of(&SagaState::fold(&order_id, &events), &events), events)))
+            })
+            .await
+    }
+
+    /// The newest orders of a user (or of everyone), optionally of one status.
+    pub async fn list(&self, user_id: Option<String>, status: Option<Status>, limit: u32) -> Result<Vec<OrderView>, DbError> {
+        self.db
+            .call(move |c| {
+                let ids: Vec<String> = c
+                    .prepare_cached(
+                        "SELECT order_id FROM orders WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR status = ?2)
+                         ORDER BY order_id DESC LIMIT ?3",
+                    )?
+                    .query_map(params![user_id, status.map(|s| s.as_str()), limit], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                ids.iter()
+                    .map(|id| {
+                        let events = load_events(c, id)?;
+                        Ok(view_of(&SagaState::fold(id, &events), &events))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Undelivered outbox rows whose next attempt is due.
+    pub async fn due_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, DbError> {
+        self.db
+            .call(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT event_id, order_id, payload, attempts FROM outbox
+                     WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+                )?;
+                let rows = stmt
+                    .query_map(params![now_ms(), limit as i64], |r| {
+                        Ok(OutboxRow { event_id: r.get(0)?, order_id: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
+                    })?
+                    .collect();
+                rows
+            })
+            .await
+    }
+
+    /// Marks a delivery done and logs it on the order, once even if two relays raced.
+    pub async fn delivered(&self, row: &OutboxRow, notification_id: String) -> Result<(), DbError> {
+        let (event_id, order_id, attempts) = (row.event_id.clone(), row.order_id.clone(), row.attempts + 1);
+        self.db
+            .tx(move |tx| {
+                let now = now_ms();
+                let n = tx.execute(
+                    "UPDATE outbox SET delivered_at = ?2, attempts = ?3 WHERE event_id = ?1 AND delivered_at IS NULL",
+                    params![event_id, now, attempts],
+                )?;
+                if n == 1 {
+                    let seq: i64 = tx.query_row(
+                        "SELECT coalesce(max(seq), 0) + 1 FROM order_events WHERE order_id = ?1",
+                        [&order_id],
+                        |r| r.get(0),
+                    )?;
+                    insert_event(tx, &order_id, seq, now, &Event::NotificationDelivered { notification_id, attempts })?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Records a failed delivery and when to try again.
+    pub async fn delivery_failed(&self, row: &OutboxRow, next_attempt_ms: i64, error: String) -> Result<(), DbError> {
+        let event_id = row.event_id.clone();
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE event_id = ?1",
+                    params![event_id, next_attempt_ms, error],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Figures for `/metrics`: orders by status and the outbox backlog.
+    pub async fn figures(&self) -> Result<(Vec<(String, i64)>, i64), DbError> {
+        self.db
+            .call(|c| {
+                let by_status = c
+                    .prepare_cached("SELECT status, count(*) FROM orders GROUP BY status")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let backlog = c.query_row("SELECT count(*) FROM outbox WHERE delivered_at IS NULL", [], |r| r.get(0))?;
+                Ok((by_status, backlog))
+            })
+            .await
+    }
+}
+
+fn find_by_key(tx: &Transaction, user_id: &str, key: &str) -> rusqlite::Result<Option<(String, String)>> {
+    tx.prepare_cached("SELECT order_id, request_hash FROM orders WHERE user_id = ?1 AND idempotency_key = ?2")?
+        .query_row([user_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+fn insert_event(tx: &Transaction, order_id: &str, seq: i64, at: i64, event: &Event) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO order_events (order_id, seq, type, at, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![order_id, seq, event.type_name(), at, event.data().to_string()])?;
+    Ok(())
+}
+
+pub fn load_events(c: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Vec<Recorded>> {
+    let mut stmt = c.prepare_cached("SELECT seq, type, at, data FROM order_events WHERE order_id = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([order_id], |r| {
+        let (seq, kind, at, data): (i64, String, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+        let event = Event::from_parts(&kind, data)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))?;
+        Ok(Recorded { seq, at_ms: at, event })
+    })?;
+    rows.collect()
+}
+
+pub fn view_of(s: &SagaState, events: &[Recorded]) -> OrderView {
+    OrderView {
+        id: s.order_id.clone(),
+        user_id: s.user_id.clone(),
+        items: s.items.clone(),
+        total_cents: s.total_cents,
+        currency: s.currency.clone(),
+        status: s.status(),
+        failure: s.failure().cloned(),
+        payment_id: s.payment_id.clone(),
+        trace_id: s.trace_id.clone(),
+        created_at: rfc3339(s.created_ms),
+        updated_at: rfc3339(s.updated_ms),
+        steps: steps(events),
+    }
+}
+
+pub fn event_views(events: &[Recorded]) -> Vec<EventView> {
+    events
+        .iter()
+        .map(|r| EventView {
+            seq: r.seq,
+            kind: r.event.type_name().to_string(),
+            at: rfc3339(r.at_ms),
+            // The card number a saga carries is not for display.
+            data: match &r.event {
+                Event::UserValidated { card } => serde_json::json!({"card_last4": &card[card.len().saturating_sub(4)..]}),
+                e => e.data(),
+            },
+        })
+        .collect()
+}

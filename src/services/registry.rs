@@ -1,0 +1,171 @@
+//! The service registry: instances register their address, heartbeat, and are evicted when they
+//! stay silent past the TTL. Lookups are served from memory; the database keeps a record of
+//! registrations for `shop inspect`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{Runtime, Service};
+use crate::plumbing::discovery::{Instance, InstanceStatus};
+use crate::plumbing::error::{ApiError, ApiPath, JsonBody};
+use crate::plumbing::time::{now_ms, rfc3339};
+
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE registrations (
+        instance TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        address TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        registered_at INTEGER NOT NULL,
+        evicted_at INTEGER
+    );"];
+
+struct Entry {
+    instance: Instance,
+    registered_at: i64,
+    last_seen: Instant,
+}
+
+#[derive(Clone)]
+struct Registry {
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    ttl: Duration,
+    rt: Arc<Runtime>,
+}
+
+pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
+    let registry = Registry { entries: Arc::default(), ttl: rt.args.tuning.ttl, rt: rt.clone() };
+    tokio::spawn(evict_loop(registry.clone()));
+    let routes = Router::new()
+        .route("/v1/register", post(register))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/instances", get(list))
+        .route("/v1/instances/{instance}", delete(deregister))
+        .route("/v1/services/{service}", get(lookup))
+        .with_state(registry);
+    Ok(Service::new(routes))
+}
+
+fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > 64 {
+        return Err(ApiError::bad_request(format!("`{what}` must be 1 to 64 characters")));
+    }
+    Ok(())
+}
+
+async fn register(State(reg): State<Registry>, JsonBody(inst): JsonBody<Instance>) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name("service", &inst.service)?;
+    check_name("instance", &inst.instance)?;
+    if inst.address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ApiError::bad_request(format!("`address` must be host:port, got `{}`", inst.address)));
+    }
+    let now = now_ms();
+    {
+        let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(inst.instance.clone(), Entry { instance: inst.clone(), registered_at: now, last_seen: Instant::now() });
+    }
+    tracing::info!(service = %inst.service, instance = %inst.instance, address = %inst.address, "registered");
+    let row = inst.clone();
+    reg.rt
+        .db
+        .call(move |c| {
+            c.execute(
+                "INSERT INTO registrations (instance, service, address, pid, registered_at, evicted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                 ON CONFLICT(instance) DO UPDATE SET service = ?2, address = ?3, pid = ?4, registered_at = ?5, evicted_at = NULL",
+                rusqlite::params![row.instance, row.service, row.address, row.pid, now],
+            )
+        })
+        .await?;
+    Ok(Json(serde_json::json!({
+        "ttl_ms": reg.ttl.as_millis() as u64,
+    })))
+}
+
+#[derive(Deserialize)]
+struct Heartbeat {
+    instance: String,
+    #[allow(dead_code)]
+    service: Option<String>,
+}
+
+async fn heartbeat(State(reg): State<Registry>, JsonBody(hb): JsonBody<Heartbeat>) -> Result<StatusCode, ApiError> {
+    let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
+    match entries.get_mut(&hb.instance) {
+        Some(e) => {
+            e.last_seen = Instant::now();
+            Ok(StatusCode::NO_CONTENT)
+        }
+        // Unknown: the registry restarted or evicted it. 404 tells the instance to register again.
+        None => Err(ApiError::not_found(format!("instance `{}` is not registered", hb.instance))),
+    }
+}
+
+async fn deregister(State(reg): State<Registry>, ApiPath(instance): ApiPath<String>) -> StatusCode {
+    let removed = reg.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&instance).is_some();
+    if removed {
+        tracing::info!(%instance, "deregistered");
+        let now = now_ms();
+        let _ = reg
+            .rt
+            .db
+            .call(move |c| c.execute("UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1", rusqlite::params![instance, now]))
+            .await;
+    }
+    StatusCode::NO_CONTENT
+}
+
+fn snapshot(reg: &Registry, service: Option<&str>) -> Vec<InstanceStatus> {
+    let entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: Vec<InstanceStatus> = entries
+        .values()
+        .filter(|e| service.is_none_or(|s| e.instance.service == s))
+        .map(|e| InstanceStatus {
+            instance: e.instance.clone(),
+            registered_at: rfc3339(e.registered_at),
+            heartbeat_age_ms: e.last_seen.elapsed().as_millis() as i64,
+            status: if e.last_seen.elapsed() > reg.ttl / 2 { "late".into() } else { "up".into() },
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.instance.service, &a.instance.instance).cmp(&(&b.instance.service, &b.instance.instance)));
+    out
+}
+
+async fn list(State(reg): State<Registry>) -> Json<Vec<InstanceStatus>> {
+    Json(snapshot(&reg, None))
+}
+
+async fn lookup(State(reg): State<Registry>, ApiPath(service): ApiPath<String>) -> Json<Vec<InstanceStatus>> {
+    Json(snapshot(&reg, Some(&service)))
+}
+
+async fn evict_loop(reg: Registry) {
+    let mut tick = tokio::time::interval((reg.ttl / 4).max(Duration::from_millis(50)));
+    loop {
+        tick.tick().await;
+        let evicted: Vec<String> = {
+            let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let stale: Vec<String> =
+                entries.iter().filter(|(_, e)| e.last_seen.elapsed() > reg.ttl).map(|(k, _)| k.clone()).collect();
+            for k in &stale {
+                entries.remove(k);
+            }
+            stale
+        };
+        for instance in evicted {
+            tracing::warn!(%instance, ttl_ms = reg.ttl.as_millis() as u64, "evicted: no heartbeat within the TTL");
+            let now = now_ms();
+            let _ = reg
+                .rt
+                .db
+                .call(move |c| c.execute("UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1", rusqlite::params![instance, now]))
+                .await;
+        }
+    }
+}
