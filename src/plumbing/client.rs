@@ -51,6 +51,14 @@ impl CallError {
         }
     }
 
+    /// What the dependency said (for a 4xx/5xx), else the whole error.
+    pub fn message(&self) -> String {
+        match self {
+            CallError::Status { message, .. } if !message.is_empty() => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             CallError::Status { status, .. } => Some(*status),

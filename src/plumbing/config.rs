@@ -61,6 +61,12 @@ pub struct Tuning {
     /// Test hook: exit at once (as a crash would) right after this saga event is persisted
     #[arg(long, env = "SHOP_CRASH_AFTER", hide = true)]
     pub crash_after: Option<String>,
+    /// Test hook: hold back every answer this long, after the request was handled
+    #[arg(long, env = "SHOP_FAULT_DELAY", value_parser = parse_duration, hide = true)]
+    pub fault_delay: Option<Duration>,
+    /// Test hook: delay only the first N answers
+    #[arg(long, env = "SHOP_FAULT_DELAY_REQUESTS", hide = true)]
+    pub fault_delay_requests: Option<u64>,
     /// Exit when this process (the supervisor) is gone, so no orphan keeps a port
     #[arg(long, env = "SHOP_PARENT_PID", hide = true)]
     pub parent_pid: Option<i32>,

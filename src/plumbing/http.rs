@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::plumbing::error::{ApiError, MAX_BODY_BYTES};
+use crate::plumbing::faults::Faults;
 use crate::plumbing::metrics::Metrics;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -33,8 +34,13 @@ pub struct Common {
 }
 
 /// Wraps a service's own routes with what every service answers.
-pub fn with_common_routes(routes: Router, common: Common) -> Router {
+pub fn with_common_routes(routes: Router, common: Common, faults: Arc<Faults>) -> Router {
     let metrics = common.metrics.clone();
+    let routes = if faults.is_empty() {
+        routes
+    } else {
+        routes.route_layer(axum::middleware::from_fn_with_state(faults, crate::plumbing::faults::inbound))
+    };
     let shared = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod discovery;
 pub mod error;
+pub mod faults;
 pub mod http;
 pub mod ids;
 pub mod metrics;

@@ -22,6 +22,7 @@ use crate::plumbing::client::{http_client, ServiceClient};
 use crate::plumbing::config::ServeArgs;
 use crate::plumbing::db::Db;
 use crate::plumbing::discovery::{Discovery, Instance};
+use crate::plumbing::faults::Faults;
 use crate::plumbing::http::{self, Common, ExtraMetrics, ReadyCheck};
 use crate::plumbing::metrics::Metrics;
 
@@ -156,7 +157,8 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     let ready = service.ready.unwrap_or_else(|| db_ready(db.clone()));
     let extra_metrics = service.extra_metrics.unwrap_or_else(|| Arc::new(|| Box::pin(async { String::new() })));
     let common = Common { service: kind.name(), instance: instance.clone(), metrics: rt.metrics.clone(), ready, extra_metrics };
-    let app = http::with_common_routes(service.routes, common);
+    let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
+    let app = http::with_common_routes(service.routes, common, faults);
 
     if kind != Kind::Registry {
         if !discovery.register().await {

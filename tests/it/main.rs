@@ -1,1 +1,7 @@
+//! Integration tests: the real `shop` binary, real services on port 0, real SQLite files in a
+//! temp dir per test, HTTP over loopback.
 
+mod api;
+mod registry;
+mod saga;
+mod support;

@@ -194,8 +194,9 @@ async fn place(State(o): State<Orders>, headers: HeaderMap, JsonBody(req): JsonB
         trace_id: trace.trace_id.clone(),
     };
     let order_id = ids::new("ord");
-    match o.saga.store.place(order_id.clone(), req.idempotency_key, req.request_hash, event).await? {
+    match o.saga.store.place(order_id.clone(), req.idempotency_key, req.request_hash, event.clone()).await? {
         Placed::New(state) => {
+            o.saga.crash_point(&order_id, &event);
             tracing::info!(%order_id, user_id = %req.user_id, total_cents, trace_id = %trace.trace_id, "order placed");
             o.saga.start(&order_id, Some(state));
             let order = o.settled_view(&order_id, budget).await?;

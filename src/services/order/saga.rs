@@ -149,13 +149,18 @@ impl Saga {
         }
         self.store.append(&next, events.clone(), outbox).await?;
         *state = next;
-        if let Some(point) = &self.crash_after {
-            if events.iter().any(|e| e.type_name() == point) {
-                tracing::warn!(order_id = %state.order_id, point, "SHOP_CRASH_AFTER reached; exiting as a crash would");
-                std::process::exit(70);
-            }
+        for e in &events {
+            self.crash_point(&state.order_id, e);
         }
         Ok(())
+    }
+
+    /// The test hook `SHOP_CRASH_AFTER=EVENT`: exit, as a crash would, once `event` is persisted.
+    pub fn crash_point(&self, order_id: &str, event: &Event) {
+        if self.crash_after.as_deref() == Some(event.type_name()) {
+            tracing::warn!(order_id, point = event.type_name(), "SHOP_CRASH_AFTER reached; exiting as a crash would");
+            std::process::exit(70);
+        }
     }
 
     fn deadline_passed(&self, state: &SagaState) -> bool {
@@ -184,7 +189,7 @@ impl Saga {
                 }
                 Err(e) => {
                     let code = e.code().unwrap_or("rejected").to_string();
-                    return Ok(Outcome::Refused(code, e.to_string()));
+                    return Ok(Outcome::Refused(code, e.message()));
                 }
             }
         }
@@ -277,7 +282,11 @@ impl Saga {
         let outcome = match outcome {
             Outcome::Done(p) if p.status == "declined" => {
                 let code = p.decline_code.unwrap_or_else(|| "card_declined".into());
-                Outcome::Refused(code.clone(), format!("payment declined: {code}"))
+                let message = match code.as_str() {
+                    "insufficient_funds" => "the card has insufficient funds".to_string(),
+                    _ => "the card was declined".to_string(),
+                };
+                Outcome::Refused(code, message)
             }
             Outcome::Done(p) if p.status != "captured" => {
                 Outcome::Refused("payment_voided".into(), format!("payment {} is {}", p.payment_id, p.status))

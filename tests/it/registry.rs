@@ -1,0 +1,108 @@
+//! Discovery: registration, the cached view while the registry is gone, re-registration.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use shop::services::Kind;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_register_their_real_address_and_come_back_after_a_registry_restart() {
+    let mut stack = TestStack::start().await;
+    let (status, list) = stack.get(&format!("{}/v1/instances", stack.registry_url), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 6, "{list:?}");
+    for inst in &list {
+        let kind = Kind::parse(inst["service"].as_str().unwrap()).unwrap();
+        assert_eq!(format!("http://{}", inst["address"].as_str().unwrap()), stack.url(kind, ""));
+        assert!(inst["pid"].as_u64().unwrap() > 0);
+    }
+
+    // With the registry gone, calls go on from each service's cached view.
+    stack.kill(Kind::Registry);
+    let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1)]), &[]).await;
+    assert_eq!((status, order["status"].as_str()), (StatusCode::CREATED, Some("CONFIRMED")), "{order}");
+
+    // A new registry (empty) is filled again by heartbeats that get 404 and re-register.
+    stack.spawn(Kind::Registry).await;
+    let url = format!("{}/v1/instances", stack.registry_url);
+    let back = eventually(Duration::from_secs(10), async || {
+        stack.get(&url, None).await.1.as_array().map(|a| a.len()) == Some(6)
+    })
+    .await;
+    assert!(back, "services did not re-register");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_instance_is_evicted_after_the_ttl() {
+    let mut stack = TestStack::start().await;
+    // SIGSTOP: the process keeps its port but stops heartbeating.
+    stack.process(Kind::Notification).signal(nix::sys::signal::Signal::SIGSTOP);
+    let url = format!("{}/v1/services/notification", stack.registry_url);
+    let gone = eventually(Duration::from_secs(5), async || stack.get(&url, None).await.1 == Value::Array(vec![])).await;
+    stack.process(Kind::Notification).signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(gone, "paused instance was not evicted");
+    let back = eventually(Duration::from_secs(5), async || stack.get(&url, None).await.1.as_array().is_some_and(|a| a.len() == 1)).await;
+    assert!(back, "resumed instance did not re-register");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_answers_health_readiness_and_prometheus_metrics() {
+    let stack = TestStack::start().await;
+    stack.place(ALICE, items(&[("sku-1", 1)]), &[]).await;
+    for kind in Kind::ALL {
+        let (status, _) = stack.get(&stack.url(kind, "/healthz"), None).await;
+        assert_eq!(status, StatusCode::OK, "{}", kind.name());
+        let (status, _) = stack.get(&stack.url(kind, "/readyz"), None).await;
+        assert_eq!(status, StatusCode::OK, "{}", kind.name());
+        let text = stack.http.get(stack.url(kind, "/metrics")).send().await.unwrap().text().await.unwrap();
+        parse_prometheus(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", kind.name()));
+    }
+    let text = stack.http.get(stack.url(Kind::Gateway, "/metrics")).send().await.unwrap().text().await.unwrap();
+    let samples = parse_prometheus(&text).unwrap();
+    let posted = samples.iter().find(|(name, labels, _)| {
+        name == "shop_http_requests_total" && labels.contains("route=\"/orders\"") && labels.contains("status=\"201\"")
+    });
+    assert_eq!(posted.map(|s| s.2), Some(1.0), "{text}");
+    let text = stack.http.get(stack.url(Kind::Order, "/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(parse_prometheus(&text).unwrap().iter().any(|s| s.0 == "shop_order_outbox_backlog"));
+}
+
+/// A strict reader of the Prometheus text format: `# HELP`/`# TYPE` lines, then
+/// `name{labels} value` samples, with every sample's family declared by a TYPE line.
+fn parse_prometheus(text: &str) -> Result<Vec<(String, String, f64)>, String> {
+    let mut typed = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.is_empty() || line.starts_with("# HELP ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(format!("line {}: bad type `{kind}`", i + 1));
+            }
+            typed.insert(name.to_string());
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or(format!("line {}: no value", i + 1))?;
+        let value: f64 = value.parse().map_err(|_| format!("line {}: bad value", i + 1))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').ok_or(format!("line {}: unclosed labels", i + 1))?),
+            None => (series, ""),
+        };
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).filter(|f| typed.contains(*f)).unwrap_or(name);
+        if !typed.contains(family) {
+            return Err(format!("line {}: `{name}` has no TYPE", i + 1));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            return Err(format!("line {}: bad name `{name}`", i + 1));
+        }
+        out.push((name.to_string(), labels.to_string(), value));
+    }
+    Ok(out)
+}
