@@ -61,7 +61,10 @@ fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FixtureError> 
 pub fn load_users(path: &Path) -> Result<Vec<UserFixture>, FixtureError> {
     let users = load::<UsersFile>(path)?.users;
     if let Some(u) = users.iter().find(|u| u.id.is_empty() || u.token.is_empty()) {
-        return Err(FixtureError::Invalid { path: path.display().to_string(), message: format!("user `{}` needs an id and a token", u.id) });
+        return Err(FixtureError::Invalid {
+            path: path.display().to_string(),
+            message: format!("user `{}` needs an id and a token", u.id),
+        });
     }
     Ok(users)
 }
@@ -71,7 +74,10 @@ pub fn load_products(path: &Path) -> Result<Vec<ProductFixture>, FixtureError> {
     if let Some(p) = products.iter().find(|p| p.price_cents < 0 || p.stock < 0 || p.id.is_empty() || p.id.len() > 64) {
         return Err(FixtureError::Invalid {
             path: path.display().to_string(),
-            message: format!("product `{}` needs an id of 1..=64 characters, a price and a stock that are not negative", p.id),
+            message: format!(
+                "product `{}` needs an id of 1..=64 characters, a price and a stock that are not negative",
+                p.id
+            ),
         });
     }
     Ok(products)

@@ -55,7 +55,8 @@ pub fn check_all(dbs: &Databases) -> Result<Report, DbError> {
         .prepare("SELECT order_id, status, total_cents FROM orders")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
-    let status_of: HashMap<&str, (&str, i64)> = orders.iter().map(|(id, s, t)| (id.as_str(), (s.as_str(), *t))).collect();
+    let status_of: HashMap<&str, (&str, i64)> =
+        orders.iter().map(|(id, s, t)| (id.as_str(), (s.as_str(), *t))).collect();
     let pending = orders.iter().filter(|o| o.1 == "PENDING").count() as i64;
     let mut checks = Vec::new();
 
@@ -65,11 +66,20 @@ pub fn check_all(dbs: &Databases) -> Result<Report, DbError> {
     let problems: Vec<String> = stock
         .iter()
         .filter(|s| s.initial != s.available + s.reserved + s.sold || s.available < 0 || s.reserved < 0 || s.sold < 0)
-        .map(|s| format!("{}: initial {} != available {} + reserved {} + sold {}", s.product_id, s.initial, s.available, s.reserved, s.sold))
+        .map(|s| {
+            format!(
+                "{}: initial {} != available {} + reserved {} + sold {}",
+                s.product_id, s.initial, s.available, s.reserved, s.sold
+            )
+        })
         .collect();
     let reserved: i64 = stock.iter().map(|s| s.reserved).sum();
     let sold: i64 = stock.iter().map(|s| s.sold).sum();
-    checks.push(check("stock_conservation", problems, format!("{} products balanced; {sold} sold, {reserved} reserved", stock.len())));
+    checks.push(check(
+        "stock_conservation",
+        problems,
+        format!("{} products balanced; {sold} sold, {reserved} reserved", stock.len()),
+    ));
 
     // 2. Charged iff confirmed, at most one capture per order.
     let payment = open_read_only(&dbs.payment)?;
@@ -118,7 +128,11 @@ pub fn check_all(dbs: &Databases) -> Result<Report, DbError> {
     ));
 
     // 3. Nothing stuck.
-    let held: i64 = open_read_only(&dbs.inventory)?.query_row("SELECT count(*) FROM reservations WHERE status = 'held'", [], |r| r.get(0))?;
+    let held: i64 = open_read_only(&dbs.inventory)?.query_row(
+        "SELECT count(*) FROM reservations WHERE status = 'held'",
+        [],
+        |r| r.get(0),
+    )?;
     let mut problems = Vec::new();
     if pending > 0 {
         problems.push(format!("{pending} orders PENDING"));
@@ -147,16 +161,29 @@ pub fn check_all(dbs: &Databases) -> Result<Report, DbError> {
         }
     }
     let notified: i64 = counts.values().sum();
-    checks.push(check("one_notification_per_terminal_order", problems, format!("{notified} notifications for {} terminal orders", confirmed + failed)));
+    checks.push(check(
+        "one_notification_per_terminal_order",
+        problems,
+        format!("{notified} notifications for {} terminal orders", confirmed + failed),
+    ));
 
     // 5. No accepted order lost.
     if let Some(path) = &dbs.gateway {
         let gateway = open_read_only(path)?;
-        let accepted: Vec<String> =
-            gateway.prepare("SELECT order_id FROM accepted_orders")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        let problems: Vec<String> =
-            accepted.iter().filter(|id| !status_of.contains_key(id.as_str())).map(|id| format!("{id}: returned by the gateway, missing from the order database")).collect();
-        checks.push(check("no_accepted_order_lost", problems, format!("all {} orders the gateway returned exist", accepted.len())));
+        let accepted: Vec<String> = gateway
+            .prepare("SELECT order_id FROM accepted_orders")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let problems: Vec<String> = accepted
+            .iter()
+            .filter(|id| !status_of.contains_key(id.as_str()))
+            .map(|id| format!("{id}: returned by the gateway, missing from the order database"))
+            .collect();
+        checks.push(check(
+            "no_accepted_order_lost",
+            problems,
+            format!("all {} orders the gateway returned exist", accepted.len()),
+        ));
     }
 
     Ok(Report { ok: checks.iter().all(|c| c.ok), checks, pending })

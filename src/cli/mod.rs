@@ -1,6 +1,13 @@
 //! The command line: global options, the subcommands, and exit codes (SPEC section 3).
 
+mod context;
+mod down;
+mod logs;
+mod output;
+mod ps;
 mod serve;
+mod service_ctl;
+mod up;
 
 use std::path::PathBuf;
 
@@ -29,11 +36,18 @@ impl Failure {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "shop", version, about = "A local microservices lab: run, drive, break and inspect an e-commerce stack")]
+#[command(
+    name = "shop",
+    version,
+    about = "A local microservices lab: run, drive, break and inspect an e-commerce stack"
+)]
 pub struct Cli {
     /// The stack file [default: ./stack.yaml, or $SHOP_STACK]
-    #[arg(short = 'f', long = "file", global = true, env = "SHOP_STACK")]
+    #[arg(long = "file", global = true, env = "SHOP_STACK")]
     pub file: Option<PathBuf>,
+    /// Same as --file; before the subcommand only (`shop logs -f` means follow)
+    #[arg(short = 'f', value_name = "FILE", conflicts_with = "file")]
+    pub file_short: Option<PathBuf>,
     /// Where the running stack keeps pids, ports, logs and data [default: .shop/ beside the stack file]
     #[arg(long, global = true, env = "SHOP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -52,8 +66,30 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Start the stack in dependency order and wait until it is healthy
+    Up(up::Args),
+    /// Stop the stack in reverse dependency order
+    Down(down::Args),
+    /// List the stack's instances
+    #[command(alias = "status")]
+    Ps,
+    /// Show the stack's logs
+    Logs(logs::Args),
+    /// Start services of a running stack
+    Start(service_ctl::Args),
+    /// Stop services of a running stack (never counted as a crash)
+    Stop(service_ctl::Args),
+    /// Restart services of a running stack
+    Restart(service_ctl::Args),
     /// Run one service in the foreground
     Serve(serve::Args),
+    /// The background supervisor started by `up -d`
+    #[command(hide = true)]
+    Supervise {
+        services: Vec<String>,
+        #[arg(long)]
+        no_deps: bool,
+    },
 }
 
 /// Parses the command line, runs the command, and returns the process exit code.
@@ -77,13 +113,32 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    match cli.command {
-        Command::Serve(args) => serve::run(args, cli.verbose, cli.quiet),
+    let ctx = context::Context::new(&cli);
+    if let Command::Serve(args) = cli.command {
+        return serve::run(args, cli.verbose, cli.quiet);
     }
+    let machine = matches!(cli.command, Command::Supervise { .. });
+    init_logging(cli.verbose, cli.quiet, machine);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(&ctx, args).await,
+            Command::Down(args) => down::run(&ctx, args).await,
+            Command::Ps => ps::run(&ctx).await,
+            Command::Logs(args) => logs::run(&ctx, args).await,
+            Command::Start(args) => service_ctl::run(&ctx, "start", args).await,
+            Command::Stop(args) => service_ctl::run(&ctx, "stop", args).await,
+            Command::Restart(args) => service_ctl::run(&ctx, "restart", args).await,
+            Command::Supervise { services, no_deps } => up::supervise(&ctx, services, no_deps).await,
+            Command::Serve(_) => unreachable!("handled above"),
+        }
+    })
 }
 
-/// Logs to stderr: human-readable on a terminal, JSON lines otherwise (a supervisor's log file).
-pub fn init_logging(verbose: u8, quiet: bool, fields: Option<(&'static str, String)>) {
+/// Logs to stderr. Processes of a stack (`machine`) write JSON lines when stderr is not a
+/// terminal, since it is then a log file that `shop logs` reads; commands a user runs always
+/// write readable lines.
+pub fn init_logging(verbose: u8, quiet: bool, machine: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
@@ -94,10 +149,11 @@ pub fn init_logging(verbose: u8, quiet: bool, fields: Option<(&'static str, Stri
     };
     let filter = EnvFilter::try_from_env("SHOP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
+    if !machine {
+        let _ = builder.with_target(false).without_time().try_init();
+    } else if std::io::stderr().is_terminal() {
         let _ = builder.with_target(false).try_init();
     } else {
         let _ = builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init();
     }
-    let _ = fields;
 }

@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, verbose: u8, quiet: bool) -> anyhow::Result<i32> {
-    super::init_logging(verbose, quiet, None);
+    super::init_logging(verbose, quiet, true);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(services::serve(args.service, args.serve))?;
     Ok(super::exit::OK)

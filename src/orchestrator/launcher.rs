@@ -48,6 +48,11 @@ pub struct ServeCommand {
 }
 
 impl ServeCommand {
+    /// Forks the service; see [`start`].
+    pub fn start(&self, die_with_parent: bool) -> Result<Starting, LaunchError> {
+        start(self.command(), &self.instance, &self.binary.display().to_string(), self.log.as_deref(), die_with_parent)
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("serve")
@@ -79,7 +84,7 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `cmd` and waits (up to `timeout`) for its `listening on` line.
     pub fn spawn(cmd: &ServeCommand, timeout: Duration) -> Result<ServiceProcess, LaunchError> {
-        spawn_command(cmd.command(), &cmd.instance, &cmd.binary.display().to_string(), cmd.log.as_deref(), timeout)
+        cmd.start(false)?.wait_address(timeout)
     }
 
     pub fn pid(&self) -> u32 {
@@ -88,7 +93,16 @@ impl ServiceProcess {
 
     /// Whether the process has exited (reaping it if so).
     pub fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+        self.exit_status().is_some()
+    }
+
+    /// How the process ended, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        match self.child.try_wait() {
+            Ok(status) => status,
+            // Already reaped elsewhere: it is gone either way.
+            Err(_) => Some(std::os::unix::process::ExitStatusExt::from_raw(0)),
+        }
     }
 
     /// SIGKILL to the whole group: a crash, as far as anyone can tell.
@@ -129,14 +143,61 @@ pub fn signal_group(pid: u32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pid as i32), signal);
 }
 
-/// Spawns any command the same way (own group, supervisor pid, address on stdout).
-pub fn spawn_command(
+/// A child that has been forked but has not yet said where it listens.
+pub struct Starting {
+    instance: String,
+    log: Option<PathBuf>,
+    child: Child,
+    first_line: mpsc::Receiver<Option<String>>,
+}
+
+impl Starting {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (up to `timeout`) for the `listening on ADDRESS` line.
+    pub fn wait_address(mut self, timeout: Duration) -> Result<ServiceProcess, LaunchError> {
+        let instance = self.instance.clone();
+        let exited = |child: &mut Child, log: &Option<PathBuf>| {
+            signal_group(child.id(), Signal::SIGKILL);
+            let _ = child.wait();
+            LaunchError::Exited { instance: instance.clone(), log: log.clone() }
+        };
+        match self.first_line.recv_timeout(timeout) {
+            Ok(Some(line)) => match line.strip_prefix("listening on ").and_then(|a| a.trim().parse().ok()) {
+                Some(address) => Ok(ServiceProcess { instance: self.instance, address, child: self.child }),
+                None => Err(exited(&mut self.child, &self.log)),
+            },
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Err(exited(&mut self.child, &self.log)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                signal_group(self.child.id(), Signal::SIGKILL);
+                let _ = self.child.wait();
+                Err(LaunchError::NoAddress { instance: self.instance, timeout })
+            }
+        }
+    }
+
+    /// For a program that does not report its address (an external `command`): it listens
+    /// where it was told to.
+    pub fn with_known_address(self, address: SocketAddr) -> ServiceProcess {
+        ServiceProcess { instance: self.instance, address, child: self.child }
+    }
+}
+
+/// Forks `cmd` in its own process group with the supervisor's pid in `SHOP_PARENT_PID`; stderr
+/// (and stdout after its first line) go to `log`.
+///
+/// With `die_with_parent`, the kernel also sends SIGTERM when the forking thread ends
+/// (`PR_SET_PDEATHSIG`), which reaches programs that know nothing of `SHOP_PARENT_PID`; call it
+/// from a thread that lives as long as the supervisor.
+pub fn start(
     mut cmd: Command,
     instance: &str,
     program: &str,
     log: Option<&Path>,
-    timeout: Duration,
-) -> Result<ServiceProcess, LaunchError> {
+    die_with_parent: bool,
+) -> Result<Starting, LaunchError> {
     let stderr = match log {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -150,48 +211,52 @@ pub fn spawn_command(
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).process_group(0);
     cmd.env("SHOP_PARENT_PID", std::process::id().to_string());
-    let mut child =
-        cmd.spawn().map_err(|source| LaunchError::Spawn { instance: instance.into(), program: program.into(), source })?;
+    if die_with_parent {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        instance: instance.into(),
+        program: program.into(),
+        source,
+    })?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     let log_path = log.map(Path::to_path_buf);
-    // The first line is the address; the rest of stdout (services print nothing else) is kept
-    // in the log so nothing a child says is lost.
+    // The first line is the address; the rest of stdout is kept in the log so nothing a child
+    // says is lost.
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().and_then(Result::ok);
-        let _ = tx.send(first);
         let mut sink = log_path.and_then(|p| std::fs::OpenOptions::new().append(true).open(p).ok());
+        if let (Some(f), Some(line)) = (sink.as_mut(), first.as_ref()) {
+            if !line.starts_with("listening on ") {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+        let _ = tx.send(first);
         for line in lines.map_while(Result::ok) {
             if let Some(f) = sink.as_mut() {
                 let _ = writeln!(f, "{line}");
             }
         }
     });
-    let exited = |child: &mut Child| {
-        let _ = child.wait();
-        LaunchError::Exited { instance: instance.into(), log: log.map(Path::to_path_buf) }
-    };
-    match rx.recv_timeout(timeout) {
-        Ok(Some(line)) => match line.strip_prefix("listening on ").and_then(|a| a.trim().parse().ok()) {
-            Some(address) => Ok(ServiceProcess { instance: instance.into(), address, child }),
-            None => {
-                signal_group(child.id(), Signal::SIGKILL);
-                Err(exited(&mut child))
-            }
-        },
-        Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => Err(exited(&mut child)),
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            signal_group(child.id(), Signal::SIGKILL);
-            let _ = child.wait();
-            Err(LaunchError::NoAddress { instance: instance.into(), timeout })
-        }
-    }
+    Ok(Starting { instance: instance.into(), log: log.map(Path::to_path_buf), child, first_line: rx })
 }
 
 /// Polls `http://ADDRESS/PATH` until it answers 2xx or `timeout` passes; the error is the
 /// last thing seen.
-pub async fn wait_healthy(http: &reqwest::Client, address: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+pub async fn wait_healthy(
+    http: &reqwest::Client,
+    address: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     let url = format!("http://{address}{path}");
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

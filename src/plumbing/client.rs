@@ -40,7 +40,8 @@ impl CallError {
 
     /// The request may have been applied although we got no answer (a timeout, a reset).
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, CallError::Timeout { .. } | CallError::Transport { .. }) || matches!(self, CallError::Status { status, .. } if *status >= 500)
+        matches!(self, CallError::Timeout { .. } | CallError::Transport { .. })
+            || matches!(self, CallError::Status { status, .. } if *status >= 500)
     }
 
     /// The error code a dependency gave with a 4xx, e.g. `out_of_stock`.

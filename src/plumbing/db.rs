@@ -15,7 +15,9 @@ pub enum DbError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("migration {version} of `{path}` failed: {source}")]
     Migrate { path: PathBuf, version: usize, source: rusqlite::Error },
-    #[error("database `{path}` is at schema version {found}, newer than this binary knows ({known}); use a newer shop")]
+    #[error(
+        "database `{path}` is at schema version {found}, newer than this binary knows ({known}); use a newer shop"
+    )]
     TooNew { path: PathBuf, found: usize, known: usize },
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),

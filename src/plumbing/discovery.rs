@@ -98,10 +98,13 @@ impl Discovery {
             by_service.entry(s.instance.service.clone()).or_default().push(s.instance);
         }
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-        *view = by_service.into_iter().map(|(k, mut v)| {
-            v.sort_by(|a, b| a.instance.cmp(&b.instance));
-            (k, Arc::new(v))
-        }).collect();
+        *view = by_service
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by(|a, b| a.instance.cmp(&b.instance));
+                (k, Arc::new(v))
+            })
+            .collect();
         true
     }
 

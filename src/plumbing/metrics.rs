@@ -103,7 +103,9 @@ mod tests {
         m.record("GET", "/healthz", 200, Duration::from_micros(300));
         m.record("GET", "/healthz", 200, Duration::from_millis(30));
         let text = m.render("user", "user-1", "");
-        assert!(text.contains(r#"shop_http_requests_total{service="user",instance="user-1",route="/healthz",method="GET",status="200"} 2"#));
+        assert!(text.contains(
+            r#"shop_http_requests_total{service="user",instance="user-1",route="/healthz",method="GET",status="200"} 2"#
+        ));
         assert!(text.contains(r#"le="0.0005"} 1"#));
         assert!(text.contains(r#"le="0.05"} 2"#));
         assert!(text.contains(r#"le="+Inf"} 2"#));

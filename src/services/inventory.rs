@@ -125,8 +125,20 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
                 .await
                 .unwrap_or((0, 0));
             let mut out = String::new();
-            metrics::gauge(&mut out, "shop_inventory_stock_reserved", "Units held by reservations.", "", totals.0 as f64);
-            metrics::gauge(&mut out, "shop_inventory_reservations_held", "Reservations neither committed nor released.", "", totals.1 as f64);
+            metrics::gauge(
+                &mut out,
+                "shop_inventory_stock_reserved",
+                "Units held by reservations.",
+                "",
+                totals.0 as f64,
+            );
+            metrics::gauge(
+                &mut out,
+                "shop_inventory_reservations_held",
+                "Reservations neither committed nor released.",
+                "",
+                totals.1 as f64,
+            );
             out
         })
     });
@@ -147,11 +159,15 @@ struct ProductQuery {
     ids: Option<String>,
 }
 
-async fn products(State(inv): State<Inventory>, ApiQuery(q): ApiQuery<ProductQuery>) -> Result<Json<Vec<Product>>, ApiError> {
+async fn products(
+    State(inv): State<Inventory>,
+    ApiQuery(q): ApiQuery<ProductQuery>,
+) -> Result<Json<Vec<Product>>, ApiError> {
     let list = inv
         .db
         .call(move |c| {
-            let mut stmt = c.prepare_cached("SELECT product_id, name, price_cents, available FROM products ORDER BY product_id")?;
+            let mut stmt =
+                c.prepare_cached("SELECT product_id, name, price_cents, available FROM products ORDER BY product_id")?;
             let all = stmt.query_map([], |r| {
                 Ok(Product { product_id: r.get(0)?, name: r.get(1)?, price_cents: r.get(2)?, available: r.get(3)? })
             })?;
@@ -172,9 +188,16 @@ async fn stock(State(inv): State<Inventory>) -> Result<Json<Vec<Stock>>, ApiErro
 }
 
 pub fn read_stock(c: &mut rusqlite::Connection) -> rusqlite::Result<Vec<Stock>> {
-    let mut stmt = c.prepare("SELECT product_id, initial, available, reserved, sold FROM products ORDER BY product_id")?;
+    let mut stmt =
+        c.prepare("SELECT product_id, initial, available, reserved, sold FROM products ORDER BY product_id")?;
     let rows = stmt.query_map([], |r| {
-        Ok(Stock { product_id: r.get(0)?, initial: r.get(1)?, available: r.get(2)?, reserved: r.get(3)?, sold: r.get(4)? })
+        Ok(Stock {
+            product_id: r.get(0)?,
+            initial: r.get(1)?,
+            available: r.get(2)?,
+            reserved: r.get(3)?,
+            sold: r.get(4)?,
+        })
     })?;
     rows.collect()
 }
@@ -188,7 +211,10 @@ impl From<Refusal> for ApiError {
     }
 }
 
-async fn reserve(State(inv): State<Inventory>, JsonBody(req): JsonBody<ReserveRequest>) -> Result<Json<Reservation>, ApiError> {
+async fn reserve(
+    State(inv): State<Inventory>,
+    JsonBody(req): JsonBody<ReserveRequest>,
+) -> Result<Json<Reservation>, ApiError> {
     if req.order_id.is_empty() || req.items.is_empty() || req.items.iter().any(|l| l.quantity <= 0) {
         return Err(ApiError::bad_request("a reservation needs an order_id and items with positive quantities"));
     }
@@ -205,7 +231,10 @@ async fn reserve(State(inv): State<Inventory>, JsonBody(req): JsonBody<ReserveRe
             if let Some(existing) = find(tx, &order_id)? {
                 return Ok(match existing.status.as_str() {
                     "held" | "committed" => Ok(existing),
-                    _ => Err(Refusal("reservation_released", format!("the reservation for order `{order_id}` was already released"))),
+                    _ => Err(Refusal(
+                        "reservation_released",
+                        format!("the reservation for order `{order_id}` was already released"),
+                    )),
                 });
             }
             let mut unknown = Vec::new();
@@ -235,10 +264,14 @@ async fn reserve(State(inv): State<Inventory>, JsonBody(req): JsonBody<ReserveRe
             )?
             .execute(rusqlite::params![order_id, reservation_id, now, now + ttl])?;
             for (product, qty) in &wanted {
-                tx.prepare_cached("UPDATE products SET available = available - ?2, reserved = reserved + ?2 WHERE product_id = ?1")?
-                    .execute(rusqlite::params![product, qty])?;
-                tx.prepare_cached("INSERT INTO reservation_items (order_id, product_id, quantity) VALUES (?1, ?2, ?3)")?
-                    .execute(rusqlite::params![order_id, product, qty])?;
+                tx.prepare_cached(
+                    "UPDATE products SET available = available - ?2, reserved = reserved + ?2 WHERE product_id = ?1",
+                )?
+                .execute(rusqlite::params![product, qty])?;
+                tx.prepare_cached(
+                    "INSERT INTO reservation_items (order_id, product_id, quantity) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(rusqlite::params![order_id, product, qty])?;
             }
             Ok(Ok(Reservation { reservation_id, order_id, status: "held".into() }))
         })
@@ -248,7 +281,9 @@ async fn reserve(State(inv): State<Inventory>, JsonBody(req): JsonBody<ReserveRe
 
 fn find(tx: &Transaction, order_id: &str) -> rusqlite::Result<Option<Reservation>> {
     tx.prepare_cached("SELECT reservation_id, order_id, status FROM reservations WHERE order_id = ?1")?
-        .query_row([order_id], |r| Ok(Reservation { reservation_id: r.get(0)?, order_id: r.get(1)?, status: r.get(2)? }))
+        .query_row([order_id], |r| {
+            Ok(Reservation { reservation_id: r.get(0)?, order_id: r.get(1)?, status: r.get(2)? })
+        })
         .optional()
 }
 
@@ -270,7 +305,10 @@ fn set_status(tx: &Transaction, order_id: &str, status: &str) -> rusqlite::Resul
     Ok(())
 }
 
-async fn get_reservation(State(inv): State<Inventory>, ApiPath(order_id): ApiPath<String>) -> Result<Json<Reservation>, ApiError> {
+async fn get_reservation(
+    State(inv): State<Inventory>,
+    ApiPath(order_id): ApiPath<String>,
+) -> Result<Json<Reservation>, ApiError> {
     let key = order_id.clone();
     inv.db
         .tx(move |tx| find(tx, &key))
@@ -279,7 +317,10 @@ async fn get_reservation(State(inv): State<Inventory>, ApiPath(order_id): ApiPat
         .ok_or_else(|| ApiError::not_found(format!("no reservation for order `{order_id}`")))
 }
 
-async fn commit(State(inv): State<Inventory>, ApiPath(order_id): ApiPath<String>) -> Result<Json<Reservation>, ApiError> {
+async fn commit(
+    State(inv): State<Inventory>,
+    ApiPath(order_id): ApiPath<String>,
+) -> Result<Json<Reservation>, ApiError> {
     let outcome = inv
         .db
         .tx(move |tx| {
@@ -296,7 +337,10 @@ async fn commit(State(inv): State<Inventory>, ApiPath(order_id): ApiPath<String>
                 _ => {
                     return Ok(Err(ApiError::conflict(
                         "reservation_expired",
-                        format!("the reservation for order `{order_id}` is {}; it can no longer be committed", r.status),
+                        format!(
+                            "the reservation for order `{order_id}` is {}; it can no longer be committed",
+                            r.status
+                        ),
                     )))
                 }
             }
@@ -306,13 +350,20 @@ async fn commit(State(inv): State<Inventory>, ApiPath(order_id): ApiPath<String>
     Ok(Json(outcome?))
 }
 
-async fn release(State(inv): State<Inventory>, ApiPath(order_id): ApiPath<String>) -> Result<Json<Reservation>, ApiError> {
+async fn release(
+    State(inv): State<Inventory>,
+    ApiPath(order_id): ApiPath<String>,
+) -> Result<Json<Reservation>, ApiError> {
     let r = inv
         .db
         .tx(move |tx| {
             let Some(mut r) = find(tx, &order_id)? else {
                 // Nothing reserved yet: leave a tombstone so a reservation arriving late is refused.
-                let r = Reservation { reservation_id: ids::new("res"), order_id: order_id.clone(), status: "released".into() };
+                let r = Reservation {
+                    reservation_id: ids::new("res"),
+                    order_id: order_id.clone(),
+                    status: "released".into(),
+                };
                 let now = now_ms();
                 tx.execute(
                     "INSERT INTO reservations (order_id, reservation_id, status, created_at, expires_at, updated_at)

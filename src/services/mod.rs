@@ -119,7 +119,11 @@ impl Service {
 pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     let port = args.port.unwrap_or(kind.default_port());
     let listener = TcpListener::bind((args.bind, port)).await.with_context(|| {
-        format!("cannot listen on {}:{port} for service `{}`; pick another --port or stop what holds it", args.bind, kind.name())
+        format!(
+            "cannot listen on {}:{port} for service `{}`; pick another --port or stop what holds it",
+            args.bind,
+            kind.name()
+        )
     })?;
     let address = listener.local_addr()?;
     let instance = args.instance.clone().unwrap_or_else(|| kind.name().to_string());
@@ -156,7 +160,8 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     };
     let ready = service.ready.unwrap_or_else(|| db_ready(db.clone()));
     let extra_metrics = service.extra_metrics.unwrap_or_else(|| Arc::new(|| Box::pin(async { String::new() })));
-    let common = Common { service: kind.name(), instance: instance.clone(), metrics: rt.metrics.clone(), ready, extra_metrics };
+    let common =
+        Common { service: kind.name(), instance: instance.clone(), metrics: rt.metrics.clone(), ready, extra_metrics };
     let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
     let app = http::with_common_routes(service.routes, common, faults);
 

@@ -72,7 +72,10 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Notification> {
     })
 }
 
-async fn notify(State(db): State<Db>, JsonBody(req): JsonBody<NotifyRequest>) -> Result<(StatusCode, Json<Notification>), ApiError> {
+async fn notify(
+    State(db): State<Db>,
+    JsonBody(req): JsonBody<NotifyRequest>,
+) -> Result<(StatusCode, Json<Notification>), ApiError> {
     if req.event_id.is_empty() || req.event_id.len() > 64 || req.order_id.is_empty() {
         return Err(ApiError::bad_request("`event_id` (1 to 64 characters) and `order_id` are required"));
     }

@@ -66,9 +66,11 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         Box::pin(async move {
             let (captured, refunded) = db
                 .call(|c| {
-                    c.query_row("SELECT coalesce(sum(captured_cents), 0), coalesce(sum(refunded_cents), 0) FROM payments", [], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                    })
+                    c.query_row(
+                        "SELECT coalesce(sum(captured_cents), 0), coalesce(sum(refunded_cents), 0) FROM payments",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    )
                 })
                 .await
                 .unwrap_or((0, 0));
@@ -104,7 +106,9 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Payment> {
 }
 
 fn find(tx: &Transaction, order_id: &str) -> rusqlite::Result<Option<Payment>> {
-    tx.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE order_id = ?1"))?.query_row([order_id], row).optional()
+    tx.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE order_id = ?1"))?
+        .query_row([order_id], row)
+        .optional()
 }
 
 async fn charge(State(db): State<Db>, JsonBody(req): JsonBody<ChargeRequest>) -> Result<Json<Payment>, ApiError> {

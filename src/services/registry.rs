@@ -59,7 +59,10 @@ fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn register(State(reg): State<Registry>, JsonBody(inst): JsonBody<Instance>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn register(
+    State(reg): State<Registry>,
+    JsonBody(inst): JsonBody<Instance>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("service", &inst.service)?;
     check_name("instance", &inst.instance)?;
     if inst.address.parse::<std::net::SocketAddr>().is_err() {
@@ -68,7 +71,10 @@ async fn register(State(reg): State<Registry>, JsonBody(inst): JsonBody<Instance
     let now = now_ms();
     {
         let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.insert(inst.instance.clone(), Entry { instance: inst.clone(), registered_at: now, last_seen: Instant::now() });
+        entries.insert(
+            inst.instance.clone(),
+            Entry { instance: inst.clone(), registered_at: now, last_seen: Instant::now() },
+        );
     }
     tracing::info!(service = %inst.service, instance = %inst.instance, address = %inst.address, "registered");
     let row = inst.clone();
@@ -115,7 +121,12 @@ async fn deregister(State(reg): State<Registry>, ApiPath(instance): ApiPath<Stri
         let _ = reg
             .rt
             .db
-            .call(move |c| c.execute("UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1", rusqlite::params![instance, now]))
+            .call(move |c| {
+                c.execute(
+                    "UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1",
+                    rusqlite::params![instance, now],
+                )
+            })
             .await;
     }
     StatusCode::NO_CONTENT
@@ -164,7 +175,12 @@ async fn evict_loop(reg: Registry) {
             let _ = reg
                 .rt
                 .db
-                .call(move |c| c.execute("UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1", rusqlite::params![instance, now]))
+                .call(move |c| {
+                    c.execute(
+                        "UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1",
+                        rusqlite::params![instance, now],
+                    )
+                })
                 .await;
         }
     }

@@ -63,8 +63,14 @@ async fn tokens_are_required_and_inactive_users_are_refused() {
     let (status, _) = stack.get(&stack.gateway("/orders"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Tokens are stored hashed, never in clear.
-    assert_eq!(stack.count(shop::services::Kind::User, "SELECT count(*) FROM users WHERE token_hash LIKE 'dev-token%'", &[]), 0);
-    assert_eq!(stack.count(shop::services::Kind::User, "SELECT count(*) FROM users WHERE length(token_hash) = 64", &[]), 5);
+    assert_eq!(
+        stack.count(shop::services::Kind::User, "SELECT count(*) FROM users WHERE token_hash LIKE 'dev-token%'", &[]),
+        0
+    );
+    assert_eq!(
+        stack.count(shop::services::Kind::User, "SELECT count(*) FROM users WHERE length(token_hash) = 64", &[]),
+        5
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,17 +113,28 @@ async fn an_idempotency_key_gives_one_order_and_one_charge_even_when_requests_ra
     for _ in 0..8 {
         let (http, url) = (stack.http.clone(), stack.gateway("/orders"));
         racers.spawn(async move {
-            let resp = http.post(url).bearer_auth(ALICE).header("idempotency-key", "race").json(&items(&[("sku-3", 1)])).send().await.unwrap();
+            let resp = http
+                .post(url)
+                .bearer_auth(ALICE)
+                .header("idempotency-key", "race")
+                .json(&items(&[("sku-3", 1)]))
+                .send()
+                .await
+                .unwrap();
             (resp.status(), resp.json::<Value>().await.unwrap(), ())
         });
     }
     let results = racers.join_all().await;
-    let ids: std::collections::HashSet<_> = results.iter().map(|(_, b, _)| b["id"].as_str().unwrap().to_string()).collect();
+    let ids: std::collections::HashSet<_> =
+        results.iter().map(|(_, b, _)| b["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 1, "racing requests made several orders: {ids:?}");
     let created = results.iter().filter(|(s, _, _)| *s == StatusCode::CREATED).count();
     assert_eq!(created, 1);
     let id = ids.into_iter().next().unwrap();
-    assert_eq!(stack.count(shop::services::Kind::Payment, "SELECT count(*) FROM payments WHERE order_id = ?1", &[&id]), 1);
+    assert_eq!(
+        stack.count(shop::services::Kind::Payment, "SELECT count(*) FROM payments WHERE order_id = ?1", &[&id]),
+        1
+    );
     assert_eq!(stack.count(shop::services::Kind::Order, "SELECT count(*) FROM orders", &[]), 2);
     stack.assert_invariants();
 }

@@ -45,7 +45,10 @@ async fn a_silent_instance_is_evicted_after_the_ttl() {
     let gone = eventually(Duration::from_secs(5), async || stack.get(&url, None).await.1 == Value::Array(vec![])).await;
     stack.process(Kind::Notification).signal(nix::sys::signal::Signal::SIGCONT);
     assert!(gone, "paused instance was not evicted");
-    let back = eventually(Duration::from_secs(5), async || stack.get(&url, None).await.1.as_array().is_some_and(|a| a.len() == 1)).await;
+    let back = eventually(Duration::from_secs(5), async || {
+        stack.get(&url, None).await.1.as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
     assert!(back, "resumed instance did not re-register");
 }
 
@@ -95,7 +98,11 @@ fn parse_prometheus(text: &str) -> Result<Vec<(String, String, f64)>, String> {
             Some((n, l)) => (n, l.strip_suffix('}').ok_or(format!("line {}: unclosed labels", i + 1))?),
             None => (series, ""),
         };
-        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).filter(|f| typed.contains(*f)).unwrap_or(name);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| typed.contains(*f))
+            .unwrap_or(name);
         if !typed.contains(family) {
             return Err(format!("line {}: `{name}` has no TYPE", i + 1));
         }

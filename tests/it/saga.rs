@@ -41,11 +41,19 @@ async fn a_confirmed_order_sells_stock_charges_once_and_notifies_once() {
     let after = stack.stock("sku-1");
     assert_eq!(after, (before.0 - 3, 0, before.2 + 3));
     assert_eq!(
-        stack.count(Kind::Payment, "SELECT sum(captured_cents) FROM payments WHERE order_id = ?1 AND status = 'captured'", &[&id]),
+        stack.count(
+            Kind::Payment,
+            "SELECT sum(captured_cents) FROM payments WHERE order_id = ?1 AND status = 'captured'",
+            &[&id]
+        ),
         3 * 2499
     );
     wait_notifications(&stack, id, 1).await;
-    let n = stack.count(Kind::Notification, "SELECT count(*) FROM notifications WHERE order_id = ?1 AND kind = 'order_confirmed'", &[&id]);
+    let n = stack.count(
+        Kind::Notification,
+        "SELECT count(*) FROM notifications WHERE order_id = ?1 AND kind = 'order_confirmed'",
+        &[&id],
+    );
     assert_eq!(n, 1);
     let names: Vec<String> = steps(&order).into_iter().map(|s| s.0).collect();
     assert_eq!(&names[..5], ["validate_user", "reserve_stock", "charge_payment", "commit_stock", "confirm"]);
@@ -65,9 +73,23 @@ async fn declined_cards_and_insufficient_funds_fail_with_their_code_and_give_sto
         let id = order["id"].as_str().unwrap();
         let st = steps(&order);
         assert!(st.contains(&("release_stock".into(), "ok".into())), "{st:?}");
-        assert_eq!(stack.count(Kind::Payment, "SELECT coalesce(sum(captured_cents - refunded_cents), 0) FROM payments WHERE order_id = ?1", &[&id]), 0);
+        assert_eq!(
+            stack.count(
+                Kind::Payment,
+                "SELECT coalesce(sum(captured_cents - refunded_cents), 0) FROM payments WHERE order_id = ?1",
+                &[&id]
+            ),
+            0
+        );
         wait_notifications(&stack, id, 1).await;
-        assert_eq!(stack.count(Kind::Notification, "SELECT count(*) FROM notifications WHERE order_id = ?1 AND kind = 'order_failed'", &[&id]), 1);
+        assert_eq!(
+            stack.count(
+                Kind::Notification,
+                "SELECT count(*) FROM notifications WHERE order_id = ?1 AND kind = 'order_failed'",
+                &[&id]
+            ),
+            1
+        );
     }
     assert_eq!(stack.stock("sku-2"), before);
     stack.assert_invariants();
@@ -79,7 +101,11 @@ async fn unknown_products_and_sold_out_products_fail_the_order() {
     for (product, code) in [("sku-nope", "unknown_product"), ("sku-sold-out", "out_of_stock")] {
         let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1), (product, 1)]), &[]).await;
         assert_eq!(status, StatusCode::CREATED);
-        assert_eq!((order["status"].as_str(), order["failure"]["code"].as_str()), (Some("FAILED"), Some(code)), "{order}");
+        assert_eq!(
+            (order["status"].as_str(), order["failure"]["code"].as_str()),
+            (Some("FAILED"), Some(code)),
+            "{order}"
+        );
         assert_eq!(order["failure"]["step"], "reserve_stock");
         assert_eq!(order["payment_id"], Value::Null);
     }
@@ -92,7 +118,15 @@ async fn unknown_products_and_sold_out_products_fail_the_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() {
     let mut stack = TestStack::start().await;
-    let points = ["OrderPlaced", "StockReservationRequested", "StockReserved", "PaymentRequested", "PaymentCaptured", "StockCommitted", "CompensationStarted"];
+    let points = [
+        "OrderPlaced",
+        "StockReservationRequested",
+        "StockReserved",
+        "PaymentRequested",
+        "PaymentCaptured",
+        "StockCommitted",
+        "CompensationStarted",
+    ];
     for point in points {
         // A declined card exercises the compensation path for the last point.
         let token = if point == "CompensationStarted" { BOB } else { ALICE };
@@ -104,7 +138,11 @@ async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() 
         assert!(status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::ACCEPTED, "{point}: {status}");
         let exited = eventually(Duration::from_secs(10), async || stack.process(Kind::Order).exited()).await;
         assert!(exited, "order service did not crash after {point}");
-        assert_eq!(stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]), before + 1, "{point}: the order was recorded");
+        assert_eq!(
+            stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]),
+            before + 1,
+            "{point}: the order was recorded"
+        );
         let id: String = {
             let conn = shop::plumbing::db::open_read_only(&stack.db(Kind::Order)).unwrap();
             conn.query_row("SELECT order_id FROM orders ORDER BY order_id DESC LIMIT 1", [], |r| r.get(0)).unwrap()
@@ -172,7 +210,11 @@ async fn a_saga_past_its_timeout_is_compensated_once_payment_returns() {
     assert_eq!(stack.order(&id).await["status"], "PENDING");
     stack.spawn(Kind::Payment).await;
     let order = stack.wait_terminal(&id, Duration::from_secs(20)).await;
-    assert_eq!((order["status"].as_str(), order["failure"]["code"].as_str()), (Some("FAILED"), Some("timeout")), "{order:#}");
+    assert_eq!(
+        (order["status"].as_str(), order["failure"]["code"].as_str()),
+        (Some("FAILED"), Some("timeout")),
+        "{order:#}"
+    );
     assert_eq!(stack.stock("sku-4").1, 0);
     stack.assert_invariants();
 }

@@ -18,7 +18,8 @@ pub const CAROL: &str = "dev-token-carol";
 pub const DAVE: &str = "dev-token-dave";
 
 /// The services after the registry, in dependency order.
-const SERVICES: [Kind; 6] = [Kind::User, Kind::Inventory, Kind::Payment, Kind::Notification, Kind::Order, Kind::Gateway];
+const SERVICES: [Kind; 6] =
+    [Kind::User, Kind::Inventory, Kind::Payment, Kind::Notification, Kind::Order, Kind::Gateway];
 
 pub struct TestStack {
     pub dir: TempDir,
@@ -101,8 +102,8 @@ impl TestStack {
                 cmd.port = port;
             }
         }
-        let proc = ServiceProcess::spawn(&cmd, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log(kind)));
+        let proc =
+            ServiceProcess::spawn(&cmd, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", self.log(kind)));
         wait_healthy(&self.http, proc.address, "/healthz", Duration::from_secs(10)).await.expect("healthy");
         if kind == Kind::Registry {
             self.registry_url = format!("http://{}", proc.address);
@@ -144,7 +145,12 @@ impl TestStack {
     }
 
     /// `POST /orders` as `token` with optional extra headers.
-    pub async fn place(&self, token: &str, body: Value, headers: &[(&str, &str)]) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    pub async fn place(
+        &self,
+        token: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
         let mut req = self.http.post(self.gateway("/orders")).bearer_auth(token).json(&body);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -180,7 +186,11 @@ impl TestStack {
         })
         .await;
         if !found {
-            panic!("order {id} still {} after {within:?}: {last:#}\norder log:\n{}", last["status"], self.log(Kind::Order));
+            panic!(
+                "order {id} still {} after {within:?}: {last:#}\norder log:\n{}",
+                last["status"],
+                self.log(Kind::Order)
+            );
         }
         last
     }

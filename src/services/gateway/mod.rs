@@ -103,7 +103,8 @@ impl Gateway {
             return Ok(user);
         }
         let path = format!("/v1/tokens/{hash}");
-        let user: User = match self.client.call_idempotent::<(), _>("user", Method::GET, &path, None, Some(trace)).await {
+        let user: User = match self.client.call_idempotent::<(), _>("user", Method::GET, &path, None, Some(trace)).await
+        {
             Ok(u) => u,
             Err(e) if e.status() == Some(404) => return Err(ApiError::unauthorized("unknown token")),
             Err(e) => return Err(unavailable("user", &e)),
@@ -119,7 +120,8 @@ impl Gateway {
             Some(b) => b,
             None => limiter.entry(key.to_string()).or_insert(Bucket { tokens: self.burst, last: now }),
         };
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * self.rate_per_second).min(self.burst);
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * self.rate_per_second).min(self.burst);
         bucket.last = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -128,7 +130,11 @@ impl Gateway {
             let wait = ((1.0 - bucket.tokens) / self.rate_per_second).ceil().max(1.0) as u64;
             Err(ApiError {
                 retry_after: Some(wait),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this token; slow down")
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests for this token; slow down",
+                )
             })
         }
     }
@@ -169,7 +175,10 @@ fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
     let Some(prefer) = headers.get("prefer").and_then(|v| v.to_str().ok()) else { return Ok(DEFAULT_WAIT) };
     for pref in prefer.split(',').map(str::trim) {
         if let Some(v) = pref.strip_prefix("wait=") {
-            let secs: f64 = v.trim().parse().map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
+            let secs: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
             if !(secs >= 0.0 && secs.is_finite()) {
                 return Err(ApiError::bad_request("`Prefer: wait` must be 0 or more seconds"));
             }
@@ -188,11 +197,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-async fn place_order(State(gw): State<Gateway>, headers: HeaderMap, body: Result<JsonBody<OrderBody>, ApiError>) -> Result<Response, ApiError> {
+async fn place_order(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<JsonBody<OrderBody>, ApiError>,
+) -> Result<Response, ApiError> {
     let trace = TraceCtx::new_root();
     let user = gw.caller(&headers, &trace).await?;
     if !user.active {
-        return Err(ApiError::forbidden("user_inactive", format!("user `{}` is not active and cannot place orders", user.user_id)));
+        return Err(ApiError::forbidden(
+            "user_inactive",
+            format!("user `{}` is not active and cannot place orders", user.user_id),
+        ));
     }
     let JsonBody(body) = body?;
     validate(&body)?;
@@ -223,8 +239,10 @@ async fn place_order(State(gw): State<Gateway>, headers: HeaderMap, body: Result
     let (id, uid) = (order.id.clone(), order.user_id.clone());
     gw.db
         .call(move |c| {
-            c.prepare_cached("INSERT OR IGNORE INTO accepted_orders (order_id, user_id, returned_at) VALUES (?1, ?2, ?3)")?
-                .execute(rusqlite::params![id, uid, now_ms()])
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO accepted_orders (order_id, user_id, returned_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(rusqlite::params![id, uid, now_ms()])
         })
         .await?;
     let status = match (placed.created, order.status) {
@@ -244,14 +262,22 @@ async fn place_order(State(gw): State<Gateway>, headers: HeaderMap, body: Result
     Ok(response)
 }
 
-async fn get_order(State(gw): State<Gateway>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<OrderView>, ApiError> {
+async fn get_order(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<OrderView>, ApiError> {
     let trace = TraceCtx::new_root();
     let user = gw.caller(&headers, &trace).await?;
     if id.len() > MAX_ID_LEN {
         return Err(ApiError::bad_request(format!("an order id is at most {MAX_ID_LEN} characters")));
     }
     let not_found = || ApiError::not_found(format!("no order `{id}`"));
-    let order: OrderView = match gw.client.call_idempotent::<(), _>("order", Method::GET, &format!("/v1/orders/{id}"), None, Some(&trace)).await {
+    let order: OrderView = match gw
+        .client
+        .call_idempotent::<(), _>("order", Method::GET, &format!("/v1/orders/{id}"), None, Some(&trace))
+        .await
+    {
         Ok(o) => o,
         Err(e) if e.status() == Some(404) => return Err(not_found()),
         Err(e) => return Err(unavailable("order", &e)),
@@ -270,24 +296,37 @@ struct ListQuery {
     limit: Option<String>,
 }
 
-async fn list_orders(State(gw): State<Gateway>, headers: HeaderMap, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Vec<OrderView>>, ApiError> {
+async fn list_orders(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<OrderView>>, ApiError> {
     let trace = TraceCtx::new_root();
     let user = gw.caller(&headers, &trace).await?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s @ ("PENDING" | "CONFIRMED" | "FAILED")) => Some(s),
-        Some(s) => return Err(ApiError::bad_request(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED"))),
+        Some(s) => {
+            return Err(ApiError::bad_request(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED")))
+        }
     };
     let limit: u32 = match q.limit.as_deref() {
         None | Some("") => 20,
-        Some(l) => l.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| ApiError::bad_request(format!("`limit` must be 1 to 100, got `{l}`")))?,
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("`limit` must be 1 to 100, got `{l}`")))?,
     };
     let mut path = format!("/v1/orders?user_id={}&limit={limit}", urlencode(&user.user_id));
     if let Some(s) = status {
         path.push_str(&format!("&status={s}"));
     }
-    let orders: Vec<OrderView> =
-        gw.client.call_idempotent::<(), _>("order", Method::GET, &path, None, Some(&trace)).await.map_err(|e| unavailable("order", &e))?;
+    let orders: Vec<OrderView> = gw
+        .client
+        .call_idempotent::<(), _>("order", Method::GET, &path, None, Some(&trace))
+        .await
+        .map_err(|e| unavailable("order", &e))?;
     Ok(Json(orders))
 }
 

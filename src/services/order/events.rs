@@ -24,27 +24,61 @@ pub struct Failure {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", content = "data")]
 pub enum Event {
-    OrderPlaced { user_id: String, items: Vec<Item>, total_cents: i64, currency: String, trace_id: String },
-    UserValidated { card: String },
+    OrderPlaced {
+        user_id: String,
+        items: Vec<Item>,
+        total_cents: i64,
+        currency: String,
+        trace_id: String,
+    },
+    UserValidated {
+        card: String,
+    },
     StockReservationRequested {},
-    StockReserved { reservation_id: String },
+    StockReserved {
+        reservation_id: String,
+    },
     PaymentRequested {},
-    PaymentCaptured { payment_id: String, amount_cents: i64 },
+    PaymentCaptured {
+        payment_id: String,
+        amount_cents: i64,
+    },
     StockCommitRequested {},
     StockCommitted {},
     OrderConfirmed {},
     /// Written in the same transaction as the terminal event, with the outbox row.
-    NotificationQueued { event_id: String, kind: String },
-    NotificationDelivered { notification_id: String, attempts: i64 },
+    NotificationQueued {
+        event_id: String,
+        kind: String,
+    },
+    NotificationDelivered {
+        notification_id: String,
+        attempts: i64,
+    },
     /// A business failure (or the saga timeout): compensation runs from here, in reverse.
-    CompensationStarted { step: String, code: String, message: String },
+    CompensationStarted {
+        step: String,
+        code: String,
+        message: String,
+    },
     PaymentRefundRequested {},
-    PaymentRefunded { payment_id: String, refunded_cents: i64 },
+    PaymentRefunded {
+        payment_id: String,
+        refunded_cents: i64,
+    },
     StockReleaseRequested {},
     StockReleased {},
-    OrderFailed { step: String, code: String, message: String },
+    OrderFailed {
+        step: String,
+        code: String,
+        message: String,
+    },
     /// A transient failure of `step` (timeout, refused, 5xx); the step is tried again.
-    StepRetried { step: String, attempt: i64, error: String },
+    StepRetried {
+        step: String,
+        attempt: i64,
+        error: String,
+    },
 }
 
 impl Event {
@@ -351,7 +385,11 @@ mod tests {
     use super::*;
 
     fn log(events: Vec<Event>) -> Vec<Recorded> {
-        events.into_iter().enumerate().map(|(i, event)| Recorded { seq: i as i64 + 1, at_ms: 1000 + 10 * i as i64, event }).collect()
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Recorded { seq: i as i64 + 1, at_ms: 1000 + 10 * i as i64, event })
+            .collect()
     }
 
     fn placed() -> Event {
@@ -367,7 +405,8 @@ mod tests {
     #[test]
     fn the_happy_path_walks_every_step_in_order() {
         let mut events = vec![placed()];
-        let expected = [Action::ValidateUser, Action::ReserveStock, Action::ChargePayment, Action::CommitStock, Action::Confirm];
+        let expected =
+            [Action::ValidateUser, Action::ReserveStock, Action::ChargePayment, Action::CommitStock, Action::Confirm];
         let results = [
             vec![Event::UserValidated { card: "4242".into() }],
             vec![Event::StockReservationRequested {}, Event::StockReserved { reservation_id: "res_1".into() }],
@@ -394,17 +433,28 @@ mod tests {
             Event::StockReservationRequested {},
             Event::StockReserved { reservation_id: "res_1".into() },
             Event::PaymentRequested {},
-            Event::CompensationStarted { step: "charge_payment".into(), code: "card_declined".into(), message: "no".into() },
+            Event::CompensationStarted {
+                step: "charge_payment".into(),
+                code: "card_declined".into(),
+                message: "no".into(),
+            },
         ];
         let s = SagaState::fold("o", &log(events.clone()));
         // The charge was requested, so a refund (a no-op for a decline) comes first, then release.
         assert_eq!(s.next(), Action::RefundPayment);
         let mut more = events.clone();
-        more.extend([Event::PaymentRefundRequested {}, Event::PaymentRefunded { payment_id: "pay_1".into(), refunded_cents: 0 }]);
+        more.extend([
+            Event::PaymentRefundRequested {},
+            Event::PaymentRefunded { payment_id: "pay_1".into(), refunded_cents: 0 },
+        ]);
         assert_eq!(SagaState::fold("o", &log(more.clone())).next(), Action::ReleaseStock);
         more.extend([Event::StockReleaseRequested {}, Event::StockReleased {}]);
         assert_eq!(SagaState::fold("o", &log(more.clone())).next(), Action::MarkFailed);
-        more.push(Event::OrderFailed { step: "charge_payment".into(), code: "card_declined".into(), message: "no".into() });
+        more.push(Event::OrderFailed {
+            step: "charge_payment".into(),
+            code: "card_declined".into(),
+            message: "no".into(),
+        });
         let s = SagaState::fold("o", &log(more.clone()));
         assert_eq!((s.status(), s.failure().map(|f| f.code.as_str())), (Status::Failed, Some("card_declined")));
         let st = steps(&log(more));
@@ -416,7 +466,11 @@ mod tests {
     fn a_failure_before_any_request_needs_no_compensation() {
         let events = vec![
             placed(),
-            Event::CompensationStarted { step: "validate_user".into(), code: "user_inactive".into(), message: "x".into() },
+            Event::CompensationStarted {
+                step: "validate_user".into(),
+                code: "user_inactive".into(),
+                message: "x".into(),
+            },
         ];
         assert_eq!(SagaState::fold("o", &log(events)).next(), Action::MarkFailed);
     }

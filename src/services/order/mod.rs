@@ -75,7 +75,12 @@ struct Orders {
 
 pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     let store = Store { db: rt.db.clone(), owner: rt.instance.clone() };
-    let saga = Arc::new(Saga::new(store.clone(), rt.client.clone(), rt.args.tuning.saga_timeout, rt.args.tuning.crash_after.clone()));
+    let saga = Arc::new(Saga::new(
+        store.clone(),
+        rt.client.clone(),
+        rt.args.tuning.saga_timeout,
+        rt.args.tuning.crash_after.clone(),
+    ));
     let orders = Orders { saga: saga.clone(), client: rt.client.clone(), catalog: Arc::default() };
 
     tokio::spawn(relay::run(store.clone(), rt.client.clone(), saga.relay_wake.clone()));
@@ -87,13 +92,25 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
             let saga = saga.clone();
             Box::pin(async move {
                 let mut out = String::new();
-                metrics::gauge(&mut out, "shop_order_sagas_in_flight", "Sagas running in this process.", "", saga.in_flight() as f64);
+                metrics::gauge(
+                    &mut out,
+                    "shop_order_sagas_in_flight",
+                    "Sagas running in this process.",
+                    "",
+                    saga.in_flight() as f64,
+                );
                 if let Ok((by_status, backlog)) = saga.store.figures().await {
                     out.push_str("# HELP shop_order_orders Orders by status.\n# TYPE shop_order_orders gauge\n");
                     for (status, n) in by_status {
                         out.push_str(&format!("shop_order_orders{{status=\"{status}\"}} {n}\n"));
                     }
-                    metrics::gauge(&mut out, "shop_order_outbox_backlog", "Notifications not yet delivered.", "", backlog as f64);
+                    metrics::gauge(
+                        &mut out,
+                        "shop_order_outbox_backlog",
+                        "Notifications not yet delivered.",
+                        "",
+                        backlog as f64,
+                    );
                 }
                 out
             })
@@ -159,7 +176,13 @@ impl Orders {
         let deadline = tokio::time::Instant::now() + budget;
         loop {
             self.saga.wait(order_id, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
-            let view = self.saga.store.view(order_id).await?.map(|v| v.0).ok_or_else(|| ApiError::not_found("order vanished"))?;
+            let view = self
+                .saga
+                .store
+                .view(order_id)
+                .await?
+                .map(|v| v.0)
+                .ok_or_else(|| ApiError::not_found("order vanished"))?;
             // Another replica may be running it: poll the database until the budget is spent.
             if view.status != Status::Pending || tokio::time::Instant::now() >= deadline {
                 return Ok(view);
@@ -169,12 +192,19 @@ impl Orders {
     }
 }
 
-async fn place(State(o): State<Orders>, headers: HeaderMap, JsonBody(req): JsonBody<PlaceRequest>) -> Result<(StatusCode, Json<Placement>), ApiError> {
+async fn place(
+    State(o): State<Orders>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<PlaceRequest>,
+) -> Result<(StatusCode, Json<Placement>), ApiError> {
     if req.items.is_empty() || req.idempotency_key.is_empty() || req.user_id.is_empty() {
         return Err(ApiError::bad_request("an order needs a user_id, an idempotency_key and at least one item"));
     }
     if let Some(bad) = req.items.iter().find(|i| !(1..=1000).contains(&i.quantity)) {
-        return Err(ApiError::bad_request(format!("quantity of `{}` must be 1 to 1000, got {}", bad.product_id, bad.quantity)));
+        return Err(ApiError::bad_request(format!(
+            "quantity of `{}` must be 1 to 1000, got {}",
+            bad.product_id, bad.quantity
+        )));
     }
     let trace = TraceCtx::from_headers(&headers).unwrap_or_else(TraceCtx::new_root);
     let budget = Duration::from_millis(req.wait_ms.min(120_000));
@@ -183,7 +213,11 @@ async fn place(State(o): State<Orders>, headers: HeaderMap, JsonBody(req): JsonB
     let items: Vec<Item> = req
         .items
         .iter()
-        .map(|i| Item { product_id: i.product_id.clone(), quantity: i.quantity, unit_price_cents: prices.get(&i.product_id).copied().unwrap_or(0) })
+        .map(|i| Item {
+            product_id: i.product_id.clone(),
+            quantity: i.quantity,
+            unit_price_cents: prices.get(&i.product_id).copied().unwrap_or(0),
+        })
         .collect();
     let total_cents = items.iter().map(|i| i.quantity * i.unit_price_cents).sum();
     let event = Event::OrderPlaced {
@@ -208,7 +242,9 @@ async fn place(State(o): State<Orders>, headers: HeaderMap, JsonBody(req): JsonB
         }
         Placed::Existing { order_id, same_request: false } => Err(ApiError::unprocessable(
             "idempotency_key_reused",
-            format!("this Idempotency-Key was already used for order `{order_id}` with a different body; use a new key"),
+            format!(
+                "this Idempotency-Key was already used for order `{order_id}` with a different body; use a new key"
+            ),
         )),
     }
 }
@@ -233,7 +269,8 @@ async fn get_order(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (order, events) = o.saga.store.view(&id).await?.ok_or_else(|| ApiError::not_found(format!("no order `{id}`")))?;
+    let (order, events) =
+        o.saga.store.view(&id).await?.ok_or_else(|| ApiError::not_found(format!("no order `{id}`")))?;
     let body = OrderWithEvents { order, events: q.events.then(|| event_views(&events)) };
     serde_json::to_value(body).map(Json).map_err(ApiError::internal)
 }
@@ -246,10 +283,13 @@ struct ListQuery {
 }
 
 async fn list(State(o): State<Orders>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Vec<OrderView>>, ApiError> {
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| ApiError::bad_request(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED")))?),
-    };
+    let status =
+        match q.status.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(Status::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED"))
+            })?),
+        };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     Ok(Json(o.saga.store.list(q.user_id, status, limit).await?))
 }

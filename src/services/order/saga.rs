@@ -121,9 +121,16 @@ impl Saga {
                 Action::RefundPayment => self.refund(&mut state, &trace).await,
                 Action::ReleaseStock => self.release(&mut state, &trace).await,
                 Action::MarkFailed => {
-                    let f = state.compensating.clone().unwrap_or_else(|| unreachable!("MarkFailed only while compensating"));
-                    self.finish(&mut state, vec![Event::OrderFailed { step: f.step, code: f.code, message: f.message }], "order_failed")
-                        .await
+                    let f = state
+                        .compensating
+                        .clone()
+                        .unwrap_or_else(|| unreachable!("MarkFailed only while compensating"));
+                    self.finish(
+                        &mut state,
+                        vec![Event::OrderFailed { step: f.step, code: f.code, message: f.message }],
+                        "order_failed",
+                    )
+                    .await
                 }
             };
             if let Err(e) = result {
@@ -141,7 +148,12 @@ impl Saga {
     }
 
     /// Persists `events` (applied to `state` first) and honours the crash hook.
-    async fn record(&self, state: &mut SagaState, events: Vec<Event>, outbox: Option<(String, String)>) -> anyhow::Result<()> {
+    async fn record(
+        &self,
+        state: &mut SagaState,
+        events: Vec<Event>,
+        outbox: Option<(String, String)>,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
         let mut next = state.clone();
         for e in &events {
@@ -169,7 +181,13 @@ impl Saga {
 
     /// Calls `f` until it succeeds, is refused for a business reason, or (for forward steps)
     /// `saga_timeout` passes. Each transient failure is logged on the order as `StepRetried`.
-    async fn attempt<T, F, Fut>(&self, state: &mut SagaState, step: &str, forward: bool, mut f: F) -> anyhow::Result<Outcome<T>>
+    async fn attempt<T, F, Fut>(
+        &self,
+        state: &mut SagaState,
+        step: &str,
+        forward: bool,
+        mut f: F,
+    ) -> anyhow::Result<Outcome<T>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
@@ -183,7 +201,12 @@ impl Saga {
                 Err(e) if e.is_transient() => {
                     let attempt = state.retries + 1;
                     tracing::warn!(order_id = %state.order_id, step, attempt, error = %e, "transient failure; retrying");
-                    self.record(state, vec![Event::StepRetried { step: step.into(), attempt, error: e.to_string() }], None).await?;
+                    self.record(
+                        state,
+                        vec![Event::StepRetried { step: step.into(), attempt, error: e.to_string() }],
+                        None,
+                    )
+                    .await?;
                     let wait = backoff(attempt.min(20) as u32, Duration::from_millis(50), Duration::from_secs(2));
                     tokio::time::sleep(wait).await;
                 }
@@ -215,7 +238,9 @@ impl Saga {
             })
             .await?;
         let outcome = match outcome {
-            Outcome::Done(u) if !u.active => Outcome::Refused("user_inactive".into(), format!("user `{}` is not active", u.user_id)),
+            Outcome::Done(u) if !u.active => {
+                Outcome::Refused("user_inactive".into(), format!("user `{}` is not active", u.user_id))
+            }
             Outcome::Refused(code, _) if code == "not_found" => {
                 Outcome::Refused("unknown_user".into(), format!("no user `{}`", state.user_id))
             }
@@ -237,11 +262,19 @@ impl Saga {
         });
         let outcome = self
             .attempt(state, "reserve_stock", true, || {
-                self.client.call::<_, Reservation>("inventory", Method::POST, "/v1/reservations", Some(&body), Some(trace))
+                self.client.call::<_, Reservation>(
+                    "inventory",
+                    Method::POST,
+                    "/v1/reservations",
+                    Some(&body),
+                    Some(trace),
+                )
             })
             .await?;
         let outcome = match outcome {
-            Outcome::Refused(code, msg) if code == "reservation_released" => Outcome::Refused("reservation_expired".into(), msg),
+            Outcome::Refused(code, msg) if code == "reservation_released" => {
+                Outcome::Refused("reservation_expired".into(), msg)
+            }
             other => other,
         };
         if let Some(r) = self.fail_step(state, "reserve_stock", outcome).await? {
@@ -274,7 +307,8 @@ impl Saga {
                         Err(e) => return Err(e),
                     }
                 }
-                let result = client.call::<_, Payment>("payment", Method::POST, "/v1/payments", Some(body), Some(trace)).await;
+                let result =
+                    client.call::<_, Payment>("payment", Method::POST, "/v1/payments", Some(body), Some(trace)).await;
                 unknown.store(matches!(&result, Err(e) if e.outcome_unknown()), std::sync::atomic::Ordering::Relaxed);
                 result
             })
@@ -294,8 +328,12 @@ impl Saga {
             other => other,
         };
         if let Some(p) = self.fail_step(state, "charge_payment", outcome).await? {
-            self.record(state, vec![Event::PaymentCaptured { payment_id: p.payment_id, amount_cents: p.captured_cents }], None)
-                .await?;
+            self.record(
+                state,
+                vec![Event::PaymentCaptured { payment_id: p.payment_id, amount_cents: p.captured_cents }],
+                None,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -379,7 +417,9 @@ impl Saga {
             after.apply(e, now_ms());
         }
         let message = match after.failure() {
-            Some(f) if kind == "order_failed" => format!("Your order {} failed: {} ({})", state.order_id, f.code, f.message),
+            Some(f) if kind == "order_failed" => {
+                format!("Your order {} failed: {} ({})", state.order_id, f.code, f.message)
+            }
             _ => format!("Your order {} is confirmed: {} cents charged.", state.order_id, state.total_cents),
         };
         let payload = serde_json::json!({

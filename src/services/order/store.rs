@@ -100,7 +100,10 @@ pub struct Store {
 pub enum Placed {
     New(SagaState),
     /// The key was used before: the order it made, and whether the body matched.
-    Existing { order_id: String, same_request: bool },
+    Existing {
+        order_id: String,
+        same_request: bool,
+    },
 }
 
 impl Store {
@@ -149,7 +152,12 @@ impl Store {
 
     /// Appends `events` after what the log holds, updates the projection from `state` (which
     /// already has them applied), renews this runner's lease, and queues `outbox` if given.
-    pub async fn append(&self, state: &SagaState, events: Vec<Event>, outbox: Option<(String, String)>) -> Result<(), DbError> {
+    pub async fn append(
+        &self,
+        state: &SagaState,
+        events: Vec<Event>,
+        outbox: Option<(String, String)>,
+    ) -> Result<(), DbError> {
         let order_id = state.order_id.clone();
         let status = state.status();
         let failure = state.failure().map(|f| serde_json::to_string(f).unwrap_or_default());
@@ -224,8 +232,10 @@ impl Store {
         let order_id = order_id.to_string();
         self.db
             .call(move |c| {
-                let exists: Option<i64> =
-                    c.prepare_cached("SELECT 1 FROM orders WHERE order_id = ?1")?.query_row([&order_id], |r| r.get(0)).optional()?;
+                let exists: Option<i64> = c
+                    .prepare_cached("SELECT 1 FROM orders WHERE order_id = ?1")?
+                    .query_row([&order_id], |r| r.get(0))
+                    .optional()?;
                 if exists.is_none() {
                     return Ok(None);
                 }
@@ -236,7 +246,12 @@ impl Store {
     }
 
     /// The newest orders of a user (or of everyone), optionally of one status.
-    pub async fn list(&self, user_id: Option<String>, status: Option<Status>, limit: u32) -> Result<Vec<OrderView>, DbError> {
+    pub async fn list(
+        &self,
+        user_id: Option<String>,
+        status: Option<Status>,
+        limit: u32,
+    ) -> Result<Vec<OrderView>, DbError> {
         self.db
             .call(move |c| {
                 let ids: Vec<String> = c
@@ -266,7 +281,12 @@ impl Store {
                 )?;
                 let rows = stmt
                     .query_map(params![now_ms(), limit as i64], |r| {
-                        Ok(OutboxRow { event_id: r.get(0)?, order_id: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
+                        Ok(OutboxRow {
+                            event_id: r.get(0)?,
+                            order_id: r.get(1)?,
+                            payload: r.get(2)?,
+                            attempts: r.get(3)?,
+                        })
                     })?
                     .collect();
                 rows
@@ -319,7 +339,8 @@ impl Store {
                     .prepare_cached("SELECT status, count(*) FROM orders GROUP BY status")?
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<Vec<_>, _>>()?;
-                let backlog = c.query_row("SELECT count(*) FROM outbox WHERE delivered_at IS NULL", [], |r| r.get(0))?;
+                let backlog =
+                    c.query_row("SELECT count(*) FROM outbox WHERE delivered_at IS NULL", [], |r| r.get(0))?;
                 Ok((by_status, backlog))
             })
             .await
@@ -376,7 +397,9 @@ pub fn event_views(events: &[Recorded]) -> Vec<EventView> {
             at: rfc3339(r.at_ms),
             // The card number a saga carries is not for display.
             data: match &r.event {
-                Event::UserValidated { card } => serde_json::json!({"card_last4": &card[card.len().saturating_sub(4)..]}),
+                Event::UserValidated { card } => {
+                    serde_json::json!({"card_last4": &card[card.len().saturating_sub(4)..]})
+                }
                 e => e.data(),
             },
         })

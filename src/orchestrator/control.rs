@@ -1,0 +1,84 @@
+//! The client side of the supervisor's control API, used by every command that acts on a
+//! running stack.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::state_dir::{StateDir, SupervisorRecord};
+use super::supervisor::Status;
+use crate::cli::Failure;
+
+pub struct Control {
+    http: reqwest::Client,
+    base: String,
+    secret: String,
+    pub record: SupervisorRecord,
+}
+
+impl Control {
+    /// The running stack's supervisor, or `None` when no stack runs from this state dir.
+    pub fn connect(dir: &StateDir) -> Option<Control> {
+        let record = dir.live_supervisor()?;
+        let secret = dir.existing_secret()?;
+        Some(Control {
+            http: crate::plumbing::client::http_client(),
+            base: format!("http://{}", record.control),
+            secret,
+            record,
+        })
+    }
+
+    /// Like [`connect`](Self::connect), but "not running" is an error that says what to do.
+    pub fn require(dir: &StateDir) -> anyhow::Result<Control> {
+        Control::connect(dir).ok_or_else(|| {
+            anyhow::Error::from(Failure {
+                code: crate::cli::exit::RUNTIME,
+                message: format!("no stack is running from `{}`; start one with `shop up -d`", dir.root.display()),
+            })
+        })
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let resp = self.send(reqwest::Method::GET, "/v1/status", None, Duration::from_secs(5)).await?;
+        resp.json().await.context("unreadable answer from the supervisor")
+    }
+
+    /// POSTs to the control API; a 400 (an unknown service name) is a usage error.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<reqwest::Response> {
+        self.send(reqwest::Method::POST, path, Some(body), timeout).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-shop-secret", &self.secret)
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!("the supervisor (pid {}) does not answer at {}", self.record.pid, self.record.control)
+        })?;
+        if resp.status() == reqwest::StatusCode::BAD_REQUEST {
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            return Err(Failure::usage(v["error"]["message"].as_str().unwrap_or("bad request").to_string()));
+        }
+        if !resp.status().is_success() {
+            anyhow::bail!("the supervisor answered {} to {path}", resp.status());
+        }
+        Ok(resp)
+    }
+}

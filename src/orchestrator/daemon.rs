@@ -1,0 +1,47 @@
+//! Running a supervisor: in the foreground (`shop up`) or as the background process that
+//! `shop up -d` starts (`shop supervise`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::stackfile::Stack;
+use super::state_dir::StateDir;
+use super::supervisor::Supervisor;
+use crate::cli::{exit, Failure};
+
+/// A supervisor that is serving its control API and starting its services.
+pub struct Running {
+    pub sup: Arc<Supervisor>,
+}
+
+/// Prepares the state dir, checks fixed ports, serves the control API, records itself, and
+/// starts `services` (all when empty) in the background.
+pub async fn launch(stack: Stack, dir: StateDir, services: &[String], no_deps: bool) -> anyhow::Result<Running> {
+    dir.create()?;
+    let secret = dir.secret()?;
+    let sup = Supervisor::new(stack, dir.clone(), secret)?;
+    let targets = sup.resolve(services, !no_deps).map_err(Failure::usage)?;
+    super::ports::check_stack(&sup.stack).map_err(|message| Failure { code: exit::RUNTIME, message })?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control = listener.local_addr()?;
+    let app = sup.control_api();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    dir.write_record(&sup.record(control))?;
+    tokio::spawn(sup.clone().monitor());
+    sup.spawn_up(targets);
+    Ok(Running { sup })
+}
+
+impl Running {
+    /// Serves until `down` is asked for (API) or SIGTERM/SIGINT arrives, then stops every
+    /// service in reverse dependency order and removes the supervisor record.
+    pub async fn serve_until_down(&self, grace: Duration) {
+        tokio::select! {
+            _ = self.sup.shutdown.notified() => {}
+            _ = crate::plumbing::http::shutdown_signal() => self.sup.down(grace).await,
+        }
+        self.sup.dir.remove_record();
+    }
+}

@@ -1,0 +1,1478 @@
+//! Reading `stack.yaml` (SPEC section 4): the topology `shop up` runs, validated all at once.
+//!
+//! A user fixing a stack file wants every problem in one go, each as `FILE:LINE:COL: message`.
+//! serde_yaml stops at the first error and knows no positions of values, so this module reads in
+//! three steps instead of one serde pass:
+//!
+//! 1. `read_yaml` turns saphyr-parser's events into a small tree that keeps every node's position;
+//! 2. `read_stack` and the readers that `raw_struct!` declares walk that tree into the raw model
+//!    (`Raw*`): shape and types only, and, like serde's `deny_unknown_fields`, unknown keys
+//!    rejected (with a "did you mean");
+//! 3. `validate` turns the raw model into the typed [`Stack`]: ranges, durations, kinds,
+//!    references, cycles, ports and fixture files, with the defaults filled in.
+//!
+//! The YAML crate is used nowhere else, so the rest of the crate sees only [`Stack`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use saphyr_parser::{Event, Marker, Parser, ScalarStyle};
+
+use crate::plumbing::time::parse_duration;
+use crate::services::Kind;
+
+/// A validated stack file: everything `shop up` needs to start the topology.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stack {
+    /// Tells stacks apart in output; `shop` unless the file says otherwise.
+    pub name: String,
+    /// The stack file's path exactly as the user gave it, for messages.
+    pub file: PathBuf,
+    /// The stack file's directory (`.` for a bare file name): relative paths in the file start here.
+    pub dir: PathBuf,
+    /// The service registry every instance heartbeats to.
+    pub registry: RegistrySpec,
+    /// In file order, which is also the order within a start layer.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// The `registry:` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegistrySpec {
+    /// Where the registry listens; 0 = any free port.
+    pub port: u16,
+    /// How often each instance re-registers.
+    pub heartbeat: Duration,
+    /// An instance missing heartbeats this long is dropped.
+    pub ttl: Duration,
+}
+
+/// What a service runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Program {
+    /// A built-in service, run as `shop serve KIND`.
+    Builtin(Kind),
+    /// Any program, as argv; the supervisor substitutes `{port}`.
+    External(Vec<String>),
+}
+
+/// One entry of `services:`, with `defaults:` applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSpec {
+    /// The key under `services:`; names instances, logs and `depends_on` entries.
+    pub name: String,
+    /// The built-in kind (`kind:`, else the name) or the `command:`.
+    pub program: Program,
+    /// How many instances to run; clients balance over the healthy ones.
+    pub replicas: u32,
+    /// Fixed port, or 0 for any free port.
+    pub port: u16,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Services that must be healthy before this one starts.
+    pub depends_on: Vec<String>,
+    /// Extra environment for the process.
+    pub env: BTreeMap<String, String>,
+    /// Seed data, resolved against the stack file's directory.
+    pub fixtures: Option<PathBuf>,
+    /// What to do when the process exits.
+    pub restart: RestartPolicy,
+    /// Restarts allowed before giving up; 0 = never restart.
+    pub max_restarts: u32,
+    /// First wait before a restart; the supervisor doubles it each time.
+    pub backoff: Duration,
+    /// How the supervisor decides the service is up.
+    pub health: HealthSpec,
+    /// How this service calls its dependencies.
+    pub client: ClientSpec,
+    /// A saga that cannot finish by then is compensated (meant for `order`).
+    pub saga_timeout: Option<Duration>,
+    /// Per-token request limit (meant for `gateway`).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `restart: no | on-failure | always`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    No,
+    OnFailure,
+    Always,
+}
+
+/// The `health:` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthSpec {
+    /// HTTP path that answers 200 when the service is healthy.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// How long one probe may take.
+    pub timeout: Duration,
+    /// How long to wait before declaring the start failed.
+    pub start_period: Duration,
+}
+
+/// The `client:` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientSpec {
+    /// Per-call deadline.
+    pub timeout: Duration,
+    /// Extra attempts after the first, with exponential backoff and jitter.
+    pub retries: u32,
+    /// When to stop calling a failing dependency for a while.
+    pub circuit_breaker: BreakerSpec,
+}
+
+/// The `circuit_breaker:` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSpec {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long it stays open.
+    pub open_for: Duration,
+    /// Trial calls let through while half open.
+    pub half_open_requests: u32,
+}
+
+/// The `rate_limit:` section: a token bucket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Bucket size; defaults to `per_second`.
+    pub burst: u32,
+}
+
+/// Everything wrong with a stack file; `Display` prints one `FILE:LINE:COL: message` per line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackError {
+    /// The stack file's path as given.
+    pub file: PathBuf,
+    /// Sorted by position.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem; line and column are 1-based, or 0 when the file could not be read at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where the offending key or value starts.
+    pub line: usize,
+    /// Counted in characters, as editors do.
+    pub column: usize,
+    /// Lower case, names the thing in backticks and says what to do.
+    pub message: String,
+}
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "\n" };
+            match p.line {
+                0 => write!(f, "{sep}{}: {}", self.file.display(), p.message)?,
+                _ => write!(f, "{sep}{}:{}:{}: {}", self.file.display(), p.line, p.column, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StackError {}
+
+impl Stack {
+    /// Reads and validates the stack file at `path`.
+    pub fn load(path: &Path) -> Result<Stack, StackError> {
+        let text = std::fs::read_to_string(path).map_err(|e| StackError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                line: 0,
+                column: 0,
+                message: format!("cannot read the stack file ({e}); pass the right one with `-f FILE`"),
+            }],
+        })?;
+        Stack::parse(&text, path)
+    }
+
+    /// Validates `text`; `file` is the path as given, used in messages and for relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Stack, StackError> {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut c = Check::default();
+        let stack = read_yaml(text, &mut c)
+            .and_then(|root| read_stack(&mut c, &root))
+            .map(|raw| validate(&mut c, raw, file.to_path_buf(), dir));
+        match stack {
+            Some(stack) if c.problems.is_empty() => Ok(stack),
+            _ => {
+                // Stable, so problems at one spot keep the order they were found in.
+                c.problems.sort_by_key(|p| (p.line, p.column));
+                Err(StackError { file: file.to_path_buf(), problems: c.problems })
+            }
+        }
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Start order: layers of service names; each layer depends only on earlier layers; names
+    /// within a layer in file order.
+    pub fn layers(&self) -> Vec<Vec<String>> {
+        let mut placed = BTreeSet::new();
+        let mut layers = Vec::new();
+        while placed.len() < self.services.len() {
+            let layer: Vec<&ServiceSpec> = (self.services.iter())
+                .filter(|s| !placed.contains(s.name.as_str()))
+                .filter(|s| s.depends_on.iter().all(|d| placed.contains(d.as_str())))
+                .collect();
+            if layer.is_empty() {
+                break; // only a cycle gets here, and validation rejects those
+            }
+            placed.extend(layer.iter().map(|s| s.name.as_str()));
+            layers.push(layer.iter().map(|s| s.name.clone()).collect());
+        }
+        layers
+    }
+
+    /// `names` plus everything they depend on, transitively (for `shop up order`), in start order.
+    pub fn with_dependencies(&self, names: &[String]) -> Result<Vec<String>, String> {
+        let mut todo = Vec::new();
+        for name in names {
+            let known = self.service(name).ok_or_else(|| {
+                let all: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+                format!("unknown service `{name}`; the stack has: {}", all.join(", "))
+            })?;
+            todo.push(known.name.as_str());
+        }
+        let mut wanted = BTreeSet::new();
+        while let Some(name) = todo.pop() {
+            if wanted.insert(name) {
+                todo.extend(self.service(name).into_iter().flat_map(|s| s.depends_on.iter().map(String::as_str)));
+            }
+        }
+        Ok(self.layers().into_iter().flatten().filter(|n| wanted.contains(n.as_str())).collect())
+    }
+
+    /// Services that depend on `name`, directly or not, in file order.
+    pub fn dependents(&self, name: &str) -> Vec<String> {
+        let mut found = BTreeSet::from([name]);
+        // Grow to a fixed point: stacks are small, so the quadratic walk costs nothing.
+        loop {
+            let before = found.len();
+            for s in &self.services {
+                if s.depends_on.iter().any(|d| found.contains(d.as_str())) {
+                    found.insert(&s.name);
+                }
+            }
+            if found.len() == before {
+                break;
+            }
+        }
+        self.services
+            .iter()
+            .filter(|s| s.name != name && found.contains(s.name.as_str()))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+}
+
+// ---- Step 1: YAML events to a tree that remembers positions ----
+
+/// A 1-based position in the stack file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Pos {
+    line: usize,
+    column: usize,
+}
+
+impl From<&Marker> for Pos {
+    fn from(m: &Marker) -> Pos {
+        Pos { line: m.line(), column: m.col() + 1 } // saphyr's lines are 1-based, its columns 0-based
+    }
+}
+
+/// A YAML node and where it starts.
+struct Node {
+    at: Pos,
+    value: Value,
+}
+
+enum Value {
+    /// `plain` is false for quoted and block scalars, which are strings whatever they hold.
+    Scalar {
+        text: String,
+        plain: bool,
+    },
+    List(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    fn is_null(&self) -> bool {
+        let nulls = ["", "~", "null", "Null", "NULL"];
+        matches!(&self.value, Value::Scalar { text, plain: true } if nulls.contains(&text.as_str()))
+    }
+
+    /// The node as a message shows it, long values cut short.
+    fn describe(&self) -> String {
+        let cut = |text: &str| match text.char_indices().nth(40) {
+            Some((end, _)) => format!("{}…", &text[..end]),
+            None => text.to_string(),
+        };
+        match &self.value {
+            Value::Scalar { text, plain: true } => format!("`{}`", cut(text)),
+            Value::Scalar { text, plain: false } => format!("`\"{}\"`", cut(text)),
+            Value::List(_) => "a list".into(),
+            Value::Map(_) => "a mapping".into(),
+        }
+    }
+}
+
+/// No stack file nests this deep; the cap keeps junk input from exhausting the stack when the
+/// tree is dropped (which recurses).
+const MAX_DEPTH: usize = 32;
+
+/// The document's root node, or `None` after reporting why there is none worth reading.
+fn read_yaml(text: &str, c: &mut Check) -> Option<Node> {
+    enum Open {
+        List(Pos, Vec<Node>),
+        Map(Pos, Vec<(Node, Node)>, Option<Node>),
+    }
+    let mut open: Vec<Open> = Vec::new();
+    let mut root = None;
+    for event in Parser::new_from_str(text) {
+        let (event, span) = match event {
+            Ok(event) => event,
+            Err(e) => return c.fail(e.marker().into(), format!("invalid YAML: {}", e.info())),
+        };
+        let at = Pos::from(&span.start);
+        let node = match event {
+            Event::DocumentStart(_) if root.is_some() => {
+                return c.fail(at, "a second YAML document starts here; a stack file holds exactly one".into());
+            }
+            Event::Alias(_)
+            | Event::Scalar(_, _, 1.., _)
+            | Event::SequenceStart(1.., _)
+            | Event::MappingStart(1.., _) => {
+                return c
+                    .fail(at, "anchors and aliases (`&name`, `*name`) are not supported; write the value out".into());
+            }
+            // A tag could turn `8080` into a string behind the reader's back; nobody needs one here.
+            Event::Scalar(.., Some(_)) | Event::SequenceStart(_, Some(_)) | Event::MappingStart(_, Some(_)) => {
+                return c.fail(at, "YAML tags (`!!str`, `!name`) are not supported; remove it".into());
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if open.len() >= MAX_DEPTH => {
+                return c.fail(at, format!("nested more than {MAX_DEPTH} levels deep; this is not a stack file"));
+            }
+            Event::SequenceStart(..) => {
+                open.push(Open::List(at, Vec::new()));
+                continue;
+            }
+            Event::MappingStart(..) => {
+                open.push(Open::Map(at, Vec::new(), None));
+                continue;
+            }
+            Event::Scalar(text, style, ..) => {
+                Node { at, value: Value::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain } }
+            }
+            Event::SequenceEnd | Event::MappingEnd => match open.pop() {
+                Some(Open::List(at, items)) => Node { at, value: Value::List(items) },
+                Some(Open::Map(at, entries, _)) => Node { at, value: Value::Map(entries) },
+                None => continue, // the parser balances ends with starts
+            },
+            _ => continue,
+        };
+        match open.last_mut() {
+            None => root = Some(node),
+            Some(Open::List(_, items)) => items.push(node),
+            Some(Open::Map(_, entries, key)) => match key.take() {
+                None => *key = Some(node),
+                Some(k) => entries.push((k, node)),
+            },
+        }
+    }
+    if root.is_none() {
+        c.report(Pos { line: 1, column: 1 }, "the stack file is empty; it needs at least a `services:` section");
+    }
+    root
+}
+
+// ---- Step 2: the tree to the raw model (shape and types) ----
+
+/// A value and where it was written.
+#[derive(Clone, Debug)]
+struct Sp<T> {
+    at: Pos,
+    v: T,
+}
+
+type Text = Option<Sp<String>>;
+type Int = Option<Sp<i64>>;
+type List = Option<Sp<Vec<Sp<String>>>>;
+
+/// A raw section: read from a mapping node at `path`, reporting what does not fit.
+trait Raw: Default {
+    fn read(c: &mut Check, node: Option<&Node>, path: &str) -> Self;
+}
+
+/// Declares a raw struct and its reader, as `#[derive(Deserialize)]` with
+/// `#[serde(deny_unknown_fields)]` would: the field names are the keys, each is read by the
+/// `Check` method named after `=`, and any other key is reported with a suggestion.
+macro_rules! raw_struct {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty = $read:ident),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Default)]
+        struct $name { $($field: $ty),* }
+
+        impl Raw for $name {
+            fn read(c: &mut Check, node: Option<&Node>, path: &str) -> $name {
+                let f = c.fields(node, path, &[$(stringify!($field)),*]);
+                $name { $($field: c.$read(f.get(stringify!($field)), &format!("{path}.{}", stringify!($field)))),* }
+            }
+        }
+    };
+}
+
+raw_struct!(RawRegistry { port: Int = int, heartbeat: Text = text, ttl: Text = text });
+raw_struct!(
+    /// The fields `defaults:` sets and each service may override.
+    RawPolicy {
+        restart: Text = text,
+        max_restarts: Int = int,
+        backoff: Text = text,
+        health: RawHealth = nested,
+        client: RawClient = nested,
+    }
+);
+raw_struct!(RawHealth { path: Text = text, interval: Text = text, timeout: Text = text, start_period: Text = text });
+raw_struct!(RawClient { timeout: Text = text, retries: Int = int, circuit_breaker: RawBreaker = nested });
+raw_struct!(RawBreaker { failure_threshold: Int = int, open_for: Text = text, half_open_requests: Int = int });
+raw_struct!(RawRateLimit { per_second: Int = int, burst: Int = int });
+raw_struct!(
+    /// One entry of `services:`; its name is the key.
+    RawService {
+        kind: Text = text,
+        command: List = list,
+        replicas: Int = int,
+        port: Int = int,
+        bind: Text = text,
+        depends_on: List = list,
+        env: BTreeMap<String, String> = env,
+        fixtures: Text = text,
+        saga_timeout: Text = text,
+        rate_limit: Option<Sp<RawRateLimit>> = optional,
+        // The policy fields again: serde's `flatten` would need its own unknown-key bookkeeping.
+        restart: Text = text,
+        max_restarts: Int = int,
+        backoff: Text = text,
+        health: RawHealth = nested,
+        client: RawClient = nested,
+    }
+);
+
+impl RawService {
+    fn policy(&self) -> RawPolicy {
+        let (restart, max_restarts, backoff) = (self.restart.clone(), self.max_restarts.clone(), self.backoff.clone());
+        RawPolicy { restart, max_restarts, backoff, health: self.health.clone(), client: self.client.clone() }
+    }
+}
+
+/// The top level, read by hand: it is the root, and `services:` is a map of named entries.
+struct RawStack {
+    name: Text,
+    registry: RawRegistry,
+    defaults: RawPolicy,
+    /// Where `services:` is (else the file's start), and its entries by name; `None` when it is
+    /// not a mapping, which was reported already.
+    services: Option<Sp<Vec<NamedService>>>,
+}
+
+/// A service's name (where it is written) and its section.
+type NamedService = (Sp<String>, RawService);
+
+/// The entries of a mapping whose keys were checked; a null value counts as not given.
+struct Fields<'a>(Vec<(Sp<String>, &'a Node)>);
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a Node> {
+        self.0.iter().find(|(k, v)| k.v == key && !v.is_null()).map(|(_, v)| *v)
+    }
+}
+
+/// Collects problems while the raw model is read and validated.
+#[derive(Default)]
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn report(&mut self, at: Pos, message: impl Into<String>) {
+        // One problem per line whatever the file holds: escape control characters from quoted values.
+        let mut line = String::new();
+        for ch in message.into().chars() {
+            if ch.is_control() {
+                line.extend(ch.escape_default());
+            } else {
+                line.push(ch);
+            }
+        }
+        self.problems.push(Problem { line: at.line, column: at.column, message: line });
+    }
+
+    fn fail<T>(&mut self, at: Pos, message: String) -> Option<T> {
+        self.report(at, message);
+        None
+    }
+
+    /// A mapping's entries in file order, keys checked to be unique single values.
+    fn entries<'a>(&mut self, node: Option<&'a Node>, path: &str) -> Vec<(Sp<String>, &'a Node)> {
+        let pairs = match node {
+            Some(Node { value: Value::Map(pairs), .. }) => pairs,
+            Some(n) if !n.is_null() => {
+                self.report(n.at, format!("`{path}` must be a mapping (`{{}}` for none), not {}", n.describe()));
+                return Vec::new();
+            }
+            _ => return Vec::new(),
+        };
+        let mut out: Vec<(Sp<String>, &Node)> = Vec::new();
+        for (key, value) in pairs {
+            let place = place(path);
+            match &key.value {
+                Value::Scalar { text, .. } if out.iter().any(|(k, _)| k.v == *text) => {
+                    self.report(key.at, format!("duplicate key `{text}` {place}; keep one"))
+                }
+                Value::Scalar { text, .. } => out.push((Sp { at: key.at, v: text.clone() }, value)),
+                _ => self.report(key.at, format!("keys {place} must be single values, not {}", key.describe())),
+            }
+        }
+        out
+    }
+
+    /// Like [`Check::entries`], reporting keys not in `known`.
+    fn fields<'a>(&mut self, node: Option<&'a Node>, path: &str, known: &[&str]) -> Fields<'a> {
+        let mut entries = self.entries(node, path);
+        entries.retain(|(key, _)| {
+            if known.contains(&key.v.as_str()) {
+                return true;
+            }
+            let place = place(path);
+            let hint = match did_you_mean(&key.v, known.iter().copied()) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!("expected one of: {}", known.join(", ")),
+            };
+            self.report(key.at, format!("unknown key `{}` {place}; {hint}", key.v));
+            false
+        });
+        Fields(entries)
+    }
+
+    /// A single value as text: strings, and numbers or booleans where a string is wanted.
+    fn text(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<String>> {
+        let node = node?;
+        match &node.value {
+            Value::Scalar { text, .. } => Some(Sp { at: node.at, v: text.clone() }),
+            _ => self.fail(node.at, format!("`{path}` must be a single value, not {}", node.describe())),
+        }
+    }
+
+    /// A whole number; ranges are checked in validation.
+    fn int(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<i64>> {
+        let node = node?;
+        if let Value::Scalar { text, plain: true } = &node.value {
+            let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                return match text.parse() {
+                    Ok(n) => Some(Sp { at: node.at, v: n }),
+                    Err(_) => self.fail(node.at, format!("`{path}` is out of range: {text}")),
+                };
+            }
+        }
+        self.fail(node.at, format!("`{path}` must be a whole number, not {}", node.describe()))
+    }
+
+    /// Another raw section.
+    fn nested<T: Raw>(&mut self, node: Option<&Node>, path: &str) -> T {
+        T::read(self, node, path)
+    }
+
+    /// A section that is absent unless given, and where it was given.
+    fn optional<T: Raw>(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<T>> {
+        node.map(|n| Sp { at: n.at, v: T::read(self, Some(n), path) })
+    }
+
+    /// Environment variables; numbers and booleans are taken as written, a null as empty.
+    fn env(&mut self, node: Option<&Node>, path: &str) -> BTreeMap<String, String> {
+        let entries = self.entries(node, path);
+        (entries.into_iter())
+            .filter_map(|(key, value)| match value.is_null() {
+                true => Some((key.v, String::new())),
+                false => self.text(Some(value), &format!("{path}.{}", key.v)).map(|v| (key.v, v.v)),
+            })
+            .collect()
+    }
+
+    /// A list of single values.
+    fn list(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<Vec<Sp<String>>>> {
+        let node = node?;
+        let Value::List(items) = &node.value else {
+            return self.fail(node.at, format!("`{path}` must be a list like [a, b], not {}", node.describe()));
+        };
+        let items = items.iter().filter_map(|item| self.text(Some(item), &format!("{path}[]"))).collect();
+        Some(Sp { at: node.at, v: items })
+    }
+}
+
+/// Where a key sits, for messages.
+fn place(path: &str) -> String {
+    if path.is_empty() {
+        "at the top level".into()
+    } else {
+        format!("in `{path}`")
+    }
+}
+
+fn read_stack(c: &mut Check, root: &Node) -> Option<RawStack> {
+    if !matches!(root.value, Value::Map(_)) {
+        let found = root.describe();
+        return c.fail(root.at, format!("the stack file must be a mapping with a `services:` section, not {found}"));
+    }
+    let top = c.fields(Some(root), "", &["name", "registry", "defaults", "services"]);
+    let node = top.get("services");
+    let at = top.0.iter().find(|(k, _)| k.v == "services").map_or(root.at, |(k, _)| k.at);
+    let is_map = node.is_none_or(|n| matches!(n.value, Value::Map(_)));
+    let services = (c.entries(node, "services").into_iter())
+        .map(|(name, node)| {
+            let service = RawService::read(c, Some(node), &format!("services.{}", name.v));
+            (name, service)
+        })
+        .collect();
+    Some(RawStack {
+        name: c.text(top.get("name"), "name"),
+        registry: c.nested(top.get("registry"), "registry"),
+        defaults: c.nested(top.get("defaults"), "defaults"),
+        services: is_map.then_some(Sp { at, v: services }),
+    })
+}
+
+// ---- Step 3: the raw model to the typed one ----
+
+/// What a service runs with unless it overrides it.
+struct Policy {
+    restart: RestartPolicy,
+    max_restarts: u32,
+    backoff: Duration,
+    health: HealthSpec,
+    client: ClientSpec,
+}
+
+/// The values SPEC section 4 documents for a missing `defaults:` field.
+fn builtin_policy() -> Policy {
+    let ms = Duration::from_millis;
+    Policy {
+        restart: RestartPolicy::OnFailure,
+        max_restarts: 5,
+        backoff: ms(200),
+        health: HealthSpec { path: "/healthz".into(), interval: ms(200), timeout: ms(1000), start_period: ms(10_000) },
+        client: ClientSpec {
+            timeout: ms(2000),
+            retries: 3,
+            circuit_breaker: BreakerSpec { failure_threshold: 5, open_for: ms(5000), half_open_requests: 1 },
+        },
+    }
+}
+
+/// Kinds a `services:` entry may have; the registry has its own section.
+const SERVICE_KINDS: [Kind; 6] =
+    [Kind::Gateway, Kind::User, Kind::Order, Kind::Payment, Kind::Inventory, Kind::Notification];
+
+// Counts: `replicas`, rate limits and the breaker's `failure_threshold`/`half_open_requests` must be
+// at least 1, since zero would mean "no service", "no requests" or a breaker that never closes.
+// `max_restarts: 0` (never restart) and `retries: 0` (one attempt) are meaningful, so those only
+// reject negatives. Durations that pace a loop or bound a wait (heartbeat, ttl, health interval and
+// timeout, client timeout, saga_timeout) must be non-zero; backoff, start_period and open_for may be 0.
+//
+// Each check returns `base` after reporting, so validation carries on to find the next problem.
+impl Check {
+    fn duration(&mut self, raw: &Text, path: &str, nonzero: bool, base: Duration) -> Duration {
+        let Some(raw) = raw else { return base };
+        match parse_duration(&raw.v) {
+            Ok(d) if nonzero && d.is_zero() => {
+                self.report(raw.at, format!("`{path}` must be more than zero, not `{}`", raw.v));
+                base
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.report(raw.at, format!("`{path}`: {e}"));
+                base
+            }
+        }
+    }
+
+    fn count(&mut self, raw: &Int, path: &str, min: i64, base: u32) -> u32 {
+        let Some(raw) = raw else { return base };
+        let message = match u32::try_from(raw.v) {
+            Ok(n) if raw.v >= min => return n,
+            _ if raw.v < min => format!("`{path}` must be {min} or more, not {}", raw.v),
+            _ => format!("`{path}` must be at most {}, not {}", u32::MAX, raw.v),
+        };
+        self.report(raw.at, message);
+        base
+    }
+
+    fn port(&mut self, raw: &Int, path: &str, base: u16) -> u16 {
+        let Some(raw) = raw else { return base };
+        u16::try_from(raw.v).unwrap_or_else(|_| {
+            self.report(raw.at, format!("`{path}` must be between 0 and 65535 (0 picks a free port), not {}", raw.v));
+            base
+        })
+    }
+
+    /// `raw` over `base`, field by field.
+    fn policy(&mut self, raw: &RawPolicy, prefix: &str, base: &Policy) -> Policy {
+        let p = |key: &str| format!("{prefix}.{key}");
+        let restart = match raw.restart.as_ref().map(|r| (r, r.v.as_str())) {
+            None => base.restart,
+            Some((_, "no")) => RestartPolicy::No,
+            Some((_, "on-failure")) => RestartPolicy::OnFailure,
+            Some((_, "always")) => RestartPolicy::Always,
+            Some((r, other)) => {
+                let path = p("restart");
+                self.report(r.at, format!("`{path}` must be one of no, on-failure, always, not `{other}`"));
+                base.restart
+            }
+        };
+        let (h, bh) = (&raw.health, &base.health);
+        let path = match &h.path {
+            None => bh.path.clone(),
+            Some(path) if path.v.starts_with('/') => path.v.clone(),
+            Some(path) => {
+                self.report(path.at, format!("`{}` must start with `/`, not `{}`", p("health.path"), path.v));
+                bh.path.clone()
+            }
+        };
+        let (cl, bc) = (&raw.client, &base.client);
+        let (b, bb) = (&cl.circuit_breaker, &bc.circuit_breaker);
+        let pb = |key: &str| format!("{prefix}.client.circuit_breaker.{key}");
+        Policy {
+            restart,
+            max_restarts: self.count(&raw.max_restarts, &p("max_restarts"), 0, base.max_restarts),
+            backoff: self.duration(&raw.backoff, &p("backoff"), false, base.backoff),
+            health: HealthSpec {
+                path,
+                interval: self.duration(&h.interval, &p("health.interval"), true, bh.interval),
+                timeout: self.duration(&h.timeout, &p("health.timeout"), true, bh.timeout),
+                start_period: self.duration(&h.start_period, &p("health.start_period"), false, bh.start_period),
+            },
+            client: ClientSpec {
+                timeout: self.duration(&cl.timeout, &p("client.timeout"), true, bc.timeout),
+                retries: self.count(&cl.retries, &p("client.retries"), 0, bc.retries),
+                circuit_breaker: BreakerSpec {
+                    failure_threshold: self.count(
+                        &b.failure_threshold,
+                        &pb("failure_threshold"),
+                        1,
+                        bb.failure_threshold,
+                    ),
+                    open_for: self.duration(&b.open_for, &pb("open_for"), false, bb.open_for),
+                    half_open_requests: self.count(
+                        &b.half_open_requests,
+                        &pb("half_open_requests"),
+                        1,
+                        bb.half_open_requests,
+                    ),
+                },
+            },
+        }
+    }
+
+    fn program(&mut self, name: &Sp<String>, s: &RawService) -> Program {
+        let path = format!("services.{}", name.v);
+        if let Some(command) = &s.command {
+            if s.kind.is_some() {
+                let next = "keep `kind` for a built-in service or `command` for your own program";
+                self.report(command.at, format!("`{path}` has both `kind` and `command`; {next}"));
+            }
+            if command.v.is_empty() {
+                let next = "give the program and its arguments, e.g. [python3, app.py, --port, \"{port}\"]";
+                self.report(command.at, format!("`{path}.command` is empty; {next}"));
+            }
+            return Program::External(command.v.iter().map(|a| a.v.clone()).collect());
+        }
+        let kind = s.kind.as_ref().unwrap_or(name);
+        let message = match Kind::parse(&kind.v) {
+            Some(Kind::Registry) => {
+                "`registry` is not a service kind; the registry is set up in the top-level `registry:` section".into()
+            }
+            Some(k) => return Program::Builtin(k),
+            None => {
+                let kinds: Vec<&str> = SERVICE_KINDS.iter().map(|k| k.name()).collect();
+                format!("unknown service kind `{}`; use one of {}, or give `command:`", kind.v, kinds.join(", "))
+            }
+        };
+        self.report(kind.at, message);
+        Program::Builtin(Kind::Gateway) // never seen: a problem was just reported, so `parse` fails
+    }
+}
+
+fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack {
+    let r = &raw.registry;
+    let registry = RegistrySpec {
+        port: c.port(&r.port, "registry.port", 7070),
+        heartbeat: c.duration(&r.heartbeat, "registry.heartbeat", true, Duration::from_secs(1)),
+        ttl: c.duration(&r.ttl, "registry.ttl", true, Duration::from_secs(3)),
+    };
+    if registry.ttl <= registry.heartbeat {
+        let at = r.ttl.as_ref().or(r.heartbeat.as_ref()).map_or(Pos::default(), |v| v.at);
+        let (ttl, heartbeat) = (registry.ttl, registry.heartbeat);
+        let next = "so instances would drop out between heartbeats; make the ttl a few heartbeats long";
+        c.report(
+            at,
+            format!("`registry.ttl` ({ttl:?}) must be longer than `registry.heartbeat` ({heartbeat:?}), {next}"),
+        );
+    }
+    let defaults = c.policy(&raw.defaults, "defaults", &builtin_policy());
+    let raw_services = raw.services.as_ref().map_or(&[][..], |s| &s.v[..]);
+    if let Some(Sp { at, v: services }) = &raw.services {
+        if services.is_empty() {
+            c.report(*at, "the stack has no services; list at least one under `services:`, e.g. `user: {}`");
+        }
+    }
+    let names: Vec<&str> = raw_services.iter().map(|(name, _)| name.v.as_str()).collect();
+    // Fixed ports so far and who holds them, to catch a second holder.
+    let mut ports: Vec<(u16, String)> = Vec::new();
+    if registry.port != 0 {
+        ports.push((registry.port, "the registry".into()));
+    }
+    let mut services = Vec::new();
+    for (name, s) in raw_services {
+        let path = format!("services.{}", name.v);
+        let p = |key: &str| format!("{path}.{key}");
+        // Names become file names under the state dir, so keep them tame.
+        if name.v.is_empty() || !name.v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            c.report(
+                name.at,
+                format!("service name `{}` may only hold letters, digits, `-` and `_`; rename it", name.v),
+            );
+        }
+        let replicas = c.count(&s.replicas, &p("replicas"), 1, 1);
+        let port = c.port(&s.port, &p("port"), 0);
+        if let Some(at) = s.port.as_ref().filter(|_| port != 0).map(|p| p.at) {
+            if let Some((_, holder)) = ports.iter().find(|(taken, _)| *taken == port) {
+                let next = "give each service its own port, or 0 for any free one";
+                c.report(at, format!("port {port} of `{path}` is already taken by {holder}; {next}"));
+            } else if replicas > 1 {
+                let next = "replicas cannot share a port, so use `port: 0` or `replicas: 1`";
+                c.report(at, format!("`{path}` has {replicas} replicas but the fixed port {port}; {next}"));
+            }
+            ports.push((port, format!("`{path}`")));
+        }
+        let bind = s.bind.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |b| {
+            b.v.parse().unwrap_or_else(|_| {
+                c.report(
+                    b.at,
+                    format!("`{}` must be an IP address like 127.0.0.1 or 0.0.0.0, not `{}`", p("bind"), b.v),
+                );
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            })
+        });
+        let mut depends_on: Vec<String> = Vec::new();
+        for dep in s.depends_on.iter().flat_map(|list| &list.v) {
+            if names.contains(&dep.v.as_str()) {
+                if !depends_on.contains(&dep.v) {
+                    depends_on.push(dep.v.clone());
+                }
+                continue;
+            }
+            let hint = match did_you_mean(&dep.v, names.iter().copied()) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!("the stack has: {}", names.join(", ")),
+            };
+            let what = format!("`{}` names `{}`", p("depends_on"), dep.v);
+            c.report(dep.at, format!("{what}, which is not a service in this stack; {hint}"));
+        }
+        let fixtures = s.fixtures.as_ref().map(|f| {
+            let resolved = dir.join(&f.v);
+            if !resolved.is_file() {
+                let next = "paths are relative to the stack file's directory";
+                c.report(f.at, format!("`{}`: no file at `{}`; {next}", p("fixtures"), resolved.display()));
+            }
+            resolved
+        });
+        let rate_limit = s.rate_limit.as_ref().map(|r| {
+            if r.v.per_second.is_none() {
+                c.report(
+                    r.at,
+                    format!("`{}` needs `per_second`, e.g. {{ per_second: 100, burst: 200 }}", p("rate_limit")),
+                );
+            }
+            // A bucket as big as a second's worth of requests is the usual default.
+            let per_second = c.count(&r.v.per_second, &p("rate_limit.per_second"), 1, 1);
+            RateLimit { per_second, burst: c.count(&r.v.burst, &p("rate_limit.burst"), 1, per_second) }
+        });
+        let policy = c.policy(&s.policy(), &path, &defaults);
+        let saga_timeout =
+            s.saga_timeout.as_ref().map(|_| c.duration(&s.saga_timeout, &p("saga_timeout"), true, Duration::ZERO));
+        services.push(ServiceSpec {
+            name: name.v.clone(),
+            program: c.program(name, s),
+            replicas,
+            port,
+            bind,
+            depends_on,
+            env: s.env.clone(),
+            fixtures,
+            restart: policy.restart,
+            max_restarts: policy.max_restarts,
+            backoff: policy.backoff,
+            health: policy.health,
+            client: policy.client,
+            saga_timeout,
+            rate_limit,
+        });
+    }
+    report_cycles(c, raw_services);
+    let name = raw.name.map_or_else(|| "shop".to_string(), |n| n.v);
+    Stack { name, file, dir, registry, services }
+}
+
+/// Reports each dependency cycle once, at the `depends_on` entry of its first edge.
+fn report_cycles(c: &mut Check, services: &[NamedService]) {
+    let index = |name: &str| services.iter().position(|(n, _)| n.v == name);
+    let edges: Vec<Vec<(usize, Pos)>> = (services.iter())
+        .map(|(_, s)| s.depends_on.iter().flat_map(|l| &l.v).filter_map(|d| Some((index(&d.v)?, d.at))).collect())
+        .collect();
+    // Iterative depth-first search (0 = unseen, 1 = on the path, 2 = done), so that a long
+    // dependency chain cannot overflow the call stack. `path` holds (service, edges followed).
+    let mut state = vec![0u8; services.len()];
+    for start in 0..services.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        state[start] = 1;
+        let mut path = vec![(start, 0usize)];
+        while let Some((node, next)) = path.last_mut() {
+            let Some(&(to, _)) = edges[*node].get(*next) else {
+                state[*node] = 2;
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            match state[to] {
+                0 => {
+                    state[to] = 1;
+                    path.push((to, 0));
+                }
+                1 => {
+                    let from = path.iter().position(|&(n, _)| n == to).unwrap_or(0);
+                    let (first, followed) = path[from];
+                    let at = edges[first][followed.saturating_sub(1)].1; // the edge `first` took last
+                    let cycle: Vec<&str> =
+                        (path[from..].iter().map(|&(n, _)| n)).chain([to]).map(|n| services[n].0.v.as_str()).collect();
+                    let next = "remove one of these `depends_on` entries";
+                    c.report(at, format!("dependency cycle: {}; {next}", cycle.join(" -> ")));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The closest candidate within two edits, for "did you mean".
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    if word.len() > 64 {
+        return None; // no name is that long, and the distance is quadratic
+    }
+    (candidates.into_iter())
+        .map(|cand| (edit_distance(word, cand), cand))
+        .filter(|&(d, _)| d <= 2 && d < word.chars().count())
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, cand)| cand)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = cost.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Stack, StackError> {
+        Stack::parse(yaml, Path::new("stack.yaml"))
+    }
+
+    fn err(yaml: &str) -> String {
+        parse(yaml).unwrap_err().to_string()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn the_shipped_stack_file_parses_with_the_documented_values() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("stack.yaml");
+        let stack = Stack::load(&file).unwrap();
+        assert_eq!(stack.name, "shop");
+        assert_eq!(stack.registry, RegistrySpec { port: 7070, heartbeat: ms(1000), ttl: ms(3000) });
+        let layers =
+            [strings(&["user", "inventory", "payment", "notification"]), strings(&["order"]), strings(&["gateway"])];
+        assert_eq!(stack.layers(), layers);
+        let gateway = stack.service("gateway").unwrap();
+        assert_eq!(gateway.program, Program::Builtin(Kind::Gateway));
+        assert_eq!((gateway.port, gateway.replicas), (8080, 1));
+        assert_eq!(gateway.depends_on, strings(&["order", "user", "inventory"]));
+        assert_eq!(gateway.rate_limit, Some(RateLimit { per_second: 20000, burst: 40000 }));
+        let order = stack.service("order").unwrap();
+        let builtin = builtin_policy();
+        assert_eq!(order.saga_timeout, Some(ms(60_000)));
+        assert_eq!(
+            (order.port, order.bind, order.restart),
+            (0, IpAddr::V4(Ipv4Addr::LOCALHOST), RestartPolicy::OnFailure)
+        );
+        assert_eq!((order.max_restarts, order.backoff), (5, ms(200)));
+        assert_eq!((&order.health, &order.client), (&builtin.health, &builtin.client));
+        let users = stack.service("user").unwrap().fixtures.clone().unwrap();
+        assert_eq!(users, Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/users.yaml"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_at_every_level_with_a_suggestion() {
+        let yaml = "\
+nmae: x
+registry: {prot: 1}
+defaults:
+  restrat: no
+  health: {intreval: 1s}
+  client: {retires: 1, circuit_breaker: {open_fr: 1s}}
+services:
+  order:
+    dependson: [user]
+    health: {timout: 1s}
+    client: {circuitbreaker: {}}
+    rate_limit: {brust: 1, per_second: 1}
+  user: {}
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:1:1: unknown key `nmae` at the top level; did you mean `name`?
+stack.yaml:2:12: unknown key `prot` in `registry`; did you mean `port`?
+stack.yaml:4:3: unknown key `restrat` in `defaults`; did you mean `restart`?
+stack.yaml:5:12: unknown key `intreval` in `defaults.health`; did you mean `interval`?
+stack.yaml:6:12: unknown key `retires` in `defaults.client`; did you mean `retries`?
+stack.yaml:6:42: unknown key `open_fr` in `defaults.client.circuit_breaker`; did you mean `open_for`?
+stack.yaml:9:5: unknown key `dependson` in `services.order`; did you mean `depends_on`?
+stack.yaml:10:14: unknown key `timout` in `services.order.health`; did you mean `timeout`?
+stack.yaml:11:14: unknown key `circuitbreaker` in `services.order.client`; did you mean `circuit_breaker`?
+stack.yaml:12:18: unknown key `brust` in `services.order.rate_limit`; did you mean `burst`?"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_and_the_value() {
+        let yaml = "\
+name: [a]
+registry: 7070
+services:
+  gateway:
+    port: eighty
+    replicas: \"2\"
+    depends_on: order
+    command: {a: b}
+    env: {A: [1]}
+  user: yes
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:1:7: `name` must be a single value, not a list
+stack.yaml:2:11: `registry` must be a mapping (`{}` for none), not `7070`
+stack.yaml:5:11: `services.gateway.port` must be a whole number, not `eighty`
+stack.yaml:6:15: `services.gateway.replicas` must be a whole number, not `\"2\"`
+stack.yaml:7:17: `services.gateway.depends_on` must be a list like [a, b], not `order`
+stack.yaml:8:14: `services.gateway.command` must be a list like [a, b], not a mapping
+stack.yaml:9:14: `services.gateway.env.A` must be a single value, not a list
+stack.yaml:10:9: `services.user` must be a mapping (`{}` for none), not `yes`"
+        );
+    }
+
+    #[test]
+    fn service_kinds_default_to_the_name_and_must_be_built_in() {
+        let yaml = "\
+services:
+  shipping: {}
+  user-eu: {kind: usr}
+  registry:
+  y: {kind: user, command: [a]}
+  z: {command: []}
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:2:3: unknown service kind `shipping`; use one of gateway, user, order, payment, inventory, notification, or give `command:`
+stack.yaml:3:19: unknown service kind `usr`; use one of gateway, user, order, payment, inventory, notification, or give `command:`
+stack.yaml:4:3: `registry` is not a service kind; the registry is set up in the top-level `registry:` section
+stack.yaml:5:28: `services.y` has both `kind` and `command`; keep `kind` for a built-in service or `command` for your own program
+stack.yaml:6:16: `services.z.command` is empty; give the program and its arguments, e.g. [python3, app.py, --port, \"{port}\"]"
+        );
+    }
+
+    #[test]
+    fn a_builtin_kind_can_run_under_another_name() {
+        let stack = parse("services:\n  inventory: {}\n  inventory-eu: {kind: inventory}\n").unwrap();
+        assert_eq!(stack.service("inventory-eu").unwrap().program, Program::Builtin(Kind::Inventory));
+    }
+
+    #[test]
+    fn external_commands_and_env_values_are_kept_as_strings() {
+        let stack = parse(
+            "services:\n  web: {command: [python3, -m, http.server, '{port}'], env: {A: 1, B: true, C: x, D:}}\n",
+        )
+        .unwrap();
+        let web = stack.service("web").unwrap();
+        assert_eq!(web.program, Program::External(strings(&["python3", "-m", "http.server", "{port}"])));
+        let env: Vec<(&str, &str)> = web.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(env, [("A", "1"), ("B", "true"), ("C", "x"), ("D", "")]);
+    }
+
+    #[test]
+    fn depends_on_must_name_services_in_the_stack() {
+        assert_eq!(
+            err("services:\n  gateway: {depends_on: [ordr, shipping]}\n  order: {}\n"),
+            "\
+stack.yaml:2:26: `services.gateway.depends_on` names `ordr`, which is not a service in this stack; did you mean `order`?
+stack.yaml:2:32: `services.gateway.depends_on` names `shipping`, which is not a service in this stack; the stack has: gateway, order"
+        );
+    }
+
+    #[test]
+    fn dependency_cycles_are_printed_in_full() {
+        let yaml = "\
+services:
+  gateway: {depends_on: [order]}
+  order: {depends_on: [payment]}
+  payment: {depends_on: [user]}
+  user: {depends_on: [order]}
+  notification: {depends_on: [notification]}
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:3:24: dependency cycle: order -> payment -> user -> order; remove one of these `depends_on` entries
+stack.yaml:6:31: dependency cycle: notification -> notification; remove one of these `depends_on` entries"
+        );
+    }
+
+    #[test]
+    fn fixed_ports_must_be_unique_and_not_shared_by_replicas() {
+        let yaml = "\
+registry: {port: 8080}
+services:
+  gateway: {port: 8080}
+  user: {port: 9000}
+  order: {port: 9000}
+  payment: {port: 9001, replicas: 2}
+  inventory: {port: 0, replicas: 2}
+  notification: {port: 7070}
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:3:19: port 8080 of `services.gateway` is already taken by the registry; give each service its own port, or 0 for any free one
+stack.yaml:5:17: port 9000 of `services.order` is already taken by `services.user`; give each service its own port, or 0 for any free one
+stack.yaml:6:19: `services.payment` has 2 replicas but the fixed port 9001; replicas cannot share a port, so use `port: 0` or `replicas: 1`"
+        );
+        // The registry's default port counts too.
+        assert_eq!(
+            err("services:\n  user: {port: 7070}\n"),
+            "stack.yaml:2:16: port 7070 of `services.user` is already taken by the registry; give each service its own port, or 0 for any free one"
+        );
+    }
+
+    #[test]
+    fn ports_must_fit_in_sixteen_bits() {
+        assert_eq!(
+            err("registry: {port: -1}\nservices:\n  gateway: {port: 70000}\n  user: {port: 99999999999999999999}\n"),
+            "\
+stack.yaml:1:18: `registry.port` must be between 0 and 65535 (0 picks a free port), not -1
+stack.yaml:3:19: `services.gateway.port` must be between 0 and 65535 (0 picks a free port), not 70000
+stack.yaml:4:16: `services.user.port` is out of range: 99999999999999999999"
+        );
+    }
+
+    #[test]
+    fn counts_below_their_minimum_are_errors() {
+        let yaml = "\
+defaults:
+  max_restarts: -1
+  client: {retries: -2, circuit_breaker: {failure_threshold: 0, half_open_requests: 0}}
+services:
+  user: {replicas: 0, rate_limit: {per_second: 0, burst: -3}}
+  order: {max_restarts: 0, client: {retries: 0}, replicas: 4294967296}
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:2:17: `defaults.max_restarts` must be 0 or more, not -1
+stack.yaml:3:21: `defaults.client.retries` must be 0 or more, not -2
+stack.yaml:3:62: `defaults.client.circuit_breaker.failure_threshold` must be 1 or more, not 0
+stack.yaml:3:85: `defaults.client.circuit_breaker.half_open_requests` must be 1 or more, not 0
+stack.yaml:5:20: `services.user.replicas` must be 1 or more, not 0
+stack.yaml:5:48: `services.user.rate_limit.per_second` must be 1 or more, not 0
+stack.yaml:5:58: `services.user.rate_limit.burst` must be 1 or more, not -3
+stack.yaml:6:60: `services.order.replicas` must be at most 4294967295, not 4294967296"
+        );
+        assert_eq!(
+            err("services:\n  gateway: {rate_limit: {burst: 3}}\n"),
+            "stack.yaml:2:25: `services.gateway.rate_limit` needs `per_second`, e.g. { per_second: 100, burst: 200 }"
+        );
+    }
+
+    #[test]
+    fn durations_must_parse_and_some_must_be_more_than_zero() {
+        let yaml = "\
+registry: {heartbeat: 0s, ttl: soon}
+defaults: {backoff: 0s, health: {interval: 0ms, timeout: 2 fortnights, start_period: 0s}}
+services:
+  order: {saga_timeout: 0s, client: {timeout: 0s, circuit_breaker: {open_for: 0s}}}
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:1:23: `registry.heartbeat` must be more than zero, not `0s`
+stack.yaml:1:32: `registry.ttl`: `soon` is not a duration (expected number at 0); write e.g. 500ms, 2s, 1m
+stack.yaml:2:44: `defaults.health.interval` must be more than zero, not `0ms`
+stack.yaml:2:58: `defaults.health.timeout`: `2 fortnights` is not a duration (unknown time unit \"fortnights\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. 500ms, 2s, 1m
+stack.yaml:4:25: `services.order.saga_timeout` must be more than zero, not `0s`
+stack.yaml:4:47: `services.order.client.timeout` must be more than zero, not `0s`"
+        );
+        assert_eq!(
+            err("registry: {heartbeat: 5s}\nservices: {user: {}}\n"),
+            "stack.yaml:1:23: `registry.ttl` (3s) must be longer than `registry.heartbeat` (5s), so instances would drop out between heartbeats; make the ttl a few heartbeats long"
+        );
+    }
+
+    #[test]
+    fn fixture_files_must_exist_beside_the_stack_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("fixtures")).unwrap();
+        std::fs::write(dir.path().join("fixtures/users.yaml"), "[]").unwrap();
+        let file = dir.path().join("stack.yaml");
+        let yaml =
+            "services:\n  user: {fixtures: fixtures/users.yaml}\n  inventory: {fixtures: fixtures/products.yaml}\n";
+        std::fs::write(&file, yaml).unwrap();
+        let expected = format!(
+            "{}:3:25: `services.inventory.fixtures`: no file at `{}`; paths are relative to the stack file's directory",
+            file.display(),
+            dir.path().join("fixtures/products.yaml").display()
+        );
+        assert_eq!(Stack::load(&file).unwrap_err().to_string(), expected);
+        std::fs::write(dir.path().join("fixtures/products.yaml"), "[]").unwrap();
+        let stack = Stack::load(&file).unwrap();
+        assert_eq!(stack.dir, dir.path());
+        assert_eq!(stack.service("user").unwrap().fixtures, Some(dir.path().join("fixtures/users.yaml")));
+    }
+
+    #[test]
+    fn restart_policy_is_one_of_three_words() {
+        assert_eq!(
+            err("defaults: {restart: sometimes}\nservices:\n  user: {restart: always}\n  order: {restart: false}\n"),
+            "\
+stack.yaml:1:21: `defaults.restart` must be one of no, on-failure, always, not `sometimes`
+stack.yaml:4:20: `services.order.restart` must be one of no, on-failure, always, not `false`"
+        );
+        assert_eq!(parse("services:\n  user: {restart: no}\n").unwrap().services[0].restart, RestartPolicy::No);
+    }
+
+    #[test]
+    fn a_stack_needs_services_but_not_a_name() {
+        assert_eq!(parse("services: {user: }\n").unwrap().name, "shop");
+        let none = "stack.yaml:1:1: the stack has no services; list at least one under `services:`, e.g. `user: {}`";
+        assert_eq!(err("services: {}\n"), none);
+        assert_eq!(err("services:\n"), none);
+        assert_eq!(err("name: x\n"), none);
+    }
+
+    #[test]
+    fn other_bad_values_are_reported_too() {
+        let yaml = "\
+services:
+  'a b': {command: [x]}
+  user: {bind: localhost, health: {path: healthz}}
+  order: {}
+  order: {}
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:2:3: service name `a b` may only hold letters, digits, `-` and `_`; rename it
+stack.yaml:3:16: `services.user.bind` must be an IP address like 127.0.0.1 or 0.0.0.0, not `localhost`
+stack.yaml:3:42: `services.user.health.path` must start with `/`, not `healthz`
+stack.yaml:5:3: duplicate key `order` in `services`; keep one"
+        );
+    }
+
+    #[test]
+    fn several_problems_are_reported_together_sorted_by_line() {
+        let yaml = "\
+registry: {ttl: 0s}
+services:
+  order: {depends_on: [payment]}
+  payment: {depends_on: [order], replicas: 0}
+  shipping: {}
+bogus: 1
+";
+        assert_eq!(
+            err(yaml),
+            "\
+stack.yaml:1:17: `registry.ttl` must be more than zero, not `0s`
+stack.yaml:3:24: dependency cycle: order -> payment -> order; remove one of these `depends_on` entries
+stack.yaml:4:44: `services.payment.replicas` must be 1 or more, not 0
+stack.yaml:5:3: unknown service kind `shipping`; use one of gateway, user, order, payment, inventory, notification, or give `command:`
+stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, registry, defaults, services"
+        );
+    }
+
+    #[test]
+    fn service_settings_override_defaults_field_by_field() {
+        let yaml = "\
+defaults:
+  restart: always
+  health: {interval: 1s, timeout: 3s}
+  client: {retries: 7, circuit_breaker: {open_for: 9s}}
+services:
+  user: {}
+  order:
+    max_restarts: 0
+    health: {timeout: 5s}
+    client: {circuit_breaker: {failure_threshold: 2}}
+";
+        let stack = parse(yaml).unwrap();
+        let (user, order) = (stack.service("user").unwrap(), stack.service("order").unwrap());
+        assert_eq!((user.restart, user.max_restarts, user.backoff), (RestartPolicy::Always, 5, ms(200)));
+        assert_eq!(
+            user.health,
+            HealthSpec { path: "/healthz".into(), interval: ms(1000), timeout: ms(3000), start_period: ms(10_000) }
+        );
+        assert_eq!((order.restart, order.max_restarts), (RestartPolicy::Always, 0));
+        assert_eq!(order.health, HealthSpec { timeout: ms(5000), ..user.health.clone() });
+        let breaker = BreakerSpec { failure_threshold: 2, open_for: ms(9000), half_open_requests: 1 };
+        assert_eq!(order.client, ClientSpec { timeout: ms(2000), retries: 7, circuit_breaker: breaker });
+    }
+
+    #[test]
+    fn with_dependencies_and_dependents_follow_depends_on_transitively() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("stack.yaml");
+        let stack = Stack::load(&file).unwrap();
+        let order = stack.with_dependencies(&strings(&["order"])).unwrap();
+        assert_eq!(order, strings(&["user", "inventory", "payment", "notification", "order"]));
+        assert_eq!(stack.with_dependencies(&strings(&["user", "inventory"])).unwrap(), strings(&["user", "inventory"]));
+        assert_eq!(
+            stack.with_dependencies(&strings(&["shipping"])).unwrap_err(),
+            "unknown service `shipping`; the stack has: gateway, user, inventory, payment, notification, order"
+        );
+        assert_eq!(stack.dependents("payment"), strings(&["gateway", "order"]));
+        assert_eq!(stack.dependents("user"), strings(&["gateway", "order"]));
+        assert!(stack.dependents("gateway").is_empty());
+    }
+
+    #[test]
+    fn syntax_errors_and_unsupported_yaml_carry_their_location() {
+        assert_eq!(
+            err("services:\n  user: {port: 1\n"),
+            "stack.yaml:3:1: invalid YAML: while parsing a flow mapping, did not find expected ',' or '}'"
+        );
+        assert_eq!(
+            err("services:\n  user: &u {}\n  order: *u\n"),
+            "stack.yaml:2:9: anchors and aliases (`&name`, `*name`) are not supported; write the value out"
+        );
+        assert_eq!(
+            err("services: {user: {}}\n---\nservices: {order: {}}\n"),
+            "stack.yaml:2:1: a second YAML document starts here; a stack file holds exactly one"
+        );
+        assert_eq!(
+            err("services: {user: {port: !!str 8080}}\n"),
+            "stack.yaml:1:25: YAML tags (`!!str`, `!name`) are not supported; remove it"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_one_error_naming_it() {
+        let e = Stack::load(Path::new("/nonexistent/stack.yaml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/stack.yaml: cannot read the stack file (No such file or directory (os error 2)); pass the right one with `-f FILE`"
+        );
+    }
+
+    #[test]
+    fn garbage_input_gives_located_errors_and_never_panics() {
+        assert_eq!(err(""), "stack.yaml:1:1: the stack file is empty; it needs at least a `services:` section");
+        assert_eq!(
+            err("- a\n"),
+            "stack.yaml:1:1: the stack file must be a mapping with a `services:` section, not a list"
+        );
+        let deep: String = (0..100).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        assert_eq!(err(&deep), "stack.yaml:33:33: nested more than 32 levels deep; this is not a stack file");
+        // Fixed pseudo-random soups, so a failure reproduces: raw bytes, and YAML punctuation.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut byte = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        };
+        let soup = String::from_utf8_lossy(&(0..4000).map(|_| byte()).collect::<Vec<u8>>()).into_owned();
+        let alphabet = b" :-[]{},\n\n#&*!'\"?|>ab1";
+        let yamlish =
+            (0..300).map(|_| (0..80).map(|_| alphabet[usize::from(byte()) % alphabet.len()] as char).collect());
+        let mut inputs = vec![
+            soup.clone(),
+            soup.replace('\0', " "),
+            "[".repeat(100_000),
+            "{a: ".repeat(10_000),
+            "# only a comment\n".into(),
+            "plain words".into(),
+            "? [a]\n: b\n".into(),
+            "services:\n  ? {a: b}\n  : {}\n".into(),
+            "services:\n\tuser: {}\n".into(),
+        ];
+        assert_eq!(
+            err(&format!("services:\n  user: {{port: \"a\\nb{}\"}}\n", "c".repeat(50))),
+            format!("stack.yaml:2:16: `services.user.port` must be a whole number, not `\"a\\nb{}…\"`", "c".repeat(37))
+        );
+        inputs.extend((1..60).map(|n| "services:\n  user:\n    port: \"a\n".chars().take(n).collect::<String>()));
+        inputs.extend(yamlish);
+        // Some of these are valid stacks; the point is that nothing panics.
+        for input in inputs {
+            if let Err(e) = parse(&input) {
+                assert!(
+                    !e.problems.is_empty() && e.problems.iter().all(|p| p.line >= 1 && p.column >= 1),
+                    "{input:?}: {e}"
+                );
+            }
+        }
+    }
+}

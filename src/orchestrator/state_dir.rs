@@ -1,0 +1,164 @@
+//! The state dir of a running stack (`.shop/` beside the stack file by default): where the
+//! supervisor records itself, and where logs, databases and the stack secret live, so every
+//! other command can find the running stack from any shell.
+//!
+//! ```text
+//! .shop/
+//!   supervisor.json   pid and control address of the live supervisor
+//!   secret            the stack secret (mode 0600), required by admin endpoints
+//!   logs/INSTANCE.log one per instance, plus supervisor.log
+//!   data/SERVICE.db   one per service (replicas share it)
+//! ```
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a live supervisor writes about itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SupervisorRecord {
+    pub pid: u32,
+    /// `host:port` of the control API.
+    pub control: String,
+    pub stack_file: PathBuf,
+    pub started_at: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    /// `--state-dir`/`$SHOP_STATE_DIR` if given, else `.shop/` beside the stack file.
+    pub fn resolve(explicit: Option<&Path>, stack_file: &Path) -> StateDir {
+        let root = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => stack_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(".shop"),
+        };
+        StateDir { root }
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    pub fn log(&self, instance: &str) -> PathBuf {
+        self.logs().join(format!("{instance}.log"))
+    }
+
+    pub fn db(&self, service: &str) -> PathBuf {
+        self.data().join(format!("{service}.db"))
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.root.join("supervisor.json")
+    }
+
+    pub fn create(&self) -> anyhow::Result<()> {
+        for dir in [self.logs(), self.data()] {
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The stack secret, created on first use with mode 0600.
+    pub fn secret(&self) -> anyhow::Result<String> {
+        let path = self.root.join("secret");
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_string());
+            }
+        }
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", self.root.display()))?;
+        let secret = {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::thread_rng().gen();
+            hex::encode(bytes)
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot write the stack secret `{}`: {e}", path.display()))?;
+        f.write_all(secret.as_bytes())?;
+        Ok(secret)
+    }
+
+    /// The secret if the stack has one, without creating it.
+    pub fn existing_secret(&self) -> Option<String> {
+        std::fs::read_to_string(self.root.join("secret")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    pub fn write_record(&self, record: &SupervisorRecord) -> anyhow::Result<()> {
+        let tmp = self.root.join("supervisor.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)?;
+        std::fs::rename(&tmp, self.record_path())?;
+        Ok(())
+    }
+
+    pub fn remove_record(&self) {
+        let _ = std::fs::remove_file(self.record_path());
+    }
+
+    /// The live supervisor, if any. A record whose process is gone is stale: it is removed
+    /// (with any process of the old stack still holding on) and `None` is returned.
+    pub fn live_supervisor(&self) -> Option<SupervisorRecord> {
+        let text = std::fs::read_to_string(self.record_path()).ok()?;
+        let record: SupervisorRecord = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(_) => {
+                self.remove_record();
+                return None;
+            }
+        };
+        if process_alive(record.pid) && cmdline(record.pid).is_some_and(|c| c.contains("shop")) {
+            return Some(record);
+        }
+        tracing::warn!(pid = record.pid, "found the state of a dead supervisor; cleaning it up");
+        self.kill_leftovers();
+        self.remove_record();
+        None
+    }
+
+    /// Kills processes of a dead supervisor's stack that are still running: any `shop serve`
+    /// whose `--db` is under this state dir. Children normally exit on their own when their
+    /// supervisor dies; this is for those that could not.
+    pub fn kill_leftovers(&self) {
+        let data = self.data();
+        let Ok(data) = data.canonicalize() else { return };
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if pid == std::process::id() {
+                continue;
+            }
+            if let Some(cmd) = cmdline(pid) {
+                if cmd.contains(" serve ") && cmd.contains(&*data.to_string_lossy()) {
+                    crate::orchestrator::launcher::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+}
+
+/// The command line of `pid`, arguments joined by spaces.
+pub fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>().join(" "))
+}
