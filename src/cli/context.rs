@@ -26,6 +26,10 @@ impl Context {
     /// The validated stack; an invalid file prints every problem and exits 2.
     pub fn stack(&self) -> anyhow::Result<Stack> {
         Stack::load(&self.file).map_err(|e| {
+            if e.problems.iter().any(|p| p.line == 0) {
+                // The file could not be read at all: one line says so.
+                return Failure { code: exit::USAGE, message: e.to_string() }.into();
+            }
             eprintln!("{e}");
             let n = e.problems.len();
             Failure {

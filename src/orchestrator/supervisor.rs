@@ -595,6 +595,10 @@ impl Supervisor {
                         continue;
                     }
                     let Some(status) = inst.proc.as_mut().and_then(|p| p.exit_status()) else { continue };
+                    // Whatever the dead process left running in its group would hold its port.
+                    if let Some(pid) = inst.pid {
+                        launcher::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
                     inst.proc = None;
                     inst.generation += 1;
                     let (policy, max, backoff) = spec.map(|s| (s.restart, s.max_restarts, s.backoff)).unwrap_or((

@@ -4,4 +4,5 @@
 mod api;
 mod registry;
 mod saga;
+mod stack;
 mod support;

@@ -1,0 +1,344 @@
+//! The stack lifecycle through the real CLI: `up -d`, `ps`, `stop`, `start`, `down`, crashes,
+//! restarts, failed starts, taken ports, replicas and external programs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{eventually, BIN};
+
+/// A directory with a stack file on free ports; every command runs with `-f` and its state dir.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+/// The shipped topology on free ports, fast heartbeats, fixtures by absolute path, plus `extra`
+/// lines under `services:`.
+fn stack_yaml(extra: &str) -> String {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    format!(
+        "name: test
+registry: {{ port: 0, heartbeat: 200ms, ttl: 1s }}
+defaults:
+  backoff: 50ms
+  health: {{ interval: 50ms, start_period: 10s }}
+services:
+  gateway:
+    depends_on: [order, user, inventory]
+  user:
+    fixtures: {users}
+  inventory:
+    fixtures: {products}
+  payment: {{}}
+  notification: {{}}
+  order:
+    depends_on: [user, inventory, payment, notification]
+{extra}",
+        users = fixtures.join("users.yaml").display(),
+        products = fixtures.join("products.yaml").display(),
+    )
+}
+
+impl Project {
+    pub fn new(extra: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stack.yaml"), stack_yaml(extra)).unwrap();
+        Project { dir }
+    }
+
+    pub fn with_file(text: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
+        Project { dir }
+    }
+
+    pub fn shop(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .current_dir(self.dir.path())
+            .args(args)
+            .env_remove("SHOP_STACK")
+            .env_remove("SHOP_STATE_DIR")
+            .output()
+            .unwrap()
+    }
+
+    pub fn ps(&self) -> Vec<Value> {
+        let out = self.shop(&["ps", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    }
+
+    pub fn row(&self, instance: &str) -> Value {
+        self.ps().into_iter().find(|r| r["instance"] == instance).unwrap_or(Value::Null)
+    }
+
+    pub fn supervisor_pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.dir.path().join(".shop/supervisor.json")).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()["pid"].as_u64().unwrap() as u32
+    }
+
+    fn state(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.shop(&["down", "--timeout", "2s", "-q"]);
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    shop::orchestrator::state_dir::process_alive(pid as u32)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_detached_returns_once_everything_is_healthy_and_ps_reports_it() {
+    let p = Project::new("");
+    let out = p.shop(&["up", "-d", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 7);
+    for r in &rows {
+        assert_eq!(r["state"], "healthy", "{r}");
+        for field in ["service", "instance", "pid", "address", "state", "restarts", "uptime_s", "faults"] {
+            assert!(!r[field].is_null(), "{field} missing in {r}");
+        }
+        assert!(r["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    }
+    assert_eq!(
+        p.ps(),
+        rows.iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r["uptime_s"] = p.row(r["instance"].as_str().unwrap())["uptime_s"].clone();
+                r
+            })
+            .collect::<Vec<_>>()
+    );
+    // The secret is private to the user.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(p.state().join(".shop/secret")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // Up again: nothing new starts.
+    let again = p.shop(&["up", "-d", "--json"]);
+    assert_eq!(again.status.code(), Some(0));
+    let pids = |rows: &[Value]| rows.iter().map(|r| r["pid"].clone()).collect::<Vec<_>>();
+    assert_eq!(pids(&serde_json::from_slice::<Vec<Value>>(&again.stdout).unwrap()), pids(&rows));
+    // Table output names every column.
+    let table = String::from_utf8(p.shop(&["ps"]).stdout).unwrap();
+    for col in ["SERVICE", "INSTANCE", "PID", "ADDRESS", "STATE", "RESTARTS", "UPTIME", "FAULTS"] {
+        assert!(table.contains(col), "{table}");
+    }
+    let logs = p.shop(&["logs", "registry", "-n", "50", "--no-color"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("registry | INFO  registered"),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_child_is_restarted_and_counted_but_a_stopped_one_is_not() {
+    let p = Project::new("");
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    let before = p.row("payment");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before["pid"].as_i64().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let back = eventually(Duration::from_secs(10), async || {
+        let r = p.row("payment");
+        r["state"] == "healthy" && r["pid"] != before["pid"]
+    })
+    .await;
+    assert!(back, "not restarted: {}", p.row("payment"));
+    assert_eq!(p.row("payment")["restarts"], 1);
+    let log = std::fs::read_to_string(p.state().join(".shop/logs/payment.log")).unwrap();
+    assert!(log.contains("crashed"), "{log}");
+
+    let out = p.shop(&["stop", "payment"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = p.row("payment");
+    assert_eq!((r["state"].as_str(), r["restarts"].as_i64()), (Some("stopped"), Some(1)), "{r}");
+    assert!(r["pid"].is_null());
+    let out = p.shop(&["start", "payment"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.row("payment")["state"], "healthy");
+    let out = p.shop(&["stop", "shipping"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown service `shipping`"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_restarts_ends_the_restart_loop_and_says_so() {
+    let text = stack_yaml("").replace("  notification: {}", "  notification: {max_restarts: 2}");
+    let p = Project::with_file(&text);
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    for round in 0..3 {
+        let r = p.row("notification");
+        let pid = r["pid"].as_i64().unwrap_or_else(|| panic!("round {round}: {r}"));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let settled = eventually(Duration::from_secs(10), async || {
+            let r = p.row("notification");
+            (r["state"] == "healthy" && r["pid"].as_i64() != Some(pid)) || r["state"] == "failed"
+        })
+        .await;
+        assert!(settled, "round {round}: {}", p.row("notification"));
+    }
+    let r = p.row("notification");
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["restarts"], 2);
+    let log = std::fs::read_to_string(p.state().join(".shop/logs/notification.log")).unwrap();
+    assert!(log.contains("gave up after 2 restarts"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_never_turns_healthy_fails_up_names_itself_and_skips_its_dependents() {
+    let extra = "  stuck:
+    command: [sleep, \"30\"]
+    health: { start_period: 1s }
+  web:
+    command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1]
+    depends_on: [stuck]
+";
+    let p = Project::new(extra);
+    let started = std::time::Instant::now();
+    let out = p.shop(&["up", "-d", "--wait-timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let err = stderr(&out);
+    assert!(err.contains("error: service `stuck` failed: `stuck` was not healthy within 1s"), "{err}");
+    assert!(err.contains("error: service `web` was not started: dependency `stuck` is not healthy"), "{err}");
+    assert_eq!(p.row("web")["state"], "skipped");
+    assert_eq!(p.row("gateway")["state"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_stack_files_exit_2_with_every_problem_at_its_position() {
+    let p = Project::with_file(
+        "services:\n  order:\n    restrat: always\n  payment:\n    depends_on: [ordr]\n    port: 70000\n",
+    );
+    let out = p.shop(&["up", "-d"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "stack.yaml:3:5: unknown key `restrat` in `services.order`; did you mean `restart`?\n\
+         stack.yaml:5:18: `services.payment.depends_on` names `ordr`, which is not a service in this stack; did you mean `order`?\n\
+         stack.yaml:6:11: `services.payment.port` must be between 0 and 65535 (0 picks a free port), not 70000\n\
+         error: `stack.yaml` is invalid (3 problems); fix it and run again\n"
+    );
+    let p = Project::with_file("services:\n  order:\n    depends_on: [payment]\n  payment:\n    depends_on: [order]\n");
+    let out = p.shop(&["up"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with("stack.yaml:3:18: dependency cycle: order -> payment -> order"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.shop(&["-f", "missing.yaml", "up"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_fixed_port_exits_1_naming_its_holder() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let text = stack_yaml("").replace("  gateway:\n", &format!("  gateway:\n    port: {port}\n"));
+    let p = Project::with_file(&text);
+    let out = p.shop(&["up", "-d"]);
+    assert_eq!(out.status.code(), Some(1));
+    let want = format!("error: port {port} for service 'gateway' is already in use (pid {}: it-", std::process::id());
+    assert!(stderr(&out).starts_with(&want), "{}", stderr(&out));
+    assert!(stderr(&out).contains("; set services.gateway.port or stop that process"));
+    assert!(!p.state().join(".shop/supervisor.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_the_stack_survives_down_or_the_death_of_its_supervisor() {
+    let p = Project::new("");
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    let out = p.shop(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(pids.iter().all(|pid| !alive(*pid)), "left behind after down");
+    let again = p.shop(&["down"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(stderr(&again).contains("nothing to stop"));
+
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    let sup = p.supervisor_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let gone = eventually(Duration::from_secs(5), async || pids.iter().all(|pid| !alive(*pid))).await;
+    assert!(gone, "children outlived their supervisor");
+    // The dead supervisor's state is noticed and cleaned, and a new stack starts.
+    let out = p.shop(&["ps", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    let purge = p.shop(&["down", "--purge"]);
+    assert_eq!(purge.status.code(), Some(0));
+    assert!(!p.state().join(".shop/data").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_each_register_and_share_the_traffic() {
+    let text = stack_yaml("").replace("  payment: {}", "  payment: {replicas: 2}");
+    let p = Project::with_file(&text);
+    let out = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.row("payment-1")["state"], "healthy");
+    assert_eq!(p.row("payment-2")["state"], "healthy");
+    let gateway = p.row("gateway")["address"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    for _ in 0..10 {
+        let resp = http
+            .post(format!("http://{gateway}/orders"))
+            .bearer_auth("dev-token-alice")
+            .json(&serde_json::json!({"items": [{"product_id": "sku-load", "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    for inst in ["payment-1", "payment-2"] {
+        let addr = p.row(inst)["address"].as_str().unwrap().to_string();
+        let text = http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+        let served: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("shop_http_requests_total") && l.contains("route=\"/v1/payments\"") && l.contains("POST")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(served >= 1.0, "{inst} served no charge");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_command_joins_the_stack_and_is_health_checked() {
+    let extra = "  web:
+    command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1]
+    health: { path: / }
+";
+    let p = Project::new(extra);
+    let out = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let web = p.row("web");
+    assert_eq!(web["state"], "healthy");
+    let addr = web["address"].as_str().unwrap().to_string();
+    let resp = reqwest::get(format!("http://{addr}/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Registered on its behalf, so clients can find it.
+    let registry = p.row("registry")["address"].as_str().unwrap().to_string();
+    let found: Value = reqwest::get(format!("http://{registry}/v1/services/web")).await.unwrap().json().await.unwrap();
+    assert_eq!(found[0]["address"], addr.as_str());
+}
