@@ -2,11 +2,13 @@
 
 mod context;
 mod down;
+mod load;
 mod logs;
 mod output;
 mod ps;
 mod serve;
 mod service_ctl;
+mod target;
 mod up;
 
 use std::path::PathBuf;
@@ -81,6 +83,8 @@ pub enum Command {
     Stop(service_ctl::Args),
     /// Restart services of a running stack
     Restart(service_ctl::Args),
+    /// Generate order traffic and report throughput, latency and outcomes
+    Load(load::Args),
     /// Run one service in the foreground
     Serve(serve::Args),
     /// The background supervisor started by `up -d`
@@ -129,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Start(args) => service_ctl::run(&ctx, "start", args).await,
             Command::Stop(args) => service_ctl::run(&ctx, "stop", args).await,
             Command::Restart(args) => service_ctl::run(&ctx, "restart", args).await,
+            Command::Load(args) => load::run(&ctx, args).await,
             Command::Supervise { services, no_deps } => up::supervise(&ctx, services, no_deps).await,
             Command::Serve(_) => unreachable!("handled above"),
         }

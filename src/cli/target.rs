@@ -1,0 +1,120 @@
+//! Finding the running stack's gateway and the fixture users' dev tokens, for the commands
+//! that drive traffic (`shop order`, `shop load`).
+
+use super::context::Context;
+use super::{exit, Failure};
+use crate::orchestrator::control::Control;
+use crate::orchestrator::stackfile::{Program, Stack};
+use crate::services::Kind;
+
+/// Where to send requests, and as whom.
+pub struct Target {
+    /// `http://host:port` of the gateway.
+    pub gateway: String,
+    /// Fixture user id → dev token, in file order.
+    pub tokens: Vec<(String, String)>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Gateway base URL [default: the running stack's gateway]
+    #[arg(long, env = "SHOP_GATEWAY")]
+    pub gateway: Option<String>,
+}
+
+impl Target {
+    pub async fn resolve(ctx: &Context, args: &GatewayArgs) -> anyhow::Result<Target> {
+        let stack = ctx.stack()?;
+        let tokens = tokens(&stack)?;
+        let gateway = match &args.gateway {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => gateway_of(ctx, &stack).await?,
+        };
+        Ok(Target { gateway, tokens })
+    }
+
+    /// The dev token of fixture user `user`, or a usage error listing the users there are.
+    pub fn token(&self, user: &str) -> anyhow::Result<String> {
+        self.tokens.iter().find(|(u, _)| u == user).map(|(_, t)| t.clone()).ok_or_else(|| {
+            let known: Vec<&str> = self.tokens.iter().map(|(u, _)| u.as_str()).collect();
+            Failure::usage(format!("no fixture user `{user}`; the fixtures have: {} (or pass --token)", known.join(", ")))
+        })
+    }
+
+    /// The error for a gateway that does not answer, naming the address tried.
+    pub fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
+        Failure {
+            code: exit::RUNTIME,
+            message: format!("cannot reach the gateway at {} ({}); is the stack running? start it with `shop up -d`", self.gateway, root(e)),
+        }
+        .into()
+    }
+}
+
+fn root(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The running stack's gateway (the first healthy instance), else the fixed port in the stack
+/// file, so a stack started by hand on the default ports works too.
+async fn gateway_of(ctx: &Context, stack: &Stack) -> anyhow::Result<String> {
+    let gateways: Vec<&str> = stack
+        .services
+        .iter()
+        .filter(|s| s.program == Program::Builtin(Kind::Gateway))
+        .map(|s| s.name.as_str())
+        .collect();
+    if let Some(control) = Control::connect(&ctx.state_dir()) {
+        let status = control.status().await?;
+        let mut rows: Vec<_> = status.rows.iter().filter(|r| gateways.contains(&r.service.as_str()) && r.address.is_some()).collect();
+        rows.sort_by_key(|r| r.state != "healthy");
+        if let Some(addr) = rows.first().and_then(|r| r.address.clone()) {
+            return Ok(format!("http://{addr}"));
+        }
+    }
+    let port = stack.services.iter().find(|s| gateways.contains(&s.name.as_str())).map(|s| s.port).unwrap_or(8080);
+    if port == 0 {
+        return Err(Failure {
+            code: exit::RUNTIME,
+            message: "no stack is running and the gateway has no fixed port; start the stack with `shop up -d` or pass --gateway URL".into(),
+        }
+        .into());
+    }
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+/// Fixture users and tokens from the user service's fixtures in the stack file.
+pub fn tokens(stack: &Stack) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(path) = stack.services.iter().find(|s| s.program == Program::Builtin(Kind::User)).and_then(|s| s.fixtures.clone()) else {
+        return Ok(Vec::new());
+    };
+    let users = crate::fixtures::load_users(&path).map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(users.into_iter().map(|u| (u.id, u.token)).collect())
+}
+
+/// `sku-1:2` → (`sku-1`, 2); a bare `sku-1` is quantity 1.
+pub fn parse_item(s: &str) -> Result<(String, i64), String> {
+    let (sku, qty) = match s.rsplit_once(':') {
+        Some((sku, q)) => (sku, q.parse::<i64>().map_err(|_| format!("`{s}`: the quantity after `:` must be a whole number"))?),
+        None => (s, 1),
+    };
+    if sku.is_empty() {
+        return Err(format!("`{s}`: give a product id, e.g. sku-1:2"));
+    }
+    Ok((sku.to_string(), qty))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn items_parse_with_and_without_a_quantity() {
+        assert_eq!(super::parse_item("sku-1:3").unwrap(), ("sku-1".to_string(), 3));
+        assert_eq!(super::parse_item("sku-1").unwrap(), ("sku-1".to_string(), 1));
+        assert!(super::parse_item("sku-1:x").is_err());
+        assert!(super::parse_item(":2").is_err());
+    }
+}
