@@ -2,8 +2,10 @@
 
 mod context;
 mod down;
+mod inspect;
 mod load;
 mod logs;
+mod order;
 mod output;
 mod ps;
 mod serve;
@@ -83,6 +85,12 @@ pub enum Command {
     Stop(service_ctl::Args),
     /// Restart services of a running stack
     Restart(service_ctl::Args),
+    /// Place, get and list orders through the gateway
+    #[command(subcommand)]
+    Order(order::OrderCommand),
+    /// Show what happened: orders, traces, services, registry, stock, invariants
+    #[command(subcommand)]
+    Inspect(inspect::InspectCommand),
     /// Generate order traffic and report throughput, latency and outcomes
     Load(load::Args),
     /// Run one service in the foreground
@@ -121,8 +129,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Serve(args) = cli.command {
         return serve::run(args, cli.verbose, cli.quiet);
     }
-    let machine = matches!(cli.command, Command::Supervise { .. });
-    init_logging(cli.verbose, cli.quiet, machine);
+    let origin = matches!(cli.command, Command::Supervise { .. })
+        .then(|| crate::plumbing::logging::Origin { service: "supervisor".into(), instance: "supervisor".into() });
+    crate::plumbing::logging::init(cli.verbose, cli.quiet, origin);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
@@ -134,31 +143,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Stop(args) => service_ctl::run(&ctx, "stop", args).await,
             Command::Restart(args) => service_ctl::run(&ctx, "restart", args).await,
             Command::Load(args) => load::run(&ctx, args).await,
+            Command::Order(command) => order::run(&ctx, command).await,
+            Command::Inspect(command) => inspect::run(&ctx, command).await,
             Command::Supervise { services, no_deps } => up::supervise(&ctx, services, no_deps).await,
             Command::Serve(_) => unreachable!("handled above"),
         }
     })
-}
-
-/// Logs to stderr. Processes of a stack (`machine`) write JSON lines when stderr is not a
-/// terminal, since it is then a log file that `shop logs` reads; commands a user runs always
-/// write readable lines.
-pub fn init_logging(verbose: u8, quiet: bool, machine: bool) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let default = match (quiet, verbose) {
-        (true, _) => "warn",
-        (_, 0) => "info",
-        (_, 1) => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("SHOP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if !machine {
-        let _ = builder.with_target(false).without_time().try_init();
-    } else if std::io::stderr().is_terminal() {
-        let _ = builder.with_target(false).try_init();
-    } else {
-        let _ = builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init();
-    }
 }

@@ -13,7 +13,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args, verbose: u8, quiet: bool) -> anyhow::Result<i32> {
-    super::init_logging(verbose, quiet, true);
+    let origin = crate::plumbing::logging::Origin {
+        service: args.service.name().into(),
+        instance: args.serve.instance.clone().unwrap_or_else(|| args.service.name().into()),
+    };
+    crate::plumbing::logging::init(verbose, quiet, Some(origin));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(services::serve(args.service, args.serve))?;
     Ok(super::exit::OK)

@@ -37,7 +37,10 @@ impl Target {
     pub fn token(&self, user: &str) -> anyhow::Result<String> {
         self.tokens.iter().find(|(u, _)| u == user).map(|(_, t)| t.clone()).ok_or_else(|| {
             let known: Vec<&str> = self.tokens.iter().map(|(u, _)| u.as_str()).collect();
-            Failure::usage(format!("no fixture user `{user}`; the fixtures have: {} (or pass --token)", known.join(", ")))
+            Failure::usage(format!(
+                "no fixture user `{user}`; the fixtures have: {} (or pass --token)",
+                known.join(", ")
+            ))
         })
     }
 
@@ -45,7 +48,11 @@ impl Target {
     pub fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
         Failure {
             code: exit::RUNTIME,
-            message: format!("cannot reach the gateway at {} ({}); is the stack running? start it with `shop up -d`", self.gateway, root(e)),
+            message: format!(
+                "cannot reach the gateway at {} ({}); is the stack running? start it with `shop up -d`",
+                self.gateway,
+                root(e)
+            ),
         }
         .into()
     }
@@ -70,7 +77,8 @@ async fn gateway_of(ctx: &Context, stack: &Stack) -> anyhow::Result<String> {
         .collect();
     if let Some(control) = Control::connect(&ctx.state_dir()) {
         let status = control.status().await?;
-        let mut rows: Vec<_> = status.rows.iter().filter(|r| gateways.contains(&r.service.as_str()) && r.address.is_some()).collect();
+        let mut rows: Vec<_> =
+            status.rows.iter().filter(|r| gateways.contains(&r.service.as_str()) && r.address.is_some()).collect();
         rows.sort_by_key(|r| r.state != "healthy");
         if let Some(addr) = rows.first().and_then(|r| r.address.clone()) {
             return Ok(format!("http://{addr}"));
@@ -89,7 +97,9 @@ async fn gateway_of(ctx: &Context, stack: &Stack) -> anyhow::Result<String> {
 
 /// Fixture users and tokens from the user service's fixtures in the stack file.
 pub fn tokens(stack: &Stack) -> anyhow::Result<Vec<(String, String)>> {
-    let Some(path) = stack.services.iter().find(|s| s.program == Program::Builtin(Kind::User)).and_then(|s| s.fixtures.clone()) else {
+    let Some(path) =
+        stack.services.iter().find(|s| s.program == Program::Builtin(Kind::User)).and_then(|s| s.fixtures.clone())
+    else {
         return Ok(Vec::new());
     };
     let users = crate::fixtures::load_users(&path).map_err(|e| Failure::usage(e.to_string()))?;
@@ -99,7 +109,9 @@ pub fn tokens(stack: &Stack) -> anyhow::Result<Vec<(String, String)>> {
 /// `sku-1:2` → (`sku-1`, 2); a bare `sku-1` is quantity 1.
 pub fn parse_item(s: &str) -> Result<(String, i64), String> {
     let (sku, qty) = match s.rsplit_once(':') {
-        Some((sku, q)) => (sku, q.parse::<i64>().map_err(|_| format!("`{s}`: the quantity after `:` must be a whole number"))?),
+        Some((sku, q)) => {
+            (sku, q.parse::<i64>().map_err(|_| format!("`{s}`: the quantity after `:` must be a whole number"))?)
+        }
         None => (s, 1),
     };
     if sku.is_empty() {

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::plumbing::discovery::Discovery;
+use crate::plumbing::spans::SpanStore;
 use crate::plumbing::trace::TraceCtx;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,8 @@ pub struct ServiceClient {
     discovery: Arc<Discovery>,
     timeout: Duration,
     retries: u32,
+    /// Where calls made within a trace are recorded as client spans.
+    spans: Option<Arc<SpanStore>>,
 }
 
 /// A pooled client for loopback calls; one per process.
@@ -91,7 +94,12 @@ pub fn http_client() -> reqwest::Client {
 
 impl ServiceClient {
     pub fn new(http: reqwest::Client, discovery: Arc<Discovery>, timeout: Duration, retries: u32) -> ServiceClient {
-        ServiceClient { http, discovery, timeout, retries }
+        ServiceClient { http, discovery, timeout, retries, spans: None }
+    }
+
+    /// The same client, recording a span for every call made within a trace.
+    pub fn with_spans(self, spans: Arc<SpanStore>) -> ServiceClient {
+        ServiceClient { spans: Some(spans), ..self }
     }
 
     pub fn discovery(&self) -> &Arc<Discovery> {
@@ -156,6 +164,29 @@ impl ServiceClient {
     }
 
     async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        service: &str,
+        address: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        trace: Option<&TraceCtx>,
+    ) -> Result<T, CallError> {
+        let span = trace.map(|t| (t, t.child(), crate::plumbing::time::now_us()));
+        let result = self.exchange(service, address, method.clone(), path, body, span.as_ref().map(|s| &s.1)).await;
+        if let (Some((parent, ctx, start)), Some(store)) = (span, &self.spans) {
+            let status = match &result {
+                Ok(_) => "200".to_string(),
+                Err(CallError::Status { status, .. }) => status.to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            let route = path.split('?').next().unwrap_or(path);
+            store.record(&ctx, Some(&parent.span_id), format!("→ {service} {method} {route}"), start, status);
+        }
+        result
+    }
+
+    async fn exchange<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         service: &str,
         address: &str,

@@ -16,6 +16,8 @@ use axum::Router;
 use crate::plumbing::error::{ApiError, MAX_BODY_BYTES};
 use crate::plumbing::faults::Faults;
 use crate::plumbing::metrics::Metrics;
+use crate::plumbing::spans::SpanStore;
+use crate::plumbing::trace::TraceCtx;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -31,6 +33,9 @@ pub struct Common {
     pub metrics: Arc<Metrics>,
     pub ready: ReadyCheck,
     pub extra_metrics: ExtraMetrics,
+    pub spans: Arc<SpanStore>,
+    /// The stack secret that admin endpoints require; without one they refuse every call.
+    pub secret: Option<String>,
 }
 
 /// Wraps a service's own routes with what every service answers.
@@ -41,10 +46,13 @@ pub fn with_common_routes(routes: Router, common: Common, faults: Arc<Faults>) -
     } else {
         routes.route_layer(axum::middleware::from_fn_with_state(faults, crate::plumbing::faults::inbound))
     };
+    // Only the service's own routes make spans: health probes would drown the traces.
+    let routes = routes.route_layer(axum::middleware::from_fn_with_state(common.spans.clone(), trace_requests));
     let shared = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/admin/spans", get(admin_spans))
         .with_state(common);
     routes
         .merge(shared)
@@ -82,6 +90,54 @@ async fn record_metrics(State(metrics): State<Arc<Metrics>>, req: Request, next:
         metrics.record(method.as_str(), &route, response.status().as_u16(), start.elapsed());
     }
     response
+}
+
+/// Records a server span per request, as a child of the caller's `traceparent` (or as the root
+/// of a new trace), and hands its context to the handler as an extension.
+async fn trace_requests(State(spans): State<Arc<SpanStore>>, mut req: Request, next: Next) -> Response {
+    let parent = TraceCtx::from_headers(req.headers());
+    let ctx = parent.as_ref().map(TraceCtx::child).unwrap_or_else(TraceCtx::new_root);
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str()).unwrap_or(req.uri().path());
+    let name = format!("{} {route}", req.method());
+    req.extensions_mut().insert(ctx.clone());
+    let start = crate::plumbing::time::now_us();
+    let response = next.run(req).await;
+    spans.record(
+        &ctx,
+        parent.as_ref().map(|p| p.span_id.as_str()),
+        name,
+        start,
+        response.status().as_u16().to_string(),
+    );
+    response
+}
+
+/// Compares the `x-shop-secret` header with the stack secret.
+pub fn check_secret(secret: Option<&str>, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let given = headers.get("x-shop-secret").and_then(|v| v.to_str().ok());
+    match (secret, given) {
+        (Some(want), Some(got)) if !want.is_empty() && want == got => Ok(()),
+        _ => Err(ApiError::unauthorized("admin endpoints need the stack secret in `x-shop-secret`")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SpanQuery {
+    trace_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn admin_spans(
+    State(c): State<Common>,
+    headers: axum::http::HeaderMap,
+    crate::plumbing::error::ApiQuery(q): crate::plumbing::error::ApiQuery<SpanQuery>,
+) -> Result<Response, ApiError> {
+    check_secret(c.secret.as_deref(), &headers)?;
+    let spans = match q.trace_id {
+        Some(t) => c.spans.by_trace(&t),
+        None => c.spans.recent(q.limit.unwrap_or(100).min(10_000)),
+    };
+    Ok(axum::Json(spans).into_response())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

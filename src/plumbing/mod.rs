@@ -8,6 +8,8 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod ids;
+pub mod logging;
 pub mod metrics;
+pub mod spans;
 pub mod time;
 pub mod trace;

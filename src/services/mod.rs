@@ -25,6 +25,7 @@ use crate::plumbing::discovery::{Discovery, Instance};
 use crate::plumbing::faults::Faults;
 use crate::plumbing::http::{self, Common, ExtraMetrics, ReadyCheck};
 use crate::plumbing::metrics::Metrics;
+use crate::plumbing::spans::SpanStore;
 
 /// Which built-in service a process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -91,6 +92,8 @@ pub struct Runtime {
     /// Calls to other services, through the registry's view.
     pub client: ServiceClient,
     pub address: SocketAddr,
+    /// Spans recorded by this process (requests served, calls made, sagas run).
+    pub spans: Arc<SpanStore>,
 }
 
 impl Runtime {
@@ -138,7 +141,9 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         pid: std::process::id(),
     });
     let discovery = Arc::new(Discovery::new(&args.registry, http.clone(), me));
-    let client = ServiceClient::new(http, discovery.clone(), args.tuning.client_timeout, args.tuning.client_retries);
+    let spans = Arc::new(SpanStore::new(kind.name(), &instance));
+    let client = ServiceClient::new(http, discovery.clone(), args.tuning.client_timeout, args.tuning.client_retries)
+        .with_spans(spans.clone());
     let rt = Arc::new(Runtime {
         kind,
         instance: instance.clone(),
@@ -147,6 +152,7 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::default()),
         client,
         address,
+        spans: spans.clone(),
     });
 
     let service = match kind {
@@ -160,8 +166,15 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     };
     let ready = service.ready.unwrap_or_else(|| db_ready(db.clone()));
     let extra_metrics = service.extra_metrics.unwrap_or_else(|| Arc::new(|| Box::pin(async { String::new() })));
-    let common =
-        Common { service: kind.name(), instance: instance.clone(), metrics: rt.metrics.clone(), ready, extra_metrics };
+    let common = Common {
+        service: kind.name(),
+        instance: instance.clone(),
+        metrics: rt.metrics.clone(),
+        ready,
+        extra_metrics,
+        spans: spans.clone(),
+        secret: args.tuning.secret.clone(),
+    };
     let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
     let app = http::with_common_routes(service.routes, common, faults);
 

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
@@ -199,10 +199,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 async fn place_order(
     State(gw): State<Gateway>,
+    Extension(trace): Extension<TraceCtx>,
     headers: HeaderMap,
     body: Result<JsonBody<OrderBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let trace = TraceCtx::new_root();
     let user = gw.caller(&headers, &trace).await?;
     if !user.active {
         return Err(ApiError::forbidden(
@@ -264,10 +264,10 @@ async fn place_order(
 
 async fn get_order(
     State(gw): State<Gateway>,
+    Extension(trace): Extension<TraceCtx>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let trace = TraceCtx::new_root();
     let user = gw.caller(&headers, &trace).await?;
     if id.len() > MAX_ID_LEN {
         return Err(ApiError::bad_request(format!("an order id is at most {MAX_ID_LEN} characters")));
@@ -298,10 +298,10 @@ struct ListQuery {
 
 async fn list_orders(
     State(gw): State<Gateway>,
+    Extension(trace): Extension<TraceCtx>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<OrderView>>, ApiError> {
-    let trace = TraceCtx::new_root();
     let user = gw.caller(&headers, &trace).await?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -330,8 +330,10 @@ async fn list_orders(
     Ok(Json(orders))
 }
 
-async fn products(State(gw): State<Gateway>) -> Result<Json<serde_json::Value>, ApiError> {
-    let trace = TraceCtx::new_root();
+async fn products(
+    State(gw): State<Gateway>,
+    Extension(trace): Extension<TraceCtx>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let list: serde_json::Value = gw
         .client
         .call_idempotent::<(), _>("inventory", Method::GET, "/v1/products", None, Some(&trace))

@@ -17,9 +17,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
@@ -78,12 +78,13 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     let saga = Arc::new(Saga::new(
         store.clone(),
         rt.client.clone(),
+        rt.spans.clone(),
         rt.args.tuning.saga_timeout,
         rt.args.tuning.crash_after.clone(),
     ));
     let orders = Orders { saga: saga.clone(), client: rt.client.clone(), catalog: Arc::default() };
 
-    tokio::spawn(relay::run(store.clone(), rt.client.clone(), saga.relay_wake.clone()));
+    tokio::spawn(relay::run(store.clone(), rt.client.clone(), rt.spans.clone(), saga.relay_wake.clone()));
     tokio::spawn(resume_loop(saga.clone()));
 
     let extra: crate::plumbing::http::ExtraMetrics = {
@@ -140,7 +141,7 @@ async fn resume_loop(saga: Arc<Saga>) {
                     tracing::info!(count = ids.len(), "resuming unfinished sagas");
                 }
                 for id in ids {
-                    saga.start(&id, None);
+                    saga.start(&id, None, None);
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot scan for unfinished sagas"),
@@ -194,7 +195,7 @@ impl Orders {
 
 async fn place(
     State(o): State<Orders>,
-    headers: HeaderMap,
+    Extension(trace): Extension<TraceCtx>,
     JsonBody(req): JsonBody<PlaceRequest>,
 ) -> Result<(StatusCode, Json<Placement>), ApiError> {
     if req.items.is_empty() || req.idempotency_key.is_empty() || req.user_id.is_empty() {
@@ -206,7 +207,6 @@ async fn place(
             bad.product_id, bad.quantity
         )));
     }
-    let trace = TraceCtx::from_headers(&headers).unwrap_or_else(TraceCtx::new_root);
     let budget = Duration::from_millis(req.wait_ms.min(120_000));
     let ids: Vec<&str> = req.items.iter().map(|i| i.product_id.as_str()).collect();
     let prices = o.prices(&ids, &trace).await?;
@@ -232,7 +232,7 @@ async fn place(
         Placed::New(state) => {
             o.saga.crash_point(&order_id, &event);
             tracing::info!(%order_id, user_id = %req.user_id, total_cents, trace_id = %trace.trace_id, "order placed");
-            o.saga.start(&order_id, Some(state));
+            o.saga.start(&order_id, Some(state), Some(trace.clone()));
             let order = o.settled_view(&order_id, budget).await?;
             Ok((StatusCode::CREATED, Json(Placement { created: true, order })))
         }

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use super::store::{OutboxRow, Store};
 use crate::plumbing::client::{backoff, ServiceClient};
+use crate::plumbing::spans::SpanStore;
 use crate::plumbing::time::now_ms;
 use crate::plumbing::trace::TraceCtx;
 
@@ -20,7 +21,7 @@ struct Delivered {
 }
 
 /// Runs forever: wakes when a notification is queued, and at least every 200 ms for retries.
-pub async fn run(store: Store, client: ServiceClient, wake: Arc<Notify>) {
+pub async fn run(store: Store, client: ServiceClient, spans: Arc<SpanStore>, wake: Arc<Notify>) {
     loop {
         let due = match store.due_outbox(64).await {
             Ok(rows) => rows,
@@ -32,8 +33,8 @@ pub async fn run(store: Store, client: ServiceClient, wake: Arc<Notify>) {
         let full = due.len() == 64;
         let mut batch = tokio::task::JoinSet::new();
         for row in due {
-            let (store, client) = (store.clone(), client.clone());
-            batch.spawn(async move { deliver(&store, &client, row).await });
+            let (store, client, spans) = (store.clone(), client.clone(), spans.clone());
+            batch.spawn(async move { deliver(&store, &client, &spans, row).await });
         }
         while batch.join_next().await.is_some() {}
         if !full {
@@ -42,17 +43,22 @@ pub async fn run(store: Store, client: ServiceClient, wake: Arc<Notify>) {
     }
 }
 
-async fn deliver(store: &Store, client: &ServiceClient, row: OutboxRow) {
+async fn deliver(store: &Store, client: &ServiceClient, spans: &SpanStore, row: OutboxRow) {
     let mut payload: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or_default();
-    // The delivery joins the order's trace; the trace id is not part of the notification itself.
-    let trace = payload
-        .as_object_mut()
-        .and_then(|m| m.remove("trace_id"))
-        .and_then(|t| t.as_str().map(str::to_string))
-        .map(|trace_id| TraceCtx { trace_id, span_id: TraceCtx::new_root().span_id });
+    // The delivery joins the order's trace, under the saga that queued it; neither id is part
+    // of the notification itself.
+    let mut take =
+        |key: &str| payload.as_object_mut().and_then(|m| m.remove(key)).and_then(|v| v.as_str().map(str::to_string));
+    let parent = take("parent_span_id");
+    let trace = take("trace_id").map(|trace_id| TraceCtx { trace_id, span_id: TraceCtx::new_root().span_id });
+    let start = crate::plumbing::time::now_us();
     let result = client
         .call::<_, Delivered>("notification", Method::POST, "/v1/notifications", Some(&payload), trace.as_ref())
         .await;
+    if let Some(trace) = &trace {
+        let status = if result.is_ok() { "ok".to_string() } else { "retry".to_string() };
+        spans.record(trace, parent.as_deref(), format!("relay {}", row.event_id), start, status);
+    }
     let outcome = match result {
         Ok(d) => store.delivered(&row, d.notification_id).await,
         Err(e) => {

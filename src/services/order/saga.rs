@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 use super::events::{Action, Event, SagaState};
 use super::store::Store;
 use crate::plumbing::client::{backoff, CallError, ServiceClient};
+use crate::plumbing::spans::SpanStore;
 use crate::plumbing::time::now_ms;
 use crate::plumbing::trace::TraceCtx;
 use crate::services::inventory::{Line, Reservation};
@@ -24,6 +25,7 @@ use crate::services::user::User;
 pub struct Saga {
     pub store: Store,
     client: ServiceClient,
+    spans: Arc<SpanStore>,
     timeout_ms: i64,
     /// Sagas running in this process; the receiver closes when the saga ends.
     running: Mutex<HashMap<String, watch::Receiver<()>>>,
@@ -43,10 +45,17 @@ enum Outcome<T> {
 }
 
 impl Saga {
-    pub fn new(store: Store, client: ServiceClient, saga_timeout: Duration, crash_after: Option<String>) -> Saga {
+    pub fn new(
+        store: Store,
+        client: ServiceClient,
+        spans: Arc<SpanStore>,
+        saga_timeout: Duration,
+        crash_after: Option<String>,
+    ) -> Saga {
         Saga {
             store,
             client,
+            spans,
             timeout_ms: saga_timeout.as_millis() as i64,
             running: Mutex::new(HashMap::new()),
             relay_wake: Arc::new(Notify::new()),
@@ -59,8 +68,8 @@ impl Saga {
     }
 
     /// Starts driving `order_id` unless it already runs here. `state` skips reloading the log
-    /// for an order that was just placed.
-    pub fn start(self: &Arc<Self>, order_id: &str, state: Option<SagaState>) {
+    /// for an order that was just placed; `parent` is the span of the request that placed it.
+    pub fn start(self: &Arc<Self>, order_id: &str, state: Option<SagaState>, parent: Option<TraceCtx>) {
         let tx = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             if running.contains_key(order_id) {
@@ -73,7 +82,7 @@ impl Saga {
         let me = self.clone();
         let order_id = order_id.to_string();
         tokio::spawn(async move {
-            me.drive(&order_id, state).await;
+            me.drive(&order_id, state, parent).await;
             me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&order_id);
             drop(tx);
         });
@@ -87,7 +96,9 @@ impl Saga {
         }
     }
 
-    async fn drive(&self, order_id: &str, state: Option<SagaState>) {
+    async fn drive(&self, order_id: &str, state: Option<SagaState>, parent: Option<TraceCtx>) {
+        let started_us = crate::plumbing::time::now_us();
+        let resumed = state.is_none();
         let mut state = match state {
             Some(s) => s,
             None => {
@@ -108,6 +119,7 @@ impl Saga {
                 }
             }
         };
+        // The saga is one span of the order's trace; every call it makes is a child of it.
         let trace = TraceCtx { trace_id: state.trace_id.clone(), span_id: TraceCtx::new_root().span_id };
         loop {
             let action = state.next();
@@ -117,7 +129,9 @@ impl Saga {
                 Action::ReserveStock => self.reserve(&mut state, &trace).await,
                 Action::ChargePayment => self.charge(&mut state, &trace).await,
                 Action::CommitStock => self.commit(&mut state, &trace).await,
-                Action::Confirm => self.finish(&mut state, vec![Event::OrderConfirmed {}], "order_confirmed").await,
+                Action::Confirm => {
+                    self.finish(&mut state, &trace, vec![Event::OrderConfirmed {}], "order_confirmed").await
+                }
                 Action::RefundPayment => self.refund(&mut state, &trace).await,
                 Action::ReleaseStock => self.release(&mut state, &trace).await,
                 Action::MarkFailed => {
@@ -127,6 +141,7 @@ impl Saga {
                         .unwrap_or_else(|| unreachable!("MarkFailed only while compensating"));
                     self.finish(
                         &mut state,
+                        &trace,
                         vec![Event::OrderFailed { step: f.step, code: f.code, message: f.message }],
                         "order_failed",
                     )
@@ -144,6 +159,9 @@ impl Saga {
                 }
             }
         }
+        let name = if resumed { format!("saga {order_id} (resumed)") } else { format!("saga {order_id}") };
+        let parent_id = parent.as_ref().map(|p| p.span_id.as_str());
+        self.spans.record(&trace, parent_id, name, started_us, state.status().as_str().to_string());
         tracing::info!(order_id, status = state.status().as_str(), trace_id = %state.trace_id, "saga finished");
     }
 
@@ -409,7 +427,13 @@ impl Saga {
     }
 
     /// The terminal event, `NotificationQueued` and the outbox row, in one transaction.
-    async fn finish(&self, state: &mut SagaState, mut events: Vec<Event>, kind: &str) -> anyhow::Result<()> {
+    async fn finish(
+        &self,
+        state: &mut SagaState,
+        trace: &TraceCtx,
+        mut events: Vec<Event>,
+        kind: &str,
+    ) -> anyhow::Result<()> {
         let event_id = crate::plumbing::ids::new("evt");
         events.push(Event::NotificationQueued { event_id: event_id.clone(), kind: kind.into() });
         let mut after = state.clone();
@@ -429,6 +453,7 @@ impl Saga {
             "kind": kind,
             "message": message,
             "trace_id": state.trace_id,
+            "parent_span_id": trace.span_id,
         });
         self.record(state, events, Some((event_id, payload.to_string()))).await?;
         self.relay_wake.notify_one();

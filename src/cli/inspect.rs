@@ -1,0 +1,534 @@
+//! `shop inspect`: what happened, gathered from every service of the running stack: an order's
+//! saga and trace, a trace's waterfall, a service's figures, the registry, stock, and the
+//! business invariants.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::context::Context;
+use super::{exit, output, Failure};
+use crate::invariants::{self, Databases};
+use crate::orchestrator::control::Control;
+use crate::orchestrator::stackfile::{Program, Stack};
+use crate::orchestrator::supervisor::PsRow;
+use crate::plumbing::spans::Span;
+use crate::plumbing::time::parse_duration;
+use crate::services::Kind;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum InspectCommand {
+    /// An order's saga as a timeline, its notification, and its trace as a waterfall
+    Order { id: String },
+    /// All spans of one trace across services, as a waterfall
+    Trace { trace_id: String },
+    /// A service's instances, database, request figures
+    Service { name: String },
+    /// Every registered instance and its heartbeat age
+    Registry,
+    /// Per product: initial, available, reserved, sold
+    Stock,
+    /// Check the business invariants across all service databases
+    Invariants {
+        /// Wait up to this long for in-flight sagas to finish
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        settle: Duration,
+    },
+}
+
+/// The running stack as `inspect` sees it: the stack file, its processes, the secret.
+struct Live {
+    stack: Stack,
+    rows: Vec<PsRow>,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl Live {
+    async fn connect(ctx: &Context) -> anyhow::Result<Live> {
+        let stack = ctx.stack()?;
+        let dir = ctx.state_dir();
+        let control = Control::require(&dir)?;
+        let rows = control.status().await?.rows;
+        let secret = dir.existing_secret().unwrap_or_default();
+        Ok(Live { stack, rows, secret, http: crate::plumbing::client::http_client() })
+    }
+
+    /// Addresses of the running instances of built-in `kind`.
+    fn addresses(&self, kind: Kind) -> Vec<String> {
+        let names = services_of(&self.stack, kind);
+        self.rows
+            .iter()
+            .filter(|r| {
+                (names.contains(&r.service) || (kind == Kind::Registry && r.service == "registry")) && r.pid.is_some()
+            })
+            .filter_map(|r| r.address.clone())
+            .collect()
+    }
+
+    /// GET `path` from the first instance of `kind` that answers.
+    async fn get(&self, kind: Kind, path: &str) -> anyhow::Result<Value> {
+        let addrs = self.addresses(kind);
+        let mut last = format!("no running instance of `{}`", kind.name());
+        for addr in addrs {
+            match self.http.get(format!("http://{addr}{path}")).timeout(Duration::from_secs(5)).send().await {
+                Ok(r) if r.status().is_success() => return Ok(r.json().await?),
+                Ok(r) if r.status() == 404 => {
+                    return Err(Failure {
+                        code: exit::RUNTIME,
+                        message: format!("not found: {path} on `{}`", kind.name()),
+                    }
+                    .into())
+                }
+                Ok(r) => last = format!("{addr} answered {}", r.status()),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(Failure { code: exit::RUNTIME, message: format!("cannot read {path} from `{}`: {last}", kind.name()) }
+            .into())
+    }
+
+    /// Every span of `trace_id` held by any running instance.
+    async fn spans(&self, trace_id: &str) -> Vec<Span> {
+        let mut all = Vec::new();
+        for row in self.rows.iter().filter(|r| r.pid.is_some() && r.service != "registry") {
+            let Some(addr) = &row.address else { continue };
+            let url = format!("http://{addr}/admin/spans?trace_id={trace_id}");
+            let resp =
+                self.http.get(url).header("x-shop-secret", &self.secret).timeout(Duration::from_secs(2)).send().await;
+            if let Ok(r) = resp {
+                if let Ok(spans) = r.json::<Vec<Span>>().await {
+                    all.extend(spans);
+                }
+            }
+        }
+        all.sort_by_key(|s| s.start_us);
+        all
+    }
+}
+
+/// Names of the stack's services that run built-in `kind`.
+fn services_of(stack: &Stack, kind: Kind) -> Vec<String> {
+    stack.services.iter().filter(|s| s.program == Program::Builtin(kind)).map(|s| s.name.clone()).collect()
+}
+
+pub async fn run(ctx: &Context, command: InspectCommand) -> anyhow::Result<i32> {
+    match command {
+        InspectCommand::Order { id } => order(ctx, &id).await,
+        InspectCommand::Trace { trace_id } => trace(ctx, &trace_id).await,
+        InspectCommand::Service { name } => service(ctx, &name).await,
+        InspectCommand::Registry => registry(ctx).await,
+        InspectCommand::Stock => stock(ctx),
+        InspectCommand::Invariants { settle } => check_invariants(ctx, settle),
+    }
+}
+
+async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
+    let live = Live::connect(ctx).await?;
+    let mut order = live.get(Kind::Order, &format!("/v1/orders/{id}?events=true")).await.map_err(|e| {
+        if e.to_string().starts_with("not found") {
+            Failure { code: exit::RUNTIME, message: format!("no order `{id}`; `shop order list` shows the newest") }
+                .into()
+        } else {
+            e
+        }
+    })?;
+    let notifications =
+        live.get(Kind::Notification, &format!("/v1/notifications?order_id={id}")).await.unwrap_or(Value::Array(vec![]));
+    let trace_id = order["trace_id"].as_str().unwrap_or("").to_string();
+    let spans = live.spans(&trace_id).await;
+    if ctx.json {
+        order["notifications"] = notifications;
+        order["spans"] = serde_json::to_value(&spans)?;
+        output::print_json(&order);
+        return Ok(exit::OK);
+    }
+    super::order::show_order(ctx, &order);
+    println!("\ntimeline");
+    let events = order["events"].as_array().cloned().unwrap_or_default();
+    let t0 = events.first().and_then(|e| e["at"].as_str()).and_then(|t| humantime::parse_rfc3339(t).ok());
+    let mut t = output::table(&["SEQ", "AT", "EVENT", "DETAIL"]);
+    for e in &events {
+        let at = e["at"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok());
+        let offset = match (t0, at) {
+            (Some(a), Some(b)) => format!("+{} ms", b.duration_since(a).map(|d| d.as_millis()).unwrap_or(0)),
+            _ => String::new(),
+        };
+        let detail = match &e["data"] {
+            Value::Object(m) if !m.is_empty() => m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        };
+        t.add_row(vec![
+            e["seq"].to_string(),
+            offset,
+            e["type"].as_str().unwrap_or("").to_string(),
+            truncate(&detail, 90),
+        ]);
+    }
+    println!("{t}");
+    println!("\nnotification");
+    match notifications.as_array().map(Vec::as_slice) {
+        Some([]) | None => println!("  none delivered yet"),
+        Some(list) => {
+            for n in list {
+                println!(
+                    "  {} {} delivered {} time(s): {}",
+                    n["notification_id"].as_str().unwrap_or(""),
+                    n["kind"].as_str().unwrap_or(""),
+                    n["deliveries"],
+                    n["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    println!("\ntrace {trace_id}");
+    print!("{}", waterfall(&spans, 40));
+    Ok(exit::OK)
+}
+
+#[derive(Serialize)]
+struct TraceDoc<'a> {
+    trace_id: &'a str,
+    spans: &'a [Span],
+}
+
+async fn trace(ctx: &Context, trace_id: &str) -> anyhow::Result<i32> {
+    let live = Live::connect(ctx).await?;
+    let spans = live.spans(trace_id).await;
+    if spans.is_empty() {
+        return Err(Failure {
+            code: exit::RUNTIME,
+            message: format!("no spans of trace `{trace_id}` in any running service"),
+        }
+        .into());
+    }
+    if ctx.json {
+        output::print_json(&TraceDoc { trace_id, spans: &spans });
+    } else {
+        println!("trace {trace_id}");
+        print!("{}", waterfall(&spans, 50));
+    }
+    Ok(exit::OK)
+}
+
+/// Spans as a tree (children under their parent, by start time), each with a bar placed and
+/// sized in proportion to the trace's whole duration.
+pub fn waterfall(spans: &[Span], width: usize) -> String {
+    if spans.is_empty() {
+        return "  (no spans recorded)\n".into();
+    }
+    let t0 = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
+    let t1 = spans.iter().map(|s| s.start_us + s.duration_us).max().unwrap_or(t0).max(t0 + 1);
+    let total = (t1 - t0) as f64;
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut children: HashMap<Option<&str>, Vec<&Span>> = HashMap::new();
+    for s in spans {
+        // A parent we do not have (e.g. the caller's span) makes this a root.
+        let parent = s.parent_id.as_deref().filter(|p| ids.contains(p));
+        children.entry(parent).or_default().push(s);
+    }
+    let mut rows: Vec<(usize, &Span)> = Vec::new();
+    fn walk<'a>(
+        node: Option<&'a str>,
+        depth: usize,
+        children: &HashMap<Option<&'a str>, Vec<&'a Span>>,
+        rows: &mut Vec<(usize, &'a Span)>,
+    ) {
+        let mut kids = children.get(&node).cloned().unwrap_or_default();
+        kids.sort_by_key(|s| s.start_us);
+        for k in kids {
+            rows.push((depth, k));
+            walk(Some(k.span_id.as_str()), depth + 1, children, rows);
+        }
+    }
+    walk(None, 0, &children, &mut rows);
+    let label_width = rows.iter().map(|(d, s)| d * 2 + s.name.chars().count()).max().unwrap_or(10).min(48);
+    let mut out = String::new();
+    for (depth, s) in rows {
+        let label = truncate(&format!("{}{}", "  ".repeat(depth), s.name), label_width);
+        let offset = (((s.start_us - t0) as f64 / total) * width as f64).round() as usize;
+        let len = ((s.duration_us as f64 / total) * width as f64).round().max(1.0) as usize;
+        let offset = offset.min(width.saturating_sub(1));
+        let len = len.min(width - offset);
+        let bar = format!("{}{}{}", " ".repeat(offset), "█".repeat(len), " ".repeat(width - offset - len));
+        let failed = !(s.status.starts_with('2') || s.status == "ok" || s.status == "CONFIRMED");
+        out.push_str(&format!(
+            "  {label:<label_width$} {:<13} |{bar}| {:>8.2} ms{}\n",
+            truncate(&s.instance, 13),
+            s.duration_us as f64 / 1000.0,
+            if failed { format!("  {}", s.status) } else { String::new() }
+        ));
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max.saturating_sub(1)).collect::<String>())
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceReport {
+    service: String,
+    instances: Vec<PsRow>,
+    database: Option<DatabaseReport>,
+    requests: f64,
+    errors: f64,
+    error_rate: f64,
+    latency_ms: BTreeMap<String, f64>,
+}
+
+#[derive(Serialize)]
+struct DatabaseReport {
+    path: String,
+    tables: BTreeMap<String, i64>,
+}
+
+async fn service(ctx: &Context, name: &str) -> anyhow::Result<i32> {
+    let live = Live::connect(ctx).await?;
+    let known: Vec<&str> = live.rows.iter().map(|r| r.service.as_str()).collect();
+    if !known.contains(&name) {
+        return Err(Failure::usage(format!("unknown service `{name}`; the stack has: {}", dedup(&known).join(", "))));
+    }
+    let instances: Vec<PsRow> = live.rows.iter().filter(|r| r.service == name).cloned().collect();
+    let db_path = ctx.state_dir().db(name);
+    let database = db_path
+        .exists()
+        .then(|| DatabaseReport { path: db_path.display().to_string(), tables: table_counts(&db_path) });
+    // Request figures summed over instances from their Prometheus histograms.
+    let mut requests = 0.0;
+    let mut errors = 0.0;
+    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new(); // bound in µs → cumulative count
+    for r in instances.iter().filter(|r| r.pid.is_some()) {
+        let Some(addr) = &r.address else { continue };
+        let Ok(resp) = live.http.get(format!("http://{addr}/metrics")).timeout(Duration::from_secs(2)).send().await
+        else {
+            continue;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if series.starts_with("shop_http_requests_total{") {
+                requests += value;
+                if series.contains("status=\"5") {
+                    errors += value;
+                }
+            } else if let Some(rest) = series.strip_prefix("shop_http_request_duration_seconds_bucket{") {
+                if let Some(le) = rest.split("le=\"").nth(1).and_then(|l| l.split('"').next()) {
+                    let bound = if le == "+Inf" { u64::MAX } else { (le.parse::<f64>().unwrap_or(0.0) * 1e6) as u64 };
+                    *buckets.entry(bound).or_default() += value;
+                }
+            }
+        }
+    }
+    let total = buckets.get(&u64::MAX).copied().unwrap_or(0.0);
+    let mut latency_ms = BTreeMap::new();
+    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        // The upper bound of the first bucket holding the quantile: an upper estimate.
+        let bound = buckets.iter().find(|(_, c)| **c >= q * total && total > 0.0).map(|(b, _)| *b);
+        if let Some(b) = bound.filter(|b| *b != u64::MAX) {
+            latency_ms.insert(label.to_string(), b as f64 / 1000.0);
+        }
+    }
+    let report = ServiceReport {
+        service: name.to_string(),
+        instances,
+        database,
+        requests,
+        errors,
+        error_rate: if requests > 0.0 { errors / requests } else { 0.0 },
+        latency_ms,
+    };
+    if ctx.json {
+        output::print_json(&report);
+        return Ok(exit::OK);
+    }
+    println!("service {name}");
+    println!("{}", output::ps_table(&report.instances));
+    if let Some(db) = &report.database {
+        println!("\ndatabase {}", db.path);
+        let mut t = output::table(&["TABLE", "ROWS"]);
+        for (table, n) in &db.tables {
+            t.add_row(vec![table.clone(), n.to_string()]);
+        }
+        println!("{t}");
+    }
+    println!(
+        "\nrequests {}  errors (5xx) {}  error rate {:.2}%",
+        report.requests,
+        report.errors,
+        report.error_rate * 100.0
+    );
+    let lat: Vec<String> = report.latency_ms.iter().map(|(k, v)| format!("{k} ≤ {v} ms")).collect();
+    println!("latency {}", if lat.is_empty() { "-".to_string() } else { lat.join("  ") });
+    println!("circuit breakers: none (this service's client does not use breakers)");
+    println!("faults: none active");
+    Ok(exit::OK)
+}
+
+fn dedup<'a>(v: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for s in v {
+        if !out.contains(s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn table_counts(path: &std::path::Path) -> BTreeMap<String, i64> {
+    let Ok(conn) = crate::plumbing::db::open_read_only(path) else { return BTreeMap::new() };
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .unwrap_or_default();
+    names
+        .into_iter()
+        .map(|n| {
+            // Table names come from sqlite_master, quoted as identifiers.
+            let count = conn
+                .query_row(&format!("SELECT count(*) FROM \"{}\"", n.replace('"', "\"\"")), [], |r| r.get(0))
+                .unwrap_or(-1);
+            (n, count)
+        })
+        .collect()
+}
+
+async fn registry(ctx: &Context) -> anyhow::Result<i32> {
+    let live = Live::connect(ctx).await?;
+    let list = live.get(Kind::Registry, "/v1/instances").await?;
+    if ctx.json {
+        output::print_json(&list);
+        return Ok(exit::OK);
+    }
+    let mut t = output::table(&["SERVICE", "INSTANCE", "ADDRESS", "PID", "HEARTBEAT AGE", "STATUS", "REGISTERED"]);
+    for i in list.as_array().into_iter().flatten() {
+        t.add_row(vec![
+            i["service"].as_str().unwrap_or("").to_string(),
+            i["instance"].as_str().unwrap_or("").to_string(),
+            i["address"].as_str().unwrap_or("").to_string(),
+            i["pid"].to_string(),
+            format!("{} ms", i["heartbeat_age_ms"]),
+            i["status"].as_str().unwrap_or("").to_string(),
+            i["registered_at"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(exit::OK)
+}
+
+/// The databases of the stack's first service of each kind.
+fn databases(ctx: &Context) -> anyhow::Result<Databases> {
+    let stack = ctx.stack()?;
+    let dir = ctx.state_dir();
+    let db = |kind: Kind| -> anyhow::Result<std::path::PathBuf> {
+        let name = services_of(&stack, kind)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Failure::usage(format!("the stack has no `{}` service", kind.name())))?;
+        let path = dir.db(&name);
+        if !path.exists() {
+            return Err(Failure {
+                code: exit::RUNTIME,
+                message: format!("no database at `{}`; has the stack run? start it with `shop up -d`", path.display()),
+            }
+            .into());
+        }
+        Ok(path)
+    };
+    Ok(Databases {
+        order: db(Kind::Order)?,
+        payment: db(Kind::Payment)?,
+        inventory: db(Kind::Inventory)?,
+        notification: db(Kind::Notification)?,
+        gateway: db(Kind::Gateway).ok(),
+    })
+}
+
+fn stock(ctx: &Context) -> anyhow::Result<i32> {
+    let dbs = databases(ctx)?;
+    let mut conn = crate::plumbing::db::open_read_only(&dbs.inventory)?;
+    let stock = crate::services::inventory::read_stock(&mut conn)?;
+    if ctx.json {
+        output::print_json(&stock);
+        return Ok(exit::OK);
+    }
+    let mut t = output::table(&["PRODUCT", "INITIAL", "AVAILABLE", "RESERVED", "SOLD"]);
+    for s in &stock {
+        t.add_row(vec![
+            s.product_id.clone(),
+            s.initial.to_string(),
+            s.available.to_string(),
+            s.reserved.to_string(),
+            s.sold.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(exit::OK)
+}
+
+fn check_invariants(ctx: &Context, settle: Duration) -> anyhow::Result<i32> {
+    let dbs = databases(ctx)?;
+    let report = invariants::check_settled(&dbs, settle)?;
+    if ctx.json {
+        output::print_json(&report);
+    } else {
+        let color = output::color_stdout();
+        let mut t = output::table(&["CHECK", "RESULT", "DETAIL"]);
+        for c in &report.checks {
+            let result = match (c.ok, color) {
+                (true, true) => "\x1b[32mPASS\x1b[0m",
+                (false, true) => "\x1b[31mFAIL\x1b[0m",
+                (true, false) => "PASS",
+                (false, false) => "FAIL",
+            };
+            t.add_row(vec![c.name.clone(), result.to_string(), c.detail.clone()]);
+        }
+        println!("{t}");
+        let failed = report.checks.iter().filter(|c| !c.ok).count();
+        println!("{} passed, {failed} failed", report.checks.len() - failed);
+    }
+    Ok(if report.ok { exit::OK } else { exit::RUNTIME })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: Option<&str>, start: i64, dur: i64) -> Span {
+        Span {
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_id: parent.map(Into::into),
+            service: "s".into(),
+            instance: "s".into(),
+            name: format!("op {id}"),
+            start_us: start,
+            duration_us: dur,
+            status: "200".into(),
+        }
+    }
+
+    #[test]
+    fn the_waterfall_nests_children_and_scales_bars_to_time() {
+        let spans = vec![span("b", Some("a"), 500, 500), span("a", None, 0, 1000), span("c", Some("b"), 750, 250)];
+        let text = waterfall(&spans, 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].contains("op a") && lines[1].contains("  op b") && lines[2].contains("    op c"), "{text}");
+        let bar = |l: &str| l.split('|').nth(1).unwrap().to_string();
+        assert_eq!(bar(lines[0]), "█".repeat(20));
+        assert_eq!(bar(lines[1]), format!("{}{}", " ".repeat(10), "█".repeat(10)));
+        assert_eq!(bar(lines[2]), format!("{}{}", " ".repeat(15), "█".repeat(5)));
+    }
+}

@@ -1,0 +1,284 @@
+//! `shop order place | get | list`: orders through the gateway, as a fixture user.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::context::Context;
+use super::target::{parse_item, GatewayArgs, Target};
+use super::{exit, output, Failure};
+use crate::plumbing::time::parse_duration;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum OrderCommand {
+    /// Place an order and follow its saga
+    Place(PlaceArgs),
+    /// Show one order
+    Get(GetArgs),
+    /// List orders, newest first
+    List(ListArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlaceArgs {
+    /// Fixture user to order as (their dev token is used)
+    #[arg(long, required_unless_present = "token")]
+    pub user: Option<String>,
+    /// Items as SKU or SKU:QTY; repeat for more lines
+    #[arg(long = "item", required = true, value_parser = parse_item)]
+    pub items: Vec<(String, i64)>,
+    /// Bearer token to use instead of the fixture user's
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Idempotency key: the same key and items give the same order
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// How long to wait for the order to be CONFIRMED or FAILED
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub wait: Duration,
+    #[command(flatten)]
+    pub target: GatewayArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// The order id (ord_…)
+    pub id: String,
+    /// Fixture user who owns it [default: whichever fixture user does]
+    #[arg(long)]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub target: GatewayArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Only this fixture user's orders [default: every fixture user's]
+    #[arg(long)]
+    pub user: Option<String>,
+    /// PENDING, CONFIRMED or FAILED
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub target: GatewayArgs,
+}
+
+pub async fn run(ctx: &Context, command: OrderCommand) -> anyhow::Result<i32> {
+    match command {
+        OrderCommand::Place(args) => place(ctx, args).await,
+        OrderCommand::Get(args) => get(ctx, args).await,
+        OrderCommand::List(args) => list(ctx, args).await,
+    }
+}
+
+async fn place(ctx: &Context, args: PlaceArgs) -> anyhow::Result<i32> {
+    let target = Target::resolve(ctx, &args.target).await?;
+    let token = match (&args.token, &args.user) {
+        (Some(t), _) => t.clone(),
+        (None, Some(u)) => target.token(u)?,
+        (None, None) => unreachable!("clap requires --user or --token"),
+    };
+    let body = serde_json::json!({
+        "items": args.items.iter().map(|(p, q)| serde_json::json!({"product_id": p, "quantity": q})).collect::<Vec<_>>()
+    });
+    let http = crate::plumbing::client::http_client();
+    let mut req = http
+        .post(format!("{}/orders", target.gateway))
+        .bearer_auth(&token)
+        .header("prefer", format!("wait={}", args.wait.as_secs_f64()))
+        .timeout(args.wait + Duration::from_secs(10))
+        .json(&body);
+    if let Some(key) = &args.idempotency_key {
+        req = req.header("idempotency-key", key);
+    }
+    let resp = req.send().await.map_err(|e| target.unreachable(&e))?;
+    let status = resp.status().as_u16();
+    let value: Value = resp.json().await.unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        let code = value["error"]["code"].as_str().unwrap_or("error");
+        let message = value["error"]["message"].as_str().unwrap_or("");
+        let exit_code = match (status, code) {
+            (403, "user_inactive") => exit::REJECTED,
+            (400 | 401 | 413 | 422, _) => exit::USAGE,
+            _ => exit::RUNTIME,
+        };
+        return Err(Failure {
+            code: exit_code,
+            message: format!("the gateway refused the order ({status} {code}): {message}"),
+        }
+        .into());
+    }
+    show_order(ctx, &value);
+    match value["status"].as_str() {
+        Some("CONFIRMED") => Ok(exit::OK),
+        Some("FAILED") => {
+            if !ctx.json {
+                eprintln!(
+                    "order {} FAILED at {}: {} ({})",
+                    value["id"].as_str().unwrap_or("?"),
+                    value["failure"]["step"].as_str().unwrap_or("?"),
+                    value["failure"]["message"].as_str().unwrap_or(""),
+                    value["failure"]["code"].as_str().unwrap_or("?"),
+                );
+            }
+            Ok(exit::REJECTED)
+        }
+        _ => {
+            let id = value["id"].as_str().unwrap_or("?");
+            eprintln!(
+                "order {id} is still PENDING after {}; the saga carries on. Follow it with `shop inspect order {id}`",
+                humantime::format_duration(args.wait)
+            );
+            Ok(exit::RUNTIME)
+        }
+    }
+}
+
+async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<i32> {
+    let target = Target::resolve(ctx, &args.target).await?;
+    let users: Vec<String> = match &args.user {
+        Some(u) => vec![u.clone()],
+        None => target.tokens.iter().map(|(u, _)| u.clone()).collect(),
+    };
+    let http = crate::plumbing::client::http_client();
+    for user in users {
+        let token = target.token(&user)?;
+        let resp = http
+            .get(format!("{}/orders/{}", target.gateway, args.id))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| target.unreachable(&e))?;
+        if resp.status().is_success() {
+            let value: Value = resp.json().await?;
+            show_order(ctx, &value);
+            return Ok(exit::OK);
+        }
+    }
+    Err(Failure {
+        code: exit::RUNTIME,
+        message: format!("no order `{}` for any fixture user; `shop order list` shows them", args.id),
+    }
+    .into())
+}
+
+async fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<i32> {
+    let target = Target::resolve(ctx, &args.target).await?;
+    if let Some(s) = &args.status {
+        if !["PENDING", "CONFIRMED", "FAILED"].contains(&s.as_str()) {
+            return Err(Failure::usage(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED")));
+        }
+    }
+    if !(1..=100).contains(&args.limit) {
+        return Err(Failure::usage(format!("--limit must be 1 to 100, got {}", args.limit)));
+    }
+    let users: Vec<String> = match &args.user {
+        Some(u) => vec![u.clone()],
+        None => target.tokens.iter().map(|(u, _)| u.clone()).collect(),
+    };
+    let http = crate::plumbing::client::http_client();
+    let mut all: Vec<Value> = Vec::new();
+    for user in users {
+        let token = target.token(&user)?;
+        let mut url = format!("{}/orders?limit={}", target.gateway, args.limit);
+        if let Some(s) = &args.status {
+            url.push_str(&format!("&status={s}"));
+        }
+        let resp = http.get(url).bearer_auth(token).send().await.map_err(|e| target.unreachable(&e))?;
+        // An inactive user may be refused reading; their orders are simply not listed.
+        if let Ok(Value::Array(orders)) = resp.json::<Value>().await {
+            all.extend(orders);
+        }
+    }
+    all.sort_by(|a, b| b["id"].as_str().cmp(&a["id"].as_str()));
+    all.truncate(args.limit as usize);
+    if ctx.json {
+        output::print_json(&all);
+        return Ok(exit::OK);
+    }
+    let mut t = output::table(&["ID", "USER", "STATUS", "TOTAL", "ITEMS", "FAILURE", "CREATED"]);
+    for o in &all {
+        t.add_row(vec![
+            o["id"].as_str().unwrap_or("").to_string(),
+            o["user_id"].as_str().unwrap_or("").to_string(),
+            o["status"].as_str().unwrap_or("").to_string(),
+            money(o["total_cents"].as_i64().unwrap_or(0), o["currency"].as_str().unwrap_or("USD")),
+            o["items"].as_array().map(|i| i.len()).unwrap_or(0).to_string(),
+            o["failure"]["code"].as_str().unwrap_or("-").to_string(),
+            o["created_at"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(exit::OK)
+}
+
+/// `$24.99` for 2499 USD cents; other currencies as `24.99 EUR`.
+pub fn money(cents: i64, currency: &str) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let (whole, frac) = (cents.abs() / 100, cents.abs() % 100);
+    match currency {
+        "USD" => format!("{sign}${whole}.{frac:02}"),
+        other => format!("{sign}{whole}.{frac:02} {other}"),
+    }
+}
+
+/// The order, its items and its saga steps (or the JSON document with `--json`).
+pub fn show_order(ctx: &Context, o: &Value) {
+    if ctx.json {
+        output::print_json(o);
+        return;
+    }
+    let currency = o["currency"].as_str().unwrap_or("USD");
+    println!(
+        "order {}  {}  user {}  total {}",
+        o["id"].as_str().unwrap_or("?"),
+        o["status"].as_str().unwrap_or("?"),
+        o["user_id"].as_str().unwrap_or("?"),
+        money(o["total_cents"].as_i64().unwrap_or(0), currency)
+    );
+    if let Some(f) = o["failure"].as_object() {
+        println!(
+            "failed at {}: {} ({})",
+            f["step"].as_str().unwrap_or("?"),
+            f["message"].as_str().unwrap_or(""),
+            f["code"].as_str().unwrap_or("?")
+        );
+    }
+    let mut items = output::table(&["PRODUCT", "QTY", "UNIT PRICE", "AMOUNT"]);
+    for i in o["items"].as_array().into_iter().flatten() {
+        let (q, p) = (i["quantity"].as_i64().unwrap_or(0), i["unit_price_cents"].as_i64().unwrap_or(0));
+        items.add_row(vec![
+            i["product_id"].as_str().unwrap_or("").to_string(),
+            q.to_string(),
+            money(p, currency),
+            money(p * q, currency),
+        ]);
+    }
+    println!("{items}");
+    let mut steps = output::table(&["STEP", "SERVICE", "OUTCOME", "ATTEMPTS", "DURATION"]);
+    for s in o["steps"].as_array().into_iter().flatten() {
+        let name = s["step"].as_str().unwrap_or("").to_string();
+        let name = if s["compensation"].as_bool() == Some(true) { format!("↩ {name}") } else { name };
+        steps.add_row(vec![
+            name,
+            s["service"].as_str().unwrap_or("").to_string(),
+            s["outcome"].as_str().unwrap_or("").to_string(),
+            s["attempts"].as_i64().unwrap_or(0).to_string(),
+            format!("{} ms", s["duration_ms"].as_i64().unwrap_or(0)),
+        ]);
+    }
+    println!("{steps}");
+    println!("payment {}  trace {}", o["payment_id"].as_str().unwrap_or("-"), o["trace_id"].as_str().unwrap_or("-"));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn money_is_rendered_from_integer_cents() {
+        assert_eq!(super::money(2499, "USD"), "$24.99");
+        assert_eq!(super::money(5, "USD"), "$0.05");
+        assert_eq!(super::money(-1050, "EUR"), "-10.50 EUR");
+    }
+}

@@ -1,0 +1,88 @@
+//! Log output. A service under a supervisor writes JSON lines (time, level, service, instance,
+//! message, fields such as `trace_id`) that `shop logs` renders; on a terminal, and for every
+//! command a user runs, lines are human-readable.
+
+use std::io::IsTerminal;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// Who is logging, for the JSON lines of a stack process.
+pub struct Origin {
+    pub service: String,
+    pub instance: String,
+}
+
+/// `-q` → warn, default info, `-v` debug, `-vv` trace; `SHOP_LOG` (a tracing filter) wins.
+pub fn init(verbose: u8, quiet: bool, origin: Option<Origin>) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("SHOP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match origin {
+        Some(origin) if !std::io::stderr().is_terminal() => {
+            let _ = builder.event_format(JsonLines { origin }).try_init();
+        }
+        Some(_) => {
+            let _ = builder.with_target(false).try_init();
+        }
+        None => {
+            let _ = builder.with_target(false).without_time().try_init();
+        }
+    }
+}
+
+struct JsonLines {
+    origin: Origin,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let mut map = Map::new();
+        map.insert(
+            "timestamp".into(),
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string().into(),
+        );
+        map.insert("level".into(), event.metadata().level().as_str().into());
+        map.insert("service".into(), self.origin.service.clone().into());
+        map.insert("instance".into(), self.origin.instance.clone().into());
+        event.record(&mut Fields(&mut map));
+        writeln!(writer, "{}", Value::Object(map))
+    }
+}
+
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
