@@ -41,8 +41,8 @@ pub struct ProductFixture {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
-    #[error("cannot read fixture file `{path}`: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read fixture file `{path}`: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Parse { path: String, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
@@ -51,7 +51,7 @@ pub enum FixtureError {
 
 fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FixtureError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| FixtureError::Read { path: shown.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|cause| FixtureError::Read { path: shown.clone(), cause })?;
     serde_yaml::from_str(&text).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         FixtureError::Parse { path: shown, line, column, message: e.to_string() }

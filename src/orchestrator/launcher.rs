@@ -20,10 +20,10 @@ use crate::services::Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("cannot start `{program}` for `{instance}`: {source}")]
-    Spawn { instance: String, program: String, source: std::io::Error },
-    #[error("cannot open log file `{path}` for `{instance}`: {source}")]
-    Log { instance: String, path: PathBuf, source: std::io::Error },
+    #[error("cannot start `{program}` for `{instance}`: {cause}")]
+    Spawn { instance: String, program: String, cause: std::io::Error },
+    #[error("cannot open log file `{path}` for `{instance}`: {cause}")]
+    Log { instance: String, path: PathBuf, cause: std::io::Error },
     #[error("`{instance}` exited before it was listening (see its log{})", log.as_ref().map(|p| format!(" `{}`", p.display())).unwrap_or_default())]
     Exited { instance: String, log: Option<PathBuf> },
     #[error("`{instance}` did not report its address within {timeout:?}")]
@@ -204,7 +204,7 @@ pub fn start(
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| LaunchError::Log { instance: instance.into(), path: path.into(), source })?;
+                .map_err(|cause| LaunchError::Log { instance: instance.into(), path: path.into(), cause })?;
             Stdio::from(file)
         }
         None => Stdio::null(),
@@ -220,10 +220,10 @@ pub fn start(
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+    let mut child = cmd.spawn().map_err(|cause| LaunchError::Spawn {
         instance: instance.into(),
         program: program.into(),
-        source,
+        cause,
     })?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();

@@ -9,12 +9,25 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
+impl DbError {
+    fn is_busy(&self) -> bool {
+        let cause = match self {
+            DbError::Open { cause, .. } | DbError::Migrate { cause, .. } | DbError::Sql(cause) => cause,
+            _ => return false,
+        };
+        matches!(
+            cause.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot open database `{path}`: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
-    #[error("migration {version} of `{path}` failed: {source}")]
-    Migrate { path: PathBuf, version: usize, source: rusqlite::Error },
+    #[error("cannot open database `{path}`: {cause}")]
+    Open { path: PathBuf, cause: rusqlite::Error },
+    #[error("migration {version} of `{path}` failed: {cause}")]
+    Migrate { path: PathBuf, version: usize, cause: rusqlite::Error },
     #[error(
         "database `{path}` is at schema version {found}, newer than this binary knows ({known}); use a newer shop"
     )]
@@ -41,14 +54,30 @@ impl Db {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
-        let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
+        // Replicas sharing a new file race to set it up; SQLite answers "busy" to some of those
+        // races without waiting (changing the journal mode), so the loser tries again.
+        let mut attempt = 0;
+        loop {
+            match Db::open_once(path, migrations) {
+                Err(e) if e.is_busy() && attempt < 50 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path, migrations: &[&str]) -> Result<Db, DbError> {
+        let open_err = |cause| DbError::Open { path: path.to_path_buf(), cause };
         let mut conn = Connection::open(path).map_err(open_err)?;
+        // First, so that switching to WAL waits for a replica doing the same instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         // WAL lets readers (shop inspect) run beside the writer; NORMAL is durable across
         // process crashes, which is the failure this lab injects.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         migrate(&mut conn, path, migrations)?;
         Ok(Db { conn: Arc::new(Mutex::new(conn)), path: Arc::new(path.to_path_buf()) })
     }
@@ -91,26 +120,27 @@ impl Db {
 }
 
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), DbError> {
-    let found: usize = conn
-        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })? as usize;
+    // The version is read inside the write transaction: replicas sharing one file start at the
+    // same moment, and only one of them may apply a migration.
+    let open_err = |cause| DbError::Open { path: path.to_path_buf(), cause };
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(open_err)?;
+    let found = tx.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(open_err)? as usize;
     if found > migrations.len() {
         return Err(DbError::TooNew { path: path.to_path_buf(), found, known: migrations.len() });
     }
     for (version, sql) in migrations.iter().enumerate().skip(found) {
-        let err = |source| DbError::Migrate { path: path.to_path_buf(), version: version + 1, source };
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
+        let err = |cause| DbError::Migrate { path: path.to_path_buf(), version: version + 1, cause };
         tx.execute_batch(sql).map_err(err)?;
         tx.pragma_update(None, "user_version", (version + 1) as i64).map_err(err)?;
-        tx.commit().map_err(err)?;
     }
+    tx.commit().map_err(open_err)?;
     Ok(())
 }
 
 /// Opens another service's database read-only, for `shop inspect` and the invariant checks.
 pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
+        .map_err(|cause| DbError::Open { path: path.to_path_buf(), cause })?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }

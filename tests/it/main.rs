@@ -2,6 +2,7 @@
 //! temp dir per test, HTTP over loopback.
 
 mod api;
+mod drive;
 mod load;
 mod registry;
 mod saga;

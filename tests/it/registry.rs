@@ -71,7 +71,12 @@ async fn every_service_answers_health_readiness_and_prometheus_metrics() {
     });
     assert_eq!(posted.map(|s| s.2), Some(1.0), "{text}");
     let text = stack.http.get(stack.url(Kind::Order, "/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(parse_prometheus(&text).unwrap().iter().any(|s| s.0 == "shop_order_outbox_backlog"));
+    let order = parse_prometheus(&text).unwrap();
+    for name in ["shop_order_outbox_backlog", "shop_order_sagas_in_flight", "shop_order_orders"] {
+        assert!(order.iter().any(|s| s.0 == name), "{name} missing:\n{text}");
+    }
+    let text = stack.http.get(stack.url(Kind::Inventory, "/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(parse_prometheus(&text).unwrap().iter().any(|s| s.0 == "shop_inventory_stock_reserved"));
 }
 
 /// A strict reader of the Prometheus text format: `# HELP`/`# TYPE` lines, then

@@ -1,0 +1,209 @@
+//! Driving and seeing through the real CLI: `shop order` exit codes and JSON, traces across
+//! every service, the waterfall, `inspect` documents, and the invariant checker catching a
+//! broken database.
+
+use std::collections::HashSet;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::stack::Project;
+use crate::support::eventually;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(o), stderr(o)))
+}
+
+fn started() -> Project {
+    let p = Project::new("");
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    p
+}
+
+fn has_fields(v: &Value, fields: &[&str]) {
+    for f in fields {
+        assert!(v.get(*f).is_some(), "`{f}` missing in {v}");
+    }
+}
+
+#[test]
+fn order_place_exits_0_confirmed_3_rejected_and_1_pending_or_unreachable() {
+    let p = started();
+    let ok = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1:2"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let text = stdout(&ok);
+    assert!(text.contains("CONFIRMED") && text.contains("$49.98") && text.contains("charge_payment"), "{text}");
+
+    let declined = p.shop(&["order", "place", "--user", "bob", "--item", "sku-1"]);
+    assert_eq!(declined.status.code(), Some(3));
+    assert!(stderr(&declined).contains("the card was declined (card_declined)"), "{}", stderr(&declined));
+    let inactive = p.shop(&["order", "place", "--user", "carol", "--item", "sku-1"]);
+    assert_eq!(inactive.status.code(), Some(3));
+    assert!(stderr(&inactive).contains("user_inactive"));
+    let unknown = p.shop(&["order", "place", "--user", "zed", "--item", "sku-1"]);
+    assert_eq!(unknown.status.code(), Some(2));
+
+    assert_eq!(p.shop(&["stop", "payment"]).status.code(), Some(0));
+    let pending = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--wait", "300ms"]);
+    assert_eq!(pending.status.code(), Some(1));
+    assert!(
+        stderr(&pending).contains("still PENDING") && stderr(&pending).contains("shop inspect order ord_"),
+        "{}",
+        stderr(&pending)
+    );
+    assert_eq!(p.shop(&["start", "payment"]).status.code(), Some(0));
+
+    let gone = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--gateway", "http://127.0.0.1:9"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("cannot reach the gateway at http://127.0.0.1:9"), "{}", stderr(&gone));
+    assert!(stderr(&gone).contains("shop up"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_links_gateway_order_user_inventory_payment_and_notification_spans() {
+    let p = started();
+    let placed = json(&p.shop(&["order", "place", "--user", "alice", "--item", "sku-2", "--json"]));
+    has_fields(
+        &placed,
+        &[
+            "id",
+            "user_id",
+            "items",
+            "total_cents",
+            "currency",
+            "status",
+            "failure",
+            "payment_id",
+            "trace_id",
+            "created_at",
+            "updated_at",
+            "steps",
+        ],
+    );
+    for s in placed["steps"].as_array().unwrap() {
+        has_fields(s, &["step", "service", "outcome", "duration_ms", "attempts"]);
+    }
+    let id = placed["id"].as_str().unwrap().to_string();
+    let trace_id = placed["trace_id"].as_str().unwrap().to_string();
+    // The notification is delivered after the answer; wait for its span.
+    let mut doc = Value::Null;
+    let complete = eventually(Duration::from_secs(10), async || {
+        doc = json(&p.shop(&["inspect", "trace", &trace_id, "--json"]));
+        doc["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["service"] == "notification"))
+    })
+    .await;
+    assert!(complete, "{doc:#}");
+    assert_eq!(doc["trace_id"], trace_id.as_str());
+    let spans = doc["spans"].as_array().unwrap();
+    for s in spans {
+        has_fields(s, &["service", "instance", "name", "span_id", "parent_id", "start_us", "duration_us", "status"]);
+    }
+    let services: HashSet<&str> = spans.iter().map(|s| s["service"].as_str().unwrap()).collect();
+    for want in ["gateway", "order", "user", "inventory", "payment", "notification"] {
+        assert!(services.contains(want), "no {want} span: {services:?}");
+    }
+    let ids: HashSet<&str> = spans.iter().map(|s| s["span_id"].as_str().unwrap()).collect();
+    let roots: Vec<&Value> = spans.iter().filter(|s| s["parent_id"].is_null()).collect();
+    assert_eq!(roots.len(), 1, "one root: {roots:#?}");
+    assert_eq!((roots[0]["service"].as_str(), roots[0]["name"].as_str()), (Some("gateway"), Some("POST /orders")));
+    for s in spans.iter().filter(|s| !s["parent_id"].is_null()) {
+        assert!(ids.contains(s["parent_id"].as_str().unwrap()), "dangling parent: {s}");
+    }
+    // A server span's parent is the caller's client span, in another service.
+    let charge = spans.iter().find(|s| s["service"] == "payment" && s["name"] == "POST /v1/payments").unwrap();
+    let caller = spans.iter().find(|s| s["span_id"] == charge["parent_id"]).unwrap();
+    assert_eq!(
+        (caller["service"].as_str(), caller["name"].as_str()),
+        (Some("order"), Some("→ payment POST /v1/payments"))
+    );
+
+    // The same, as `inspect order`: timeline, notification and waterfall in one document.
+    let inspected = json(&p.shop(&["inspect", "order", &id, "--json"]));
+    has_fields(&inspected, &["id", "status", "steps", "events", "notifications", "spans"]);
+    for e in inspected["events"].as_array().unwrap() {
+        has_fields(e, &["seq", "type", "at", "data"]);
+    }
+    assert_eq!(inspected["notifications"].as_array().unwrap().len(), 1);
+    let human = p.shop(&["inspect", "order", &id]);
+    assert_eq!(human.status.code(), Some(0));
+    let text = stdout(&human);
+    for want in
+        ["timeline", "OrderPlaced", "NotificationDelivered", "POST /orders", "saga ord_", "█", "delivered 1 time(s)"]
+    {
+        assert!(text.contains(want), "`{want}` missing:\n{text}");
+    }
+    let missing = p.shop(&["inspect", "order", "ord_nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn inspect_documents_have_the_fields_of_the_spec() {
+    let p = started();
+    assert_eq!(p.shop(&["order", "place", "--user", "alice", "--item", "sku-3"]).status.code(), Some(0));
+    let stock = json(&p.shop(&["inspect", "stock", "--json"]));
+    let sku3 = stock.as_array().unwrap().iter().find(|s| s["product_id"] == "sku-3").unwrap().clone();
+    assert_eq!(
+        (sku3["initial"].as_i64(), sku3["available"].as_i64(), sku3["reserved"].as_i64(), sku3["sold"].as_i64()),
+        (Some(40), Some(39), Some(0), Some(1))
+    );
+    let inv = json(&p.shop(&["inspect", "invariants", "--json"]));
+    assert_eq!(inv["ok"], true, "{inv:#}");
+    assert_eq!(inv["checks"].as_array().unwrap().len(), 5);
+    for c in inv["checks"].as_array().unwrap() {
+        has_fields(c, &["name", "ok", "detail"]);
+    }
+    let reg = json(&p.shop(&["inspect", "registry", "--json"]));
+    assert_eq!(reg.as_array().unwrap().len(), 6);
+    has_fields(&reg[0], &["service", "instance", "address", "pid", "heartbeat_age_ms", "status"]);
+    let svc = json(&p.shop(&["inspect", "service", "order", "--json"]));
+    has_fields(&svc, &["service", "instances", "database", "requests", "errors", "error_rate", "latency_ms"]);
+    assert!(svc["database"]["tables"]["orders"].as_i64() == Some(1), "{svc:#}");
+    assert!(svc["requests"].as_f64().unwrap() >= 1.0);
+    let list = json(&p.shop(&["order", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let got = json(&p.shop(&["order", "get", list[0]["id"].as_str().unwrap(), "--json"]));
+    assert_eq!(got["id"], list[0]["id"]);
+    assert_eq!(p.shop(&["inspect", "service", "shipping"]).status.code(), Some(2));
+}
+
+#[test]
+fn inspect_invariants_fails_on_a_broken_database_copy_and_passes_on_the_original() {
+    let p = started();
+    for user in ["alice", "bob", "alice"] {
+        p.shop(&["order", "place", "--user", user, "--item", "sku-1"]);
+    }
+    assert_eq!(p.shop(&["inspect", "invariants"]).status.code(), Some(0));
+    assert_eq!(p.shop(&["down", "-q"]).status.code(), Some(0));
+    // A copy of the stopped stack's data with one unit of stock vanished and one refund lost.
+    let copy = p.dir.path().join("broken");
+    std::fs::create_dir_all(copy.join("data")).unwrap();
+    for entry in std::fs::read_dir(p.dir.path().join(".shop/data")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join("data").join(entry.file_name())).unwrap();
+    }
+    let inv = rusqlite::Connection::open(copy.join("data/inventory.db")).unwrap();
+    inv.execute("UPDATE products SET available = available - 1 WHERE product_id = 'sku-1'", []).unwrap();
+    let pay = rusqlite::Connection::open(copy.join("data/payment.db")).unwrap();
+    pay.execute("UPDATE payments SET captured_cents = amount_cents, status = 'captured' WHERE status = 'declined' OR status = 'refunded'", []).unwrap();
+    drop((inv, pay));
+    let broken = p.shop(&["--state-dir", copy.to_str().unwrap(), "inspect", "invariants", "--settle", "0s"]);
+    assert_eq!(broken.status.code(), Some(1), "{}", stdout(&broken));
+    let text = stdout(&broken);
+    assert!(text.contains("stock_conservation") && text.contains("FAIL"), "{text}");
+    assert!(text.contains("sku-1: initial 500 != available 497 + reserved 0 + sold 2"), "{text}");
+    assert!(text.contains("FAILED but 2499 cents net charged"), "{text}");
+    assert!(text.contains("3 passed, 2 failed"), "{text}");
+    let original = p.shop(&["inspect", "invariants", "--json"]);
+    assert_eq!(original.status.code(), Some(0));
+    assert_eq!(json(&original)["ok"], true);
+}
