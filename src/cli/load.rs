@@ -430,8 +430,18 @@ fn classify(status: StatusCode, body: &[u8]) -> Outcome {
             }
             Err(_) => Outcome::Error("invalid_response".to_string()),
         },
+        // An inactive user is refused at the door, but that is a business outcome (SPEC exit
+        // code 3), not a transport or server error.
+        StatusCode::FORBIDDEN if error_code(body).as_deref() == Some("user_inactive") => {
+            Outcome::Failed("user_inactive".to_string())
+        }
         other => Outcome::Error(format!("http_{}", other.as_u16())),
     }
+}
+
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["error"]["code"].as_str().map(str::to_string)
 }
 
 /// A bar of orders done with the live rate, on stderr only when it is a terminal and not `-q`.
