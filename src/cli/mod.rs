@@ -10,6 +10,7 @@ mod output;
 mod ps;
 mod serve;
 mod service_ctl;
+mod smoke;
 mod target;
 mod up;
 
@@ -93,6 +94,8 @@ pub enum Command {
     Inspect(inspect::InspectCommand),
     /// Generate order traffic and report throughput, latency and outcomes
     Load(load::Args),
+    /// Start a throw-away stack, check the happy and failure paths, tear it down
+    Smoke(smoke::Args),
     /// Run one service in the foreground
     Serve(serve::Args),
     /// The background supervisor started by `up -d`
@@ -143,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Stop(args) => service_ctl::run(&ctx, "stop", args).await,
             Command::Restart(args) => service_ctl::run(&ctx, "restart", args).await,
             Command::Load(args) => load::run(&ctx, args).await,
+            Command::Smoke(args) => smoke::run(&ctx, args).await,
             Command::Order(command) => order::run(&ctx, command).await,
             Command::Inspect(command) => inspect::run(&ctx, command).await,
             Command::Supervise { services, no_deps } => up::supervise(&ctx, services, no_deps).await,
