@@ -280,6 +280,10 @@ fn truncate(s: &str, max: usize) -> String {
 struct ServiceReport {
     service: String,
     instances: Vec<PsRow>,
+    /// Per instance: its breakers toward each dependency and their recent transitions.
+    breakers: BTreeMap<String, Value>,
+    /// Per instance: the request faults it is under.
+    faults: BTreeMap<String, Value>,
     database: Option<DatabaseReport>,
     requests: f64,
     errors: f64,
@@ -331,6 +335,26 @@ async fn service(ctx: &Context, name: &str) -> anyhow::Result<i32> {
             }
         }
     }
+    let mut breakers = BTreeMap::new();
+    let mut faults = BTreeMap::new();
+    for r in instances.iter().filter(|r| r.pid.is_some()) {
+        let Some(addr) = &r.address else { continue };
+        for (path, into) in [("/admin/breakers", &mut breakers), ("/admin/faults", &mut faults)] {
+            let resp = live
+                .http
+                .get(format!("http://{addr}{path}"))
+                .header("x-shop-secret", &live.secret)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(v) = match resp {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.map_err(|_| ()),
+                _ => Err(()),
+            } {
+                into.insert(r.instance.clone(), v);
+            }
+        }
+    }
     let total = buckets.get(&u64::MAX).copied().unwrap_or(0.0);
     let mut latency_ms = BTreeMap::new();
     for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
@@ -343,6 +367,8 @@ async fn service(ctx: &Context, name: &str) -> anyhow::Result<i32> {
     let report = ServiceReport {
         service: name.to_string(),
         instances,
+        breakers,
+        faults,
         database,
         requests,
         errors,
@@ -371,8 +397,44 @@ async fn service(ctx: &Context, name: &str) -> anyhow::Result<i32> {
     );
     let lat: Vec<String> = report.latency_ms.iter().map(|(k, v)| format!("{k} ≤ {v} ms")).collect();
     println!("latency {}", if lat.is_empty() { "-".to_string() } else { lat.join("  ") });
-    println!("circuit breakers: none (this service's client does not use breakers)");
-    println!("faults: none active");
+    let mut t = output::table(&["INSTANCE", "DEPENDENCY", "BREAKER", "FAILURES", "TRANSITIONS"]);
+    let mut any = false;
+    for (inst, v) in &report.breakers {
+        for b in v["breakers"].as_array().into_iter().flatten() {
+            any = true;
+            let dep = b["dependency"].as_str().unwrap_or("");
+            let transitions =
+                v["transitions"].as_array().map(|t| t.iter().filter(|t| t["dependency"] == dep).count()).unwrap_or(0);
+            t.add_row(vec![
+                inst.clone(),
+                dep.to_string(),
+                b["state"].as_str().unwrap_or("").to_string(),
+                b["failures"].to_string(),
+                transitions.to_string(),
+            ]);
+        }
+    }
+    if any {
+        println!("\ncircuit breakers");
+        println!("{t}");
+    } else {
+        println!("circuit breakers: none yet (one appears per dependency once it is called)");
+    }
+    let active: Vec<String> = report
+        .faults
+        .iter()
+        .filter(|(_, v)| {
+            v.as_object().is_some_and(|m| m.iter().any(|(_, f)| !f.is_null() && f != &Value::Array(vec![])))
+        })
+        .map(|(inst, v)| format!("{inst}: {v}"))
+        .collect();
+    let chaos: Vec<String> =
+        report.instances.iter().flat_map(|r| r.faults.iter().map(move |f| format!("{}: {f}", r.instance))).collect();
+    if active.is_empty() && chaos.is_empty() {
+        println!("faults: none active");
+    } else {
+        println!("faults: {}", chaos.into_iter().chain(active).collect::<Vec<_>>().join("; "));
+    }
     Ok(exit::OK)
 }
 

@@ -1,7 +1,9 @@
 //! The command line: global options, the subcommands, and exit codes (SPEC section 3).
 
+mod chaos;
 mod context;
 mod down;
+mod drill;
 mod inspect;
 mod load;
 mod logs;
@@ -92,6 +94,9 @@ pub enum Command {
     /// Show what happened: orders, traces, services, registry, stock, invariants
     #[command(subcommand)]
     Inspect(inspect::InspectCommand),
+    /// Break the running stack on purpose: kill, pause, latency, errors, partitions, drills
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// Generate order traffic and report throughput, latency and outcomes
     Load(load::Args),
     /// Start a throw-away stack, check the happy and failure paths, tear it down
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Smoke(args) => smoke::run(&ctx, args).await,
             Command::Order(command) => order::run(&ctx, command).await,
             Command::Inspect(command) => inspect::run(&ctx, command).await,
+            Command::Chaos(command) => chaos::run(&ctx, command).await,
             Command::Supervise { services, no_deps } => up::supervise(&ctx, services, no_deps).await,
             Command::Serve(_) => unreachable!("handled above"),
         }

@@ -44,6 +44,12 @@ impl Control {
         resp.json().await.context("unreadable answer from the supervisor")
     }
 
+    /// GETs a JSON document from the control API.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.send(reqwest::Method::GET, path, None, Duration::from_secs(5)).await?;
+        resp.json().await.context("unreadable answer from the supervisor")
+    }
+
     /// POSTs to the control API; a 400 (an unknown service name) is a usage error.
     pub async fn post(
         &self,

@@ -57,7 +57,7 @@ pub struct Status {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     Pending,
     Starting,
     Healthy,
@@ -86,35 +86,37 @@ impl Phase {
         }
     }
 
-    fn running(self) -> bool {
+    pub(super) fn running(self) -> bool {
         matches!(self, Phase::Starting | Phase::Healthy | Phase::Unhealthy | Phase::Paused)
     }
 }
 
-struct Instance {
+pub(super) struct Instance {
     /// Index into `stack.services`, or `None` for the registry.
-    spec: Option<usize>,
-    service: String,
-    name: String,
-    phase: Phase,
-    proc: Option<ServiceProcess>,
-    pid: Option<u32>,
-    address: Option<SocketAddr>,
+    pub(super) spec: Option<usize>,
+    pub(super) service: String,
+    pub(super) name: String,
+    pub(super) phase: Phase,
+    pub(super) proc: Option<ServiceProcess>,
+    pub(super) pid: Option<u32>,
+    pub(super) address: Option<SocketAddr>,
     /// A port chosen once and kept across restarts (the registry's, an external program's).
-    pinned_port: Option<u16>,
-    restarts: u32,
+    pub(super) pinned_port: Option<u16>,
+    pub(super) restarts: u32,
     /// Crashes since the last healthy spell: drives backoff and `max_restarts`.
-    consecutive: u32,
-    started: Option<Instant>,
-    healthy_since: Option<Instant>,
-    next_restart: Option<Instant>,
+    pub(super) consecutive: u32,
+    pub(super) started: Option<Instant>,
+    pub(super) healthy_since: Option<Instant>,
+    pub(super) next_restart: Option<Instant>,
     /// Bumped at every start, so tasks of an older incarnation stop touching it.
-    generation: u64,
-    detail: Option<String>,
+    pub(super) generation: u64,
+    pub(super) detail: Option<String>,
 }
 
-struct Inner {
-    instances: Vec<Instance>,
+pub(super) struct Inner {
+    pub(super) instances: Vec<Instance>,
+    /// Faults set by `shop chaos`, until they expire or are cleared.
+    pub(super) chaos: Vec<super::chaos::ActiveFault>,
     registry: Option<SocketAddr>,
     /// Start-ups in progress.
     starting: usize,
@@ -124,9 +126,9 @@ struct Inner {
 pub struct Supervisor {
     pub stack: Stack,
     pub dir: StateDir,
-    secret: String,
+    pub(super) secret: String,
     binary: PathBuf,
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     spawner: Spawner,
     inner: Mutex<Inner>,
     /// Fires when `down` is asked for (by the API or a signal).
@@ -191,12 +193,12 @@ impl Supervisor {
             binary,
             http: crate::plumbing::client::http_client(),
             spawner: Spawner::new(),
-            inner: Mutex::new(Inner { instances, registry: None, starting: 0, stopping: false }),
+            inner: Mutex::new(Inner { instances, chaos: Vec::new(), registry: None, starting: 0, stopping: false }),
             shutdown: Notify::new(),
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -205,7 +207,8 @@ impl Supervisor {
         let rows = inner
             .instances
             .iter()
-            .map(|i| PsRow {
+            .enumerate()
+            .map(|(idx, i)| PsRow {
                 service: i.service.clone(),
                 instance: i.name.clone(),
                 pid: i.pid.filter(|_| i.phase.running()),
@@ -213,7 +216,7 @@ impl Supervisor {
                 state: i.phase.as_str().into(),
                 restarts: i.restarts,
                 uptime_s: i.started.filter(|_| i.phase.running()).map(|s| s.elapsed().as_secs()).unwrap_or(0),
-                faults: Vec::new(),
+                faults: super::chaos::labels(&inner.chaos, idx, &i.service),
                 detail: i.detail.clone(),
             })
             .collect();
@@ -293,7 +296,7 @@ impl Supervisor {
         all.peek().is_some() && all.all(|i| matches!(i.phase, Phase::Healthy))
     }
 
-    fn instances_of(&self, service: &str) -> Vec<usize> {
+    pub(super) fn instances_of(&self, service: &str) -> Vec<usize> {
         self.lock().instances.iter().enumerate().filter(|(_, i)| i.service == service).map(|(n, _)| n).collect()
     }
 
@@ -314,7 +317,7 @@ impl Supervisor {
     }
 
     /// Forks instance `idx`, waits for its address and its health, and records the outcome.
-    async fn start_instance(self: &Arc<Self>, idx: usize) {
+    pub(super) async fn start_instance(self: &Arc<Self>, idx: usize) {
         let spec = self.spec(idx).cloned();
         let (name, service, generation, pinned) = {
             let mut inner = self.lock();
@@ -422,6 +425,8 @@ impl Supervisor {
         if matches!(spec.as_ref().map(|s| &s.program), Some(Program::External(_))) {
             self.register_external(idx).await;
         }
+        // A restarted process starts clean: give it the faults its service is under.
+        self.reapply_faults(idx).await;
         let me = self.clone();
         tokio::spawn(async move { me.health_loop(idx, generation).await });
     }
@@ -447,6 +452,10 @@ impl Supervisor {
                 env.push(("SHOP_BIND".into(), s.bind.to_string()));
                 env.push(("SHOP_CLIENT_TIMEOUT".into(), humantime::format_duration(s.client.timeout).to_string()));
                 env.push(("SHOP_CLIENT_RETRIES".into(), s.client.retries.to_string()));
+                let cb = &s.client.circuit_breaker;
+                env.push(("SHOP_BREAKER_THRESHOLD".into(), cb.failure_threshold.to_string()));
+                env.push(("SHOP_BREAKER_OPEN_FOR".into(), humantime::format_duration(cb.open_for).to_string()));
+                env.push(("SHOP_BREAKER_HALF_OPEN".into(), cb.half_open_requests.to_string()));
                 if let Some(t) = s.saga_timeout {
                     env.push(("SHOP_SAGA_TIMEOUT".into(), humantime::format_duration(t).to_string()));
                 }
@@ -656,6 +665,7 @@ impl Supervisor {
                 let me = self.clone();
                 tokio::spawn(async move { me.start_instance(idx).await });
             }
+            self.expire_faults().await;
         }
     }
 
@@ -721,6 +731,8 @@ impl Supervisor {
             .route("/v1/start", post(api_start))
             .route("/v1/restart", post(api_restart))
             .route("/v1/down", post(api_down))
+            .route("/v1/chaos", get(super::chaos::api_list).post(super::chaos::api_apply))
+            .route("/v1/chaos/clear", post(super::chaos::api_clear))
             .with_state(self.clone())
     }
 
@@ -802,7 +814,7 @@ struct Names {
     timeout_ms: Option<u64>,
 }
 
-fn authorize(sup: &Supervisor, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(sup: &Supervisor, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers.get("x-shop-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
     if given.is_empty() || given != sup.secret {
         return Err(ApiError::unauthorized("the stack secret is required (header x-shop-secret)"));

@@ -9,7 +9,9 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::plumbing::breaker::Breakers;
 use crate::plumbing::discovery::Discovery;
+use crate::plumbing::faults::Faults;
 use crate::plumbing::spans::SpanStore;
 use crate::plumbing::trace::TraceCtx;
 
@@ -27,6 +29,8 @@ pub enum CallError {
     Status { service: String, status: u16, code: String, message: String },
     #[error("`{service}` sent an unreadable answer: {message}")]
     Decode { service: String, message: String },
+    #[error("the circuit breaker toward `{0}` is open; not calling it for now")]
+    BreakerOpen(String),
 }
 
 impl CallError {
@@ -78,6 +82,10 @@ pub struct ServiceClient {
     retries: u32,
     /// Where calls made within a trace are recorded as client spans.
     spans: Option<Arc<SpanStore>>,
+    /// One breaker per dependency.
+    breakers: Option<Arc<Breakers>>,
+    /// Partitions injected by `shop chaos`.
+    faults: Option<Arc<Faults>>,
 }
 
 /// A pooled client for loopback calls; one per process.
@@ -94,7 +102,12 @@ pub fn http_client() -> reqwest::Client {
 
 impl ServiceClient {
     pub fn new(http: reqwest::Client, discovery: Arc<Discovery>, timeout: Duration, retries: u32) -> ServiceClient {
-        ServiceClient { http, discovery, timeout, retries, spans: None }
+        ServiceClient { http, discovery, timeout, retries, spans: None, breakers: None, faults: None }
+    }
+
+    /// The same client behind per-dependency circuit breakers and injected partitions.
+    pub fn with_resilience(self, breakers: Arc<Breakers>, faults: Arc<Faults>) -> ServiceClient {
+        ServiceClient { breakers: Some(breakers), faults: Some(faults), ..self }
     }
 
     /// The same client, recording a span for every call made within a trace.
@@ -126,6 +139,34 @@ impl ServiceClient {
         body: Option<&B>,
         trace: Option<&TraceCtx>,
     ) -> Result<T, CallError> {
+        if let Some(b) = &self.breakers {
+            if !b.allow(service) {
+                return Err(CallError::BreakerOpen(service.to_string()));
+            }
+        }
+        let result = self.call_instances(service, method, path, body, trace).await;
+        if let Some(b) = &self.breakers {
+            // A 4xx is the dependency working as it should; only transient failures count.
+            b.record(service, !matches!(&result, Err(e) if e.is_transient()));
+        }
+        result
+    }
+
+    async fn call_instances<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        trace: Option<&TraceCtx>,
+    ) -> Result<T, CallError> {
+        if self.faults.as_ref().is_some_and(|f| f.partitioned_from(service)) {
+            return Err(CallError::Refused {
+                service: service.to_string(),
+                address: "-".into(),
+                message: "network partition injected by shop chaos".into(),
+            });
+        }
         let instances = self.discovery.instances(service).await.len().max(1);
         let mut last = CallError::NoInstance(service.to_string());
         for _ in 0..instances {

@@ -58,6 +58,18 @@ pub struct Tuning {
     /// Gateway only: burst allowed per token
     #[arg(long, env = "SHOP_RATE_BURST", default_value_t = 40_000, hide = true)]
     pub rate_burst: u32,
+    /// Consecutive transient failures that open a dependency's circuit breaker
+    #[arg(long, env = "SHOP_BREAKER_THRESHOLD", default_value_t = 5, hide = true)]
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses calls before letting a trial through
+    #[arg(long, env = "SHOP_BREAKER_OPEN_FOR", default_value = "5s", value_parser = parse_duration, hide = true)]
+    pub breaker_open_for: Duration,
+    /// Trial calls while half open
+    #[arg(long, env = "SHOP_BREAKER_HALF_OPEN", default_value_t = 1, hide = true)]
+    pub breaker_half_open: u32,
+    /// Seed for fault percentages and jitter
+    #[arg(long, env = "SHOP_SEED", hide = true)]
+    pub seed: Option<u64>,
     /// Test hook: exit at once (as a crash would) right after this saga event is persisted
     #[arg(long, env = "SHOP_CRASH_AFTER", hide = true)]
     pub crash_after: Option<String>,

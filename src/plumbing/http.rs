@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::plumbing::breaker::Breakers;
 use crate::plumbing::error::{ApiError, MAX_BODY_BYTES};
-use crate::plumbing::faults::Faults;
+use crate::plumbing::faults::{FaultSet, Faults};
 use crate::plumbing::metrics::Metrics;
 use crate::plumbing::spans::SpanStore;
 use crate::plumbing::trace::TraceCtx;
@@ -36,16 +37,15 @@ pub struct Common {
     pub spans: Arc<SpanStore>,
     /// The stack secret that admin endpoints require; without one they refuse every call.
     pub secret: Option<String>,
+    pub faults: Arc<Faults>,
+    pub breakers: Arc<Breakers>,
 }
 
 /// Wraps a service's own routes with what every service answers.
-pub fn with_common_routes(routes: Router, common: Common, faults: Arc<Faults>) -> Router {
+pub fn with_common_routes(routes: Router, common: Common) -> Router {
     let metrics = common.metrics.clone();
-    let routes = if faults.is_empty() {
-        routes
-    } else {
-        routes.route_layer(axum::middleware::from_fn_with_state(faults, crate::plumbing::faults::inbound))
-    };
+    let routes = routes
+        .route_layer(axum::middleware::from_fn_with_state(common.faults.clone(), crate::plumbing::faults::inbound));
     // Only the service's own routes make spans: health probes would drown the traces.
     let routes = routes.route_layer(axum::middleware::from_fn_with_state(common.spans.clone(), trace_requests));
     let shared = Router::new()
@@ -53,6 +53,8 @@ pub fn with_common_routes(routes: Router, common: Common, faults: Arc<Faults>) -
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/admin/spans", get(admin_spans))
+        .route("/admin/faults", get(admin_faults).put(admin_set_faults).delete(admin_clear_faults))
+        .route("/admin/breakers", get(admin_breakers))
         .with_state(common);
     routes
         .merge(shared)
@@ -76,7 +78,8 @@ async fn readyz(State(c): State<Common>) -> Response {
 }
 
 async fn metrics_text(State(c): State<Common>) -> Response {
-    let extra = (c.extra_metrics)().await;
+    let mut extra = (c.extra_metrics)().await;
+    c.breakers.render(&mut extra);
     let body = c.metrics.render(c.service, &c.instance, &extra);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -138,6 +141,44 @@ async fn admin_spans(
         None => c.spans.recent(q.limit.unwrap_or(100).min(10_000)),
     };
     Ok(axum::Json(spans).into_response())
+}
+
+async fn admin_faults(State(c): State<Common>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    check_secret(c.secret.as_deref(), &headers)?;
+    Ok(axum::Json(c.faults.current()).into_response())
+}
+
+async fn admin_set_faults(
+    State(c): State<Common>,
+    headers: axum::http::HeaderMap,
+    crate::plumbing::error::JsonBody(update): crate::plumbing::error::JsonBody<FaultSet>,
+) -> Result<Response, ApiError> {
+    check_secret(c.secret.as_deref(), &headers)?;
+    let set = c.faults.apply(update).map_err(ApiError::bad_request)?;
+    tracing::warn!(faults = ?set, "faults changed");
+    Ok(axum::Json(set).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct ClearQuery {
+    kind: Option<String>,
+}
+
+async fn admin_clear_faults(
+    State(c): State<Common>,
+    headers: axum::http::HeaderMap,
+    crate::plumbing::error::ApiQuery(q): crate::plumbing::error::ApiQuery<ClearQuery>,
+) -> Result<Response, ApiError> {
+    check_secret(c.secret.as_deref(), &headers)?;
+    c.faults.clear(q.kind.as_deref());
+    tracing::info!(kind = q.kind.as_deref().unwrap_or("all"), "faults cleared");
+    Ok(axum::Json(c.faults.current()).into_response())
+}
+
+async fn admin_breakers(State(c): State<Common>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    check_secret(c.secret.as_deref(), &headers)?;
+    Ok(axum::Json(serde_json::json!({"breakers": c.breakers.views(), "transitions": c.breakers.transitions()}))
+        .into_response())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -18,6 +18,7 @@ use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::plumbing::breaker::{BreakerConfig, Breakers};
 use crate::plumbing::client::{http_client, ServiceClient};
 use crate::plumbing::config::ServeArgs;
 use crate::plumbing::db::Db;
@@ -142,8 +143,18 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     });
     let discovery = Arc::new(Discovery::new(&args.registry, http.clone(), me));
     let spans = Arc::new(SpanStore::new(kind.name(), &instance));
+    let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
+    if let Some(seed) = args.tuning.seed {
+        let _ = faults.apply(crate::plumbing::faults::FaultSet { seed: Some(seed), ..Default::default() });
+    }
+    let breakers = Arc::new(Breakers::new(BreakerConfig {
+        failure_threshold: args.tuning.breaker_threshold,
+        open_for: args.tuning.breaker_open_for,
+        half_open_requests: args.tuning.breaker_half_open,
+    }));
     let client = ServiceClient::new(http, discovery.clone(), args.tuning.client_timeout, args.tuning.client_retries)
-        .with_spans(spans.clone());
+        .with_spans(spans.clone())
+        .with_resilience(breakers.clone(), faults.clone());
     let rt = Arc::new(Runtime {
         kind,
         instance: instance.clone(),
@@ -174,9 +185,10 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         extra_metrics,
         spans: spans.clone(),
         secret: args.tuning.secret.clone(),
+        faults,
+        breakers,
     };
-    let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
-    let app = http::with_common_routes(service.routes, common, faults);
+    let app = http::with_common_routes(service.routes, common);
 
     if kind != Kind::Registry {
         if !discovery.register().await {

@@ -1,0 +1,174 @@
+//! `shop chaos`: break a running stack on purpose. Faults take effect at once and end by
+//! themselves after `--for`; `chaos list` shows them and `chaos clear` ends them.
+
+use std::time::Duration;
+
+use super::context::Context;
+use super::{exit, output};
+use crate::orchestrator::chaos::{ChaosRequest, FaultRow};
+use crate::orchestrator::control::Control;
+use crate::plumbing::time::parse_duration;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ChaosCommand {
+    /// Kill a service (all instances) or one instance; it stays down until --for or `chaos clear`
+    Kill {
+        target: String,
+        /// KILL or TERM
+        #[arg(long, default_value = "KILL")]
+        signal: String,
+        #[arg(long = "for", value_parser = parse_duration)]
+        for_: Option<Duration>,
+        /// Let the restart policy bring it back, as after a crash
+        #[arg(long)]
+        restart: bool,
+    },
+    /// SIGSTOP: the process hangs with its port open
+    Pause {
+        target: String,
+        #[arg(long = "for", value_parser = parse_duration)]
+        for_: Option<Duration>,
+    },
+    /// SIGCONT a paused service
+    Resume { target: String },
+    /// Delay the requests a service receives
+    Latency {
+        target: String,
+        #[arg(value_parser = parse_duration)]
+        delay: Duration,
+        #[arg(long, value_parser = parse_duration)]
+        jitter: Option<Duration>,
+        /// Share of requests affected
+        #[arg(long, default_value_t = 100.0)]
+        percent: f64,
+        #[arg(long = "for", value_parser = parse_duration)]
+        for_: Option<Duration>,
+        /// Makes percentages and jitter reproducible
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Answer a share of a service's requests with an error status
+    Errors {
+        target: String,
+        #[arg(long, default_value_t = 503)]
+        status: u16,
+        #[arg(long, default_value_t = 100.0)]
+        percent: f64,
+        #[arg(long = "for", value_parser = parse_duration)]
+        for_: Option<Duration>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Calls between A and B fail as a network partition would, both ways
+    Partition {
+        a: String,
+        b: String,
+        #[arg(long = "for", value_parser = parse_duration)]
+        for_: Option<Duration>,
+    },
+    /// The active faults
+    List,
+    /// Remove faults (of one service, or all) and restart what chaos stopped
+    Clear { target: Option<String> },
+    /// Run a scripted drill (load, a timeline of faults, expectations) and report
+    Drill(super::drill::Args),
+}
+
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis() as u64)
+}
+
+pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
+    if let ChaosCommand::Drill(args) = command {
+        return super::drill::run(ctx, args).await;
+    }
+    let control = Control::require(&ctx.state_dir())?;
+    let request = match command {
+        ChaosCommand::List => {
+            let rows: Vec<FaultRow> = control.get_json("/v1/chaos").await?;
+            print_rows(ctx, &rows);
+            return Ok(exit::OK);
+        }
+        ChaosCommand::Clear { target } => {
+            let rows: Vec<FaultRow> = control
+                .post("/v1/chaos/clear", serde_json::json!({"target": target}), Duration::from_secs(30))
+                .await?
+                .json()
+                .await?;
+            if !ctx.quiet && !ctx.json {
+                eprintln!("cleared faults{}", target.map(|t| format!(" on `{t}`")).unwrap_or_default());
+            }
+            print_rows(ctx, &rows);
+            return Ok(exit::OK);
+        }
+        ChaosCommand::Kill { target, signal, for_, restart } => ChaosRequest {
+            action: "kill".into(),
+            target,
+            signal: Some(signal),
+            for_ms: ms(for_),
+            restart,
+            ..Default::default()
+        },
+        ChaosCommand::Pause { target, for_ } => {
+            ChaosRequest { action: "pause".into(), target, for_ms: ms(for_), ..Default::default() }
+        }
+        ChaosCommand::Resume { target } => ChaosRequest { action: "resume".into(), target, ..Default::default() },
+        ChaosCommand::Latency { target, delay, jitter, percent, for_, seed } => ChaosRequest {
+            action: "latency".into(),
+            target,
+            delay_ms: Some(delay.as_millis() as u64),
+            jitter_ms: ms(jitter),
+            percent: Some(percent),
+            for_ms: ms(for_),
+            seed,
+            ..Default::default()
+        },
+        ChaosCommand::Errors { target, status, percent, for_, seed } => ChaosRequest {
+            action: "errors".into(),
+            target,
+            status: Some(status),
+            percent: Some(percent),
+            for_ms: ms(for_),
+            seed,
+            ..Default::default()
+        },
+        ChaosCommand::Partition { a, b, for_ } => ChaosRequest {
+            action: "partition".into(),
+            target: a,
+            peer: Some(b),
+            for_ms: ms(for_),
+            ..Default::default()
+        },
+        ChaosCommand::Drill(_) => unreachable!("handled above"),
+    };
+    let rows: Vec<FaultRow> =
+        control.post("/v1/chaos", serde_json::to_value(&request)?, Duration::from_secs(30)).await?.json().await?;
+    if !ctx.quiet && !ctx.json {
+        eprintln!("{} {}: done", request.action, request.target);
+    }
+    print_rows(ctx, &rows);
+    Ok(exit::OK)
+}
+
+fn print_rows(ctx: &Context, rows: &[FaultRow]) {
+    if ctx.json {
+        output::print_json(&rows);
+        return;
+    }
+    if rows.is_empty() {
+        println!("no active faults");
+        return;
+    }
+    let mut t = output::table(&["SERVICE", "FAULT", "PARAMS", "EXPIRES IN"]);
+    for r in rows {
+        let params = match &r.params {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            }
+            _ => "-".into(),
+        };
+        let expires = r.expires_in_s.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "until cleared".into());
+        t.add_row(vec![r.service.clone(), r.fault.clone(), params, expires]);
+    }
+    println!("{t}");
+}

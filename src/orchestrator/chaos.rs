@@ -1,0 +1,513 @@
+//! Chaos on a running stack, kept by the supervisor: process faults it applies itself (kill,
+//! pause) and request faults it pushes to services' admin endpoints (latency, errors,
+//! partitions). Every fault is remembered until it expires or is cleared, so `ps` and
+//! `chaos list` can show it and a restarted process gets its service's faults again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::stackfile::Program;
+use super::supervisor::{authorize, Phase, Supervisor, REGISTRY};
+use crate::plumbing::error::ApiError;
+use crate::plumbing::time::now_ms;
+
+/// What `shop chaos` asks the supervisor to do.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosRequest {
+    /// kill, pause, resume, latency, errors, partition
+    pub action: String,
+    /// A service (all its instances) or one instance.
+    pub target: String,
+    /// For partition: the other side.
+    #[serde(default)]
+    pub peer: Option<String>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub jitter_ms: Option<u64>,
+    #[serde(default)]
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The fault ends by itself after this long.
+    #[serde(default)]
+    pub for_ms: Option<u64>,
+    /// kill: let the restart policy bring it back, as after a crash.
+    #[serde(default)]
+    pub restart: bool,
+    /// kill: `KILL` (default) or `TERM`.
+    #[serde(default)]
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Latency { delay_ms: u64, jitter_ms: u64, percent: f64 },
+    Errors { status: u16, percent: f64 },
+    Partition { peer_service: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct ActiveFault {
+    /// As the user named it.
+    pub target: String,
+    pub instances: Vec<usize>,
+    /// For partitions, the instances on the other side.
+    pub peer_instances: Vec<usize>,
+    pub kind: FaultKind,
+    pub until: Option<Instant>,
+    pub until_ms: Option<i64>,
+    pub seed: Option<u64>,
+}
+
+/// One row of `shop chaos list`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FaultRow {
+    pub service: String,
+    pub fault: String,
+    pub params: serde_json::Value,
+    pub expires_in_s: Option<f64>,
+}
+
+impl ActiveFault {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Latency { .. } => "latency",
+            FaultKind::Errors { .. } => "errors",
+            FaultKind::Partition { .. } => "partition",
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.kind {
+            FaultKind::Kill => "killed".into(),
+            FaultKind::Pause => "paused".into(),
+            FaultKind::Latency { delay_ms, percent, .. } => format!("latency {delay_ms}ms {percent}%"),
+            FaultKind::Errors { status, percent } => format!("errors {status} {percent}%"),
+            FaultKind::Partition { peer_service } => format!("partition {peer_service}"),
+        }
+    }
+
+    fn params(&self) -> serde_json::Value {
+        match &self.kind {
+            FaultKind::Kill | FaultKind::Pause => serde_json::json!({}),
+            FaultKind::Latency { delay_ms, jitter_ms, percent } => {
+                serde_json::json!({"delay_ms": delay_ms, "jitter_ms": jitter_ms, "percent": percent})
+            }
+            FaultKind::Errors { status, percent } => serde_json::json!({"status": status, "percent": percent}),
+            FaultKind::Partition { peer_service } => serde_json::json!({"peer": peer_service}),
+        }
+    }
+
+    /// The body for `PUT /admin/faults` on instance `idx`, for request faults.
+    fn admin_body(&self, idx: usize, sup: &Supervisor) -> Option<serde_json::Value> {
+        let mut body = match &self.kind {
+            FaultKind::Latency { delay_ms, jitter_ms, percent } => serde_json::json!({
+                "latency": {"delay_ms": delay_ms, "jitter_ms": jitter_ms, "percent": percent, "until_ms": self.until_ms}
+            }),
+            FaultKind::Errors { status, percent } => {
+                serde_json::json!({"errors": {"status": status, "percent": percent, "until_ms": self.until_ms}})
+            }
+            FaultKind::Partition { peer_service } => {
+                // Each side refuses its calls to the other: both directions are cut.
+                let peer =
+                    if self.instances.contains(&idx) { peer_service.clone() } else { sup.registry_name(&self.target) };
+                serde_json::json!({"partitions": [{"peer": peer, "until_ms": self.until_ms}]})
+            }
+            _ => return None,
+        };
+        if let Some(seed) = self.seed {
+            body["seed"] = seed.into();
+        }
+        Some(body)
+    }
+
+    fn covers(&self, idx: usize) -> bool {
+        self.instances.contains(&idx) || self.peer_instances.contains(&idx)
+    }
+}
+
+/// The FAULTS column of `ps` for instance `idx`.
+pub fn labels(chaos: &[ActiveFault], idx: usize, _service: &str) -> Vec<String> {
+    chaos
+        .iter()
+        .filter(|f| f.covers(idx))
+        .map(|f| match (&f.kind, f.peer_instances.contains(&idx)) {
+            (FaultKind::Partition { .. }, true) => format!("partition {}", f.target),
+            _ => f.label(),
+        })
+        .collect()
+}
+
+impl Supervisor {
+    /// The name clients use to find `service` in the registry: its kind for a built-in service.
+    pub(super) fn registry_name(&self, service: &str) -> String {
+        match self.stack.service(service).map(|s| &s.program) {
+            Some(Program::Builtin(kind)) => kind.name().to_string(),
+            _ => service.to_string(),
+        }
+    }
+
+    /// The instances a target names: one instance, or every instance of a service.
+    fn target_instances(&self, target: &str) -> Result<(Vec<usize>, String), String> {
+        let inner = self.lock();
+        if let Some((idx, inst)) = inner.instances.iter().enumerate().find(|(_, i)| i.name == target) {
+            return Ok((vec![idx], inst.service.clone()));
+        }
+        let all: Vec<usize> =
+            inner.instances.iter().enumerate().filter(|(_, i)| i.service == target).map(|(n, _)| n).collect();
+        if all.is_empty() {
+            let mut names: Vec<&str> = inner.instances.iter().map(|i| i.service.as_str()).collect();
+            names.dedup();
+            return Err(format!("unknown service or instance `{target}`; the stack has: {}", names.join(", ")));
+        }
+        Ok((all, target.to_string()))
+    }
+
+    pub fn chaos_rows(&self) -> Vec<FaultRow> {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .chaos
+            .iter()
+            .map(|f| FaultRow {
+                service: f.target.clone(),
+                fault: f.name().into(),
+                params: f.params(),
+                expires_in_s: f.until.map(|u| u.saturating_duration_since(now).as_secs_f64()),
+            })
+            .collect()
+    }
+
+    /// Applies one chaos request; the error is for the user (an unknown target, a bad value).
+    pub async fn apply_chaos(self: &Arc<Self>, req: ChaosRequest) -> Result<Vec<FaultRow>, String> {
+        let (instances, _) = self.target_instances(&req.target)?;
+        let until = req.for_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        let until_ms = req.for_ms.map(|ms| now_ms() + ms as i64);
+        let percent = req.percent.unwrap_or(100.0);
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(format!("--percent must be 0 to 100, got {percent}"));
+        }
+        let mut fault = ActiveFault {
+            target: req.target.clone(),
+            instances: instances.clone(),
+            peer_instances: Vec::new(),
+            kind: FaultKind::Kill,
+            until,
+            until_ms,
+            seed: req.seed,
+        };
+        match req.action.as_str() {
+            "kill" => {
+                let signal = match req.signal.as_deref().unwrap_or("KILL").trim_start_matches("SIG") {
+                    "KILL" => Signal::SIGKILL,
+                    "TERM" => Signal::SIGTERM,
+                    other => return Err(format!("--signal must be KILL or TERM, got `{other}`")),
+                };
+                self.kill_instances(&instances, signal, req.restart).await;
+                if req.restart {
+                    // The restart policy takes over, as after a crash: nothing lasting to record.
+                    return Ok(self.chaos_rows());
+                }
+            }
+            "pause" => {
+                self.signal_instances(&instances, Signal::SIGSTOP, Some(Phase::Paused));
+                fault.kind = FaultKind::Pause;
+            }
+            "resume" => {
+                self.resume(&instances);
+                self.lock().chaos.retain(|f| {
+                    !(matches!(f.kind, FaultKind::Pause) && f.instances.iter().all(|i| instances.contains(i)))
+                });
+                return Ok(self.chaos_rows());
+            }
+            "latency" => {
+                let delay_ms = req.delay_ms.ok_or("latency needs a delay, e.g. 200ms")?;
+                fault.kind = FaultKind::Latency { delay_ms, jitter_ms: req.jitter_ms.unwrap_or(0), percent };
+            }
+            "errors" => {
+                let status = req.status.unwrap_or(503);
+                if !(400..=599).contains(&status) {
+                    return Err(format!("--status must be 400 to 599, got {status}"));
+                }
+                fault.kind = FaultKind::Errors { status, percent };
+            }
+            "partition" => {
+                let peer = req.peer.clone().ok_or("partition needs two services")?;
+                let (peer_instances, peer_service) = self.target_instances(&peer)?;
+                if peer_instances.iter().any(|i| instances.contains(i)) {
+                    return Err("a partition needs two different services".into());
+                }
+                fault.peer_instances = peer_instances;
+                fault.kind = FaultKind::Partition { peer_service: self.registry_name(&peer_service) };
+            }
+            other => return Err(format!("unknown chaos action `{other}`")),
+        }
+        let pushed = self.push(&fault).await;
+        if let Err(e) = pushed {
+            return Err(e);
+        }
+        {
+            let mut inner = self.lock();
+            // A new fault of the same kind on the same instances replaces the old one.
+            inner.chaos.retain(|f| {
+                !(f.name() == fault.name()
+                    && f.instances == fault.instances
+                    && f.peer_instances == fault.peer_instances)
+            });
+            inner.chaos.push(fault);
+        }
+        Ok(self.chaos_rows())
+    }
+
+    /// Sends a request fault to every running instance it covers.
+    async fn push(&self, fault: &ActiveFault) -> Result<(), String> {
+        let targets: Vec<(usize, String)> = {
+            let inner = self.lock();
+            fault
+                .instances
+                .iter()
+                .chain(fault.peer_instances.iter())
+                .filter(|i| inner.instances[**i].phase.running())
+                .filter_map(|i| inner.instances[*i].address.map(|a| (*i, a.to_string())))
+                .collect()
+        };
+        for (idx, addr) in targets {
+            let Some(body) = fault.admin_body(idx, self) else { continue };
+            let resp = self
+                .http
+                .put(format!("http://{addr}/admin/faults"))
+                .header("x-shop-secret", &self.secret)
+                .json(&body)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => return Err(format!("{addr} refused the fault: {}", r.status())),
+                // A paused or dying instance gets it again when it restarts.
+                Err(e) => tracing::warn!(%addr, error = %e, "could not set a fault"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear_remote(&self, fault: &ActiveFault) {
+        let kind = match fault.kind {
+            FaultKind::Latency { .. } => "latency",
+            FaultKind::Errors { .. } => "errors",
+            FaultKind::Partition { .. } => "partitions",
+            _ => return,
+        };
+        let addrs: Vec<String> = {
+            let inner = self.lock();
+            fault
+                .instances
+                .iter()
+                .chain(fault.peer_instances.iter())
+                .filter_map(|i| inner.instances[*i].address.map(|a| a.to_string()))
+                .collect()
+        };
+        for addr in addrs {
+            let _ = self
+                .http
+                .delete(format!("http://{addr}/admin/faults?kind={kind}"))
+                .header("x-shop-secret", &self.secret)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+        }
+    }
+
+    /// Kills instances. Without `restart` they stay down (state `killed`) until the fault ends;
+    /// with it, the exit is left to the monitor, which restarts per policy as after a crash.
+    async fn kill_instances(self: &Arc<Self>, instances: &[usize], signal: Signal, restart: bool) {
+        if restart {
+            self.signal_instances(instances, signal, None);
+            return;
+        }
+        let procs: Vec<_> = {
+            let mut inner = self.lock();
+            instances
+                .iter()
+                .filter_map(|idx| {
+                    let inst = &mut inner.instances[*idx];
+                    inst.generation += 1;
+                    inst.next_restart = None;
+                    inst.phase = Phase::Killed;
+                    inst.detail =
+                        Some(format!("killed by shop chaos (SIG{})", signal.as_str().trim_start_matches("SIG")));
+                    inst.proc.take()
+                })
+                .collect()
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            for mut p in procs {
+                p.signal(Signal::SIGCONT);
+                if signal == Signal::SIGKILL {
+                    p.kill();
+                } else {
+                    p.stop(Duration::from_secs(10));
+                }
+            }
+        })
+        .await;
+    }
+
+    fn signal_instances(&self, instances: &[usize], signal: Signal, phase: Option<Phase>) {
+        let mut inner = self.lock();
+        for idx in instances {
+            let inst = &mut inner.instances[*idx];
+            if let Some(p) = &inst.proc {
+                p.signal(signal);
+                if let Some(phase) = phase {
+                    inst.phase = phase;
+                }
+            }
+        }
+    }
+
+    fn resume(&self, instances: &[usize]) {
+        let mut inner = self.lock();
+        for idx in instances {
+            let inst = &mut inner.instances[*idx];
+            if let Some(p) = &inst.proc {
+                p.signal(Signal::SIGCONT);
+                if inst.phase == Phase::Paused {
+                    inst.phase = Phase::Healthy;
+                    inst.healthy_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Ends a fault: restarts what it killed, resumes what it paused, clears request faults.
+    async fn undo(self: &Arc<Self>, fault: ActiveFault) {
+        match fault.kind {
+            FaultKind::Kill => {
+                for idx in fault.instances {
+                    let killed = self.lock().instances[idx].phase == Phase::Killed;
+                    if killed {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.start_instance(idx).await });
+                    }
+                }
+            }
+            FaultKind::Pause => self.resume(&fault.instances),
+            _ => self.clear_remote(&fault).await,
+        }
+    }
+
+    /// Removes the faults on `target` (a service or instance), or all; undoes each.
+    pub async fn clear_chaos(self: &Arc<Self>, target: Option<&str>) -> Result<Vec<FaultRow>, String> {
+        let scope = match target {
+            Some(t) => Some(self.target_instances(t)?.0),
+            None => None,
+        };
+        let removed: Vec<ActiveFault> = {
+            let mut inner = self.lock();
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.chaos)
+                .into_iter()
+                .partition(|f| scope.as_ref().is_none_or(|s| s.iter().any(|i| f.covers(*i))));
+            inner.chaos = kept;
+            gone
+        };
+        for f in removed {
+            self.undo(f).await;
+        }
+        // Whatever chaos stopped without a record (a resumed-but-not-cleared process) comes back.
+        let paused: Vec<usize> = {
+            let inner = self.lock();
+            inner
+                .instances
+                .iter()
+                .enumerate()
+                .filter(|(i, inst)| inst.phase == Phase::Paused && scope.as_ref().is_none_or(|s| s.contains(i)))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        self.resume(&paused);
+        Ok(self.chaos_rows())
+    }
+
+    /// Ends the faults whose time is up; called by the monitor.
+    pub(super) async fn expire_faults(self: &Arc<Self>) {
+        let now = Instant::now();
+        let expired: Vec<ActiveFault> = {
+            let mut inner = self.lock();
+            if !inner.chaos.iter().any(|f| f.until.is_some_and(|u| u <= now)) {
+                return;
+            }
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut inner.chaos).into_iter().partition(|f| f.until.is_some_and(|u| u <= now));
+            inner.chaos = kept;
+            gone
+        };
+        for f in expired {
+            tracing::info!(target = %f.target, fault = f.name(), "fault expired");
+            self.undo(f).await;
+        }
+    }
+
+    /// Gives a freshly started instance the request faults its service is under.
+    pub(super) async fn reapply_faults(&self, idx: usize) {
+        let faults: Vec<ActiveFault> = self.lock().chaos.iter().filter(|f| f.covers(idx)).cloned().collect();
+        for f in faults {
+            let only_me = ActiveFault {
+                instances: if f.instances.contains(&idx) { vec![idx] } else { Vec::new() },
+                peer_instances: if f.peer_instances.contains(&idx) { vec![idx] } else { Vec::new() },
+                ..f
+            };
+            let _ = self.push(&only_me).await;
+        }
+    }
+}
+
+pub(super) async fn api_list(
+    State(sup): State<Arc<Supervisor>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<FaultRow>>, ApiError> {
+    authorize(&sup, &headers)?;
+    Ok(Json(sup.chaos_rows()))
+}
+
+pub(super) async fn api_apply(
+    State(sup): State<Arc<Supervisor>>,
+    headers: HeaderMap,
+    crate::plumbing::error::JsonBody(req): crate::plumbing::error::JsonBody<ChaosRequest>,
+) -> Result<Json<Vec<FaultRow>>, ApiError> {
+    authorize(&sup, &headers)?;
+    if req.target == REGISTRY && !matches!(req.action.as_str(), "kill" | "pause" | "resume") {
+        return Err(ApiError::bad_request("the registry takes only kill, pause and resume"));
+    }
+    tracing::warn!(action = %req.action, target = %req.target, "chaos");
+    sup.apply_chaos(req).await.map(Json).map_err(ApiError::bad_request)
+}
+
+#[derive(Deserialize)]
+pub(super) struct ClearRequest {
+    #[serde(default)]
+    target: Option<String>,
+}
+
+pub(super) async fn api_clear(
+    State(sup): State<Arc<Supervisor>>,
+    headers: HeaderMap,
+    crate::plumbing::error::JsonBody(req): crate::plumbing::error::JsonBody<ClearRequest>,
+) -> Result<Json<Vec<FaultRow>>, ApiError> {
+    authorize(&sup, &headers)?;
+    sup.clear_chaos(req.target.as_deref()).await.map(Json).map_err(ApiError::bad_request)
+}
