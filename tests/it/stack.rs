@@ -16,7 +16,7 @@ pub struct Project {
 
 /// The shipped topology on free ports, fast heartbeats, fixtures by absolute path, plus `extra`
 /// lines under `services:`.
-fn stack_yaml(extra: &str) -> String {
+pub fn stack_yaml(extra: &str) -> String {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     format!(
         "name: test

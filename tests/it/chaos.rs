@@ -1,0 +1,234 @@
+//! `shop chaos` against a running stack: each fault's effect, its end on clear and on expiry,
+//! circuit breakers, orders through outages and partitions, and the admin endpoints' secret.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::stack::{stack_yaml, Project};
+use crate::support::eventually;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+}
+
+/// A stack whose breakers reopen quickly and whose sagas time out in `saga_timeout`.
+fn started(saga_timeout: &str) -> Project {
+    let text = stack_yaml("")
+        .replace("  backoff: 50ms\n", "  backoff: 50ms\n  client: { timeout: 500ms, circuit_breaker: { failure_threshold: 3, open_for: 500ms } }\n")
+        .replace("    depends_on: [user, inventory, payment, notification]\n", &format!("    depends_on: [user, inventory, payment, notification]\n    saga_timeout: {saga_timeout}\n"));
+    let p = Project::with_file(&text);
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    p
+}
+
+fn ok(p: &Project, args: &[&str]) {
+    let out = p.shop(args);
+    assert_eq!(out.status.code(), Some(0), "shop {args:?}: {}", stderr(&out));
+}
+
+fn addr(p: &Project, instance: &str) -> String {
+    p.row(instance)["address"].as_str().unwrap().to_string()
+}
+
+async fn timed_get(url: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let status = reqwest::get(url).await.map(|r| r.status().as_u16()).unwrap_or(0);
+    (status, t.elapsed())
+}
+
+fn secret(p: &Project) -> String {
+    std::fs::read_to_string(p.dir.path().join(".shop/secret")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn latency_and_errors_take_effect_at_once_and_end_on_clear_and_on_expiry() {
+    let p = started("60s");
+    let inventory = format!("http://{}/v1/products", addr(&p, "inventory"));
+    ok(&p, &["chaos", "latency", "inventory", "400ms"]);
+    let (status, took) = timed_get(&inventory).await;
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert_eq!(p.row("inventory")["faults"][0], "latency 400ms 100%");
+    ok(&p, &["chaos", "clear", "inventory"]);
+    assert!(timed_get(&inventory).await.1 < Duration::from_millis(400));
+
+    let user = format!("http://{}/v1/users/alice", addr(&p, "user"));
+    ok(&p, &["chaos", "errors", "user", "--status", "500", "--for", "1s"]);
+    assert_eq!(timed_get(&user).await.0, 500);
+    let rows = json(&p.shop(&["chaos", "list", "--json"]));
+    assert_eq!((rows[0]["service"].as_str(), rows[0]["fault"].as_str()), (Some("user"), Some("errors")));
+    assert!(rows[0]["expires_in_s"].as_f64().unwrap() <= 1.0);
+    let expired = eventually(Duration::from_secs(5), async || timed_get(&user).await.0 == 200).await;
+    assert!(expired, "errors did not expire");
+    assert!(
+        eventually(Duration::from_secs(3), async || json(&p.shop(&["chaos", "list", "--json"]))
+            == Value::Array(vec![]))
+        .await
+    );
+    assert_eq!(p.shop(&["chaos", "latency", "nosuch", "1s"]).status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_keeps_a_service_down_until_the_fault_ends_and_pause_freezes_it() {
+    let p = started("60s");
+    let pid = p.row("payment")["pid"].as_u64().unwrap();
+    ok(&p, &["chaos", "kill", "payment", "--for", "1s"]);
+    let r = p.row("payment");
+    assert_eq!((r["state"].as_str(), r["faults"][0].as_str()), (Some("killed"), Some("killed")), "{r}");
+    assert!(!shop::orchestrator::state_dir::process_alive(pid as u32));
+    let back = eventually(Duration::from_secs(10), async || p.row("payment")["state"] == "healthy").await;
+    assert!(back, "not restarted after --for: {}", p.row("payment"));
+    assert_eq!(p.row("payment")["restarts"], 0, "a chaos kill is not a crash");
+
+    ok(&p, &["chaos", "pause", "notification"]);
+    let pid = p.row("notification")["pid"].as_u64().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(stat.split(") ").nth(1).unwrap().starts_with('T'), "not stopped: {stat}");
+    assert_eq!(p.row("notification")["state"], "paused");
+    ok(&p, &["chaos", "resume", "notification"]);
+    assert_eq!(p.row("notification")["state"], "healthy");
+    assert!(json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().is_empty());
+
+    // --restart: the restart policy brings it back, counted as a crash.
+    ok(&p, &["chaos", "kill", "payment", "--restart"]);
+    let restarted = eventually(Duration::from_secs(10), async || {
+        let r = p.row("payment");
+        r["state"] == "healthy" && r["restarts"] == 1
+    })
+    .await;
+    assert!(restarted, "{}", p.row("payment"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_placed_while_payment_is_killed_all_confirm_after_clear_with_one_charge_each() {
+    let p = started("60s");
+    ok(&p, &["chaos", "kill", "payment"]);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--wait", "0s", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "PENDING while payment is down");
+        ids.push(json(&out)["id"].as_str().unwrap().to_string());
+    }
+    // The order service's breaker toward payment opens after the threshold and refuses fast.
+    let order = addr(&p, "order");
+    let http = reqwest::Client::new();
+    let opened = eventually(Duration::from_secs(10), async || {
+        let v: Value = http
+            .get(format!("http://{order}/admin/breakers"))
+            .header("x-shop-secret", secret(&p))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["transitions"].as_array().unwrap().iter().any(|t| t["dependency"] == "payment" && t["to"] == "open")
+    })
+    .await;
+    assert!(opened, "breaker toward payment never opened");
+    ok(&p, &["chaos", "clear"]);
+    for id in &ids {
+        let done = eventually(Duration::from_secs(20), async || {
+            json(&p.shop(&["order", "get", id, "--json"]))["status"] == "CONFIRMED"
+        })
+        .await;
+        assert!(done, "{id} did not confirm: {}", String::from_utf8_lossy(&p.shop(&["inspect", "order", id]).stdout));
+    }
+    let v: Value = http
+        .get(format!("http://{order}/admin/breakers"))
+        .header("x-shop-secret", secret(&p))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let to: Vec<&str> = v["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["dependency"] == "payment")
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    assert!(to.contains(&"half_open") && to.last() == Some(&"closed"), "{to:?}");
+    let payments = shop::plumbing::db::open_read_only(&p.dir.path().join(".shop/data/payment.db")).unwrap();
+    for id in &ids {
+        let n: i64 = payments
+            .query_row("SELECT count(*) FROM payments WHERE order_id = ?1 AND captured_cents > 0", [id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "{id} charged {n} times");
+    }
+    let inv = p.shop(&["inspect", "invariants", "--settle", "20s"]);
+    assert_eq!(inv.status.code(), Some(0), "{}", String::from_utf8_lossy(&inv.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_between_order_and_payment_never_leaves_an_order_half_done() {
+    let p = started("2s");
+    ok(&p, &["chaos", "partition", "order", "payment", "--for", "4s"]);
+    assert_eq!(p.row("order")["faults"][0], "partition payment");
+    assert_eq!(p.row("payment")["faults"][0], "partition order");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-2", "--wait", "0s", "--json"]);
+        ids.push(json(&out)["id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past the saga timeout but still partitioned: compensation (the refund or void) waits.
+    for id in &ids {
+        assert_eq!(json(&p.shop(&["order", "get", id, "--json"]))["status"], "PENDING");
+    }
+    for id in &ids {
+        let mut last = Value::Null;
+        let failed = eventually(Duration::from_secs(20), async || {
+            last = json(&p.shop(&["order", "get", id, "--json"]));
+            last["status"] == "FAILED"
+        })
+        .await;
+        assert!(failed, "{last:#}");
+        assert_eq!(last["failure"]["code"], "timeout");
+    }
+    let inv = p.shop(&["inspect", "invariants", "--settle", "20s"]);
+    assert_eq!(inv.status.code(), Some(0), "{}", String::from_utf8_lossy(&inv.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_refuse_calls_without_the_stack_secret() {
+    let p = started("60s");
+    let http = reqwest::Client::new();
+    let order = addr(&p, "order");
+    for (method, path) in [
+        ("GET", "/admin/faults"),
+        ("PUT", "/admin/faults"),
+        ("DELETE", "/admin/faults"),
+        ("GET", "/admin/spans"),
+        ("GET", "/admin/breakers"),
+    ] {
+        for secret in [None, Some("wrong")] {
+            let mut req =
+                http.request(method.parse().unwrap(), format!("http://{order}{path}")).json(&serde_json::json!({}));
+            if let Some(s) = secret {
+                req = req.header("x-shop-secret", s);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 401, "{method} {path} with {secret:?}");
+            assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
+        }
+    }
+    let resp =
+        http.get(format!("http://{order}/admin/faults")).header("x-shop-secret", secret(&p)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let control =
+        serde_json::from_str::<Value>(&std::fs::read_to_string(p.dir.path().join(".shop/supervisor.json")).unwrap())
+            .unwrap();
+    let resp = http.get(format!("http://{}/v1/status", control["control"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
