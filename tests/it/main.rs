@@ -2,9 +2,11 @@
 //! temp dir per test, HTTP over loopback.
 
 mod api;
+mod chaos;
 mod drive;
 mod load;
 mod registry;
 mod saga;
+mod smoke;
 mod stack;
 mod support;
