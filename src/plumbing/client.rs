@@ -86,6 +86,8 @@ pub struct ServiceClient {
     breakers: Option<Arc<Breakers>>,
     /// Partitions injected by `shop chaos`.
     faults: Option<Arc<Faults>>,
+    /// When a refused call last forced a refresh of the registry view.
+    last_refresh: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// A pooled client for loopback calls; one per process.
@@ -102,7 +104,16 @@ pub fn http_client() -> reqwest::Client {
 
 impl ServiceClient {
     pub fn new(http: reqwest::Client, discovery: Arc<Discovery>, timeout: Duration, retries: u32) -> ServiceClient {
-        ServiceClient { http, discovery, timeout, retries, spans: None, breakers: None, faults: None }
+        ServiceClient {
+            http,
+            discovery,
+            timeout,
+            retries,
+            spans: None,
+            breakers: None,
+            faults: None,
+            last_refresh: Arc::default(),
+        }
     }
 
     /// The same client behind per-dependency circuit breakers and injected partitions.
@@ -167,19 +178,38 @@ impl ServiceClient {
                 message: "network partition injected by shop chaos".into(),
             });
         }
-        let instances = self.discovery.instances(service).await.len().max(1);
         let mut last = CallError::NoInstance(service.to_string());
-        for _ in 0..instances {
-            let Some(address) = self.discovery.pick(service).await else { break };
-            match self.send(service, &address, method.clone(), path, body, trace).await {
-                Err(e @ CallError::Refused { .. }) => {
-                    self.discovery.mark_failed(&address);
-                    last = e;
+        // Every known instance refused: the view may be stale (a restart moved the service to a
+        // new port), so it is refreshed once, at most every 200 ms, before giving up.
+        for round in 0..2 {
+            if round == 1 && !(matches!(last, CallError::Refused { .. }) && self.refresh_due()) {
+                break;
+            }
+            if round == 1 {
+                self.discovery.refresh().await;
+            }
+            let instances = self.discovery.instances(service).await.len().max(1);
+            for _ in 0..instances {
+                let Some(address) = self.discovery.pick(service).await else { break };
+                match self.send(service, &address, method.clone(), path, body, trace).await {
+                    Err(e @ CallError::Refused { .. }) => {
+                        self.discovery.mark_failed(&address);
+                        last = e;
+                    }
+                    other => return other,
                 }
-                other => return other,
             }
         }
         Err(last)
+    }
+
+    fn refresh_due(&self) -> bool {
+        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() > Duration::from_millis(200));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// [`call`](Self::call) retried on transient failures with exponential backoff and jitter,

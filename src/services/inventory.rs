@@ -13,7 +13,7 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rusqlite::{OptionalExtension, Transaction};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use super::{Runtime, Service};
@@ -279,7 +279,7 @@ async fn reserve(
     Ok(Json(outcome?))
 }
 
-fn find(tx: &Transaction, order_id: &str) -> rusqlite::Result<Option<Reservation>> {
+fn find(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Option<Reservation>> {
     tx.prepare_cached("SELECT reservation_id, order_id, status FROM reservations WHERE order_id = ?1")?
         .query_row([order_id], |r| {
             Ok(Reservation { reservation_id: r.get(0)?, order_id: r.get(1)?, status: r.get(2)? })
@@ -288,7 +288,7 @@ fn find(tx: &Transaction, order_id: &str) -> rusqlite::Result<Option<Reservation
 }
 
 /// Moves every line of a reservation from column `from` to column `to` of products.
-fn move_stock(tx: &Transaction, order_id: &str, from: &str, to: &str) -> rusqlite::Result<()> {
+fn move_stock(tx: &rusqlite::Connection, order_id: &str, from: &str, to: &str) -> rusqlite::Result<()> {
     // Column names come from the fixed set in this module, never from a request.
     let sql = format!(
         "UPDATE products SET {from} = {from} - (SELECT quantity FROM reservation_items i WHERE i.order_id = ?1 AND i.product_id = products.product_id),
@@ -299,7 +299,7 @@ fn move_stock(tx: &Transaction, order_id: &str, from: &str, to: &str) -> rusqlit
     Ok(())
 }
 
-fn set_status(tx: &Transaction, order_id: &str, status: &str) -> rusqlite::Result<()> {
+fn set_status(tx: &rusqlite::Connection, order_id: &str, status: &str) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE reservations SET status = ?2, updated_at = ?3 WHERE order_id = ?1")?
         .execute(rusqlite::params![order_id, status, now_ms()])?;
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rusqlite::{OptionalExtension, Transaction};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use super::{Runtime, Service};
@@ -105,7 +105,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Payment> {
     })
 }
 
-fn find(tx: &Transaction, order_id: &str) -> rusqlite::Result<Option<Payment>> {
+fn find(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Option<Payment>> {
     tx.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE order_id = ?1"))?
         .query_row([order_id], row)
         .optional()

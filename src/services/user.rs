@@ -69,7 +69,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<User> {
 
 async fn by_id(State(db): State<Db>, ApiPath(id): ApiPath<String>) -> Result<Json<User>, ApiError> {
     let key = id.clone();
-    db.call(move |c| {
+    db.read(move |c| {
         c.query_row("SELECT user_id, name, active, card FROM users WHERE user_id = ?1", [key], row).optional()
     })
     .await?
@@ -78,7 +78,7 @@ async fn by_id(State(db): State<Db>, ApiPath(id): ApiPath<String>) -> Result<Jso
 }
 
 async fn by_token_hash(State(db): State<Db>, ApiPath(hash): ApiPath<String>) -> Result<Json<User>, ApiError> {
-    db.call(move |c| {
+    db.read(move |c| {
         c.query_row("SELECT user_id, name, active, card FROM users WHERE token_hash = ?1", [hash], row).optional()
     })
     .await?
@@ -88,7 +88,7 @@ async fn by_token_hash(State(db): State<Db>, ApiPath(hash): ApiPath<String>) -> 
 
 async fn list(State(db): State<Db>) -> Result<Json<Vec<User>>, ApiError> {
     let users = db
-        .call(|c| {
+        .read(|c| {
             let mut stmt = c.prepare("SELECT user_id, name, active, card FROM users ORDER BY user_id")?;
             let rows = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>();
             rows

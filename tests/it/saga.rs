@@ -117,7 +117,8 @@ async fn unknown_products_and_sold_out_products_fail_the_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() {
-    let mut stack = TestStack::start().await;
+    // The gateway's breaker toward order opens while order is down; let it retry soon.
+    let mut stack = TestStack::with(Options::default().env(Kind::Gateway, "SHOP_BREAKER_OPEN_FOR", "200ms")).await;
     let points = [
         "OrderPlaced",
         "StockReservationRequested",
@@ -133,11 +134,16 @@ async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() 
         stack.kill(Kind::Order);
         stack.spawn_with(Kind::Order, &[("SHOP_CRASH_AFTER", point)]).await;
         stack.wait_ready(Kind::Order).await;
+        stack.wait_gateway_reaches_order().await;
         let before = stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]);
         let (status, _, _) = stack.place(token, items(&[("sku-3", 1)]), &[("prefer", "wait=2")]).await;
         assert!(status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::ACCEPTED, "{point}: {status}");
         let exited = eventually(Duration::from_secs(10), async || stack.process(Kind::Order).exited()).await;
-        assert!(exited, "order service did not crash after {point}");
+        assert!(
+            exited,
+            "order service did not crash after {point} (placing answered {status})\n{}",
+            stack.log(Kind::Order)
+        );
         assert_eq!(
             stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]),
             before + 1,
@@ -225,6 +231,7 @@ async fn an_expired_reservation_cannot_be_committed_and_the_charge_is_refunded()
     stack.kill(Kind::Order);
     stack.spawn_with(Kind::Order, &[("SHOP_CRASH_AFTER", "PaymentCaptured")]).await;
     stack.wait_ready(Kind::Order).await;
+    stack.wait_gateway_reaches_order().await;
     let (_, _, _) = stack.place(ALICE, items(&[("sku-2", 1)]), &[("prefer", "wait=1")]).await;
     assert!(eventually(Duration::from_secs(10), async || stack.process(Kind::Order).exited()).await);
     // Let the reservation expire while the order service is down.

@@ -118,6 +118,15 @@ impl TestStack {
             .unwrap_or_else(|e| panic!("{} not ready: {e}", kind.name()));
     }
 
+    /// Waits until the gateway can reach the order service again (its view of the registry is
+    /// fresh and its breaker closed) after a restart.
+    pub async fn wait_gateway_reaches_order(&self) {
+        let url = self.gateway("/orders?limit=1");
+        let ok =
+            eventually(Duration::from_secs(15), async || self.get(&url, Some(ALICE)).await.0 == StatusCode::OK).await;
+        assert!(ok, "the gateway does not reach the order service");
+    }
+
     pub fn db(&self, kind: Kind) -> PathBuf {
         self.dir.path().join(format!("{}.db", kind.name()))
     }

@@ -231,7 +231,7 @@ async fn place(
     match o.saga.store.place(order_id.clone(), req.idempotency_key, req.request_hash, event.clone()).await? {
         Placed::New(state) => {
             o.saga.crash_point(&order_id, &event);
-            tracing::info!(%order_id, user_id = %req.user_id, total_cents, trace_id = %trace.trace_id, "order placed");
+            tracing::debug!(%order_id, user_id = %req.user_id, total_cents, trace_id = %trace.trace_id, "order placed");
             o.saga.start(&order_id, Some(state), Some(trace.clone()));
             let order = o.settled_view(&order_id, budget).await?;
             Ok((StatusCode::CREATED, Json(Placement { created: true, order })))

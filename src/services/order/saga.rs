@@ -33,7 +33,12 @@ pub struct Saga {
     pub relay_wake: Arc<Notify>,
     /// Test hook: exit right after this event is persisted.
     crash_after: Option<String>,
+    /// Users validated in the last moments: a burst of orders by one user costs one lookup.
+    users: Mutex<HashMap<String, (User, std::time::Instant)>>,
 }
+
+/// How long a validated user is trusted; as long as the gateway trusts a token.
+const USER_CACHE_TTL: Duration = Duration::from_secs(2);
 
 /// How a step's calls ended.
 enum Outcome<T> {
@@ -60,6 +65,7 @@ impl Saga {
             running: Mutex::new(HashMap::new()),
             relay_wake: Arc::new(Notify::new()),
             crash_after,
+            users: Mutex::new(HashMap::new()),
         }
     }
 
@@ -162,7 +168,7 @@ impl Saga {
         let name = if resumed { format!("saga {order_id} (resumed)") } else { format!("saga {order_id}") };
         let parent_id = parent.as_ref().map(|p| p.span_id.as_str());
         self.spans.record(&trace, parent_id, name, started_us, state.status().as_str().to_string());
-        tracing::info!(order_id, status = state.status().as_str(), trace_id = %state.trace_id, "saga finished");
+        tracing::debug!(order_id, status = state.status().as_str(), trace_id = %state.trace_id, "saga finished");
     }
 
     /// Persists `events` (applied to `state` first) and honours the crash hook.
@@ -173,9 +179,16 @@ impl Saga {
         outbox: Option<(String, String)>,
     ) -> anyhow::Result<()> {
         let now = now_ms();
+        let mut events = events;
         let mut next = state.clone();
         for e in &events {
             next.apply(e, now);
+        }
+        // The next step's intent goes into the same commit as this step's result: it is still
+        // persisted before its call, at one commit per step instead of two.
+        if let Some(intent) = next_intent(&next) {
+            next.apply(&intent, now);
+            events.push(intent);
         }
         self.store.append(&next, events.clone(), outbox).await?;
         *state = next;
@@ -250,11 +263,26 @@ impl Saga {
 
     async fn validate_user(&self, state: &mut SagaState, trace: &TraceCtx) -> anyhow::Result<()> {
         let path = format!("/v1/users/{}", state.user_id);
-        let outcome = self
-            .attempt(state, "validate_user", true, || {
-                self.client.call::<(), User>("user", Method::GET, &path, None, Some(trace))
-            })
-            .await?;
+        let cached = {
+            let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            users.get(&state.user_id).filter(|(_, at)| at.elapsed() < USER_CACHE_TTL).map(|(u, _)| u.clone())
+        };
+        let outcome = match cached {
+            Some(user) => Outcome::Done(user),
+            None => {
+                self.attempt(state, "validate_user", true, || {
+                    self.client.call::<(), User>("user", Method::GET, &path, None, Some(trace))
+                })
+                .await?
+            }
+        };
+        if let Outcome::Done(user) = &outcome {
+            let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+            if users.len() > 10_000 {
+                users.clear(); // bounded: a cache, not a copy of the user table
+            }
+            users.insert(user.user_id.clone(), (user.clone(), std::time::Instant::now()));
+        }
         let outcome = match outcome {
             Outcome::Done(u) if !u.active => {
                 Outcome::Refused("user_inactive".into(), format!("user `{}` is not active", u.user_id))
@@ -373,7 +401,9 @@ impl Saga {
             other => other,
         };
         if self.fail_step(state, "commit_stock", outcome).await?.is_some() {
-            self.record(state, vec![Event::StockCommitted {}], None).await?;
+            // Committed and confirmed in one transaction, with the notification's outbox row.
+            let events = vec![Event::StockCommitted {}, Event::OrderConfirmed {}];
+            self.finish(state, trace, events, "order_confirmed").await?;
         }
         Ok(())
     }
@@ -417,7 +447,13 @@ impl Saga {
                 })
                 .await?;
             match outcome {
-                Outcome::Done(_) => return self.record(state, vec![Event::StockReleased {}], None).await,
+                Outcome::Done(_) => {
+                    // The last compensation and the verdict in one transaction.
+                    let f =
+                        state.compensating.clone().unwrap_or_else(|| unreachable!("releasing only while compensating"));
+                    let failed = Event::OrderFailed { step: f.step, code: f.code, message: f.message };
+                    return self.finish(state, trace, vec![Event::StockReleased {}, failed], "order_failed").await;
+                }
                 Outcome::Refused(_, msg) | Outcome::TimedOut(msg) => {
                     tracing::error!(order_id = %state.order_id, error = %msg, "release refused; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -458,5 +494,17 @@ impl Saga {
         self.record(state, events, Some((event_id, payload.to_string()))).await?;
         self.relay_wake.notify_one();
         Ok(())
+    }
+}
+
+/// The `…Requested` event of the step `state` is about to take, if it is not recorded yet.
+fn next_intent(state: &SagaState) -> Option<Event> {
+    match state.next() {
+        Action::ReserveStock if !state.reserve_requested => Some(Event::StockReservationRequested {}),
+        Action::ChargePayment if !state.charge_requested => Some(Event::PaymentRequested {}),
+        Action::CommitStock if !state.commit_requested => Some(Event::StockCommitRequested {}),
+        Action::RefundPayment if !state.refund_requested => Some(Event::PaymentRefundRequested {}),
+        Action::ReleaseStock if !state.release_requested => Some(Event::StockReleaseRequested {}),
+        _ => None,
     }
 }

@@ -3,7 +3,7 @@
 //! Every write appends events and updates the projection in one transaction, so the row a
 //! reader sees never disagrees with the log it was derived from.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::events::{steps, Event, Item, Recorded, SagaState, Status, Step};
@@ -211,7 +211,7 @@ impl Store {
     pub async fn resumable(&self) -> Result<Vec<String>, DbError> {
         let owner = self.owner.clone();
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT order_id FROM orders WHERE status = 'PENDING'
                      AND (lease_owner IS NULL OR lease_owner = ?1 OR lease_until < ?2) ORDER BY order_id LIMIT 1000",
@@ -224,14 +224,14 @@ impl Store {
 
     pub async fn events(&self, order_id: &str) -> Result<Vec<Recorded>, DbError> {
         let order_id = order_id.to_string();
-        self.db.call(move |c| load_events(c, &order_id)).await
+        self.db.read(move |c| load_events(c, &order_id)).await
     }
 
     /// The order with its steps, or `None`.
     pub async fn view(&self, order_id: &str) -> Result<Option<(OrderView, Vec<Recorded>)>, DbError> {
         let order_id = order_id.to_string();
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let exists: Option<i64> = c
                     .prepare_cached("SELECT 1 FROM orders WHERE order_id = ?1")?
                     .query_row([&order_id], |r| r.get(0))
@@ -253,7 +253,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<OrderView>, DbError> {
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let ids: Vec<String> = c
                     .prepare_cached(
                         "SELECT order_id FROM orders WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR status = ?2)
@@ -274,7 +274,7 @@ impl Store {
     /// Undelivered outbox rows whose next attempt is due.
     pub async fn due_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, DbError> {
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT event_id, order_id, payload, attempts FROM outbox
                      WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
@@ -334,7 +334,7 @@ impl Store {
     /// Figures for `/metrics`: orders by status and the outbox backlog.
     pub async fn figures(&self) -> Result<(Vec<(String, i64)>, i64), DbError> {
         self.db
-            .call(|c| {
+            .read(|c| {
                 let by_status = c
                     .prepare_cached("SELECT status, count(*) FROM orders GROUP BY status")?
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -347,13 +347,13 @@ impl Store {
     }
 }
 
-fn find_by_key(tx: &Transaction, user_id: &str, key: &str) -> rusqlite::Result<Option<(String, String)>> {
+fn find_by_key(tx: &rusqlite::Connection, user_id: &str, key: &str) -> rusqlite::Result<Option<(String, String)>> {
     tx.prepare_cached("SELECT order_id, request_hash FROM orders WHERE user_id = ?1 AND idempotency_key = ?2")?
         .query_row([user_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
 }
 
-fn insert_event(tx: &Transaction, order_id: &str, seq: i64, at: i64, event: &Event) -> rusqlite::Result<()> {
+fn insert_event(tx: &rusqlite::Connection, order_id: &str, seq: i64, at: i64, event: &Event) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT INTO order_events (order_id, seq, type, at, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![order_id, seq, event.type_name(), at, event.data().to_string()])?;
     Ok(())
