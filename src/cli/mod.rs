@@ -4,6 +4,7 @@ mod chaos;
 mod context;
 mod down;
 mod drill;
+mod export;
 mod inspect;
 mod load;
 mod logs;
@@ -101,6 +102,9 @@ pub enum Command {
     Load(load::Args),
     /// Start a throw-away stack, check the happy and failure paths, tear it down
     Smoke(smoke::Args),
+    /// Write Kubernetes manifests or a docker compose file for the stack
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Run one service in the foreground
     Serve(serve::Args),
     /// The background supervisor started by `up -d`
@@ -152,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Restart(args) => service_ctl::run(&ctx, "restart", args).await,
             Command::Load(args) => load::run(&ctx, args).await,
             Command::Smoke(args) => smoke::run(&ctx, args).await,
+            Command::Export(command) => export::run(&ctx, command),
             Command::Order(command) => order::run(&ctx, command).await,
             Command::Inspect(command) => inspect::run(&ctx, command).await,
             Command::Chaos(command) => chaos::run(&ctx, command).await,

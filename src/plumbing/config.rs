@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::plumbing::discovery::{Mode, Peers};
 use crate::plumbing::time::parse_duration;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -85,4 +86,12 @@ pub struct Tuning {
     /// Stack secret required by admin endpoints
     #[arg(long, env = "SHOP_SECRET", hide = true)]
     pub secret: Option<String>,
+    /// How to find other services: `registry` (register and heartbeat; what `shop up` runs) or
+    /// `dns` (fixed addresses from --peers, no registry; what `shop export` writes)
+    #[arg(long, env = "SHOP_DISCOVERY", value_enum, default_value_t = Mode::Registry)]
+    pub discovery: Mode,
+    /// With `--discovery dns`: where each service is, `NAME=HOST:PORT,...` (a name given twice
+    /// has two instances), e.g. `user=user:8080,payment=payment:8080`
+    #[arg(long, env = "SHOP_PEERS", value_parser = Peers::parse, default_value = "")]
+    pub peers: Peers,
 }

@@ -1,5 +1,13 @@
-//! The registry client inside every service: registers this instance, heartbeats, and keeps a
-//! cached view of every other instance so calls go on while the registry is briefly gone.
+//! How a service finds the others, in one of two modes ([`Mode`]):
+//!
+//! - `registry` (the default, what `shop up` runs): registers this instance, heartbeats, and
+//!   keeps a cached view of every other instance so calls go on while the registry is briefly
+//!   gone;
+//! - `dns` (what `shop export` writes for Kubernetes and compose): every service is at a fixed
+//!   `HOST:PORT` given in [`Peers`] (`SHOP_PEERS=user=user:8080,...`), because the platform's
+//!   Services and service names already do discovery and load balancing. There is no registry
+//!   process: nothing registers or heartbeats, and the host name is resolved by reqwest at
+//!   connect time, so `payment:8080` follows the platform's DNS.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +36,57 @@ pub struct InstanceStatus {
     pub status: String,
 }
 
+/// Where instances come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Register with the registry and ask it where the others are.
+    #[default]
+    Registry,
+    /// Fixed addresses from [`Peers`]; no registry at all.
+    Dns,
+}
+
+/// The fixed addresses of `dns` mode: `NAME=HOST:PORT` pairs, in the order given; a name given
+/// twice has two instances, balanced like registry instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peers(pub Vec<(String, String)>);
+
+impl Peers {
+    /// Parses `user=user:8080,payment=10.0.0.7:8080` (spaces around entries are ignored, an
+    /// empty string is no peers); the message names the bad entry and the expected shape.
+    pub fn parse(text: &str) -> Result<Peers, String> {
+        let mut peers = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |why: &str| format!("peer `{entry}` {why}; write NAME=HOST:PORT, e.g. payment=payment:8080");
+            let (name, address) = entry.split_once('=').ok_or_else(|| bad("has no `=`"))?;
+            let (name, address) = (name.trim(), address.trim());
+            if name.is_empty() {
+                return Err(bad("has no service name"));
+            }
+            if address.contains("://") || address.contains('/') {
+                return Err(bad("must be a bare HOST:PORT, without scheme or path"));
+            }
+            let port = address.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+            match port {
+                Some((host, Ok(port))) if !host.is_empty() && port != 0 => {}
+                _ => return Err(bad("needs a host and a port from 1 to 65535")),
+            }
+            peers.push((name.to_string(), address.to_string()));
+        }
+        Ok(Peers(peers))
+    }
+}
+
+impl std::fmt::Display for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries: Vec<String> = self.0.iter().map(|(name, address)| format!("{name}={address}")).collect();
+        f.write_str(&entries.join(","))
+    }
+}
+
 pub struct Discovery {
+    /// `dns` mode never talks to the registry; `registry` mode is the behaviour described above.
+    mode: Mode,
     registry: String,
     http: reqwest::Client,
     /// This process's registration; `None` for the registry itself and for CLI clients.
@@ -45,6 +103,7 @@ pub struct Discovery {
 impl Discovery {
     pub fn new(registry: &str, http: reqwest::Client, me: Option<Instance>) -> Discovery {
         Discovery {
+            mode: Mode::Registry,
             registry: registry.trim_end_matches('/').to_string(),
             http,
             me,
@@ -53,6 +112,43 @@ impl Discovery {
             next: AtomicUsize::new(0),
             last_forced: Mutex::new(None),
         }
+    }
+
+    /// `dns` mode: the view is `peers`, fixed for the life of the process. It is put where the
+    /// registry's view would be, so picking, balancing and skipping refused addresses work the
+    /// same in both modes.
+    pub fn dns(peers: &Peers, http: reqwest::Client) -> Discovery {
+        let mut by_service: HashMap<String, Vec<Instance>> = HashMap::new();
+        for (service, address) in &peers.0 {
+            let list = by_service.entry(service.clone()).or_default();
+            let instance = format!("{service}@{address}");
+            // Listing an address twice would only skew the round robin toward it.
+            if !list.iter().any(|i| i.address == *address) {
+                list.push(Instance { service: service.clone(), instance, address: address.clone(), pid: 0 });
+            }
+        }
+        let discovery = Discovery { mode: Mode::Dns, ..Discovery::new("", http, None) };
+        *discovery.view.write().unwrap_or_else(|p| p.into_inner()) =
+            by_service.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        discovery
+    }
+
+    /// The discovery a service was configured for (`--discovery`, `--registry`, `--peers`).
+    pub fn for_mode(
+        mode: Mode,
+        registry: &str,
+        peers: &Peers,
+        http: reqwest::Client,
+        me: Option<Instance>,
+    ) -> Discovery {
+        match mode {
+            Mode::Registry => Discovery::new(registry, http, me),
+            Mode::Dns => Discovery::dns(peers, http),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     pub fn registry_url(&self) -> &str {
@@ -88,8 +184,11 @@ impl Discovery {
         let _ = self.http.delete(url).timeout(Duration::from_millis(500)).send().await;
     }
 
-    /// Fetches the whole view; on failure the old view stays.
+    /// Fetches the whole view; on failure the old view stays. In `dns` mode the view is fixed.
     pub async fn refresh(&self) -> bool {
+        if self.mode == Mode::Dns {
+            return true;
+        }
         let url = format!("{}/v1/instances", self.registry);
         let Ok(resp) = self.http.get(url).timeout(Duration::from_secs(2)).send().await else { return false };
         let Ok(list) = resp.json::<Vec<InstanceStatus>>().await else { return false };
@@ -169,8 +268,51 @@ impl Discovery {
         suspect.insert(address.to_string(), Instant::now() + Duration::from_secs(1));
     }
 
-    /// The cached view of every service, for readiness checks.
+    /// The cached view of every service, for readiness checks: in `dns` mode, whether the
+    /// service has an address at all (reachability is the platform's readiness probes' job).
     pub fn knows(&self, service: &str) -> bool {
         self.cached(service).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_name_host_port_pairs_and_name_the_bad_entry() {
+        let peers = Peers::parse(" user=user:8080, payment=10.0.0.7:9000,payment=payment-2:9000 ,").unwrap();
+        assert_eq!(
+            peers.0,
+            [("user", "user:8080"), ("payment", "10.0.0.7:9000"), ("payment", "payment-2:9000")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(peers.to_string(), "user=user:8080,payment=10.0.0.7:9000,payment=payment-2:9000");
+        assert_eq!(Peers::parse("").unwrap(), Peers::default());
+        assert_eq!(
+            Peers::parse("user=user:8080,payment").unwrap_err(),
+            "peer `payment` has no `=`; write NAME=HOST:PORT, e.g. payment=payment:8080"
+        );
+        for bad in ["user=http://user:8080", "user=user", "user=:80", "user=user:0", "user=user:x", "=user:80"] {
+            assert!(Peers::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dns_mode_serves_the_fixed_addresses_without_a_registry() {
+        let peers = Peers::parse("user=user:8080,payment=p1:8080,payment=p2:8080,payment=p1:8080").unwrap();
+        let d = Discovery::dns(&peers, reqwest::Client::new());
+        assert_eq!(d.mode(), Mode::Dns);
+        assert!(d.register().await, "nothing to register with is not a failure");
+        assert!(d.refresh().await);
+        assert!(d.knows("user") && d.knows("payment") && !d.knows("order"));
+        let addresses: Vec<String> = d.instances("payment").await.iter().map(|i| i.address.clone()).collect();
+        assert_eq!(addresses, ["p1:8080", "p2:8080"]);
+        let mut picked = vec![d.pick("payment").await.unwrap(), d.pick("payment").await.unwrap()];
+        picked.sort();
+        assert_eq!(picked, ["p1:8080", "p2:8080"]);
+        d.mark_failed("p1:8080");
+        assert_eq!(d.pick("payment").await.as_deref(), Some("p2:8080"));
+        assert_eq!(d.pick("order").await, None);
     }
 }

@@ -22,7 +22,7 @@ use crate::plumbing::breaker::{BreakerConfig, Breakers};
 use crate::plumbing::client::{http_client, ServiceClient};
 use crate::plumbing::config::ServeArgs;
 use crate::plumbing::db::Db;
-use crate::plumbing::discovery::{Discovery, Instance};
+use crate::plumbing::discovery::{Discovery, Instance, Mode as DiscoveryMode};
 use crate::plumbing::faults::Faults;
 use crate::plumbing::http::{self, Common, ExtraMetrics, ReadyCheck};
 use crate::plumbing::metrics::Metrics;
@@ -141,7 +141,8 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         address: address.to_string(),
         pid: std::process::id(),
     });
-    let discovery = Arc::new(Discovery::new(&args.registry, http.clone(), me));
+    let (mode, peers) = (args.tuning.discovery, &args.tuning.peers);
+    let discovery = Arc::new(Discovery::for_mode(mode, &args.registry, peers, http.clone(), me));
     let spans = Arc::new(SpanStore::new(kind.name(), &instance));
     let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
     if let Some(seed) = args.tuning.seed {
@@ -190,7 +191,8 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     };
     let app = http::with_common_routes(service.routes, common);
 
-    if kind != Kind::Registry {
+    // In `dns` mode the platform does discovery: there is no registry to register with.
+    if kind != Kind::Registry && discovery.mode() == DiscoveryMode::Registry {
         if !discovery.register().await {
             tracing::warn!(registry = %args.registry, "registry unreachable; will register when it answers");
         }
@@ -217,7 +219,7 @@ pub fn db_ready(db: Db) -> ReadyCheck {
     Arc::new(move || {
         let db = db.clone();
         Box::pin(async move {
-            db.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            db.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("database: {e}"))

@@ -3,7 +3,9 @@
 
 mod api;
 mod chaos;
+mod dns;
 mod drive;
+mod export;
 mod load;
 mod registry;
 mod saga;

@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 use super::order::store::OrderView;
-use super::order::{Placement, RequestedItem};
+use super::order::RequestedItem;
 use super::user::User;
 use super::{Runtime, Service};
 use crate::fixtures::token_hash;
@@ -74,6 +74,21 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(gw);
     Ok(Service { ready: Some(super::ready_with_deps(rt, &["order", "user", "inventory"])), ..Service::new(routes) })
+}
+
+/// The order service's answer to a placement, with the order kept as raw JSON.
+#[derive(Deserialize)]
+struct RawPlacement {
+    created: bool,
+    order: Box<serde_json::value::RawValue>,
+}
+
+/// The fields of an order the gateway acts on.
+#[derive(Deserialize)]
+struct OrderHead {
+    id: String,
+    user_id: String,
+    status: super::order::events::Status,
 }
 
 /// The public request body of `POST /orders`.
@@ -226,7 +241,7 @@ async fn place_order(
         "wait_ms": wait.as_millis() as u64,
     });
     let client = gw.client.with_timeout(wait + gw.client.timeout());
-    let placed: Placement = client
+    let placed: RawPlacement = client
         .call_idempotent("order", Method::POST, "/v1/orders", Some(&request), Some(&trace))
         .await
         .map_err(|e| match e {
@@ -235,10 +250,12 @@ async fn place_order(
             }
             e => unavailable("order", &e),
         })?;
-    let order = placed.order;
+    // The order goes back to the client as the order service wrote it: only the few fields the
+    // gateway needs are decoded, the rest is never parsed and encoded again.
+    let order: OrderHead = serde_json::from_str(placed.order.get()).map_err(ApiError::internal)?;
     let (id, uid) = (order.id.clone(), order.user_id.clone());
     gw.db
-        .call(move |c| {
+        .tx(move |c| {
             c.prepare_cached(
                 "INSERT OR IGNORE INTO accepted_orders (order_id, user_id, returned_at) VALUES (?1, ?2, ?3)",
             )?
@@ -250,7 +267,8 @@ async fn place_order(
         (true, super::order::events::Status::Pending) => StatusCode::ACCEPTED,
         (true, _) => StatusCode::CREATED,
     };
-    let mut response = (status, Json(&order)).into_response();
+    let mut response =
+        (status, [(header::CONTENT_TYPE, "application/json")], placed.order.get().to_owned()).into_response();
     if status != StatusCode::CREATED {
         if let Ok(location) = format!("/orders/{}", order.id).parse() {
             response.headers_mut().insert(header::LOCATION, location);

@@ -355,7 +355,7 @@ fn find_by_key(tx: &rusqlite::Connection, user_id: &str, key: &str) -> rusqlite:
 
 fn insert_event(tx: &rusqlite::Connection, order_id: &str, seq: i64, at: i64, event: &Event) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT INTO order_events (order_id, seq, type, at, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![order_id, seq, event.type_name(), at, event.data().to_string()])?;
+        .execute(params![order_id, seq, event.type_name(), at, event.data_json()])?;
     Ok(())
 }
 

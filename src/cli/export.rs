@@ -1,0 +1,806 @@
+//! `shop export k8s|compose`: manifests that run the stack's topology on Kubernetes or with
+//! docker compose, from the same validated [`Stack`] that `shop up` runs.
+//!
+//! What changes off the laptop, in both formats:
+//! - discovery is `dns` (`SHOP_DISCOVERY=dns`): there is no registry process; every service is
+//!   told where the others are in `SHOP_PEERS`, by the platform's service names
+//!   (`payment=payment:8080`), which Kubernetes Services and compose networks resolve;
+//! - every container listens on `0.0.0.0` (`SHOP_BIND`), on the stack's fixed port or, for a
+//!   service left on port 0, on [`CONTAINER_PORT`] (each container has its own network, so they
+//!   can all share it);
+//! - each SQLite file lives on a volume: a PersistentVolumeClaim per StatefulSet, or a named
+//!   volume per compose service;
+//! - the stack secret is generated afresh at every export, never a fixed value.
+//!
+//! The documents are built as `serde_yaml` values rather than typed structs: the two formats
+//! are large, only a sliver of each is used, and the tests check the output against the real
+//! schemas, which is what matters.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_yaml::{Mapping, Value};
+
+use super::context::Context;
+use super::Failure;
+use crate::orchestrator::stackfile::{HealthSpec, Program, RestartPolicy, ServiceSpec, Stack};
+use crate::plumbing::discovery::Peers;
+use crate::services::Kind;
+
+/// Builds a YAML mapping in the order given (serde_json's map would sort the keys).
+macro_rules! obj {
+    ($($key:expr => $value:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut map = ::serde_yaml::Mapping::new();
+        $( map.insert(::serde_yaml::Value::from($key), ::serde_yaml::Value::from($value)); )*
+        ::serde_yaml::Value::Mapping(map)
+    }};
+}
+
+/// Where every container keeps its SQLite file (the volume's mount point).
+const DATA_DIR: &str = "/data";
+/// Where fixture files are mounted, read-only.
+const FIXTURES_DIR: &str = "/etc/shop/fixtures";
+/// The port of a service the stack leaves on port 0 (any free port), which a platform cannot
+/// route to: containers do not share a network namespace, so one well-known port fits all.
+const CONTAINER_PORT: u16 = 8080;
+/// The unprivileged user and group the image runs as (see the Dockerfile).
+const USER_ID: u32 = 10001;
+/// Consecutive failed probes before a container counts as unhealthy: the supervisor's figure.
+const FAILURES: u32 = 3;
+/// Per container: about what a service needs idle (SPEC section 11 aims under 30 MB), and a
+/// ceiling that leaves room for load.
+const CPU_REQUEST: &str = "50m";
+const MEMORY_REQUEST: &str = "32Mi";
+const CPU_LIMIT: &str = "1";
+const MEMORY_LIMIT: &str = "256Mi";
+/// The size of each service's database volume.
+const STORAGE: &str = "1Gi";
+/// The label `kubectl get -l` selects a stack by; the others follow the Kubernetes conventions.
+const PART_OF: &str = "app.kubernetes.io/part-of";
+/// With `PART_OF`, selects one service's pods.
+const NAME: &str = "app.kubernetes.io/name";
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ExportCommand {
+    /// Kubernetes manifests: a ConfigMap and a Secret, a StatefulSet with a volume and a headless
+    /// Service per SQLite service, the gateway as a Deployment with a Service
+    K8s(K8sArgs),
+    /// A docker compose file: every service with its healthcheck, dependencies and volume
+    Compose(ComposeArgs),
+}
+
+/// What both formats take.
+#[derive(clap::Args, Debug)]
+pub struct OutputArgs {
+    /// Write the manifests to FILE instead of stdout
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The image every service runs (built from the Dockerfile) [default: shop:VERSION]
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Another image for one service, e.g. one that has an external `command`'s program
+    /// (repeatable)
+    #[arg(long = "image-for", value_name = "SERVICE=IMAGE")]
+    pub image_for: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct K8sArgs {
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Put every object in this namespace (and create it) [default: kubectl's current one]
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ComposeArgs {
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
+    let stack = ctx.stack()?;
+    let (text, out, what) = match command {
+        ExportCommand::K8s(args) => {
+            let plan = Plan::new(&stack, &args.out)?;
+            if let Some(ns) = &args.namespace {
+                // Unlike service names, a namespace is used as given, so it must already be one.
+                if dns_label(ns).as_deref() != Ok(ns.as_str()) {
+                    let why = "is not a DNS label (a lower-case letter, then lower-case letters, digits or `-`)";
+                    return Err(Failure::usage(format!("namespace `{ns}` {why}; pick another")));
+                }
+            }
+            if !ctx.quiet {
+                for warning in plan.k8s_warnings() {
+                    eprintln!("warning: {warning}");
+                }
+            }
+            (k8s(&plan, args.namespace.as_deref()), args.out, "Kubernetes manifests")
+        }
+        ExportCommand::Compose(args) => {
+            let plan = Plan::new(&stack, &args.out)?;
+            (compose(&plan), args.out, "compose file")
+        }
+    };
+    match &out.output {
+        None => {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+                // `shop export k8s | head` closing the pipe early is not a failure of ours.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(anyhow::anyhow!("cannot write the {what} to stdout: {e}"));
+                }
+                _ => {}
+            }
+        }
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| {
+                format!("cannot write the {what} to `{}`; check that its directory exists", path.display())
+            })?;
+            if !ctx.quiet {
+                eprintln!("wrote the {what} for stack `{}` to {}", stack.name, path.display());
+            }
+        }
+    }
+    Ok(super::exit::OK)
+}
+
+// ---- What to export: the stack, resolved into names, ports and images ----
+
+/// One service of the stack as it runs in a container.
+struct Unit<'a> {
+    spec: &'a ServiceSpec,
+    /// The service's name as a DNS label: object name, compose service and host name.
+    name: String,
+    /// The port it listens on inside its container.
+    port: u16,
+    image: String,
+    role: Role<'a>,
+    /// The fixture file's content, read at export: it travels in a ConfigMap or compose config.
+    fixtures: Option<String>,
+}
+
+enum Role<'a> {
+    /// A built-in service with a database that must outlive the container.
+    Stateful(Kind),
+    /// The gateway: its database only records the orders it returned, so its replicas can
+    /// scale freely, each with its own.
+    Gateway,
+    /// An external `command`, run as given with `{port}` substituted.
+    External(&'a [String]),
+}
+
+impl Unit<'_> {
+    fn kind(&self) -> Option<Kind> {
+        match self.role {
+            Role::Stateful(kind) => Some(kind),
+            Role::Gateway => Some(Kind::Gateway),
+            Role::External(_) => None,
+        }
+    }
+
+    fn labels(&self, project: &str) -> Value {
+        let component = self.kind().map_or("external", Kind::name);
+        obj! {
+            NAME => self.name.as_str(),
+            "app.kubernetes.io/component" => component,
+            PART_OF => project,
+            "app.kubernetes.io/managed-by" => "shop",
+        }
+    }
+
+    fn selector(&self, project: &str) -> Value {
+        obj! { NAME => self.name.as_str(), PART_OF => project }
+    }
+
+    /// The fixture file's name inside the container, if the service has one.
+    fn fixture_name(&self) -> Option<String> {
+        let path = self.spec.fixtures.as_ref()?;
+        Some(path.file_name().map_or_else(|| "fixtures.yaml".into(), |n| n.to_string_lossy().into_owned()))
+    }
+
+    /// The container's argv after the image's entrypoint (`shop`), or the whole argv of an
+    /// external program.
+    fn argv(&self, instance: bool) -> Vec<String> {
+        let kind = match self.role {
+            Role::External(argv) => return argv.iter().map(|a| a.replace("{port}", &self.port.to_string())).collect(),
+            Role::Stateful(kind) => kind,
+            Role::Gateway => Kind::Gateway,
+        };
+        let mut argv = vec!["serve".to_string(), kind.name().into(), "--port".into(), self.port.to_string()];
+        argv.extend(["--db".into(), format!("{DATA_DIR}/{}.db", self.name)]);
+        if instance {
+            argv.extend(["--instance".into(), self.name.clone()]);
+        }
+        if let Some(file) = self.fixture_name() {
+            argv.extend(["--fixtures".into(), format!("{FIXTURES_DIR}/{file}")]);
+        }
+        argv
+    }
+
+    /// What the service is told besides the shared settings: the tuning the supervisor passes
+    /// from stack.yaml (as in `Supervisor::serve_command`), then the stack's `env:`.
+    fn env(&self) -> Vec<(String, String)> {
+        let s = self.spec;
+        let mut env = Vec::new();
+        if let Role::External(_) = self.role {
+            env.push(("PORT".to_string(), self.port.to_string()));
+        } else {
+            let cb = &s.client.circuit_breaker;
+            env.extend([
+                ("SHOP_CLIENT_TIMEOUT".to_string(), duration(s.client.timeout)),
+                ("SHOP_CLIENT_RETRIES".into(), s.client.retries.to_string()),
+                ("SHOP_BREAKER_THRESHOLD".into(), cb.failure_threshold.to_string()),
+                ("SHOP_BREAKER_OPEN_FOR".into(), duration(cb.open_for)),
+                ("SHOP_BREAKER_HALF_OPEN".into(), cb.half_open_requests.to_string()),
+            ]);
+            if let Some(t) = s.saga_timeout {
+                env.push(("SHOP_SAGA_TIMEOUT".into(), duration(t)));
+            }
+            if let Some(r) = &s.rate_limit {
+                env.push(("SHOP_RATE_PER_SECOND".into(), r.per_second.to_string()));
+                env.push(("SHOP_RATE_BURST".into(), r.burst.to_string()));
+            }
+        }
+        env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Whether the container runs the shop image, so its user and health probe tool are known.
+    fn shop_image(&self, plan: &Plan) -> bool {
+        self.image == plan.image
+    }
+}
+
+struct Plan<'a> {
+    /// The stack's name as a DNS label: labels, compose project, ConfigMap and Secret names.
+    project: String,
+    /// In start order.
+    units: Vec<Unit<'a>>,
+    /// Every service's address by the platform's names: `SHOP_PEERS`.
+    peers: Peers,
+    /// The default image.
+    image: String,
+    /// The stack secret, generated for this export.
+    secret: String,
+}
+
+impl<'a> Plan<'a> {
+    fn new(stack: &'a Stack, out: &OutputArgs) -> anyhow::Result<Plan<'a>> {
+        let project = dns_label(&stack.name)
+            .map_err(|why| Failure::usage(format!("stack name `{}` {why}; rename it in `name:`", stack.name)))?;
+        let image = out.image.clone().unwrap_or_else(|| format!("shop:{}", env!("CARGO_PKG_VERSION")));
+        let mut images = BTreeMap::new();
+        for entry in &out.image_for {
+            let (service, img) = entry
+                .split_once('=')
+                .filter(|(s, i)| !s.is_empty() && !i.is_empty())
+                .ok_or_else(|| Failure::usage(format!("--image-for `{entry}` must be SERVICE=IMAGE")))?;
+            if stack.service(service).is_none() {
+                let all: Vec<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
+                let all = all.join(", ");
+                return Err(Failure::usage(format!("--image-for names `{service}`, not in the stack; it has: {all}")));
+            }
+            images.insert(service.to_string(), img.to_string());
+        }
+        let mut taken: BTreeMap<String, &str> = BTreeMap::new();
+        let mut units = Vec::new();
+        for name in stack.layers().into_iter().flatten() {
+            let Some(spec) = stack.service(&name) else { continue };
+            let label = dns_label(&spec.name).map_err(|why| {
+                Failure::usage(format!("service name `{}` {why}, as Kubernetes and compose need; rename it", spec.name))
+            })?;
+            if let Some(other) = taken.insert(label.clone(), &spec.name) {
+                return Err(Failure::usage(format!(
+                    "services `{other}` and `{}` both become `{label}` in the manifests; rename one",
+                    spec.name
+                )));
+            }
+            let role = match &spec.program {
+                Program::Builtin(Kind::Gateway) => Role::Gateway,
+                Program::Builtin(kind) => Role::Stateful(*kind),
+                Program::External(argv) => Role::External(argv),
+            };
+            let port = if spec.port == 0 { CONTAINER_PORT } else { spec.port };
+            let image = images.get(&spec.name).cloned().unwrap_or_else(|| image.clone());
+            let fixtures =
+                match &spec.fixtures {
+                    Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read the fixtures of `{}` at `{}`", spec.name, path.display())
+                    })?),
+                    None => None,
+                };
+            units.push(Unit { spec, name: label, port, image, role, fixtures });
+        }
+        // Clients ask for a service by its kind, as they ask the registry; an external program
+        // is found by its own name, as the supervisor registers it.
+        let peers = units
+            .iter()
+            .map(|u| (u.kind().map_or(u.name.clone(), |k| k.name().to_string()), format!("{}:{}", u.name, u.port)))
+            .collect();
+        Ok(Plan { project, units, peers: Peers(peers), image, secret: new_secret() })
+    }
+
+    /// Settings every built-in service gets, in both formats.
+    fn shared_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SHOP_DISCOVERY".into(), "dns".into()),
+            ("SHOP_PEERS".into(), self.peers.to_string()),
+            // Inside a container only: the platform's network is the boundary there.
+            ("SHOP_BIND".into(), "0.0.0.0".into()),
+        ]
+    }
+
+    /// What the stack asks for that Kubernetes cannot give as asked.
+    fn k8s_warnings(&self) -> Vec<String> {
+        self.units
+            .iter()
+            .filter(|u| matches!(u.role, Role::Stateful(_)) && u.spec.replicas > 1)
+            .map(|u| {
+                format!(
+                    "`services.{}` has {} replicas, but on Kubernetes each pod of a StatefulSet gets its own SQLite \
+                     database, so it runs 1; scale the gateway instead (compose keeps the replicas on one shared volume)",
+                    u.spec.name, u.spec.replicas
+                )
+            })
+            .collect()
+    }
+}
+
+// ---- Kubernetes ----
+
+fn k8s(plan: &Plan, namespace: Option<&str>) -> String {
+    let project = plan.project.as_str();
+    let config = format!("{project}-config");
+    let secret = format!("{project}-secret");
+    let stack_labels = obj! { PART_OF => project, "app.kubernetes.io/managed-by" => "shop" };
+    let meta = |name: &str, labels: &Value| {
+        let mut m = obj! { "name" => name };
+        if let Some(ns) = namespace {
+            set(&mut m, "namespace", ns);
+        }
+        set(&mut m, "labels", labels.clone());
+        m
+    };
+    let mut docs = Vec::new();
+    if let Some(ns) = namespace {
+        docs.push(obj! {
+            "apiVersion" => "v1", "kind" => "Namespace",
+            "metadata" => obj! { "name" => ns, "labels" => stack_labels.clone() },
+        });
+    }
+
+    // The ConfigMap: shared settings, per-service settings as `SERVICE.VAR`, fixture files as
+    // `SERVICE.fixtures`; workloads read single keys, so changing a setting is a ConfigMap edit
+    // and a rollout restart.
+    let mut data = Mapping::new();
+    for (k, v) in plan.shared_env() {
+        data.insert(k.into(), v.into());
+    }
+    for unit in &plan.units {
+        for (k, v) in unit.env() {
+            if config_key(&k) {
+                data.insert(format!("{}.{k}", unit.name).into(), v.into());
+            }
+        }
+        if let Some(text) = &unit.fixtures {
+            data.insert(format!("{}.fixtures", unit.name).into(), text.as_str().into());
+        }
+    }
+    docs.push(obj! {
+        "apiVersion" => "v1", "kind" => "ConfigMap",
+        "metadata" => meta(&config, &stack_labels),
+        "data" => Value::Mapping(data),
+    });
+    docs.push(obj! {
+        "apiVersion" => "v1", "kind" => "Secret",
+        "metadata" => meta(&secret, &stack_labels),
+        "type" => "Opaque",
+        "stringData" => obj! { "SHOP_SECRET" => plan.secret.as_str() },
+    });
+
+    for unit in &plan.units {
+        let labels = unit.labels(project);
+        let from_config = |key: String, env: &str| {
+            obj! { "name" => env, "valueFrom" => obj! { "configMapKeyRef" => obj! { "name" => config.as_str(), "key" => key } } }
+        };
+        let mut env = Vec::new();
+        if unit.kind().is_some() {
+            env.extend(plan.shared_env().into_iter().map(|(k, _)| from_config(k.clone(), &k)));
+            env.push(obj! {
+                "name" => "SHOP_SECRET",
+                "valueFrom" => obj! { "secretKeyRef" => obj! { "name" => secret.as_str(), "key" => "SHOP_SECRET" } },
+            });
+            // The pod's name tells replicas apart in spans and logs.
+            env.push(obj! {
+                "name" => "SHOP_INSTANCE",
+                "valueFrom" => obj! { "fieldRef" => obj! { "fieldPath" => "metadata.name" } },
+            });
+        }
+        for (k, v) in unit.env() {
+            env.push(if config_key(&k) {
+                from_config(format!("{}.{k}", unit.name), &k)
+            } else {
+                obj! { "name" => k, "value" => v }
+            });
+        }
+
+        let mut container = obj! { "name" => unit.name.as_str(), "image" => unit.image.as_str() };
+        let argv = unit.argv(false);
+        // `args` follow the image's `shop` entrypoint; an external program replaces it.
+        set(&mut container, if unit.kind().is_some() { "args" } else { "command" }, argv);
+        set(&mut container, "env", env);
+        set(
+            &mut container,
+            "ports",
+            vec![obj! { "name" => "http", "containerPort" => unit.port, "protocol" => "TCP" }],
+        );
+        let h = &unit.spec.health;
+        let ready_path = if unit.kind().is_some() { "/readyz" } else { h.path.as_str() };
+        set(&mut container, "startupProbe", probe(&h.path, h, start_failures(h)));
+        set(&mut container, "readinessProbe", probe(ready_path, h, FAILURES));
+        set(&mut container, "livenessProbe", probe(&h.path, h, FAILURES));
+        set(
+            &mut container,
+            "resources",
+            obj! {
+                "requests" => obj! { "cpu" => CPU_REQUEST, "memory" => MEMORY_REQUEST },
+                "limits" => obj! { "cpu" => CPU_LIMIT, "memory" => MEMORY_LIMIT },
+            },
+        );
+        set(
+            &mut container,
+            "securityContext",
+            obj! { "allowPrivilegeEscalation" => false, "capabilities" => obj! { "drop" => vec!["ALL"] } },
+        );
+        let mut mounts = Vec::new();
+        let mut volumes = Vec::new();
+        if unit.kind().is_some() {
+            mounts.push(obj! { "name" => "data", "mountPath" => DATA_DIR });
+        }
+        if let Role::Gateway = unit.role {
+            volumes.push(obj! { "name" => "data", "emptyDir" => Mapping::new() });
+        }
+        if let Some(file) = unit.fixture_name() {
+            mounts.push(obj! { "name" => "fixtures", "mountPath" => FIXTURES_DIR, "readOnly" => true });
+            volumes.push(obj! {
+                "name" => "fixtures",
+                "configMap" => obj! {
+                    "name" => config.as_str(),
+                    "items" => vec![obj! { "key" => format!("{}.fixtures", unit.name), "path" => file }],
+                },
+            });
+        }
+        if !mounts.is_empty() {
+            set(&mut container, "volumeMounts", mounts);
+        }
+
+        let mut pod = Mapping::new();
+        if unit.shop_image(plan) {
+            // The image's numeric user, so `runAsNonRoot` can be checked; `fsGroup` makes the
+            // volume writable by it.
+            pod.insert(
+                "securityContext".into(),
+                obj! { "runAsNonRoot" => true, "runAsUser" => USER_ID, "runAsGroup" => USER_ID, "fsGroup" => USER_ID },
+            );
+        }
+        pod.insert("terminationGracePeriodSeconds".into(), 10.into());
+        pod.insert("containers".into(), vec![container].into());
+        if !volumes.is_empty() {
+            pod.insert("volumes".into(), volumes.into());
+        }
+        let template = obj! { "metadata" => obj! { "labels" => labels.clone() }, "spec" => Value::Mapping(pod) };
+
+        let stateful = matches!(unit.role, Role::Stateful(_));
+        let mut service_spec = Mapping::new();
+        if stateful {
+            // Headless: the name resolves to the pod itself, which has a stable identity.
+            service_spec.insert("clusterIP".into(), "None".into());
+        }
+        service_spec.insert("selector".into(), unit.selector(project));
+        service_spec.insert(
+            "ports".into(),
+            vec![obj! { "name" => "http", "port" => unit.port, "targetPort" => "http", "protocol" => "TCP" }].into(),
+        );
+        docs.push(obj! {
+            "apiVersion" => "v1", "kind" => "Service",
+            "metadata" => meta(&unit.name, &labels),
+            "spec" => Value::Mapping(service_spec),
+        });
+
+        let workload = if stateful {
+            obj! {
+                "apiVersion" => "apps/v1", "kind" => "StatefulSet",
+                "metadata" => meta(&unit.name, &labels),
+                "spec" => obj! {
+                    "serviceName" => unit.name.as_str(),
+                    // One writer per SQLite file: see `Plan::k8s_warnings`.
+                    "replicas" => 1,
+                    "selector" => obj! { "matchLabels" => unit.selector(project) },
+                    "template" => template,
+                    "volumeClaimTemplates" => vec![obj! {
+                        "metadata" => obj! { "name" => "data", "labels" => labels.clone() },
+                        "spec" => obj! {
+                            "accessModes" => vec!["ReadWriteOnce"],
+                            "resources" => obj! { "requests" => obj! { "storage" => STORAGE } },
+                        },
+                    }],
+                },
+            }
+        } else {
+            obj! {
+                "apiVersion" => "apps/v1", "kind" => "Deployment",
+                "metadata" => meta(&unit.name, &labels),
+                "spec" => obj! {
+                    "replicas" => unit.spec.replicas,
+                    "selector" => obj! { "matchLabels" => unit.selector(project) },
+                    "template" => template,
+                },
+            }
+        };
+        docs.push(workload);
+    }
+
+    let header = format!(
+        "# Kubernetes manifests for stack `{project}`, written by `shop export k8s`.\n\
+         # Apply: shop export k8s | kubectl apply -f -    List: kubectl get all,pvc -l {PART_OF}={project}\n\
+         # The Secret `{secret}` holds a stack secret generated for this export.\n"
+    );
+    header + &yaml_documents(&docs)
+}
+
+/// An HTTP probe on the container's `http` port with the stack's timing; Kubernetes counts
+/// whole seconds, so sub-second settings round up.
+fn probe(path: &str, h: &HealthSpec, failures: u32) -> Value {
+    obj! {
+        "httpGet" => obj! { "path" => path, "port" => "http" },
+        "periodSeconds" => whole_seconds(h.interval),
+        "timeoutSeconds" => whole_seconds(h.timeout),
+        "failureThreshold" => failures,
+    }
+}
+
+/// Failures the startup probe allows: as many periods as fit in `start_period`.
+fn start_failures(h: &HealthSpec) -> u32 {
+    let period = u64::from(whole_seconds(h.interval)) * 1000;
+    let start = h.start_period.as_millis().min(u128::from(u32::MAX)) as u64;
+    start.div_ceil(period).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+fn whole_seconds(d: Duration) -> u32 {
+    d.as_millis().div_ceil(1000).clamp(1, u128::from(u32::MAX)) as u32
+}
+
+/// Whether `SERVICE.NAME` can be a ConfigMap key; other names (rare in `env:`) are inlined.
+fn config_key(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+// ---- docker compose ----
+
+fn compose(plan: &Plan) -> String {
+    let project = plan.project.as_str();
+    let mut services = Mapping::new();
+    let mut volumes = Mapping::new();
+    let mut configs = Mapping::new();
+    for unit in &plan.units {
+        let spec = unit.spec;
+        let mut svc = obj! { "image" => unit.image.as_str() };
+        // `$` starts an interpolation in compose: the stack's own values are taken literally.
+        let argv: Vec<String> = unit.argv(true).iter().map(|a| literal(a)).collect();
+        match unit.role {
+            // Replaces the image's entrypoint (and so its command) with the program.
+            Role::External(_) => set(&mut svc, "entrypoint", argv),
+            _ => set(&mut svc, "command", argv),
+        }
+        let mut env = Mapping::new();
+        if unit.kind().is_some() {
+            for (k, v) in plan.shared_env() {
+                env.insert(k.into(), v.into());
+            }
+            // Generated at export; `SHOP_SECRET=... docker compose up` overrides it.
+            env.insert("SHOP_SECRET".into(), format!("${{SHOP_SECRET:-{}}}", plan.secret).into());
+        }
+        for (k, v) in unit.env() {
+            env.insert(k.into(), literal(&v).into());
+        }
+        set(&mut svc, "environment", env);
+        if unit.kind().is_some() {
+            let volume = format!("{}-data", unit.name);
+            set(&mut svc, "volumes", vec![format!("{volume}:{DATA_DIR}")]);
+            volumes.insert(volume.into(), Mapping::new().into());
+        }
+        if let (Some(file), Some(text)) = (unit.fixture_name(), &unit.fixtures) {
+            let name = format!("{}-fixtures", unit.name);
+            set(
+                &mut svc,
+                "configs",
+                vec![obj! { "source" => name.as_str(), "target" => format!("{FIXTURES_DIR}/{file}") }],
+            );
+            configs.insert(name.into(), obj! { "content" => literal(text) });
+        }
+        if let Role::Gateway = unit.role {
+            // The public API, published where the stack binds it (127.0.0.1 unless `bind:` says
+            // otherwise); replicas each take the next host port.
+            let published = match spec.replicas {
+                1 => unit.port.to_string(),
+                n => format!("{}-{}", unit.port, (u32::from(unit.port) + n - 1).min(65535)),
+            };
+            let mut port = obj! { "target" => unit.port, "published" => published, "protocol" => "tcp" };
+            if !spec.bind.is_unspecified() {
+                set(&mut port, "host_ip", spec.bind.to_string());
+            }
+            set(&mut svc, "ports", vec![port]);
+        }
+        let h = &spec.health;
+        let url = literal(&format!("http://127.0.0.1:{}{}", unit.port, h.path));
+        // The shop image has curl; another image (`--image-for`) needs curl or wget.
+        let test: Vec<String> = if unit.shop_image(plan) {
+            ["CMD", "curl", "-fsS", "-o", "/dev/null", &url].map(String::from).into()
+        } else {
+            let quoted = url.replace('\'', "'\\''");
+            let shell = format!("curl -fsS -o /dev/null '{quoted}' || wget -q -O /dev/null '{quoted}'");
+            vec!["CMD-SHELL".into(), shell]
+        };
+        set(
+            &mut svc,
+            "healthcheck",
+            obj! {
+                "test" => test,
+                // The stack's interval while starting, so dependents start as soon as they can;
+                // then whole seconds, as on Kubernetes, so a probe is not forked five times a
+                // second in every container for ever.
+                "interval" => duration(Duration::from_secs(whole_seconds(h.interval).into())),
+                "timeout" => duration(h.timeout),
+                "retries" => FAILURES,
+                "start_period" => duration(h.start_period),
+                "start_interval" => duration(h.interval),
+            },
+        );
+        if !spec.depends_on.is_empty() {
+            let mut deps = Mapping::new();
+            for dep in &spec.depends_on {
+                let name = plan.units.iter().find(|u| &u.spec.name == dep).map_or(dep.as_str(), |u| u.name.as_str());
+                deps.insert(name.into(), obj! { "condition" => "service_healthy" });
+            }
+            set(&mut svc, "depends_on", deps);
+        }
+        let restart = match spec.restart {
+            RestartPolicy::No => "no".to_string(),
+            RestartPolicy::OnFailure if spec.max_restarts == 0 => "no".to_string(),
+            RestartPolicy::OnFailure => format!("on-failure:{}", spec.max_restarts),
+            RestartPolicy::Always => "always".to_string(),
+        };
+        set(&mut svc, "restart", restart);
+        set(
+            &mut svc,
+            "deploy",
+            obj! {
+                "replicas" => spec.replicas,
+                "resources" => obj! {
+                    "limits" => obj! { "cpus" => CPU_LIMIT, "memory" => compose_memory(MEMORY_LIMIT) },
+                    "reservations" => obj! { "cpus" => "0.05", "memory" => compose_memory(MEMORY_REQUEST) },
+                },
+            },
+        );
+        set(
+            &mut svc,
+            "labels",
+            obj! { PART_OF => project, NAME => unit.name.as_str(), "app.kubernetes.io/managed-by" => "shop" },
+        );
+        services.insert(unit.name.clone().into(), svc);
+    }
+    let mut file = obj! { "name" => project, "services" => Value::Mapping(services) };
+    if !volumes.is_empty() {
+        set(&mut file, "volumes", volumes);
+    }
+    if !configs.is_empty() {
+        set(&mut file, "configs", configs);
+    }
+    let header = format!(
+        "# docker compose file for stack `{project}`, written by `shop export compose`.\n\
+         # Run: docker compose -f FILE up -d    Gateway: see `ports:` of the gateway.\n\
+         # SHOP_SECRET defaults to a stack secret generated for this export; set it to override.\n"
+    );
+    header + &yaml_documents(&[file])
+}
+
+/// `256Mi` as compose writes it (`256m`).
+fn compose_memory(k8s: &str) -> String {
+    k8s.trim_end_matches("i").to_lowercase()
+}
+
+/// A string compose takes literally: `$` is doubled so it is not interpolated.
+fn literal(text: &str) -> String {
+    text.replace('$', "$$")
+}
+
+// ---- Shared helpers ----
+
+/// Adds `key: value` to a mapping built by `obj!` (anything else is left alone).
+fn set(map: &mut Value, key: &str, value: impl Into<Value>) {
+    if let Value::Mapping(m) = map {
+        m.insert(key.into(), value.into());
+    }
+}
+
+/// Documents separated by `---`; serializing a plain value tree cannot fail, but should it,
+/// the document says so rather than vanishing.
+fn yaml_documents(docs: &[Value]) -> String {
+    docs.iter()
+        .map(|d| serde_yaml::to_string(d).unwrap_or_else(|e| format!("# cannot render this document: {e}\n")))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// A duration as both shop and Go (compose) parse it: `10s` or `200ms`.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis().max(1);
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// `name` as a DNS label (RFC 1035: what a Service name must be): lower case, `_` as `-`.
+fn dns_label(name: &str) -> Result<String, String> {
+    let label = name.to_lowercase().replace('_', "-");
+    let ok_chars = label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let starts = label.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    let ends = label.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
+    // 52, not 63: a StatefulSet's pods carry its name plus a revision hash in a label.
+    if !ok_chars || !starts || !ends || label.len() > 52 {
+        return Err("is not a DNS label (a letter, then letters, digits or `-`, at most 52 characters)".into());
+    }
+    Ok(label)
+}
+
+/// A fresh stack secret, as `shop up` makes one.
+fn new_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_in_a_form_go_and_shop_both_parse() {
+        assert_eq!(duration(Duration::from_millis(200)), "200ms");
+        assert_eq!(duration(Duration::from_secs(90)), "90s");
+        assert_eq!(duration(Duration::from_micros(10)), "1ms");
+        assert_eq!(whole_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(2500)), 3);
+        let h = HealthSpec {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+            start_period: Duration::from_secs(10),
+        };
+        assert_eq!(start_failures(&h), 10);
+    }
+
+    #[test]
+    fn names_become_dns_labels_or_are_refused() {
+        assert_eq!(dns_label("Inventory_EU").unwrap(), "inventory-eu");
+        for bad in ["1web", "web-", "", "a.b", &"x".repeat(53)] {
+            assert!(dns_label(bad).is_err(), "{bad}");
+        }
+        assert_eq!(literal("a$b"), "a$$b");
+        assert_eq!(compose_memory("256Mi"), "256m");
+    }
+
+    #[test]
+    fn every_export_has_its_own_secret() {
+        assert_ne!(new_secret(), new_secret());
+        assert_eq!(new_secret().len(), 64);
+    }
+}

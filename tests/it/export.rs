@@ -1,0 +1,349 @@
+//! `shop export k8s|compose`: the output passes the real validators (`kubernetes-validate
+//! --strict`, the compose specification's JSON schema) and has the structure the README
+//! promises. `.ci/deps.sh` installs the validators.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::support::BIN;
+
+fn shop(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn shipped_stack() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("stack.yaml")
+}
+
+/// Every YAML document in `text`, as JSON values for easy indexing.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text).map(|doc| Value::deserialize(doc).unwrap()).collect()
+}
+
+/// Runs a validator; a missing one fails the test with what to do.
+fn run_validator(program: &str, args: &[&str]) -> Option<Output> {
+    match Command::new(program).args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("cannot run {program}: {e}"),
+    }
+}
+
+/// `kubernetes-validate --strict` on `file`; fails the test on any error it reports.
+fn validate_k8s(file: &Path) {
+    let file = file.to_str().unwrap();
+    let out = run_validator("kubernetes-validate", &["--strict", "--quiet", file])
+        .or_else(|| run_validator("python3", &["-m", "kubernetes_validate", "--strict", "--quiet", file]))
+        .expect("python3 runs");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!report.contains("No module named"), "kubernetes-validate is not installed; run .ci/deps.sh\n{report}");
+    assert!(out.status.success() && !report.contains("ERROR"), "kubernetes-validate rejected {file}:\n{report}");
+}
+
+/// The compose specification's JSON schema (draft-07) on `file`, loaded as YAML.
+fn validate_compose(file: &Path) {
+    let schema = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemas/compose-spec.json");
+    let script = r#"
+import json, sys
+import jsonschema, yaml
+schema = json.load(open(sys.argv[1]))
+doc = yaml.safe_load(open(sys.argv[2]))
+errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+for e in errors:
+    print("/".join(map(str, e.path)) + ": " + e.message)
+sys.exit(1 if errors else 0)
+"#;
+    let out = run_validator("python3", &["-c", script, schema.to_str().unwrap(), file.to_str().unwrap()])
+        .expect("python3 runs");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!report.contains("No module named"), "jsonschema or pyyaml is not installed; run .ci/deps.sh\n{report}");
+    assert!(out.status.success(), "the compose schema rejected {}:\n{report}", file.display());
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} `{name}` in the manifests"))
+}
+
+fn names_of(docs: &[Value], kind: &str) -> Vec<String> {
+    docs.iter().filter(|d| d["kind"] == kind).map(|d| d["metadata"]["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// The value a container's env var gets, following `configMapKeyRef` into the ConfigMap.
+fn env_value(docs: &[Value], container: &Value, var: &str) -> Option<String> {
+    let entry = container["env"].as_array()?.iter().find(|e| e["name"] == var)?;
+    if let Some(v) = entry["value"].as_str() {
+        return Some(v.to_string());
+    }
+    let key = &entry["valueFrom"]["configMapKeyRef"];
+    let config = find(docs, "ConfigMap", key["name"].as_str()?);
+    config["data"][key["key"].as_str()?].as_str().map(str::to_string)
+}
+
+/// The first `n` strings of a list, e.g. a container's args.
+fn strings(list: &Value, n: usize) -> Vec<&str> {
+    list.as_array().unwrap().iter().take(n).map(|v| v.as_str().unwrap()).collect()
+}
+
+fn container(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn secret_of(text: &str) -> String {
+    let docs = documents(text);
+    let secret = docs.iter().find(|d| d["kind"] == "Secret").expect("a Secret");
+    secret["stringData"]["SHOP_SECRET"].as_str().expect("the secret's value").to_string()
+}
+
+#[test]
+fn the_shipped_stack_exports_kubernetes_manifests_that_validate_strictly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k8s.yaml");
+    let stack = shipped_stack();
+    let out = shop(dir.path(), &["-f", stack.to_str().unwrap(), "export", "k8s", "-o", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "with -o, stdout stays empty");
+    validate_k8s(&file);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let docs = documents(&text);
+
+    let sqlite = ["user", "inventory", "payment", "notification", "order"];
+    assert_eq!(names_of(&docs, "StatefulSet"), sqlite);
+    for name in sqlite {
+        let set = find(&docs, "StatefulSet", name);
+        assert_eq!(set["spec"]["serviceName"], name);
+        assert_eq!(set["spec"]["replicas"], 1);
+        let claim = &set["spec"]["volumeClaimTemplates"][0];
+        assert_eq!(claim["metadata"]["name"], "data", "{set:#}");
+        assert_eq!(claim["spec"]["accessModes"][0], "ReadWriteOnce");
+        let c = container(set);
+        assert_eq!(c["volumeMounts"][0], serde_json::json!({"name": "data", "mountPath": "/data"}));
+        assert_eq!(strings(&c["args"], 4), ["serve", name, "--port", "8080"]);
+        assert_eq!(c["image"], format!("shop:{}", env!("CARGO_PKG_VERSION")));
+        // Probes from the stack's health settings: 200ms rounds up to 1 s, 10s start period.
+        assert_eq!(c["livenessProbe"]["httpGet"], serde_json::json!({"path": "/healthz", "port": "http"}));
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["startupProbe"]["failureThreshold"], 10);
+        assert_eq!(c["livenessProbe"]["timeoutSeconds"], 1);
+        for (kind, what) in [("requests", "cpu"), ("requests", "memory"), ("limits", "cpu"), ("limits", "memory")] {
+            assert!(c["resources"][kind][what].is_string(), "{name}: no {kind}.{what}");
+        }
+        assert_eq!(set["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"], true);
+        let service = find(&docs, "Service", name);
+        assert_eq!(service["spec"]["clusterIP"], "None", "headless");
+        assert_eq!(service["spec"]["selector"], set["spec"]["selector"]["matchLabels"]);
+        assert_eq!(set["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"], "shop");
+    }
+    let gateway = find(&docs, "Deployment", "gateway");
+    assert_eq!(gateway["spec"]["replicas"], 1);
+    assert_eq!(names_of(&docs, "Deployment"), ["gateway"]);
+    let g = container(gateway);
+    assert_eq!(g["ports"][0]["containerPort"], 8080);
+    assert_eq!(find(&docs, "Service", "gateway")["spec"]["ports"][0]["port"], 8080);
+    assert!(find(&docs, "Service", "gateway")["spec"]["clusterIP"].is_null(), "the gateway's Service balances");
+    // Discovery by the platform's names, listening on every interface inside the container.
+    assert_eq!(env_value(&docs, g, "SHOP_DISCOVERY").as_deref(), Some("dns"));
+    assert_eq!(env_value(&docs, g, "SHOP_BIND").as_deref(), Some("0.0.0.0"));
+    let peers = env_value(&docs, g, "SHOP_PEERS").unwrap();
+    for name in sqlite {
+        assert!(peers.contains(&format!("{name}={name}:8080")), "{peers}");
+    }
+    assert_eq!(env_value(&docs, g, "SHOP_RATE_PER_SECOND").as_deref(), Some("20000"));
+    let order = container(find(&docs, "StatefulSet", "order"));
+    assert_eq!(env_value(&docs, order, "SHOP_SAGA_TIMEOUT").as_deref(), Some("60s"));
+    // Fixtures travel in the ConfigMap and are mounted where `--fixtures` points.
+    let user = container(find(&docs, "StatefulSet", "user"));
+    assert!(user["args"].as_array().unwrap().contains(&"/etc/shop/fixtures/users.yaml".into()));
+    let config = find(&docs, "ConfigMap", "shop-config");
+    assert!(config["data"]["user.fixtures"].as_str().unwrap().contains("dev-token-alice"));
+    // No registry off the laptop, and a fresh secret at every export.
+    assert!(
+        !text.contains("serve\n        - registry") && !names_of(&docs, "StatefulSet").contains(&"registry".into())
+    );
+    let again = stdout(&shop(dir.path(), &["-f", stack.to_str().unwrap(), "export", "k8s"]));
+    let (first, second) = (secret_of(&text), secret_of(&again));
+    assert_eq!(first.len(), 64);
+    assert_ne!(first, second, "the secret is generated per export");
+}
+
+#[test]
+fn the_shipped_stack_exports_a_compose_file_that_matches_the_compose_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = shipped_stack();
+    let text = stdout(&shop(dir.path(), &["-f", stack.to_str().unwrap(), "export", "compose"]));
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(&file, &text).unwrap();
+    validate_compose(&file);
+    let doc = &documents(&text)[0];
+    assert_eq!(doc["name"], "shop");
+    let services = doc["services"].as_object().unwrap();
+    let names: Vec<&str> = services.keys().map(String::as_str).collect();
+    for name in ["gateway", "user", "inventory", "payment", "notification", "order"] {
+        assert!(names.contains(&name), "{names:?}");
+        let s = &services[name];
+        assert_eq!(strings(&s["command"], 2), ["serve", name]);
+        assert_eq!(s["volumes"][0], format!("{name}-data:/data"), "a named volume per database");
+        assert!(doc["volumes"][format!("{name}-data")].is_object());
+        assert_eq!(s["environment"]["SHOP_DISCOVERY"], "dns");
+        assert_eq!(s["environment"]["SHOP_BIND"], "0.0.0.0");
+        let test = s["healthcheck"]["test"].as_array().unwrap();
+        assert_eq!(test.last().unwrap(), "http://127.0.0.1:8080/healthz");
+        assert_eq!(s["healthcheck"]["start_period"], "10s");
+    }
+    assert!(!names.contains(&"registry"));
+    let gateway = &services["gateway"];
+    for dep in ["order", "user", "inventory"] {
+        assert_eq!(gateway["depends_on"][dep]["condition"], "service_healthy");
+    }
+    assert_eq!(
+        services["order"]["depends_on"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["inventory", "notification", "payment", "user"]
+    );
+    let port = &gateway["ports"][0];
+    assert_eq!((port["target"].as_u64(), port["published"].as_str()), (Some(8080), Some("8080")), "{port}");
+    assert_eq!(port["host_ip"], "127.0.0.1", "published where the stack binds it");
+    assert!(services["payment"]["ports"].is_null(), "only the gateway is published");
+    assert!(doc["configs"]["user-fixtures"]["content"].as_str().unwrap().contains("dev-token-alice"));
+    assert_eq!(services["user"]["configs"][0]["target"], "/etc/shop/fixtures/users.yaml");
+    // The secret: generated at export, overridable with SHOP_SECRET.
+    let secret = gateway["environment"]["SHOP_SECRET"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("${SHOP_SECRET:-") && secret.len() == "${SHOP_SECRET:-}".len() + 64, "{secret}");
+    let again = stdout(&shop(dir.path(), &["-f", stack.to_str().unwrap(), "export", "compose"]));
+    assert!(!again.contains(&secret), "the secret is generated per export");
+}
+
+/// A stack that `shop up` runs and that stretches the export: replicas, custom ports, an
+/// external program, a `$` that compose must not interpolate.
+fn custom_stack(dir: &Path) -> PathBuf {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let text = format!(
+        "name: lab
+registry: {{ port: 0 }}
+services:
+  gateway:
+    port: 0
+    replicas: 2
+    depends_on: [order, user, inventory]
+  user:
+    port: 9001
+    fixtures: {users}
+  inventory:
+    fixtures: {products}
+    env: {{ PRICE_NOTE: \"costs $5\" }}
+  payment: {{ replicas: 2 }}
+  notification: {{ port: 9002, health: {{ interval: 2500ms }} }}
+  order:
+    depends_on: [user, inventory, payment, notification, web]
+  web:
+    command: [python3, -m, http.server, \"{{port}}\", --bind, 0.0.0.0]
+    port: 9300
+    health: {{ path: / }}
+",
+        users = fixtures.join("users.yaml").display(),
+        products = fixtures.join("products.yaml").display(),
+    );
+    let file = dir.join("stack.yaml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    custom_stack(dir.path());
+    let k8s_file = dir.path().join("k8s.yaml");
+    let out = shop(
+        dir.path(),
+        &["export", "k8s", "--namespace", "lab-ns", "--image", "reg.example/shop:7", "-o", "k8s.yaml"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: `services.payment` has 2 replicas"), "{stderr}");
+    validate_k8s(&k8s_file);
+    let docs = documents(&std::fs::read_to_string(&k8s_file).unwrap());
+    assert_eq!(docs[0]["kind"], "Namespace");
+    assert!(docs.iter().all(|d| d["kind"] == "Namespace" || d["metadata"]["namespace"] == "lab-ns"));
+
+    let gateway = find(&docs, "Deployment", "gateway");
+    assert_eq!(gateway["spec"]["replicas"], 2);
+    assert_eq!(container(gateway)["image"], "reg.example/shop:7");
+    let peers = env_value(&docs, container(gateway), "SHOP_PEERS").unwrap();
+    for peer in ["user=user:9001", "notification=notification:9002", "order=order:8080", "web=web:9300"] {
+        assert!(peers.split(',').any(|p| p == peer), "{peer} not in {peers}");
+    }
+    let user = find(&docs, "StatefulSet", "user");
+    assert_eq!(strings(&container(user)["args"], 4), ["serve", "user", "--port", "9001"]);
+    assert_eq!(container(user)["ports"][0]["containerPort"], 9001);
+    assert_eq!(find(&docs, "Service", "user")["spec"]["ports"][0]["port"], 9001);
+    let notification = container(find(&docs, "StatefulSet", "notification"));
+    assert_eq!(notification["livenessProbe"]["periodSeconds"], 3, "2500ms rounds up");
+    // One writer per SQLite file on Kubernetes, whatever the replicas (the warning above).
+    assert_eq!(find(&docs, "StatefulSet", "payment")["spec"]["replicas"], 1);
+    let inventory = container(find(&docs, "StatefulSet", "inventory"));
+    assert_eq!(env_value(&docs, inventory, "PRICE_NOTE").as_deref(), Some("costs $5"));
+
+    let web = find(&docs, "Deployment", "web");
+    let w = container(web);
+    assert_eq!(w["command"], serde_json::json!(["python3", "-m", "http.server", "9300", "--bind", "0.0.0.0"]));
+    assert!(w["args"].is_null());
+    assert_eq!(env_value(&docs, w, "PORT").as_deref(), Some("9300"));
+    assert_eq!(w["readinessProbe"]["httpGet"]["path"], "/");
+    assert_eq!(w["livenessProbe"]["httpGet"]["path"], "/");
+    assert!(w["volumeMounts"].is_null(), "an external program has no database");
+    assert_eq!(find(&docs, "Service", "web")["spec"]["ports"][0]["port"], 9300);
+
+    let out = shop(dir.path(), &["export", "compose", "--image-for", "web=python:3.12-slim"]);
+    let text = stdout(&out);
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(&file, &text).unwrap();
+    validate_compose(&file);
+    let doc = &documents(&text)[0];
+    let services = &doc["services"];
+    let gateway = &services["gateway"];
+    assert_eq!(gateway["deploy"]["replicas"], 2);
+    assert_eq!(gateway["ports"][0]["published"], "8080-8081", "a host port per replica");
+    // Compose keeps the replicas, all on the service's one volume, as `shop up` does.
+    assert_eq!(services["payment"]["deploy"]["replicas"], 2);
+    assert_eq!(services["payment"]["volumes"][0], "payment-data:/data");
+    assert_eq!(services["user"]["command"][3], "9001");
+    assert_eq!(services["inventory"]["environment"]["PRICE_NOTE"], "costs $$5", "no interpolation");
+    let web = &services["web"];
+    assert_eq!(web["image"], "python:3.12-slim");
+    assert_eq!(web["entrypoint"], serde_json::json!(["python3", "-m", "http.server", "9300", "--bind", "0.0.0.0"]));
+    assert!(web["volumes"].is_null());
+    assert_eq!(web["healthcheck"]["test"][0], "CMD-SHELL");
+    assert_eq!(services["order"]["depends_on"]["web"]["condition"], "service_healthy");
+}
+
+#[test]
+fn bad_export_options_are_usage_errors_that_name_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    custom_stack(dir.path());
+    let cases = [
+        (&["export", "k8s", "--image-for", "shipping=x"][..], "--image-for names `shipping`, not in the stack"),
+        (&["export", "compose", "--image-for", "web"][..], "--image-for `web` must be SERVICE=IMAGE"),
+        (&["export", "k8s", "--namespace", "Lab_NS"][..], "namespace `Lab_NS` is not a DNS label"),
+    ];
+    for (args, message) in cases {
+        let out = shop(dir.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
