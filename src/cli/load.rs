@@ -6,6 +6,10 @@
 //! token bucket: order `n` may not start before `start + n / rate`, which caps the total start
 //! rate without a lock. Each worker keeps its own latency histogram and tallies and hands them
 //! back when it ends, so the hot path takes no lock and allocates only for what it sends.
+//!
+//! The engine ([`Load`]) is shared with `shop chaos drill`, which runs the same traffic under a
+//! timeline of faults and asks it to keep one [`Sample`] per order for its before/during/after
+//! windows.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -67,7 +71,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Most orders in flight at once: each is a task and a connection, and more than this only
 /// measures the machine running `shop load`.
-const MAX_CONCURRENCY: u64 = 10_000;
+pub(super) const MAX_CONCURRENCY: u64 = 10_000;
 /// What a request may take beyond the gateway's wait budget before it counts as a timeout.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
@@ -89,6 +93,8 @@ struct Plan {
     deadline: Option<Instant>,
     timeout: Duration,
     started: Instant,
+    /// Keep a [`Sample`] per order (drills); `shop load` needs only the histogram.
+    record: bool,
 }
 
 /// State the workers share while they run.
@@ -115,6 +121,17 @@ struct Tally {
     errors_by_kind: BTreeMap<String, u64>,
     /// The first failure to connect, for the "cannot reach the gateway" message.
     connect_error: Option<reqwest::Error>,
+    /// Every order, when the plan asks for them; in no particular order across workers.
+    samples: Vec<Sample>,
+}
+
+/// One order as a drill sees it: when it started, how long it took, what it came to.
+#[derive(Clone, Debug)]
+pub(super) struct Sample {
+    /// When the request was sent, from the start of the run.
+    pub start: Duration,
+    pub latency: Duration,
+    pub outcome: Outcome,
 }
 
 impl Tally {
@@ -126,6 +143,7 @@ impl Tally {
             failures_by_code: BTreeMap::new(),
             errors_by_kind: BTreeMap::new(),
             connect_error: None,
+            samples: Vec::new(),
         }
     }
 
@@ -154,12 +172,14 @@ impl Tally {
         if self.connect_error.is_none() {
             self.connect_error = other.connect_error;
         }
+        self.samples.extend(other.samples);
         Ok(())
     }
 }
 
 /// What one order came to.
-enum Outcome {
+#[derive(Clone, Debug)]
+pub(super) enum Outcome {
     Confirmed,
     Failed(String),
     Pending,
@@ -188,114 +208,191 @@ struct FailureReply {
 
 /// The report, in the field names of the JSON contract.
 #[derive(Serialize)]
-struct Summary {
-    orders: u64,
-    confirmed: u64,
-    failed: u64,
-    pending: u64,
-    errors: u64,
-    duration_s: f64,
-    throughput_per_s: f64,
-    latency_ms: Latency,
-    failures_by_code: BTreeMap<String, u64>,
-    errors_by_kind: BTreeMap<String, u64>,
+pub(super) struct Summary {
+    pub orders: u64,
+    pub confirmed: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub errors: u64,
+    pub duration_s: f64,
+    pub throughput_per_s: f64,
+    pub latency_ms: Latency,
+    pub failures_by_code: BTreeMap<String, u64>,
+    pub errors_by_kind: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize)]
-struct Latency {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
+pub(super) struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// A finished run: the summary, and every order when they were asked for.
+pub(super) struct Report {
+    pub summary: Summary,
+    /// Sorted by start time; empty unless the run recorded samples.
+    pub samples: Vec<Sample>,
+}
+
+/// A run of order traffic in progress: [`start`](Load::start) it, drive
+/// [`join_next`](Load::join_next) until it returns `None`, then [`finish`](Load::finish) it.
+pub(super) struct Load {
+    target: Target,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    set: JoinSet<Tally>,
+    /// The tallies of the workers that have ended, merged.
+    total: Tally,
+    bar: ProgressBar,
+}
+
+impl Load {
+    /// Checks the arguments (usage errors), finds the gateway and the users' tokens, and starts
+    /// the workers; with `record`, every order is kept as a [`Sample`].
+    pub(super) async fn start(ctx: &Context, args: &Args, record: bool) -> anyhow::Result<Load> {
+        if args.orders == 0 {
+            return Err(Failure::usage("`--orders` must be at least 1"));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&args.concurrency) {
+            return Err(Failure::usage(format!(
+                "`--concurrency` must be between 1 and {MAX_CONCURRENCY}, not {}",
+                args.concurrency
+            )));
+        }
+        if args.duration.is_some_and(|d| d.is_zero()) {
+            return Err(Failure::usage("`--duration` must be longer than 0s, e.g. 30s"));
+        }
+        let users: Vec<&str> = args.users.iter().map(|u| u.trim()).filter(|u| !u.is_empty()).collect();
+        if users.is_empty() {
+            return Err(Failure::usage("`--users` names no user; give fixture users, e.g. --users alice,bob"));
+        }
+        let target = Target::resolve(ctx, &args.target).await?;
+        let mut auth = Vec::with_capacity(users.len());
+        for user in &users {
+            let token = target.token(user)?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                Failure::usage(format!("the dev token of `{user}` is not a valid header value; fix the user fixtures"))
+            })?;
+            // Keeps the token out of any debug output of the request.
+            value.set_sensitive(true);
+            auth.push(value);
+        }
+        let items: Vec<_> =
+            args.items.iter().map(|(sku, qty)| serde_json::json!({"product_id": sku, "quantity": qty})).collect();
+        let body = serde_json::json!({ "items": items }).to_string();
+        // Always a valid header value: a decimal number after ASCII text.
+        let prefer = HeaderValue::from_str(&format!("wait={}", args.wait.as_secs_f64()))
+            .map_err(|_| Failure::usage(format!("`--wait {:?}` cannot be sent as a header", args.wait)))?;
+        // Capped like the gateway's own budget so a huge --wait cannot overflow the timeout.
+        let wait = args.wait.min(Duration::from_secs(3600));
+
+        let bar = progress_bar(args.orders, ctx.quiet);
+        let started = Instant::now();
+        let plan = Arc::new(Plan {
+            url: format!("{}/orders", target.gateway),
+            auth,
+            prefer,
+            body,
+            run_id: crate::plumbing::ids::new("load"),
+            orders: args.orders,
+            rate: args.rate,
+            // A deadline too far to represent is no deadline at all.
+            deadline: args.duration.and_then(|d| started.checked_add(d)),
+            timeout: wait + TIMEOUT_SLACK,
+            started,
+            record,
+        });
+        let workers = args.concurrency.min(args.orders);
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            next: AtomicU64::new(0),
+            stop,
+            answered: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+            refused_limit: workers,
+        });
+        let histogram = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
+            .map_err(|e| anyhow::anyhow!("cannot create the latency histogram: {e}"))?;
+        let http = crate::plumbing::client::http_client();
+        let mut set = JoinSet::new();
+        for _ in 0..workers {
+            let tally = Tally::new(histogram.clone());
+            set.spawn(worker(http.clone(), plan.clone(), shared.clone(), bar.clone(), tally));
+        }
+        Ok(Load { target, plan, shared, set, total: Tally::new(histogram), bar })
+    }
+
+    /// When the run started: the zero of every [`Sample::start`].
+    pub(super) fn started(&self) -> Instant {
+        self.plan.started
+    }
+
+    /// The prefix of every idempotency key the run sends (`{run_id}-{n}`), so its orders can
+    /// be found in the order database.
+    pub(super) fn run_id(&self) -> &str {
+        &self.plan.run_id
+    }
+
+    /// The progress bar, to print lines above it without tearing it.
+    pub(super) fn bar(&self) -> &ProgressBar {
+        &self.bar
+    }
+
+    /// Starts no more orders; those in flight still finish.
+    pub(super) fn stop(&self) {
+        self.shared.stop.send_replace(true);
+    }
+
+    /// Gives up on the orders in flight.
+    pub(super) fn abort(&mut self) {
+        self.set.abort_all();
+        self.bar.finish_and_clear();
+    }
+
+    /// Waits for the next worker to end and keeps its results; `None` once all have ended.
+    /// Cancel-safe, so it can race Ctrl-C in a `select!`.
+    pub(super) async fn join_next(&mut self) -> Option<anyhow::Result<()>> {
+        let joined = self.set.join_next().await?;
+        Some(match joined {
+            Ok(tally) => self.total.merge(tally),
+            Err(e) => Err(anyhow::anyhow!("a load worker ended abnormally: {e}")),
+        })
+    }
+
+    /// The report, once every worker has ended; an error if the gateway never answered.
+    pub(super) fn finish(mut self) -> anyhow::Result<Report> {
+        let elapsed = self.plan.started.elapsed();
+        self.bar.finish_and_clear();
+        if !self.shared.answered.load(Ordering::Relaxed) {
+            if let Some(e) = &self.total.connect_error {
+                return Err(self.target.unreachable(e));
+            }
+        }
+        let summary = summarize(&self.total, elapsed);
+        let mut samples = std::mem::take(&mut self.total.samples);
+        samples.sort_by_key(|s| s.start);
+        Ok(Report { summary, samples })
+    }
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
-    if args.orders == 0 {
-        return Err(Failure::usage("`--orders` must be at least 1"));
-    }
-    if !(1..=MAX_CONCURRENCY).contains(&args.concurrency) {
-        return Err(Failure::usage(format!(
-            "`--concurrency` must be between 1 and {MAX_CONCURRENCY}, not {}",
-            args.concurrency
-        )));
-    }
-    if args.duration.is_some_and(|d| d.is_zero()) {
-        return Err(Failure::usage("`--duration` must be longer than 0s, e.g. 30s"));
-    }
-    let users: Vec<&str> = args.users.iter().map(|u| u.trim()).filter(|u| !u.is_empty()).collect();
-    if users.is_empty() {
-        return Err(Failure::usage("`--users` names no user; give fixture users, e.g. --users alice,bob"));
-    }
-    let target = Target::resolve(ctx, &args.target).await?;
-    let mut auth = Vec::with_capacity(users.len());
-    for user in &users {
-        let token = target.token(user)?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            Failure::usage(format!("the dev token of `{user}` is not a valid header value; fix the user fixtures"))
-        })?;
-        // Keeps the token out of any debug output of the request.
-        value.set_sensitive(true);
-        auth.push(value);
-    }
-    let items: Vec<_> =
-        args.items.iter().map(|(sku, qty)| serde_json::json!({"product_id": sku, "quantity": qty})).collect();
-    let body = serde_json::json!({ "items": items }).to_string();
-    // Always a valid header value: a decimal number after ASCII text.
-    let prefer = HeaderValue::from_str(&format!("wait={}", args.wait.as_secs_f64()))
-        .map_err(|_| Failure::usage(format!("`--wait {:?}` cannot be sent as a header", args.wait)))?;
-    // Capped like the gateway's own budget so a huge --wait cannot overflow the timeout.
-    let wait = args.wait.min(Duration::from_secs(3600));
-
+    let mut load = Load::start(ctx, &args, false).await?;
     // One listener for the whole run, so a Ctrl-C between two polls is not lost.
     let mut interrupts =
         signal(SignalKind::interrupt()).map_err(|e| anyhow::anyhow!("cannot watch for Ctrl-C: {e}"))?;
-    let bar = progress_bar(args.orders, ctx.quiet);
-    let started = Instant::now();
-    let plan = Arc::new(Plan {
-        url: format!("{}/orders", target.gateway),
-        auth,
-        prefer,
-        body,
-        run_id: crate::plumbing::ids::new("load"),
-        orders: args.orders,
-        rate: args.rate,
-        // A deadline too far to represent is no deadline at all.
-        deadline: args.duration.and_then(|d| started.checked_add(d)),
-        timeout: wait + TIMEOUT_SLACK,
-        started,
-    });
-    let workers = args.concurrency.min(args.orders);
-    let (stop, _) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        next: AtomicU64::new(0),
-        stop,
-        answered: AtomicBool::new(false),
-        refused: AtomicU64::new(0),
-        refused_limit: workers,
-    });
-    let histogram = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
-        .map_err(|e| anyhow::anyhow!("cannot create the latency histogram: {e}"))?;
-    let http = crate::plumbing::client::http_client();
-    let mut set = JoinSet::new();
-    for _ in 0..workers {
-        let tally = Tally::new(histogram.clone());
-        set.spawn(worker(http.clone(), plan.clone(), shared.clone(), bar.clone(), tally));
-    }
-
-    let mut total = Tally::new(histogram);
     let mut interrupted = false;
     loop {
         tokio::select! {
-            joined = set.join_next() => match joined {
+            joined = load.join_next() => match joined {
                 None => break,
-                Some(Ok(tally)) => total.merge(tally)?,
-                Some(Err(e)) => anyhow::bail!("a load worker ended abnormally: {e}"),
+                Some(merged) => merged?,
             },
             Some(()) = interrupts.recv() => {
                 if interrupted {
-                    set.abort_all();
-                    bar.finish_and_clear();
+                    load.abort();
                     return Err(Failure {
                         code: exit::RUNTIME,
                         message: "interrupted; the orders in flight were not waited for".into(),
@@ -303,20 +400,14 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
                     .into());
                 }
                 interrupted = true;
-                shared.stop.send_replace(true);
-                bar.suspend(|| eprintln!("stopping: waiting for the orders in flight (Ctrl-C again to quit at once)"));
+                load.stop();
+                load.bar().suspend(|| {
+                    eprintln!("stopping: waiting for the orders in flight (Ctrl-C again to quit at once)")
+                });
             }
         }
     }
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
-
-    if !shared.answered.load(Ordering::Relaxed) {
-        if let Some(e) = &total.connect_error {
-            return Err(target.unreachable(e));
-        }
-    }
-    let summary = summarize(&total, elapsed);
+    let summary = load.finish()?.summary;
     if ctx.json {
         output::print_json(&summary);
     } else {
@@ -376,8 +467,16 @@ async fn worker(
         if outcome.is_ok() && !shared.answered.load(Ordering::Relaxed) {
             shared.answered.store(true, Ordering::Relaxed);
         }
-        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let latency = sent.elapsed();
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         tally.latency_us.saturating_record(micros);
+        if plan.record {
+            let outcome = match &outcome {
+                Ok(o) => o.clone(),
+                Err(_) => Outcome::Error("transport".to_string()),
+            };
+            tally.samples.push(Sample { start: sent.duration_since(plan.started), latency, outcome });
+        }
         match outcome {
             Ok(Outcome::Confirmed) => tally.confirmed += 1,
             Ok(Outcome::Pending) => tally.pending += 1,
@@ -498,7 +597,7 @@ fn round(x: f64, decimals: i32) -> f64 {
     (x * scale).round() / scale
 }
 
-fn summary_table(s: &Summary) -> comfy_table::Table {
+pub(super) fn summary_table(s: &Summary) -> comfy_table::Table {
     let mut t = output::table(&["METRIC", "VALUE"]);
     let l = &s.latency_ms;
     let rows = [

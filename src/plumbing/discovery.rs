@@ -95,7 +95,9 @@ pub struct Discovery {
     view: RwLock<HashMap<String, Arc<Vec<Instance>>>>,
     /// Addresses that refused a connection recently, skipped until the instant passes.
     suspect: Mutex<HashMap<String, Instant>>,
-    next: AtomicUsize,
+    /// Round-robin positions, one slot per service (by a hash of its name), so the calls of one
+    /// service spread over its instances whatever the pattern of calls to others.
+    next: [AtomicUsize; 32],
     /// Last time a cache miss forced a refresh, so a missing service cannot hammer the registry.
     last_forced: Mutex<Option<Instant>>,
 }
@@ -109,7 +111,7 @@ impl Discovery {
             me,
             view: RwLock::new(HashMap::new()),
             suspect: Mutex::new(HashMap::new()),
-            next: AtomicUsize::new(0),
+            next: std::array::from_fn(|_| AtomicUsize::new(0)),
             last_forced: Mutex::new(None),
         }
     }
@@ -252,7 +254,8 @@ impl Discovery {
         if list.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = service.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % self.next.len();
+        let start = self.next[slot].fetch_add(1, Ordering::Relaxed);
         let suspect = self.suspect.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         (0..list.len())

@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 
 /// The largest request body any service accepts (SPEC section 5).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long a request body may take to arrive once its headers are in.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -87,7 +89,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+        // A client that sends headers and then trickles (or never sends) the body is cut off.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::Bytes::from_request(req, state)).await.map_err(
+            |_| {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body did not arrive in time")
+            },
+        )?;
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

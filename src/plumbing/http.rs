@@ -181,6 +181,60 @@ async fn admin_breakers(State(c): State<Common>, headers: axum::http::HeaderMap)
         .into_response())
 }
 
+/// Longest wait for a request's headers: a client that never finishes them (slowloris) is
+/// disconnected instead of holding a connection forever.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest request head (and read buffer) accepted; a header flood is cut off.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// How long open connections get to finish after shutdown starts.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains open connections.
+///
+/// Like `axum::serve`, with the limits it leaves out: a deadline for request headers, a bound
+/// on their size, and an accept loop that survives running out of file descriptors.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: wait for connections to close rather than spin or die.
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closed = closed.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closed.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, conn).await;
+                }
+            }
+        });
+    }
+    let _ = closing.send(true);
+    drop(closed);
+    // Every connection task holds a receiver; when the last is gone, all have finished.
+    let _ = tokio::time::timeout(DRAIN, closing.closed()).await;
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

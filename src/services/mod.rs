@@ -203,12 +203,10 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(service = kind.name(), %instance, %address, db = %db_path.display(), "serving");
 
     let parent = args.tuning.parent_pid;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! { _ = http::shutdown_signal() => {}, _ = http::parent_gone(parent) => {} }
-        })
-        .await
-        .context("server failed")?;
+    http::serve(listener, app, async move {
+        tokio::select! { _ = http::shutdown_signal() => {}, _ = http::parent_gone(parent) => {} }
+    })
+    .await;
     discovery.deregister().await;
     tracing::info!(service = kind.name(), %instance, "stopped");
     Ok(())

@@ -4,6 +4,7 @@
 mod api;
 mod chaos;
 mod dns;
+mod drills;
 mod drive;
 mod export;
 mod load;
