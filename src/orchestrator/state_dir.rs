@@ -61,10 +61,15 @@ impl StateDir {
         self.root.join("supervisor.json")
     }
 
+    /// Creates the state dir readable by its owner only: it holds the secret, the databases
+    /// and logs with order details.
     pub fn create(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         for dir in [self.logs(), self.data()] {
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", dir.display()))?;
         }
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("cannot restrict `{}` to its owner: {e}", self.root.display()))?;
         Ok(())
     }
 

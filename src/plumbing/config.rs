@@ -68,6 +68,9 @@ pub struct Tuning {
     /// Trial calls while half open
     #[arg(long, env = "SHOP_BREAKER_HALF_OPEN", default_value_t = 1, hide = true)]
     pub breaker_half_open: u32,
+    /// Longest wait for a request's headers before the connection is dropped (slow clients)
+    #[arg(long, env = "SHOP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub header_timeout: Duration,
     /// Seed for fault percentages and jitter
     #[arg(long, env = "SHOP_SEED", hide = true)]
     pub seed: Option<u64>,

@@ -181,9 +181,6 @@ async fn admin_breakers(State(c): State<Common>, headers: axum::http::HeaderMap)
         .into_response())
 }
 
-/// Longest wait for a request's headers: a client that never finishes them (slowloris) is
-/// disconnected instead of holding a connection forever.
-pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest request head (and read buffer) accepted; a header flood is cut off.
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// How long open connections get to finish after shutdown starts.
@@ -193,7 +190,15 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 ///
 /// Like `axum::serve`, with the limits it leaves out: a deadline for request headers, a bound
 /// on their size, and an accept loop that survives running out of file descriptors.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+///
+/// `header_timeout` is the longest wait for a request's headers: a client that never finishes
+/// them (slowloris) is disconnected instead of holding a connection forever.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let (closing, closed) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -216,7 +221,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: imp
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);

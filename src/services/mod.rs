@@ -203,7 +203,7 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(service = kind.name(), %instance, %address, db = %db_path.display(), "serving");
 
     let parent = args.tuning.parent_pid;
-    http::serve(listener, app, async move {
+    http::serve(listener, app, args.tuning.header_timeout, async move {
         tokio::select! { _ = http::shutdown_signal() => {}, _ = http::parent_gone(parent) => {} }
     })
     .await;

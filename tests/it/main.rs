@@ -7,6 +7,7 @@ mod dns;
 mod drills;
 mod drive;
 mod export;
+mod hostile;
 mod load;
 mod registry;
 mod saga;
