@@ -79,13 +79,20 @@ impl Breakers {
     /// Whether a call to `dependency` may go out now.
     pub fn allow(&self, dependency: &str) -> bool {
         let mut map = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        let b = map.entry(dependency.to_string()).or_insert_with(|| Breaker {
-            state: BreakerState::Closed,
-            failures: 0,
-            opened_at: Instant::now(),
-            trials: 0,
-            trial_successes: 0,
-        });
+        // Looked up by &str first: the key is allocated once per dependency, not per call.
+        if !map.contains_key(dependency) {
+            map.insert(
+                dependency.to_string(),
+                Breaker {
+                    state: BreakerState::Closed,
+                    failures: 0,
+                    opened_at: Instant::now(),
+                    trials: 0,
+                    trial_successes: 0,
+                },
+            );
+        }
+        let Some(b) = map.get_mut(dependency) else { return true };
         if b.state == BreakerState::Open && b.opened_at.elapsed() >= self.config.open_for {
             self.transition(dependency, b, BreakerState::HalfOpen);
         }

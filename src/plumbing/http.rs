@@ -87,10 +87,11 @@ async fn metrics_text(State(c): State<Common>) -> Response {
 async fn record_metrics(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    // MatchedPath is a shared string: cloning it does not copy the route.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
     if let Some(route) = route {
-        metrics.record(method.as_str(), &route, response.status().as_u16(), start.elapsed());
+        metrics.record(method.as_str(), route.as_str(), response.status().as_u16(), start.elapsed());
     }
     response
 }

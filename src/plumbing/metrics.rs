@@ -21,7 +21,7 @@ struct Series {
 /// the lock is held for a few adds, never across an await.
 #[derive(Default)]
 pub struct Metrics {
-    series: Mutex<HashMap<String, HashMap<(String, u16), Series>>>,
+    series: Mutex<HashMap<String, HashMap<(&'static str, u16), Series>>>,
 }
 
 impl Metrics {
@@ -32,7 +32,7 @@ impl Metrics {
             Some(m) => m,
             None => map.entry(route.to_string()).or_default(),
         };
-        let series = by_route.entry((method.to_string(), status)).or_default();
+        let series = by_route.entry((static_method(method), status)).or_default();
         series.count += 1;
         series.sum_s += secs;
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
@@ -76,6 +76,20 @@ impl Metrics {
         }
         out.push_str(extra);
         out
+    }
+}
+
+/// The method as a static string, so recording a request allocates nothing.
+fn static_method(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::plumbing::trace::TraceCtx;
 
 /// How many spans a process keeps; the oldest go first.
-const CAPACITY: usize = 20_000;
+const CAPACITY: usize = 8_192;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Span {

@@ -208,6 +208,8 @@ pub struct SagaState {
     pub notification_delivered: bool,
     /// Retries so far of the step in progress, for backoff across restarts.
     pub retries: i64,
+    /// The log itself, as applied: the next event's sequence number is its length plus one.
+    pub log: Vec<Recorded>,
 }
 
 impl SagaState {
@@ -220,6 +222,7 @@ impl SagaState {
     }
 
     pub fn apply(&mut self, event: &Event, at_ms: i64) {
+        self.log.push(Recorded { seq: self.log.len() as i64 + 1, at_ms, event: event.clone() });
         self.updated_ms = at_ms;
         if !matches!(event, Event::StepRetried { .. }) {
             self.retries = 0;

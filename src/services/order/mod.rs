@@ -176,7 +176,10 @@ impl Orders {
     async fn settled_view(&self, order_id: &str, budget: Duration) -> Result<OrderView, ApiError> {
         let deadline = tokio::time::Instant::now() + budget;
         loop {
-            self.saga.wait(order_id, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Some(done) = self.saga.wait(order_id, remaining).await {
+                return Ok(done.as_ref().clone());
+            }
             let view = self
                 .saga
                 .store

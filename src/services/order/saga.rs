@@ -13,7 +13,7 @@ use reqwest::Method;
 use tokio::sync::{watch, Notify};
 
 use super::events::{Action, Event, SagaState};
-use super::store::Store;
+use super::store::{view_of, OrderView, Store};
 use crate::plumbing::client::{backoff, CallError, ServiceClient};
 use crate::plumbing::spans::SpanStore;
 use crate::plumbing::time::now_ms;
@@ -27,8 +27,8 @@ pub struct Saga {
     client: ServiceClient,
     spans: Arc<SpanStore>,
     timeout_ms: i64,
-    /// Sagas running in this process; the receiver closes when the saga ends.
-    running: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// Sagas running in this process; each receiver gets the final order when the saga ends.
+    running: Mutex<HashMap<String, watch::Receiver<Option<Arc<OrderView>>>>>,
     /// Wakes the outbox relay when a notification is queued.
     pub relay_wake: Arc<Notify>,
     /// Test hook: exit right after this event is persisted.
@@ -81,28 +81,32 @@ impl Saga {
             if running.contains_key(order_id) {
                 return;
             }
-            let (tx, rx) = watch::channel(());
+            let (tx, rx) = watch::channel(None);
             running.insert(order_id.to_string(), rx);
             tx
         };
         let me = self.clone();
         let order_id = order_id.to_string();
         tokio::spawn(async move {
-            me.drive(&order_id, state, parent).await;
+            let last = me.drive(&order_id, state, parent).await;
+            // Waiters get the order from memory: no read of what was just written.
+            let _ = tx.send(last.map(|s| Arc::new(view_of(&s, &s.log))));
             me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&order_id);
-            drop(tx);
         });
     }
 
-    /// Waits up to `budget` for the saga of `order_id` to end, if it runs here.
-    pub async fn wait(&self, order_id: &str, budget: Duration) {
+    /// Waits up to `budget` for the saga of `order_id` to end, if it runs here; the order as it
+    /// ended, when this process ran it to the end.
+    pub async fn wait(&self, order_id: &str, budget: Duration) -> Option<Arc<OrderView>> {
         let rx = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(order_id).cloned();
-        if let Some(mut rx) = rx {
-            let _ = tokio::time::timeout(budget, rx.changed()).await;
-        }
+        let mut rx = rx?;
+        let _ = tokio::time::timeout(budget, rx.changed()).await;
+        let view = rx.borrow().clone();
+        view
     }
 
-    async fn drive(&self, order_id: &str, state: Option<SagaState>, parent: Option<TraceCtx>) {
+    /// Runs the saga to its end and returns the final state (`None` if it could not run here).
+    async fn drive(&self, order_id: &str, state: Option<SagaState>, parent: Option<TraceCtx>) -> Option<SagaState> {
         let started_us = crate::plumbing::time::now_us();
         let resumed = state.is_none();
         let mut state = match state {
@@ -110,17 +114,17 @@ impl Saga {
             None => {
                 match self.store.claim(order_id).await {
                     Ok(true) => {}
-                    Ok(false) => return, // terminal, or another instance runs it
+                    Ok(false) => return None, // terminal, or another instance runs it
                     Err(e) => {
                         tracing::error!(order_id, error = %e, "cannot claim saga; the resume scan will try again");
-                        return;
+                        return None;
                     }
                 }
                 match self.store.events(order_id).await {
                     Ok(events) => SagaState::fold(order_id, &events),
                     Err(e) => {
                         tracing::error!(order_id, error = %e, "cannot load saga; the resume scan will try again");
-                        return;
+                        return None;
                     }
                 }
             }
@@ -169,6 +173,7 @@ impl Saga {
         let parent_id = parent.as_ref().map(|p| p.span_id.as_str());
         self.spans.record(&trace, parent_id, name, started_us, state.status().as_str().to_string());
         tracing::debug!(order_id, status = state.status().as_str(), trace_id = %state.trace_id, "saga finished");
+        Some(state)
     }
 
     /// Persists `events` (applied to `state` first) and honours the crash hook.

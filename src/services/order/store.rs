@@ -164,11 +164,11 @@ impl Store {
         let payment_id = state.payment_id.clone();
         let owner = self.owner.clone();
         let at = state.updated_ms;
+        // `state` already holds these events, so it knows their numbers; the primary key on
+        // (order_id, seq) refuses a second runner writing the same step.
+        let mut seq = (state.log.len() - events.len().min(state.log.len())) as i64;
         self.db
             .tx(move |tx| {
-                let mut seq: i64 = tx
-                    .prepare_cached("SELECT coalesce(max(seq), 0) FROM order_events WHERE order_id = ?1")?
-                    .query_row([&order_id], |r| r.get(0))?;
                 for e in &events {
                     seq += 1;
                     insert_event(tx, &order_id, seq, at, e)?;
