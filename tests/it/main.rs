@@ -9,6 +9,7 @@ mod drive;
 mod export;
 mod hostile;
 mod load;
+mod props;
 mod registry;
 mod saga;
 mod smoke;

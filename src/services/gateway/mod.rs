@@ -4,6 +4,8 @@
 
 mod openapi;
 
+pub use self::openapi::document as openapi_document;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -158,6 +160,14 @@ impl Gateway {
 fn unavailable(service: &str, e: &CallError) -> ApiError {
     tracing::warn!(service, error = %e, "dependency unavailable");
     ApiError::unavailable(format!("the {service} service is unavailable; try again shortly"), 1)
+}
+
+/// An order request body as the gateway reads it: JSON into [`OrderBody`], then the limits of
+/// SPEC section 5. Every refusal is a 400 with a message.
+pub fn parse_order(bytes: &[u8]) -> Result<OrderBody, ApiError> {
+    let body: OrderBody = crate::plumbing::error::parse_json(bytes)?;
+    validate(&body)?;
+    Ok(body)
 }
 
 fn validate(body: &OrderBody) -> Result<(), ApiError> {

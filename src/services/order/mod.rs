@@ -231,9 +231,21 @@ async fn place(
         trace_id: trace.trace_id.clone(),
     };
     let order_id = ids::new("ord");
-    match o.saga.store.place(order_id.clone(), req.idempotency_key, req.request_hash, event.clone()).await? {
+    // A user validated moments ago is validated again from memory, and the first step's intent
+    // goes into the same commit as the order itself.
+    let more = match o.saga.cached_user(&req.user_id) {
+        Some(user) if user.active => {
+            vec![Event::UserValidated { card: user.card }, Event::StockReservationRequested {}]
+        }
+        _ => Vec::new(),
+    };
+    let placed =
+        o.saga.store.place(order_id.clone(), req.idempotency_key, req.request_hash, event.clone(), more.clone());
+    match placed.await? {
         Placed::New(state) => {
-            o.saga.crash_point(&order_id, &event);
+            for e in std::iter::once(&event).chain(more.iter()) {
+                o.saga.crash_point(&order_id, e);
+            }
             tracing::debug!(%order_id, user_id = %req.user_id, total_cents, trace_id = %trace.trace_id, "order placed");
             o.saga.start(&order_id, Some(state), Some(trace.clone()));
             let order = o.settled_view(&order_id, budget).await?;

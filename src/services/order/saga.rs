@@ -203,6 +203,12 @@ impl Saga {
         Ok(())
     }
 
+    /// `user_id` as validated within the last moments, if it was.
+    pub fn cached_user(&self, user_id: &str) -> Option<User> {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.get(user_id).filter(|(_, at)| at.elapsed() < USER_CACHE_TTL).map(|(u, _)| u.clone())
+    }
+
     /// The test hook `SHOP_CRASH_AFTER=EVENT`: exit, as a crash would, once `event` is persisted.
     pub fn crash_point(&self, order_id: &str, event: &Event) {
         if self.crash_after.as_deref() == Some(event.type_name()) {
@@ -268,10 +274,7 @@ impl Saga {
 
     async fn validate_user(&self, state: &mut SagaState, trace: &TraceCtx) -> anyhow::Result<()> {
         let path = format!("/v1/users/{}", state.user_id);
-        let cached = {
-            let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-            users.get(&state.user_id).filter(|(_, at)| at.elapsed() < USER_CACHE_TTL).map(|(u, _)| u.clone())
-        };
+        let cached = self.cached_user(&state.user_id);
         let outcome = match cached {
             Some(user) => Outcome::Done(user),
             None => {

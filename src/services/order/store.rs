@@ -107,13 +107,15 @@ pub enum Placed {
 }
 
 impl Store {
-    /// Records a new order and its `OrderPlaced` event, or finds the one this key made before.
+    /// Records a new order and its `OrderPlaced` event (plus any `more` events already known,
+    /// such as a user validated from the cache), or finds the order this key made before.
     pub async fn place(
         &self,
         order_id: String,
         idempotency_key: String,
         request_hash: String,
         event: Event,
+        more: Vec<Event>,
     ) -> Result<Placed, DbError> {
         let owner = self.owner.clone();
         self.db
@@ -143,8 +145,11 @@ impl Store {
                     owner,
                     now + LEASE_MS
                 ])?;
-                insert_event(tx, &order_id, 1, now, &event)?;
-                let recorded = [Recorded { seq: 1, at_ms: now, event: event.clone() }];
+                let mut recorded = Vec::with_capacity(1 + more.len());
+                for (i, e) in std::iter::once(&event).chain(more.iter()).enumerate() {
+                    insert_event(tx, &order_id, i as i64 + 1, now, e)?;
+                    recorded.push(Recorded { seq: i as i64 + 1, at_ms: now, event: e.clone() });
+                }
                 Ok(Placed::New(SagaState::fold(&order_id, &recorded)))
             })
             .await
