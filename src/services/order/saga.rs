@@ -159,13 +159,16 @@ impl Saga {
                 }
             };
             if let Err(e) = result {
-                // The database itself failed (disk full, locked for too long): wait and retry the
-                // same action; nothing was recorded, so nothing is lost.
+                // The database itself failed (disk full, locked for too long). The state in
+                // memory may hold events that were not committed, so it is rebuilt from the log
+                // before anything else is done; the same action is then retried.
                 tracing::error!(order_id, error = %e, "saga could not persist a step; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                match self.store.events(order_id).await {
-                    Ok(events) => state = SagaState::fold(order_id, &events),
-                    Err(_) => continue,
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(events) = self.store.events(order_id).await {
+                        state = SagaState::fold(order_id, &events);
+                        break;
+                    }
                 }
             }
         }
@@ -183,21 +186,22 @@ impl Saga {
         events: Vec<Event>,
         outbox: Option<(String, String)>,
     ) -> anyhow::Result<()> {
+        // Applied in place: if the commit fails, the caller's error path rebuilds the state from
+        // the log, so nothing uncommitted is ever acted on.
         let now = now_ms();
         let mut events = events;
-        let mut next = state.clone();
         for e in &events {
-            next.apply(e, now);
+            state.apply(e, now);
         }
         // The next step's intent goes into the same commit as this step's result: it is still
         // persisted before its call, at one commit per step instead of two.
-        if let Some(intent) = next_intent(&next) {
-            next.apply(&intent, now);
+        if let Some(intent) = next_intent(state) {
+            state.apply(&intent, now);
             events.push(intent);
         }
-        self.store.append(&next, events.clone(), outbox).await?;
-        *state = next;
-        for e in &events {
+        let crash = self.crash_after.is_some().then(|| events.clone());
+        self.store.append(state, events, outbox).await?;
+        for e in crash.iter().flatten() {
             self.crash_point(&state.order_id, e);
         }
         Ok(())
@@ -480,15 +484,13 @@ impl Saga {
     ) -> anyhow::Result<()> {
         let event_id = crate::plumbing::ids::new("evt");
         events.push(Event::NotificationQueued { event_id: event_id.clone(), kind: kind.into() });
-        let mut after = state.clone();
-        for e in &events {
-            after.apply(e, now_ms());
-        }
-        let message = match after.failure() {
-            Some(f) if kind == "order_failed" => {
-                format!("Your order {} failed: {} ({})", state.order_id, f.code, f.message)
-            }
-            _ => format!("Your order {} is confirmed: {} cents charged.", state.order_id, state.total_cents),
+        let failure = events.iter().find_map(|e| match e {
+            Event::OrderFailed { code, message, .. } => Some((code, message)),
+            _ => None,
+        });
+        let message = match failure {
+            Some((code, why)) => format!("Your order {} failed: {code} ({why})", state.order_id),
+            None => format!("Your order {} is confirmed: {} cents charged.", state.order_id, state.total_cents),
         };
         let payload = serde_json::json!({
             "event_id": event_id,
