@@ -178,3 +178,32 @@ async fn a_pending_order_is_answered_202_with_its_location_when_the_wait_is_zero
     assert_eq!(done["status"], "CONFIRMED");
     stack.assert_invariants();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_rate_limit_is_429_and_an_unreachable_order_service_is_503_both_with_retry_after() {
+    let options = Options::default().env(shop::services::Kind::Gateway, "SHOP_RATE_PER_SECOND", "1").env(
+        shop::services::Kind::Gateway,
+        "SHOP_RATE_BURST",
+        "2",
+    );
+    let mut stack = TestStack::with(options).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let resp = stack.http.get(stack.gateway("/orders")).bearer_auth(ALICE).send().await.unwrap();
+        statuses.push((resp.status(), resp.headers().get("retry-after").is_some()));
+    }
+    assert_eq!(statuses[0].0, StatusCode::OK);
+    let limited = statuses.iter().find(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited, Some(&(StatusCode::TOO_MANY_REQUESTS, true)), "{statuses:?}");
+    // Bob's bucket is his own.
+    let (status, _) = stack.get(&stack.gateway("/orders"), Some(BOB)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stack.kill(shop::services::Kind::Order);
+    let resp =
+        stack.http.post(stack.gateway("/orders")).bearer_auth(BOB).json(&items(&[("sku-1", 1)])).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unavailable");
+}
