@@ -44,6 +44,20 @@ impl Context {
         })
     }
 
+    /// The stack's databases in the state dir: a usage error if the stack lacks a service, a
+    /// runtime error if the stack has never run.
+    pub fn databases(&self, stack: &Stack) -> anyhow::Result<crate::invariants::Databases> {
+        let dbs = crate::invariants::Databases::of_stack(stack, &self.state_dir()).map_err(Failure::usage)?;
+        if let Some(path) = dbs.missing() {
+            return Err(Failure {
+                code: exit::RUNTIME,
+                message: format!("no database at `{}`; has the stack run? start it with `shop up -d`", path.display()),
+            }
+            .into());
+        }
+        Ok(dbs)
+    }
+
     /// The state dir, whether or not the stack file is valid (so `down` always works).
     pub fn state_dir(&self) -> StateDir {
         StateDir::resolve(self.explicit_state_dir.as_deref(), &self.file)

@@ -32,10 +32,8 @@ use super::{exit, output, Failure};
 use crate::invariants::{self, Check, Databases};
 use crate::orchestrator::chaos::ChaosRequest;
 use crate::orchestrator::control::Control;
-use crate::orchestrator::stackfile::{Program, Stack};
 use crate::orchestrator::supervisor::{PsRow, REGISTRY};
 use crate::plumbing::time::parse_duration;
-use crate::services::Kind;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -558,7 +556,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let control = Arc::new(Control::require(&dir)?);
     let rows = control.status().await?.rows;
     check_targets(&drill, &rows, &args.file)?;
-    let dbs = databases(ctx, &stack)?;
+    let dbs = ctx.databases(&stack)?;
     let secret = dir.existing_secret().unwrap_or_default();
     let mut interrupts =
         signal(SignalKind::interrupt()).map_err(|e| anyhow::anyhow!("cannot watch for Ctrl-C: {e}"))?;
@@ -940,38 +938,6 @@ async fn breaker_transitions(rows: &[PsRow], secret: &str, since: SystemTime) ->
     }
     all.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.instance.cmp(&b.instance)));
     all
-}
-
-/// Names of the stack's services that run built-in `kind`.
-fn services_of(stack: &Stack, kind: Kind) -> Vec<String> {
-    stack.services.iter().filter(|s| s.program == Program::Builtin(kind)).map(|s| s.name.clone()).collect()
-}
-
-/// The databases of the stack's first service of each kind (as `shop inspect invariants`).
-fn databases(ctx: &Context, stack: &Stack) -> anyhow::Result<Databases> {
-    let dir = ctx.state_dir();
-    let db = |kind: Kind| -> anyhow::Result<PathBuf> {
-        let name = services_of(stack, kind)
-            .into_iter()
-            .next()
-            .ok_or_else(|| Failure::usage(format!("the stack has no `{}` service", kind.name())))?;
-        let path = dir.db(&name);
-        if !path.exists() {
-            return Err(Failure {
-                code: exit::RUNTIME,
-                message: format!("no database at `{}`; has the stack run? start it with `shop up -d`", path.display()),
-            }
-            .into());
-        }
-        Ok(path)
-    };
-    Ok(Databases {
-        order: db(Kind::Order)?,
-        payment: db(Kind::Payment)?,
-        inventory: db(Kind::Inventory)?,
-        notification: db(Kind::Notification)?,
-        gateway: db(Kind::Gateway).ok(),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::context::Context;
 use super::{exit, output, Failure};
-use crate::invariants::{self, Databases};
+use crate::invariants;
 use crate::orchestrator::control::Control;
-use crate::orchestrator::stackfile::{Program, Stack};
+use crate::orchestrator::stackfile::Stack;
 use crate::orchestrator::supervisor::PsRow;
 use crate::plumbing::spans::Span;
 use crate::plumbing::time::parse_duration;
@@ -58,7 +58,7 @@ impl Live {
 
     /// Addresses of the running instances of built-in `kind`.
     fn addresses(&self, kind: Kind) -> Vec<String> {
-        let names = services_of(&self.stack, kind);
+        let names = self.stack.services_of(kind);
         self.rows
             .iter()
             .filter(|r| {
@@ -107,11 +107,6 @@ impl Live {
         all.sort_by_key(|s| s.start_us);
         all
     }
-}
-
-/// Names of the stack's services that run built-in `kind`.
-fn services_of(stack: &Stack, kind: Kind) -> Vec<String> {
-    stack.services.iter().filter(|s| s.program == Program::Builtin(kind)).map(|s| s.name.clone()).collect()
 }
 
 pub async fn run(ctx: &Context, command: InspectCommand) -> anyhow::Result<i32> {
@@ -489,36 +484,8 @@ async fn registry(ctx: &Context) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-/// The databases of the stack's first service of each kind.
-fn databases(ctx: &Context) -> anyhow::Result<Databases> {
-    let stack = ctx.stack()?;
-    let dir = ctx.state_dir();
-    let db = |kind: Kind| -> anyhow::Result<std::path::PathBuf> {
-        let name = services_of(&stack, kind)
-            .into_iter()
-            .next()
-            .ok_or_else(|| Failure::usage(format!("the stack has no `{}` service", kind.name())))?;
-        let path = dir.db(&name);
-        if !path.exists() {
-            return Err(Failure {
-                code: exit::RUNTIME,
-                message: format!("no database at `{}`; has the stack run? start it with `shop up -d`", path.display()),
-            }
-            .into());
-        }
-        Ok(path)
-    };
-    Ok(Databases {
-        order: db(Kind::Order)?,
-        payment: db(Kind::Payment)?,
-        inventory: db(Kind::Inventory)?,
-        notification: db(Kind::Notification)?,
-        gateway: db(Kind::Gateway).ok(),
-    })
-}
-
 fn stock(ctx: &Context) -> anyhow::Result<i32> {
-    let dbs = databases(ctx)?;
+    let dbs = ctx.databases(&ctx.stack()?)?;
     let mut conn = crate::plumbing::db::open_read_only(&dbs.inventory)?;
     let stock = crate::services::inventory::read_stock(&mut conn)?;
     if ctx.json {
@@ -540,7 +507,7 @@ fn stock(ctx: &Context) -> anyhow::Result<i32> {
 }
 
 fn check_invariants(ctx: &Context, settle: Duration) -> anyhow::Result<i32> {
-    let dbs = databases(ctx)?;
+    let dbs = ctx.databases(&ctx.stack()?)?;
     let report = invariants::check_settled(&dbs, settle)?;
     if ctx.json {
         output::print_json(&report);

@@ -8,7 +8,6 @@
 //! Every check returns a `Result`: `Ok(detail)` is a PASS, `Err(why)` a FAIL, so one broken
 //! step never stops the checks after it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,19 +106,12 @@ fn on_free_ports(mut stack: Stack) -> Stack {
 /// The users of the user service's fixtures; none when it has no fixtures (the checks that
 /// need a user then fail, saying so).
 fn fixture_users(stack: &Stack) -> anyhow::Result<Vec<UserFixture>> {
-    let Some(path) = first_of(stack, Kind::User).and_then(|name| stack.service(&name)?.fixtures.clone()) else {
+    let Some(path) =
+        stack.services_of(Kind::User).into_iter().next().and_then(|name| stack.service(&name)?.fixtures.clone())
+    else {
         return Ok(Vec::new());
     };
     crate::fixtures::load_users(&path).map_err(|e| Failure::usage(e.to_string()))
-}
-
-/// The name of the stack's first service of `kind`.
-fn first_of(stack: &Stack, kind: Kind) -> Option<String> {
-    services_of(stack, kind).into_iter().next()
-}
-
-fn services_of(stack: &Stack, kind: Kind) -> Vec<String> {
-    stack.services.iter().filter(|s| s.program == Program::Builtin(kind)).map(|s| s.name.clone()).collect()
 }
 
 /// Waits until the supervisor's start-up is over (healthy or not) or `timeout` passes; the
@@ -275,7 +267,7 @@ struct Smoke {
 
 impl Smoke {
     fn new(sup: Arc<Supervisor>, stack: Stack, users: Vec<UserFixture>) -> Smoke {
-        let gateways = services_of(&stack, Kind::Gateway);
+        let gateways = stack.services_of(Kind::Gateway);
         let mut rows: Vec<_> =
             sup.status().rows.into_iter().filter(|r| gateways.contains(&r.service) && r.address.is_some()).collect();
         rows.sort_by_key(|r| r.state != "healthy");
@@ -430,7 +422,7 @@ impl Smoke {
 
     /// Payment down: the order is accepted and kept PENDING; payment back: it completes.
     async fn order_survives_payment_outage(&self) -> anyhow::Result<String> {
-        let payment = services_of(&self.stack, Kind::Payment);
+        let payment = self.stack.services_of(Kind::Payment);
         if payment.is_empty() {
             bail!("the stack has no payment service");
         }
@@ -571,18 +563,7 @@ impl Smoke {
 
     /// The databases of the stack's first service of each kind, in the throw-away state dir.
     fn databases(&self) -> anyhow::Result<Databases> {
-        let db = |kind: Kind| -> anyhow::Result<PathBuf> {
-            let name = first_of(&self.stack, kind)
-                .ok_or_else(|| anyhow!("the stack has no `{}` service to check", kind.name()))?;
-            Ok(self.sup.dir.db(&name))
-        };
-        Ok(Databases {
-            order: db(Kind::Order)?,
-            payment: db(Kind::Payment)?,
-            inventory: db(Kind::Inventory)?,
-            notification: db(Kind::Notification)?,
-            gateway: db(Kind::Gateway).ok(),
-        })
+        Databases::of_stack(&self.stack, &self.sup.dir).map_err(|e| anyhow!(e))
     }
 
     /// The last lines of a failed instance's log, on stderr: the state dir is about to go.

@@ -69,12 +69,8 @@ fn root(e: &(dyn std::error::Error + 'static)) -> String {
 /// The running stack's gateway (the first healthy instance), else the fixed port in the stack
 /// file, so a stack started by hand on the default ports works too.
 async fn gateway_of(ctx: &Context, stack: &Stack) -> anyhow::Result<String> {
-    let gateways: Vec<&str> = stack
-        .services
-        .iter()
-        .filter(|s| s.program == Program::Builtin(Kind::Gateway))
-        .map(|s| s.name.as_str())
-        .collect();
+    let names = stack.services_of(Kind::Gateway);
+    let gateways: Vec<&str> = names.iter().map(String::as_str).collect();
     if let Some(control) = Control::connect(&ctx.state_dir()) {
         let status = control.status().await?;
         let mut rows: Vec<_> =

@@ -216,6 +216,11 @@ impl Stack {
     }
 
     /// The service called `name`.
+    /// Names of the services that run built-in `kind`, in file order.
+    pub fn services_of(&self, kind: Kind) -> Vec<String> {
+        self.services.iter().filter(|s| s.program == Program::Builtin(kind)).map(|s| s.name.clone()).collect()
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)
     }
