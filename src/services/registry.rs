@@ -117,17 +117,7 @@ async fn deregister(State(reg): State<Registry>, ApiPath(instance): ApiPath<Stri
     let removed = reg.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&instance).is_some();
     if removed {
         tracing::info!(%instance, "deregistered");
-        let now = now_ms();
-        let _ = reg
-            .rt
-            .db
-            .call(move |c| {
-                c.execute(
-                    "UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1",
-                    rusqlite::params![instance, now],
-                )
-            })
-            .await;
+        record_gone(&reg, instance).await;
     }
     StatusCode::NO_CONTENT
 }
@@ -171,17 +161,19 @@ async fn evict_loop(reg: Registry) {
         };
         for instance in evicted {
             tracing::warn!(%instance, ttl_ms = reg.ttl.as_millis() as u64, "evicted: no heartbeat within the TTL");
-            let now = now_ms();
-            let _ = reg
-                .rt
-                .db
-                .call(move |c| {
-                    c.execute(
-                        "UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1",
-                        rusqlite::params![instance, now],
-                    )
-                })
-                .await;
+            record_gone(&reg, instance).await;
         }
     }
+}
+
+/// Notes in the database when an instance left (deregistered or evicted), for `shop inspect`.
+async fn record_gone(reg: &Registry, instance: String) {
+    let now = now_ms();
+    let _ = reg
+        .rt
+        .db
+        .tx(move |c| {
+            c.execute("UPDATE registrations SET evicted_at = ?2 WHERE instance = ?1", rusqlite::params![instance, now])
+        })
+        .await;
 }
