@@ -105,6 +105,11 @@ pub enum Command {
     /// Write Kubernetes manifests or a docker compose file for the stack
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one service in the foreground
     Serve(serve::Args),
     /// The background supervisor started by `up -d`
@@ -141,6 +146,25 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Serve(args) = cli.command {
         return serve::run(args, cli.verbose, cli.quiet);
     }
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "shop", &mut script);
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+        return Ok(exit::OK);
+    }
+    if matches!(
+        cli.command,
+        Command::Ps | Command::Logs(_) | Command::Inspect(_) | Command::Order(_) | Command::Export(_)
+    ) {
+        // Commands that only print end quietly when their reader goes away (`shop ps | head`),
+        // as Unix tools do, instead of failing on a closed pipe. Processes that serve or
+        // supervise keep ignoring SIGPIPE: a peer closing a socket must not kill them.
+        // SAFETY: set before any thread starts, to the default disposition.
+        unsafe {
+            let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
     let origin = matches!(cli.command, Command::Supervise { .. })
         .then(|| crate::plumbing::logging::Origin { service: "supervisor".into(), instance: "supervisor".into() });
     crate::plumbing::logging::init(cli.verbose, cli.quiet, origin);
@@ -161,7 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Inspect(command) => inspect::run(&ctx, command).await,
             Command::Chaos(command) => chaos::run(&ctx, command).await,
             Command::Supervise { services, no_deps } => up::supervise(&ctx, services, no_deps).await,
-            Command::Serve(_) => unreachable!("handled above"),
+            Command::Serve(_) | Command::Completions { .. } => unreachable!("handled above"),
         }
     })
 }

@@ -236,13 +236,13 @@ pub fn start(
         let mut sink = log_path.and_then(|p| std::fs::OpenOptions::new().append(true).open(p).ok());
         if let (Some(f), Some(line)) = (sink.as_mut(), first.as_ref()) {
             if !line.starts_with("listening on ") {
-                let _ = writeln!(f, "{line}");
+                let _ = f.write_all(format!("{line}\n").as_bytes()); // one write: lines from several writers never interleave
             }
         }
         let _ = tx.send(first);
         for line in lines.map_while(Result::ok) {
             if let Some(f) = sink.as_mut() {
-                let _ = writeln!(f, "{line}");
+                let _ = f.write_all(format!("{line}\n").as_bytes()); // one write: lines from several writers never interleave
             }
         }
     });

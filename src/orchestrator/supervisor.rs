@@ -797,7 +797,7 @@ fn log_line(path: &std::path::Path, message: &str) {
             "message": message,
             "service": "supervisor",
         });
-        let _ = writeln!(f, "{line}");
+        let _ = f.write_all(format!("{line}\n").as_bytes()); // one write: lines from several writers never interleave
     }
 }
 
