@@ -18,7 +18,18 @@ pub fn run(args: Args, verbose: u8, quiet: bool) -> anyhow::Result<i32> {
         instance: args.serve.instance.clone().unwrap_or_else(|| args.service.name().into()),
     };
     crate::plumbing::logging::init(verbose, quiet, Some(origin));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Seven processes with a worker per core each oversubscribe a laptop: the order service and
+    // the gateway carry most of the work, the others do as well with one worker and cost fewer
+    // context switches (measured: about 7% more orders/s on 2 cores).
+    let default = match args.service {
+        Kind::Order | Kind::Gateway => None,
+        _ => Some(1),
+    };
+    if let Some(n) = args.serve.tuning.worker_threads.or(default) {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(services::serve(args.service, args.serve))?;
     Ok(super::exit::OK)
 }

@@ -71,6 +71,9 @@ pub struct Tuning {
     /// Longest wait for a request's headers before the connection is dropped (slow clients)
     #[arg(long, env = "SHOP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, hide = true)]
     pub header_timeout: Duration,
+    /// Async worker threads [default: one per core for order and gateway, one for the others]
+    #[arg(long, env = "SHOP_WORKER_THREADS", hide = true)]
+    pub worker_threads: Option<usize>,
     /// Seed for fault percentages and jitter
     #[arg(long, env = "SHOP_SEED", hide = true)]
     pub seed: Option<u64>,
