@@ -72,6 +72,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the stack in dependency order and wait until it is healthy

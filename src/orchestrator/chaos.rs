@@ -256,10 +256,7 @@ impl Supervisor {
             }
             other => return Err(format!("unknown chaos action `{other}`")),
         }
-        let pushed = self.push(&fault).await;
-        if let Err(e) = pushed {
-            return Err(e);
-        }
+        self.push(&fault).await?;
         {
             let mut inner = self.lock();
             // A new fault of the same kind on the same instances replaces the old one.

@@ -138,18 +138,16 @@ pub struct Supervisor {
 /// Forks children from one long-lived thread, so `PR_SET_PDEATHSIG` (which fires when the
 /// forking *thread* ends) means "when the supervisor ends".
 struct Spawner {
-    jobs: std::sync::mpsc::Sender<(
-        Box<dyn FnOnce() -> Result<Starting, LaunchError> + Send>,
-        oneshot::Sender<Result<Starting, LaunchError>>,
-    )>,
+    jobs: std::sync::mpsc::Sender<SpawnJob>,
 }
+
+/// A fork to do on the spawner thread, and where to send the child.
+type SpawnJob =
+    (Box<dyn FnOnce() -> Result<Starting, LaunchError> + Send>, oneshot::Sender<Result<Starting, LaunchError>>);
 
 impl Spawner {
     fn new() -> Spawner {
-        let (tx, rx) = std::sync::mpsc::channel::<(
-            Box<dyn FnOnce() -> Result<Starting, LaunchError> + Send>,
-            oneshot::Sender<Result<Starting, LaunchError>>,
-        )>();
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
         std::thread::Builder::new()
             .name("spawner".into())
             .spawn(move || {

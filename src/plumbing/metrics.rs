@@ -8,6 +8,9 @@ use std::time::Duration;
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// The series of one route, by (method, status).
+type ByMethodStatus = HashMap<(&'static str, u16), Series>;
+
 #[derive(Default)]
 struct Series {
     count: u64,
@@ -21,7 +24,7 @@ struct Series {
 /// the lock is held for a few adds, never across an await.
 #[derive(Default)]
 pub struct Metrics {
-    series: Mutex<HashMap<String, HashMap<(&'static str, u16), Series>>>,
+    series: Mutex<HashMap<String, ByMethodStatus>>,
 }
 
 impl Metrics {

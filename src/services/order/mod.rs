@@ -247,7 +247,7 @@ async fn place(
                 o.saga.crash_point(&order_id, e);
             }
             tracing::debug!(%order_id, user_id = %req.user_id, total_cents, trace_id = %trace.trace_id, "order placed");
-            o.saga.start(&order_id, Some(state), Some(trace.clone()));
+            o.saga.start(&order_id, Some(*state), Some(trace.clone()));
             let order = o.settled_view(&order_id, budget).await?;
             Ok((StatusCode::CREATED, Json(Placement { created: true, order })))
         }

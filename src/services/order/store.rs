@@ -98,7 +98,7 @@ pub struct Store {
 
 /// The outcome of recording a new order under an idempotency key.
 pub enum Placed {
-    New(SagaState),
+    New(Box<SagaState>),
     /// The key was used before: the order it made, and whether the body matched.
     Existing {
         order_id: String,
@@ -150,7 +150,7 @@ impl Store {
                     insert_event(tx, &order_id, i as i64 + 1, now, e)?;
                     recorded.push(Recorded { seq: i as i64 + 1, at_ms: now, event: e.clone() });
                 }
-                Ok(Placed::New(SagaState::fold(&order_id, &recorded)))
+                Ok(Placed::New(Box::new(SagaState::fold(&order_id, &recorded))))
             })
             .await
     }
