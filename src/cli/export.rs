@@ -333,6 +333,8 @@ impl<'a> Plan<'a> {
             ("SHOP_PEERS".into(), self.peers.to_string()),
             // Inside a container only: the platform's network is the boundary there.
             ("SHOP_BIND".into(), "0.0.0.0".into()),
+            // As under `shop up`: commit allocator memory on use (see the supervisor).
+            ("MIMALLOC_ARENA_EAGER_COMMIT".into(), "0".into()),
         ]
     }
 
