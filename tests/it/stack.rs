@@ -342,3 +342,46 @@ async fn an_external_command_joins_the_stack_and_is_health_checked() {
     let found: Value = reqwest::get(format!("http://{registry}/v1/services/web")).await.unwrap().json().await.unwrap();
     assert_eq!(found[0]["address"], addr.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreground_up_streams_logs_and_ctrl_c_stops_everything() {
+    use std::io::BufRead;
+    let p = Project::new("");
+    let mut child = Command::new(BIN)
+        .current_dir(p.dir.path())
+        .arg("up")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // stderr says when start-up is over and the logs start.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("streaming logs")) {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("start-up finished");
+        seen.push(line);
+    }
+    assert!(seen.iter().any(|l| l.contains("7 instances healthy")), "{seen:?}");
+    let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 7);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let stdout = {
+        let mut s = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut s).unwrap();
+        s
+    };
+    let prefixed = stdout.lines().any(|l| l.starts_with("registry") && l.contains(" | INFO"));
+    assert!(stdout.contains("SERVICE") && prefixed, "table and prefixed logs: {stdout}");
+    assert!(pids.iter().all(|pid| !alive(*pid)), "a child outlived Ctrl-C");
+    assert!(!p.state().join(".shop/supervisor.json").exists());
+}
