@@ -18,6 +18,7 @@ pub fn run(args: Args, verbose: u8, quiet: bool) -> anyhow::Result<i32> {
         instance: args.serve.instance.clone().unwrap_or_else(|| args.service.name().into()),
     };
     crate::plumbing::logging::init(verbose, quiet, Some(origin));
+    raise_open_files_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // Seven processes with a worker per core each oversubscribe a laptop: the order service and
     // the gateway carry most of the work, the others do as well with one worker and cost fewer
@@ -32,4 +33,15 @@ pub fn run(args: Args, verbose: u8, quiet: bool) -> anyhow::Result<i32> {
     let runtime = builder.enable_all().build()?;
     runtime.block_on(services::serve(args.service, args.serve))?;
     Ok(super::exit::OK)
+}
+
+/// Raises the soft limit on open files to the hard one: many shells start processes at 1024,
+/// which a service with a thousand idle clients would reach.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
