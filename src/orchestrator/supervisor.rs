@@ -245,6 +245,17 @@ impl Supervisor {
         Ok(out)
     }
 
+    /// A start asked for by the user begins a fresh crash count (and a restart is counted).
+    fn fresh_start(&self, services: &[String], count_restart: bool) {
+        let mut inner = self.lock();
+        for inst in inner.instances.iter_mut().filter(|i| services.contains(&i.service)) {
+            inst.consecutive = 0;
+            if count_restart {
+                inst.restarts += 1;
+            }
+        }
+    }
+
     /// Starts `services` (already resolved) in dependency order, registry first; what runs
     /// already is left alone. Services whose dependency failed are marked skipped.
     pub async fn up(self: &Arc<Self>, services: Vec<String>) {
@@ -857,11 +868,7 @@ async fn api_start(
 ) -> Result<Json<Status>, ApiError> {
     authorize(&sup, &headers)?;
     let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
-    for s in &services {
-        for idx in sup.instances_of(s) {
-            sup.lock().instances[idx].consecutive = 0;
-        }
-    }
+    sup.fresh_start(&services, false);
     sup.up(services).await;
     Ok(Json(sup.status()))
 }
@@ -874,13 +881,7 @@ async fn api_restart(
     authorize(&sup, &headers)?;
     let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
     sup.stop(&services, Duration::from_millis(n.timeout_ms.unwrap_or(10_000)), "stopped").await;
-    for s in &services {
-        for idx in sup.instances_of(s) {
-            let mut inner = sup.lock();
-            inner.instances[idx].restarts += 1;
-            inner.instances[idx].consecutive = 0;
-        }
-    }
+    sup.fresh_start(&services, true);
     sup.up(services).await;
     Ok(Json(sup.status()))
 }

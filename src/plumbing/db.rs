@@ -132,12 +132,9 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: PlainJob = Box::new(move |conn| {
-            let _ = tx.send(f(conn).map_err(DbError::from));
-        });
+        let (job, answer) = plain_job(f);
         self.writer.send(Job::Plain(job)).map_err(|_| DbError::Task("the database thread is gone".into()))?;
-        rx.await.map_err(|_| DbError::Task("the database thread dropped a call".into()))?
+        answer.await.map_err(|_| DbError::Task("the database thread dropped a call".into()))?
     }
 
     /// Runs `f` on a read-only connection; it sees what was committed before it started.
@@ -146,13 +143,10 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: PlainJob = Box::new(move |conn| {
-            let _ = tx.send(f(conn).map_err(DbError::from));
-        });
+        let (job, answer) = plain_job(f);
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         self.readers[i].send(job).map_err(|_| DbError::Task("the database thread is gone".into()))?;
-        rx.await.map_err(|_| DbError::Task("the database thread dropped a call".into()))?
+        answer.await.map_err(|_| DbError::Task("the database thread dropped a call".into()))?
     }
 
     /// Runs `f` inside a transaction: all of it is committed or none, and the result comes
@@ -179,6 +173,20 @@ impl Db {
         self.writer.send(Job::Tx(job)).map_err(|_| DbError::Task("the database thread is gone".into()))?;
         rx.await.map_err(|_| DbError::Task("the database thread dropped a call".into()))?
     }
+}
+
+/// Wraps `f` as a job for a database thread, with the receiver its result arrives on.
+#[allow(clippy::type_complexity)]
+fn plain_job<T, F>(f: F) -> (PlainJob, oneshot::Receiver<Result<T, DbError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: PlainJob = Box::new(move |conn| {
+        let _ = tx.send(f(conn).map_err(DbError::from));
+    });
+    (job, rx)
 }
 
 fn open_writer(path: &Path, migrations: &[&str]) -> Result<Connection, DbError> {
