@@ -727,6 +727,11 @@ impl Supervisor {
         let mut inner = self.lock();
         inner.stopping = true;
         for i in inner.instances.iter_mut() {
+            // A graceful stop in progress owns some processes already: their groups are killed
+            // by pid, which also ends that stop's wait at once.
+            if let Some(pid) = i.pid {
+                launcher::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
             if let Some(mut p) = i.proc.take() {
                 p.kill();
             }

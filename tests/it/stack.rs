@@ -385,3 +385,49 @@ async fn a_foreground_up_streams_logs_and_ctrl_c_stops_everything() {
     assert!(pids.iter().all(|pid| !alive(*pid)), "a child outlived Ctrl-C");
     assert!(!p.state().join(".shop/supervisor.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_ctrl_c_kills_at_once_what_a_graceful_stop_is_still_waiting_for() {
+    use std::io::BufRead;
+    // A service that ignores SIGTERM: a graceful stop would wait the whole --timeout for it.
+    let extra = "  stubborn:
+    command: [python3, -c, \"import signal, sys, http.server as h; signal.signal(signal.SIGTERM, signal.SIG_IGN); h.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), h.SimpleHTTPRequestHandler).serve_forever()\", \"{port}\"]
+    health: { path: / }
+";
+    let p = Project::new(extra);
+    let mut child = Command::new(BIN)
+        .current_dir(p.dir.path())
+        .args(["up", "--timeout", "60s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("start-up finished");
+        if line.contains("streaming logs") {
+            break;
+        }
+    }
+    let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let stopping =
+        eventually(Duration::from_secs(5), async || rx.try_iter().any(|l| l.contains("Ctrl-C again to kill"))).await;
+    assert!(stopping, "no graceful stop began");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    child.wait().unwrap();
+    assert!(second.elapsed() < Duration::from_secs(5), "the second Ctrl-C took {:?}", second.elapsed());
+    let gone = eventually(Duration::from_secs(3), async || pids.iter().all(|pid| !alive(*pid))).await;
+    assert!(gone, "a child outlived the second Ctrl-C");
+}
