@@ -44,6 +44,12 @@ async fn timed_get(url: &str) -> (u16, Duration) {
     (status, t.elapsed())
 }
 
+/// The order service's `/admin/breakers` document.
+async fn breakers(http: &reqwest::Client, order: &str, p: &Project) -> Value {
+    let resp = http.get(format!("http://{order}/admin/breakers")).header("x-shop-secret", secret(p)).send().await;
+    resp.unwrap().json().await.unwrap()
+}
+
 fn secret(p: &Project) -> String {
     std::fs::read_to_string(p.dir.path().join(".shop/secret")).unwrap()
 }
@@ -121,15 +127,7 @@ async fn orders_placed_while_payment_is_killed_all_confirm_after_clear_with_one_
     let order = addr(&p, "order");
     let http = reqwest::Client::new();
     let opened = eventually(Duration::from_secs(10), async || {
-        let v: Value = http
-            .get(format!("http://{order}/admin/breakers"))
-            .header("x-shop-secret", secret(&p))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = breakers(&http, &order, &p).await;
         v["transitions"].as_array().unwrap().iter().any(|t| t["dependency"] == "payment" && t["to"] == "open")
     })
     .await;
@@ -142,15 +140,7 @@ async fn orders_placed_while_payment_is_killed_all_confirm_after_clear_with_one_
         .await;
         assert!(done, "{id} did not confirm: {}", String::from_utf8_lossy(&p.shop(&["inspect", "order", id]).stdout));
     }
-    let v: Value = http
-        .get(format!("http://{order}/admin/breakers"))
-        .header("x-shop-secret", secret(&p))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = breakers(&http, &order, &p).await;
     let to: Vec<&str> = v["transitions"]
         .as_array()
         .unwrap()

@@ -345,30 +345,8 @@ async fn an_external_command_joins_the_stack_and_is_health_checked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_foreground_up_streams_logs_and_ctrl_c_stops_everything() {
-    use std::io::BufRead;
     let p = Project::new("");
-    let mut child = Command::new(BIN)
-        .current_dir(p.dir.path())
-        .arg("up")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // stderr says when start-up is over and the logs start.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("streaming logs")) {
-        let line =
-            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("start-up finished");
-        seen.push(line);
-    }
+    let (mut child, seen, _rx) = foreground_up(&p, &[], std::process::Stdio::piped());
     assert!(seen.iter().any(|l| l.contains("7 instances healthy")), "{seen:?}");
     let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
     assert_eq!(pids.len(), 7);
@@ -388,35 +366,13 @@ async fn a_foreground_up_streams_logs_and_ctrl_c_stops_everything() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_ctrl_c_kills_at_once_what_a_graceful_stop_is_still_waiting_for() {
-    use std::io::BufRead;
     // A service that ignores SIGTERM: a graceful stop would wait the whole --timeout for it.
     let extra = "  stubborn:
     command: [python3, -c, \"import signal, sys, http.server as h; signal.signal(signal.SIGTERM, signal.SIG_IGN); h.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), h.SimpleHTTPRequestHandler).serve_forever()\", \"{port}\"]
     health: { path: / }
 ";
     let p = Project::new(extra);
-    let mut child = Command::new(BIN)
-        .current_dir(p.dir.path())
-        .args(["up", "--timeout", "60s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let line =
-            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("start-up finished");
-        if line.contains("streaming logs") {
-            break;
-        }
-    }
+    let (mut child, _, rx) = foreground_up(&p, &["--timeout", "60s"], std::process::Stdio::null());
     let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
@@ -430,4 +386,37 @@ async fn a_second_ctrl_c_kills_at_once_what_a_graceful_stop_is_still_waiting_for
     assert!(second.elapsed() < Duration::from_secs(5), "the second Ctrl-C took {:?}", second.elapsed());
     let gone = eventually(Duration::from_secs(3), async || pids.iter().all(|pid| !alive(*pid))).await;
     assert!(gone, "a child outlived the second Ctrl-C");
+}
+
+/// `shop up ARGS` in the foreground, waited on until start-up is over ("streaming logs"); the
+/// child, its stderr lines so far, and a receiver for the lines that follow.
+fn foreground_up(
+    p: &Project,
+    args: &[&str],
+    stdout: std::process::Stdio,
+) -> (std::process::Child, Vec<String>, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .current_dir(p.dir.path())
+        .arg("up")
+        .args(args)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("streaming logs")) {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).expect("start-up finished");
+        seen.push(line);
+    }
+    (child, seen, rx)
 }
