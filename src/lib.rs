@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line; one module per command
+//! - [`error`]: `Failure` and the exit codes, used by every layer
 //! - [`orchestrator`]: starting and supervising service processes
 //! - [`services`]: the seven services, one module each
 //! - [`plumbing`]: what the services share (HTTP bootstrap, SQLite, discovery, client, metrics)
@@ -9,6 +10,7 @@
 //! - [`fixtures`]: seed users and products
 
 pub mod cli;
+pub mod error;
 pub mod fixtures;
 pub mod invariants;
 pub mod orchestrator;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{exit, Cli, Failure};
+use super::{Cli, Failure};
 use crate::orchestrator::stackfile::Stack;
 use crate::orchestrator::state_dir::StateDir;
 
@@ -28,19 +28,15 @@ impl Context {
         Stack::load(&self.file).map_err(|e| {
             if e.problems.iter().any(|p| p.line == 0) {
                 // The file could not be read at all: one line says so.
-                return Failure { code: exit::USAGE, message: e.to_string() }.into();
+                return Failure::usage(e.to_string());
             }
             eprintln!("{e}");
             let n = e.problems.len();
-            Failure {
-                code: exit::USAGE,
-                message: format!(
-                    "`{}` is invalid ({n} problem{}); fix it and run again",
-                    self.file.display(),
-                    if n == 1 { "" } else { "s" }
-                ),
-            }
-            .into()
+            Failure::usage(format!(
+                "`{}` is invalid ({n} problem{}); fix it and run again",
+                self.file.display(),
+                if n == 1 { "" } else { "s" }
+            ))
         })
     }
 
@@ -49,11 +45,10 @@ impl Context {
     pub fn databases(&self, stack: &Stack) -> anyhow::Result<crate::invariants::Databases> {
         let dbs = crate::invariants::Databases::of_stack(stack, &self.state_dir()).map_err(Failure::usage)?;
         if let Some(path) = dbs.missing() {
-            return Err(Failure {
-                code: exit::RUNTIME,
-                message: format!("no database at `{}`; has the stack run? start it with `shop up -d`", path.display()),
-            }
-            .into());
+            return Err(Failure::runtime(format!(
+                "no database at `{}`; has the stack run? start it with `shop up -d`",
+                path.display()
+            )));
         }
         Ok(dbs)
     }

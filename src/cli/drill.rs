@@ -725,7 +725,7 @@ async fn drive(load: &mut Load, interrupts: &mut Signal) -> anyhow::Result<()> {
 }
 
 fn interrupted() -> anyhow::Error {
-    Failure { code: exit::RUNTIME, message: "interrupted; the drill's faults were cleared".into() }.into()
+    Failure::runtime("interrupted; the drill's faults were cleared")
 }
 
 /// Applies each fault at its offset, in time order, until the load ends (`stop`); faults

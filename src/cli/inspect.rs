@@ -76,18 +76,13 @@ impl Live {
             match self.http.get(format!("http://{addr}{path}")).timeout(Duration::from_secs(5)).send().await {
                 Ok(r) if r.status().is_success() => return Ok(r.json().await?),
                 Ok(r) if r.status() == 404 => {
-                    return Err(Failure {
-                        code: exit::RUNTIME,
-                        message: format!("not found: {path} on `{}`", kind.name()),
-                    }
-                    .into())
+                    return Err(Failure::runtime(format!("not found: {path} on `{}`", kind.name())))
                 }
                 Ok(r) => last = format!("{addr} answered {}", r.status()),
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
-        Err(Failure { code: exit::RUNTIME, message: format!("cannot read {path} from `{}`: {last}", kind.name()) }
-            .into())
+        Err(Failure::runtime(format!("cannot read {path} from `{}`: {last}", kind.name())))
     }
 
     /// Every span of `trace_id` held by any running instance.
@@ -124,8 +119,7 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
     let live = Live::connect(ctx).await?;
     let mut order = live.get(Kind::Order, &format!("/v1/orders/{id}?events=true")).await.map_err(|e| {
         if e.to_string().starts_with("not found") {
-            Failure { code: exit::RUNTIME, message: format!("no order `{id}`; `shop order list` shows the newest") }
-                .into()
+            Failure::runtime(format!("no order `{id}`; `shop order list` shows the newest"))
         } else {
             e
         }
@@ -197,11 +191,7 @@ async fn trace(ctx: &Context, trace_id: &str) -> anyhow::Result<i32> {
     let live = Live::connect(ctx).await?;
     let spans = live.spans(trace_id).await;
     if spans.is_empty() {
-        return Err(Failure {
-            code: exit::RUNTIME,
-            message: format!("no spans of trace `{trace_id}` in any running service"),
-        }
-        .into());
+        return Err(Failure::runtime(format!("no spans of trace `{trace_id}` in any running service")));
     }
     if ctx.json {
         output::print_json(&TraceDoc { trace_id, spans: &spans });

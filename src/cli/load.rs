@@ -393,11 +393,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
             Some(()) = interrupts.recv() => {
                 if interrupted {
                     load.abort();
-                    return Err(Failure {
-                        code: exit::RUNTIME,
-                        message: "interrupted; the orders in flight were not waited for".into(),
-                    }
-                    .into());
+                    return Err(Failure::runtime("interrupted; the orders in flight were not waited for"));
                 }
                 interrupted = true;
                 load.stop();
@@ -415,14 +411,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     }
     if summary.orders > 0 && summary.errors == summary.orders {
         let kinds: Vec<String> = summary.errors_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-        return Err(Failure {
-            code: exit::RUNTIME,
-            message: format!(
-                "every order failed with an error ({}); check the stack with `shop ps` and `shop logs gateway`",
-                kinds.join(", ")
-            ),
-        }
-        .into());
+        return Err(Failure::runtime(format!(
+            "every order failed with an error ({}); check the stack with `shop ps` and `shop logs gateway`",
+            kinds.join(", ")
+        )));
     }
     Ok(exit::OK)
 }

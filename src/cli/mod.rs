@@ -21,27 +21,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes of every command.
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const RUNTIME: i32 = 1;
-    pub const USAGE: i32 = 2;
-    pub const REJECTED: i32 = 3;
-}
-
-/// An error that carries its exit code; anything else exits 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn usage(message: impl Into<String>) -> anyhow::Error {
-        Failure { code: exit::USAGE, message: message.into() }.into()
-    }
-}
+pub use crate::error::{exit, Failure};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -136,7 +116,7 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let code = e.downcast_ref::<Failure>().map(|f| f.code).unwrap_or(exit::RUNTIME);
+            let code = Failure::code_of(&e);
             eprintln!("error: {e:#}");
             code
         }

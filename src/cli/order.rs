@@ -104,11 +104,10 @@ async fn place(ctx: &Context, args: PlaceArgs) -> anyhow::Result<i32> {
             (400 | 401 | 413 | 422, _) => exit::USAGE,
             _ => exit::RUNTIME,
         };
-        return Err(Failure {
-            code: exit_code,
-            message: format!("the gateway refused the order ({status} {code}): {message}"),
-        }
-        .into());
+        return Err(Failure::with_code(
+            exit_code,
+            format!("the gateway refused the order ({status} {code}): {message}"),
+        ));
     }
     show_order(ctx, &value);
     match value["status"].as_str() {
@@ -157,11 +156,7 @@ async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<i32> {
             return Ok(exit::OK);
         }
     }
-    Err(Failure {
-        code: exit::RUNTIME,
-        message: format!("no order `{}` for any fixture user; `shop order list` shows them", args.id),
-    }
-    .into())
+    Err(Failure::runtime(format!("no order `{}` for any fixture user; `shop order list` shows them", args.id)))
 }
 
 async fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<i32> {

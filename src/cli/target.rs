@@ -2,7 +2,7 @@
 //! that drive traffic (`shop order`, `shop load`).
 
 use super::context::Context;
-use super::{exit, Failure};
+use super::Failure;
 use crate::orchestrator::control::Control;
 use crate::orchestrator::stackfile::{Program, Stack};
 use crate::services::Kind;
@@ -46,15 +46,11 @@ impl Target {
 
     /// The error for a gateway that does not answer, naming the address tried.
     pub fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
-        Failure {
-            code: exit::RUNTIME,
-            message: format!(
-                "cannot reach the gateway at {} ({}); is the stack running? start it with `shop up -d`",
-                self.gateway,
-                root(e)
-            ),
-        }
-        .into()
+        Failure::runtime(format!(
+            "cannot reach the gateway at {} ({}); is the stack running? start it with `shop up -d`",
+            self.gateway,
+            root(e)
+        ))
     }
 }
 
@@ -82,11 +78,7 @@ async fn gateway_of(ctx: &Context, stack: &Stack) -> anyhow::Result<String> {
     }
     let port = stack.services.iter().find(|s| gateways.contains(&s.name.as_str())).map(|s| s.port).unwrap_or(8080);
     if port == 0 {
-        return Err(Failure {
-            code: exit::RUNTIME,
-            message: "no stack is running and the gateway has no fixed port; start the stack with `shop up -d` or pass --gateway URL".into(),
-        }
-        .into());
+        return Err(Failure::runtime("no stack is running and the gateway has no fixed port; start the stack with `shop up -d` or pass --gateway URL"));
     }
     Ok(format!("http://127.0.0.1:{port}"))
 }

@@ -72,7 +72,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     }
 
     if args.detach {
-        crate::orchestrator::ports::check_stack(&stack).map_err(|message| Failure { code: exit::RUNTIME, message })?;
+        crate::orchestrator::ports::check_stack(&stack).map_err(Failure::runtime)?;
         let control = spawn_supervisor(ctx, &dir, &args).await?;
         return watch(ctx, &Source::Remote(control), &args, &dir, started).await;
     }

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::state_dir::{StateDir, SupervisorRecord};
 use super::supervisor::Status;
-use crate::cli::Failure;
+use crate::error::Failure;
 
 pub struct Control {
     http: reqwest::Client,
@@ -32,10 +32,7 @@ impl Control {
     /// Like [`connect`](Self::connect), but "not running" is an error that says what to do.
     pub fn require(dir: &StateDir) -> anyhow::Result<Control> {
         Control::connect(dir).ok_or_else(|| {
-            anyhow::Error::from(Failure {
-                code: crate::cli::exit::RUNTIME,
-                message: format!("no stack is running from `{}`; start one with `shop up -d`", dir.root.display()),
-            })
+            Failure::runtime(format!("no stack is running from `{}`; start one with `shop up -d`", dir.root.display()))
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::stackfile::Stack;
 use super::state_dir::StateDir;
 use super::supervisor::Supervisor;
-use crate::cli::{exit, Failure};
+use crate::error::Failure;
 
 /// A supervisor that is serving its control API and starting its services.
 pub struct Running {
@@ -21,7 +21,7 @@ pub async fn launch(stack: Stack, dir: StateDir, services: &[String], no_deps: b
     let secret = dir.secret()?;
     let sup = Supervisor::new(stack, dir.clone(), secret)?;
     let targets = sup.resolve(services, !no_deps).map_err(Failure::usage)?;
-    super::ports::check_stack(&sup.stack).map_err(|message| Failure { code: exit::RUNTIME, message })?;
+    super::ports::check_stack(&sup.stack).map_err(Failure::runtime)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control = listener.local_addr()?;
     let app = sup.control_api();
