@@ -4,9 +4,7 @@
 # answer that contradicts the document. A fixed seed keeps CI runs repeatable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v st >/dev/null; then
-    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check schemathesis
-fi
+.ci/deps.sh
 bin="${SHOP_BIN:-target/debug/shop}"
 work="$(mktemp -d)"
 # The shipped topology on free ports, with fixtures by absolute path.
