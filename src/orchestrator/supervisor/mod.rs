@@ -37,56 +37,56 @@ pub use super::protocol::{PsRow, Status};
 /// The name the registry runs under in `ps` and in the logs.
 pub const REGISTRY: &str = "registry";
 
-pub(super) struct Instance {
+struct Instance {
     /// Index into `stack.services`, or `None` for the registry (see [`registry_spec`]).
-    pub(super) spec: Option<usize>,
-    pub(super) service: String,
-    pub(super) name: String,
-    pub(super) state: InstanceState,
-    pub(super) proc: Option<ServiceProcess>,
-    pub(super) pid: Option<u32>,
-    pub(super) address: Option<SocketAddr>,
+    spec: Option<usize>,
+    service: String,
+    name: String,
+    state: InstanceState,
+    proc: Option<ServiceProcess>,
+    pid: Option<u32>,
+    address: Option<SocketAddr>,
     /// A port chosen once and kept across restarts (the registry's, an external program's).
-    pub(super) pinned_port: Option<u16>,
-    pub(super) restarts: u32,
+    pinned_port: Option<u16>,
+    restarts: u32,
     /// Crashes since the last healthy spell: drives backoff and `max_restarts`.
-    pub(super) consecutive: u32,
+    consecutive: u32,
     /// The wait before the last automatic restart, which the next one doubles.
-    pub(super) last_backoff: Option<Duration>,
-    pub(super) started: Option<Instant>,
-    pub(super) healthy_since: Option<Instant>,
-    pub(super) next_restart: Option<Instant>,
+    last_backoff: Option<Duration>,
+    started: Option<Instant>,
+    healthy_since: Option<Instant>,
+    next_restart: Option<Instant>,
     /// Bumped at every start, so tasks of an older incarnation stop touching it.
-    pub(super) generation: u64,
-    pub(super) detail: Option<String>,
+    generation: u64,
+    detail: Option<String>,
 }
 
 impl Instance {
     /// A user-asked start (or healthy spell) begins a fresh crash history.
-    pub(super) fn forget_crashes(&mut self) {
+    fn forget_crashes(&mut self) {
         self.consecutive = 0;
         self.last_backoff = None;
     }
 }
 
-pub(super) struct Inner {
-    pub(super) instances: Vec<Instance>,
+struct Inner {
+    instances: Vec<Instance>,
     /// Faults set by `shop chaos`, until they expire or are cleared.
-    pub(super) chaos: Vec<chaos::ActiveFault>,
+    chaos: Vec<chaos::ActiveFault>,
     /// The registry's address once it runs; every other service is told it.
-    pub(super) registry: Option<SocketAddr>,
+    registry: Option<SocketAddr>,
     /// Start-ups in progress.
     starting: usize,
-    pub(super) stopping: bool,
+    stopping: bool,
 }
 
 pub struct Supervisor {
     pub stack: Stack,
     pub dir: StateDir,
-    pub(super) secret: String,
+    secret: String,
     /// The `shop` binary, which every built-in service runs as `shop serve KIND`.
     binary: PathBuf,
-    pub(super) http: reqwest::Client,
+    http: reqwest::Client,
     spawner: Spawner,
     /// The registry as if the stack file listed it, so it is started and restarted like any
     /// other service.
@@ -159,18 +159,18 @@ impl Supervisor {
         }))
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The spec instance `idx` runs: its stack file entry, or the registry's.
-    pub(super) fn spec(&self, idx: usize) -> &ServiceSpec {
+    fn spec(&self, idx: usize) -> &ServiceSpec {
         let inner = self.lock();
         self.spec_of(&inner.instances[idx])
     }
 
     /// [`spec`](Self::spec) for an instance already in hand (under the lock).
-    pub(super) fn spec_of(&self, inst: &Instance) -> &ServiceSpec {
+    fn spec_of(&self, inst: &Instance) -> &ServiceSpec {
         inst.spec.map_or(&self.registry_spec, |s| &self.stack.services[s])
     }
 
@@ -213,7 +213,7 @@ impl Supervisor {
     }
 
     /// A start asked for by the user begins a fresh crash count (and a restart is counted).
-    pub(super) fn fresh_start(&self, services: &[String], count_restart: bool) {
+    fn fresh_start(&self, services: &[String], count_restart: bool) {
         let mut inner = self.lock();
         for inst in inner.instances.iter_mut().filter(|i| services.contains(&i.service)) {
             inst.forget_crashes();
@@ -271,7 +271,7 @@ impl Supervisor {
         all.peek().is_some() && all.all(|i| i.state == InstanceState::Healthy)
     }
 
-    pub(super) fn instances_of(&self, service: &str) -> Vec<usize> {
+    fn instances_of(&self, service: &str) -> Vec<usize> {
         self.lock().instances.iter().enumerate().filter(|(_, i)| i.service == service).map(|(n, _)| n).collect()
     }
 
@@ -356,7 +356,7 @@ fn registry_spec(stack: &Stack) -> ServiceSpec {
 }
 
 /// Appends a line to an instance's log, in the JSON-lines shape the services use.
-pub(super) fn log_line(path: &std::path::Path, message: &str) {
+fn log_line(path: &std::path::Path, message: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let line = serde_json::json!({
