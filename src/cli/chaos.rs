@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::context::Context;
 use super::{exit, output};
-use crate::orchestrator::chaos::{ChaosRequest, FaultRow};
 use crate::orchestrator::control::Control;
+use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow};
 use crate::plumbing::time::parse_duration;
 
 #[derive(clap::Subcommand, Debug)]
@@ -85,16 +85,12 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
     let control = Control::require(&ctx.state_dir())?;
     let request = match command {
         ChaosCommand::List => {
-            let rows: Vec<FaultRow> = control.get_json("/v1/chaos").await?;
+            let rows = control.chaos_list().await?;
             print_rows(ctx, &rows);
             return Ok(exit::OK);
         }
         ChaosCommand::Clear { target } => {
-            let rows: Vec<FaultRow> = control
-                .post("/v1/chaos/clear", serde_json::json!({"target": target}), Duration::from_secs(30))
-                .await?
-                .json()
-                .await?;
+            let rows = control.chaos_clear(target.clone()).await?;
             if !ctx.quiet && !ctx.json {
                 eprintln!("cleared faults{}", target.map(|t| format!(" on `{t}`")).unwrap_or_default());
             }
@@ -102,7 +98,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             return Ok(exit::OK);
         }
         ChaosCommand::Kill { target, signal, for_, restart } => ChaosRequest {
-            action: "kill".into(),
+            action: ChaosAction::Kill,
             target,
             signal: Some(signal),
             for_ms: ms(for_),
@@ -110,11 +106,11 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             ..Default::default()
         },
         ChaosCommand::Pause { target, for_ } => {
-            ChaosRequest { action: "pause".into(), target, for_ms: ms(for_), ..Default::default() }
+            ChaosRequest { action: ChaosAction::Pause, target, for_ms: ms(for_), ..Default::default() }
         }
-        ChaosCommand::Resume { target } => ChaosRequest { action: "resume".into(), target, ..Default::default() },
+        ChaosCommand::Resume { target } => ChaosRequest { action: ChaosAction::Resume, target, ..Default::default() },
         ChaosCommand::Latency { target, delay, jitter, percent, for_, seed } => ChaosRequest {
-            action: "latency".into(),
+            action: ChaosAction::Latency,
             target,
             delay_ms: Some(delay.as_millis() as u64),
             jitter_ms: ms(jitter),
@@ -124,7 +120,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             ..Default::default()
         },
         ChaosCommand::Errors { target, status, percent, for_, seed } => ChaosRequest {
-            action: "errors".into(),
+            action: ChaosAction::Errors,
             target,
             status: Some(status),
             percent: Some(percent),
@@ -133,7 +129,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             ..Default::default()
         },
         ChaosCommand::Partition { a, b, for_ } => ChaosRequest {
-            action: "partition".into(),
+            action: ChaosAction::Partition,
             target: a,
             peer: Some(b),
             for_ms: ms(for_),
@@ -141,8 +137,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
         },
         ChaosCommand::Drill(_) => unreachable!("handled above"),
     };
-    let rows: Vec<FaultRow> =
-        control.post("/v1/chaos", serde_json::to_value(&request)?, Duration::from_secs(30)).await?.json().await?;
+    let rows = control.chaos(&request).await?;
     if !ctx.quiet && !ctx.json {
         eprintln!("{} {}: done", request.action, request.target);
     }

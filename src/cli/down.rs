@@ -23,9 +23,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         Some(control) => {
             let pid = control.record.pid;
             let started = Instant::now();
-            let body = serde_json::json!({"timeout_ms": args.timeout.as_millis() as u64});
             // The supervisor may exit before it answers; what counts is that it is gone.
-            let _ = control.post("/v1/down", body, args.timeout + Duration::from_secs(10)).await;
+            let _ = control.down(args.timeout, args.timeout + Duration::from_secs(10)).await;
             let deadline = Instant::now() + Duration::from_secs(5);
             while process_alive(pid) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -223,31 +223,14 @@ impl Unit<'_> {
         argv
     }
 
-    /// What the service is told besides the shared settings: the tuning the supervisor passes
-    /// from stack.yaml (as in `Supervisor::serve_command`), then the stack's `env:`.
+    /// What the service is told besides the shared settings: for an external program its
+    /// port, then what its stack file entry sets, exactly as under `shop up`.
     fn env(&self) -> Vec<(String, String)> {
-        let s = self.spec;
         let mut env = Vec::new();
         if let Role::External(_) = self.role {
             env.push(("PORT".to_string(), self.port.to_string()));
-        } else {
-            let cb = &s.client.circuit_breaker;
-            env.extend([
-                ("SHOP_CLIENT_TIMEOUT".to_string(), duration(s.client.timeout)),
-                ("SHOP_CLIENT_RETRIES".into(), s.client.retries.to_string()),
-                ("SHOP_BREAKER_THRESHOLD".into(), cb.failure_threshold.to_string()),
-                ("SHOP_BREAKER_OPEN_FOR".into(), duration(cb.open_for)),
-                ("SHOP_BREAKER_HALF_OPEN".into(), cb.half_open_requests.to_string()),
-            ]);
-            if let Some(t) = s.saga_timeout {
-                env.push(("SHOP_SAGA_TIMEOUT".into(), duration(t)));
-            }
-            if let Some(r) = &s.rate_limit {
-                env.push(("SHOP_RATE_PER_SECOND".into(), r.per_second.to_string()));
-                env.push(("SHOP_RATE_BURST".into(), r.burst.to_string()));
-            }
         }
-        env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(crate::orchestrator::env::service(self.spec));
         env
     }
 
@@ -333,8 +316,8 @@ impl<'a> Plan<'a> {
             ("SHOP_PEERS".into(), self.peers.to_string()),
             // Inside a container only: the platform's network is the boundary there.
             ("SHOP_BIND".into(), "0.0.0.0".into()),
-            // As under `shop up`: commit allocator memory on use (see the supervisor).
-            ("MIMALLOC_ARENA_EAGER_COMMIT".into(), "0".into()),
+            // As under `shop up`: commit allocator memory on use.
+            crate::orchestrator::env::allocator(),
         ]
     }
 

@@ -21,6 +21,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::orchestrator::protocol::ServiceAction;
+
 pub use crate::error::{exit, Failure};
 
 #[derive(Parser, Debug)]
@@ -157,9 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Down(args) => down::run(&ctx, args).await,
             Command::Ps => ps::run(&ctx).await,
             Command::Logs(args) => logs::run(&ctx, args).await,
-            Command::Start(args) => service_ctl::run(&ctx, "start", args).await,
-            Command::Stop(args) => service_ctl::run(&ctx, "stop", args).await,
-            Command::Restart(args) => service_ctl::run(&ctx, "restart", args).await,
+            Command::Start(args) => service_ctl::run(&ctx, ServiceAction::Start, args).await,
+            Command::Stop(args) => service_ctl::run(&ctx, ServiceAction::Stop, args).await,
+            Command::Restart(args) => service_ctl::run(&ctx, ServiceAction::Restart, args).await,
             Command::Load(args) => load::run(&ctx, args).await,
             Command::Smoke(args) => smoke::run(&ctx, args).await,
             Command::Export(command) => export::run(&ctx, command),

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
-use crate::orchestrator::supervisor::PsRow;
+use crate::orchestrator::protocol::PsRow;
 
 /// Colour only on a terminal, never with `NO_COLOR` set.
 pub fn color_stdout() -> bool {
@@ -42,7 +42,7 @@ pub fn ps_table(rows: &[PsRow]) -> Table {
             r.instance.clone(),
             r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.address.clone().unwrap_or_else(|| "-".into()),
-            r.state.clone(),
+            r.state.to_string(),
             r.restarts.to_string(),
             if r.uptime_s > 0 || r.pid.is_some() { uptime(r.uptime_s) } else { "-".into() },
             if r.faults.is_empty() { "-".into() } else { r.faults.join(", ") },

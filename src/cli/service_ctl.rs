@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::context::Context;
 use super::output;
 use crate::orchestrator::control::Control;
-use crate::orchestrator::supervisor::Status;
+use crate::orchestrator::protocol::{InstanceState, Names, ServiceAction};
 use crate::plumbing::time::parse_duration;
 
 #[derive(clap::Args, Debug)]
@@ -18,15 +18,17 @@ pub struct Args {
     pub timeout: Duration,
 }
 
-/// `action` is `start`, `stop` or `restart`.
-pub async fn run(ctx: &Context, action: &str, args: Args) -> anyhow::Result<i32> {
+pub async fn run(ctx: &Context, action: ServiceAction, args: Args) -> anyhow::Result<i32> {
     let control = Control::require(&ctx.state_dir())?;
-    let body = serde_json::json!({"services": args.services, "timeout_ms": args.timeout.as_millis() as u64});
+    let names =
+        Names { services: args.services.clone(), no_deps: false, timeout_ms: Some(args.timeout.as_millis() as u64) };
     let wait = args.timeout + Duration::from_secs(60);
-    let status: Status = control.post(&format!("/v1/{action}"), body, wait).await?.json().await?;
+    let status = control.service(action, &names, wait).await?;
     let rows: Vec<_> = status.rows.into_iter().filter(|r| args.services.contains(&r.service)).collect();
     output::print_ps(&rows, ctx.json);
-    let failed: Vec<_> = rows.iter().filter(|r| action != "stop" && r.state != "healthy").collect();
+    // A stop is done whatever state it leaves; a start or restart must end healthy.
+    let failed: Vec<_> =
+        rows.iter().filter(|r| action != ServiceAction::Stop && r.state != InstanceState::Healthy).collect();
     for r in &failed {
         eprintln!(
             "error: `{}` is {}{}",

@@ -4,6 +4,7 @@
 use super::context::Context;
 use super::Failure;
 use crate::orchestrator::control::Control;
+use crate::orchestrator::protocol::InstanceState;
 use crate::orchestrator::stackfile::{Program, Stack};
 use crate::services::Kind;
 
@@ -71,7 +72,7 @@ async fn gateway_of(ctx: &Context, stack: &Stack) -> anyhow::Result<String> {
         let status = control.status().await?;
         let mut rows: Vec<_> =
             status.rows.iter().filter(|r| gateways.contains(&r.service.as_str()) && r.address.is_some()).collect();
-        rows.sort_by_key(|r| r.state != "healthy");
+        rows.sort_by_key(|r| r.state != InstanceState::Healthy);
         if let Some(addr) = rows.first().and_then(|r| r.address.clone()) {
             return Ok(format!("http://{addr}"));
         }

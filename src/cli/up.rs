@@ -14,8 +14,9 @@ use super::context::Context;
 use super::{exit, output, Failure};
 use crate::orchestrator::control::Control;
 use crate::orchestrator::daemon;
+use crate::orchestrator::protocol::{InstanceState, Names, PsRow, Status};
 use crate::orchestrator::state_dir::{process_alive, StateDir};
-use crate::orchestrator::supervisor::{PsRow, Status, Supervisor};
+use crate::orchestrator::supervisor::Supervisor;
 use crate::plumbing::time::parse_duration;
 
 #[derive(clap::Args, Debug)]
@@ -58,8 +59,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
 
     if let Some(control) = Control::connect(&dir) {
         // Idempotent: the running supervisor starts only what is not running.
-        let body = serde_json::json!({"services": args.services, "no_deps": args.no_deps});
-        control.post("/v1/up", body, Duration::from_secs(10)).await?;
+        control.up(&Names { services: args.services.clone(), no_deps: args.no_deps, timeout_ms: None }).await?;
         let code = watch(ctx, &Source::Remote(control), &args, &dir, started).await?;
         if !args.detach {
             eprintln!(
@@ -170,8 +170,8 @@ async fn watch(ctx: &Context, source: &Source, args: &Args, dir: &StateDir, star
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     progress.finish();
-    let rows: Vec<PsRow> = status.rows.into_iter().filter(|r| r.state != "pending").collect();
-    let bad: Vec<&PsRow> = rows.iter().filter(|r| r.state != "healthy").collect();
+    let rows: Vec<PsRow> = status.rows.into_iter().filter(|r| r.state != InstanceState::Pending).collect();
+    let bad: Vec<&PsRow> = rows.iter().filter(|r| r.state != InstanceState::Healthy).collect();
     if ctx.json {
         output::print_json(&rows);
     } else {
@@ -181,13 +181,13 @@ async fn watch(ctx: &Context, source: &Source, args: &Args, dir: &StateDir, star
         eprintln!("{} instances healthy in {} ms", rows.len(), started.elapsed().as_millis());
     }
     for r in &bad {
-        match r.state.as_str() {
-            "skipped" => eprintln!(
+        match r.state {
+            InstanceState::Skipped => eprintln!(
                 "error: service `{}` was not started: {}",
                 r.instance,
                 r.detail.clone().unwrap_or_default().trim_start_matches("skipped: ")
             ),
-            "failed" | "crashed" => {
+            InstanceState::Failed | InstanceState::Crashed => {
                 eprintln!("error: service `{}` failed: {}", r.instance, r.detail.clone().unwrap_or_default());
                 let tail = crate::orchestrator::supervisor::tail_lines(&dir.log(&r.instance), 10);
                 if !tail.is_empty() {
@@ -235,11 +235,11 @@ impl Progress {
 
     fn update(&self, rows: &[PsRow]) {
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
-        for r in rows.iter().filter(|r| r.state != "pending") {
-            let label = match r.state.as_str() {
-                "starting" if r.address.is_some() => "waiting for health".to_string(),
-                "starting" => "starting".to_string(),
-                "healthy" => format!("healthy ({})", r.address.clone().unwrap_or_default()),
+        for r in rows.iter().filter(|r| r.state != InstanceState::Pending) {
+            let label = match r.state {
+                InstanceState::Starting if r.address.is_some() => "waiting for health".to_string(),
+                InstanceState::Starting => "starting".to_string(),
+                InstanceState::Healthy => format!("healthy ({})", r.address.clone().unwrap_or_default()),
                 other => format!("{other}{}", r.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()),
             };
             let entry = bars.entry(r.instance.clone()).or_insert_with(|| {
@@ -257,7 +257,10 @@ impl Progress {
                     eprintln!("{:<16} {label}", r.instance);
                 }
                 entry.0.set_message(label.clone());
-                if matches!(r.state.as_str(), "healthy" | "failed" | "skipped" | "crashed") {
+                if matches!(
+                    r.state,
+                    InstanceState::Healthy | InstanceState::Failed | InstanceState::Skipped | InstanceState::Crashed
+                ) {
                     entry.0.finish();
                 }
                 entry.1 = label;

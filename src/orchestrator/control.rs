@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::protocol::{ChaosRequest, ClearRequest, FaultRow, Names, ServiceAction, Status};
 use super::state_dir::{StateDir, SupervisorRecord};
-use super::supervisor::Status;
 use crate::error::Failure;
 
 pub struct Control {
@@ -41,6 +41,40 @@ impl Control {
         resp.json().await.context("unreadable answer from the supervisor")
     }
 
+    /// Starts `names.services` (with their dependencies unless `no_deps`) in the background.
+    pub async fn up(&self, names: &Names) -> anyhow::Result<()> {
+        self.post("/v1/up", names, Duration::from_secs(10)).await.map(drop)
+    }
+
+    /// Starts, stops or restarts services and waits for the outcome.
+    pub async fn service(&self, action: ServiceAction, names: &Names, timeout: Duration) -> anyhow::Result<Status> {
+        let resp = self.post(action.path(), names, timeout).await?;
+        resp.json().await.context("unreadable answer from the supervisor")
+    }
+
+    /// Asks the supervisor to stop the stack and exit.
+    pub async fn down(&self, grace: Duration, timeout: Duration) -> anyhow::Result<()> {
+        let names = Names { timeout_ms: Some(grace.as_millis() as u64), ..Names::default() };
+        self.post("/v1/down", &names, timeout).await.map(drop)
+    }
+
+    /// The active faults.
+    pub async fn chaos_list(&self) -> anyhow::Result<Vec<FaultRow>> {
+        self.get_json("/v1/chaos").await
+    }
+
+    /// Applies a fault; answers the faults active afterwards.
+    pub async fn chaos(&self, request: &ChaosRequest) -> anyhow::Result<Vec<FaultRow>> {
+        let resp = self.post("/v1/chaos", request, Duration::from_secs(30)).await?;
+        resp.json().await.context("unreadable answer from the supervisor")
+    }
+
+    /// Ends the faults on `target` (or all); answers the faults left.
+    pub async fn chaos_clear(&self, target: Option<String>) -> anyhow::Result<Vec<FaultRow>> {
+        let resp = self.post("/v1/chaos/clear", &ClearRequest { target }, Duration::from_secs(30)).await?;
+        resp.json().await.context("unreadable answer from the supervisor")
+    }
+
     /// GETs a JSON document from the control API.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self.send(reqwest::Method::GET, path, None, Duration::from_secs(5)).await?;
@@ -51,9 +85,10 @@ impl Control {
     pub async fn post(
         &self,
         path: &str,
-        body: serde_json::Value,
+        body: impl serde::Serialize,
         timeout: Duration,
     ) -> anyhow::Result<reqwest::Response> {
+        let body = serde_json::to_value(body).context("cannot encode a request to the supervisor")?;
         self.send(reqwest::Method::POST, path, Some(body), timeout).await
     }
 

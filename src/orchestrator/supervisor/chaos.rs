@@ -6,48 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::Json;
 use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
 
-use super::stackfile::Program;
-use super::supervisor::{authorize, Phase, Supervisor, REGISTRY};
-use crate::plumbing::error::ApiError;
+use super::Supervisor;
+use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow, InstanceState};
+use crate::orchestrator::stackfile::Program;
 use crate::plumbing::time::now_ms;
-
-/// What `shop chaos` asks the supervisor to do.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChaosRequest {
-    /// kill, pause, resume, latency, errors, partition
-    pub action: String,
-    /// A service (all its instances) or one instance.
-    pub target: String,
-    /// For partition: the other side.
-    #[serde(default)]
-    pub peer: Option<String>,
-    #[serde(default)]
-    pub delay_ms: Option<u64>,
-    #[serde(default)]
-    pub jitter_ms: Option<u64>,
-    #[serde(default)]
-    pub percent: Option<f64>,
-    #[serde(default)]
-    pub status: Option<u16>,
-    /// The fault ends by itself after this long.
-    #[serde(default)]
-    pub for_ms: Option<u64>,
-    /// kill: let the restart policy bring it back, as after a crash.
-    #[serde(default)]
-    pub restart: bool,
-    /// kill: `KILL` (default) or `TERM`.
-    #[serde(default)]
-    pub signal: Option<String>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-}
 
 #[derive(Clone, Debug)]
 pub enum FaultKind {
@@ -69,15 +33,6 @@ pub struct ActiveFault {
     pub until: Option<Instant>,
     pub until_ms: Option<i64>,
     pub seed: Option<u64>,
-}
-
-/// One row of `shop chaos list`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FaultRow {
-    pub service: String,
-    pub fault: String,
-    pub params: serde_json::Value,
-    pub expires_in_s: Option<f64>,
 }
 
 impl ActiveFault {
@@ -141,7 +96,7 @@ impl ActiveFault {
 }
 
 /// The FAULTS column of `ps` for instance `idx`.
-pub fn labels(chaos: &[ActiveFault], idx: usize, _service: &str) -> Vec<String> {
+pub fn labels(chaos: &[ActiveFault], idx: usize) -> Vec<String> {
     chaos
         .iter()
         .filter(|f| f.covers(idx))
@@ -210,8 +165,8 @@ impl Supervisor {
             until_ms,
             seed: req.seed,
         };
-        match req.action.as_str() {
-            "kill" => {
+        match req.action {
+            ChaosAction::Kill => {
                 let signal = match req.signal.as_deref().unwrap_or("KILL").trim_start_matches("SIG") {
                     "KILL" => Signal::SIGKILL,
                     "TERM" => Signal::SIGTERM,
@@ -223,29 +178,29 @@ impl Supervisor {
                     return Ok(self.chaos_rows());
                 }
             }
-            "pause" => {
-                self.signal_instances(&instances, Signal::SIGSTOP, Some(Phase::Paused));
+            ChaosAction::Pause => {
+                self.signal_instances(&instances, Signal::SIGSTOP, Some(InstanceState::Paused));
                 fault.kind = FaultKind::Pause;
             }
-            "resume" => {
+            ChaosAction::Resume => {
                 self.resume(&instances);
                 self.lock().chaos.retain(|f| {
                     !(matches!(f.kind, FaultKind::Pause) && f.instances.iter().all(|i| instances.contains(i)))
                 });
                 return Ok(self.chaos_rows());
             }
-            "latency" => {
+            ChaosAction::Latency => {
                 let delay_ms = req.delay_ms.ok_or("latency needs a delay, e.g. 200ms")?;
                 fault.kind = FaultKind::Latency { delay_ms, jitter_ms: req.jitter_ms.unwrap_or(0), percent };
             }
-            "errors" => {
+            ChaosAction::Errors => {
                 let status = req.status.unwrap_or(503);
                 if !(400..=599).contains(&status) {
                     return Err(format!("--status must be 400 to 599, got {status}"));
                 }
                 fault.kind = FaultKind::Errors { status, percent };
             }
-            "partition" => {
+            ChaosAction::Partition => {
                 let peer = req.peer.clone().ok_or("partition needs two services")?;
                 let (peer_instances, peer_service) = self.target_instances(&peer)?;
                 if peer_instances.iter().any(|i| instances.contains(i)) {
@@ -254,7 +209,6 @@ impl Supervisor {
                 fault.peer_instances = peer_instances;
                 fault.kind = FaultKind::Partition { peer_service: self.registry_name(&peer_service) };
             }
-            other => return Err(format!("unknown chaos action `{other}`")),
         }
         self.push(&fault).await?;
         {
@@ -278,7 +232,7 @@ impl Supervisor {
                 .instances
                 .iter()
                 .chain(fault.peer_instances.iter())
-                .filter(|i| inner.instances[**i].phase.running())
+                .filter(|i| inner.instances[**i].state.running())
                 .filter_map(|i| inner.instances[*i].address.map(|a| (*i, a.to_string())))
                 .collect()
         };
@@ -344,7 +298,7 @@ impl Supervisor {
                     let inst = &mut inner.instances[*idx];
                     inst.generation += 1;
                     inst.next_restart = None;
-                    inst.phase = Phase::Killed;
+                    inst.state = InstanceState::Killed;
                     inst.detail =
                         Some(format!("killed by shop chaos (SIG{})", signal.as_str().trim_start_matches("SIG")));
                     inst.proc.take()
@@ -364,14 +318,14 @@ impl Supervisor {
         .await;
     }
 
-    fn signal_instances(&self, instances: &[usize], signal: Signal, phase: Option<Phase>) {
+    fn signal_instances(&self, instances: &[usize], signal: Signal, state: Option<InstanceState>) {
         let mut inner = self.lock();
         for idx in instances {
             let inst = &mut inner.instances[*idx];
             if let Some(p) = &inst.proc {
                 p.signal(signal);
-                if let Some(phase) = phase {
-                    inst.phase = phase;
+                if let Some(state) = state {
+                    inst.state = state;
                 }
             }
         }
@@ -383,8 +337,8 @@ impl Supervisor {
             let inst = &mut inner.instances[*idx];
             if let Some(p) = &inst.proc {
                 p.signal(Signal::SIGCONT);
-                if inst.phase == Phase::Paused {
-                    inst.phase = Phase::Healthy;
+                if inst.state == InstanceState::Paused {
+                    inst.state = InstanceState::Healthy;
                     inst.healthy_since = Some(Instant::now());
                 }
             }
@@ -396,7 +350,7 @@ impl Supervisor {
         match fault.kind {
             FaultKind::Kill => {
                 for idx in fault.instances {
-                    let killed = self.lock().instances[idx].phase == Phase::Killed;
+                    let killed = self.lock().instances[idx].state == InstanceState::Killed;
                     if killed {
                         let me = self.clone();
                         tokio::spawn(async move { me.start_instance(idx).await });
@@ -432,7 +386,7 @@ impl Supervisor {
                 .instances
                 .iter()
                 .enumerate()
-                .filter(|(i, inst)| inst.phase == Phase::Paused && scope.as_ref().is_none_or(|s| s.contains(i)))
+                .filter(|(i, inst)| inst.state == InstanceState::Paused && scope.as_ref().is_none_or(|s| s.contains(i)))
                 .map(|(i, _)| i)
                 .collect()
         };
@@ -471,40 +425,4 @@ impl Supervisor {
             let _ = self.push(&only_me).await;
         }
     }
-}
-
-pub(super) async fn api_list(
-    State(sup): State<Arc<Supervisor>>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<FaultRow>>, ApiError> {
-    authorize(&sup, &headers)?;
-    Ok(Json(sup.chaos_rows()))
-}
-
-pub(super) async fn api_apply(
-    State(sup): State<Arc<Supervisor>>,
-    headers: HeaderMap,
-    crate::plumbing::error::JsonBody(req): crate::plumbing::error::JsonBody<ChaosRequest>,
-) -> Result<Json<Vec<FaultRow>>, ApiError> {
-    authorize(&sup, &headers)?;
-    if req.target == REGISTRY && !matches!(req.action.as_str(), "kill" | "pause" | "resume") {
-        return Err(ApiError::bad_request("the registry takes only kill, pause and resume"));
-    }
-    tracing::warn!(action = %req.action, target = %req.target, "chaos");
-    sup.apply_chaos(req).await.map(Json).map_err(ApiError::bad_request)
-}
-
-#[derive(Deserialize)]
-pub(super) struct ClearRequest {
-    #[serde(default)]
-    target: Option<String>,
-}
-
-pub(super) async fn api_clear(
-    State(sup): State<Arc<Supervisor>>,
-    headers: HeaderMap,
-    crate::plumbing::error::JsonBody(req): crate::plumbing::error::JsonBody<ClearRequest>,
-) -> Result<Json<Vec<FaultRow>>, ApiError> {
-    authorize(&sup, &headers)?;
-    sup.clear_chaos(req.target.as_deref()).await.map(Json).map_err(ApiError::bad_request)
 }

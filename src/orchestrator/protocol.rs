@@ -1,0 +1,282 @@
+//! The control API's messages: what the supervisor answers and what `shop` sends it. Both
+//! sides import these types, so a field renamed here is renamed for both.
+//!
+//! Routes (all need the `x-shop-secret` header):
+//! - `GET /v1/status` → [`Status`]
+//! - `POST /v1/up` [`Names`] → 202; `POST /v1/start|stop|restart` [`Names`] → [`Status`]
+//! - `POST /v1/down` [`Names`] (only `timeout_ms`) → 204
+//! - `GET /v1/chaos` → [`FaultRow`]s; `POST /v1/chaos` [`ChaosRequest`] → [`FaultRow`]s;
+//!   `POST /v1/chaos/clear` [`ClearRequest`] → [`FaultRow`]s
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What an instance is doing, as `shop ps` shows it (serialized as the lower-case name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Not started yet (a later layer of a start-up in progress, or never asked for).
+    Pending,
+    /// Forked; waiting for its address or its first healthy probe.
+    Starting,
+    Healthy,
+    /// Was healthy, then failed several probes in a row; still running.
+    Unhealthy,
+    /// Exited on its own; a restart may be due (see `detail`).
+    Crashed,
+    /// Stopped by `shop stop` or `down`.
+    Stopped,
+    /// Killed by `shop chaos kill` (or a second Ctrl-C).
+    Killed,
+    /// SIGSTOPped by `shop chaos pause`.
+    Paused,
+    /// Did not become healthy, or crashed more than `max_restarts` times.
+    Failed,
+    /// Not started because a dependency was not healthy.
+    Skipped,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Starting => "starting",
+            InstanceState::Healthy => "healthy",
+            InstanceState::Unhealthy => "unhealthy",
+            InstanceState::Crashed => "crashed",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Killed => "killed",
+            InstanceState::Paused => "paused",
+            InstanceState::Failed => "failed",
+            InstanceState::Skipped => "skipped",
+        }
+    }
+
+    /// Whether a process of this instance exists (it has a pid and an uptime).
+    pub fn running(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Starting | InstanceState::Healthy | InstanceState::Unhealthy | InstanceState::Paused
+        )
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lets code written when the state was a string (`r.state == "healthy"`) keep compiling
+/// while it moves to the variants.
+impl PartialEq<&str> for InstanceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// One row of `shop ps` (SPEC section 3), plus why an instance failed or was skipped.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PsRow {
+    pub service: String,
+    pub instance: String,
+    pub pid: Option<u32>,
+    pub address: Option<String>,
+    pub state: InstanceState,
+    pub restarts: u32,
+    pub uptime_s: u64,
+    pub faults: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What the control API reports: the rows, and whether a start-up is still running.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub starting: bool,
+    pub stopping: bool,
+    pub rows: Vec<PsRow>,
+}
+
+/// The body of `up`, `start`, `stop`, `restart` and `down`: which services, and how.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Names {
+    /// Service names; empty means all.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// `up`: start only these, not their dependencies.
+    #[serde(default)]
+    pub no_deps: bool,
+    /// Grace between SIGTERM and SIGKILL when stopping [default: 10 s].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `shop start | stop | restart`: which control API route a per-service command calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl ServiceAction {
+    /// The route, `/v1/start` and so on.
+    pub fn path(self) -> &'static str {
+        match self {
+            ServiceAction::Start => "/v1/start",
+            ServiceAction::Stop => "/v1/stop",
+            ServiceAction::Restart => "/v1/restart",
+        }
+    }
+}
+
+/// What `shop chaos` asks the supervisor to do (serialized as the lower-case name).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChaosAction {
+    #[default]
+    Kill,
+    Pause,
+    Resume,
+    Latency,
+    Errors,
+    Partition,
+}
+
+impl ChaosAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChaosAction::Kill => "kill",
+            ChaosAction::Pause => "pause",
+            ChaosAction::Resume => "resume",
+            ChaosAction::Latency => "latency",
+            ChaosAction::Errors => "errors",
+            ChaosAction::Partition => "partition",
+        }
+    }
+
+    /// Whether the supervisor does it to the process itself (the registry takes only these).
+    pub fn on_process(self) -> bool {
+        matches!(self, ChaosAction::Kill | ChaosAction::Pause | ChaosAction::Resume)
+    }
+}
+
+impl fmt::Display for ChaosAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ChaosAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ChaosAction, String> {
+        [
+            ChaosAction::Kill,
+            ChaosAction::Pause,
+            ChaosAction::Resume,
+            ChaosAction::Latency,
+            ChaosAction::Errors,
+            ChaosAction::Partition,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+        .ok_or_else(|| format!("unknown chaos action `{s}`"))
+    }
+}
+
+/// For code written when the action was a string (`action: "kill".into()`), until it names
+/// the variants. Such code only passes the literals above.
+impl From<&str> for ChaosAction {
+    fn from(s: &str) -> ChaosAction {
+        // Callers pass one of the six names as a literal (see `as_str`); anything else is a bug
+        // in the caller, not input.
+        s.parse().unwrap_or_else(|e: String| panic!("{e}"))
+    }
+}
+
+/// The body of `POST /v1/chaos`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosRequest {
+    pub action: ChaosAction,
+    /// A service (all its instances) or one instance.
+    pub target: String,
+    /// For partition: the other side.
+    #[serde(default)]
+    pub peer: Option<String>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub jitter_ms: Option<u64>,
+    #[serde(default)]
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The fault ends by itself after this long.
+    #[serde(default)]
+    pub for_ms: Option<u64>,
+    /// kill: let the restart policy bring it back, as after a crash.
+    #[serde(default)]
+    pub restart: bool,
+    /// kill: `KILL` (default) or `TERM`.
+    #[serde(default)]
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// The body of `POST /v1/chaos/clear`: one service's or instance's faults, or all.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClearRequest {
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// One row of `shop chaos list`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FaultRow {
+    pub service: String,
+    pub fault: String,
+    pub params: serde_json::Value,
+    pub expires_in_s: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_serialize_as_the_strings_ps_has_always_shown() {
+        for (state, text) in [
+            (InstanceState::Pending, "pending"),
+            (InstanceState::Starting, "starting"),
+            (InstanceState::Healthy, "healthy"),
+            (InstanceState::Unhealthy, "unhealthy"),
+            (InstanceState::Crashed, "crashed"),
+            (InstanceState::Stopped, "stopped"),
+            (InstanceState::Killed, "killed"),
+            (InstanceState::Paused, "paused"),
+            (InstanceState::Failed, "failed"),
+            (InstanceState::Skipped, "skipped"),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), serde_json::json!(text));
+            assert_eq!(state.to_string(), text);
+            assert_eq!(serde_json::from_value::<InstanceState>(serde_json::json!(text)).unwrap(), state);
+        }
+    }
+
+    #[test]
+    fn chaos_actions_serialize_as_their_names_and_parse_back() {
+        for action in ["kill", "pause", "resume", "latency", "errors", "partition"] {
+            let parsed: ChaosAction = action.parse().unwrap();
+            assert_eq!(serde_json::to_value(parsed).unwrap(), serde_json::json!(action));
+            assert_eq!(parsed.to_string(), action);
+        }
+        assert!("explode".parse::<ChaosAction>().is_err());
+        let body = r#"{"action":"explode","target":"order"}"#;
+        assert!(serde_json::from_str::<ChaosRequest>(body).is_err());
+    }
+}

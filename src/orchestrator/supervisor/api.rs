@@ -1,0 +1,119 @@
+//! The control API: the routes `shop` calls on a running supervisor (see
+//! [`protocol`](crate::orchestrator::protocol) for the messages). Every route needs the stack
+//! secret; bodies are read with [`JsonBody`], so a malformed one gets the usual error shape.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::{Supervisor, REGISTRY};
+use crate::orchestrator::protocol::{ChaosRequest, ClearRequest, FaultRow, Names, Status};
+use crate::plumbing::error::{ApiError, JsonBody};
+
+/// Grace between SIGTERM and SIGKILL when a request does not give `timeout_ms`.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+type Sup = State<Arc<Supervisor>>;
+
+impl Supervisor {
+    /// The control API's router, for `shop ps`, `stop`, `start`, `restart`, `down` and `chaos`;
+    /// the daemon serves it on a loopback port it records in the state dir.
+    pub fn control_api(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/status", get(status))
+            .route("/v1/up", post(up))
+            .route("/v1/stop", post(stop))
+            .route("/v1/start", post(start))
+            .route("/v1/restart", post(restart))
+            .route("/v1/down", post(down))
+            .route("/v1/chaos", get(chaos_list).post(chaos_apply))
+            .route("/v1/chaos/clear", post(chaos_clear))
+            .with_state(self.clone())
+    }
+}
+
+fn authorize(sup: &Supervisor, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers.get("x-shop-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if given.is_empty() || given != sup.secret {
+        return Err(ApiError::unauthorized("the stack secret is required (header x-shop-secret)"));
+    }
+    Ok(())
+}
+
+fn grace(n: &Names) -> Duration {
+    n.timeout_ms.map_or(DEFAULT_GRACE, Duration::from_millis)
+}
+
+async fn status(State(sup): Sup, headers: HeaderMap) -> Result<Json<Status>, ApiError> {
+    authorize(&sup, &headers)?;
+    Ok(Json(sup.status()))
+}
+
+async fn up(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<StatusCode, ApiError> {
+    authorize(&sup, &headers)?;
+    let services = sup.resolve(&n.services, !n.no_deps).map_err(ApiError::bad_request)?;
+    sup.spawn_up(services);
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn stop(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
+    authorize(&sup, &headers)?;
+    let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
+    sup.stop_services(&services, grace(&n)).await;
+    Ok(Json(sup.status()))
+}
+
+async fn start(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
+    authorize(&sup, &headers)?;
+    let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
+    sup.fresh_start(&services, false);
+    sup.up(services).await;
+    Ok(Json(sup.status()))
+}
+
+async fn restart(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
+    authorize(&sup, &headers)?;
+    let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
+    sup.stop_services(&services, grace(&n)).await;
+    sup.fresh_start(&services, true);
+    sup.up(services).await;
+    Ok(Json(sup.status()))
+}
+
+async fn down(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<StatusCode, ApiError> {
+    authorize(&sup, &headers)?;
+    sup.down(grace(&n)).await;
+    sup.shutdown.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn chaos_list(State(sup): Sup, headers: HeaderMap) -> Result<Json<Vec<FaultRow>>, ApiError> {
+    authorize(&sup, &headers)?;
+    Ok(Json(sup.chaos_rows()))
+}
+
+async fn chaos_apply(
+    State(sup): Sup,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ChaosRequest>,
+) -> Result<Json<Vec<FaultRow>>, ApiError> {
+    authorize(&sup, &headers)?;
+    if req.target == REGISTRY && !req.action.on_process() {
+        return Err(ApiError::bad_request("the registry takes only kill, pause and resume"));
+    }
+    tracing::warn!(action = %req.action, target = %req.target, "chaos");
+    sup.apply_chaos(req).await.map(Json).map_err(ApiError::bad_request)
+}
+
+async fn chaos_clear(
+    State(sup): Sup,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ClearRequest>,
+) -> Result<Json<Vec<FaultRow>>, ApiError> {
+    authorize(&sup, &headers)?;
+    sup.clear_chaos(req.target.as_deref()).await.map(Json).map_err(ApiError::bad_request)
+}
