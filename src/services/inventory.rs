@@ -202,6 +202,11 @@ pub fn read_stock(c: &mut rusqlite::Connection) -> rusqlite::Result<Vec<Stock>> 
     rows.collect()
 }
 
+/// How many reservations hold stock now (neither committed, released nor expired).
+pub fn held_reservations(c: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    c.query_row("SELECT count(*) FROM reservations WHERE status = 'held'", [], |r| r.get(0))
+}
+
 /// A business refusal, decided inside a transaction and turned into a 409 outside it.
 struct Refusal(&'static str, String);
 

@@ -105,6 +105,23 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Payment> {
     })
 }
 
+/// The money that moved for one order, as the invariants judge it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settlement {
+    pub order_id: String,
+    pub captured_cents: i64,
+    pub refunded_cents: i64,
+}
+
+/// Every payment row's captured and refunded amounts.
+pub fn settlements(c: &rusqlite::Connection) -> rusqlite::Result<Vec<Settlement>> {
+    let mut stmt = c.prepare("SELECT order_id, captured_cents, refunded_cents FROM payments")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Settlement { order_id: r.get(0)?, captured_cents: r.get(1)?, refunded_cents: r.get(2)? })
+    })?;
+    rows.collect()
+}
+
 fn find(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Option<Payment>> {
     tx.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE order_id = ?1"))?
         .query_row([order_id], row)
