@@ -109,7 +109,7 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
             .with_context(|| format!("loading fixtures from `{}`", path.display()))?;
     }
     let inv = Inventory { db: rt.db.clone(), ttl: rt.args.tuning.reservation_ttl };
-    tokio::spawn(expiry_loop(inv.clone()));
+    let sweeper = expiry_loop(inv.clone());
     let db = rt.db.clone();
     let extra: crate::plumbing::http::ExtraMetrics = Arc::new(move || {
         let db = db.clone();
@@ -150,7 +150,7 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         .route("/v1/reservations/{order_id}/commit", post(commit))
         .route("/v1/reservations/{order_id}/release", post(release))
         .with_state(inv);
-    Ok(Service { extra_metrics: Some(extra), ..Service::new(routes) })
+    Ok(Service { extra_metrics: Some(extra), ..Service::new(routes) }.with_loop("reservation sweeper", sweeper))
 }
 
 #[derive(Deserialize)]

@@ -99,8 +99,8 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     ));
     let orders = Orders { saga: saga.clone(), client: rt.client.clone(), catalog: Arc::default() };
 
-    tokio::spawn(relay::run(store.clone(), rt.client.clone(), rt.spans.clone(), saga.relay_wake.clone()));
-    tokio::spawn(resume_loop(saga.clone()));
+    let relay = relay::run(store.clone(), rt.client.clone(), rt.spans.clone(), saga.relay_wake.clone());
+    let resumer = resume_loop(saga.clone());
 
     let extra: crate::plumbing::http::ExtraMetrics = {
         let saga = saga.clone();
@@ -140,7 +140,9 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         ready: Some(super::ready_with_deps(rt, &["user", "inventory", "payment"])),
         extra_metrics: Some(extra),
         ..Service::new(routes)
-    })
+    }
+    .with_loop("outbox relay", relay)
+    .with_loop("saga resumer", resumer))
 }
 
 /// Resumes every PENDING saga this instance may run: at start-up, then every two seconds for
