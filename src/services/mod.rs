@@ -236,6 +236,26 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `/metrics` gauges read from the service's own database on each scrape: `read` returns one
+/// figure per `(name, help)` of `gauges`; a failed read shows zeros rather than no series.
+pub fn db_gauges<const N: usize>(
+    db: Db,
+    read: fn(&rusqlite::Connection) -> rusqlite::Result<[i64; N]>,
+    gauges: [(&'static str, &'static str); N],
+) -> ExtraMetrics {
+    Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move {
+            let figures = db.call(move |c| read(c)).await.unwrap_or([0; N]);
+            let mut out = String::new();
+            for ((name, help), value) in gauges.iter().zip(figures) {
+                crate::plumbing::metrics::gauge(&mut out, name, help, "", value as f64);
+            }
+            out
+        })
+    })
+}
+
 /// The default readiness check: the database answers.
 pub fn db_ready(db: Db) -> ReadyCheck {
     Arc::new(move || {
