@@ -143,7 +143,7 @@ fn judge(s: &Snapshot) -> Report {
     Report { ok: checks.iter().all(|c| c.ok), checks, pending }
 }
 
-/// Check 1: Every product's initial stock is its available, reserved and sold units, none negative.
+/// Check 1: every product's initial stock is its available, reserved and sold units, none negative.
 fn stock_conservation(stock: &[Stock]) -> Check {
     let problems: Vec<String> = stock
         .iter()
@@ -210,7 +210,7 @@ fn charged_iff_confirmed(s: &Snapshot) -> Check {
     )
 }
 
-/// Check 3: No order pending and no stock reserved: every saga ran to its end.
+/// Check 3: no order pending and no stock reserved: every saga ran to its end.
 fn nothing_stuck(s: &Snapshot) -> Check {
     let pending = s.orders.iter().filter(|o| o.status == Status::Pending).count();
     let reserved: i64 = s.stock.iter().map(|p| p.reserved).sum();
@@ -224,7 +224,7 @@ fn nothing_stuck(s: &Snapshot) -> Check {
     check("nothing_stuck", problems, "no order pending, no stock reserved".into())
 }
 
-/// Check 4: Exactly one notification per confirmed or failed order, none for unknown orders.
+/// Check 4: exactly one notification per confirmed or failed order, none for unknown orders.
 fn one_notification_per_terminal_order(s: &Snapshot) -> Check {
     let status_of = s.by_id();
     let mut problems = Vec::new();
@@ -248,7 +248,7 @@ fn one_notification_per_terminal_order(s: &Snapshot) -> Check {
     )
 }
 
-/// Check 5: Every order id the gateway returned is in the order database.
+/// Check 5: every order id the gateway returned is in the order database.
 fn no_accepted_order_lost(s: &Snapshot, accepted: &[String]) -> Check {
     let status_of = s.by_id();
     let problems: Vec<String> = accepted
