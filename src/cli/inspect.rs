@@ -14,6 +14,10 @@ use crate::invariants;
 use crate::orchestrator::control::Control;
 use crate::orchestrator::stackfile::Stack;
 use crate::orchestrator::supervisor::PsRow;
+use crate::plumbing::admin::{AdminClient, ADMIN_TIMEOUT};
+use crate::plumbing::breaker::BreakerReport;
+use crate::plumbing::faults::FaultSet;
+use crate::plumbing::metrics::RequestFigures;
 use crate::plumbing::spans::Span;
 use crate::plumbing::time::parse_duration;
 use crate::services::Kind;
@@ -42,8 +46,8 @@ pub enum InspectCommand {
 struct Live {
     stack: Stack,
     rows: Vec<PsRow>,
-    secret: String,
     http: reqwest::Client,
+    admin: AdminClient,
 }
 
 impl Live {
@@ -53,7 +57,8 @@ impl Live {
         let control = Control::require(&dir)?;
         let rows = control.status().await?.rows;
         let secret = dir.existing_secret().unwrap_or_default();
-        Ok(Live { stack, rows, secret, http: crate::plumbing::client::http_client() })
+        let http = crate::plumbing::client::http_client();
+        Ok(Live { stack, rows, admin: AdminClient::with_http(http.clone(), secret), http })
     }
 
     /// Addresses of the running instances of built-in `kind`.
@@ -90,17 +95,19 @@ impl Live {
         let mut all = Vec::new();
         for row in self.rows.iter().filter(|r| r.pid.is_some() && r.service != "registry") {
             let Some(addr) = &row.address else { continue };
-            let url = format!("http://{addr}/admin/spans?trace_id={trace_id}");
-            let resp =
-                self.http.get(url).header("x-shop-secret", &self.secret).timeout(Duration::from_secs(2)).send().await;
-            if let Ok(r) = resp {
-                if let Ok(spans) = r.json::<Vec<Span>>().await {
-                    all.extend(spans);
-                }
+            // An instance that does not answer simply contributes nothing to the waterfall.
+            if let Ok(spans) = self.admin.spans(addr, trace_id).await {
+                all.extend(spans);
             }
         }
         all.sort_by_key(|s| s.start_us);
         all
+    }
+
+    /// The `/metrics` text of the instance at `addr`, if it answers.
+    async fn metrics_text(&self, addr: &str) -> Option<String> {
+        let resp = self.http.get(format!("http://{addr}/metrics")).timeout(ADMIN_TIMEOUT).send().await.ok()?;
+        Some(resp.text().await.unwrap_or_default())
     }
 }
 
@@ -266,9 +273,9 @@ struct ServiceReport {
     service: String,
     instances: Vec<PsRow>,
     /// Per instance: its breakers toward each dependency and their recent transitions.
-    breakers: BTreeMap<String, Value>,
+    breakers: BTreeMap<String, BreakerReport>,
     /// Per instance: the request faults it is under.
-    faults: BTreeMap<String, Value>,
+    faults: BTreeMap<String, FaultSet>,
     database: Option<DatabaseReport>,
     requests: f64,
     errors: f64,
@@ -284,87 +291,63 @@ struct DatabaseReport {
 
 async fn service(ctx: &Context, name: &str) -> anyhow::Result<i32> {
     let live = Live::connect(ctx).await?;
+    let report = gather_service(ctx, &live, name).await?;
+    if ctx.json {
+        output::print_json(&report);
+    } else {
+        print_service(&report);
+    }
+    Ok(exit::OK)
+}
+
+/// Asks every running instance of `name` for its figures, breakers and faults, and counts the
+/// rows of its database. An instance that does not answer is left out of the sums.
+async fn gather_service(ctx: &Context, live: &Live, name: &str) -> anyhow::Result<ServiceReport> {
     let known: Vec<&str> = live.rows.iter().map(|r| r.service.as_str()).collect();
     if !known.contains(&name) {
         return Err(Failure::usage(format!("unknown service `{name}`; the stack has: {}", dedup(&known).join(", "))));
     }
     let instances: Vec<PsRow> = live.rows.iter().filter(|r| r.service == name).cloned().collect();
     let db_path = ctx.state_dir().db(name);
-    let database = db_path
-        .exists()
-        .then(|| DatabaseReport { path: db_path.display().to_string(), tables: table_counts(&db_path) });
-    // Request figures summed over instances from their Prometheus histograms.
-    let mut requests = 0.0;
-    let mut errors = 0.0;
-    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new(); // bound in µs → cumulative count
-    for r in instances.iter().filter(|r| r.pid.is_some()) {
-        let Some(addr) = &r.address else { continue };
-        let Ok(resp) = live.http.get(format!("http://{addr}/metrics")).timeout(Duration::from_secs(2)).send().await
-        else {
-            continue;
-        };
-        let text = resp.text().await.unwrap_or_default();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let value: f64 = value.parse().unwrap_or(0.0);
-            if series.starts_with("shop_http_requests_total{") {
-                requests += value;
-                if series.contains("status=\"5") {
-                    errors += value;
-                }
-            } else if let Some(rest) = series.strip_prefix("shop_http_request_duration_seconds_bucket{") {
-                if let Some(le) = rest.split("le=\"").nth(1).and_then(|l| l.split('"').next()) {
-                    let bound = if le == "+Inf" { u64::MAX } else { (le.parse::<f64>().unwrap_or(0.0) * 1e6) as u64 };
-                    *buckets.entry(bound).or_default() += value;
-                }
-            }
-        }
-    }
+    let database = db_path.exists().then(|| DatabaseReport {
+        path: db_path.display().to_string(),
+        tables: crate::plumbing::db::table_counts(&db_path),
+    });
+    let mut figures = RequestFigures::default();
     let mut breakers = BTreeMap::new();
     let mut faults = BTreeMap::new();
     for r in instances.iter().filter(|r| r.pid.is_some()) {
         let Some(addr) = &r.address else { continue };
-        for (path, into) in [("/admin/breakers", &mut breakers), ("/admin/faults", &mut faults)] {
-            let resp = live
-                .http
-                .get(format!("http://{addr}{path}"))
-                .header("x-shop-secret", &live.secret)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if let Ok(v) = match resp {
-                Ok(r) if r.status().is_success() => r.json::<Value>().await.map_err(|_| ()),
-                _ => Err(()),
-            } {
-                into.insert(r.instance.clone(), v);
-            }
+        if let Some(text) = live.metrics_text(addr).await {
+            figures.add_text(&text);
+        }
+        if let Ok(b) = live.admin.breakers(addr).await {
+            breakers.insert(r.instance.clone(), b);
+        }
+        if let Ok(f) = live.admin.faults(addr).await {
+            faults.insert(r.instance.clone(), f);
         }
     }
-    let total = buckets.get(&u64::MAX).copied().unwrap_or(0.0);
-    let mut latency_ms = BTreeMap::new();
-    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-        // The upper bound of the first bucket holding the quantile: an upper estimate.
-        let bound = buckets.iter().find(|(_, c)| **c >= q * total && total > 0.0).map(|(b, _)| *b);
-        if let Some(b) = bound.filter(|b| *b != u64::MAX) {
-            latency_ms.insert(label.to_string(), b as f64 / 1000.0);
-        }
-    }
-    let report = ServiceReport {
+    let latency_ms = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
+        .into_iter()
+        .filter_map(|(label, q)| figures.latency_ms(q).map(|ms| (label.to_string(), ms)))
+        .collect();
+    Ok(ServiceReport {
         service: name.to_string(),
         instances,
         breakers,
         faults,
         database,
-        requests,
-        errors,
-        error_rate: if requests > 0.0 { errors / requests } else { 0.0 },
+        requests: figures.requests,
+        errors: figures.errors,
+        error_rate: figures.error_rate(),
         latency_ms,
-    };
-    if ctx.json {
-        output::print_json(&report);
-        return Ok(exit::OK);
-    }
-    println!("service {name}");
+    })
+}
+
+/// The service report as tables: instances, database, requests, breakers, faults.
+fn print_service(report: &ServiceReport) {
+    println!("service {}", report.service);
     println!("{}", output::ps_table(&report.instances));
     if let Some(db) = &report.database {
         println!("\ndatabase {}", db.path);
@@ -384,18 +367,15 @@ async fn service(ctx: &Context, name: &str) -> anyhow::Result<i32> {
     println!("latency {}", if lat.is_empty() { "-".to_string() } else { lat.join("  ") });
     let mut t = output::table(&["INSTANCE", "DEPENDENCY", "BREAKER", "FAILURES", "TRANSITIONS"]);
     let mut any = false;
-    for (inst, v) in &report.breakers {
-        for b in v["breakers"].as_array().into_iter().flatten() {
+    for (inst, b) in &report.breakers {
+        for view in &b.breakers {
             any = true;
-            let dep = b["dependency"].as_str().unwrap_or("");
-            let transitions =
-                v["transitions"].as_array().map(|t| t.iter().filter(|t| t["dependency"] == dep).count()).unwrap_or(0);
             t.add_row(vec![
                 inst.clone(),
-                dep.to_string(),
-                b["state"].as_str().unwrap_or("").to_string(),
-                b["failures"].to_string(),
-                transitions.to_string(),
+                view.dependency.clone(),
+                view.state.as_str().to_string(),
+                view.failures.to_string(),
+                b.transitions_of(&view.dependency).to_string(),
             ]);
         }
     }
@@ -405,22 +385,19 @@ async fn service(ctx: &Context, name: &str) -> anyhow::Result<i32> {
     } else {
         println!("circuit breakers: none yet (one appears per dependency once it is called)");
     }
-    let active: Vec<String> = report
+    // Shown as the JSON the admin endpoint answers, as a user would get it with curl.
+    let active = report
         .faults
         .iter()
-        .filter(|(_, v)| {
-            v.as_object().is_some_and(|m| m.iter().any(|(_, f)| !f.is_null() && f != &Value::Array(vec![])))
-        })
-        .map(|(inst, v)| format!("{inst}: {v}"))
-        .collect();
-    let chaos: Vec<String> =
-        report.instances.iter().flat_map(|r| r.faults.iter().map(move |f| format!("{}: {f}", r.instance))).collect();
-    if active.is_empty() && chaos.is_empty() {
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(inst, f)| format!("{inst}: {}", serde_json::to_value(f).unwrap_or_default()));
+    let chaos = report.instances.iter().flat_map(|r| r.faults.iter().map(move |f| format!("{}: {f}", r.instance)));
+    let all: Vec<String> = chaos.chain(active).collect();
+    if all.is_empty() {
         println!("faults: none active");
     } else {
-        println!("faults: {}", chaos.into_iter().chain(active).collect::<Vec<_>>().join("; "));
+        println!("faults: {}", all.join("; "));
     }
-    Ok(exit::OK)
 }
 
 fn dedup<'a>(v: &[&'a str]) -> Vec<&'a str> {
@@ -431,24 +408,6 @@ fn dedup<'a>(v: &[&'a str]) -> Vec<&'a str> {
         }
     }
     out
-}
-
-fn table_counts(path: &std::path::Path) -> BTreeMap<String, i64> {
-    let Ok(conn) = crate::plumbing::db::open_read_only(path) else { return BTreeMap::new() };
-    let names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .unwrap_or_default();
-    names
-        .into_iter()
-        .map(|n| {
-            // Table names come from sqlite_master, quoted as identifiers.
-            let count = conn
-                .query_row(&format!("SELECT count(*) FROM \"{}\"", n.replace('"', "\"\"")), [], |r| r.get(0))
-                .unwrap_or(-1);
-            (n, count)
-        })
-        .collect()
 }
 
 async fn registry(ctx: &Context) -> anyhow::Result<i32> {

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug)]
 pub struct BreakerConfig {
@@ -17,7 +17,7 @@ pub struct BreakerConfig {
     pub half_open_requests: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -47,7 +47,7 @@ struct Breaker {
 }
 
 /// One change of state, for the logs, `shop inspect service` and drill reports.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Transition {
     pub at: String,
     pub dependency: String,
@@ -55,11 +55,26 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BreakerView {
     pub dependency: String,
     pub state: BreakerState,
     pub failures: u32,
+}
+
+/// The body of `GET /admin/breakers`: every breaker of one process and its recent transitions.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BreakerReport {
+    pub breakers: Vec<BreakerView>,
+    /// Oldest first, at most the last thousand.
+    pub transitions: Vec<Transition>,
+}
+
+impl BreakerReport {
+    /// How many recorded transitions concern `dependency`.
+    pub fn transitions_of(&self, dependency: &str) -> usize {
+        self.transitions.iter().filter(|t| t.dependency == dependency).count()
+    }
 }
 
 pub struct Breakers {
@@ -169,6 +184,11 @@ impl Breakers {
 
     pub fn transitions(&self) -> Vec<Transition> {
         self.transitions.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// What `GET /admin/breakers` answers.
+    pub fn report(&self) -> BreakerReport {
+        BreakerReport { breakers: self.views(), transitions: self.transitions() }
     }
 
     /// Gauges and counters for `/metrics`.

@@ -302,7 +302,9 @@ impl ServiceClient {
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+/// The innermost cause of an error (`connection refused`), not the wrappers around it: what a
+/// person needs to read when a request fails.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
@@ -310,8 +312,9 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// Exponential backoff with full jitter: a random wait in `[base·2^attempt / 2, base·2^attempt]`,
-/// capped at `max`, so retrying clients do not stampede a recovering service in step.
+/// Exponential backoff with equal jitter: half of `base·2^attempt` (capped at `max`) is always
+/// waited, the other half is random, so the wait lies in `[exp / 2, exp]`. Retrying clients do
+/// not stampede a recovering service in step, yet none retries at once as full jitter allows.
 pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
     let half = exp / 2;

@@ -8,6 +8,12 @@ use std::time::Duration;
 use crate::plumbing::discovery::{Mode, Peers};
 use crate::plumbing::time::parse_duration;
 
+/// How long a service being stopped gets between SIGTERM and SIGKILL when the caller names no
+/// timeout: longer than a service's own drain of open connections, so a clean stop is never cut.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// [`STOP_GRACE`] as a command-line default (`--timeout`).
+pub const STOP_GRACE_ARG: &str = "10s";
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
     /// Port to listen on; 0 picks any free port [default: 8080 gateway, 7070 registry, 0 others]

@@ -289,6 +289,26 @@ pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Rows per table of any service's database, by table name; `-1` for a table that cannot be
+/// counted. Empty when the file cannot be opened: this is a report, not a check.
+pub fn table_counts(path: &Path) -> std::collections::BTreeMap<String, i64> {
+    let Ok(conn) = open_read_only(path) else { return Default::default() };
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .unwrap_or_default();
+    names
+        .into_iter()
+        .map(|n| {
+            // Table names come from sqlite_master, quoted as identifiers.
+            let count = conn
+                .query_row(&format!("SELECT count(*) FROM \"{}\"", n.replace('"', "\"\"")), [], |r| r.get(0))
+                .unwrap_or(-1);
+            (n, count)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,18 +209,20 @@ impl Discovery {
         true
     }
 
-    /// Heartbeats and refreshes every `every` until the process ends.
+    /// Heartbeats and refreshes every `every` until the process ends, on a task of its own.
     pub fn spawn_loop(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                me.heartbeat().await;
-                me.refresh().await;
-            }
-        })
+        tokio::spawn(self.clone().run_loop(every))
+    }
+
+    /// Heartbeats and refreshes every `every`, forever: for a caller that holds its own tasks.
+    pub async fn run_loop(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.heartbeat().await;
+            self.refresh().await;
+        }
     }
 
     /// All known instances of `service`, refreshing once if none is cached.

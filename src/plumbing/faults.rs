@@ -104,6 +104,34 @@ impl FaultSet {
     }
 }
 
+/// One kind of request fault, as `DELETE /admin/faults?kind=…` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultClass {
+    Latency,
+    Errors,
+    Partitions,
+}
+
+impl FaultClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultClass::Latency => "latency",
+            FaultClass::Errors => "errors",
+            FaultClass::Partitions => "partitions",
+        }
+    }
+
+    /// The query value, with `partition` accepted for `partitions`.
+    pub fn parse(s: &str) -> Option<FaultClass> {
+        match s {
+            "latency" => Some(FaultClass::Latency),
+            "errors" => Some(FaultClass::Errors),
+            "partitions" | "partition" => Some(FaultClass::Partitions),
+            _ => None,
+        }
+    }
+}
+
 pub struct Faults {
     set: Mutex<FaultSet>,
     rng: Mutex<StdRng>,
@@ -168,11 +196,12 @@ impl Faults {
     /// Removes every fault (or only those of one kind: `latency`, `errors`, `partitions`).
     pub fn clear(&self, kind: Option<&str>) {
         let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        match kind {
-            Some("latency") => set.latency = None,
-            Some("errors") => set.errors = None,
-            Some("partitions") | Some("partition") => set.partitions.clear(),
-            _ => *set = FaultSet::default(),
+        // An unknown kind clears everything, as it always has: a stray query never leaves a fault on.
+        match kind.and_then(FaultClass::parse) {
+            Some(FaultClass::Latency) => set.latency = None,
+            Some(FaultClass::Errors) => set.errors = None,
+            Some(FaultClass::Partitions) => set.partitions.clear(),
+            None => *set = FaultSet::default(),
         }
         self.armed.store(!set.is_empty(), Ordering::Relaxed);
     }

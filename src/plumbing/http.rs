@@ -118,10 +118,10 @@ async fn trace_requests(State(spans): State<Arc<SpanStore>>, mut req: Request, n
 
 /// Compares the `x-shop-secret` header with the stack secret.
 pub fn check_secret(secret: Option<&str>, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let given = headers.get("x-shop-secret").and_then(|v| v.to_str().ok());
-    match (secret, given) {
-        (Some(want), Some(got)) if !want.is_empty() && want == got => Ok(()),
-        _ => Err(ApiError::unauthorized("admin endpoints need the stack secret in `x-shop-secret`")),
+    if crate::plumbing::admin::secret_matches(secret, headers) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("admin endpoints need the stack secret in `x-shop-secret`"))
     }
 }
 
@@ -178,8 +178,7 @@ async fn admin_clear_faults(
 
 async fn admin_breakers(State(c): State<Common>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
     check_secret(c.secret.as_deref(), &headers)?;
-    Ok(axum::Json(serde_json::json!({"breakers": c.breakers.views(), "transitions": c.breakers.transitions()}))
-        .into_response())
+    Ok(axum::Json(c.breakers.report()).into_response())
 }
 
 /// Largest request head (and read buffer) accepted; a header flood is cut off.

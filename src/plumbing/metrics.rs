@@ -106,6 +106,64 @@ pub fn gauge(out: &mut String, name: &str, help: &str, labels: &str, value: f64)
     }
 }
 
+/// `x` rounded to `decimals` places, for figures in reports (`12.35 ms`, not `12.3456789 ms`).
+pub fn round(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+/// Request figures read back from one or more `/metrics` texts, summed over routes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestFigures {
+    pub requests: f64,
+    /// Answers with a 5xx status.
+    pub errors: f64,
+    /// Cumulative latency histogram: upper bound in µs (`u64::MAX` for `+Inf`) → requests.
+    pub buckets: std::collections::BTreeMap<u64, f64>,
+}
+
+impl RequestFigures {
+    /// Adds the request counters and latency buckets of one exposition text (as [`Metrics::render`]
+    /// writes it); other series are ignored.
+    pub fn add_text(&mut self, text: &str) {
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if series.starts_with("shop_http_requests_total{") {
+                self.requests += value;
+                if series.contains("status=\"5") {
+                    self.errors += value;
+                }
+            } else if let Some(rest) = series.strip_prefix("shop_http_request_duration_seconds_bucket{") {
+                if let Some(le) = rest.split("le=\"").nth(1).and_then(|l| l.split('"').next()) {
+                    let bound = if le == "+Inf" { u64::MAX } else { (le.parse::<f64>().unwrap_or(0.0) * 1e6) as u64 };
+                    *self.buckets.entry(bound).or_default() += value;
+                }
+            }
+        }
+    }
+
+    /// The share of requests answered with a 5xx, 0 when there were none.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests > 0.0 {
+            self.errors / self.requests
+        } else {
+            0.0
+        }
+    }
+
+    /// Upper estimates of the latency at `quantile` (0..=1), in ms: the bound of the first bucket
+    /// holding it. `None` without requests, or when it lies beyond the last finite bucket.
+    pub fn latency_ms(&self, quantile: f64) -> Option<f64> {
+        let total = self.buckets.get(&u64::MAX).copied().unwrap_or(0.0);
+        if total <= 0.0 {
+            return None;
+        }
+        let bound = self.buckets.iter().find(|(_, c)| **c >= quantile * total).map(|(b, _)| *b)?;
+        (bound != u64::MAX).then(|| bound as f64 / 1000.0)
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -126,5 +184,27 @@ mod tests {
         assert!(text.contains(r#"le="0.0005"} 1"#));
         assert!(text.contains(r#"le="0.05"} 2"#));
         assert!(text.contains(r#"le="+Inf"} 2"#));
+    }
+
+    #[test]
+    fn rendered_figures_read_back_with_errors_and_quantiles() {
+        let m = Metrics::default();
+        for _ in 0..9 {
+            m.record("GET", "/v1/x", 200, Duration::from_micros(300));
+        }
+        m.record("POST", "/v1/x", 503, Duration::from_millis(30));
+        let mut figures = RequestFigures::default();
+        figures.add_text(&m.render("user", "user-1", "# HELP other\nother_gauge 7\n"));
+        assert_eq!((figures.requests, figures.errors), (10.0, 1.0));
+        assert!((figures.error_rate() - 0.1).abs() < 1e-9);
+        assert_eq!(figures.latency_ms(0.5), Some(0.5));
+        assert_eq!(figures.latency_ms(0.99), Some(50.0));
+        assert_eq!(RequestFigures::default().latency_ms(0.5), None);
+    }
+
+    #[test]
+    fn round_keeps_the_asked_decimals() {
+        assert_eq!(round(12.3456, 2), 12.35);
+        assert_eq!(round(0.0004, 3), 0.0);
     }
 }

@@ -1,5 +1,7 @@
 //! Plumbing every service shares: HTTP bootstrap, errors, SQLite, discovery, the inter-service client, metrics, ids and trace context.
 
+pub mod admin;
+pub mod background;
 pub mod breaker;
 pub mod client;
 pub mod config;

@@ -20,7 +20,7 @@ use super::{Runtime, Service};
 use crate::fixtures;
 use crate::plumbing::db::Db;
 use crate::plumbing::error::{ApiError, ApiPath, ApiQuery, JsonBody};
-use crate::plumbing::{ids, metrics, time::now_ms};
+use crate::plumbing::{ids, time::now_ms};
 
 pub const MIGRATIONS: &[&str] = &["CREATE TABLE products (
         product_id TEXT PRIMARY KEY,
@@ -109,39 +109,15 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
             .with_context(|| format!("loading fixtures from `{}`", path.display()))?;
     }
     let inv = Inventory { db: rt.db.clone(), ttl: rt.args.tuning.reservation_ttl };
-    tokio::spawn(expiry_loop(inv.clone()));
-    let db = rt.db.clone();
-    let extra: crate::plumbing::http::ExtraMetrics = Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move {
-            let totals = db
-                .call(|c| {
-                    c.query_row(
-                        "SELECT coalesce(sum(reserved), 0), (SELECT count(*) FROM reservations WHERE status = 'held') FROM products",
-                        [],
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                    )
-                })
-                .await
-                .unwrap_or((0, 0));
-            let mut out = String::new();
-            metrics::gauge(
-                &mut out,
-                "shop_inventory_stock_reserved",
-                "Units held by reservations.",
-                "",
-                totals.0 as f64,
-            );
-            metrics::gauge(
-                &mut out,
-                "shop_inventory_reservations_held",
-                "Reservations neither committed nor released.",
-                "",
-                totals.1 as f64,
-            );
-            out
-        })
-    });
+    let sweeper = expiry_loop(inv.clone());
+    let extra = super::db_gauges(
+        rt.db.clone(),
+        reservation_totals,
+        [
+            ("shop_inventory_stock_reserved", "Units held by reservations."),
+            ("shop_inventory_reservations_held", "Reservations neither committed nor released."),
+        ],
+    );
     let routes = Router::new()
         .route("/v1/products", get(products))
         .route("/v1/stock", get(stock))
@@ -150,7 +126,7 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         .route("/v1/reservations/{order_id}/commit", post(commit))
         .route("/v1/reservations/{order_id}/release", post(release))
         .with_state(inv);
-    Ok(Service { extra_metrics: Some(extra), ..Service::new(routes) })
+    Ok(Service { extra_metrics: Some(extra), ..Service::new(routes) }.with_loop("reservation sweeper", sweeper))
 }
 
 #[derive(Deserialize)]
@@ -200,6 +176,20 @@ pub fn read_stock(c: &mut rusqlite::Connection) -> rusqlite::Result<Vec<Stock>> 
         })
     })?;
     rows.collect()
+}
+
+/// Units reserved over all products, and the reservations holding them.
+fn reservation_totals(c: &rusqlite::Connection) -> rusqlite::Result<[i64; 2]> {
+    c.query_row(
+        "SELECT coalesce(sum(reserved), 0), (SELECT count(*) FROM reservations WHERE status = 'held') FROM products",
+        [],
+        |r| Ok([r.get(0)?, r.get(1)?]),
+    )
+}
+
+/// How many reservations hold stock now (neither committed, released nor expired).
+pub fn held_reservations(c: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    c.query_row("SELECT count(*) FROM reservations WHERE status = 'held'", [], |r| r.get(0))
 }
 
 /// A business refusal, decided inside a transaction and turned into a 409 outside it.

@@ -11,6 +11,7 @@ pub mod payment;
 pub mod registry;
 pub mod user;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::plumbing::background::{Background, Loops};
 use crate::plumbing::breaker::{BreakerConfig, Breakers};
 use crate::plumbing::client::{http_client, ServiceClient};
 use crate::plumbing::config::ServeArgs;
@@ -103,16 +105,25 @@ impl Runtime {
     }
 }
 
-/// A built service: its routes plus what `/readyz` and `/metrics` should say about it.
+/// A built service: its routes, what `/readyz` and `/metrics` should say about it, and the
+/// loops it runs beside them.
 pub struct Service {
     pub routes: Router,
     pub ready: Option<ReadyCheck>,
     pub extra_metrics: Option<ExtraMetrics>,
+    /// Loops that must run as long as the service: [`serve`] exits non-zero when one ends.
+    pub loops: Vec<Background>,
 }
 
 impl Service {
     pub fn new(routes: Router) -> Service {
-        Service { routes, ready: None, extra_metrics: None }
+        Service { routes, ready: None, extra_metrics: None, loops: Vec::new() }
+    }
+
+    /// Adds a loop named `name` (for the logs) that [`serve`] starts and watches.
+    pub fn with_loop(mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) -> Service {
+        self.loops.push(Background::new(name, task));
+        self
     }
 }
 
@@ -176,8 +187,9 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         Kind::Inventory => inventory::build(&rt).await?,
         Kind::Notification => notification::build(&rt).await?,
     };
-    let ready = service.ready.unwrap_or_else(|| db_ready(db.clone()));
-    let extra_metrics = service.extra_metrics.unwrap_or_else(|| Arc::new(|| Box::pin(async { String::new() })));
+    let Service { routes, ready, extra_metrics, mut loops } = service;
+    let ready = ready.unwrap_or_else(|| db_ready(db.clone()));
+    let extra_metrics = extra_metrics.unwrap_or_else(|| Arc::new(|| Box::pin(async { String::new() })));
     let common = Common {
         service: kind.name(),
         instance: instance.clone(),
@@ -189,7 +201,7 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         faults,
         breakers,
     };
-    let app = http::with_common_routes(service.routes, common);
+    let app = http::with_common_routes(routes, common);
 
     // In `dns` mode the platform does discovery: there is no registry to register with.
     if kind != Kind::Registry && discovery.mode() == DiscoveryMode::Registry {
@@ -197,19 +209,51 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(registry = %args.registry, "registry unreachable; will register when it answers");
         }
         discovery.refresh().await;
-        discovery.spawn_loop(args.tuning.heartbeat);
+        loops.push(Background::new("heartbeat", discovery.clone().run_loop(args.tuning.heartbeat)));
     }
+    let mut loops = Loops::start(loops);
     println!("listening on {address}");
     tracing::info!(service = kind.name(), %instance, %address, db = %db_path.display(), "serving");
 
     let parent = args.tuning.parent_pid;
-    http::serve(listener, app, args.tuning.header_timeout, async move {
+    let server = http::serve(listener, app, args.tuning.header_timeout, async move {
         tokio::select! { _ = http::shutdown_signal() => {}, _ = http::parent_gone(parent) => {} }
-    })
-    .await;
+    });
+    // A dead loop stops the server too: better a restart than a healthy `/readyz` in front of a
+    // relay or sweeper that no longer runs.
+    let outcome = tokio::select! {
+        () = server => Ok(()),
+        ended = loops.first_exit() => Err(ended),
+    };
+    drop(loops);
     discovery.deregister().await;
-    tracing::info!(service = kind.name(), %instance, "stopped");
-    Ok(())
+    match outcome {
+        Ok(()) => {
+            tracing::info!(service = kind.name(), %instance, "stopped");
+            Ok(())
+        }
+        Err(ended) => Err(anyhow::Error::new(ended).context(format!("service `{}` stopped", kind.name()))),
+    }
+}
+
+/// `/metrics` gauges read from the service's own database on each scrape: `read` returns one
+/// figure per `(name, help)` of `gauges`; a failed read shows zeros rather than no series.
+pub fn db_gauges<const N: usize>(
+    db: Db,
+    read: fn(&rusqlite::Connection) -> rusqlite::Result<[i64; N]>,
+    gauges: [(&'static str, &'static str); N],
+) -> ExtraMetrics {
+    Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move {
+            let figures = db.call(move |c| read(c)).await.unwrap_or([0; N]);
+            let mut out = String::new();
+            for ((name, help), value) in gauges.iter().zip(figures) {
+                crate::plumbing::metrics::gauge(&mut out, name, help, "", value as f64);
+            }
+            out
+        })
+    })
 }
 
 /// The default readiness check: the database answers.

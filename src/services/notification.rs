@@ -72,6 +72,13 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Notification> {
     })
 }
 
+/// How many notifications each order got.
+pub fn counts_by_order(c: &rusqlite::Connection) -> rusqlite::Result<std::collections::HashMap<String, i64>> {
+    let mut stmt = c.prepare("SELECT order_id, count(*) FROM notifications GROUP BY order_id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 async fn notify(
     State(db): State<Db>,
     JsonBody(req): JsonBody<NotifyRequest>,

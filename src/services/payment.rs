@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Runtime, Service};
 use crate::plumbing::db::Db;
 use crate::plumbing::error::{ApiError, ApiPath, JsonBody};
-use crate::plumbing::{ids, metrics, time::now_ms, time::rfc3339};
+use crate::plumbing::{ids, time::now_ms, time::rfc3339};
 
 pub const MIGRATIONS: &[&str] = &["CREATE TABLE payments (
         order_id TEXT PRIMARY KEY,
@@ -60,26 +60,14 @@ pub struct Payment {
 }
 
 pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
-    let db = rt.db.clone();
-    let extra: crate::plumbing::http::ExtraMetrics = Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move {
-            let (captured, refunded) = db
-                .call(|c| {
-                    c.query_row(
-                        "SELECT coalesce(sum(captured_cents), 0), coalesce(sum(refunded_cents), 0) FROM payments",
-                        [],
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                    )
-                })
-                .await
-                .unwrap_or((0, 0));
-            let mut out = String::new();
-            metrics::gauge(&mut out, "shop_payment_captured_cents", "Money captured, in cents.", "", captured as f64);
-            metrics::gauge(&mut out, "shop_payment_refunded_cents", "Money refunded, in cents.", "", refunded as f64);
-            out
-        })
-    });
+    let extra = super::db_gauges(
+        rt.db.clone(),
+        money_totals,
+        [
+            ("shop_payment_captured_cents", "Money captured, in cents."),
+            ("shop_payment_refunded_cents", "Money refunded, in cents."),
+        ],
+    );
     let routes = Router::new()
         .route("/v1/payments", post(charge).get(list))
         .route("/v1/payments/by-order/{order_id}", get(by_order))
@@ -103,6 +91,30 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Payment> {
         refunded_cents: r.get(7)?,
         created_at: rfc3339(r.get(8)?),
     })
+}
+
+/// Money captured and refunded over all payments, in cents.
+fn money_totals(c: &rusqlite::Connection) -> rusqlite::Result<[i64; 2]> {
+    c.query_row("SELECT coalesce(sum(captured_cents), 0), coalesce(sum(refunded_cents), 0) FROM payments", [], |r| {
+        Ok([r.get(0)?, r.get(1)?])
+    })
+}
+
+/// The money that moved for one order, as the invariants judge it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settlement {
+    pub order_id: String,
+    pub captured_cents: i64,
+    pub refunded_cents: i64,
+}
+
+/// Every payment row's captured and refunded amounts.
+pub fn settlements(c: &rusqlite::Connection) -> rusqlite::Result<Vec<Settlement>> {
+    let mut stmt = c.prepare("SELECT order_id, captured_cents, refunded_cents FROM payments")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Settlement { order_id: r.get(0)?, captured_cents: r.get(1)?, refunded_cents: r.get(2)? })
+    })?;
+    rows.collect()
 }
 
 fn find(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Option<Payment>> {

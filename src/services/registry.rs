@@ -41,7 +41,7 @@ struct Registry {
 
 pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     let registry = Registry { entries: Arc::default(), ttl: rt.args.tuning.ttl, rt: rt.clone() };
-    tokio::spawn(evict_loop(registry.clone()));
+    let evictor = evict_loop(registry.clone());
     let routes = Router::new()
         .route("/v1/register", post(register))
         .route("/v1/heartbeat", post(heartbeat))
@@ -49,7 +49,7 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         .route("/v1/instances/{instance}", delete(deregister))
         .route("/v1/services/{service}", get(lookup))
         .with_state(registry);
-    Ok(Service::new(routes))
+    Ok(Service::new(routes).with_loop("registration expiry", evictor))
 }
 
 fn check_name(what: &str, value: &str) -> Result<(), ApiError> {

@@ -18,8 +18,9 @@ use axum::{Extension, Json, Router};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
+use super::order::events::Status;
 use super::order::store::OrderView;
-use super::order::RequestedItem;
+use super::order::{PlaceRequest, RequestedItem};
 use super::user::User;
 use super::{Runtime, Service};
 use crate::fixtures::token_hash;
@@ -90,7 +91,7 @@ struct RawPlacement {
 struct OrderHead {
     id: String,
     user_id: String,
-    status: super::order::events::Status,
+    status: Status,
 }
 
 /// The public request body of `POST /orders`.
@@ -182,17 +183,19 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
         if item.product_id.is_empty() || item.product_id.len() > MAX_ID_LEN {
             return Err(ApiError::bad_request(format!("`product_id` must be 1 to {MAX_ID_LEN} characters")));
         }
-        if !(1..=1000).contains(&item.quantity) {
-            return Err(ApiError::bad_request(format!(
-                "quantity of `{}` must be 1 to 1000, got {}",
-                item.product_id, item.quantity
-            )));
-        }
+        item.check_quantity().map_err(ApiError::bad_request)?;
         if !seen.insert(item.product_id.as_str()) {
             return Err(ApiError::bad_request(format!("`{}` appears twice; list each product once", item.product_id)));
         }
     }
     Ok(())
+}
+
+/// Every order id the gateway ever returned to a client (invariant 5 of SPEC section 7).
+pub fn accepted_order_ids(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = c.prepare("SELECT order_id FROM accepted_orders")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
 }
 
 /// `Prefer: wait=SECONDS` (RFC 7240), bounded.
@@ -243,13 +246,13 @@ async fn place_order(
     // Without a client key, the gateway makes one, so its own retries to the order service can
     // never create a second order.
     let key = idempotency_key(&headers)?.unwrap_or_else(|| crate::plumbing::ids::new("gw"));
-    let request = serde_json::json!({
-        "user_id": user.user_id,
-        "items": body.items,
-        "idempotency_key": key,
-        "request_hash": request_hash,
-        "wait_ms": wait.as_millis() as u64,
-    });
+    let request = PlaceRequest {
+        user_id: user.user_id,
+        items: body.items,
+        idempotency_key: key,
+        request_hash,
+        wait_ms: wait.as_millis() as u64,
+    };
     let client = gw.client.with_timeout(wait + gw.client.timeout());
     let placed: RawPlacement = client
         .call_idempotent("order", Method::POST, "/v1/orders", Some(&request), Some(&trace))
@@ -274,7 +277,7 @@ async fn place_order(
         .await?;
     let status = match (placed.created, order.status) {
         (false, _) => StatusCode::OK,
-        (true, super::order::events::Status::Pending) => StatusCode::ACCEPTED,
+        (true, Status::Pending) => StatusCode::ACCEPTED,
         (true, _) => StatusCode::CREATED,
     };
     let mut response =
@@ -331,13 +334,7 @@ async fn list_orders(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<OrderView>>, ApiError> {
     let user = gw.caller(&headers, &trace).await?;
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some(s @ ("PENDING" | "CONFIRMED" | "FAILED")) => Some(s),
-        Some(s) => {
-            return Err(ApiError::bad_request(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED")))
-        }
-    };
+    let status = Status::parse_filter(q.status.as_deref()).map_err(ApiError::bad_request)?;
     let limit: u32 = match q.limit.as_deref() {
         None | Some("") => 20,
         Some(l) => l
@@ -348,7 +345,7 @@ async fn list_orders(
     };
     let mut path = format!("/v1/orders?user_id={}&limit={limit}", urlencode(&user.user_id));
     if let Some(s) = status {
-        path.push_str(&format!("&status={s}"));
+        path.push_str(&format!("&status={}", s.as_str()));
     }
     let orders: Vec<OrderView> = gw
         .client

@@ -163,6 +163,22 @@ impl Status {
             _ => None,
         }
     }
+
+    /// A `status` filter of a list query: absent or empty is no filter, anything else must be
+    /// a status; the error is the message for a 400.
+    pub fn parse_filter(s: Option<&str>) -> Result<Option<Status>, String> {
+        match s {
+            None | Some("") => Ok(None),
+            Some(s) => Status::parse(s)
+                .map(Some)
+                .ok_or_else(|| format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED")),
+        }
+    }
+
+    /// Whether the saga is over (confirmed or failed).
+    pub fn is_terminal(self) -> bool {
+        self != Status::Pending
+    }
 }
 
 /// What the saga does next.

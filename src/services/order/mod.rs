@@ -58,6 +58,21 @@ pub struct RequestedItem {
     pub quantity: i64,
 }
 
+/// The most units of one product an order may ask for (SPEC section 5).
+pub const MAX_QUANTITY: i64 = 1000;
+
+impl RequestedItem {
+    /// Refuses a quantity outside `1..=MAX_QUANTITY`; the error is the message for a 400. The
+    /// gateway checks it for the client, the order service again for any other caller.
+    pub fn check_quantity(&self) -> Result<(), String> {
+        if (1..=MAX_QUANTITY).contains(&self.quantity) {
+            Ok(())
+        } else {
+            Err(format!("quantity of `{}` must be 1 to {MAX_QUANTITY}, got {}", self.product_id, self.quantity))
+        }
+    }
+}
+
 /// `POST /v1/orders` answers the order and whether this call created it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Placement {
@@ -84,8 +99,8 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     ));
     let orders = Orders { saga: saga.clone(), client: rt.client.clone(), catalog: Arc::default() };
 
-    tokio::spawn(relay::run(store.clone(), rt.client.clone(), rt.spans.clone(), saga.relay_wake.clone()));
-    tokio::spawn(resume_loop(saga.clone()));
+    let relay = relay::run(store.clone(), rt.client.clone(), rt.spans.clone(), saga.relay_wake.clone());
+    let resumer = resume_loop(saga.clone());
 
     let extra: crate::plumbing::http::ExtraMetrics = {
         let saga = saga.clone();
@@ -125,7 +140,9 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         ready: Some(super::ready_with_deps(rt, &["user", "inventory", "payment"])),
         extra_metrics: Some(extra),
         ..Service::new(routes)
-    })
+    }
+    .with_loop("outbox relay", relay)
+    .with_loop("saga resumer", resumer))
 }
 
 /// Resumes every PENDING saga this instance may run: at start-up, then every two seconds for
@@ -204,11 +221,8 @@ async fn place(
     if req.items.is_empty() || req.idempotency_key.is_empty() || req.user_id.is_empty() {
         return Err(ApiError::bad_request("an order needs a user_id, an idempotency_key and at least one item"));
     }
-    if let Some(bad) = req.items.iter().find(|i| !(1..=1000).contains(&i.quantity)) {
-        return Err(ApiError::bad_request(format!(
-            "quantity of `{}` must be 1 to 1000, got {}",
-            bad.product_id, bad.quantity
-        )));
+    for item in &req.items {
+        item.check_quantity().map_err(ApiError::bad_request)?;
     }
     let budget = Duration::from_millis(req.wait_ms.min(120_000));
     let ids: Vec<&str> = req.items.iter().map(|i| i.product_id.as_str()).collect();
@@ -298,13 +312,7 @@ struct ListQuery {
 }
 
 async fn list(State(o): State<Orders>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Vec<OrderView>>, ApiError> {
-    let status =
-        match q.status.as_deref() {
-            None | Some("") => None,
-            Some(s) => Some(Status::parse(s).ok_or_else(|| {
-                ApiError::bad_request(format!("unknown status `{s}`; use PENDING, CONFIRMED or FAILED"))
-            })?),
-        };
+    let status = Status::parse_filter(q.status.as_deref()).map_err(ApiError::bad_request)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     Ok(Json(o.saga.store.list(q.user_id, status, limit).await?))
 }

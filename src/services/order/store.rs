@@ -352,6 +352,53 @@ impl Store {
     }
 }
 
+/// An order as the invariants judge it: its state and what it should have cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderTotal {
+    pub order_id: String,
+    pub status: Status,
+    pub total_cents: i64,
+}
+
+/// How an order ended, as a drill counts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub status: Status,
+    /// The failure's stable code (`out_of_stock`, `timeout`, …) when it has one.
+    pub failure_code: Option<String>,
+}
+
+/// Reads the status column, which the schema's CHECK keeps to the three statuses.
+fn status_at(r: &rusqlite::Row, idx: usize) -> rusqlite::Result<Status> {
+    let text: String = r.get(idx)?;
+    Status::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, format!("status `{text}`").into())
+    })
+}
+
+/// Every order's id, status and total (a read of the whole table: for checks, not for requests).
+pub fn order_totals(c: &rusqlite::Connection) -> rusqlite::Result<Vec<OrderTotal>> {
+    let mut stmt = c.prepare("SELECT order_id, status, total_cents FROM orders")?;
+    let rows = stmt
+        .query_map([], |r| Ok(OrderTotal { order_id: r.get(0)?, status: status_at(r, 1)?, total_cents: r.get(2)? }))?;
+    rows.collect()
+}
+
+/// The outcomes of the orders whose idempotency key starts with `prefix`: a drill's or a load's
+/// orders, found even when their client never got an answer.
+pub fn outcomes_by_key_prefix(c: &rusqlite::Connection, prefix: &str) -> rusqlite::Result<Vec<Outcome>> {
+    let mut stmt = c.prepare("SELECT status, failure FROM orders WHERE substr(idempotency_key, 1, ?1) = ?2")?;
+    let rows = stmt.query_map(params![prefix.len() as i64, prefix], |r| {
+        let failure: Option<String> = r.get(1)?;
+        // Read as loose JSON: only the code matters, whatever else older rows carry.
+        let failure_code = failure
+            .and_then(|f| serde_json::from_str::<serde_json::Value>(&f).ok())
+            .and_then(|f| f["code"].as_str().map(str::to_string));
+        Ok(Outcome { status: status_at(r, 0)?, failure_code })
+    })?;
+    rows.collect()
+}
+
 fn find_by_key(tx: &rusqlite::Connection, user_id: &str, key: &str) -> rusqlite::Result<Option<(String, String)>> {
     tx.prepare_cached("SELECT order_id, request_hash FROM orders WHERE user_id = ?1 AND idempotency_key = ?2")?
         .query_row([user_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
