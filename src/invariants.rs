@@ -27,30 +27,6 @@ pub struct Databases {
 }
 
 impl Databases {
-    /// The databases of the first service of each built-in kind in `stack`, under `dir`; the
-    /// error names a kind the stack lacks.
-    pub fn of_stack(
-        stack: &crate::orchestrator::stackfile::Stack,
-        dir: &crate::orchestrator::state_dir::StateDir,
-    ) -> Result<Databases, String> {
-        use crate::services::Kind;
-        let db = |kind: Kind| {
-            let name = stack
-                .services_of(kind)
-                .into_iter()
-                .next()
-                .ok_or_else(|| format!("the stack has no `{}` service", kind.name()))?;
-            Ok::<_, String>(dir.db(&name))
-        };
-        Ok(Databases {
-            order: db(Kind::Order)?,
-            payment: db(Kind::Payment)?,
-            inventory: db(Kind::Inventory)?,
-            notification: db(Kind::Notification)?,
-            gateway: db(Kind::Gateway).ok(),
-        })
-    }
-
     /// The first required database file that does not exist: the stack has not run yet.
     pub fn missing(&self) -> Option<&std::path::Path> {
         [&self.order, &self.payment, &self.inventory, &self.notification]

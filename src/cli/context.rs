@@ -43,7 +43,7 @@ impl Context {
     /// The stack's databases in the state dir: a usage error if the stack lacks a service, a
     /// runtime error if the stack has never run.
     pub fn databases(&self, stack: &Stack) -> anyhow::Result<crate::invariants::Databases> {
-        let dbs = crate::invariants::Databases::of_stack(stack, &self.state_dir()).map_err(Failure::usage)?;
+        let dbs = self.state_dir().databases(stack).map_err(Failure::usage)?;
         if let Some(path) = dbs.missing() {
             return Err(Failure::runtime(format!(
                 "no database at `{}`; has the stack run? start it with `shop up -d`",

@@ -14,7 +14,7 @@ pub struct Args {
     #[arg(required = true)]
     pub services: Vec<String>,
     /// Grace period between SIGTERM and SIGKILL when stopping
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration)]
     pub timeout: Duration,
 }
 

@@ -563,7 +563,7 @@ impl Smoke {
 
     /// The databases of the stack's first service of each kind, in the throw-away state dir.
     fn databases(&self) -> anyhow::Result<Databases> {
-        Databases::of_stack(&self.stack, &self.sup.dir).map_err(|e| anyhow!(e))
+        self.sup.dir.databases(&self.stack).map_err(|e| anyhow!(e))
     }
 
     /// The last lines of a failed instance's log, on stderr: the state dir is about to go.

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     pub no_deps: bool,
     /// Grace period between SIGTERM and SIGKILL when stopping
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -283,6 +283,6 @@ pub async fn supervise(ctx: &Context, services: Vec<String>, no_deps: bool) -> a
         anyhow::bail!("a supervisor (pid {}) already runs this stack", other.pid);
     }
     let running = daemon::launch(stack, dir, &services, no_deps).await?;
-    running.serve_until_down(Duration::from_secs(10)).await;
+    running.serve_until_down(crate::plumbing::config::STOP_GRACE).await;
     Ok(exit::OK)
 }

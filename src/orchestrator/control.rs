@@ -102,7 +102,7 @@ impl Control {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .header("x-shop-secret", &self.secret)
+            .header(crate::plumbing::admin::SECRET_HEADER, &self.secret)
             .timeout(timeout);
         if let Some(b) = body {
             req = req.json(&b);

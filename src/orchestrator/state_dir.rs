@@ -32,6 +32,27 @@ pub struct StateDir {
 }
 
 impl StateDir {
+    /// The databases of the first service of each built-in kind in `stack`, for the invariant
+    /// checks; the error names a kind the stack lacks.
+    pub fn databases(&self, stack: &super::stackfile::Stack) -> Result<crate::invariants::Databases, String> {
+        use crate::services::Kind;
+        let db = |kind: Kind| {
+            let name = stack
+                .services_of(kind)
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("the stack has no `{}` service", kind.name()))?;
+            Ok::<_, String>(self.db(&name))
+        };
+        Ok(crate::invariants::Databases {
+            order: db(Kind::Order)?,
+            payment: db(Kind::Payment)?,
+            inventory: db(Kind::Inventory)?,
+            notification: db(Kind::Notification)?,
+            gateway: db(Kind::Gateway).ok(),
+        })
+    }
+
     /// `--state-dir`/`$SHOP_STATE_DIR` if given, else `.shop/` beside the stack file.
     pub fn resolve(explicit: Option<&Path>, stack_file: &Path) -> StateDir {
         let root = match explicit {

@@ -15,7 +15,6 @@ use crate::orchestrator::protocol::{ChaosRequest, ClearRequest, FaultRow, Names,
 use crate::plumbing::error::{ApiError, JsonBody};
 
 /// Grace between SIGTERM and SIGKILL when a request does not give `timeout_ms`.
-const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 type Sup = State<Arc<Supervisor>>;
 
@@ -37,15 +36,14 @@ impl Supervisor {
 }
 
 fn authorize(sup: &Supervisor, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers.get("x-shop-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if given.is_empty() || given != sup.secret {
+    if !crate::plumbing::admin::secret_matches(Some(&sup.secret), headers) {
         return Err(ApiError::unauthorized("the stack secret is required (header x-shop-secret)"));
     }
     Ok(())
 }
 
 fn grace(n: &Names) -> Duration {
-    n.timeout_ms.map_or(DEFAULT_GRACE, Duration::from_millis)
+    n.timeout_ms.map_or(crate::plumbing::config::STOP_GRACE, Duration::from_millis)
 }
 
 async fn status(State(sup): Sup, headers: HeaderMap) -> Result<Json<Status>, ApiError> {

@@ -3,6 +3,9 @@
 //! partitions). Every fault is remembered until it expires or is cleared, so `ps` and
 //! `chaos list` can show it and a restarted process gets its service's faults again.
 
+use crate::plumbing::admin::AdminClient;
+use crate::plumbing::config::STOP_GRACE;
+use crate::plumbing::faults::{Errors, FaultClass, FaultSet, Latency, Partition};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,26 +71,27 @@ impl ActiveFault {
     }
 
     /// The body for `PUT /admin/faults` on instance `idx`, for request faults.
-    fn admin_body(&self, idx: usize, sup: &Supervisor) -> Option<serde_json::Value> {
-        let mut body = match &self.kind {
-            FaultKind::Latency { delay_ms, jitter_ms, percent } => serde_json::json!({
-                "latency": {"delay_ms": delay_ms, "jitter_ms": jitter_ms, "percent": percent, "until_ms": self.until_ms}
-            }),
+    /// What instance `idx` is told to do for this fault, or `None` for faults the supervisor
+    /// applies itself (kill, pause).
+    fn admin_body(&self, idx: usize, sup: &Supervisor) -> Option<FaultSet> {
+        let until_ms = self.until_ms;
+        let mut set = FaultSet { seed: self.seed, ..FaultSet::default() };
+        match &self.kind {
+            FaultKind::Latency { delay_ms, jitter_ms, percent } => {
+                set.latency = Some(Latency { delay_ms: *delay_ms, jitter_ms: *jitter_ms, percent: *percent, until_ms })
+            }
             FaultKind::Errors { status, percent } => {
-                serde_json::json!({"errors": {"status": status, "percent": percent, "until_ms": self.until_ms}})
+                set.errors = Some(Errors { status: *status, percent: *percent, until_ms })
             }
             FaultKind::Partition { peer_service } => {
                 // Each side refuses its calls to the other: both directions are cut.
                 let peer =
                     if self.instances.contains(&idx) { peer_service.clone() } else { sup.registry_name(&self.target) };
-                serde_json::json!({"partitions": [{"peer": peer, "until_ms": self.until_ms}]})
+                set.partitions = vec![Partition { peer, until_ms }];
             }
             _ => return None,
-        };
-        if let Some(seed) = self.seed {
-            body["seed"] = seed.into();
         }
-        Some(body)
+        Some(set)
     }
 
     fn covers(&self, idx: usize) -> bool {
@@ -236,31 +240,24 @@ impl Supervisor {
                 .filter_map(|i| inner.instances[*i].address.map(|a| (*i, a.to_string())))
                 .collect()
         };
+        let admin = AdminClient::with_http(self.http.clone(), self.secret.clone());
         for (idx, addr) in targets {
-            let Some(body) = fault.admin_body(idx, self) else { continue };
-            let resp = self
-                .http
-                .put(format!("http://{addr}/admin/faults"))
-                .header("x-shop-secret", &self.secret)
-                .json(&body)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => return Err(format!("{addr} refused the fault: {}", r.status())),
+            let Some(set) = fault.admin_body(idx, self) else { continue };
+            match admin.set_faults(&addr, &set).await {
+                Ok(_) => {}
                 // A paused or dying instance gets it again when it restarts.
-                Err(e) => tracing::warn!(%addr, error = %e, "could not set a fault"),
+                Err(e) if e.is_unreachable() => tracing::warn!(%addr, error = %e, "could not set a fault"),
+                Err(e) => return Err(format!("{addr} refused the fault: {e}")),
             }
         }
         Ok(())
     }
 
     async fn clear_remote(&self, fault: &ActiveFault) {
-        let kind = match fault.kind {
-            FaultKind::Latency { .. } => "latency",
-            FaultKind::Errors { .. } => "errors",
-            FaultKind::Partition { .. } => "partitions",
+        let class = match fault.kind {
+            FaultKind::Latency { .. } => FaultClass::Latency,
+            FaultKind::Errors { .. } => FaultClass::Errors,
+            FaultKind::Partition { .. } => FaultClass::Partitions,
             _ => return,
         };
         let addrs: Vec<String> = {
@@ -272,14 +269,10 @@ impl Supervisor {
                 .filter_map(|i| inner.instances[*i].address.map(|a| a.to_string()))
                 .collect()
         };
+        let admin = AdminClient::with_http(self.http.clone(), self.secret.clone());
         for addr in addrs {
-            let _ = self
-                .http
-                .delete(format!("http://{addr}/admin/faults?kind={kind}"))
-                .header("x-shop-secret", &self.secret)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
+            // An instance that is gone has no fault left to clear.
+            let _ = admin.clear_faults(&addr, Some(class)).await;
         }
     }
 
@@ -311,7 +304,7 @@ impl Supervisor {
                 if signal == Signal::SIGKILL {
                     p.kill();
                 } else {
-                    p.stop(Duration::from_secs(10));
+                    p.stop(STOP_GRACE);
                 }
             }
         })
