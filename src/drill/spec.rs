@@ -280,13 +280,22 @@ fn read_drill(c: &mut Check, root: &Node) -> Option<Drill> {
         None => c.fail(root.at, "a drill needs a `load:`, e.g. load: { orders: 200, concurrency: 8 }".into()),
     };
     let faults: Vec<Option<Fault>> =
-        faults.iter().enumerate().map(|(n, (at, raw))| validate_fault(c, raw, *at, &format!("faults[{n}]"))).collect();
+        faults.iter().enumerate().map(|(n, f)| validate_fault(c, f, &format!("faults[{n}]"))).collect();
     let expect = validate_expect(c, &raw_expect);
     Some(Drill { name, load: load?, faults: faults.into_iter().collect::<Option<_>>()?, expect: expect? })
 }
 
-/// The entries of `faults:`, each with where its mapping starts.
-fn read_faults(c: &mut Check, node: Option<&Node>) -> Vec<(Pos, RawFault)> {
+/// A fault as read: where its mapping starts, whether it read without a problem, and its fields.
+struct ReadFault {
+    at: Pos,
+    /// False when a key or a value's type was reported already: a missing kind then is most
+    /// likely that key misspelled (`kil: payment`), so it is not reported twice.
+    clean: bool,
+    raw: RawFault,
+}
+
+/// The entries of `faults:`.
+fn read_faults(c: &mut Check, node: Option<&Node>) -> Vec<ReadFault> {
     let Some(node) = node else { return Vec::new() };
     let yaml::Value::List(items) = &node.value else {
         c.report(node.at, format!("`faults` must be a list of faults, not {}", node.describe()));
@@ -299,7 +308,9 @@ fn read_faults(c: &mut Check, node: Option<&Node>) -> Vec<(Pos, RawFault)> {
                 let next = "write each fault as a mapping, e.g. - { at: 1s, kill: payment, for: 3s }";
                 c.report(item.at, format!("{path}: a fault must be a mapping, not {}; {next}", item.describe()));
             }
-            (item.at, RawFault::read(c, Some(item), &path))
+            let before = c.problems.len();
+            let raw = RawFault::read(c, Some(item), &path);
+            ReadFault { at: item.at, clean: c.problems.len() == before, raw }
         })
         .collect()
 }
@@ -385,7 +396,8 @@ fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
 /// The keys that name a fault's kind and its target.
 const KINDS: [&str; 5] = ["kill", "pause", "latency", "errors", "partition"];
 
-fn validate_fault(c: &mut Check, raw: &RawFault, at: Pos, path: &str) -> Option<Fault> {
+fn validate_fault(c: &mut Check, read: &ReadFault, path: &str) -> Option<Fault> {
+    let (raw, at) = (&read.raw, read.at);
     let named: Vec<(&str, &Sp<String>)> = [&raw.kill, &raw.pause, &raw.latency, &raw.errors, &raw.partition]
         .into_iter()
         .zip(KINDS)
@@ -398,6 +410,7 @@ fn validate_fault(c: &mut Check, raw: &RawFault, at: Pos, path: &str) -> Option<
     let for_ = optional_duration(c, &raw.r#for, &format!("{path}.for"));
     let (kind, target) = match named.as_slice() {
         [one] => *one,
+        [] if !read.clean => return None,
         [] => {
             let message = format!(
                 "{path}: a fault needs one of `kill`, `pause`, `latency`, `errors`, `partition` naming its target, \
@@ -614,7 +627,7 @@ expect:
         let err = parse("name: x\nload: { orders: 0 }\n").unwrap_err();
         assert_eq!(err, "d.yaml:2:17: load: `orders` must be at least 1");
         let err = parse("name: x\nload: { orders: 1 }\nexpect: { min_confirmed_percent: 101 }\n").unwrap_err();
-        assert_eq!(err, "d.yaml:3:35: expect: `min_confirmed_percent` must be between 0 and 100, not 101");
+        assert_eq!(err, "d.yaml:3:34: expect: `min_confirmed_percent` must be between 0 and 100, not 101");
     }
 
     #[test]
