@@ -8,6 +8,7 @@ use super::context::Context;
 use super::target::{parse_item, GatewayArgs, Target};
 use super::{exit, output, Failure};
 use crate::plumbing::time::parse_duration;
+use crate::traffic::gateway::{Gateway, OrderBody, Place, Token, Wait};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum OrderCommand {
@@ -73,29 +74,33 @@ pub async fn run(ctx: &Context, command: OrderCommand) -> anyhow::Result<i32> {
     }
 }
 
+/// How long a read of orders may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bearer header of a token; a token that cannot be a header is a usage error.
+fn bearer(user: &str, token: &str) -> anyhow::Result<Token> {
+    Token::bearer(user, token).map_err(|e| Failure::usage(e.to_string()))
+}
+
 async fn place(ctx: &Context, args: PlaceArgs) -> anyhow::Result<i32> {
     let target = Target::resolve(ctx, &args.target).await?;
     let token = match (&args.token, &args.user) {
-        (Some(t), _) => t.clone(),
-        (None, Some(u)) => target.token(u)?,
-        (None, None) => unreachable!("clap requires --user or --token"),
+        (Some(t), _) => bearer("--token", t)?,
+        (None, Some(u)) => bearer(u, &target.token(u)?)?,
+        (None, None) => return Err(Failure::usage("give `--user NAME` or `--token TOKEN`")),
     };
-    let body = serde_json::json!({
-        "items": args.items.iter().map(|(p, q)| serde_json::json!({"product_id": p, "quantity": q})).collect::<Vec<_>>()
-    });
-    let http = crate::plumbing::client::http_client();
-    let mut req = http
-        .post(format!("{}/orders", target.gateway))
-        .bearer_auth(&token)
-        .header("prefer", format!("wait={}", args.wait.as_secs_f64()))
-        .timeout(args.wait + Duration::from_secs(10))
-        .json(&body);
-    if let Some(key) = &args.idempotency_key {
-        req = req.header("idempotency-key", key);
-    }
-    let resp = req.send().await.map_err(|e| target.unreachable(&e))?;
-    let status = resp.status().as_u16();
-    let value: Value = resp.json().await.unwrap_or(Value::Null);
+    let gateway = Gateway::new(&target.gateway);
+    let wait = Wait::new(args.wait);
+    let order = Place {
+        token: &token,
+        body: &OrderBody::new(&args.items),
+        wait: &wait,
+        idempotency_key: args.idempotency_key.as_deref(),
+        timeout: wait.duration() + Duration::from_secs(10),
+    };
+    let reply = gateway.place(&order).await.map_err(|e| target.unreachable(&e))?;
+    let status = reply.status.as_u16();
+    let value = reply.json();
     if !(200..300).contains(&status) {
         let code = value["error"]["code"].as_str().unwrap_or("error");
         let message = value["error"]["message"].as_str().unwrap_or("");
@@ -141,17 +146,13 @@ async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<i32> {
         Some(u) => vec![u.clone()],
         None => target.tokens.iter().map(|(u, _)| u.clone()).collect(),
     };
-    let http = crate::plumbing::client::http_client();
+    let gateway = Gateway::new(&target.gateway);
     for user in users {
-        let token = target.token(&user)?;
-        let resp = http
-            .get(format!("{}/orders/{}", target.gateway, args.id))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| target.unreachable(&e))?;
-        if resp.status().is_success() {
-            let value: Value = resp.json().await?;
+        let token = bearer(&user, &target.token(&user)?)?;
+        let reply = gateway.order(&token, &args.id, READ_TIMEOUT).await.map_err(|e| target.unreachable(&e))?;
+        if reply.status.is_success() {
+            let value: Value = serde_json::from_slice(&reply.body)
+                .map_err(|e| anyhow::anyhow!("the gateway answered order `{}` with invalid JSON: {e}", args.id))?;
             show_order(ctx, &value);
             return Ok(exit::OK);
         }
@@ -173,17 +174,16 @@ async fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<i32> {
         Some(u) => vec![u.clone()],
         None => target.tokens.iter().map(|(u, _)| u.clone()).collect(),
     };
-    let http = crate::plumbing::client::http_client();
+    let gateway = Gateway::new(&target.gateway);
     let mut all: Vec<Value> = Vec::new();
     for user in users {
-        let token = target.token(&user)?;
-        let mut url = format!("{}/orders?limit={}", target.gateway, args.limit);
-        if let Some(s) = &args.status {
-            url.push_str(&format!("&status={s}"));
-        }
-        let resp = http.get(url).bearer_auth(token).send().await.map_err(|e| target.unreachable(&e))?;
+        let token = bearer(&user, &target.token(&user)?)?;
+        let reply = gateway
+            .orders(&token, args.limit, args.status.as_deref(), READ_TIMEOUT)
+            .await
+            .map_err(|e| target.unreachable(&e))?;
         // An inactive user may be refused reading; their orders are simply not listed.
-        if let Ok(Value::Array(orders)) = resp.json::<Value>().await {
+        if let Value::Array(orders) = reply.json() {
             all.extend(orders);
         }
     }

@@ -25,6 +25,7 @@ use crate::orchestrator::state_dir::StateDir;
 use crate::orchestrator::supervisor::Supervisor;
 use crate::plumbing::time::parse_duration;
 use crate::services::Kind;
+use crate::traffic::gateway::{self, root_cause, Gateway, OrderBody, Place, Token, Wait};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -229,6 +230,12 @@ struct Reply {
     body: Value,
 }
 
+impl From<gateway::Reply> for Reply {
+    fn from(reply: gateway::Reply) -> Reply {
+        Reply { status: reply.status.as_u16(), location: reply.location(), body: reply.json() }
+    }
+}
+
 impl Reply {
     /// `201 CONFIRMED`, `403 user_inactive: …`: enough to see what went wrong in one line.
     fn describe(&self) -> String {
@@ -260,9 +267,10 @@ struct Smoke {
     sup: Arc<Supervisor>,
     stack: Stack,
     users: Vec<UserFixture>,
+    /// For the instances' own health probes.
     http: reqwest::Client,
-    /// `http://host:port` of a gateway instance; `None` when none came up.
-    gateway: Option<String>,
+    /// A gateway instance; `None` when none came up.
+    gateway: Option<Gateway>,
 }
 
 impl Smoke {
@@ -271,7 +279,7 @@ impl Smoke {
         let mut rows: Vec<_> =
             sup.status().rows.into_iter().filter(|r| gateways.contains(&r.service) && r.address.is_some()).collect();
         rows.sort_by_key(|r| r.state != "healthy");
-        let gateway = rows.into_iter().next().and_then(|r| r.address).map(|a| format!("http://{a}"));
+        let gateway = rows.into_iter().next().and_then(|r| r.address).map(|a| Gateway::new(&format!("http://{a}")));
         Smoke { sup, stack, users, http: crate::plumbing::client::http_client(), gateway }
     }
 
@@ -312,7 +320,7 @@ impl Smoke {
                 match self.http.get(&url).timeout(Duration::from_secs(5)).send().await {
                     Ok(resp) if resp.status().as_u16() == 200 => {}
                     Ok(resp) => problems.push(format!("`{}`: GET {path} answered {}", r.instance, resp.status())),
-                    Err(e) => problems.push(format!("`{}`: GET {path} failed: {}", r.instance, root(&e))),
+                    Err(e) => problems.push(format!("`{}`: GET {path} failed: {}", r.instance, root_cause(&e))),
                 }
             }
         }
@@ -470,8 +478,12 @@ impl Smoke {
         }
         let id = reply.id()?;
         let location = reply.location.clone().ok_or_else(|| anyhow!("202 for {id} has no Location header"))?;
-        let url = format!("{}{location}", self.gateway()?);
-        let found = self.send(self.http.get(&url).bearer_auth(token)).await.with_context(|| format!("GET {url}"))?;
+        let gateway = self.gateway()?;
+        let url = format!("{}{location}", gateway.base());
+        let token = Token::bearer("smoke", token)?;
+        let found = self
+            .answer(gateway.get(&location, Some(&token), REQUEST_TIMEOUT).await)
+            .with_context(|| format!("GET {url}"))?;
         if found.status != 200 || found.body["id"] != id.as_str() {
             bail!("{id} was accepted but GET {location} answered {}: the order is lost", found.describe());
         }
@@ -495,8 +507,8 @@ impl Smoke {
 
     // ---- helpers ----
 
-    fn gateway(&self) -> anyhow::Result<&str> {
-        self.gateway.as_deref().ok_or_else(|| anyhow!("no gateway instance came up, so no request can be sent"))
+    fn gateway(&self) -> anyhow::Result<&Gateway> {
+        self.gateway.as_ref().ok_or_else(|| anyhow!("no gateway instance came up, so no request can be sent"))
     }
 
     /// The first active fixture user with `card`.
@@ -508,8 +520,10 @@ impl Smoke {
     }
 
     async fn products(&self) -> anyhow::Result<Vec<Product>> {
-        let url = format!("{}/products", self.gateway()?);
-        let reply = self.send(self.http.get(&url)).await.with_context(|| format!("GET {url}"))?;
+        let gateway = self.gateway()?;
+        let url = format!("{}/products", gateway.base());
+        let reply =
+            self.answer(gateway.get("/products", None, REQUEST_TIMEOUT).await).with_context(|| format!("GET {url}"))?;
         if reply.status != 200 {
             bail!("GET /products: expected 200, got {}", reply.describe());
         }
@@ -539,26 +553,29 @@ impl Smoke {
         key: Option<&str>,
         wait_s: u64,
     ) -> anyhow::Result<Reply> {
-        let url = format!("{}/orders", self.gateway()?);
-        let body = serde_json::json!({"items": [{"product_id": product, "quantity": quantity}]});
-        let mut req = self.http.post(&url).bearer_auth(token).header("prefer", format!("wait={wait_s}")).json(&body);
-        if let Some(key) = key {
-            req = req.header("idempotency-key", key);
-        }
-        self.send(req).await.with_context(|| format!("POST {url}"))
+        let gateway = self.gateway()?;
+        let url = format!("{}/orders", gateway.base());
+        let token = Token::bearer("smoke", token)?;
+        let order = Place {
+            token: &token,
+            body: &OrderBody::new(&[(product.to_string(), quantity)]),
+            wait: &Wait::new(Duration::from_secs(wait_s)),
+            idempotency_key: key,
+            timeout: REQUEST_TIMEOUT,
+        };
+        self.answer(gateway.place(&order).await).with_context(|| format!("POST {url}"))
     }
 
     async fn get_order(&self, token: &str, id: &str) -> anyhow::Result<Reply> {
-        let url = format!("{}/orders/{id}", self.gateway()?);
-        self.send(self.http.get(&url).bearer_auth(token)).await.with_context(|| format!("GET {url}"))
+        let gateway = self.gateway()?;
+        let url = format!("{}/orders/{id}", gateway.base());
+        let token = Token::bearer("smoke", token)?;
+        self.answer(gateway.order(&token, id, REQUEST_TIMEOUT).await).with_context(|| format!("GET {url}"))
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
-        let resp = req.timeout(REQUEST_TIMEOUT).send().await.map_err(|e| anyhow!("{}", root(&e)))?;
-        let status = resp.status().as_u16();
-        let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
-        Ok(Reply { status, location, body })
+    /// A request's answer, or its failure named by its innermost cause.
+    fn answer(&self, sent: Result<gateway::Reply, reqwest::Error>) -> anyhow::Result<Reply> {
+        sent.map(Reply::from).map_err(|e| anyhow!("{}", root_cause(&e)))
     }
 
     /// The databases of the stack's first service of each kind, in the throw-away state dir.
@@ -577,13 +594,4 @@ impl Smoke {
             eprintln!("  {}", super::logs::readable(&line, false));
         }
     }
-}
-
-/// The innermost cause of a request error (`connection refused`), not reqwest's wrapper.
-fn root(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }

@@ -1,27 +1,26 @@
 //! Reading `stack.yaml` (SPEC section 4): the topology `shop up` runs, validated all at once.
 //!
-//! A user fixing a stack file wants every problem in one go, each as `FILE:LINE:COL: message`.
-//! serde_yaml stops at the first error and knows no positions of values, so this module reads in
-//! three steps instead of one serde pass:
+//! A user fixing a stack file wants every problem in one go, each as `FILE:LINE:COL: message`,
+//! so the file goes through the positioned reader of [`crate::plumbing::yaml`] in three steps:
 //!
-//! 1. `read_yaml` turns saphyr-parser's events into a small tree that keeps every node's position;
+//! 1. [`yaml::read`] turns the text into a tree that keeps every node's position;
 //! 2. `read_stack` and the readers that `raw_struct!` declares walk that tree into the raw model
 //!    (`Raw*`): shape and types only, and, like serde's `deny_unknown_fields`, unknown keys
 //!    rejected (with a "did you mean");
 //! 3. `validate` turns the raw model into the typed [`Stack`]: ranges, durations, kinds,
 //!    references, cycles, ports and fixture files, with the defaults filled in.
 //!
-//! The YAML crate is used nowhere else, so the rest of the crate sees only [`Stack`].
+//! Only `plumbing::yaml` touches the YAML parser, and the rest of the crate sees only [`Stack`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use saphyr_parser::{Event, Marker, Parser, ScalarStyle};
-
 use crate::plumbing::time::parse_duration;
+use crate::plumbing::yaml::{self, did_you_mean, Int, List, Node, Pos, Raw, Sp, Text, Value};
+pub use crate::plumbing::yaml::{FileError, Problem};
+use crate::raw_struct;
 use crate::services::Kind;
 
 /// A validated stack file: everything `shop up` needs to start the topology.
@@ -147,50 +146,14 @@ pub struct RateLimit {
 }
 
 /// Everything wrong with a stack file; `Display` prints one `FILE:LINE:COL: message` per line.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StackError {
-    /// The stack file's path as given.
-    pub file: PathBuf,
-    /// Sorted by position.
-    pub problems: Vec<Problem>,
-}
-
-/// One problem; line and column are 1-based, or 0 when the file could not be read at all.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// Where the offending key or value starts.
-    pub line: usize,
-    /// Counted in characters, as editors do.
-    pub column: usize,
-    /// Lower case, names the thing in backticks and says what to do.
-    pub message: String,
-}
-
-impl fmt::Display for StackError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "\n" };
-            match p.line {
-                0 => write!(f, "{sep}{}: {}", self.file.display(), p.message)?,
-                _ => write!(f, "{sep}{}:{}:{}: {}", self.file.display(), p.line, p.column, p.message)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for StackError {}
+pub type StackError = FileError;
 
 impl Stack {
     /// Reads and validates the stack file at `path`.
     pub fn load(path: &Path) -> Result<Stack, StackError> {
-        let text = std::fs::read_to_string(path).map_err(|e| StackError {
-            file: path.to_path_buf(),
-            problems: vec![Problem {
-                line: 0,
-                column: 0,
-                message: format!("cannot read the stack file ({e}); pass the right one with `-f FILE`"),
-            }],
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let message = format!("cannot read the stack file ({e}); pass the right one with `-f FILE`");
+            FileError::unreadable(path.to_path_buf(), message)
         })?;
         Stack::parse(&text, path)
     }
@@ -202,17 +165,13 @@ impl Stack {
             _ => PathBuf::from("."),
         };
         let mut c = Check::default();
-        let stack = read_yaml(text, &mut c)
+        let doc = yaml::Doc { noun: "stack file", needs: "a `services:` section" };
+        let stack = yaml::read(text, doc, &mut c)
             .and_then(|root| read_stack(&mut c, &root))
             .map(|raw| validate(&mut c, raw, file.to_path_buf(), dir));
-        match stack {
-            Some(stack) if c.problems.is_empty() => Ok(stack),
-            _ => {
-                // Stable, so problems at one spot keep the order they were found in.
-                c.problems.sort_by_key(|p| (p.line, p.column));
-                Err(StackError { file: file.to_path_buf(), problems: c.problems })
-            }
-        }
+        c.0.finish(file.to_path_buf())?;
+        // `finish` fails whenever no stack came out: every `None` above reported a problem.
+        stack.ok_or_else(|| FileError::unreadable(file.to_path_buf(), "cannot read the stack file".into()))
     }
 
     /// The service called `name`.
@@ -286,161 +245,24 @@ impl Stack {
     }
 }
 
-// ---- Step 1: YAML events to a tree that remembers positions ----
-
-/// A 1-based position in the stack file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Pos {
-    line: usize,
-    column: usize,
-}
-
-impl From<&Marker> for Pos {
-    fn from(m: &Marker) -> Pos {
-        Pos { line: m.line(), column: m.col() + 1 } // saphyr's lines are 1-based, its columns 0-based
-    }
-}
-
-/// A YAML node and where it starts.
-struct Node {
-    at: Pos,
-    value: Value,
-}
-
-enum Value {
-    /// `plain` is false for quoted and block scalars, which are strings whatever they hold.
-    Scalar {
-        text: String,
-        plain: bool,
-    },
-    List(Vec<Node>),
-    Map(Vec<(Node, Node)>),
-}
-
-impl Node {
-    fn is_null(&self) -> bool {
-        let nulls = ["", "~", "null", "Null", "NULL"];
-        matches!(&self.value, Value::Scalar { text, plain: true } if nulls.contains(&text.as_str()))
-    }
-
-    /// The node as a message shows it, long values cut short.
-    fn describe(&self) -> String {
-        let cut = |text: &str| match text.char_indices().nth(40) {
-            Some((end, _)) => format!("{}…", &text[..end]),
-            None => text.to_string(),
-        };
-        match &self.value {
-            Value::Scalar { text, plain: true } => format!("`{}`", cut(text)),
-            Value::Scalar { text, plain: false } => format!("`\"{}\"`", cut(text)),
-            Value::List(_) => "a list".into(),
-            Value::Map(_) => "a mapping".into(),
-        }
-    }
-}
-
-/// No stack file nests this deep; the cap keeps junk input from exhausting the stack when the
-/// tree is dropped (which recurses).
-const MAX_DEPTH: usize = 32;
-
-/// The document's root node, or `None` after reporting why there is none worth reading.
-fn read_yaml(text: &str, c: &mut Check) -> Option<Node> {
-    enum Open {
-        List(Pos, Vec<Node>),
-        Map(Pos, Vec<(Node, Node)>, Option<Node>),
-    }
-    let mut open: Vec<Open> = Vec::new();
-    let mut root = None;
-    for event in Parser::new_from_str(text) {
-        let (event, span) = match event {
-            Ok(event) => event,
-            Err(e) => return c.fail(e.marker().into(), format!("invalid YAML: {}", e.info())),
-        };
-        let at = Pos::from(&span.start);
-        let node = match event {
-            Event::DocumentStart(_) if root.is_some() => {
-                return c.fail(at, "a second YAML document starts here; a stack file holds exactly one".into());
-            }
-            Event::Alias(_)
-            | Event::Scalar(_, _, 1.., _)
-            | Event::SequenceStart(1.., _)
-            | Event::MappingStart(1.., _) => {
-                return c
-                    .fail(at, "anchors and aliases (`&name`, `*name`) are not supported; write the value out".into());
-            }
-            // A tag could turn `8080` into a string behind the reader's back; nobody needs one here.
-            Event::Scalar(.., Some(_)) | Event::SequenceStart(_, Some(_)) | Event::MappingStart(_, Some(_)) => {
-                return c.fail(at, "YAML tags (`!!str`, `!name`) are not supported; remove it".into());
-            }
-            Event::SequenceStart(..) | Event::MappingStart(..) if open.len() >= MAX_DEPTH => {
-                return c.fail(at, format!("nested more than {MAX_DEPTH} levels deep; this is not a stack file"));
-            }
-            Event::SequenceStart(..) => {
-                open.push(Open::List(at, Vec::new()));
-                continue;
-            }
-            Event::MappingStart(..) => {
-                open.push(Open::Map(at, Vec::new(), None));
-                continue;
-            }
-            Event::Scalar(text, style, ..) => {
-                Node { at, value: Value::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain } }
-            }
-            Event::SequenceEnd | Event::MappingEnd => match open.pop() {
-                Some(Open::List(at, items)) => Node { at, value: Value::List(items) },
-                Some(Open::Map(at, entries, _)) => Node { at, value: Value::Map(entries) },
-                None => continue, // the parser balances ends with starts
-            },
-            _ => continue,
-        };
-        match open.last_mut() {
-            None => root = Some(node),
-            Some(Open::List(_, items)) => items.push(node),
-            Some(Open::Map(_, entries, key)) => match key.take() {
-                None => *key = Some(node),
-                Some(k) => entries.push((k, node)),
-            },
-        }
-    }
-    if root.is_none() {
-        c.report(Pos { line: 1, column: 1 }, "the stack file is empty; it needs at least a `services:` section");
-    }
-    root
-}
-
 // ---- Step 2: the tree to the raw model (shape and types) ----
 
-/// A value and where it was written.
-#[derive(Clone, Debug)]
-struct Sp<T> {
-    at: Pos,
-    v: T,
+/// The shared problem collector, with the checks of step 3 that only a stack file needs.
+#[derive(Default)]
+struct Check(yaml::Check);
+
+impl std::ops::Deref for Check {
+    type Target = yaml::Check;
+
+    fn deref(&self) -> &yaml::Check {
+        &self.0
+    }
 }
 
-type Text = Option<Sp<String>>;
-type Int = Option<Sp<i64>>;
-type List = Option<Sp<Vec<Sp<String>>>>;
-
-/// A raw section: read from a mapping node at `path`, reporting what does not fit.
-trait Raw: Default {
-    fn read(c: &mut Check, node: Option<&Node>, path: &str) -> Self;
-}
-
-/// Declares a raw struct and its reader, as `#[derive(Deserialize)]` with
-/// `#[serde(deny_unknown_fields)]` would: the field names are the keys, each is read by the
-/// `Check` method named after `=`, and any other key is reported with a suggestion.
-macro_rules! raw_struct {
-    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty = $read:ident),* $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Clone, Default)]
-        struct $name { $($field: $ty),* }
-
-        impl Raw for $name {
-            fn read(c: &mut Check, node: Option<&Node>, path: &str) -> $name {
-                let f = c.fields(node, path, &[$(stringify!($field)),*]);
-                $name { $($field: c.$read(f.get(stringify!($field)), &format!("{path}.{}", stringify!($field)))),* }
-            }
-        }
-    };
+impl std::ops::DerefMut for Check {
+    fn deref_mut(&mut self) -> &mut yaml::Check {
+        &mut self.0
+    }
 }
 
 raw_struct!(RawRegistry { port: Int = int, heartbeat: Text = text, ttl: Text = text });
@@ -499,147 +321,6 @@ struct RawStack {
 
 /// A service's name (where it is written) and its section.
 type NamedService = (Sp<String>, RawService);
-
-/// The entries of a mapping whose keys were checked; a null value counts as not given.
-struct Fields<'a>(Vec<(Sp<String>, &'a Node)>);
-
-impl<'a> Fields<'a> {
-    fn get(&self, key: &str) -> Option<&'a Node> {
-        self.0.iter().find(|(k, v)| k.v == key && !v.is_null()).map(|(_, v)| *v)
-    }
-}
-
-/// Collects problems while the raw model is read and validated.
-#[derive(Default)]
-struct Check {
-    problems: Vec<Problem>,
-}
-
-impl Check {
-    fn report(&mut self, at: Pos, message: impl Into<String>) {
-        // One problem per line whatever the file holds: escape control characters from quoted values.
-        let mut line = String::new();
-        for ch in message.into().chars() {
-            if ch.is_control() {
-                line.extend(ch.escape_default());
-            } else {
-                line.push(ch);
-            }
-        }
-        self.problems.push(Problem { line: at.line, column: at.column, message: line });
-    }
-
-    fn fail<T>(&mut self, at: Pos, message: String) -> Option<T> {
-        self.report(at, message);
-        None
-    }
-
-    /// A mapping's entries in file order, keys checked to be unique single values.
-    fn entries<'a>(&mut self, node: Option<&'a Node>, path: &str) -> Vec<(Sp<String>, &'a Node)> {
-        let pairs = match node {
-            Some(Node { value: Value::Map(pairs), .. }) => pairs,
-            Some(n) if !n.is_null() => {
-                self.report(n.at, format!("`{path}` must be a mapping (`{{}}` for none), not {}", n.describe()));
-                return Vec::new();
-            }
-            _ => return Vec::new(),
-        };
-        let mut out: Vec<(Sp<String>, &Node)> = Vec::new();
-        for (key, value) in pairs {
-            let place = place(path);
-            match &key.value {
-                Value::Scalar { text, .. } if out.iter().any(|(k, _)| k.v == *text) => {
-                    self.report(key.at, format!("duplicate key `{text}` {place}; keep one"))
-                }
-                Value::Scalar { text, .. } => out.push((Sp { at: key.at, v: text.clone() }, value)),
-                _ => self.report(key.at, format!("keys {place} must be single values, not {}", key.describe())),
-            }
-        }
-        out
-    }
-
-    /// Like [`Check::entries`], reporting keys not in `known`.
-    fn fields<'a>(&mut self, node: Option<&'a Node>, path: &str, known: &[&str]) -> Fields<'a> {
-        let mut entries = self.entries(node, path);
-        entries.retain(|(key, _)| {
-            if known.contains(&key.v.as_str()) {
-                return true;
-            }
-            let place = place(path);
-            let hint = match did_you_mean(&key.v, known.iter().copied()) {
-                Some(near) => format!("did you mean `{near}`?"),
-                None => format!("expected one of: {}", known.join(", ")),
-            };
-            self.report(key.at, format!("unknown key `{}` {place}; {hint}", key.v));
-            false
-        });
-        Fields(entries)
-    }
-
-    /// A single value as text: strings, and numbers or booleans where a string is wanted.
-    fn text(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<String>> {
-        let node = node?;
-        match &node.value {
-            Value::Scalar { text, .. } => Some(Sp { at: node.at, v: text.clone() }),
-            _ => self.fail(node.at, format!("`{path}` must be a single value, not {}", node.describe())),
-        }
-    }
-
-    /// A whole number; ranges are checked in validation.
-    fn int(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<i64>> {
-        let node = node?;
-        if let Value::Scalar { text, plain: true } = &node.value {
-            let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                return match text.parse() {
-                    Ok(n) => Some(Sp { at: node.at, v: n }),
-                    Err(_) => self.fail(node.at, format!("`{path}` is out of range: {text}")),
-                };
-            }
-        }
-        self.fail(node.at, format!("`{path}` must be a whole number, not {}", node.describe()))
-    }
-
-    /// Another raw section.
-    fn nested<T: Raw>(&mut self, node: Option<&Node>, path: &str) -> T {
-        T::read(self, node, path)
-    }
-
-    /// A section that is absent unless given, and where it was given.
-    fn optional<T: Raw>(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<T>> {
-        node.map(|n| Sp { at: n.at, v: T::read(self, Some(n), path) })
-    }
-
-    /// Environment variables; numbers and booleans are taken as written, a null as empty.
-    fn env(&mut self, node: Option<&Node>, path: &str) -> BTreeMap<String, String> {
-        let entries = self.entries(node, path);
-        (entries.into_iter())
-            .filter_map(|(key, value)| match value.is_null() {
-                true => Some((key.v, String::new())),
-                false => self.text(Some(value), &format!("{path}.{}", key.v)).map(|v| (key.v, v.v)),
-            })
-            .collect()
-    }
-
-    /// A list of single values.
-    fn list(&mut self, node: Option<&Node>, path: &str) -> Option<Sp<Vec<Sp<String>>>> {
-        let node = node?;
-        let Value::List(items) = &node.value else {
-            return self.fail(node.at, format!("`{path}` must be a list like [a, b], not {}", node.describe()));
-        };
-        let items = items.iter().filter_map(|item| self.text(Some(item), &format!("{path}[]"))).collect();
-        Some(Sp { at: node.at, v: items })
-    }
-}
-
-/// Where a key sits, for messages.
-fn place(path: &str) -> String {
-    if path.is_empty() {
-        "at the top level".into()
-    } else {
-        format!("in `{path}`")
-    }
-}
 
 fn read_stack(c: &mut Check, root: &Node) -> Option<RawStack> {
     if !matches!(root.value, Value::Map(_)) {
@@ -825,7 +506,31 @@ impl Check {
 }
 
 fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack {
-    let r = &raw.registry;
+    let registry = validate_registry(c, &raw.registry);
+    let defaults = c.policy(&raw.defaults, "defaults", &builtin_policy());
+    let raw_services = raw.services.as_ref().map_or(&[][..], |s| &s.v[..]);
+    if let Some(Sp { at, v: services }) = &raw.services {
+        if services.is_empty() {
+            c.report(*at, "the stack has no services; list at least one under `services:`, e.g. `user: {}`");
+        }
+    }
+    let names: Vec<&str> = raw_services.iter().map(|(name, _)| name.v.as_str()).collect();
+    // Fixed ports so far and who holds them, to catch a second holder.
+    let mut ports: Vec<(u16, String)> = Vec::new();
+    if registry.port != 0 {
+        ports.push((registry.port, "the registry".into()));
+    }
+    let services = (raw_services.iter())
+        .map(|(name, s)| {
+            validate_service(c, name, s, &Scope { names: &names, defaults: &defaults, dir: &dir }, &mut ports)
+        })
+        .collect();
+    report_cycles(c, raw_services);
+    let name = raw.name.map_or_else(|| "shop".to_string(), |n| n.v);
+    Stack { name, file, dir, registry, services }
+}
+
+fn validate_registry(c: &mut Check, r: &RawRegistry) -> RegistrySpec {
     let registry = RegistrySpec {
         port: c.port(&r.port, "registry.port", 7070),
         heartbeat: c.duration(&r.heartbeat, "registry.heartbeat", true, Duration::from_secs(1)),
@@ -840,109 +545,112 @@ fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack 
             format!("`registry.ttl` ({ttl:?}) must be longer than `registry.heartbeat` ({heartbeat:?}), {next}"),
         );
     }
-    let defaults = c.policy(&raw.defaults, "defaults", &builtin_policy());
-    let raw_services = raw.services.as_ref().map_or(&[][..], |s| &s.v[..]);
-    if let Some(Sp { at, v: services }) = &raw.services {
-        if services.is_empty() {
-            c.report(*at, "the stack has no services; list at least one under `services:`, e.g. `user: {}`");
-        }
+    registry
+}
+
+/// What every service entry is validated against.
+struct Scope<'a> {
+    /// Every service name in the stack, for `depends_on`.
+    names: &'a [&'a str],
+    /// `defaults:` over the built-in policy.
+    defaults: &'a Policy,
+    /// The stack file's directory, for fixture paths.
+    dir: &'a Path,
+}
+
+fn validate_service(
+    c: &mut Check,
+    name: &Sp<String>,
+    s: &RawService,
+    scope: &Scope,
+    ports: &mut Vec<(u16, String)>,
+) -> ServiceSpec {
+    let path = format!("services.{}", name.v);
+    let p = |key: &str| format!("{path}.{key}");
+    // Names become file names under the state dir, so keep them tame.
+    if name.v.is_empty() || !name.v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+        c.report(name.at, format!("service name `{}` may only hold letters, digits, `-` and `_`; rename it", name.v));
     }
-    let names: Vec<&str> = raw_services.iter().map(|(name, _)| name.v.as_str()).collect();
-    // Fixed ports so far and who holds them, to catch a second holder.
-    let mut ports: Vec<(u16, String)> = Vec::new();
-    if registry.port != 0 {
-        ports.push((registry.port, "the registry".into()));
+    let replicas = c.count(&s.replicas, &p("replicas"), 1, 1);
+    let port = c.port(&s.port, &p("port"), 0);
+    if let Some(at) = s.port.as_ref().filter(|_| port != 0).map(|p| p.at) {
+        claim_port(c, ports, at, port, &path, replicas);
     }
-    let mut services = Vec::new();
-    for (name, s) in raw_services {
-        let path = format!("services.{}", name.v);
-        let p = |key: &str| format!("{path}.{key}");
-        // Names become file names under the state dir, so keep them tame.
-        if name.v.is_empty() || !name.v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-            c.report(
-                name.at,
-                format!("service name `{}` may only hold letters, digits, `-` and `_`; rename it", name.v),
-            );
+    let bind = s.bind.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |b| {
+        b.v.parse().unwrap_or_else(|_| {
+            c.report(b.at, format!("`{}` must be an IP address like 127.0.0.1 or 0.0.0.0, not `{}`", p("bind"), b.v));
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        })
+    });
+    let depends_on = validate_depends_on(c, s.depends_on.as_ref(), &p("depends_on"), scope.names);
+    let fixtures = s.fixtures.as_ref().map(|f| {
+        let resolved = scope.dir.join(&f.v);
+        if !resolved.is_file() {
+            let next = "paths are relative to the stack file's directory";
+            c.report(f.at, format!("`{}`: no file at `{}`; {next}", p("fixtures"), resolved.display()));
         }
-        let replicas = c.count(&s.replicas, &p("replicas"), 1, 1);
-        let port = c.port(&s.port, &p("port"), 0);
-        if let Some(at) = s.port.as_ref().filter(|_| port != 0).map(|p| p.at) {
-            if let Some((_, holder)) = ports.iter().find(|(taken, _)| *taken == port) {
-                let next = "give each service its own port, or 0 for any free one";
-                c.report(at, format!("port {port} of `{path}` is already taken by {holder}; {next}"));
-            } else if replicas > 1 {
-                let next = "replicas cannot share a port, so use `port: 0` or `replicas: 1`";
-                c.report(at, format!("`{path}` has {replicas} replicas but the fixed port {port}; {next}"));
-            }
-            ports.push((port, format!("`{path}`")));
+        resolved
+    });
+    let rate_limit = s.rate_limit.as_ref().map(|r| {
+        if r.v.per_second.is_none() {
+            c.report(r.at, format!("`{}` needs `per_second`, e.g. {{ per_second: 100, burst: 200 }}", p("rate_limit")));
         }
-        let bind = s.bind.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |b| {
-            b.v.parse().unwrap_or_else(|_| {
-                c.report(
-                    b.at,
-                    format!("`{}` must be an IP address like 127.0.0.1 or 0.0.0.0, not `{}`", p("bind"), b.v),
-                );
-                IpAddr::V4(Ipv4Addr::LOCALHOST)
-            })
-        });
-        let mut depends_on: Vec<String> = Vec::new();
-        for dep in s.depends_on.iter().flat_map(|list| &list.v) {
-            if names.contains(&dep.v.as_str()) {
-                if !depends_on.contains(&dep.v) {
-                    depends_on.push(dep.v.clone());
-                }
-                continue;
-            }
-            let hint = match did_you_mean(&dep.v, names.iter().copied()) {
-                Some(near) => format!("did you mean `{near}`?"),
-                None => format!("the stack has: {}", names.join(", ")),
-            };
-            let what = format!("`{}` names `{}`", p("depends_on"), dep.v);
-            c.report(dep.at, format!("{what}, which is not a service in this stack; {hint}"));
-        }
-        let fixtures = s.fixtures.as_ref().map(|f| {
-            let resolved = dir.join(&f.v);
-            if !resolved.is_file() {
-                let next = "paths are relative to the stack file's directory";
-                c.report(f.at, format!("`{}`: no file at `{}`; {next}", p("fixtures"), resolved.display()));
-            }
-            resolved
-        });
-        let rate_limit = s.rate_limit.as_ref().map(|r| {
-            if r.v.per_second.is_none() {
-                c.report(
-                    r.at,
-                    format!("`{}` needs `per_second`, e.g. {{ per_second: 100, burst: 200 }}", p("rate_limit")),
-                );
-            }
-            // A bucket as big as a second's worth of requests is the usual default.
-            let per_second = c.count(&r.v.per_second, &p("rate_limit.per_second"), 1, 1);
-            RateLimit { per_second, burst: c.count(&r.v.burst, &p("rate_limit.burst"), 1, per_second) }
-        });
-        let policy = c.policy(&s.policy(), &path, &defaults);
-        let saga_timeout =
-            s.saga_timeout.as_ref().map(|_| c.duration(&s.saga_timeout, &p("saga_timeout"), true, Duration::ZERO));
-        services.push(ServiceSpec {
-            name: name.v.clone(),
-            program: c.program(name, s),
-            replicas,
-            port,
-            bind,
-            depends_on,
-            env: s.env.clone(),
-            fixtures,
-            restart: policy.restart,
-            max_restarts: policy.max_restarts,
-            backoff: policy.backoff,
-            health: policy.health,
-            client: policy.client,
-            saga_timeout,
-            rate_limit,
-        });
+        // A bucket as big as a second's worth of requests is the usual default.
+        let per_second = c.count(&r.v.per_second, &p("rate_limit.per_second"), 1, 1);
+        RateLimit { per_second, burst: c.count(&r.v.burst, &p("rate_limit.burst"), 1, per_second) }
+    });
+    let policy = c.policy(&s.policy(), &path, scope.defaults);
+    let saga_timeout =
+        s.saga_timeout.as_ref().map(|_| c.duration(&s.saga_timeout, &p("saga_timeout"), true, Duration::ZERO));
+    ServiceSpec {
+        name: name.v.clone(),
+        program: c.program(name, s),
+        replicas,
+        port,
+        bind,
+        depends_on,
+        env: s.env.clone(),
+        fixtures,
+        restart: policy.restart,
+        max_restarts: policy.max_restarts,
+        backoff: policy.backoff,
+        health: policy.health,
+        client: policy.client,
+        saga_timeout,
+        rate_limit,
     }
-    report_cycles(c, raw_services);
-    let name = raw.name.map_or_else(|| "shop".to_string(), |n| n.v);
-    Stack { name, file, dir, registry, services }
+}
+
+/// Records fixed `port` (written at `at`) for the service at `path`; a port held already, or
+/// shared by replicas, is a problem.
+fn claim_port(c: &mut Check, ports: &mut Vec<(u16, String)>, at: Pos, port: u16, path: &str, replicas: u32) {
+    if let Some((_, holder)) = ports.iter().find(|(taken, _)| *taken == port) {
+        let next = "give each service its own port, or 0 for any free one";
+        c.report(at, format!("port {port} of `{path}` is already taken by {holder}; {next}"));
+    } else if replicas > 1 {
+        let next = "replicas cannot share a port, so use `port: 0` or `replicas: 1`";
+        c.report(at, format!("`{path}` has {replicas} replicas but the fixed port {port}; {next}"));
+    }
+    ports.push((port, format!("`{path}`")));
+}
+
+/// The services a `depends_on` list names, once each; names not in the stack are problems.
+fn validate_depends_on(c: &mut Check, list: Option<&Sp<Vec<Sp<String>>>>, path: &str, names: &[&str]) -> Vec<String> {
+    let mut depends_on: Vec<String> = Vec::new();
+    for dep in list.iter().flat_map(|list| &list.v) {
+        if names.contains(&dep.v.as_str()) {
+            if !depends_on.contains(&dep.v) {
+                depends_on.push(dep.v.clone());
+            }
+            continue;
+        }
+        let hint = match did_you_mean(&dep.v, names.iter().copied()) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None => format!("the stack has: {}", names.join(", ")),
+        };
+        c.report(dep.at, format!("`{path}` names `{}`, which is not a service in this stack; {hint}", dep.v));
+    }
+    depends_on
 }
 
 /// Reports each dependency cycle once, at the `depends_on` entry of its first edge.
@@ -985,34 +693,6 @@ fn report_cycles(c: &mut Check, services: &[NamedService]) {
             }
         }
     }
-}
-
-/// The closest candidate within two edits, for "did you mean".
-fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    if word.len() > 64 {
-        return None; // no name is that long, and the distance is quadratic
-    }
-    (candidates.into_iter())
-        .map(|cand| (edit_distance(word, cand), cand))
-        .filter(|&(d, _)| d <= 2 && d < word.chars().count())
-        .min_by_key(|&(d, _)| d)
-        .map(|(_, cand)| cand)
-}
-
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = cost.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod spans;
 pub mod time;
 pub mod trace;
+pub mod yaml;

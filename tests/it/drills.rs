@@ -210,3 +210,59 @@ fn a_malformed_drill_file_exits_2_pointing_at_its_line_and_column() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).starts_with("error: cannot read the drill file `missing.yaml`"), "{}", stderr(&out));
 }
+
+/// Writes `text` as `name` in the project and runs it as a drill; the exit code and stderr.
+fn bad_drill(p: &Project, name: &str, text: &str) -> (Option<i32>, String) {
+    std::fs::write(p.dir.path().join(name), text).unwrap();
+    let out = p.shop(&["chaos", "drill", name]);
+    assert_eq!(stdout(&out), "", "a bad drill file prints nothing on stdout");
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn bad_drill_files_exit_2_with_every_problem_at_its_line_and_column() {
+    // No stack needed: the file is read first.
+    let p = Project::new("");
+    let head = "name: bad\nload: { orders: 10 }\nfaults:\n";
+
+    let (code, err) = bad_drill(&p, "key.yaml", &format!("{head}  - {{ at: 1s, kill: payment, forr: 3s }}\n"));
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "error: key.yaml:4:30: faults[0]: unknown field `forr`, expected one of `at`, `for`, `kill`, `pause`, \
+         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`; \
+         did you mean `for`?\n"
+    );
+
+    let (code, err) =
+        bad_drill(&p, "duration.yaml", &format!("{head}  - {{ at: 1s, kill: payment, for: 3 parsecs }}\n"));
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "error: duration.yaml:4:35: faults[0].for: `3 parsecs` is not a duration (unknown time unit \"parsecs\", \
+         supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); \
+         write e.g. 500ms, 2s, 1m\n"
+    );
+
+    let (code, err) = bad_drill(&p, "kind.yaml", &format!("{head}  - {{ at: 1s, crash: payment }}\n"));
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "error: kind.yaml:4:15: faults[0]: unknown field `crash`, expected one of `at`, `for`, `kill`, `pause`, \
+         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`\n"
+    );
+
+    // Several problems: one line each, in file order, then the summary a stack file gets.
+    let (code, err) = bad_drill(
+        &p,
+        "two.yaml",
+        "name: bad\nload: { orders: 0 }\nfaults:\n  - { at: 2s, latency: inventory, delay: soon }\n",
+    );
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "two.yaml:2:17: load: `orders` must be at least 1\n\
+         two.yaml:4:42: faults[0].delay: `soon` is not a duration (expected number at 0); write e.g. 500ms, 2s, 1m\n\
+         error: `two.yaml` is invalid (2 problems); fix it and run again\n"
+    );
+}

@@ -1,0 +1,357 @@
+//! The drill report (SPEC section 8): its figures (windows around each fault, the verdict of
+//! each expectation), and its two renderings, the human one and `--json` (the report itself,
+//! serialized).
+
+use std::time::Duration;
+
+use comfy_table::Table;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::run::{AfterSettle, BreakerTransition, Settled};
+use super::spec::Drill;
+use crate::invariants::{self, Check};
+use crate::traffic::engine::round;
+use crate::traffic::{Outcome, Sample, Summary};
+
+#[derive(Serialize)]
+pub struct DrillReport {
+    pub ok: bool,
+    /// The expectations.
+    pub checks: Vec<Check>,
+    pub name: String,
+    pub seed: Option<u64>,
+    pub faults: Vec<FaultReport>,
+    pub windows: Vec<Window>,
+    pub outcomes: Outcomes,
+    pub breaker_transitions: Vec<BreakerTransition>,
+    pub invariants: invariants::Report,
+}
+
+/// One fault of the timeline; times are seconds from the start of the load.
+#[derive(Serialize)]
+pub struct FaultReport {
+    /// 1-based, in file order; windows refer to it.
+    pub index: usize,
+    pub fault: &'static str,
+    pub target: String,
+    pub params: Value,
+    /// When the file asked for it.
+    pub at_s: f64,
+    pub for_s: Option<f64>,
+    /// When it was applied; `null` if it never was.
+    pub applied_at_s: Option<f64>,
+    /// When it ended: its `for` ran out, the faults were cleared, or a restarted instance was
+    /// healthy again.
+    pub ended_at_s: Option<f64>,
+    pub error: Option<String>,
+    /// For the human report.
+    #[serde(skip)]
+    pub describe: String,
+}
+
+#[derive(Serialize)]
+pub struct Outcomes {
+    /// What the load saw, as `shop load --json` reports it.
+    #[serde(flatten)]
+    pub load: Summary,
+    pub after_settle: AfterSettle,
+}
+
+/// The traffic in one window around a fault, by the start time of each order.
+#[derive(Serialize)]
+pub struct Window {
+    pub fault: usize,
+    /// before, during or after.
+    pub phase: &'static str,
+    pub from_s: f64,
+    pub to_s: f64,
+    pub orders: u64,
+    /// Orders started per second.
+    pub throughput_per_s: f64,
+    pub latency_ms: WindowLatency,
+    pub confirmed: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub errors: u64,
+}
+
+#[derive(Serialize)]
+pub struct WindowLatency {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// Seconds, to the millisecond.
+pub fn secs(d: Duration) -> f64 {
+    round(d.as_secs_f64(), 3)
+}
+
+/// Windows shorter than this say nothing about a rate (a fault applied at 0s has no "before").
+const MIN_WINDOW_S: f64 = 0.05;
+
+/// Before, during and after each applied fault, over the whole load.
+pub fn windows(faults: &[FaultReport], samples: &[Sample], load_end: Duration) -> Vec<Window> {
+    let end = load_end.as_secs_f64();
+    let mut out = Vec::new();
+    for f in faults {
+        let (Some(applied), Some(ended)) = (f.applied_at_s, f.ended_at_s) else { continue };
+        for (phase, from, to) in [("before", 0.0, applied), ("during", applied, ended), ("after", ended, end)] {
+            if to - from >= MIN_WINDOW_S {
+                out.push(window(f.index, phase, from, to, samples));
+            }
+        }
+    }
+    out
+}
+
+fn window(fault: usize, phase: &'static str, from: f64, to: f64, samples: &[Sample]) -> Window {
+    let inside: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            let t = s.start.as_secs_f64();
+            t >= from && t < to
+        })
+        .collect();
+    let mut latencies: Vec<f64> = inside.iter().map(|s| s.latency.as_secs_f64() * 1000.0).collect();
+    latencies.sort_by(f64::total_cmp);
+    // Nearest rank: the smallest latency that at least q of the orders did not exceed.
+    let quantile = |q: f64| -> Option<f64> {
+        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len().max(1));
+        latencies.get(rank - 1).map(|ms| round(*ms, 2))
+    };
+    let count = |pick: fn(&Outcome) -> bool| inside.iter().filter(|s| pick(&s.outcome)).count() as u64;
+    let length = to - from;
+    Window {
+        fault,
+        phase,
+        from_s: round(from, 3),
+        to_s: round(to, 3),
+        orders: inside.len() as u64,
+        throughput_per_s: if length > 0.0 { round(inside.len() as f64 / length, 1) } else { 0.0 },
+        latency_ms: WindowLatency { p50: quantile(0.50), p99: quantile(0.99) },
+        confirmed: count(|o| matches!(o, Outcome::Confirmed)),
+        failed: count(|o| matches!(o, Outcome::Failed(_))),
+        pending: count(|o| matches!(o, Outcome::Pending)),
+        errors: count(|o| matches!(o, Outcome::Error(_))),
+    }
+}
+
+/// The drill's verdict: each expectation of the file, plus that every fault was applied
+/// (a fault that never happened tests nothing).
+pub fn expectations(
+    drill: &Drill,
+    faults: &[FaultReport],
+    settled: &Settled,
+    after: &AfterSettle,
+    orders: u64,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let missed: Vec<String> = faults
+        .iter()
+        .filter(|f| f.applied_at_s.is_none())
+        .map(|f| match &f.error {
+            Some(e) => format!("#{} {} {}: {e}", f.index, f.fault, f.target),
+            None => format!("#{} {} {} at {}s: the load ended first", f.index, f.fault, f.target, f.at_s),
+        })
+        .collect();
+    checks.push(Check {
+        name: "faults_applied".into(),
+        ok: missed.is_empty(),
+        detail: if missed.is_empty() {
+            format!("{} of {} faults applied", faults.len(), faults.len())
+        } else {
+            format!("not applied: {}", missed.join("; "))
+        },
+    });
+    if drill.expect.invariants {
+        let failed: Vec<&str> = settled.report.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+        let total = settled.report.checks.len();
+        checks.push(Check {
+            name: "invariants".into(),
+            ok: failed.is_empty(),
+            detail: if failed.is_empty() {
+                let after = settled.held_after.unwrap_or_default().as_secs_f64();
+                format!("{total} of {total} invariants hold ({after:.1}s after the faults were cleared)")
+            } else {
+                format!("{} of {total} violated: {}", failed.len(), failed.join(", "))
+            },
+        });
+    }
+    let limit = humantime::format_duration(drill.expect.settle_within);
+    checks.push(Check {
+        name: "settled".into(),
+        ok: settled.after.is_some(),
+        detail: match settled.after {
+            Some(d) => format!(
+                "nothing pending or reserved {:.1}s after the faults were cleared (limit {limit})",
+                d.as_secs_f64()
+            ),
+            None => format!("{} orders still pending after {limit}", settled.report.pending),
+        },
+    });
+    if let Some(min) = drill.expect.min_confirmed_percent {
+        let percent = if orders > 0 { after.confirmed as f64 * 100.0 / orders as f64 } else { 0.0 };
+        checks.push(Check {
+            name: "min_confirmed_percent".into(),
+            ok: percent >= min,
+            detail: format!(
+                "{:.1}% confirmed ({} of {orders} orders), at least {min}% expected",
+                percent, after.confirmed
+            ),
+        });
+    }
+    checks
+}
+
+fn pass_fail(ok: bool, color: bool) -> &'static str {
+    match (ok, color) {
+        (true, true) => "\x1b[32mPASS\x1b[0m",
+        (false, true) => "\x1b[31mFAIL\x1b[0m",
+        (true, false) => "PASS",
+        (false, false) => "FAIL",
+    }
+}
+
+fn opt_secs(s: Option<f64>) -> String {
+    s.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into())
+}
+
+/// The human report; `table` builds an empty table with a header, as every command's tables
+/// are built, and `color` says whether PASS and FAIL may be coloured.
+pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    macro_rules! println {
+        () => { let _ = writeln!(out); };
+        ($($arg:tt)*) => { let _ = writeln!(out, $($arg)*); };
+    }
+    println!("drill {}", r.name);
+    println!("\nfaults");
+    if r.faults.is_empty() {
+        println!("  none");
+    } else {
+        let mut t = table(&["#", "FAULT", "TARGET", "PARAMS", "AT", "APPLIED AT", "ENDED AT"]);
+        for f in &r.faults {
+            t.add_row(vec![
+                f.index.to_string(),
+                f.fault.to_string(),
+                f.target.clone(),
+                if f.describe.is_empty() { "-".into() } else { f.describe.clone() },
+                format!("{:.2}s", f.at_s),
+                f.error.as_ref().map(|_| "failed".to_string()).unwrap_or_else(|| opt_secs(f.applied_at_s)),
+                opt_secs(f.ended_at_s),
+            ]);
+        }
+        println!("{t}");
+    }
+    for f in &r.faults {
+        let rows: Vec<&Window> = r.windows.iter().filter(|w| w.fault == f.index).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        println!("\nfault {}: {} {}", f.index, f.fault, f.target);
+        let mut t = table(&["WINDOW", "FROM", "TO", "ORDERS", "ORDERS/S", "P50", "P99", "FAILED", "ERRORS", "PENDING"]);
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.1} ms")).unwrap_or_else(|| "-".into());
+        for w in rows {
+            t.add_row(vec![
+                w.phase.to_string(),
+                format!("{:.2}s", w.from_s),
+                format!("{:.2}s", w.to_s),
+                w.orders.to_string(),
+                format!("{:.1}", w.throughput_per_s),
+                ms(w.latency_ms.p50),
+                ms(w.latency_ms.p99),
+                w.failed.to_string(),
+                w.errors.to_string(),
+                w.pending.to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
+    println!("\noutcomes (as the load saw them)");
+    let mut summary = table(&["METRIC", "VALUE"]);
+    for (name, value) in r.outcomes.load.rows() {
+        summary.add_row(vec![name, value]);
+    }
+    println!("{summary}");
+    let a = &r.outcomes.after_settle;
+    let by_code: Vec<String> = a.failures_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    println!(
+        "after settling: {} confirmed, {} failed{}, {} pending ({} of the drill's orders reached the order service)",
+        a.confirmed,
+        a.failed,
+        if by_code.is_empty() { String::new() } else { format!(" ({})", by_code.join(", ")) },
+        a.pending,
+        a.orders
+    );
+    if r.breaker_transitions.is_empty() {
+        println!("\nbreaker transitions: none");
+    } else {
+        println!("\nbreaker transitions");
+        let mut t = table(&["INSTANCE", "DEPENDENCY", "FROM", "TO", "AT"]);
+        for b in &r.breaker_transitions {
+            t.add_row(vec![
+                b.instance.clone(),
+                b.dependency.clone(),
+                b.from.clone(),
+                b.to.clone(),
+                format!("{:.2}s", b.at_s),
+            ]);
+        }
+        println!("{t}");
+    }
+    println!("\ninvariants");
+    let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
+    for c in &r.invariants.checks {
+        t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+    }
+    println!("{t}");
+    println!("\nexpectations");
+    let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
+    for c in &r.checks {
+        t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+    }
+    println!("{t}");
+    println!("\ndrill {}: {}", r.name, if r.ok { "PASSED" } else { "FAILED" });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample(start_ms: u64, latency_ms: u64, outcome: Outcome) -> Sample {
+        Sample { start: Duration::from_millis(start_ms), latency: Duration::from_millis(latency_ms), outcome }
+    }
+
+    #[test]
+    fn windows_split_orders_by_their_start_around_each_fault() {
+        let samples = vec![
+            sample(100, 10, Outcome::Confirmed),
+            sample(900, 20, Outcome::Confirmed),
+            sample(1_100, 500, Outcome::Error("http_503".into())),
+            sample(1_500, 700, Outcome::Pending),
+            sample(2_500, 30, Outcome::Failed("card_declined".into())),
+        ];
+        let fault = FaultReport {
+            index: 1,
+            fault: "kill",
+            target: "payment".into(),
+            params: json!({}),
+            at_s: 1.0,
+            for_s: Some(1.0),
+            applied_at_s: Some(1.0),
+            ended_at_s: Some(2.0),
+            error: None,
+            describe: String::new(),
+        };
+        let w = windows(&[fault], &samples, Duration::from_secs(3));
+        let phases: Vec<(&str, u64)> = w.iter().map(|w| (w.phase, w.orders)).collect();
+        assert_eq!(phases, [("before", 2), ("during", 2), ("after", 1)]);
+        assert_eq!((w[0].throughput_per_s, w[0].latency_ms.p50, w[0].latency_ms.p99), (2.0, Some(10.0), Some(20.0)));
+        assert_eq!((w[1].errors, w[1].pending, w[2].failed), (1, 1, 1));
+    }
+}

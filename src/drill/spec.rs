@@ -1,0 +1,654 @@
+//! Drill files (SPEC section 8): the file → a typed [`Drill`], every problem reported at once
+//! at its `FILE:LINE:COL`, as stack.yaml's are.
+//!
+//! The file goes through the positioned reader of [`crate::plumbing::yaml`]: first into raw
+//! sections (shape and types, unknown keys rejected with a "did you mean"), then each section is
+//! validated into its typed form. Messages start with the section they are about
+//! (`faults[0]: …`, `load: …`), and point at the offending value, or at the section's mapping
+//! when what is wrong is a missing or conflicting key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::orchestrator::chaos::ChaosRequest;
+use crate::plumbing::time::parse_duration;
+use crate::plumbing::yaml::{self, Bool, Check, FileError, Float, Int, List, Node, Pos, Raw, Sp, Text};
+use crate::raw_struct;
+use crate::traffic::gateway::parse_item;
+use crate::traffic::MAX_CONCURRENCY;
+
+/// A validated drill file.
+#[derive(Clone, Debug)]
+pub struct Drill {
+    /// Names the drill in the report and its final line.
+    pub name: String,
+    pub load: LoadSpec,
+    /// In file order, which is also the report's order.
+    pub faults: Vec<Fault>,
+    pub expect: Expect,
+}
+
+/// The `load:` mapping: the traffic `shop load` would send.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub orders: u64,
+    pub concurrency: u64,
+    pub users: Vec<String>,
+    /// Orders started per second; it also fixes how long the load lasts (`orders / rate`).
+    pub rate: Option<f64>,
+    pub items: Vec<(String, i64)>,
+}
+
+/// One entry of `faults:`.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// Offset from the start of the load.
+    pub at: Duration,
+    /// How long it lasts; until the end of the load when absent.
+    pub for_: Option<Duration>,
+    pub action: Action,
+}
+
+/// What a fault does, to what.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Kill { target: String, restart: bool, signal: String },
+    Pause { target: String },
+    Latency { target: String, delay: Duration, jitter: Option<Duration>, percent: f64 },
+    Errors { target: String, status: u16, percent: f64 },
+    Partition { target: String, with: String },
+}
+
+/// The `expect:` mapping.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    /// `invariants: all`: every invariant must hold once settled.
+    pub invariants: bool,
+    /// How long in-flight sagas get to finish after the faults are cleared.
+    pub settle_within: Duration,
+    /// Share of the drill's orders that must end CONFIRMED.
+    pub min_confirmed_percent: Option<f64>,
+}
+
+impl Default for Expect {
+    fn default() -> Expect {
+        Expect { invariants: false, settle_within: Duration::from_secs(30), min_confirmed_percent: None }
+    }
+}
+
+/// Why a drill file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read the drill file `{}`: {source}", path.display())]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    /// Every problem, at its position.
+    #[error("{0}")]
+    Invalid(FileError),
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self.action {
+            Action::Kill { .. } => "kill",
+            Action::Pause { .. } => "pause",
+            Action::Latency { .. } => "latency",
+            Action::Errors { .. } => "errors",
+            Action::Partition { .. } => "partition",
+        }
+    }
+
+    pub fn target(&self) -> &str {
+        match &self.action {
+            Action::Kill { target, .. }
+            | Action::Pause { target }
+            | Action::Latency { target, .. }
+            | Action::Errors { target, .. }
+            | Action::Partition { target, .. } => target,
+        }
+    }
+
+    /// The names the fault acts on: its target, and a partition's other side.
+    pub fn names(&self) -> Vec<&str> {
+        match &self.action {
+            Action::Partition { target, with } => vec![target, with],
+            _ => vec![self.target()],
+        }
+    }
+
+    /// Whether only kill and pause, which the registry takes too.
+    pub fn is_process_fault(&self) -> bool {
+        matches!(self.action, Action::Kill { .. } | Action::Pause { .. })
+    }
+
+    /// What the fault does beyond its kind and target, for the report.
+    pub fn params(&self) -> Value {
+        let ms = |d: &Duration| d.as_millis() as u64;
+        match &self.action {
+            Action::Kill { restart, signal, .. } => json!({"signal": signal, "restart": restart}),
+            Action::Pause { .. } => json!({}),
+            Action::Latency { delay, jitter, percent, .. } => {
+                json!({"delay_ms": ms(delay), "jitter_ms": jitter.as_ref().map(ms).unwrap_or(0), "percent": percent})
+            }
+            Action::Errors { status, percent, .. } => json!({"status": status, "percent": percent}),
+            Action::Partition { with, .. } => json!({"with": with}),
+        }
+    }
+
+    /// The same as [`params`](Self::params), as a reader would write it.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match &self.action {
+            Action::Kill { restart, signal, .. } => {
+                parts.push(format!("SIG{signal}"));
+                if *restart {
+                    parts.push("restart".into());
+                }
+            }
+            Action::Pause { .. } => {}
+            Action::Latency { delay, jitter, percent, .. } => {
+                parts.push(humantime::format_duration(*delay).to_string());
+                if let Some(j) = jitter {
+                    parts.push(format!("±{}", humantime::format_duration(*j)));
+                }
+                parts.push(format!("{percent}%"));
+            }
+            Action::Errors { status, percent, .. } => parts.push(format!("{status} {percent}%")),
+            Action::Partition { with, .. } => parts.push(format!("with {with}")),
+        }
+        if let Some(d) = self.for_ {
+            parts.push(format!("for {}", humantime::format_duration(d)));
+        }
+        parts.join(" ")
+    }
+
+    /// The supervisor's request for this fault.
+    pub fn request(&self, seed: Option<u64>) -> ChaosRequest {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let base = ChaosRequest {
+            action: self.kind().into(),
+            target: self.target().to_string(),
+            for_ms: self.for_.map(ms),
+            ..Default::default()
+        };
+        match &self.action {
+            Action::Kill { restart, signal, .. } => {
+                ChaosRequest { signal: Some(signal.clone()), restart: *restart, ..base }
+            }
+            Action::Pause { .. } => base,
+            Action::Latency { delay, jitter, percent, .. } => ChaosRequest {
+                delay_ms: Some(ms(*delay)),
+                jitter_ms: jitter.map(ms),
+                percent: Some(*percent),
+                seed,
+                ..base
+            },
+            Action::Errors { status, percent, .. } => {
+                ChaosRequest { status: Some(*status), percent: Some(*percent), seed, ..base }
+            }
+            Action::Partition { with, .. } => ChaosRequest { peer: Some(with.clone()), ..base },
+        }
+    }
+
+    /// `kill … restart: true` ends when the instance is back, which the timeline watches for.
+    pub fn restarts(&self) -> bool {
+        matches!(self.action, Action::Kill { restart: true, .. })
+    }
+}
+
+impl Drill {
+    /// Reads and validates the drill file at `path`.
+    pub fn load(path: &Path) -> Result<Drill, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SpecError::Unreadable { path: path.to_path_buf(), source })?;
+        Drill::parse(&text, path).map_err(SpecError::Invalid)
+    }
+
+    /// Validates `text`; `file` is the path as given, for messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Drill, FileError> {
+        let mut c = Check::with_unknown_key(unknown_key);
+        let doc = yaml::Doc { noun: "drill file", needs: "`name:` and `load:`" };
+        let drill = yaml::read(text, doc, &mut c).and_then(|root| read_drill(&mut c, &root));
+        c.finish(file.to_path_buf())?;
+        // `finish` fails whenever no drill came out: every `None` above reported a problem.
+        drill.ok_or_else(|| FileError::unreadable(file.to_path_buf(), "cannot read the drill file".into()))
+    }
+}
+
+/// serde's wording, which drill files have always used, with a suggestion when one is close:
+/// "faults[0]: unknown field `forr`, expected one of `at`, `for`, …; did you mean `for`?"
+fn unknown_key(path: &str, key: &str, known: &[&str], near: Option<&str>) -> String {
+    let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+    let prefix = if path.is_empty() { String::new() } else { format!("{path}: ") };
+    let hint = near.map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+    format!("{prefix}unknown field `{key}`, expected one of {}{hint}", known.join(", "))
+}
+
+// ---- The raw sections: shape and types ----
+
+raw_struct!(RawLoad {
+    orders: Int = int,
+    concurrency: Int = int,
+    users: List = list,
+    rate: Float = float,
+    item: List = one_or_many
+});
+raw_struct!(
+    /// One entry of `faults:`; exactly one of `kill` … `partition` names its target.
+    RawFault {
+        at: Text = text,
+        r#for: Text = text,
+        kill: Text = text,
+        pause: Text = text,
+        latency: Text = text,
+        errors: Text = text,
+        partition: Text = text,
+        with: Text = text,
+        restart: Bool = boolean,
+        signal: Text = text,
+        delay: Text = text,
+        jitter: Text = text,
+        percent: Float = float,
+        status: Int = int,
+    }
+);
+raw_struct!(RawExpect { invariants: Text = text, settle_within: Text = text, min_confirmed_percent: Float = float });
+
+/// The longest duration a drill file may give.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+fn read_drill(c: &mut Check, root: &Node) -> Option<Drill> {
+    if !root.is_map() {
+        let found = root.describe();
+        return c.fail(root.at, format!("a drill file must be a mapping with `name:` and `load:`, not {found}"));
+    }
+    let top = c.fields(Some(root), "", &["name", "load", "faults", "expect"]);
+    let name = c.text(top.get("name"), "name");
+    let load_node = top.get("load");
+    let raw_load: RawLoad = c.nested(load_node, "load");
+    let faults = read_faults(c, top.get("faults"));
+    let raw_expect: RawExpect = c.nested(top.get("expect"), "expect");
+
+    let name = match name {
+        Some(n) if !n.v.trim().is_empty() => n.v,
+        Some(n) => return c.fail(n.at, "`name` must not be empty; it names the drill in its report".into()),
+        None => return c.fail(root.at, "a drill needs a `name:`, e.g. name: payment-outage".into()),
+    };
+    let load = match load_node {
+        Some(node) => validate_load(c, &raw_load, node.at),
+        None => c.fail(root.at, "a drill needs a `load:`, e.g. load: { orders: 200, concurrency: 8 }".into()),
+    };
+    let faults: Vec<Option<Fault>> =
+        faults.iter().enumerate().map(|(n, f)| validate_fault(c, f, &format!("faults[{n}]"))).collect();
+    let expect = validate_expect(c, &raw_expect);
+    Some(Drill { name, load: load?, faults: faults.into_iter().collect::<Option<_>>()?, expect: expect? })
+}
+
+/// A fault as read: where its mapping starts, whether it read without a problem, and its fields.
+struct ReadFault {
+    at: Pos,
+    /// False when a key or a value's type was reported already: a missing kind then is most
+    /// likely that key misspelled (`kil: payment`), so it is not reported twice.
+    clean: bool,
+    raw: RawFault,
+}
+
+/// The entries of `faults:`.
+fn read_faults(c: &mut Check, node: Option<&Node>) -> Vec<ReadFault> {
+    let Some(node) = node else { return Vec::new() };
+    let yaml::Value::List(items) = &node.value else {
+        c.report(node.at, format!("`faults` must be a list of faults, not {}", node.describe()));
+        return Vec::new();
+    };
+    (items.iter().enumerate())
+        .map(|(n, item)| {
+            let path = format!("faults[{n}]");
+            if !item.is_map() {
+                let next = "write each fault as a mapping, e.g. - { at: 1s, kill: payment, for: 3s }";
+                c.report(item.at, format!("{path}: a fault must be a mapping, not {}; {next}", item.describe()));
+            }
+            let before = c.problems.len();
+            let raw = RawFault::read(c, Some(item), &path);
+            ReadFault { at: item.at, clean: c.problems.len() == before, raw }
+        })
+        .collect()
+}
+
+/// A duration at most a day long; `None` after reporting.
+fn duration(c: &mut Check, raw: &Sp<String>, path: &str) -> Option<Duration> {
+    match parse_duration(&raw.v) {
+        // Also keeps every sum of offsets far from overflowing an `Instant`.
+        Ok(d) if d > MAX_DURATION => {
+            c.fail(raw.at, format!("{path}: `{}` is longer than a drill can be; write at most 24h", raw.v))
+        }
+        Ok(d) => Some(d),
+        Err(e) => c.fail(raw.at, format!("{path}: {e}")),
+    }
+}
+
+fn optional_duration(c: &mut Check, raw: &Text, path: &str) -> Result<Option<Duration>, ()> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => duration(c, raw, path).map(Some).ok_or(()),
+    }
+}
+
+fn percent(c: &mut Check, raw: &Float, path: &str, key: &str) -> Option<f64> {
+    match raw {
+        None => Some(100.0),
+        Some(p) if (0.0..=100.0).contains(&p.v) => Some(p.v),
+        Some(p) => c.fail(p.at, format!("{path}: `{key}` must be between 0 and 100, not {}", p.v)),
+    }
+}
+
+fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
+    let mut ok = true;
+    let orders = match &raw.orders {
+        None => {
+            c.report(at, "load: `orders` is missing; write e.g. { orders: 200 }");
+            None
+        }
+        Some(o) if o.v < 1 => {
+            c.report(o.at, "load: `orders` must be at least 1");
+            None
+        }
+        Some(o) => u64::try_from(o.v).ok(),
+    };
+    let concurrency = match &raw.concurrency {
+        None => 8,
+        Some(n) if (1..=MAX_CONCURRENCY as i64).contains(&n.v) => n.v as u64,
+        Some(n) => {
+            c.report(n.at, format!("load: `concurrency` must be between 1 and {MAX_CONCURRENCY}, not {}", n.v));
+            ok = false;
+            0
+        }
+    };
+    let users = match &raw.users {
+        None => vec!["alice".to_string()],
+        Some(list) if list.v.is_empty() || list.v.iter().any(|u| u.v.trim().is_empty()) => {
+            c.report(list.at, "load: `users` must name fixture users, e.g. [alice, bob]");
+            ok = false;
+            Vec::new()
+        }
+        Some(list) => list.v.iter().map(|u| u.v.trim().to_string()).collect(),
+    };
+    if let Some(rate) = raw.rate.as_ref().filter(|r| !(r.v.is_finite() && r.v > 0.0)) {
+        c.report(rate.at, format!("load: `rate` must be orders per second above 0, not {}", rate.v));
+        ok = false;
+    }
+    let items = match &raw.item {
+        None => vec![("sku-load".to_string(), 1)],
+        Some(list) if list.v.is_empty() => {
+            c.report(list.at, "load: `item` names no product; write e.g. sku-load:1");
+            ok = false;
+            Vec::new()
+        }
+        Some(list) => (list.v.iter())
+            .filter_map(|item| parse_item(&item.v).map_err(|e| c.report(item.at, format!("load: {e}"))).ok())
+            .collect(),
+    };
+    ok &= raw.item.as_ref().is_none_or(|list| items.len() == list.v.len());
+    let spec = LoadSpec { orders: orders?, concurrency, users, rate: raw.rate.as_ref().map(|r| r.v), items };
+    ok.then_some(spec)
+}
+
+/// The keys that name a fault's kind and its target.
+const KINDS: [&str; 5] = ["kill", "pause", "latency", "errors", "partition"];
+
+fn validate_fault(c: &mut Check, read: &ReadFault, path: &str) -> Option<Fault> {
+    let (raw, at) = (&read.raw, read.at);
+    let named: Vec<(&str, &Sp<String>)> = [&raw.kill, &raw.pause, &raw.latency, &raw.errors, &raw.partition]
+        .into_iter()
+        .zip(KINDS)
+        .filter_map(|(v, k)| v.as_ref().map(|v| (k, v)))
+        .collect();
+    let at_offset = match &raw.at {
+        None => c.fail(at, format!("{path}: a fault needs `at`, its offset from the start of the load, e.g. at: 2s")),
+        Some(a) => duration(c, a, &format!("{path}.at")),
+    };
+    let for_ = optional_duration(c, &raw.r#for, &format!("{path}.for"));
+    let (kind, target) = match named.as_slice() {
+        [one] => *one,
+        [] if !read.clean => return None,
+        [] => {
+            let message = format!(
+                "{path}: a fault needs one of `kill`, `pause`, `latency`, `errors`, `partition` naming its target, \
+                 e.g. {{ at: 1s, kill: payment, for: 3s }}"
+            );
+            return c.fail(at, message);
+        }
+        many => {
+            let keys: Vec<&str> = many.iter().map(|(k, _)| *k).collect();
+            let message = format!(
+                "{path}: a fault has exactly one of kill, pause, latency, errors, partition, not {}; \
+                 write one entry per fault",
+                keys.join(" and ")
+            );
+            return c.fail(at, message);
+        }
+    };
+    let name = target.v.trim().to_string();
+    if name.is_empty() {
+        return c.fail(target.at, format!("{path}: `{kind}` must name a service or an instance"));
+    }
+    // Options that belong to another kind of fault are mistakes, not extras to ignore.
+    let options: [(&str, Option<Pos>, &[&str]); 7] = [
+        ("with", raw.with.as_ref().map(|v| v.at), &["partition"]),
+        ("restart", raw.restart.as_ref().map(|v| v.at), &["kill"]),
+        ("signal", raw.signal.as_ref().map(|v| v.at), &["kill"]),
+        ("delay", raw.delay.as_ref().map(|v| v.at), &["latency"]),
+        ("jitter", raw.jitter.as_ref().map(|v| v.at), &["latency"]),
+        ("percent", raw.percent.as_ref().map(|v| v.at), &["latency", "errors"]),
+        ("status", raw.status.as_ref().map(|v| v.at), &["errors"]),
+    ];
+    let mut ok = true;
+    for (option, given, kinds) in options {
+        if let Some(given) = given.filter(|_| !kinds.contains(&kind)) {
+            c.report(given, format!("{path}: `{option}` belongs to a {} fault, not to `{kind}`", kinds.join(" or ")));
+            ok = false;
+        }
+    }
+    if let (Ok(Some(d)), Some(raw_for)) = (for_, &raw.r#for) {
+        if d.is_zero() {
+            let next = "leave it out to last until the end of the load";
+            c.report(raw_for.at, format!("{path}: `for` must be longer than 0s; {next}"));
+            ok = false;
+        }
+    }
+    let action = action(c, raw, kind, name, for_.ok().flatten(), at, path);
+    let fault = Fault { at: at_offset?, for_: for_.ok()?, action: action? };
+    ok.then_some(fault)
+}
+
+/// The fault's action, once its kind and target are known.
+fn action(
+    c: &mut Check,
+    raw: &RawFault,
+    kind: &str,
+    target: String,
+    for_: Option<Duration>,
+    at: Pos,
+    path: &str,
+) -> Option<Action> {
+    let percent = percent(c, &raw.percent, path, "percent");
+    match kind {
+        "kill" => {
+            let restart = raw.restart.as_ref().is_some_and(|r| r.v);
+            if restart && for_.is_some() {
+                let next = "the restart policy brings it back; drop one of them";
+                return c.fail(at, format!("{path}: `for` has no meaning with `restart: true`: {next}"));
+            }
+            let signal = match &raw.signal {
+                None => "KILL".to_string(),
+                Some(s) => {
+                    let upper = s.v.trim().to_ascii_uppercase();
+                    let signal = upper.strip_prefix("SIG").unwrap_or(&upper).to_string();
+                    if signal != "KILL" && signal != "TERM" {
+                        return c.fail(s.at, format!("{path}: `signal` must be KILL or TERM, not `{signal}`"));
+                    }
+                    signal
+                }
+            };
+            Some(Action::Kill { target, restart, signal })
+        }
+        "pause" => Some(Action::Pause { target }),
+        "latency" => {
+            let Some(raw_delay) = &raw.delay else {
+                return c.fail(at, format!("{path}: a latency fault needs a `delay`, e.g. delay: 200ms"));
+            };
+            let delay = duration(c, raw_delay, &format!("{path}.delay"));
+            let jitter = optional_duration(c, &raw.jitter, &format!("{path}.jitter"));
+            Some(Action::Latency { target, delay: delay?, jitter: jitter.ok()?, percent: percent? })
+        }
+        "errors" => {
+            let status = match &raw.status {
+                None => 503,
+                Some(s) if (400..=599).contains(&s.v) => s.v as u16,
+                Some(s) => return c.fail(s.at, format!("{path}: `status` must be between 400 and 599, not {}", s.v)),
+            };
+            Some(Action::Errors { target, status, percent: percent? })
+        }
+        _ => {
+            let with = raw.with.as_ref().map(|w| w.v.trim().to_string()).filter(|w| !w.is_empty());
+            let Some(with) = with else {
+                let next = "e.g. { partition: order, with: payment }";
+                return c.fail(at, format!("{path}: a partition needs the other side in `with`, {next}"));
+            };
+            if with == target {
+                return c.fail(at, format!("{path}: a partition needs two different sides, not `{target}` twice"));
+            }
+            Some(Action::Partition { target, with })
+        }
+    }
+}
+
+fn validate_expect(c: &mut Check, raw: &RawExpect) -> Option<Expect> {
+    let invariants = match &raw.invariants {
+        None => Some(false),
+        Some(i) if i.v == "all" => Some(true),
+        Some(i) => c.fail(i.at, format!("expect: `invariants` takes only `all`, not `{}`", i.v)),
+    };
+    let settle_within = match &raw.settle_within {
+        None => Some(Expect::default().settle_within),
+        Some(s) => duration(c, s, "expect.settle_within"),
+    };
+    let min_confirmed_percent = match &raw.min_confirmed_percent {
+        None => Some(None),
+        Some(p) if (0.0..=100.0).contains(&p.v) => Some(Some(p.v)),
+        Some(p) => c.fail(p.at, format!("expect: `min_confirmed_percent` must be between 0 and 100, not {}", p.v)),
+    };
+    Some(Expect {
+        invariants: invariants?,
+        settle_within: settle_within?,
+        min_confirmed_percent: min_confirmed_percent?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Drill, String> {
+        Drill::parse(text, Path::new("d.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_drill_parses_into_its_faults_and_expectations() {
+        let d = parse(
+            "name: payment-outage
+load: { orders: 400, concurrency: 8, users: [alice, bob], rate: 200, item: sku-1:2 }
+faults:
+  - { at: 1s, kill: payment, for: 3s }
+  - { at: 1s, pause: payment, for: 2s }
+  - { at: 2s, latency: inventory, delay: 200ms, jitter: 20ms, percent: 50, for: 3s }
+  - { at: 1s, errors: notification, status: 503, percent: 30, for: 10s }
+  - { at: 1s, partition: order, with: payment, for: 3s }
+  - { at: 500ms, kill: order, restart: true, signal: TERM }
+expect:
+  invariants: all
+  settle_within: 30s
+  min_confirmed_percent: 50
+",
+        )
+        .unwrap();
+        assert_eq!(d.load.items, vec![("sku-1".to_string(), 2)]);
+        assert_eq!((d.load.orders, d.load.concurrency, d.load.rate), (400, 8, Some(200.0)));
+        assert_eq!(d.load.users, ["alice", "bob"]);
+        assert_eq!(d.faults.len(), 6);
+        let kinds: Vec<&str> = d.faults.iter().map(Fault::kind).collect();
+        assert_eq!(kinds, ["kill", "pause", "latency", "errors", "partition", "kill"]);
+        let latency = d.faults[2].request(Some(7));
+        assert_eq!(
+            (latency.delay_ms, latency.jitter_ms, latency.percent, latency.seed),
+            (Some(200), Some(20), Some(50.0), Some(7))
+        );
+        assert_eq!(d.faults[4].request(None).peer.as_deref(), Some("payment"));
+        let kill = d.faults[5].request(Some(7));
+        assert!(kill.restart && kill.seed.is_none() && kill.for_ms.is_none());
+        assert_eq!(kill.signal.as_deref(), Some("TERM"));
+        assert!(d.expect.invariants);
+        assert_eq!(d.expect.min_confirmed_percent, Some(50.0));
+    }
+
+    #[test]
+    fn the_shipped_drills_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/drills");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            Drill::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn mistakes_are_reported_at_the_key_or_value_that_holds_them() {
+        let head = "name: x\nload: { orders: 10 }\nfaults:\n";
+        let cases = [
+            (
+                "  - { at: 1s, kill: payment, forr: 3s }\n",
+                "d.yaml:4:30: faults[0]: unknown field `forr`, expected one of `at`, `for`",
+            ),
+            ("  - { at: soon, kill: payment }\n", "d.yaml:4:11: faults[0].at: `soon` is not a duration"),
+            ("  - { at: 100000h, kill: payment }\n", "d.yaml:4:11: faults[0].at: `100000h` is longer than a drill"),
+            ("  - { at: 1s, kill: payment, pause: order }\n", "d.yaml:4:5: faults[0]: a fault has exactly one of"),
+            (
+                "  - { at: 1s, kill: payment, delay: 1s }\n",
+                "d.yaml:4:37: faults[0]: `delay` belongs to a latency fault",
+            ),
+            ("  - { at: 1s, errors: payment, percent: 130 }\n", "d.yaml:4:41: faults[0]: `percent` must be between"),
+            ("  - { at: 1s, partition: order }\n", "d.yaml:4:5: faults[0]: a partition needs the other side"),
+            ("  - { at: 1s, latency: order }\n", "d.yaml:4:5: faults[0]: a latency fault needs a `delay`"),
+            ("  - { at: 1s, restart: yes, kill: order }\n", "d.yaml:4:24: `faults[0].restart` must be true or false"),
+        ];
+        for (fault, want) in cases {
+            let err = parse(&format!("{head}{fault}")).unwrap_err();
+            assert!(err.starts_with(want), "{fault}: {err}");
+        }
+        let err = parse("name: x\nload: { orders: 0 }\n").unwrap_err();
+        assert_eq!(err, "d.yaml:2:17: load: `orders` must be at least 1");
+        let err = parse("name: x\nload: { orders: 1 }\nexpect: { min_confirmed_percent: 101 }\n").unwrap_err();
+        assert_eq!(err, "d.yaml:3:34: expect: `min_confirmed_percent` must be between 0 and 100, not 101");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_in_file_order() {
+        let err = parse(
+            "name: x\nlaod: { orders: 1 }\nfaults:\n  - { at: 1s, kill: payment }\n  - { at: 2 parsecs, pause: order }\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "d.yaml:1:1: a drill needs a `load:`, e.g. load: { orders: 200, concurrency: 8 }
+d.yaml:2:1: unknown field `laod`, expected one of `name`, `load`, `faults`, `expect`; did you mean `load`?
+d.yaml:5:11: faults[1].at: `2 parsecs` is not a duration (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. 500ms, 2s, 1m"
+        );
+        assert_eq!(
+            parse("").unwrap_err(),
+            "d.yaml:1:1: the drill file is empty; it needs at least `name:` and `load:`"
+        );
+        assert_eq!(
+            parse("- a\n").unwrap_err(),
+            "d.yaml:1:1: a drill file must be a mapping with `name:` and `load:`, not a list"
+        );
+    }
+}

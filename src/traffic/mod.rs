@@ -1,0 +1,12 @@
+//! Order traffic against the gateway: the one gateway client every command uses, and the load
+//! engine `shop load` and drills drive with a typed [`LoadPlan`].
+//!
+//! This layer sits below the drill runner and the cli (traffic ← drill ← cli) and never
+//! imports from them: callers resolve the gateway and the users' tokens, and show progress
+//! through the [`indicatif::ProgressBar`] they put in the plan.
+
+pub mod engine;
+pub mod gateway;
+
+pub use engine::{Load, LoadError, LoadPlan, PlanError, Report, Sample, Summary, MAX_CONCURRENCY};
+pub use gateway::{Gateway, Outcome};
