@@ -20,6 +20,7 @@ use super::{exit, output, Failure};
 use crate::fixtures::UserFixture;
 use crate::invariants::{Check, Databases};
 use crate::orchestrator::daemon;
+use crate::orchestrator::protocol::InstanceState;
 use crate::orchestrator::stackfile::{Program, Stack};
 use crate::orchestrator::state_dir::StateDir;
 use crate::orchestrator::supervisor::Supervisor;
@@ -124,7 +125,7 @@ async fn wait_started(sup: &Supervisor, timeout: Duration, quiet: bool) {
     }
     if !quiet {
         let rows = sup.status().rows;
-        let healthy = rows.iter().filter(|r| r.state == "healthy").count();
+        let healthy = rows.iter().filter(|r| r.state == InstanceState::Healthy).count();
         eprintln!(
             "{healthy} of {} instances healthy after {} ms; running the checks",
             rows.len(),
@@ -278,7 +279,7 @@ impl Smoke {
         let gateways = stack.services_of(Kind::Gateway);
         let mut rows: Vec<_> =
             sup.status().rows.into_iter().filter(|r| gateways.contains(&r.service) && r.address.is_some()).collect();
-        rows.sort_by_key(|r| r.state != "healthy");
+        rows.sort_by_key(|r| r.state != InstanceState::Healthy);
         let gateway = rows.into_iter().next().and_then(|r| r.address).map(|a| Gateway::new(&format!("http://{a}")));
         Smoke { sup, stack, users, http: crate::plumbing::client::http_client(), gateway }
     }
@@ -300,7 +301,7 @@ impl Smoke {
         let rows = self.sup.status().rows;
         let mut problems = Vec::new();
         for r in &rows {
-            if r.state != "healthy" {
+            if r.state != InstanceState::Healthy {
                 let why = r.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default();
                 problems.push(format!("`{}` is {}{why}", r.instance, r.state));
                 self.show_log_tail(&r.instance);
@@ -436,7 +437,7 @@ impl Smoke {
         }
         let user = self.active_user_with_card(CARD_CHARGED)?;
         let product = self.stocked_product().await?;
-        self.sup.stop(&payment, GRACE, "stopped").await;
+        self.sup.stop_services(&payment, GRACE).await;
         let placed = self.place_during_outage(&user.token, &product.product_id).await;
         self.sup.up(payment.clone()).await;
         let back = Instant::now();
@@ -446,7 +447,7 @@ impl Smoke {
             .status()
             .rows
             .into_iter()
-            .filter(|r| payment.contains(&r.service) && r.state != "healthy")
+            .filter(|r| payment.contains(&r.service) && r.state != InstanceState::Healthy)
             .map(|r| format!("`{}` is {}", r.instance, r.state))
             .collect();
         if !unhealthy.is_empty() {

@@ -23,7 +23,8 @@ use super::spec::{Drill, Fault};
 use crate::error::Failure;
 use crate::invariants::{self, Databases};
 use crate::orchestrator::control::Control;
-use crate::orchestrator::supervisor::{PsRow, REGISTRY};
+use crate::orchestrator::protocol::{InstanceState, PsRow};
+use crate::orchestrator::supervisor::REGISTRY;
 use crate::traffic::{self, Load, LoadPlan};
 
 /// How long `kill … restart: true` is watched for the instance coming back.
@@ -312,7 +313,9 @@ async fn watch_restart(
             let rows: Vec<&PsRow> =
                 status.rows.iter().filter(|r| r.service == target || r.instance == target).collect();
             let back = !rows.is_empty()
-                && rows.iter().all(|r| r.state == "healthy" && r.pid.is_some_and(|p| !before.contains(&p)));
+                && rows
+                    .iter()
+                    .all(|r| r.state == InstanceState::Healthy && r.pid.is_some_and(|p| !before.contains(&p)));
             if back {
                 return Some(started.elapsed());
             }

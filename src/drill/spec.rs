@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::orchestrator::chaos::ChaosRequest;
+use crate::orchestrator::protocol::{ChaosAction, ChaosRequest};
 use crate::plumbing::time::parse_duration;
 use crate::plumbing::yaml::{self, Bool, Check, FileError, Float, Int, List, Node, Pos, Raw, Sp, Text};
 use crate::raw_struct;
@@ -90,12 +90,17 @@ pub enum SpecError {
 
 impl Fault {
     pub fn kind(&self) -> &'static str {
+        self.action().as_str()
+    }
+
+    /// The supervisor's action for this fault.
+    pub fn action(&self) -> ChaosAction {
         match self.action {
-            Action::Kill { .. } => "kill",
-            Action::Pause { .. } => "pause",
-            Action::Latency { .. } => "latency",
-            Action::Errors { .. } => "errors",
-            Action::Partition { .. } => "partition",
+            Action::Kill { .. } => ChaosAction::Kill,
+            Action::Pause { .. } => ChaosAction::Pause,
+            Action::Latency { .. } => ChaosAction::Latency,
+            Action::Errors { .. } => ChaosAction::Errors,
+            Action::Partition { .. } => ChaosAction::Partition,
         }
     }
 
@@ -167,7 +172,7 @@ impl Fault {
     pub fn request(&self, seed: Option<u64>) -> ChaosRequest {
         let ms = |d: Duration| d.as_millis() as u64;
         let base = ChaosRequest {
-            action: self.kind().into(),
+            action: self.action(),
             target: self.target().to_string(),
             for_ms: self.for_.map(ms),
             ..Default::default()

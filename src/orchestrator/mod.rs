@@ -21,8 +21,3 @@ pub mod protocol;
 pub mod stackfile;
 pub mod state_dir;
 pub mod supervisor;
-
-/// The chaos messages' former home, kept until every caller imports them from [`protocol`].
-pub mod chaos {
-    pub use super::protocol::{ChaosRequest, FaultRow};
-}

@@ -68,14 +68,6 @@ impl fmt::Display for InstanceState {
     }
 }
 
-/// Lets code written when the state was a string (`r.state == "healthy"`) keep compiling
-/// while it moves to the variants.
-impl PartialEq<&str> for InstanceState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 /// One row of `shop ps` (SPEC section 3), plus why an instance failed or was skipped.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PsRow {
@@ -184,16 +176,6 @@ impl std::str::FromStr for ChaosAction {
         .into_iter()
         .find(|a| a.as_str() == s)
         .ok_or_else(|| format!("unknown chaos action `{s}`"))
-    }
-}
-
-/// For code written when the action was a string (`action: "kill".into()`), until it names
-/// the variants. Such code only passes the literals above.
-impl From<&str> for ChaosAction {
-    fn from(s: &str) -> ChaosAction {
-        // Callers pass one of the six names as a literal (see `as_str`); anything else is a bug
-        // in the caller, not input.
-        s.parse().unwrap_or_else(|e: String| panic!("{e}"))
     }
 }
 

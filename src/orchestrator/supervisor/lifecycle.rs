@@ -382,13 +382,6 @@ impl Supervisor {
         self.stop_into(services, grace, InstanceState::Stopped).await;
     }
 
-    /// The former signature of [`stop_services`](Self::stop_services), kept for callers that
-    /// still name the final state as a string: `"killed"`, else stopped.
-    pub async fn stop(&self, services: &[String], grace: Duration, after: &'static str) {
-        let state = if after == "killed" { InstanceState::Killed } else { InstanceState::Stopped };
-        self.stop_into(services, grace, state).await;
-    }
-
     async fn stop_into(&self, services: &[String], grace: Duration, state: InstanceState) {
         let procs: Vec<(ServiceProcess, PathBuf)> = {
             let mut inner = self.lock();

@@ -27,12 +27,12 @@ use tokio::sync::{oneshot, Notify};
 
 use super::launcher::{LaunchError, ServiceProcess, Starting};
 use super::protocol::InstanceState;
+use super::protocol::{PsRow, Status};
 use super::stackfile::{BreakerSpec, ClientSpec, HealthSpec, Program, RestartPolicy, ServiceSpec, Stack};
 use super::state_dir::{StateDir, SupervisorRecord};
 use crate::services::Kind;
 
 // Kept at their old path for callers that have not moved to `orchestrator::protocol`.
-pub use super::protocol::{PsRow, Status};
 
 /// The name the registry runs under in `ps` and in the logs.
 pub const REGISTRY: &str = "registry";
