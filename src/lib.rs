@@ -8,6 +8,7 @@
 //! - [`plumbing`]: what the services share (HTTP bootstrap, SQLite, discovery, client, metrics)
 //! - [`invariants`]: the business invariants of SPEC section 7, checked across databases
 //! - [`fixtures`]: seed users and products
+//! - [`top`]: `shop top`, the live dashboard: sampling, snapshots, rendering
 
 pub mod cli;
 pub mod error;
@@ -16,3 +17,4 @@ pub mod invariants;
 pub mod orchestrator;
 pub mod plumbing;
 pub mod services;
+pub mod top;
