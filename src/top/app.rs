@@ -53,7 +53,12 @@ pub async fn run(control: Control, dir: StateDir, options: Options) -> anyhow::R
     let stop_keys = Arc::new(AtomicBool::new(false));
     let mut keys = read_keys(stop_keys.clone());
     let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
-    let mut view = View { color: options.color, interval_s: options.interval.as_secs_f64(), ..Default::default() };
+    let mut view = View {
+        color: options.color,
+        interactive: true,
+        interval_s: options.interval.as_secs_f64(),
+        ..Default::default()
+    };
     let mut tick = tokio::time::interval(options.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -22,6 +22,8 @@ const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'
 pub struct View {
     /// Index of the selected row in `snapshot.instances`.
     pub selected: usize,
+    /// Whether the selection is drawn: not in a `--once` frame, where keys mean nothing.
+    pub interactive: bool,
     /// `l`: the selected instance's log lines instead of the events.
     pub show_logs: bool,
     /// `?`: the key help on top of everything.
@@ -91,7 +93,7 @@ fn header_line(snap: &Snapshot, view: &View) -> Line<'static> {
     Line::from(vec![
         Span::styled("shop top", bold),
         Span::raw(format!(
-            "  orders/s (10s): confirmed {:.1}  failed {:.1}  pending {:.1} ({} now)  every {}s",
+            "  orders/s 10s: confirmed {:.1} failed {:.1} pending {:.1} ({} now)  every {}s",
             o.confirmed_per_s,
             o.failed_per_s,
             o.pending_per_s,
@@ -171,7 +173,8 @@ fn draw_table(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &View) {
         .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
         .highlight_symbol(">")
         .block(Block::default().borders(Borders::TOP).title(" instances "));
-    let mut state = TableState::default().with_selected((!snap.instances.is_empty()).then_some(view.selected));
+    let mut state =
+        TableState::default().with_selected((view.interactive && !snap.instances.is_empty()).then_some(view.selected));
     frame.render_stateful_widget(table, area, &mut state);
 }
 
@@ -332,7 +335,13 @@ mod tests {
     fn a_wide_frame_adds_the_service_column_and_help_and_logs_replace_panes() {
         let text = frame_at(120, 30, &View::default());
         assert!(text.contains("SERVICE"), "{text}");
-        let view = View { show_logs: true, selected: 3, log_lines: vec!["INFO  charged".into()], ..Default::default() };
+        let view = View {
+            show_logs: true,
+            selected: 3,
+            interactive: true,
+            log_lines: vec!["INFO  charged".into()],
+            ..Default::default()
+        };
         let text = frame_at(80, 24, &view);
         assert!(text.contains("logs: payment") && text.contains("INFO  charged"), "{text}");
         let text = frame_at(80, 24, &View { show_help: true, ..Default::default() });
