@@ -9,6 +9,7 @@ mod drive;
 mod export;
 mod hostile;
 mod load;
+mod logs;
 mod props;
 mod registry;
 mod saga;
