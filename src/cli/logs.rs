@@ -54,8 +54,12 @@ fn parse_since(s: &str) -> Result<SystemTime, String> {
 }
 
 fn parse_regex(s: &str) -> Result<Regex, String> {
-    Regex::new(s)
-        .map_err(|e| format!("`{s}` is not a valid regular expression: {}", e.to_string().lines().last().unwrap_or("")))
+    Regex::new(s).map_err(|e| {
+        format!(
+            "`{s}` is not a valid regular expression: {}",
+            e.to_string().lines().last().unwrap_or("").trim_start_matches("error: ")
+        )
+    })
 }
 
 /// How each kept line is printed.
