@@ -74,6 +74,10 @@ pub async fn run(control: Control, dir: StateDir, options: Options) -> anyhow::R
                 .unwrap_or_default();
         }
         terminal.draw(|f| render::draw(f, &snap, &view)).context("cannot draw `shop top`")?;
+        // For the test that a panic leaves a usable terminal, as `SHOP_CRASH_AFTER` does for sagas.
+        if std::env::var_os("SHOP_TOP_PANIC").is_some() {
+            panic!("SHOP_TOP_PANIC is set: panicking with the dashboard on screen");
+        }
         tokio::select! {
             _ = tick.tick() => match fetch::sample(&control, &http).await {
                 Ok(raw) => {

@@ -64,7 +64,7 @@ pub fn draw(frame: &mut Frame, snap: &Snapshot, view: &View) {
 pub fn text_frame(snap: &Snapshot, view: &View, width: u16) -> anyhow::Result<String> {
     // Tall enough for every row and the recent events, without a screenful of blank lines.
     let events = snap.events.len().clamp(1, 10) as u16;
-    let height = 1 + 2 + (snap.instances.len() as u16 + 2) + (events + 1) + 1;
+    let height = 1 + 2 + (snap.instances.len() as u16 + 2) + (events + 1).max(3) + 1;
     let mut terminal = Terminal::new(TestBackend::new(width, height))?;
     terminal.draw(|f| draw(f, snap, view))?;
     Ok(buffer_text(terminal.backend().buffer()))

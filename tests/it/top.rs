@@ -136,6 +136,11 @@ fn the_dashboard_in_a_terminal_kills_payment_with_k_and_restores_the_terminal_on
         ps.iter().all(|r| s.lines().any(|l| l.contains(r["instance"].as_str().unwrap()) && l.contains("healthy")))
     });
     assert_eq!(tmux.run(&["display", "-p", "-t", "top", "#{alternate_on}"]).trim(), "1", "{screen}");
+    let escapes = tmux.run(&["capture-pane", "-p", "-e", "-t", "top"]);
+    assert!(
+        !escapes.contains("\x1b[32m") && !escapes.contains("[38;5;2m"),
+        "NO_COLOR: healthy is not green:\n{escapes}"
+    );
 
     let index = ps.iter().position(|r| r["instance"] == "payment").unwrap();
     for _ in 0..index {
@@ -161,10 +166,15 @@ fn ctrl_c_and_a_lost_stack_restore_the_terminal_too() {
     let tmux = Tmux::new();
     let dir = p.dir.path().display().to_string();
     let script = format!(
-        "cd '{dir}' && env -u SHOP_STACK -u SHOP_STATE_DIR '{BIN}' top --interval 200ms; echo top-exited-$?; sleep 600"
+        "cd '{dir}' && env -u SHOP_STACK -u SHOP_STATE_DIR -u NO_COLOR '{BIN}' top --interval 200ms; echo top-exited-$?; sleep 600"
     );
     tmux.run(&["new-session", "-d", "-x", "80", "-y", "24", "-s", "top", "sh", "-c", &script]);
     tmux.wait_for("the dashboard", |s| s.contains("instances"));
+    let escapes = tmux.run(&["capture-pane", "-p", "-e", "-t", "top"]);
+    assert!(
+        escapes.contains("\x1b[32m") || escapes.contains("[38;5;2m"),
+        "without NO_COLOR, healthy is green:\n{escapes}"
+    );
     tmux.keys(&["C-c"]);
     let screen = tmux.wait_for("top to exit on Ctrl-C", |s| s.contains("top-exited-"));
     assert!(screen.contains("top-exited-0"), "{screen}");
@@ -180,6 +190,21 @@ fn ctrl_c_and_a_lost_stack_restore_the_terminal_too() {
     assert_eq!(down.status.code(), Some(0), "{}", stderr(&down));
     let screen = tmux.wait_for("top to notice the stack is gone", |s| s.contains("top-exited-"));
     assert!(screen.contains("top-exited-1") && screen.contains("went away"), "{screen}");
+    assert_eq!(tmux.run(&["display", "-p", "-t", "top", "#{alternate_on}"]).trim(), "0");
+    assert_eq!(tmux.run(&["display", "-p", "-t", "top", "#{cursor_flag}"]).trim(), "1");
+}
+
+#[test]
+fn a_panic_with_the_dashboard_on_screen_still_restores_the_terminal() {
+    let p = started();
+    let tmux = Tmux::new();
+    let dir = p.dir.path().display().to_string();
+    let script = format!(
+        "cd '{dir}' && env -u SHOP_STACK -u SHOP_STATE_DIR SHOP_TOP_PANIC=1 RUST_BACKTRACE=0 '{BIN}' top 2>&1; echo top-exited-$?; sleep 600"
+    );
+    tmux.run(&["new-session", "-d", "-x", "80", "-y", "24", "-s", "top", "sh", "-c", &script]);
+    let screen = tmux.wait_for("top to exit", |s| s.contains("top-exited-"));
+    assert!(screen.contains("SHOP_TOP_PANIC is set") && screen.contains("top-exited-101"), "{screen}");
     assert_eq!(tmux.run(&["display", "-p", "-t", "top", "#{alternate_on}"]).trim(), "0");
     assert_eq!(tmux.run(&["display", "-p", "-t", "top", "#{cursor_flag}"]).trim(), "1");
 }
