@@ -10,6 +10,7 @@
 //! - [`drill`]: drill files, the drill runner and its report (`shop chaos drill`)
 //! - [`invariants`]: the business invariants of SPEC section 7, checked across databases
 //! - [`fixtures`]: seed users and products
+//! - [`top`]: `shop top`, the live dashboard: sampling, snapshots, rendering
 
 pub mod cli;
 pub mod drill;
@@ -19,4 +20,5 @@ pub mod invariants;
 pub mod orchestrator;
 pub mod plumbing;
 pub mod services;
+pub mod top;
 pub mod traffic;

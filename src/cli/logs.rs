@@ -1,13 +1,17 @@
 //! `shop logs`: the merged logs of a stack's instances, prefixed with the instance name,
-//! rendered readably from the JSON lines services write; `-f` follows.
+//! rendered readably from the JSON lines services write, narrowed by the query flags
+//! (`plumbing::log_query`); `-f` follows; `--json` prints the raw lines.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use regex::Regex;
 
 use super::context::Context;
 use crate::orchestrator::state_dir::StateDir;
+use crate::plumbing::log_query::{self, Level, LogQuery};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,6 +29,63 @@ pub struct Args {
     /// Show timestamps
     #[arg(short, long)]
     pub timestamps: bool,
+    /// Only lines at or after this time: a duration ago (10m) or an RFC 3339 time
+    #[arg(long, value_name = "DUR|TIME", value_parser = parse_since)]
+    pub since: Option<SystemTime>,
+    /// Only lines at or before this time: a duration ago (10m) or an RFC 3339 time
+    #[arg(long, value_name = "DUR|TIME", value_parser = parse_since)]
+    pub until: Option<SystemTime>,
+    /// Only lines whose message or fields match this regular expression
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    pub grep: Option<Regex>,
+    /// Only lines at this level and above (trace, debug, info, warn, error)
+    #[arg(long, value_parser = Level::parse)]
+    pub level: Option<Level>,
+    /// Only lines of this trace
+    #[arg(long, value_name = "ID")]
+    pub trace: Option<String>,
+    /// Only lines about this order (its own lines and those of its trace)
+    #[arg(long, value_name = "ID")]
+    pub order: Option<String>,
+}
+
+fn parse_since(s: &str) -> Result<SystemTime, String> {
+    log_query::parse_time(s, SystemTime::now())
+}
+
+fn parse_regex(s: &str) -> Result<Regex, String> {
+    Regex::new(s).map_err(|e| {
+        format!(
+            "`{s}` is not a valid regular expression: {}",
+            e.to_string().lines().last().unwrap_or("").trim_start_matches("error: ")
+        )
+    })
+}
+
+/// How each kept line is printed.
+#[derive(Clone)]
+pub enum Printer {
+    /// Prefixed and readable.
+    Styled(Style),
+    /// The raw JSON line, for scripts (`--json`).
+    Raw,
+}
+
+impl Printer {
+    fn print(&self, instance: &str, line: &str) {
+        match self {
+            Printer::Styled(style) => println!("{}", style.render(instance, line)),
+            // Lines that are not JSON would break a consumer reading one object per line.
+            Printer::Raw if line.trim_start().starts_with('{') => println!("{line}"),
+            Printer::Raw => {}
+        }
+    }
+
+    fn add(&mut self, instance: &str) {
+        if let Printer::Styled(style) = self {
+            style.add(instance);
+        }
+    }
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
@@ -43,33 +104,56 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         }
         return Ok(super::exit::OK);
     }
-    let style = Style::new(&files, !args.no_color && super::output::color_stdout(), args.timestamps);
-    // The existing lines, merged by time.
-    let mut merged: Vec<(String, String, String)> = Vec::new();
+    let printer = if ctx.json {
+        Printer::Raw
+    } else {
+        Printer::Styled(Style::new(&files, !args.no_color && super::output::color_stdout(), args.timestamps))
+    };
+    let mut query = LogQuery::new(args.since, args.until, args.grep, args.level, args.trace, args.order);
+    // The existing lines, read whole so an order's trace is learnt before any line is judged.
     let mut offsets = BTreeMap::new();
+    let mut texts = Vec::new();
     for (instance, path) in &files {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         offsets.insert(instance.clone(), text.len() as u64);
-        let lines: Vec<&str> = text.lines().collect();
-        let from = args.lines.map(|n| lines.len().saturating_sub(n)).unwrap_or(0);
-        for line in &lines[from..] {
-            merged.push((timestamp_of(line), instance.clone(), line.to_string()));
-        }
+        text.lines().for_each(|l| query.learn(l));
+        texts.push((instance.clone(), text));
+    }
+    // Kept lines merged by time; `-n` counts kept lines, per instance.
+    let mut merged: Vec<(String, &str, &str)> = Vec::new();
+    for (instance, text) in &texts {
+        let kept: Vec<&str> = text.lines().filter(|l| query.matches(l)).collect();
+        let from = args.lines.map(|n| kept.len().saturating_sub(n)).unwrap_or(0);
+        merged.extend(kept[from..].iter().map(|l| (log_query::timestamp_of(l), instance.as_str(), *l)));
     }
     merged.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, instance, line) in &merged {
-        println!("{}", style.render(instance, line));
+        printer.print(instance, line);
     }
     if args.follow {
-        follow(&dir, &args.services, offsets, &style).await;
+        follow_query(&dir, &args.services, offsets, printer, query).await;
     }
     Ok(super::exit::OK)
 }
 
+/// Kept for the callers that render like `shop logs` does (`up`, `smoke`).
+pub use crate::plumbing::log_query::readable;
+
 /// Prints lines appended to the logs (including logs of instances that appear later) until
 /// Ctrl-C.
-pub async fn follow(dir: &StateDir, filter: &[String], mut offsets: BTreeMap<String, u64>, style: &Style) {
-    let mut style = style.clone();
+pub async fn follow(dir: &StateDir, filter: &[String], offsets: BTreeMap<String, u64>, style: &Style) {
+    follow_query(dir, filter, offsets, Printer::Styled(style.clone()), LogQuery::default()).await
+}
+
+/// Prints the lines appended to the logs that the query keeps (including logs of instances
+/// that appear later) until Ctrl-C.
+async fn follow_query(
+    dir: &StateDir,
+    filter: &[String],
+    mut offsets: BTreeMap<String, u64>,
+    mut printer: Printer,
+    mut query: LogQuery,
+) {
     loop {
         for (instance, path) in log_files(dir, filter) {
             let offset = offsets.entry(instance.clone()).or_insert(0);
@@ -88,9 +172,12 @@ pub async fn follow(dir: &StateDir, filter: &[String], mut offsets: BTreeMap<Str
             // Only whole lines; a partial last line waits for its newline.
             let complete = buf.rfind('\n').map(|i| i + 1).unwrap_or(0);
             *offset += complete as u64;
-            style.add(&instance);
+            printer.add(&instance);
             for line in buf[..complete].lines() {
-                println!("{}", style.render(&instance, line));
+                query.learn(line);
+                if query.matches(line) {
+                    printer.print(&instance, line);
+                }
             }
         }
         tokio::select! {
@@ -122,13 +209,6 @@ fn matches(instance: &str, filter: &str) -> bool {
         || instance.strip_prefix(filter).and_then(|r| r.strip_prefix('-')).is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
-fn timestamp_of(line: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| v["timestamp"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// How prefixes look: padded to the longest instance name, coloured per instance on a terminal.
 #[derive(Clone)]
 pub struct Style {
@@ -157,50 +237,12 @@ impl Style {
         } else {
             prefix
         };
-        format!("{prefix} {}", readable(line, self.timestamps))
+        format!("{prefix} {}", log_query::readable(line, self.timestamps))
     }
-}
-
-/// A JSON log line as `LEVEL message key=value …`; anything else as it is.
-pub fn readable(line: &str, timestamps: bool) -> String {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(line) else {
-        return line.to_string();
-    };
-    let mut out = String::new();
-    if timestamps {
-        if let Some(t) = map.get("timestamp").and_then(|v| v.as_str()) {
-            out.push_str(t);
-            out.push(' ');
-        }
-    }
-    let level = map.get("level").and_then(|v| v.as_str()).unwrap_or("INFO");
-    out.push_str(&format!("{level:<5} "));
-    out.push_str(map.get("message").and_then(|v| v.as_str()).unwrap_or(""));
-    for (k, v) in &map {
-        if matches!(
-            k.as_str(),
-            "timestamp" | "level" | "message" | "target" | "service" | "filename" | "line_number" | "threadId"
-        ) {
-            continue;
-        }
-        match v {
-            serde_json::Value::String(s) => out.push_str(&format!(" {k}={s}")),
-            other => out.push_str(&format!(" {k}={other}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn json_lines_render_as_level_message_and_fields() {
-        let line = r#"{"timestamp":"2026-01-01T00:00:00Z","level":"WARN","message":"retrying","order_id":"ord_1","attempt":2,"target":"shop"}"#;
-        assert_eq!(super::readable(line, false), "WARN  retrying attempt=2 order_id=ord_1");
-        assert_eq!(super::readable(line, true), "2026-01-01T00:00:00Z WARN  retrying attempt=2 order_id=ord_1");
-        assert_eq!(super::readable("plain text", false), "plain text");
-    }
-
     #[test]
     fn a_service_filter_matches_its_replicas_only() {
         assert!(super::matches("order-2", "order"));

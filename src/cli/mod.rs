@@ -15,6 +15,7 @@ mod serve;
 mod service_ctl;
 mod smoke;
 mod target;
+mod top;
 mod up;
 
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ pub enum Command {
     Ps,
     /// Show the stack's logs
     Logs(logs::Args),
+    /// A live dashboard of the running stack
+    Top(top::Args),
     /// Start services of a running stack
     Start(service_ctl::Args),
     /// Stop services of a running stack (never counted as a crash)
@@ -159,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Down(args) => down::run(&ctx, args).await,
             Command::Ps => ps::run(&ctx).await,
             Command::Logs(args) => logs::run(&ctx, args).await,
+            Command::Top(args) => top::run(&ctx, args).await,
             Command::Start(args) => service_ctl::run(&ctx, ServiceAction::Start, args).await,
             Command::Stop(args) => service_ctl::run(&ctx, ServiceAction::Stop, args).await,
             Command::Restart(args) => service_ctl::run(&ctx, ServiceAction::Restart, args).await,

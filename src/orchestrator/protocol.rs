@@ -13,10 +13,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// What an instance is doing, as `shop ps` shows it (serialized as the lower-case name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
     /// Not started yet (a later layer of a start-up in progress, or never asked for).
+    #[default]
     Pending,
     /// Forked; waiting for its address or its first healthy probe.
     Starting,

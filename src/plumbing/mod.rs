@@ -11,6 +11,7 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod ids;
+pub mod log_query;
 pub mod logging;
 pub mod metrics;
 pub mod spans;

@@ -1,0 +1,44 @@
+//! `shop top`: the live dashboard of a running stack (SPEC section 15); `--once` prints one
+//! frame as text, `--json` one snapshot. The engine is `crate::top`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use super::context::Context;
+use super::output;
+use crate::orchestrator::control::Control;
+use crate::plumbing::time::parse_duration;
+use crate::top::{app, render};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Time between refreshes (and the window of `--once` and `--json` rates)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Print one frame as plain text and exit
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
+    let dir = ctx.state_dir();
+    let control = Control::require(&dir)?;
+    if ctx.json || args.once {
+        let snap = app::one_snapshot(&control, args.interval).await?;
+        if ctx.json {
+            output::print_json(&snap);
+        } else {
+            // A frame as wide as the terminal, or the 80 columns `top` is designed for.
+            let width = std::io::stdout()
+                .is_terminal()
+                .then(|| crossterm::terminal::size().ok().map(|s| s.0))
+                .flatten()
+                .unwrap_or(80);
+            let view = render::View { interval_s: args.interval.as_secs_f64(), ..Default::default() };
+            print!("{}", render::text_frame(&snap, &view, width)?);
+        }
+        return Ok(super::exit::OK);
+    }
+    let color = std::env::var_os("NO_COLOR").is_none();
+    app::run(control, dir, app::Options { interval: args.interval, color }).await
+}

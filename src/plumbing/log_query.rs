@@ -1,0 +1,237 @@
+//! Queries over the JSON log lines the services write (`plumbing::logging`): by time, level,
+//! regex, trace and order, as `shop logs` offers them; and the one readable rendering of a line.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use regex::Regex;
+
+/// The levels the services log at, least severe first, so `--level warn` means "warn and above".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    /// `warn`, `WARN`, `warning`: as users and tracing spell them.
+    pub fn parse(s: &str) -> Result<Level, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "trace" => Ok(Level::Trace),
+            "debug" => Ok(Level::Debug),
+            "info" => Ok(Level::Info),
+            "warn" | "warning" => Ok(Level::Warn),
+            "error" => Ok(Level::Error),
+            _ => Err(format!("`{s}` is not a log level; use trace, debug, info, warn or error")),
+        }
+    }
+}
+
+/// `--since 5m` (that long ago) or `--since 2026-01-01T10:00:00Z` (an RFC 3339 time, UTC
+/// when the zone is left out).
+pub fn parse_time(s: &str, now: SystemTime) -> Result<SystemTime, String> {
+    let t = s.trim();
+    if let Ok(d) = humantime::parse_duration(t) {
+        return Ok(now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
+    }
+    humantime::parse_rfc3339_weak(t)
+        .map_err(|_| format!("`{s}` is neither a duration nor a time; write e.g. 10m, 1h30m or 2026-01-01T10:00:00Z"))
+}
+
+/// What to keep. Every condition set must hold; an empty query keeps every line.
+#[derive(Clone, Debug, Default)]
+pub struct LogQuery {
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    /// Matched against the line as `shop logs` shows it (message and fields).
+    pub grep: Option<Regex>,
+    pub level: Option<Level>,
+    pub trace: Option<String>,
+    pub order: Option<String>,
+    /// Trace ids seen on the order's lines: the other services' lines about the order carry
+    /// only the trace id, so they are found through it.
+    order_traces: BTreeSet<String>,
+}
+
+impl LogQuery {
+    pub fn new(
+        since: Option<SystemTime>,
+        until: Option<SystemTime>,
+        grep: Option<Regex>,
+        level: Option<Level>,
+        trace: Option<String>,
+        order: Option<String>,
+    ) -> LogQuery {
+        LogQuery { since, until, grep, level, trace, order, order_traces: BTreeSet::new() }
+    }
+
+    /// Whether any condition is set; a query without one passes plain-text lines too.
+    pub fn is_empty(&self) -> bool {
+        self.since.is_none()
+            && self.until.is_none()
+            && self.grep.is_none()
+            && self.level.is_none()
+            && self.trace.is_none()
+            && self.order.is_none()
+    }
+
+    /// Notes the trace ids of the order's lines; call it on every line before [`matches`](Self::matches)
+    /// so lines written before the one naming the order are found too.
+    pub fn learn(&mut self, line: &str) {
+        let Some(order) = &self.order else { return };
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(line) else { return };
+        if field(&map, "order_id") == Some(order.as_str()) {
+            if let Some(trace) = field(&map, "trace_id") {
+                self.order_traces.insert(trace.to_string());
+            }
+        }
+    }
+
+    pub fn matches(&self, line: &str) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(line) else {
+            // A line that is not JSON (a panic message, a program's own output) has no time,
+            // level or ids: only a pure text search can keep it.
+            let text_only = self.since.is_none()
+                && self.until.is_none()
+                && self.level.is_none()
+                && self.trace.is_none()
+                && self.order.is_none();
+            return text_only && self.grep.as_ref().is_some_and(|r| r.is_match(line));
+        };
+        if self.since.is_some() || self.until.is_some() {
+            let Some(at) = field(&map, "timestamp").and_then(|t| humantime::parse_rfc3339_weak(t).ok()) else {
+                return false;
+            };
+            if self.since.is_some_and(|s| at < s) || self.until.is_some_and(|u| at > u) {
+                return false;
+            }
+        }
+        if let Some(min) = self.level {
+            let level = field(&map, "level").and_then(|l| Level::parse(l).ok()).unwrap_or(Level::Info);
+            if level < min {
+                return false;
+            }
+        }
+        if let Some(trace) = &self.trace {
+            if field(&map, "trace_id") != Some(trace.as_str()) {
+                return false;
+            }
+        }
+        if let Some(order) = &self.order {
+            let own = field(&map, "order_id") == Some(order.as_str());
+            let via_trace = field(&map, "trace_id").is_some_and(|t| self.order_traces.contains(t));
+            if !own && !via_trace {
+                return false;
+            }
+        }
+        if let Some(re) = &self.grep {
+            if !re.is_match(&readable_map(&map, false)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn field<'a>(map: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(|v| v.as_str())
+}
+
+/// A JSON log line as `LEVEL message key=value …`; anything else as it is.
+pub fn readable(line: &str, timestamps: bool) -> String {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(map)) => readable_map(&map, timestamps),
+        _ => line.to_string(),
+    }
+}
+
+fn readable_map(map: &serde_json::Map<String, serde_json::Value>, timestamps: bool) -> String {
+    let mut out = String::new();
+    if timestamps {
+        if let Some(t) = field(map, "timestamp") {
+            out.push_str(t);
+            out.push(' ');
+        }
+    }
+    let level = field(map, "level").unwrap_or("INFO");
+    out.push_str(&format!("{level:<5} "));
+    out.push_str(field(map, "message").unwrap_or(""));
+    for (k, v) in map {
+        if matches!(
+            k.as_str(),
+            "timestamp" | "level" | "message" | "target" | "service" | "filename" | "line_number" | "threadId"
+        ) {
+            continue;
+        }
+        match v {
+            serde_json::Value::String(s) => out.push_str(&format!(" {k}={s}")),
+            other => out.push_str(&format!(" {k}={other}")),
+        }
+    }
+    out
+}
+
+/// Lines are ordered by their timestamp text: RFC 3339 in UTC with a fixed precision sorts as
+/// time does.
+pub fn timestamp_of(line: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["timestamp"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(ts: &str, level: &str, msg: &str, extra: &str) -> String {
+        format!(
+            r#"{{"timestamp":"{ts}","level":"{level}","service":"order","instance":"order","message":"{msg}"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn json_lines_render_as_level_message_and_fields() {
+        let l = r#"{"timestamp":"2026-01-01T00:00:00Z","level":"WARN","message":"retrying","order_id":"ord_1","attempt":2,"target":"shop"}"#;
+        assert_eq!(readable(l, false), "WARN  retrying attempt=2 order_id=ord_1");
+        assert_eq!(readable(l, true), "2026-01-01T00:00:00Z WARN  retrying attempt=2 order_id=ord_1");
+        assert_eq!(readable("plain text", false), "plain text");
+    }
+
+    #[test]
+    fn conditions_combine_and_an_order_finds_its_trace() {
+        let a = line("2026-01-01T10:00:00Z", "INFO", "placed", r#","order_id":"ord_1","trace_id":"t1""#);
+        let b = line("2026-01-01T10:00:01Z", "WARN", "charge retry", r#","trace_id":"t1""#);
+        let c = line("2026-01-01T10:00:02Z", "ERROR", "other", r#","trace_id":"t2""#);
+        let mut q = LogQuery::new(None, None, None, None, None, Some("ord_1".into()));
+        for l in [&a, &b, &c] {
+            q.learn(l);
+        }
+        assert_eq!([&a, &b, &c].map(|l| q.matches(l)), [true, true, false]);
+        let since = humantime::parse_rfc3339_weak("2026-01-01T10:00:01Z").ok();
+        let q = LogQuery::new(since, None, None, Some(Level::Warn), None, None);
+        assert_eq!([&a, &b, &c].map(|l| q.matches(l)), [false, true, true]);
+        let q = LogQuery::new(None, None, Regex::new("retry").ok(), None, Some("t1".into()), None);
+        assert_eq!([&a, &b, &c].map(|l| q.matches(l)), [false, true, false]);
+        assert!(!q.matches("not json"));
+    }
+
+    #[test]
+    fn times_are_durations_ago_or_rfc3339() {
+        let now = humantime::parse_rfc3339("2026-01-01T10:00:00Z").unwrap();
+        assert_eq!(parse_time("10m", now).unwrap(), humantime::parse_rfc3339("2026-01-01T09:50:00Z").unwrap());
+        assert_eq!(
+            parse_time("2026-01-01T09:00:00Z", now).unwrap(),
+            humantime::parse_rfc3339("2026-01-01T09:00:00Z").unwrap()
+        );
+        assert!(parse_time("yesterday-ish", now).unwrap_err().contains("neither a duration nor a time"));
+        assert!(Level::parse("loud").is_err());
+        assert_eq!(Level::parse("WARNING"), Ok(Level::Warn));
+    }
+}

@@ -1,0 +1,161 @@
+//! `shop logs` queries on log files in the services' JSON-lines format: each filter, their
+//! combination, `--json`, `-f` with a filter, and bad input (exit 2, a clear message).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::stack::Project;
+use crate::support::BIN;
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn line(ts: &str, level: &str, instance: &str, message: &str, fields: &str) -> String {
+    format!(
+        r#"{{"timestamp":"{ts}","level":"{level}","service":"{instance}","instance":"{instance}","message":"{message}"{fields}}}"#
+    )
+}
+
+/// A project whose state dir holds the logs of a gateway, an order and a payment instance: one
+/// order (`ord_A`, trace `tA`) that was retried, another order, and a plain-text crash line.
+fn project_with_logs() -> Project {
+    let p = Project::new("");
+    let logs = p.dir.path().join(".shop/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let gateway = [
+        line("2026-01-01T10:00:00.000000Z", "INFO", "gateway", "request", r#","trace_id":"tA","path":"/v1/orders""#),
+        line("2026-01-01T10:05:00.000000Z", "INFO", "gateway", "request", r#","trace_id":"tB","path":"/v1/orders""#),
+    ];
+    let order = [
+        line("2026-01-01T10:00:00.100000Z", "INFO", "order", "saga started", r#","order_id":"ord_A","trace_id":"tA""#),
+        line(
+            "2026-01-01T10:00:01.000000Z",
+            "WARN",
+            "order",
+            "transient failure; retrying",
+            r#","order_id":"ord_A","step":"charge""#,
+        ),
+        line("2026-01-01T10:05:00.100000Z", "INFO", "order", "saga started", r#","order_id":"ord_B","trace_id":"tB""#),
+        line(
+            "2026-01-01T10:05:02.000000Z",
+            "ERROR",
+            "order",
+            "step failed; compensating",
+            r#","order_id":"ord_B","code":"card_declined""#,
+        ),
+    ];
+    let payment = [
+        line("2026-01-01T10:00:00.500000Z", "DEBUG", "payment", "charge", r#","trace_id":"tA""#),
+        "thread 'main' panicked at src/payment.rs:1:1: boom".to_string(),
+    ];
+    for (name, lines) in [("gateway", &gateway[..]), ("order", &order[..]), ("payment", &payment[..])] {
+        std::fs::write(logs.join(format!("{name}.log")), lines.join("\n") + "\n").unwrap();
+    }
+    p
+}
+
+/// The messages of the kept lines, in the order printed.
+fn messages(p: &Project, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["logs", "--json"];
+    all.extend_from_slice(args);
+    let out = p.shop(&all);
+    assert_eq!(out.status.code(), Some(0), "shop {all:?}: {}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            format!("{} {}", v["instance"].as_str().unwrap(), v["message"].as_str().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn each_logs_filter_keeps_only_its_lines_and_they_combine() {
+    let p = project_with_logs();
+    assert_eq!(
+        messages(&p, &["--since", "2026-01-01T10:05:00Z"]),
+        ["gateway request", "order saga started", "order step failed; compensating"]
+    );
+    assert_eq!(messages(&p, &["--until", "2026-01-01T10:00:00.200Z"]), ["gateway request", "order saga started"]);
+    assert_eq!(
+        messages(&p, &["--level", "warn"]),
+        ["order transient failure; retrying", "order step failed; compensating"]
+    );
+    assert_eq!(messages(&p, &["--grep", "retry|compensat"]).len(), 2);
+    assert_eq!(messages(&p, &["--grep", "card_declined"]), ["order step failed; compensating"]);
+    assert_eq!(messages(&p, &["--trace", "tA"]), ["gateway request", "order saga started", "payment charge"]);
+    assert_eq!(
+        messages(&p, &["--order", "ord_A"]),
+        ["gateway request", "order saga started", "payment charge", "order transient failure; retrying"],
+        "the order's own lines and those of its trace"
+    );
+    assert_eq!(
+        messages(&p, &["--order", "ord_A", "--level", "info", "order"]),
+        ["order saga started", "order transient failure; retrying"]
+    );
+    assert_eq!(messages(&p, &["--since", "1h", "--level", "info"]), Vec::<String>::new(), "2026-01-01 is long ago");
+    assert_eq!(messages(&p, &["--level", "error", "--since", "2026-01-01T10:00:00Z", "-n", "1"]).len(), 1);
+
+    // Readable output: prefixed, the same filters; plain-text lines only for a pure text search.
+    let out = p.shop(&["logs", "--grep", "panicked"]);
+    assert_eq!(stdout(&out).trim(), "payment | thread 'main' panicked at src/payment.rs:1:1: boom", "{}", stderr(&out));
+    let out = p.shop(&["logs", "--level", "error", "--no-color"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "order   | ERROR step failed; compensating code=card_declined instance=order order_id=ord_B"
+    );
+}
+
+#[test]
+fn a_bad_regex_a_bad_time_or_a_bad_level_is_a_usage_error_naming_the_value() {
+    let p = project_with_logs();
+    for (args, needle) in [
+        (&["logs", "--grep", "(unclosed"][..], "`(unclosed` is not a valid regular expression"),
+        (&["logs", "--since", "last tuesday"], "`last tuesday` is neither a duration nor a time"),
+        (&["logs", "--until", "2026-13-45T99:00:00Z"], "is neither a duration nor a time"),
+        (&["logs", "--level", "loud"], "`loud` is not a log level"),
+    ] {
+        let out = p.shop(args);
+        assert_eq!(out.status.code(), Some(2), "shop {args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "shop {args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty());
+    }
+}
+
+#[test]
+fn follow_with_a_filter_prints_only_new_matching_lines() {
+    let p = project_with_logs();
+    let mut child = Command::new(BIN)
+        .current_dir(p.dir.path())
+        .args(["logs", "-f", "--level", "warn", "--json", "order"])
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("retrying"), "{first}");
+    let mut second = String::new();
+    out.read_line(&mut second).unwrap();
+    assert!(second.contains("compensating"), "{second}");
+
+    let mut f = std::fs::OpenOptions::new().append(true).open(p.dir.path().join(".shop/logs/order.log")).unwrap();
+    writeln!(f, "{}", line("2026-01-01T11:00:00Z", "INFO", "order", "quiet", "")).unwrap();
+    writeln!(f, "{}", line("2026-01-01T11:00:01Z", "ERROR", "order", "loud", "")).unwrap();
+    drop(f);
+    let mut next = String::new();
+    out.read_line(&mut next).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(next.contains("\"message\":\"loud\""), "the info line is skipped, the error printed: {next}");
+}
