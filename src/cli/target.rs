@@ -50,17 +50,9 @@ impl Target {
         Failure::runtime(format!(
             "cannot reach the gateway at {} ({}); is the stack running? start it with `shop up -d`",
             self.gateway,
-            root(e)
+            crate::plumbing::client::root_cause(e)
         ))
     }
-}
-
-fn root(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 /// The running stack's gateway (the first healthy instance), else the fixed port in the stack
@@ -95,27 +87,4 @@ pub fn tokens(stack: &Stack) -> anyhow::Result<Vec<(String, String)>> {
     Ok(users.into_iter().map(|u| (u.id, u.token)).collect())
 }
 
-/// `sku-1:2` → (`sku-1`, 2); a bare `sku-1` is quantity 1.
-pub fn parse_item(s: &str) -> Result<(String, i64), String> {
-    let (sku, qty) = match s.rsplit_once(':') {
-        Some((sku, q)) => {
-            (sku, q.parse::<i64>().map_err(|_| format!("`{s}`: the quantity after `:` must be a whole number"))?)
-        }
-        None => (s, 1),
-    };
-    if sku.is_empty() {
-        return Err(format!("`{s}`: give a product id, e.g. sku-1:2"));
-    }
-    Ok((sku.to_string(), qty))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn items_parse_with_and_without_a_quantity() {
-        assert_eq!(super::parse_item("sku-1:3").unwrap(), ("sku-1".to_string(), 3));
-        assert_eq!(super::parse_item("sku-1").unwrap(), ("sku-1".to_string(), 1));
-        assert!(super::parse_item("sku-1:x").is_err());
-        assert!(super::parse_item(":2").is_err());
-    }
-}
+pub use crate::traffic::gateway::parse_item;

@@ -6,12 +6,17 @@
 //! cleared (also on an error or Ctrl-C), in-flight sagas get `settle_within` to finish, and the
 //! [`DrillReport`] judges the drill by its expectations.
 
+use crate::plumbing::admin::AdminClient;
+use crate::plumbing::config::STOP_GRACE;
+use crate::plumbing::metrics::round;
+use crate::services::order::events::Status as OrderStatus;
+use crate::services::order::store as order_store;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,7 +35,6 @@ use crate::traffic::{self, Load, LoadPlan};
 /// How long `kill … restart: true` is watched for the instance coming back.
 const RESTART_WATCH: Duration = Duration::from_secs(60);
 /// How long the report still waits for that, once the sagas have settled.
-const RESTART_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a drill needs, found by the caller.
 pub struct Setup {
@@ -124,7 +128,7 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
     for applied in &mut ex.applied {
         let back = match applied.back.take() {
             // Usually back long ago; one that is not back soon is reported as never back.
-            Some(mut handle) => match tokio::time::timeout(RESTART_GRACE, &mut handle).await {
+            Some(mut handle) => match tokio::time::timeout(STOP_GRACE, &mut handle).await {
                 Ok(joined) => joined.ok().flatten(),
                 Err(_) => {
                     handle.abort();
@@ -375,25 +379,18 @@ pub struct AfterSettle {
 /// passes on unchanged: this also counts orders whose answer the load never got.
 fn final_outcomes(order_db: &Path, run_id: &str) -> anyhow::Result<AfterSettle> {
     let conn = crate::plumbing::db::open_read_only(order_db)?;
-    let prefix = format!("{run_id}-");
-    let mut stmt = conn.prepare("SELECT status, failure FROM orders WHERE substr(idempotency_key, 1, ?1) = ?2")?;
-    let rows: Vec<(String, Option<String>)> = stmt
-        .query_map(rusqlite::params![prefix.len() as i64, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let outcomes = order_store::outcomes_by_key_prefix(&conn, &format!("{run_id}-"))?;
     let mut after = AfterSettle { orders: 0, confirmed: 0, failed: 0, pending: 0, failures_by_code: BTreeMap::new() };
-    for (status, failure) in rows {
+    for outcome in outcomes {
         after.orders += 1;
-        match status.as_str() {
-            "CONFIRMED" => after.confirmed += 1,
-            "FAILED" => {
+        match outcome.status {
+            OrderStatus::Confirmed => after.confirmed += 1,
+            OrderStatus::Failed => {
                 after.failed += 1;
-                let code = failure
-                    .and_then(|f| serde_json::from_str::<Value>(&f).ok())
-                    .and_then(|f| f["code"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "unknown".into());
+                let code = outcome.failure_code.unwrap_or_else(|| "unknown".into());
                 *after.failures_by_code.entry(code).or_default() += 1;
             }
-            _ => after.pending += 1,
+            OrderStatus::Pending => after.pending += 1,
         }
     }
     Ok(after)
@@ -415,33 +412,23 @@ pub struct BreakerTransition {
 /// The breaker transitions every running instance recorded since `since`. An instance that was
 /// restarted during the drill remembers only those of its new process.
 async fn breaker_transitions(rows: &[PsRow], secret: &str, since: SystemTime) -> Vec<BreakerTransition> {
-    let http = crate::plumbing::client::http_client();
+    let admin = AdminClient::new(secret);
     let mut all = Vec::new();
     for row in rows.iter().filter(|r| r.pid.is_some()) {
         let Some(addr) = &row.address else { continue };
-        let resp = http
-            .get(format!("http://{addr}/admin/breakers"))
-            .header("x-shop-secret", secret)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        let Ok(resp) = resp else { continue };
-        if !resp.status().is_success() {
-            continue;
-        }
-        let Ok(v) = resp.json::<Value>().await else { continue };
-        for t in v["transitions"].as_array().into_iter().flatten() {
-            let at = t["at"].as_str().unwrap_or_default();
-            let Ok(when) = humantime::parse_rfc3339(at) else { continue };
+        // An instance that does not answer has no transitions to report.
+        let Ok(report) = admin.breakers(addr).await else { continue };
+        for t in report.transitions {
+            let Ok(when) = humantime::parse_rfc3339(&t.at) else { continue };
             // Timestamps are truncated to whole milliseconds: allow for that much.
             let Ok(offset) = (when + Duration::from_millis(1)).duration_since(since) else { continue };
             all.push(BreakerTransition {
                 instance: row.instance.clone(),
-                dependency: t["dependency"].as_str().unwrap_or_default().to_string(),
-                from: t["from"].as_str().unwrap_or_default().to_string(),
-                to: t["to"].as_str().unwrap_or_default().to_string(),
-                at: at.to_string(),
-                at_s: traffic::engine::round(offset.saturating_sub(Duration::from_millis(1)).as_secs_f64(), 3),
+                dependency: t.dependency,
+                from: t.from.as_str().to_string(),
+                to: t.to.as_str().to_string(),
+                at: t.at,
+                at_s: round(offset.saturating_sub(Duration::from_millis(1)).as_secs_f64(), 3),
             });
         }
     }

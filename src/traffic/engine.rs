@@ -476,11 +476,7 @@ fn summarize(total: &Tally, elapsed: Duration) -> Summary {
     }
 }
 
-/// `x` rounded to `decimals` places, for figures that are read, not computed with.
-pub fn round(x: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (x * scale).round() / scale
-}
+pub use crate::plumbing::metrics::round;
 
 #[cfg(test)]
 mod tests {

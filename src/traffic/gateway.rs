@@ -258,18 +258,19 @@ async fn reply(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error
     Ok(Reply { status, headers, body })
 }
 
-/// The innermost cause of a request error (`connection refused`), not reqwest's wrapper.
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
+pub use crate::plumbing::client::root_cause;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_parse_with_and_without_a_quantity() {
+        assert_eq!(parse_item("sku-1:3").unwrap(), ("sku-1".to_string(), 3));
+        assert_eq!(parse_item("sku-1").unwrap(), ("sku-1".to_string(), 1));
+        assert!(parse_item("sku-1:x").is_err());
+        assert!(parse_item(":2").is_err());
+    }
 
     #[test]
     fn answers_are_classified_by_status_and_body() {
