@@ -11,6 +11,7 @@ mod hostile;
 mod load;
 mod props;
 mod registry;
+mod safety;
 mod saga;
 mod smoke;
 mod stack;
