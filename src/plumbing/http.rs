@@ -323,9 +323,16 @@ pub async fn parent_gone(pid: Option<i32>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
-        if nix::unistd::getppid().as_raw() != pid {
+        if parent_is_gone(Some(pid)) {
             tracing::warn!(supervisor = pid, "supervisor is gone; shutting down");
             return;
         }
     }
+}
+
+/// Whether the process `pid` (our supervisor) is no longer our parent. The supervisor also has
+/// the kernel send us SIGTERM when it dies (`PR_SET_PDEATHSIG`); by then we are re-parented, so
+/// this tells that SIGTERM from a stop asked for by someone still waiting for us.
+pub fn parent_is_gone(pid: Option<i32>) -> bool {
+    pid.is_some_and(|pid| nix::unistd::getppid().as_raw() != pid)
 }

@@ -218,7 +218,13 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     let parent = args.tuning.parent_pid;
     let server = http::serve(listener, app, args.tuning.header_timeout, async move {
         tokio::select! {
-            _ = http::shutdown_signal() => http::Stop::Drain,
+            // The SIGTERM may be the kernel's news of the supervisor's death (PR_SET_PDEATHSIG).
+            _ = http::shutdown_signal() => if http::parent_is_gone(parent) {
+                tracing::warn!(supervisor = parent, "supervisor is gone; shutting down");
+                http::Stop::Abandon
+            } else {
+                http::Stop::Drain
+            },
             _ = http::parent_gone(parent) => http::Stop::Abandon,
         }
     });
