@@ -35,8 +35,44 @@ pub struct ProductsFile {
 pub struct ProductFixture {
     pub id: String,
     pub name: String,
+    /// Integer cents in `1..=MAX_PRICE_CENTS`, checked while parsing so the error has the
+    /// price's line and column.
+    #[serde(deserialize_with = "price_cents")]
     pub price_cents: i64,
     pub stock: i64,
+}
+
+/// The highest unit price a product may have, in cents: with at most 1000 units per line, one
+/// line stays within an order's total limit.
+pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
+
+/// Reads a price as an integer in `1..=MAX_PRICE_CENTS`; a float, a string or a number out of
+/// range is refused rather than rounded or wrapped.
+fn price_cents<'de, D: serde::Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+    struct Price;
+    impl serde::de::Visitor<'_> for Price {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "whole cents from 1 to {MAX_PRICE_CENTS}")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            if (1..=MAX_PRICE_CENTS).contains(&v) {
+                Ok(v)
+            } else {
+                Err(E::custom(format!("must be whole cents from 1 to {MAX_PRICE_CENTS}, got {v}")))
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            match i64::try_from(v) {
+                Ok(v) => self.visit_i64(v),
+                Err(_) => Err(E::custom(format!("must be whole cents from 1 to {MAX_PRICE_CENTS}, got {v}"))),
+            }
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            Err(E::custom(format!("must be whole cents from 1 to {MAX_PRICE_CENTS}, got {v}")))
+        }
+    }
+    de.deserialize_any(Price)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +90,13 @@ fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FixtureError> 
     let text = std::fs::read_to_string(path).map_err(|cause| FixtureError::Read { path: shown.clone(), cause })?;
     serde_yaml::from_str(&text).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-        FixtureError::Parse { path: shown, line, column, message: e.to_string() }
+        // The position is already in front: drop serde_yaml's own `at line L column C` suffix.
+        let message = e.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(at) => message[..at].to_string(),
+            None => message,
+        };
+        FixtureError::Parse { path: shown, line, column, message }
     })
 }
 
@@ -71,13 +113,10 @@ pub fn load_users(path: &Path) -> Result<Vec<UserFixture>, FixtureError> {
 
 pub fn load_products(path: &Path) -> Result<Vec<ProductFixture>, FixtureError> {
     let products = load::<ProductsFile>(path)?.products;
-    if let Some(p) = products.iter().find(|p| p.price_cents < 0 || p.stock < 0 || p.id.is_empty() || p.id.len() > 64) {
+    if let Some(p) = products.iter().find(|p| p.stock < 0 || p.id.is_empty() || p.id.len() > 64) {
         return Err(FixtureError::Invalid {
             path: path.display().to_string(),
-            message: format!(
-                "product `{}` needs an id of 1..=64 characters, a price and a stock that are not negative",
-                p.id
-            ),
+            message: format!("product `{}` needs an id of 1..=64 characters, and a stock that is not negative", p.id),
         });
     }
     Ok(products)
@@ -87,4 +126,40 @@ pub fn load_products(path: &Path) -> Result<Vec<ProductFixture>, FixtureError> {
 pub fn token_hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn products(text: &str) -> Result<Vec<ProductFixture>, FixtureError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("products.yaml");
+        std::fs::write(&path, text).unwrap();
+        load_products(&path).map_err(|e| match e {
+            FixtureError::Parse { line, column, message, .. } => {
+                FixtureError::Parse { path: "products.yaml".into(), line, column, message }
+            }
+            e => e,
+        })
+    }
+
+    fn entry(price: &str) -> String {
+        format!("products:\n  - id: p\n    name: P\n    price_cents: {price}\n    stock: 1\n")
+    }
+
+    #[test]
+    fn prices_from_one_cent_to_ten_million_dollars_load() {
+        assert_eq!(products(&entry("1")).unwrap()[0].price_cents, 1);
+        assert_eq!(products(&entry("1000000000")).unwrap()[0].price_cents, MAX_PRICE_CENTS);
+    }
+
+    #[test]
+    fn a_price_out_of_range_or_not_whole_cents_is_refused_at_its_line_and_column() {
+        for bad in ["0", "-5", "1000000001", "18446744073709552", "99999999999999999999", "24.99", "\"2499\""] {
+            let err = products(&entry(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("products.yaml:4:18: "), "{bad}: {err}");
+            assert!(err.contains("price_cents"), "{bad}: {err}");
+        }
+    }
 }

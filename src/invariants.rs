@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::plumbing::db::{open_read_only, DbError};
 use crate::services::inventory::{self, Stock};
-use crate::services::order::events::Status;
+use crate::services::order::events::{self, Status};
 use crate::services::order::store::{order_totals, OrderTotal};
 use crate::services::payment::{self, Settlement};
 use crate::services::{gateway, notification};
@@ -100,7 +100,7 @@ impl Snapshot {
     }
 }
 
-/// Runs all five checks once.
+/// Runs every check once.
 pub fn check_all(dbs: &Databases) -> Result<Report, DbError> {
     Ok(judge(&Snapshot::read(dbs)?))
 }
@@ -111,6 +111,7 @@ fn judge(s: &Snapshot) -> Report {
         charged_iff_confirmed(s),
         nothing_stuck(s),
         one_notification_per_terminal_order(s),
+        totals_match_items(s),
     ];
     if let Some(accepted) = &s.accepted {
         checks.push(no_accepted_order_lost(s, accepted));
@@ -147,7 +148,9 @@ fn charged_iff_confirmed(s: &Snapshot) -> Check {
     let mut net: HashMap<&str, (i64, usize)> = HashMap::new();
     for p in &s.settlements {
         let e = net.entry(p.order_id.as_str()).or_default();
-        e.0 += p.captured_cents - p.refunded_cents;
+        // Saturating: amounts are bounded by the order limit, and a corrupt row must show up as
+        // a mismatch below, not wrap into a match.
+        e.0 = e.0.saturating_add(p.captured_cents.saturating_sub(p.refunded_cents));
         e.1 += usize::from(p.captured_cents > 0);
     }
     let mut problems = Vec::new();
@@ -224,6 +227,29 @@ fn one_notification_per_terminal_order(s: &Snapshot) -> Check {
     )
 }
 
+/// Check 6: every order's stored total is the sum of its lines at the unit prices it was
+/// placed at, computed without wrapping and within the order limit. Check 2 compares charges
+/// with the stored total, so a total that wrapped when stored would pass there; not here.
+fn totals_match_items(s: &Snapshot) -> Check {
+    let mut problems = Vec::new();
+    for o in &s.orders {
+        let id = &o.order_id;
+        match o.items.as_deref().map(events::total_cents) {
+            None => problems.push(format!("{id}: its lines cannot be read")),
+            Some(None) => problems.push(format!(
+                "{id}: its lines add up to more than {} cents (stored total {})",
+                events::MAX_TOTAL_CENTS,
+                o.total_cents
+            )),
+            Some(Some(total)) if total != o.total_cents => {
+                problems.push(format!("{id}: total {} cents but its lines add up to {total}", o.total_cents))
+            }
+            Some(Some(_)) => {}
+        }
+    }
+    check("totals_match_items", problems, format!("{} orders total the sum of their lines", s.orders.len()))
+}
+
 /// Check 5: every order id the gateway returned is in the order database.
 fn no_accepted_order_lost(s: &Snapshot, accepted: &[String]) -> Check {
     let status_of = s.by_id();
@@ -252,7 +278,8 @@ mod tests {
     use super::*;
 
     fn order(id: &str, status: Status, total: i64) -> OrderTotal {
-        OrderTotal { order_id: id.into(), status, total_cents: total }
+        let items = vec![events::Item { product_id: "p".into(), quantity: 1, unit_price_cents: total }];
+        OrderTotal { order_id: id.into(), status, total_cents: total, items: Some(items) }
     }
 
     fn paid(id: &str, captured: i64, refunded: i64) -> Settlement {
@@ -276,10 +303,11 @@ mod tests {
     }
 
     #[test]
-    fn a_settled_shop_passes_all_five_checks() {
+    fn a_settled_shop_passes_all_six_checks() {
         let report = judge(&settled());
         assert!(report.ok, "{report:?}");
-        assert_eq!(report.checks.len(), 5);
+        assert_eq!(report.checks.len(), 6);
+        assert_eq!(report.checks[4].name, "totals_match_items");
         assert_eq!(report.pending, 0);
         assert_eq!(report.checks[1].detail, "1 confirmed orders charged their total, 1 failed orders charged nothing");
     }
@@ -335,6 +363,35 @@ mod tests {
     fn without_a_gateway_database_the_fifth_check_is_skipped() {
         let mut s = settled();
         s.accepted = None;
-        assert_eq!(judge(&s).checks.len(), 4);
+        assert_eq!(judge(&s).checks.len(), 5);
+    }
+
+    #[test]
+    fn a_total_that_wrapped_when_stored_is_caught_even_when_the_charge_matches_it() {
+        let mut s = settled();
+        let line = events::Item { product_id: "p".into(), quantity: 1000, unit_price_cents: 18_446_744_073_709_552 };
+        let wrapped = 384;
+        s.orders.push(OrderTotal {
+            order_id: "o3".into(),
+            status: Status::Confirmed,
+            total_cents: wrapped,
+            items: Some(vec![line]),
+        });
+        s.orders.push(OrderTotal {
+            order_id: "o4".into(),
+            status: Status::Failed,
+            total_cents: 7,
+            items: Some(vec![events::Item { product_id: "p".into(), quantity: 2, unit_price_cents: 3 }]),
+        });
+        s.settlements.push(paid("o3", wrapped, 0));
+        s.notifications.extend([("o3".to_string(), 1), ("o4".to_string(), 1)]);
+        assert!(charged_iff_confirmed(&s).ok);
+        let c = totals_match_items(&s);
+        assert!(!c.ok);
+        assert_eq!(
+            c.detail,
+            "o3: its lines add up to more than 1000000000000 cents (stored total 384); o4: total 7 cents but its lines add up to 6"
+        );
+        assert!(!judge(&s).ok);
     }
 }

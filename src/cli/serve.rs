@@ -31,7 +31,12 @@ pub fn run(args: Args, verbose: u8, quiet: bool) -> anyhow::Result<i32> {
         builder.worker_threads(n.max(1));
     }
     let runtime = builder.enable_all().build()?;
-    runtime.block_on(services::serve(args.service, args.serve))?;
+    let served = runtime.block_on(services::serve(args.service, args.serve));
+    // The server has drained (or, its supervisor gone, given up on) its requests; what may be
+    // left are blocking database calls whose callers are gone, possibly waiting out SQLite's busy
+    // timeout. Dropping the runtime would wait for them; an exit rolls their transactions back.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    served?;
     Ok(super::exit::OK)
 }
 

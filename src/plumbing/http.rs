@@ -48,13 +48,19 @@ pub fn with_common_routes(routes: Router, common: Common) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(common.faults.clone(), crate::plumbing::faults::inbound));
     // Only the service's own routes make spans: health probes would drown the traces.
     let routes = routes.route_layer(axum::middleware::from_fn_with_state(common.spans.clone(), trace_requests));
+    let secret: Arc<Option<String>> = Arc::new(common.secret.clone());
+    // The secret is checked by a layer, before any handler's extractors run: a caller without it
+    // learns nothing from the body's validation, and a large or slow body is never read.
+    let admin = Router::new()
+        .route("/admin/spans", get(admin_spans))
+        .route("/admin/faults", get(admin_faults).put(admin_set_faults).delete(admin_clear_faults))
+        .route("/admin/breakers", get(admin_breakers))
+        .route_layer(axum::middleware::from_fn_with_state(secret, require_secret));
     let shared = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/admin/spans", get(admin_spans))
-        .route("/admin/faults", get(admin_faults).put(admin_set_faults).delete(admin_clear_faults))
-        .route("/admin/breakers", get(admin_breakers))
+        .merge(admin)
         .with_state(common);
     routes
         .merge(shared)
@@ -64,6 +70,33 @@ pub fn with_common_routes(routes: Router, common: Common) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(limit_head))
+}
+
+/// The size of `req`'s head as written on the wire in the canonical form (`NAME: VALUE` lines):
+/// the request line, each header line and the blank line, with their CRLFs.
+pub fn head_len(req: &Request) -> usize {
+    let target = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(1);
+    let target = if req.uri().scheme().is_some() { req.uri().to_string().len() } else { target };
+    let request_line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1".len() + 2;
+    let headers: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
+    request_line + headers + 2
+}
+
+/// Refuses a head over [`MAX_HEAD_BYTES`] with 431. hyper's own bound is on its read buffer,
+/// so whether it trips depends on how the bytes happened to arrive; this one depends only on
+/// the head. hyper's bound stays as the backstop for a head that never ends.
+async fn limit_head(req: Request, next: Next) -> Response {
+    let len = head_len(&req);
+    if len > MAX_HEAD_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "head_too_large",
+            format!("the request line and headers take {len} bytes; at most {MAX_HEAD_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn healthz(State(c): State<Common>) -> Response {
@@ -125,6 +158,14 @@ pub fn check_secret(secret: Option<&str>, headers: &axum::http::HeaderMap) -> Re
     }
 }
 
+/// Answers 401 to an admin request without the stack secret, before its body is read.
+async fn require_secret(State(secret): State<Arc<Option<String>>>, req: Request, next: Next) -> Response {
+    match check_secret(secret.as_deref(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct SpanQuery {
     trace_id: Option<String>,
@@ -181,12 +222,24 @@ async fn admin_breakers(State(c): State<Common>, headers: axum::http::HeaderMap)
     Ok(axum::Json(c.breakers.report()).into_response())
 }
 
-/// Largest request head (and read buffer) accepted; a header flood is cut off.
-const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Largest request head accepted (exactly, by [`limit_head`]), and hyper's read buffer, which
+/// cuts off a head that never ends.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// How long open connections get to finish after shutdown starts.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains open connections.
+/// How [`serve`] ends once its shutdown future resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Ctrl-C or SIGTERM: stop accepting, give open connections [`DRAIN`] to finish.
+    Drain,
+    /// The supervisor is gone: nobody is left to wait for, and a child that lingers holds its
+    /// port against the next start. Return at once; in-flight sagas resume on the next start.
+    Abandon,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains open connections (or not,
+/// if it resolves to [`Stop::Abandon`]) and says which it was.
 ///
 /// Like `axum::serve`, with the limits it leaves out: a deadline for request headers, a bound
 /// on their size, and an accept loop that survives running out of file descriptors.
@@ -197,12 +250,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     header_timeout: std::time::Duration,
-    shutdown: impl Future<Output = ()>,
-) {
+    shutdown: impl Future<Output = Stop>,
+) -> Stop {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let (closing, closed) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let stop = loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -213,7 +266,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            stop = &mut shutdown => break stop,
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
@@ -233,11 +286,16 @@ pub async fn serve(
                 }
             }
         });
+    };
+    if stop == Stop::Abandon {
+        // The connection tasks die with the runtime, which the caller is about to drop.
+        return stop;
     }
     let _ = closing.send(true);
     drop(closed);
     // Every connection task holds a receiver; when the last is gone, all have finished.
     let _ = tokio::time::timeout(DRAIN, closing.closed()).await;
+    stop
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -257,14 +315,24 @@ pub async fn shutdown_signal() {
 }
 
 /// Resolves when the process `pid` (our supervisor) is gone: we were re-parented.
+///
+/// Polled every 100 ms: a child must be gone within a second of its supervisor (SPEC section
+/// 17), and `getppid` costs next to nothing.
 pub async fn parent_gone(pid: Option<i32>) {
     let Some(pid) = pid else { return std::future::pending().await };
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
-        if nix::unistd::getppid().as_raw() != pid {
+        if parent_is_gone(Some(pid)) {
             tracing::warn!(supervisor = pid, "supervisor is gone; shutting down");
             return;
         }
     }
+}
+
+/// Whether the process `pid` (our supervisor) is no longer our parent. The supervisor also has
+/// the kernel send us SIGTERM when it dies (`PR_SET_PDEATHSIG`); by then we are re-parented, so
+/// this tells that SIGTERM from a stop asked for by someone still waiting for us.
+pub fn parent_is_gone(pid: Option<i32>) -> bool {
+    pid.is_some_and(|pid| nix::unistd::getppid().as_raw() != pid)
 }

@@ -217,18 +217,31 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
 
     let parent = args.tuning.parent_pid;
     let server = http::serve(listener, app, args.tuning.header_timeout, async move {
-        tokio::select! { _ = http::shutdown_signal() => {}, _ = http::parent_gone(parent) => {} }
+        tokio::select! {
+            // The SIGTERM may be the kernel's news of the supervisor's death (PR_SET_PDEATHSIG).
+            _ = http::shutdown_signal() => if http::parent_is_gone(parent) {
+                tracing::warn!(supervisor = parent, "supervisor is gone; shutting down");
+                http::Stop::Abandon
+            } else {
+                http::Stop::Drain
+            },
+            _ = http::parent_gone(parent) => http::Stop::Abandon,
+        }
     });
     // A dead loop stops the server too: better a restart than a healthy `/readyz` in front of a
     // relay or sweeper that no longer runs.
     let outcome = tokio::select! {
-        () = server => Ok(()),
+        stop = server => Ok(stop),
         ended = loops.first_exit() => Err(ended),
     };
     drop(loops);
-    discovery.deregister().await;
+    // Without a supervisor the registry (its child too) is going away as well: a deregistration
+    // could only wait for a timeout.
+    if !matches!(outcome, Ok(http::Stop::Abandon)) {
+        discovery.deregister().await;
+    }
     match outcome {
-        Ok(()) => {
+        Ok(_) => {
             tracing::info!(service = kind.name(), %instance, "stopped");
             Ok(())
         }

@@ -12,6 +12,7 @@ mod load;
 mod logs;
 mod props;
 mod registry;
+mod safety;
 mod saga;
 mod smoke;
 mod stack;

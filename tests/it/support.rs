@@ -27,17 +27,25 @@ pub struct TestStack {
     pub registry_url: String,
     procs: HashMap<Kind, ServiceProcess>,
     env: HashMap<Kind, Vec<(String, String)>>,
+    fixtures: HashMap<Kind, PathBuf>,
 }
 
 /// Per-service environment for a test stack (tuning and test hooks).
 #[derive(Default)]
 pub struct Options {
     env: HashMap<Kind, Vec<(String, String)>>,
+    fixtures: HashMap<Kind, PathBuf>,
 }
 
 impl Options {
     pub fn env(mut self, kind: Kind, key: &str, value: &str) -> Options {
         self.env.entry(kind).or_default().push((key.into(), value.into()));
+        self
+    }
+
+    /// Seeds `kind` from `path` instead of the shipped fixtures.
+    pub fn fixtures(mut self, kind: Kind, path: PathBuf) -> Options {
+        self.fixtures.insert(kind, path);
         self
     }
 }
@@ -55,6 +63,7 @@ impl TestStack {
             registry_url: String::new(),
             procs: HashMap::new(),
             env: options.env,
+            fixtures: options.fixtures,
         };
         stack.spawn(Kind::Registry).await;
         for kind in SERVICES {
@@ -68,6 +77,7 @@ impl TestStack {
     fn command(&self, kind: Kind, extra: &[(String, String)]) -> ServeCommand {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let fixtures = match kind {
+            _ if self.fixtures.contains_key(&kind) => self.fixtures.get(&kind).cloned(),
             Kind::User => Some(root.join("fixtures/users.yaml")),
             Kind::Inventory => Some(root.join("fixtures/products.yaml")),
             _ => None,

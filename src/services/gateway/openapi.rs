@@ -59,7 +59,7 @@ pub fn document() -> Value {
                             "headers": {"Location": {"schema": {"type": "string"}, "description": "/orders/{id}"}},
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}}
                         },
-                        "400": error_response("Malformed JSON, unknown fields, no items, more than 100 items, a quantity outside 1..=1000, an id longer than 64 characters"),
+                        "400": error_response("Malformed JSON, unknown fields, no items, more than 100 items, a quantity outside 1..=1000, an id longer than 64 characters, or a total above 10^12 cents (code amount_too_large)"),
                         "403": error_response("The user is inactive (code user_inactive)"),
                         "413": error_response("The body is larger than 64 KiB"),
                         "422": error_response("The Idempotency-Key was used with a different body (code idempotency_key_reused)")

@@ -13,6 +13,26 @@ pub struct Item {
     pub unit_price_cents: i64,
 }
 
+/// The largest total an order may have, in cents (ten billion dollars): far above any real
+/// basket, far below where `i64` arithmetic on sums of totals could wrap.
+pub const MAX_TOTAL_CENTS: i64 = 1_000_000_000_000;
+
+impl Item {
+    /// The line's amount, or `None` if it does not fit in an `i64`.
+    pub fn amount_cents(&self) -> Option<i64> {
+        self.quantity.checked_mul(self.unit_price_cents)
+    }
+}
+
+/// The sum of the lines' amounts, or `None` if any step would wrap or the sum would exceed
+/// [`MAX_TOTAL_CENTS`]: an order that costs more than that is refused, never stored wrapped.
+pub fn total_cents(items: &[Item]) -> Option<i64> {
+    items
+        .iter()
+        .try_fold(0i64, |sum, item| sum.checked_add(item.amount_cents()?))
+        .filter(|total| (0..=MAX_TOTAL_CENTS).contains(total))
+}
+
 /// Why an order failed: the step, a stable code, and words for a human.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Failure {
@@ -414,6 +434,19 @@ pub fn steps(events: &[Recorded]) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(quantity: i64, unit_price_cents: i64) -> Item {
+        Item { product_id: "p".into(), quantity, unit_price_cents }
+    }
+
+    #[test]
+    fn a_total_that_would_wrap_or_exceed_the_limit_is_none() {
+        assert_eq!(total_cents(&[line(2, 250), line(1, 1)]), Some(501));
+        assert_eq!(total_cents(&[line(1000, 18_446_744_073_709_552)]), None);
+        assert_eq!(total_cents(&[line(1, i64::MAX), line(1, 1)]), None);
+        assert_eq!(total_cents(&[line(1000, 1_000_000_000)]), Some(MAX_TOTAL_CENTS));
+        assert_eq!(total_cents(&[line(1000, 1_000_000_000), line(1, 1)]), None);
+    }
 
     fn log(events: Vec<Event>) -> Vec<Recorded> {
         events

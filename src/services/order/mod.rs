@@ -236,7 +236,13 @@ async fn place(
             unit_price_cents: prices.get(&i.product_id).copied().unwrap_or(0),
         })
         .collect();
-    let total_cents = items.iter().map(|i| i.quantity * i.unit_price_cents).sum();
+    let total_cents = events::total_cents(&items).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "amount_too_large",
+            format!("the order's total would exceed {} cents; order fewer units", events::MAX_TOTAL_CENTS),
+        )
+    })?;
     let event = Event::OrderPlaced {
         user_id: req.user_id.clone(),
         items,

@@ -358,6 +358,9 @@ pub struct OrderTotal {
     pub order_id: String,
     pub status: Status,
     pub total_cents: i64,
+    /// The order's lines with the unit prices it was placed at; `None` if the stored JSON
+    /// cannot be read (reported by the check rather than failing the whole read).
+    pub items: Option<Vec<Item>>,
 }
 
 /// How an order ended, as a drill counts it.
@@ -376,11 +379,19 @@ fn status_at(r: &rusqlite::Row, idx: usize) -> rusqlite::Result<Status> {
     })
 }
 
-/// Every order's id, status and total (a read of the whole table: for checks, not for requests).
+/// Every order's id, status, total and lines (a read of the whole table: for checks, not for
+/// requests).
 pub fn order_totals(c: &rusqlite::Connection) -> rusqlite::Result<Vec<OrderTotal>> {
-    let mut stmt = c.prepare("SELECT order_id, status, total_cents FROM orders")?;
-    let rows = stmt
-        .query_map([], |r| Ok(OrderTotal { order_id: r.get(0)?, status: status_at(r, 1)?, total_cents: r.get(2)? }))?;
+    let mut stmt = c.prepare("SELECT order_id, status, total_cents, items FROM orders")?;
+    let rows = stmt.query_map([], |r| {
+        let items: String = r.get(3)?;
+        Ok(OrderTotal {
+            order_id: r.get(0)?,
+            status: status_at(r, 1)?,
+            total_cents: r.get(2)?,
+            items: serde_json::from_str(&items).ok(),
+        })
+    })?;
     rows.collect()
 }
 

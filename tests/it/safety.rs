@@ -1,0 +1,233 @@
+//! SPEC section 17: money that cannot wrap, card numbers only in the card vault, admin secrets
+//! checked before the body, children that die with their supervisor, and an exact head limit.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use shop::orchestrator::state_dir::process_alive;
+use shop::services::Kind;
+
+use crate::stack::Project;
+use crate::support::*;
+
+/// A stack started with `up -d` through the real CLI.
+fn started() -> Project {
+    let p = Project::new("");
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", String::from_utf8_lossy(&up.stderr));
+    p
+}
+
+/// Writes `head` on a fresh connection in pieces of the given sizes (cycled), then reads the
+/// status line of the answer.
+fn status_of_head(addr: &str, head: &[u8], pieces: &[usize]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut at = 0;
+    for size in pieces.iter().cycle() {
+        if at >= head.len() {
+            break;
+        }
+        let end = (at + size).min(head.len());
+        if s.write_all(&head[at..end]).is_err() {
+            break;
+        }
+        at = end;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string()
+}
+
+/// A `GET /healthz` head of exactly `len` bytes, padded by one header.
+fn head_of(len: usize) -> Vec<u8> {
+    let start = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-pad: ";
+    let pad = len - start.len() - 4;
+    format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
+}
+
+/// A catalog with two products at the highest price a fixture may have.
+const DEAR_PRODUCTS: &str = "products:
+  - id: gold-1
+    name: Gold bar
+    price_cents: 1000000000
+    stock: 5000
+  - id: gold-2
+    name: Gold ingot
+    price_cents: 1000000000
+    stock: 5000
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_over_the_total_limit_is_refused_and_totals_are_checked_against_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let products = dir.path().join("products.yaml");
+    std::fs::write(&products, DEAR_PRODUCTS).unwrap();
+    let stack = TestStack::with(Options::default().fixtures(Kind::Inventory, products)).await;
+
+    // Exactly at the limit: 1000 units at 10^9 cents is 10^12 cents.
+    let (status, body, _) = stack.place(ALICE, items(&[("gold-1", 1000)]), &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!((body["status"].as_str(), body["total_cents"].as_i64()), (Some("CONFIRMED"), Some(1_000_000_000_000)));
+
+    // One cent over it.
+    let (status, body, _) = stack.place(ALICE, items(&[("gold-1", 1000), ("gold-2", 1)]), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "amount_too_large", "{body}");
+    assert_eq!(stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]), 1);
+
+    let report = stack.invariants(Duration::from_secs(15));
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.contains(&"totals_match_items"), "{names:?}");
+    assert!(report.ok, "{:#?}", report.checks);
+
+    let doc = stack.get(&stack.gateway("/openapi.json"), None).await.1;
+    let bad_request = doc["paths"]["/orders"]["post"]["responses"]["400"]["description"].as_str().unwrap_or("");
+    assert!(bad_request.contains("amount_too_large"), "{bad_request}");
+}
+
+#[test]
+fn a_fixture_price_that_is_not_whole_cents_from_1_to_10_9_stops_the_service_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    for (price, shown) in [("18446744073709552", "18446744073709552"), ("0", "0"), ("24.99", "24.99")] {
+        let path = dir.path().join("products.yaml");
+        std::fs::write(&path, DEAR_PRODUCTS.replacen("1000000000", price, 1)).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "inventory", "--port", "0", "--registry", "http://127.0.0.1:9"])
+            .arg("--db")
+            .arg(dir.path().join("inventory.db"))
+            .arg("--fixtures")
+            .arg(&path)
+            .env("SHOP_PARENT_PID", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{price}: started:\n{stderr}");
+        let wanted = format!(
+            "{}:4:18: products[0].price_cents: must be whole cents from 1 to 1000000000, got {shown}",
+            path.display()
+        );
+        assert!(stderr.contains(&wanted), "{price}: wanted `{wanted}` in:\n{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_32_kib_head_limit_holds_exactly_however_the_bytes_arrive() {
+    let options = Kind::ALL.iter().fold(Options::default(), |o, k| o.env(*k, "SHOP_HEADER_TIMEOUT", "20s"));
+    let stack = TestStack::with(options).await;
+    for kind in [Kind::Gateway, Kind::Order] {
+        let addr = stack.url(kind, "").trim_start_matches("http://").to_string();
+        for (how, pieces) in [
+            ("in one write", vec![1 << 20]),
+            ("byte by byte", vec![1]),
+            ("in uneven chunks", vec![1000, 7, 9000, 1, 333, 16_384]),
+        ] {
+            let fits = status_of_head(&addr, &head_of(32 * 1024), &pieces);
+            assert!(fits.starts_with("HTTP/1.1 200"), "{}: 32768 bytes {how}: {fits}", kind.name());
+            let over = status_of_head(&addr, &head_of(32 * 1024 + 1), &pieces);
+            assert!(over.starts_with("HTTP/1.1 431"), "{}: 32769 bytes {how}: {over}", kind.name());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_route_of_every_service_answers_401_without_the_secret_before_reading_the_body() {
+    let p = started();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let rows = p.ps();
+    assert_eq!(rows.len(), 7);
+    let routes = [
+        ("GET", "/admin/faults"),
+        ("PUT", "/admin/faults"),
+        ("DELETE", "/admin/faults"),
+        ("GET", "/admin/spans"),
+        ("GET", "/admin/breakers"),
+    ];
+    let bodies = ["", "{\"latency\": 5}", "{\"nonsense\": true}", "not json at all"];
+    for row in &rows {
+        let addr = row["address"].as_str().unwrap();
+        for (method, path) in routes {
+            for body in bodies {
+                for secret in [None, Some("wrong")] {
+                    let mut req = http
+                        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
+                        .header("content-type", "application/json")
+                        .body(body);
+                    if let Some(s) = secret {
+                        req = req.header("x-shop-secret", s);
+                    }
+                    let resp = req.send().await.unwrap();
+                    let what = format!("{} {method} {path} body {body:?} secret {secret:?}", row["instance"]);
+                    assert_eq!(resp.status(), 401, "{what}");
+                    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized", "{what}");
+                }
+            }
+            // A body announced but never sent: the answer cannot have waited for it.
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50000\r\n\r\n"
+            );
+            let status = status_of_head(addr, head.as_bytes(), &[1 << 20]);
+            assert!(
+                status.starts_with("HTTP/1.1 401"),
+                "{} {method} {path} without its body: {status}",
+                row["instance"]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_child_exits_soon_after_its_supervisor_is_killed_under_load() {
+    let p = started();
+    let children: Vec<(String, u32)> = p
+        .ps()
+        .iter()
+        .map(|r| (r["instance"].as_str().unwrap().to_string(), r["pid"].as_u64().unwrap() as u32))
+        .collect();
+    assert_eq!(children.len(), 7);
+    let mut load = std::process::Command::new(BIN)
+        .current_dir(p.dir.path())
+        .args(["load", "--orders", "1000000", "--concurrency", "16", "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let order_db = p.dir.path().join(".shop/data/order.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let busy = loop {
+        let placed = shop::plumbing::db::open_read_only(&order_db)
+            .and_then(|c| Ok(c.query_row("SELECT count(*) FROM orders", [], |r| r.get::<_, i64>(0))?))
+            .unwrap_or(0);
+        if placed >= 50 || Instant::now() >= deadline {
+            break placed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(busy >= 50, "the load never got going: {busy} orders placed");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.supervisor_pid() as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let killed = Instant::now();
+    // Generous against a loaded machine, well under the 5 s drain that used to hold order and
+    // gateway up.
+    let mut alive: Vec<&(String, u32)> = children.iter().collect();
+    while !alive.is_empty() && killed.elapsed() < Duration::from_secs(3) {
+        alive.retain(|(_, pid)| process_alive(*pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = load.kill();
+    let _ = load.wait();
+    let logs: Vec<String> = alive
+        .iter()
+        .map(|(name, _)| {
+            let log = std::fs::read_to_string(p.dir.path().join(format!(".shop/logs/{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            format!("{name}:\n{}", tail.join("\n"))
+        })
+        .collect();
+    assert!(alive.is_empty(), "still running 3 s after the supervisor died: {alive:?}\n{}", logs.join("\n"));
+}
