@@ -769,6 +769,7 @@ mod tests {
             interval: Duration::from_millis(200),
             timeout: Duration::from_secs(1),
             start_period: Duration::from_secs(10),
+            retries: 3,
         };
         assert_eq!(start_failures(&h), 10);
     }

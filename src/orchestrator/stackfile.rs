@@ -112,6 +112,9 @@ pub struct HealthSpec {
     pub timeout: Duration,
     /// How long to wait before declaring the start failed.
     pub start_period: Duration,
+    /// Failed probes in a row (liveness or readiness) before a running instance is unhealthy
+    /// and its restart policy acts.
+    pub retries: u32,
 }
 
 /// The `client:` section.
@@ -276,7 +279,13 @@ raw_struct!(
         client: RawClient = nested,
     }
 );
-raw_struct!(RawHealth { path: Text = text, interval: Text = text, timeout: Text = text, start_period: Text = text });
+raw_struct!(RawHealth {
+    path: Text = text,
+    interval: Text = text,
+    timeout: Text = text,
+    start_period: Text = text,
+    retries: Int = int,
+});
 raw_struct!(RawClient { timeout: Text = text, retries: Int = int, circuit_breaker: RawBreaker = nested });
 raw_struct!(RawBreaker { failure_threshold: Int = int, open_for: Text = text, half_open_requests: Int = int });
 raw_struct!(RawRateLimit { per_second: Int = int, burst: Int = int });
@@ -363,7 +372,13 @@ fn builtin_policy() -> Policy {
         restart: RestartPolicy::OnFailure,
         max_restarts: 5,
         backoff: ms(200),
-        health: HealthSpec { path: "/healthz".into(), interval: ms(200), timeout: ms(1000), start_period: ms(10_000) },
+        health: HealthSpec {
+            path: "/healthz".into(),
+            interval: ms(200),
+            timeout: ms(1000),
+            start_period: ms(10_000),
+            retries: 3,
+        },
         client: ClientSpec {
             timeout: ms(2000),
             retries: 3,
@@ -377,7 +392,8 @@ const SERVICE_KINDS: [Kind; 6] =
     [Kind::Gateway, Kind::User, Kind::Order, Kind::Payment, Kind::Inventory, Kind::Notification];
 
 // Counts: `replicas`, rate limits and the breaker's `failure_threshold`/`half_open_requests` must be
-// at least 1, since zero would mean "no service", "no requests" or a breaker that never closes.
+// at least 1, since zero would mean "no service", "no requests" or a breaker that never closes;
+// `health.retries` too, since zero failures in a row would call every instance unhealthy.
 // `max_restarts: 0` (never restart) and `retries: 0` (one attempt) are meaningful, so those only
 // reject negatives. Durations that pace a loop or bound a wait (heartbeat, ttl, health interval and
 // timeout, client timeout, saga_timeout) must be non-zero; backoff, start_period and open_for may be 0.
@@ -453,6 +469,7 @@ impl Check {
                 interval: self.duration(&h.interval, &p("health.interval"), true, bh.interval),
                 timeout: self.duration(&h.timeout, &p("health.timeout"), true, bh.timeout),
                 start_period: self.duration(&h.start_period, &p("health.start_period"), false, bh.start_period),
+                retries: self.count(&h.retries, &p("health.retries"), 1, bh.retries),
             },
             client: ClientSpec {
                 timeout: self.duration(&cl.timeout, &p("client.timeout"), true, bc.timeout),
@@ -908,6 +925,22 @@ stack.yaml:4:16: `services.user.port` is out of range: 99999999999999999999"
     }
 
     #[test]
+    fn health_retries_default_to_three_and_must_be_at_least_one() {
+        let stack =
+            parse("defaults:\n  health: {retries: 5}\nservices:\n  user: {}\n  payment: {health: {retries: 1}}\n")
+                .unwrap();
+        assert_eq!(stack.service("user").unwrap().health.retries, 5);
+        assert_eq!(stack.service("payment").unwrap().health.retries, 1);
+        assert_eq!(parse("services:\n  user: {}\n").unwrap().service("user").unwrap().health.retries, 3);
+        assert_eq!(
+            err("services:\n  user: {health: {retries: 0}}\n  order: {health: {retires: 2}}\n"),
+            "\
+stack.yaml:2:28: `services.user.health.retries` must be 1 or more, not 0
+stack.yaml:3:20: unknown key `retires` in `services.order.health`; did you mean `retries`?"
+        );
+    }
+
+    #[test]
     fn counts_below_their_minimum_are_errors() {
         let yaml = "\
 defaults:
@@ -1059,7 +1092,13 @@ services:
         assert_eq!((user.restart, user.max_restarts, user.backoff), (RestartPolicy::Always, 5, ms(200)));
         assert_eq!(
             user.health,
-            HealthSpec { path: "/healthz".into(), interval: ms(1000), timeout: ms(3000), start_period: ms(10_000) }
+            HealthSpec {
+                path: "/healthz".into(),
+                interval: ms(1000),
+                timeout: ms(3000),
+                start_period: ms(10_000),
+                retries: 3
+            }
         );
         assert_eq!((order.restart, order.max_restarts), (RestartPolicy::Always, 0));
         assert_eq!(order.health, HealthSpec { timeout: ms(5000), ..user.health.clone() });

@@ -6,21 +6,55 @@
 //! time are committed together (group commit): each runs inside its own savepoint, so one that
 //! fails is rolled back alone, and every caller hears back only after the shared commit, so
 //! "persisted" still means on disk before the caller acts.
+//!
+//! Health that never lies: [`Db::health`] is a bounded write probe (a real one-row write in its
+//! own transaction) that also fails when the connection is read-only or the file at the path is
+//! no longer the file that is open (deleted or replaced). Once that file is gone, the writer
+//! refuses every job with [`DbError::Unavailable`] instead of committing into an unlinked file,
+//! so nothing is confirmed and then lost; a restart opens the file that is at the path.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
-use rusqlite::Connection;
-use tokio::sync::oneshot;
+use rusqlite::{Connection, DatabaseName};
+use tokio::sync::{oneshot, watch};
 
 /// Most transactions one commit carries.
 const GROUP: usize = 64;
 /// Reader threads per database.
 const READERS: usize = 2;
 
+/// The one-row table the write probe updates. It belongs to this module, not to a service's
+/// versioned schema, so it is created if missing rather than migrated.
+const PROBE_TABLE: &str = "shop_write_probe";
+
 impl DbError {
+    /// Whether the failure is the database's environment (gone, read-only, disk, lock) rather
+    /// than the request: the caller should hear 503 and try again, not 500.
+    pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            DbError::Unavailable(_) | DbError::NotWritable { .. } => true,
+            DbError::Sql(cause) => matches!(
+                cause.sqlite_error_code(),
+                Some(
+                    ReadOnly
+                        | SystemIoFailure
+                        | DiskFull
+                        | CannotOpen
+                        | PermissionDenied
+                        | DatabaseBusy
+                        | DatabaseLocked
+                )
+            ),
+            _ => false,
+        }
+    }
+
     fn is_busy(&self) -> bool {
         let cause = match self {
             DbError::Open { cause, .. } | DbError::Migrate { cause, .. } | DbError::Sql(cause) => cause,
@@ -43,24 +77,89 @@ pub enum DbError {
         "database `{path}` is at schema version {found}, newer than this binary knows ({known}); use a newer shop"
     )]
     TooNew { path: PathBuf, found: usize, known: usize },
+    #[error(
+        "cannot open database `{path}` for writing: {why}; make the file, its `-wal` and `-shm` companions and their directory writable, then start again"
+    )]
+    NotWritable { path: PathBuf, why: String },
+    #[error(transparent)]
+    Unavailable(#[from] Unready),
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
     #[error("database task failed: {0}")]
     Task(String),
 }
 
+/// Why a database cannot take writes right now: what `/readyz` reports, and what the writer
+/// answers every job with while the open file is gone.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unready {
+    #[error("database `{0}` was deleted: the file open is no longer at its path; a restart creates a new one")]
+    Deleted(PathBuf),
+    #[error("database `{0}` was replaced: the file at its path is not the file open; a restart opens the new one")]
+    Replaced(PathBuf),
+    #[error("database `{0}` is open read-only")]
+    ReadOnly(PathBuf),
+    #[error("database `{path}` cannot be written: {why}")]
+    Unwritable { path: PathBuf, why: String },
+    #[error("the write probe of database `{path}` did not finish within {timeout:?}")]
+    TimedOut { path: PathBuf, timeout: Duration },
+    #[error("the database thread of `{0}` is gone")]
+    Stopped(PathBuf),
+}
+
 /// What runs inside a group transaction: the caller's work, returning what to send once the
-/// group's commit is known.
+/// group's commit is known. It is handed the connection, or the reason it may not run.
 /// The bool says whether the work succeeded (and stands) or failed (and is rolled back).
-type TxJob = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type TxJob = Box<dyn FnOnce(Result<&Connection, DbError>) -> (bool, Reply) + Send>;
 /// Tells the caller the outcome once the group's commit is known.
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// Work that runs alone on a connection (reads, single statements).
-type PlainJob = Box<dyn FnOnce(&mut Connection) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), Unready>) + Send>;
+/// Work that runs alone on a connection (reads, single statements), or hears why it may not.
+type PlainJob = Box<dyn FnOnce(Result<&mut Connection, DbError>) + Send>;
+/// A write probe: runs on the writer's connection whatever state the file is in.
+type ProbeJob = Box<dyn FnOnce(&Connection, &OpenFile) + Send>;
 
 enum Job {
     Tx(TxJob),
     Plain(PlainJob),
+    Probe(ProbeJob),
+}
+
+/// The identity of the file the writer opened, checked against the path before every write.
+///
+/// SQLite does not hand out its file descriptor, so the identity is the path's `(st_dev,
+/// st_ino)` taken right after the connection opened it. Holding a descriptor of our own instead
+/// would be worse: closing any descriptor of a file drops every POSIX lock the process holds on
+/// it, SQLite's included.
+pub struct OpenFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl OpenFile {
+    fn new(path: &Path) -> Result<OpenFile, DbError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| DbError::NotWritable { path: path.to_path_buf(), why: format!("cannot stat it: {e}") })?;
+        Ok(OpenFile { path: path.to_path_buf(), identity: (meta.dev(), meta.ino()) })
+    }
+
+    /// Whether the file at the path is still the file open: one `stat`, cheap enough to run
+    /// before and after every commit.
+    fn still_at_path(&self) -> Result<(), Unready> {
+        match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Unready::Deleted(self.path.clone())),
+            Err(e) => Err(Unready::Unwritable { path: self.path.clone(), why: format!("cannot stat it: {e}") }),
+            Ok(m) if (m.dev(), m.ino()) != self.identity => Err(Unready::Replaced(self.path.clone())),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+/// Write probes in flight: at most one is queued at a time, and every caller waiting meanwhile
+/// hears its outcome, so a stuck writer does not collect a probe per readiness check.
+struct Probes {
+    queued: AtomicBool,
+    /// How many probes have finished, and the last one's outcome.
+    done: watch::Sender<(u64, Result<(), Unready>)>,
 }
 
 /// A service's database: cheap to clone, safe to share between handlers.
@@ -70,6 +169,7 @@ pub struct Db {
     readers: Arc<Vec<mpsc::Sender<PlainJob>>>,
     next_reader: Arc<AtomicUsize>,
     path: Arc<PathBuf>,
+    probes: Arc<Probes>,
 }
 
 impl Db {
@@ -93,11 +193,14 @@ impl Db {
                 other => break other?,
             }
         };
+        let file = OpenFile::new(path)?;
+        // A service that cannot write must not start: it would serve reads and fail every order.
+        probe(&conn, &file).map_err(|u| DbError::NotWritable { path: path.to_path_buf(), why: u.to_string() })?;
         let (writer, jobs) = mpsc::channel();
         let name = format!("db-writer {}", path.display());
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || write_loop(conn, jobs))
+            .spawn(move || write_loop(conn, file, jobs))
             .map_err(|e| DbError::Task(format!("cannot start the database thread: {e}")))?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
@@ -108,7 +211,7 @@ impl Db {
                 .spawn(move || {
                     let mut conn = conn;
                     for job in rx {
-                        job(&mut conn);
+                        job(Ok(&mut conn));
                     }
                 })
                 .map_err(|e| DbError::Task(format!("cannot start a database thread: {e}")))?;
@@ -119,11 +222,45 @@ impl Db {
             readers: Arc::new(readers),
             next_reader: Arc::new(AtomicUsize::new(0)),
             path: Arc::new(path.to_path_buf()),
+            probes: Arc::new(Probes { queued: AtomicBool::new(false), done: watch::channel((0, Ok(()))).0 }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the database can take writes now: the file open is the file at its path, the
+    /// connection is not read-only, the file is writable, and a one-row write commits, all
+    /// within `timeout`. This is what `/readyz` asks.
+    pub async fn health(&self, timeout: Duration) -> Result<(), Unready> {
+        let mut finished = self.probes.done.subscribe();
+        let seen = finished.borrow().0;
+        if !self.probes.queued.swap(true, Ordering::SeqCst) {
+            let probes = self.probes.clone();
+            let job: ProbeJob = Box::new(move |conn, file| {
+                probes.queued.store(false, Ordering::SeqCst);
+                let outcome = probe(conn, file);
+                probes.done.send_modify(|(n, last)| {
+                    *n += 1;
+                    *last = outcome;
+                });
+            });
+            if self.writer.send(Job::Probe(job)).is_err() {
+                self.probes.queued.store(false, Ordering::SeqCst);
+                return Err(Unready::Stopped(self.path.to_path_buf()));
+            }
+        }
+        let waited = tokio::time::timeout(timeout, async {
+            // The sender lives in `self.probes`, so the wait cannot fail while `self` exists.
+            finished.wait_for(|(n, _)| *n > seen).await.map(|done| done.1.clone())
+        })
+        .await;
+        match waited {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Unready::Stopped(self.path.to_path_buf())),
+            Err(_) => Err(Unready::TimedOut { path: self.path.to_path_buf(), timeout }),
+        }
     }
 
     /// Runs `f` with the write connection, alone (not in a group transaction).
@@ -158,14 +295,14 @@ impl Db {
     {
         let (tx, rx) = oneshot::channel();
         let job: TxJob = Box::new(move |conn| {
-            let result = f(conn).map_err(DbError::from);
+            let result = conn.and_then(|conn| f(conn).map_err(DbError::from));
             let ok = result.is_ok();
-            let reply: Reply = Box::new(move |committed: Result<(), String>| {
+            let reply: Reply = Box::new(move |committed: Result<(), Unready>| {
                 let _ = tx.send(match (committed, result) {
-                    // A failed job was rolled back: its own error is the answer.
+                    // A failed (or refused) job was rolled back: its own error is the answer.
                     (_, Err(e)) => Err(e),
                     (Ok(()), ok) => ok,
-                    (Err(e), _) => Err(DbError::Task(format!("commit failed: {e}"))),
+                    (Err(e), _) => Err(DbError::Unavailable(e)),
                 });
             });
             (ok, reply)
@@ -184,7 +321,7 @@ where
 {
     let (tx, rx) = oneshot::channel();
     let job: PlainJob = Box::new(move |conn| {
-        let _ = tx.send(f(conn).map_err(DbError::from));
+        let _ = tx.send(conn.and_then(|conn| f(conn).map_err(DbError::from)));
     });
     (job, rx)
 }
@@ -192,6 +329,12 @@ where
 fn open_writer(path: &Path, migrations: &[&str]) -> Result<Connection, DbError> {
     let open_err = |cause| DbError::Open { path: path.to_path_buf(), cause };
     let mut conn = Connection::open(path).map_err(open_err)?;
+    // SQLite quietly falls back to read-only when it cannot open the file for writing; a
+    // service on such a connection would look alive and fail every write.
+    if conn.is_readonly(DatabaseName::Main).map_err(open_err)? {
+        let why = "SQLite could only open it read-only (the file or its directory is not writable)".to_string();
+        return Err(DbError::NotWritable { path: path.to_path_buf(), why });
+    }
     // First, so that switching to WAL waits for a replica doing the same instead of failing.
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
     // WAL lets readers (shop inspect) run beside the writer; NORMAL is durable across
@@ -201,12 +344,59 @@ fn open_writer(path: &Path, migrations: &[&str]) -> Result<Connection, DbError> 
     conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(64);
     migrate(&mut conn, path, migrations)?;
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at INTEGER NOT NULL)"
+    ))
+    .map_err(open_err)?;
     Ok(conn)
+}
+
+/// The write probe, on the writer's connection: identity, read-only flags, the file's write
+/// permission (which catches `chattr +i`, a read-only mount, or a mode the owner lost, even while
+/// the WAL still takes writes), then a real one-row write in its own transaction.
+fn probe(conn: &Connection, file: &OpenFile) -> Result<(), Unready> {
+    let path = || file.path.clone();
+    file.still_at_path()?;
+    let query_only = conn.pragma_query_value(None, "query_only", |r| r.get::<_, bool>(0));
+    if conn.is_readonly(DatabaseName::Main).unwrap_or(true) || query_only.unwrap_or(true) {
+        return Err(Unready::ReadOnly(path()));
+    }
+    nix::unistd::access(&file.path, nix::unistd::AccessFlags::W_OK)
+        .map_err(|e| Unready::Unwritable { path: path(), why: format!("the file is not writable ({e})") })?;
+    let write = format!(
+        "INSERT INTO {PROBE_TABLE} (id, probed_at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at"
+    );
+    let wrote = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .and_then(|()| conn.execute(&write, [crate::plumbing::time::now_ms()]))
+        .and_then(|_| conn.execute_batch("COMMIT"));
+    if let Err(e) = wrote {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return Err(Unready::Unwritable { path: path(), why: format!("a one-row write failed: {e}") });
+    }
+    // The write landed in the file that was at the path when it committed.
+    file.still_at_path()
+}
+
+/// Hands each job of `group` the reason it may not run, and tells its caller.
+fn refuse(group: Vec<TxJob>, why: &Unready) {
+    for f in group {
+        let (_, reply) = f(Err(DbError::Unavailable(why.clone())));
+        reply(Err(why.clone()));
+    }
 }
 
 /// The writer thread: runs plain jobs one by one, and every transaction queued meanwhile in one
 /// `BEGIN IMMEDIATE … COMMIT`, each inside its own savepoint.
-fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+///
+/// Before each batch it checks that the file open is still the file at the path; once it is
+/// not, every job is refused (the caller hears 503) rather than committed into a file nobody
+/// will open again. After each commit it checks again, so a file deleted meanwhile does not
+/// confirm what it swallowed.
+fn write_loop(mut conn: Connection, file: OpenFile, jobs: mpsc::Receiver<Job>) {
+    let mut warned = false;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP {
@@ -215,30 +405,48 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let gone = match file.still_at_path() {
+            Err(u @ (Unready::Deleted(_) | Unready::Replaced(_))) => Some(u),
+            _ => None,
+        };
+        if let Some(u) = gone.as_ref().filter(|_| !warned) {
+            warned = true;
+            tracing::error!(error = %u, "refusing every write from now on");
+        }
         let mut group = Vec::new();
         for job in batch {
             match job {
-                Job::Plain(f) => f(&mut conn),
+                Job::Plain(f) => match &gone {
+                    Some(u) => f(Err(DbError::Unavailable(u.clone()))),
+                    None => f(Ok(&mut conn)),
+                },
+                Job::Probe(f) => f(&conn, &file),
                 Job::Tx(f) => group.push(f),
             }
         }
         if group.is_empty() {
             continue;
         }
+        if let Some(u) = gone {
+            refuse(group, &u);
+            continue;
+        }
         let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
-        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
-        if let Err(e) = began {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Nothing may run outside a transaction: each caller learns it could not start.
-            drop(group);
             tracing::error!(error = %e, "cannot begin a transaction");
+            let why = Unready::Unwritable { path: file.path.clone(), why: format!("cannot begin a transaction: {e}") };
+            refuse(group, &why);
             continue;
         }
         for f in group {
             // A savepoint per caller: a failing one is rolled back without touching the others.
-            if conn.execute_batch("SAVEPOINT job").is_err() {
-                continue; // the job is dropped unrun; its caller gets "dropped a call"
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                let why = Unready::Unwritable { path: file.path.clone(), why: format!("cannot open a savepoint: {e}") };
+                refuse(vec![f], &why);
+                continue;
             }
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn))) {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(Ok(&conn)))) {
                 Ok((true, reply)) => {
                     let _ = conn.execute_batch("RELEASE job");
                     replies.push(reply);
@@ -253,8 +461,11 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 }
             }
         }
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-        if committed.is_err() {
+        let committed = conn
+            .execute_batch("COMMIT")
+            .map_err(|e| Unready::Unwritable { path: file.path.clone(), why: format!("commit failed: {e}") })
+            .and_then(|()| file.still_at_path());
+        if committed.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         for reply in replies {
@@ -294,7 +505,9 @@ pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
 pub fn table_counts(path: &Path) -> std::collections::BTreeMap<String, i64> {
     let Ok(conn) = open_read_only(path) else { return Default::default() };
     let names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .prepare(&format!(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != '{PROBE_TABLE}' ORDER BY name"
+        ))
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .unwrap_or_default();
     names
@@ -323,12 +536,104 @@ mod tests {
         let v2 = ["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"];
         let db = Db::open(&path, &v2).unwrap();
         let n: i64 = db
-            .call(|c| c.query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0)))
+            .call(|c| {
+                let sql = format!("SELECT count(*) FROM sqlite_master WHERE type='table' AND name != '{PROBE_TABLE}'");
+                c.query_row(&sql, [], |r| r.get(0))
+            })
             .await
             .unwrap();
         assert_eq!(n, 2);
         let mode: String = db.call(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0))).await.unwrap();
         assert_eq!(mode, "wal");
         assert!(matches!(Db::open(&path, &v1), Err(DbError::TooNew { found: 2, known: 1, .. })));
+    }
+
+    const T: [&str; 1] = ["CREATE TABLE t (x INTEGER);"];
+    const PROBE: Duration = Duration::from_secs(2);
+
+    async fn insert(db: &Db) -> Result<usize, DbError> {
+        db.tx(|c| c.execute("INSERT INTO t (x) VALUES (1)", [])).await
+    }
+
+    #[tokio::test]
+    async fn a_writable_database_passes_the_write_probe_by_really_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), &T).unwrap();
+        assert_eq!(db.health(PROBE).await, Ok(()));
+        let sql = format!("SELECT probed_at FROM {PROBE_TABLE} WHERE id = 1");
+        let first: i64 = db.call(move |c| c.query_row(&sql, [], |r| r.get(0))).await.unwrap();
+        assert!(first > 0);
+        // Concurrent checks share probes and all hear an outcome.
+        let all = futures_join(&db).await;
+        assert!(all.iter().all(|r| r.is_ok()), "{all:?}");
+    }
+
+    async fn futures_join(db: &Db) -> Vec<Result<(), Unready>> {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let db = db.clone();
+            set.spawn(async move { db.health(PROBE).await });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_deleted_file_fails_the_probe_and_every_write_is_refused_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(&path, &T).unwrap();
+        insert(&db).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(db.health(PROBE).await, Err(Unready::Deleted(path.clone())));
+        let refused = insert(&db).await.unwrap_err();
+        assert!(matches!(refused, DbError::Unavailable(Unready::Deleted(_))), "{refused:?}");
+        assert!(refused.is_unavailable());
+        let plain = db.call(|c| c.execute("INSERT INTO t (x) VALUES (2)", [])).await.unwrap_err();
+        assert!(plain.is_unavailable(), "{plain:?}");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_file_fails_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(&path, &T).unwrap();
+        let other = dir.path().join("other.db");
+        Db::open(&other, &T).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert_eq!(db.health(PROBE).await, Err(Unready::Replaced(path)));
+        assert!(insert(&db).await.unwrap_err().is_unavailable());
+    }
+
+    #[tokio::test]
+    async fn a_query_only_connection_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(&path, &T).unwrap();
+        db.call(|c| c.pragma_update(None, "query_only", true)).await.unwrap();
+        assert_eq!(db.health(PROBE).await, Err(Unready::ReadOnly(path)));
+    }
+
+    #[test]
+    fn a_file_sqlite_can_only_open_read_only_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(Db::open(&path, &T).unwrap());
+        // Root ignores mode bits; the immutable flag stops root too, where the filesystem has it.
+        let immutable = std::process::Command::new("chattr").arg("+i").arg(&path).status();
+        if !matches!(immutable, Ok(s) if s.success()) {
+            panic!("this test needs `chattr +i` (e2fsprogs) on a filesystem that supports it");
+        }
+        let opened = Db::open(&path, &T);
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&path).status();
+        let err = opened.err().expect("an immutable database must not open");
+        assert!(matches!(err, DbError::NotWritable { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with(&format!("cannot open database `{}` for writing", path.display())),
+            "{err}"
+        );
     }
 }

@@ -77,7 +77,13 @@ impl IntoResponse for ApiError {
 }
 
 impl From<crate::plumbing::db::DbError> for ApiError {
+    /// A database that cannot take writes (gone, read-only, disk full) is a 503 the caller may
+    /// retry elsewhere or later; anything else is our fault.
     fn from(e: crate::plumbing::db::DbError) -> ApiError {
+        if e.is_unavailable() {
+            tracing::error!(error = %e, "database unavailable; refusing the request");
+            return ApiError::unavailable("the service cannot write its database right now", 1);
+        }
         ApiError::internal(e)
     }
 }

@@ -33,6 +33,9 @@ pub struct Common {
     pub instance: String,
     pub metrics: Arc<Metrics>,
     pub ready: ReadyCheck,
+    /// Readiness of this process's own resources only (its database), without its dependencies:
+    /// what the supervisor probes, so a stopped dependency never gets its callers restarted.
+    pub local_ready: ReadyCheck,
     pub extra_metrics: ExtraMetrics,
     pub spans: Arc<SpanStore>,
     /// The stack secret that admin endpoints require; without one they refuse every call.
@@ -103,8 +106,24 @@ async fn healthz(State(c): State<Common>) -> Response {
     axum::Json(serde_json::json!({"status": "ok", "service": c.service, "instance": c.instance})).into_response()
 }
 
-async fn readyz(State(c): State<Common>) -> Response {
-    match (c.ready)().await {
+#[derive(serde::Deserialize)]
+struct ReadyQuery {
+    /// `local`: only what this process owns (see [`Common::local_ready`]).
+    scope: Option<String>,
+}
+
+async fn readyz(
+    State(c): State<Common>,
+    crate::plumbing::error::ApiQuery(q): crate::plumbing::error::ApiQuery<ReadyQuery>,
+) -> Response {
+    let check = match q.scope.as_deref() {
+        Some("local") => &c.local_ready,
+        Some(other) => {
+            return ApiError::bad_request(format!("`scope` must be `local` or absent, not `{other}`")).into_response()
+        }
+        None => &c.ready,
+    };
+    match check().await {
         Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).into_response(),
     }

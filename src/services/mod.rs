@@ -195,6 +195,7 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         instance: instance.clone(),
         metrics: rt.metrics.clone(),
         ready,
+        local_ready: db_ready(db.clone()),
         extra_metrics,
         spans: spans.clone(),
         secret: args.tuning.secret.clone(),
@@ -269,16 +270,14 @@ pub fn db_gauges<const N: usize>(
     })
 }
 
-/// The default readiness check: the database answers.
+/// The longest a readiness check waits for its database write probe.
+const WRITE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// The default readiness check: the database takes writes (see [`Db::health`]).
 pub fn db_ready(db: Db) -> ReadyCheck {
     Arc::new(move || {
         let db = db.clone();
-        Box::pin(async move {
-            db.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("database: {e}"))
-        })
+        Box::pin(async move { db.health(WRITE_PROBE_TIMEOUT).await.map_err(|e| e.to_string()) })
     })
 }
 

@@ -7,6 +7,7 @@ mod dns;
 mod drills;
 mod drive;
 mod export;
+mod health;
 mod hostile;
 mod load;
 mod logs;

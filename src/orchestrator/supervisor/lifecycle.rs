@@ -14,11 +14,12 @@ use super::{log_line, Instance, Supervisor, REGISTRY};
 use crate::orchestrator::env;
 use crate::orchestrator::launcher::{self, ServeCommand, ServiceProcess};
 use crate::orchestrator::protocol::InstanceState;
-use crate::orchestrator::stackfile::{HealthSpec, Program, ServiceSpec};
+use crate::orchestrator::stackfile::{HealthSpec, Program, RestartPolicy, ServiceSpec};
 use crate::services::Kind;
 
-/// Consecutive failed probes before a healthy instance is called unhealthy.
-const UNHEALTHY_AFTER: u32 = 3;
+/// Readiness of a built-in service's own resources (its database), not of its dependencies:
+/// a stopped dependency must not get its callers restarted.
+const LOCAL_READINESS: &str = "/readyz?scope=local";
 /// How often the monitor looks for exited processes and due restarts.
 const MONITOR_TICK: Duration = Duration::from_millis(100);
 
@@ -57,6 +58,7 @@ impl Supervisor {
             }
             inst.state = InstanceState::Healthy;
             inst.healthy_since = Some(Instant::now());
+            inst.auto_restart = false;
         }
         if matches!(spec.program, Program::External(_)) {
             self.register_external(idx).await;
@@ -75,6 +77,7 @@ impl Supervisor {
         inst.state = InstanceState::Starting;
         inst.detail = None;
         inst.next_restart = None;
+        inst.ended_unhealthy = false;
         (inst.name.clone(), inst.generation)
     }
 
@@ -170,7 +173,7 @@ impl Supervisor {
             if exited {
                 return Wait::Failed(format!("`{name}` exited during start-up"));
             }
-            if probe(&self.http, &url, health.timeout).await {
+            if probe(&self.http, &url, health.timeout).await.is_ok() {
                 return Wait::Healthy;
             }
             if Instant::now() >= deadline {
@@ -201,12 +204,21 @@ impl Supervisor {
     fn start_failed(&self, idx: usize, generation: u64, why: String) {
         let log = {
             let mut inner = self.lock();
+            let stopping = inner.stopping;
             let inst = &mut inner.instances[idx];
             if inst.generation != generation {
                 return;
             }
             if let Some(mut p) = inst.proc.take() {
                 p.kill();
+            }
+            if inst.auto_restart && !stopping {
+                // A restart that fails (its database still unwritable, say) is one more crash:
+                // the policy retries with backoff until `max_restarts`.
+                let spec = self.spec_of(inst);
+                inst.generation += 1;
+                self.after_exit(inst, spec, false, &format!("did not start again ({why})"), Instant::now());
+                return;
             }
             inst.state = InstanceState::Failed;
             inst.detail = Some(why.clone());
@@ -238,7 +250,10 @@ impl Supervisor {
             .await;
     }
 
-    /// Probes a running instance every `health.interval` until its generation changes.
+    /// Probes a running instance every `health.interval` until its generation changes: liveness
+    /// (`health.path`) and, for built-in services, the readiness of their own database. After
+    /// `health.retries` failures in a row it is unhealthy, and unless its policy is `restart: no`
+    /// the supervisor ends it so the restart policy acts.
     async fn health_loop(self: Arc<Self>, idx: usize, generation: u64) {
         let spec = self.spec(idx);
         let (health, external) = (&spec.health, matches!(spec.program, Program::External(_)));
@@ -258,30 +273,70 @@ impl Supervisor {
                 continue;
             }
             let Some(address) = address else { return };
-            let ok = probe(&self.http, &format!("http://{address}{}", health.path), health.timeout).await;
+            let mut outcome = probe(&self.http, &format!("http://{address}{}", health.path), health.timeout).await;
+            if outcome.is_ok() && !external {
+                let url = format!("http://{address}{LOCAL_READINESS}");
+                outcome = probe(&self.http, &url, health.timeout).await.map_err(|why| format!("not ready: {why}"));
+            }
+            let ok = outcome.is_ok();
             failures = if ok { 0 } else { failures + 1 };
-            {
+            let ended = {
                 let mut inner = self.lock();
                 let inst = &mut inner.instances[idx];
-                if inst.generation == generation && inst.state != InstanceState::Paused {
-                    if ok {
-                        if inst.state != InstanceState::Healthy {
-                            inst.state = InstanceState::Healthy;
-                            inst.healthy_since = Some(Instant::now());
-                        }
-                        if inst.healthy_since.is_some_and(|t| t.elapsed() >= HEALTHY_SPELL) {
-                            inst.forget_crashes();
-                        }
-                    } else if failures >= UNHEALTHY_AFTER && inst.state == InstanceState::Healthy {
-                        inst.state = InstanceState::Unhealthy;
-                        inst.healthy_since = None;
+                if inst.generation != generation || inst.state == InstanceState::Paused {
+                    None
+                } else if ok {
+                    if inst.state != InstanceState::Healthy {
+                        inst.state = InstanceState::Healthy;
+                        inst.healthy_since = Some(Instant::now());
+                        inst.detail = None;
                     }
+                    if inst.healthy_since.is_some_and(|t| t.elapsed() >= HEALTHY_SPELL) {
+                        inst.forget_crashes();
+                    }
+                    None
+                } else if failures >= health.retries && inst.state == InstanceState::Healthy {
+                    let why = outcome.err().unwrap_or_default();
+                    inst.state = InstanceState::Unhealthy;
+                    inst.healthy_since = None;
+                    inst.detail = Some(format!("unhealthy after {failures} failed probes: {why}"));
+                    let restarts = spec.restart != RestartPolicy::No;
+                    if restarts {
+                        inst.ended_unhealthy = true;
+                    }
+                    let log = self.dir.log(&inst.name);
+                    let then = if restarts { "ending it so its restart policy acts" } else { "restart: no leaves it" };
+                    log_line(&log, &format!("supervisor: {} unhealthy ({why}); {then}", inst.name));
+                    tracing::warn!(instance = %inst.name, %why, "unhealthy");
+                    inst.pid.filter(|_| restarts)
+                } else {
+                    None
                 }
+            };
+            if let Some(pid) = ended {
+                // The monitor reaps the exit and restarts it; SIGKILL if it ignores SIGTERM.
+                launcher::signal_group(pid, Signal::SIGTERM);
+                let me = self.clone();
+                tokio::spawn(async move { me.kill_if_still_running(idx, generation, pid).await });
+                return;
             }
             if external && ok && beat.elapsed() >= self.stack.registry.heartbeat {
                 beat = Instant::now();
                 self.register_external(idx).await;
             }
+        }
+    }
+
+    /// SIGKILLs the group of `pid` if instance `idx` is still in `generation` after the stop grace.
+    async fn kill_if_still_running(&self, idx: usize, generation: u64, pid: u32) {
+        tokio::time::sleep(crate::plumbing::config::STOP_GRACE).await;
+        let still = {
+            let inner = self.lock();
+            let inst = &inner.instances[idx];
+            inst.generation == generation && inst.pid == Some(pid)
+        };
+        if still {
+            launcher::signal_group(pid, Signal::SIGKILL);
         }
     }
 
@@ -311,6 +366,7 @@ impl Supervisor {
                 if at <= now {
                     inst.next_restart = None;
                     inst.restarts += 1;
+                    inst.auto_restart = true;
                     due.push(idx);
                 }
                 continue;
@@ -335,10 +391,23 @@ impl Supervisor {
         }
         inst.proc = None;
         inst.generation += 1;
+        let (success, what) = if inst.ended_unhealthy {
+            (false, format!("was ended for being unhealthy ({status})"))
+        } else {
+            (status.success(), format!("exited ({status})"))
+        };
+        self.after_exit(inst, spec, success, &what, now);
+    }
+
+    /// Applies the restart decision to an instance whose process is gone; `what` says how it
+    /// went, for `ps` and the log.
+    fn after_exit(&self, inst: &mut Instance, spec: &ServiceSpec, success: bool, what: &str, now: Instant) {
+        inst.ended_unhealthy = false;
         let (policy, max) = (spec.restart, spec.max_restarts);
+        let status = what;
         let decision = restart::decide(restart::Exit {
             policy,
-            success: status.success(),
+            success,
             crashes: inst.consecutive,
             backoff: spec.backoff,
             last_backoff: inst.last_backoff,
@@ -350,16 +419,13 @@ impl Supervisor {
         match decision {
             Decision::LeaveStopped => {
                 inst.state = InstanceState::Crashed;
-                inst.detail = Some(format!("exited ({status}); restart policy does not restart it"));
-                log_line(&log, &format!("supervisor: {name} exited ({status}); not restarted (restart: {policy:?})"));
+                inst.detail = Some(format!("{status}; restart policy does not restart it"));
+                log_line(&log, &format!("supervisor: {name} {status}; not restarted (restart: {policy:?})"));
             }
             Decision::GiveUp => {
                 inst.state = InstanceState::Failed;
                 inst.detail = Some(format!("gave up after {max} restarts (max_restarts); it keeps crashing: {status}"));
-                log_line(
-                    &log,
-                    &format!("supervisor: {name} exited ({status}); gave up after {max} restarts (max_restarts)"),
-                );
+                log_line(&log, &format!("supervisor: {name} {status}; gave up after {max} restarts (max_restarts)"));
                 tracing::error!(instance = %name, "gave up after {max} restarts");
             }
             Decision::Restart { after, crashes } => {
@@ -369,7 +435,7 @@ impl Supervisor {
                 inst.next_restart = Some(now + after);
                 log_line(
                     &log,
-                    &format!("supervisor: {name} crashed ({status}); restart {crashes} of {max} in {after:?}"),
+                    &format!("supervisor: {name} crashed: {status}; restart {crashes} of {max} in {after:?}"),
                 );
                 tracing::warn!(instance = %name, %status, wait = ?after, "crashed; restarting");
             }
@@ -439,6 +505,18 @@ impl Supervisor {
     }
 }
 
-async fn probe(http: &reqwest::Client, url: &str, timeout: Duration) -> bool {
-    matches!(http.get(url).timeout(timeout).send().await, Ok(r) if r.status().is_success())
+/// One probe: `Ok` on a 2xx within `timeout`, else why not (the service's own message when it
+/// gives one, as `/readyz` does).
+async fn probe(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<(), String> {
+    let response = http.get(url).timeout(timeout).send().await.map_err(|e| format!("no answer: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body: serde_json::Value =
+        tokio::time::timeout(timeout, response.json()).await.ok().and_then(Result::ok).unwrap_or_default();
+    match body["error"]["message"].as_str() {
+        Some(message) => Err(format!("{status}: {message}")),
+        None => Err(format!("answered {status}")),
+    }
 }

@@ -59,6 +59,13 @@ struct Instance {
     /// Bumped at every start, so tasks of an older incarnation stop touching it.
     generation: u64,
     detail: Option<String>,
+    /// The supervisor ended this process for being unhealthy: its exit is a failure whatever its
+    /// status, so `on-failure` restarts it.
+    ended_unhealthy: bool,
+    /// The start in progress is an automatic restart: if it fails, the restart policy tries
+    /// again (with backoff) instead of leaving the instance failed, so a stack recovers by
+    /// itself once the cause (an unwritable disk) is gone.
+    auto_restart: bool,
 }
 
 impl Instance {
@@ -217,6 +224,7 @@ impl Supervisor {
         let mut inner = self.lock();
         for inst in inner.instances.iter_mut().filter(|i| services.contains(&i.service)) {
             inst.forget_crashes();
+            inst.auto_restart = false;
             if count_restart {
                 inst.restarts += 1;
             }
@@ -316,6 +324,8 @@ fn new_instance(spec: Option<usize>, service: &str, name: &str) -> Instance {
         next_restart: None,
         generation: 0,
         detail: None,
+        ended_unhealthy: false,
+        auto_restart: false,
     }
 }
 
@@ -340,6 +350,7 @@ fn registry_spec(stack: &Stack) -> ServiceSpec {
             interval: Duration::from_millis(200),
             timeout: Duration::from_secs(1),
             start_period: Duration::from_secs(10),
+            retries: 3,
         },
         client: ClientSpec {
             timeout: Duration::from_secs(2),
