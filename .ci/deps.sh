@@ -13,6 +13,8 @@ apt_packages=()
 command -v chromium >/dev/null || apt_packages+=(chromium)
 command -v promtool >/dev/null || apt_packages+=(prometheus)
 command -v tmux >/dev/null || apt_packages+=(tmux)
+# chattr makes a database file immutable, even for root: the health tests' unwritable disk.
+command -v chattr >/dev/null || apt_packages+=(e2fsprogs)
 if [ ${#apt_packages[@]} -gt 0 ]; then
     sudo_=""
     [ "$(id -u)" -eq 0 ] || sudo_="sudo"
