@@ -197,7 +197,7 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         ready,
         extra_metrics,
         spans: spans.clone(),
-        secret: args.tuning.secret.clone(),
+        secret: args.tuning.secret()?,
         faults,
         breakers,
     };
