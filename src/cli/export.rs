@@ -607,11 +607,12 @@ impl K8s<'_, '_> {
                 "capabilities" => obj! { "drop" => vec!["ALL"] },
             },
         );
-        let mut mounts = vec![obj! { "name" => "tmp", "mountPath" => TMP_DIR }];
+        let mut mounts = Vec::new();
         if unit.kind().is_some() {
             mounts.push(obj! { "name" => "data", "mountPath" => DATA_DIR });
             mounts.push(obj! { "name" => "secret", "mountPath" => SECRET_DIR, "readOnly" => true });
         }
+        mounts.push(obj! { "name" => "tmp", "mountPath" => TMP_DIR });
         if unit.fixture_name().is_some() {
             mounts.push(obj! { "name" => "fixtures", "mountPath" => FIXTURES_DIR, "readOnly" => true });
         }
