@@ -30,5 +30,9 @@ COPY fixtures/ /usr/share/shop/fixtures/
 USER 10001:10001
 WORKDIR /data
 EXPOSE 8080
+# For `docker run` by hand, where nothing else probes the service: its liveness endpoint on
+# SHOP_PORT (8080 unless set). The exports bring their own probes at the stack's timing.
+HEALTHCHECK --interval=10s --timeout=2s --start-period=10s --retries=3 \
+    CMD curl -fsS -o /dev/null "http://127.0.0.1:${SHOP_PORT:-8080}/healthz" || exit 1
 ENTRYPOINT ["shop"]
 CMD ["--help"]

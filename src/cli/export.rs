@@ -43,6 +43,13 @@ macro_rules! obj {
 const DATA_DIR: &str = "/data";
 /// Where fixture files are mounted, read-only.
 const FIXTURES_DIR: &str = "/etc/shop/fixtures";
+/// Where the stack secret is mounted, read-only, as the file `SECRET_KEY` (`SHOP_SECRET_FILE`).
+const SECRET_DIR: &str = "/etc/shop/secret";
+/// The Secret's key and the file's name.
+const SECRET_KEY: &str = "SHOP_SECRET";
+/// The one writable place besides the database's volume: SQLite's temporary files go there when
+/// the root filesystem is read-only.
+const TMP_DIR: &str = "/tmp";
 /// The port of a service the stack leaves on port 0 (any free port), which a platform cannot
 /// route to: containers do not share a network namespace, so one well-known port fits all.
 const CONTAINER_PORT: u16 = 8080;
@@ -91,9 +98,13 @@ pub struct OutputArgs {
 pub struct K8sArgs {
     #[command(flatten)]
     pub out: OutputArgs,
-    /// Put every object in this namespace (and create it) [default: kubectl's current one]
+    /// Put every object in this namespace (and create it, enforcing the restricted Pod
+    /// Security Standard) [default: kubectl's current one]
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+    /// Leave out the NetworkPolicies (default deny, then only the edges of `depends_on`)
+    #[arg(long)]
+    pub no_network_policies: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,7 +130,7 @@ pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
                     eprintln!("warning: {warning}");
                 }
             }
-            (k8s(&plan, args.namespace.as_deref()), args.out, "Kubernetes manifests")
+            (k8s(&plan, args.namespace.as_deref(), !args.no_network_policies), args.out, "Kubernetes manifests")
         }
         ExportCommand::Compose(args) => {
             let plan = Plan::new(&stack, &args.out)?;
@@ -339,68 +350,213 @@ impl<'a> Plan<'a> {
 
 // ---- Kubernetes ----
 
-fn k8s(plan: &Plan, namespace: Option<&str>) -> String {
+/// The objects of one Kubernetes export, one method per kind of object.
+///
+/// Every pod meets the Pod Security Standards' "restricted" profile (a non-root user, no
+/// privilege escalation, no capabilities, the runtime's seccomp profile), with a read-only root
+/// filesystem and no service-account token: the services need none of it. Only the volumes
+/// are writable: the database's and an `emptyDir` at `/tmp`.
+struct K8s<'p, 'a> {
+    plan: &'p Plan<'a>,
+    namespace: Option<&'p str>,
+    /// The ConfigMap's name.
+    config: String,
+    /// The Secret's name.
+    secret: String,
+}
+
+fn k8s(plan: &Plan, namespace: Option<&str>, network_policies: bool) -> String {
     let project = plan.project.as_str();
-    let config = format!("{project}-config");
-    let secret = format!("{project}-secret");
-    let stack_labels = obj! { PART_OF => project, "app.kubernetes.io/managed-by" => "shop" };
-    let meta = |name: &str, labels: &Value| {
+    let k = K8s { plan, namespace, config: format!("{project}-config"), secret: format!("{project}-secret") };
+    let mut docs = Vec::new();
+    if let Some(ns) = namespace {
+        docs.push(k.namespace_object(ns));
+    }
+    docs.push(k.config_map());
+    docs.push(k.secret_object());
+    // Before the pods, so that no pod ever runs without its policy.
+    if network_policies {
+        docs.extend(k.network_policies());
+    }
+    for unit in &plan.units {
+        docs.push(k.service(unit));
+        docs.push(k.workload(unit));
+    }
+    let secret = &k.secret;
+    let header = format!(
+        "# Kubernetes manifests for stack `{project}`, written by `shop export k8s`.\n\
+         # Apply: shop export k8s | kubectl apply -f -    List: kubectl get all,pvc,networkpolicy -l {PART_OF}={project}\n\
+         # The Secret `{secret}` holds a stack secret generated for this export.\n"
+    );
+    header + &yaml_documents(&docs)
+}
+
+impl K8s<'_, '_> {
+    fn stack_labels(&self) -> Value {
+        obj! { PART_OF => self.plan.project.as_str(), "app.kubernetes.io/managed-by" => "shop" }
+    }
+
+    /// Selects every pod of the stack.
+    fn stack_selector(&self) -> Value {
+        obj! { "matchLabels" => obj! { PART_OF => self.plan.project.as_str() } }
+    }
+
+    fn meta(&self, name: &str, labels: &Value) -> Value {
         let mut m = obj! { "name" => name };
-        if let Some(ns) = namespace {
+        if let Some(ns) = self.namespace {
             set(&mut m, "namespace", ns);
         }
         set(&mut m, "labels", labels.clone());
         m
-    };
-    let mut docs = Vec::new();
-    if let Some(ns) = namespace {
-        docs.push(obj! {
-            "apiVersion" => "v1", "kind" => "Namespace",
-            "metadata" => obj! { "name" => ns, "labels" => stack_labels.clone() },
-        });
     }
 
-    // The ConfigMap: shared settings, per-service settings as `SERVICE.VAR`, fixture files as
-    // `SERVICE.fixtures`; workloads read single keys, so changing a setting is a ConfigMap edit
-    // and a rollout restart.
-    let mut data = Mapping::new();
-    for (k, v) in plan.shared_env() {
-        data.insert(k.into(), v.into());
+    /// The namespace `--namespace` creates, where the API server refuses any pod that is not
+    /// restricted, so a later edit cannot quietly loosen one.
+    fn namespace_object(&self, ns: &str) -> Value {
+        let mut labels = self.stack_labels();
+        set(&mut labels, "pod-security.kubernetes.io/enforce", "restricted");
+        obj! { "apiVersion" => "v1", "kind" => "Namespace", "metadata" => obj! { "name" => ns, "labels" => labels } }
     }
-    for unit in &plan.units {
-        for (k, v) in unit.env() {
-            if config_key(&k) {
-                data.insert(format!("{}.{k}", unit.name).into(), v.into());
+
+    /// Shared settings, per-service settings as `SERVICE.VAR`, fixture files as
+    /// `SERVICE.fixtures`; workloads read single keys, so changing a setting is a ConfigMap edit
+    /// and a rollout restart.
+    fn config_map(&self) -> Value {
+        let mut data = Mapping::new();
+        for (k, v) in self.plan.shared_env() {
+            data.insert(k.into(), v.into());
+        }
+        for unit in &self.plan.units {
+            for (k, v) in unit.env() {
+                if config_key(&k) {
+                    data.insert(format!("{}.{k}", unit.name).into(), v.into());
+                }
+            }
+            if let Some(text) = &unit.fixtures {
+                data.insert(format!("{}.fixtures", unit.name).into(), text.as_str().into());
             }
         }
-        if let Some(text) = &unit.fixtures {
-            data.insert(format!("{}.fixtures", unit.name).into(), text.as_str().into());
+        obj! {
+            "apiVersion" => "v1", "kind" => "ConfigMap",
+            "metadata" => self.meta(&self.config, &self.stack_labels()),
+            "data" => Value::Mapping(data),
         }
     }
-    docs.push(obj! {
-        "apiVersion" => "v1", "kind" => "ConfigMap",
-        "metadata" => meta(&config, &stack_labels),
-        "data" => Value::Mapping(data),
-    });
-    docs.push(obj! {
-        "apiVersion" => "v1", "kind" => "Secret",
-        "metadata" => meta(&secret, &stack_labels),
-        "type" => "Opaque",
-        "stringData" => obj! { "SHOP_SECRET" => plan.secret.as_str() },
-    });
 
-    for unit in &plan.units {
-        let labels = unit.labels(project);
+    fn secret_object(&self) -> Value {
+        obj! {
+            "apiVersion" => "v1", "kind" => "Secret",
+            "metadata" => self.meta(&self.secret, &self.stack_labels()),
+            "type" => "Opaque",
+            "stringData" => obj! { SECRET_KEY => self.plan.secret.as_str() },
+        }
+    }
+
+    /// Default deny for every pod of the stack, DNS for all of them, then per service: ingress
+    /// from the services that depend on it (the gateway: from anywhere, on its port) and egress
+    /// to the services it depends on. A connection needs both ends' consent, so exactly the
+    /// edges of `depends_on` are open.
+    fn network_policies(&self) -> Vec<Value> {
+        let project = self.plan.project.as_str();
+        let labels = self.stack_labels();
+        let tcp = |port: u16| obj! { "protocol" => "TCP", "port" => port };
+        let mut docs = vec![
+            self.network_policy(
+                &format!("{project}-default-deny"),
+                self.stack_selector(),
+                Some(Vec::new()),
+                Some(Vec::new()),
+                &labels,
+            ),
+            self.network_policy(
+                &format!("{project}-dns"),
+                self.stack_selector(),
+                None,
+                Some(vec![obj! {
+                    "ports" => vec![obj! { "protocol" => "UDP", "port" => 53 }, tcp(53)],
+                }]),
+                &labels,
+            ),
+        ];
+        for unit in &self.plan.units {
+            let ingress = if let Role::Gateway = unit.role {
+                vec![obj! { "ports" => vec![tcp(unit.port)] }]
+            } else {
+                let from: Vec<Value> = self
+                    .plan
+                    .units
+                    .iter()
+                    .filter(|other| other.spec.depends_on.contains(&unit.spec.name))
+                    .map(|other| obj! { "podSelector" => obj! { "matchLabels" => other.selector(project) } })
+                    .collect();
+                if from.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![obj! { "from" => from, "ports" => vec![tcp(unit.port)] }]
+                }
+            };
+            // One rule per dependency: each listens on its own port.
+            let egress = self
+                .plan
+                .units
+                .iter()
+                .filter(|dep| unit.spec.depends_on.contains(&dep.spec.name))
+                .map(|dep| {
+                    obj! {
+                        "to" => vec![obj! { "podSelector" => obj! { "matchLabels" => dep.selector(project) } }],
+                        "ports" => vec![tcp(dep.port)],
+                    }
+                })
+                .collect();
+            let selector = obj! { "matchLabels" => unit.selector(project) };
+            docs.push(self.network_policy(&unit.name, selector, Some(ingress), Some(egress), &unit.labels(project)));
+        }
+        docs
+    }
+
+    /// A NetworkPolicy; `None` leaves that direction to other policies, an empty list denies it.
+    fn network_policy(
+        &self,
+        name: &str,
+        selector: Value,
+        ingress: Option<Vec<Value>>,
+        egress: Option<Vec<Value>>,
+        labels: &Value,
+    ) -> Value {
+        let mut spec = obj! { "podSelector" => selector };
+        let mut types = Vec::new();
+        if let Some(rules) = ingress {
+            types.push("Ingress");
+            if !rules.is_empty() {
+                set(&mut spec, "ingress", rules);
+            }
+        }
+        if let Some(rules) = egress {
+            types.push("Egress");
+            if !rules.is_empty() {
+                set(&mut spec, "egress", rules);
+            }
+        }
+        set(&mut spec, "policyTypes", types);
+        obj! {
+            "apiVersion" => "networking.k8s.io/v1", "kind" => "NetworkPolicy",
+            "metadata" => self.meta(name, labels),
+            "spec" => spec,
+        }
+    }
+
+    /// A built-in service's environment: the shared settings and its own from the ConfigMap,
+    /// where the secret file is, and its pod's name as its instance.
+    fn env(&self, unit: &Unit) -> Vec<Value> {
         let from_config = |key: String, env: &str| {
-            obj! { "name" => env, "valueFrom" => obj! { "configMapKeyRef" => obj! { "name" => config.as_str(), "key" => key } } }
+            obj! { "name" => env, "valueFrom" => obj! { "configMapKeyRef" => obj! { "name" => self.config.as_str(), "key" => key } } }
         };
         let mut env = Vec::new();
         if unit.kind().is_some() {
-            env.extend(plan.shared_env().into_iter().map(|(k, _)| from_config(k.clone(), &k)));
-            env.push(obj! {
-                "name" => "SHOP_SECRET",
-                "valueFrom" => obj! { "secretKeyRef" => obj! { "name" => secret.as_str(), "key" => "SHOP_SECRET" } },
-            });
+            env.extend(self.plan.shared_env().into_iter().map(|(k, _)| from_config(k.clone(), &k)));
+            // A file, not the value: environment variables show in `kubectl describe`, in
+            // crash dumps and in every child process.
+            env.push(obj! { "name" => "SHOP_SECRET_FILE", "value" => format!("{SECRET_DIR}/{SECRET_KEY}") });
             // The pod's name tells replicas apart in spans and logs.
             env.push(obj! {
                 "name" => "SHOP_INSTANCE",
@@ -414,12 +570,15 @@ fn k8s(plan: &Plan, namespace: Option<&str>) -> String {
                 obj! { "name" => k, "value" => v }
             });
         }
+        env
+    }
 
+    fn container(&self, unit: &Unit) -> Value {
         let mut container = obj! { "name" => unit.name.as_str(), "image" => unit.image.as_str() };
         let argv = unit.argv(false);
         // `args` follow the image's `shop` entrypoint; an external program replaces it.
         set(&mut container, if unit.kind().is_some() { "args" } else { "command" }, argv);
-        set(&mut container, "env", env);
+        set(&mut container, "env", self.env(unit));
         set(
             &mut container,
             "ports",
@@ -441,73 +600,103 @@ fn k8s(plan: &Plan, namespace: Option<&str>) -> String {
         set(
             &mut container,
             "securityContext",
-            obj! { "allowPrivilegeEscalation" => false, "capabilities" => obj! { "drop" => vec!["ALL"] } },
+            obj! {
+                "allowPrivilegeEscalation" => false,
+                "readOnlyRootFilesystem" => true,
+                "runAsNonRoot" => true,
+                "capabilities" => obj! { "drop" => vec!["ALL"] },
+            },
         );
         let mut mounts = Vec::new();
-        let mut volumes = Vec::new();
         if unit.kind().is_some() {
             mounts.push(obj! { "name" => "data", "mountPath" => DATA_DIR });
+            mounts.push(obj! { "name" => "secret", "mountPath" => SECRET_DIR, "readOnly" => true });
         }
+        mounts.push(obj! { "name" => "tmp", "mountPath" => TMP_DIR });
+        if unit.fixture_name().is_some() {
+            mounts.push(obj! { "name" => "fixtures", "mountPath" => FIXTURES_DIR, "readOnly" => true });
+        }
+        set(&mut container, "volumeMounts", mounts);
+        container
+    }
+
+    /// The pod: restricted, as the image's numeric user (so `runAsNonRoot` can be checked; an
+    /// image given with `--image-for` runs as that user too), `fsGroup` making the volumes
+    /// writable and the secret readable by it.
+    fn pod_template(&self, unit: &Unit) -> Value {
+        let mut volumes = vec![obj! { "name" => "tmp", "emptyDir" => Mapping::new() }];
         if let Role::Gateway = unit.role {
             volumes.push(obj! { "name" => "data", "emptyDir" => Mapping::new() });
         }
+        if unit.kind().is_some() {
+            volumes.push(obj! {
+                "name" => "secret",
+                "secret" => obj! {
+                    "secretName" => self.secret.as_str(),
+                    "items" => vec![obj! { "key" => SECRET_KEY, "path" => SECRET_KEY }],
+                    // Owner and group (`fsGroup`) read; nobody else.
+                    "defaultMode" => 0o440,
+                },
+            });
+        }
         if let Some(file) = unit.fixture_name() {
-            mounts.push(obj! { "name" => "fixtures", "mountPath" => FIXTURES_DIR, "readOnly" => true });
             volumes.push(obj! {
                 "name" => "fixtures",
                 "configMap" => obj! {
-                    "name" => config.as_str(),
+                    "name" => self.config.as_str(),
                     "items" => vec![obj! { "key" => format!("{}.fixtures", unit.name), "path" => file }],
                 },
             });
         }
-        if !mounts.is_empty() {
-            set(&mut container, "volumeMounts", mounts);
-        }
+        let pod = obj! {
+            "securityContext" => obj! {
+                "runAsNonRoot" => true,
+                "runAsUser" => USER_ID,
+                "runAsGroup" => USER_ID,
+                "fsGroup" => USER_ID,
+                "seccompProfile" => obj! { "type" => "RuntimeDefault" },
+            },
+            "automountServiceAccountToken" => false,
+            "terminationGracePeriodSeconds" => 10,
+            "containers" => vec![self.container(unit)],
+            "volumes" => volumes,
+        };
+        obj! { "metadata" => obj! { "labels" => unit.labels(&self.plan.project) }, "spec" => pod }
+    }
 
-        let mut pod = Mapping::new();
-        if unit.shop_image(plan) {
-            // The image's numeric user, so `runAsNonRoot` can be checked; `fsGroup` makes the
-            // volume writable by it.
-            pod.insert(
-                "securityContext".into(),
-                obj! { "runAsNonRoot" => true, "runAsUser" => USER_ID, "runAsGroup" => USER_ID, "fsGroup" => USER_ID },
-            );
-        }
-        pod.insert("terminationGracePeriodSeconds".into(), 10.into());
-        pod.insert("containers".into(), vec![container].into());
-        if !volumes.is_empty() {
-            pod.insert("volumes".into(), volumes.into());
-        }
-        let template = obj! { "metadata" => obj! { "labels" => labels.clone() }, "spec" => Value::Mapping(pod) };
-
-        let stateful = matches!(unit.role, Role::Stateful(_));
-        let mut service_spec = Mapping::new();
-        if stateful {
+    fn service(&self, unit: &Unit) -> Value {
+        let project = self.plan.project.as_str();
+        let mut spec = Mapping::new();
+        if let Role::Stateful(_) = unit.role {
             // Headless: the name resolves to the pod itself, which has a stable identity.
-            service_spec.insert("clusterIP".into(), "None".into());
+            spec.insert("clusterIP".into(), "None".into());
         }
-        service_spec.insert("selector".into(), unit.selector(project));
-        service_spec.insert(
+        spec.insert("selector".into(), unit.selector(project));
+        spec.insert(
             "ports".into(),
             vec![obj! { "name" => "http", "port" => unit.port, "targetPort" => "http", "protocol" => "TCP" }].into(),
         );
-        docs.push(obj! {
+        obj! {
             "apiVersion" => "v1", "kind" => "Service",
-            "metadata" => meta(&unit.name, &labels),
-            "spec" => Value::Mapping(service_spec),
-        });
+            "metadata" => self.meta(&unit.name, &unit.labels(project)),
+            "spec" => Value::Mapping(spec),
+        }
+    }
 
-        let workload = if stateful {
+    /// A StatefulSet with a volume claim for a service with a database, a Deployment otherwise.
+    fn workload(&self, unit: &Unit) -> Value {
+        let project = self.plan.project.as_str();
+        let labels = unit.labels(project);
+        if let Role::Stateful(_) = unit.role {
             obj! {
                 "apiVersion" => "apps/v1", "kind" => "StatefulSet",
-                "metadata" => meta(&unit.name, &labels),
+                "metadata" => self.meta(&unit.name, &labels),
                 "spec" => obj! {
                     "serviceName" => unit.name.as_str(),
                     // One writer per SQLite file: see `Plan::k8s_warnings`.
                     "replicas" => 1,
                     "selector" => obj! { "matchLabels" => unit.selector(project) },
-                    "template" => template,
+                    "template" => self.pod_template(unit),
                     "volumeClaimTemplates" => vec![obj! {
                         "metadata" => obj! { "name" => "data", "labels" => labels.clone() },
                         "spec" => obj! {
@@ -520,23 +709,15 @@ fn k8s(plan: &Plan, namespace: Option<&str>) -> String {
         } else {
             obj! {
                 "apiVersion" => "apps/v1", "kind" => "Deployment",
-                "metadata" => meta(&unit.name, &labels),
+                "metadata" => self.meta(&unit.name, &labels),
                 "spec" => obj! {
                     "replicas" => unit.spec.replicas,
                     "selector" => obj! { "matchLabels" => unit.selector(project) },
-                    "template" => template,
+                    "template" => self.pod_template(unit),
                 },
             }
-        };
-        docs.push(workload);
+        }
     }
-
-    let header = format!(
-        "# Kubernetes manifests for stack `{project}`, written by `shop export k8s`.\n\
-         # Apply: shop export k8s | kubectl apply -f -    List: kubectl get all,pvc -l {PART_OF}={project}\n\
-         # The Secret `{secret}` holds a stack secret generated for this export.\n"
-    );
-    header + &yaml_documents(&docs)
 }
 
 /// An HTTP probe on the container's `http` port with the stack's timing; Kubernetes counts
@@ -600,6 +781,12 @@ fn compose(plan: &Plan) -> String {
             set(&mut svc, "volumes", vec![format!("{volume}:{DATA_DIR}")]);
             volumes.insert(volume.into(), Mapping::new().into());
         }
+        // As on Kubernetes: nothing writable but the volume and a tmpfs, no capabilities, no
+        // setuid escalation.
+        set(&mut svc, "read_only", true);
+        set(&mut svc, "tmpfs", vec![TMP_DIR]);
+        set(&mut svc, "cap_drop", vec!["ALL"]);
+        set(&mut svc, "security_opt", vec!["no-new-privileges:true"]);
         if let (Some(file), Some(text)) = (unit.fixture_name(), &unit.fixtures) {
             let name = format!("{}-fixtures", unit.name);
             set(

@@ -98,6 +98,10 @@ pub struct Tuning {
     /// Stack secret required by admin endpoints
     #[arg(long, env = "SHOP_SECRET", hide = true)]
     pub secret: Option<String>,
+    /// The stack secret read from this file instead (a mounted Kubernetes Secret, which a
+    /// scanner and `kubectl describe` cannot see the way they see an environment variable)
+    #[arg(long, env = "SHOP_SECRET_FILE", hide = true, conflicts_with = "secret")]
+    pub secret_file: Option<PathBuf>,
     /// How to find other services: `registry` (register and heartbeat; what `shop up` runs) or
     /// `dns` (fixed addresses from --peers, no registry; what `shop export` writes)
     #[arg(long, env = "SHOP_DISCOVERY", value_enum, default_value_t = Mode::Registry)]
@@ -106,4 +110,19 @@ pub struct Tuning {
     /// has two instances), e.g. `user=user:8080,payment=payment:8080`
     #[arg(long, env = "SHOP_PEERS", value_parser = Peers::parse, default_value = "")]
     pub peers: Peers,
+}
+
+impl Tuning {
+    /// The stack secret, from `--secret` or the file `--secret-file` names (one trailing newline
+    /// dropped, as `echo` and editors add one).
+    pub fn secret(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context as _;
+        let Some(path) = &self.secret_file else { return Ok(self.secret.clone()) };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the stack secret from `{}` (SHOP_SECRET_FILE)", path.display()))?;
+        let secret = text.strip_suffix('\n').unwrap_or(&text);
+        let secret = secret.strip_suffix('\r').unwrap_or(secret);
+        anyhow::ensure!(!secret.is_empty(), "the stack secret file `{}` is empty", path.display());
+        Ok(Some(secret.to_string()))
+    }
 }

@@ -198,7 +198,7 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
         local_ready: db_ready(db.clone()),
         extra_metrics,
         spans: spans.clone(),
-        secret: args.tuning.secret.clone(),
+        secret: args.tuning.secret()?,
         faults,
         breakers,
     };

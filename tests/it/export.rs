@@ -304,7 +304,8 @@ fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_fo
     assert_eq!(env_value(&docs, w, "PORT").as_deref(), Some("9300"));
     assert_eq!(w["readinessProbe"]["httpGet"]["path"], "/");
     assert_eq!(w["livenessProbe"]["httpGet"]["path"], "/");
-    assert!(w["volumeMounts"].is_null(), "an external program has no database");
+    let mounts = w["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().all(|m| m["name"] != "data"), "an external program has no database");
     assert_eq!(find(&docs, "Service", "web")["spec"]["ports"][0]["port"], 9300);
 
     let out = shop(dir.path(), &["export", "compose", "--image-for", "web=python:3.12-slim"]);
@@ -346,4 +347,238 @@ fn bad_export_options_are_usage_errors_that_name_the_value() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// The shipped stack's Kubernetes manifests, with the given extra arguments.
+fn shipped_k8s(dir: &Path, extra: &[&str]) -> Vec<Value> {
+    let stack = shipped_stack();
+    let mut args = vec!["-f", stack.to_str().unwrap(), "export", "k8s", "-o", "k8s.yaml"];
+    args.extend(extra);
+    let out = shop(dir, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = dir.join("k8s.yaml");
+    validate_k8s(&file);
+    documents(&std::fs::read_to_string(file).unwrap())
+}
+
+/// A pod as a NetworkPolicy sees it: its labels, and the port its container listens on.
+struct Pod {
+    name: String,
+    labels: Value,
+    port: u64,
+}
+
+fn pods(docs: &[Value]) -> Vec<Pod> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        .map(|d| Pod {
+            name: d["metadata"]["name"].as_str().unwrap().to_string(),
+            labels: d["spec"]["template"]["metadata"]["labels"].clone(),
+            port: container(d)["ports"][0]["containerPort"].as_u64().unwrap(),
+        })
+        .collect()
+}
+
+/// A label selector as Kubernetes applies it; only `matchLabels` is expected in the exports.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    assert!(selector["matchExpressions"].is_null(), "{selector}");
+    selector["matchLabels"].as_object().is_none_or(|m| m.iter().all(|(k, v)| labels[k] == *v))
+}
+
+/// Whether the NetworkPolicies let `subject` receive from (`Ingress`) or send to (`Egress`) a
+/// pod labelled `peer` on TCP `port`: a pod no policy of that direction selects is open; one
+/// that some policy selects is open only to what a rule of one of them admits.
+fn admitted(policies: &[&Value], direction: &str, subject: &Value, peer: &Value, port: u64) -> bool {
+    let (rules, peers) = if direction == "Ingress" { ("ingress", "from") } else { ("egress", "to") };
+    let applying: Vec<&&Value> = policies
+        .iter()
+        .filter(|p| selects(&p["spec"]["podSelector"], subject))
+        .filter(|p| p["spec"]["policyTypes"].as_array().unwrap().iter().any(|t| t == direction))
+        .collect();
+    if applying.is_empty() {
+        return true;
+    }
+    applying.iter().flat_map(|p| p["spec"][rules].as_array().into_iter().flatten()).any(|rule| {
+        let port_ok = rule["ports"]
+            .as_array()
+            .is_none_or(|ports| ports.iter().any(|p| p["port"] == port && p["protocol"] == "TCP"));
+        let peer_ok = rule[peers].as_array().is_none_or(|list| {
+            list.iter().any(|p| {
+                assert!(p["namespaceSelector"].is_null() && p["ipBlock"].is_null(), "{p}");
+                selects(&p["podSelector"], peer)
+            })
+        });
+        port_ok && peer_ok
+    })
+}
+
+/// Every pair of pods a connection is allowed between: both the sender's egress and the
+/// receiver's ingress must admit it.
+fn open_edges(docs: &[Value]) -> Vec<(String, String)> {
+    let policies: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
+    let pods = pods(docs);
+    let mut edges = Vec::new();
+    for from in &pods {
+        for to in &pods {
+            if admitted(&policies, "Egress", &from.labels, &to.labels, to.port)
+                && admitted(&policies, "Ingress", &to.labels, &from.labels, to.port)
+            {
+                edges.push((from.name.clone(), to.name.clone()));
+            }
+        }
+    }
+    edges.sort();
+    edges
+}
+
+fn edges(list: &[(&str, &[&str])]) -> Vec<(String, String)> {
+    let mut edges: Vec<(String, String)> =
+        list.iter().flat_map(|(from, tos)| tos.iter().map(|to| (from.to_string(), to.to_string()))).collect();
+    edges.sort();
+    edges
+}
+
+#[test]
+fn network_policies_admit_every_edge_of_the_dependency_graph_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = shipped_k8s(dir.path(), &[]);
+    let expected = edges(&[
+        ("gateway", &["order", "user", "inventory"]),
+        ("order", &["user", "inventory", "payment", "notification"]),
+    ]);
+    assert_eq!(open_edges(&docs), expected);
+    let policies: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
+    // From outside the stack (another namespace, an ingress controller): the gateway only.
+    let outsider = serde_json::json!({});
+    for pod in pods(&docs) {
+        let open = admitted(&policies, "Ingress", &pod.labels, &outsider, pod.port);
+        assert_eq!(open, pod.name == "gateway", "{} from outside", pod.name);
+        // Every pod resolves names: DNS on port 53, to wherever the cluster runs it.
+        let dns = policies.iter().filter(|p| selects(&p["spec"]["podSelector"], &pod.labels)).any(|p| {
+            p["spec"]["egress"].as_array().into_iter().flatten().any(|r| {
+                r["to"].is_null()
+                    && r["ports"].as_array().unwrap().iter().any(|p| p["port"] == 53 && p["protocol"] == "UDP")
+            })
+        });
+        assert!(dns, "{} cannot resolve names", pod.name);
+    }
+    // The policies come before the pods they protect.
+    let first_pod = docs.iter().position(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment").unwrap();
+    assert!(docs.iter().rposition(|d| d["kind"] == "NetworkPolicy").unwrap() < first_pod);
+
+    // Custom ports and an external program: the edges follow the graph, on each service's port.
+    let dir = tempfile::tempdir().unwrap();
+    custom_stack(dir.path());
+    let out = shop(dir.path(), &["export", "k8s", "-o", "k8s.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = documents(&std::fs::read_to_string(dir.path().join("k8s.yaml")).unwrap());
+    let expected = edges(&[
+        ("gateway", &["order", "user", "inventory"]),
+        ("order", &["user", "inventory", "payment", "notification", "web"]),
+    ]);
+    assert_eq!(open_edges(&docs), expected);
+
+    let dir = tempfile::tempdir().unwrap();
+    let docs = shipped_k8s(dir.path(), &["--no-network-policies"]);
+    assert!(names_of(&docs, "NetworkPolicy").is_empty());
+}
+
+#[test]
+fn exported_pods_are_restricted_and_read_the_secret_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = shipped_k8s(dir.path(), &["--namespace", "shop-lab"]);
+    let ns = find(&docs, "Namespace", "shop-lab");
+    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+    let workloads: Vec<&Value> =
+        docs.iter().filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet").collect();
+    assert_eq!(workloads.len(), 6);
+    for w in workloads {
+        let name = w["metadata"]["name"].as_str().unwrap();
+        let pod = &w["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsNonRoot"], true, "{name}");
+        assert_eq!(psc["runAsUser"], 10001, "{name}");
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        let c = container(w);
+        let csc = &c["securityContext"];
+        assert_eq!(csc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(csc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(csc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
+        assert!(csc["capabilities"]["add"].is_null() && csc["privileged"].is_null(), "{name}");
+        // Writable: the database's volume and a scratch `emptyDir`, nothing else.
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let mount = |path: &str| mounts.iter().find(|m| m["mountPath"] == path).map(|m| m["name"].as_str().unwrap());
+        assert_eq!(mount("/data"), Some("data"), "{name}");
+        assert_eq!(mount("/tmp"), Some("tmp"), "{name}");
+        let volumes = pod["volumes"].as_array().unwrap();
+        let tmp = volumes.iter().find(|v| v["name"] == "tmp").unwrap();
+        assert!(tmp["emptyDir"].is_object(), "{name}");
+        // The secret: a read-only file from the Secret, never an environment variable.
+        let env = c["env"].as_array().unwrap();
+        assert!(env.iter().all(|e| e["name"] != "SHOP_SECRET" && e["valueFrom"]["secretKeyRef"].is_null()), "{name}");
+        let file = env_value(&docs, c, "SHOP_SECRET_FILE").expect("SHOP_SECRET_FILE");
+        let secret_mount = mounts.iter().find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())));
+        let secret_mount = secret_mount.unwrap_or_else(|| panic!("{name}: nothing mounted at {file}"));
+        assert_eq!(secret_mount["readOnly"], true);
+        let volume = volumes.iter().find(|v| v["name"] == secret_mount["name"]).unwrap();
+        assert_eq!(volume["secret"]["secretName"], "shop-secret", "{name}");
+        let key = &volume["secret"]["items"][0];
+        assert_eq!(format!("{}/{}", secret_mount["mountPath"].as_str().unwrap(), key["path"].as_str().unwrap()), file);
+        assert_eq!(key["key"], "SHOP_SECRET");
+    }
+}
+
+#[test]
+fn the_compose_export_drops_privileges_and_keeps_the_root_filesystem_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    custom_stack(dir.path());
+    let text = stdout(&shop(dir.path(), &["export", "compose", "--image-for", "web=python:3.12-slim"]));
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(&file, &text).unwrap();
+    validate_compose(&file);
+    let doc = &documents(&text)[0];
+    for (name, s) in doc["services"].as_object().unwrap() {
+        assert_eq!(s["read_only"], true, "{name}");
+        assert_eq!(s["cap_drop"], serde_json::json!(["ALL"]), "{name}");
+        assert_eq!(s["security_opt"], serde_json::json!(["no-new-privileges:true"]), "{name}");
+        assert_eq!(s["tmpfs"], serde_json::json!(["/tmp"]), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_service_reads_the_stack_secret_from_the_file_shop_secret_file_names() {
+    use shop::orchestrator::launcher::{wait_healthy, ServeCommand, ServiceProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    // As a mounted Secret may end: with a newline, which is not part of the secret.
+    std::fs::write(&secret_file, "from-a-file\n").unwrap();
+    let cmd = ServeCommand {
+        binary: BIN.into(),
+        kind: shop::services::Kind::Payment,
+        instance: "payment".into(),
+        port: 0,
+        db: dir.path().join("payment.db"),
+        registry: String::new(),
+        fixtures: None,
+        env: vec![
+            ("SHOP_DISCOVERY".into(), "dns".into()),
+            ("SHOP_SECRET_FILE".into(), secret_file.to_str().unwrap().into()),
+        ],
+        log: Some(dir.path().join("payment.log")),
+    };
+    let proc = ServiceProcess::spawn(&cmd, std::time::Duration::from_secs(20)).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_healthy(&http, proc.address, "/healthz", std::time::Duration::from_secs(10)).await.unwrap();
+    let faults = format!("http://{}/admin/faults", proc.address);
+    let status = |secret: Option<&'static str>| {
+        let mut req = http.get(&faults);
+        if let Some(s) = secret {
+            req = req.header("x-shop-secret", s);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(Some("from-a-file")).await, 200);
+    assert_eq!(status(Some("wrong")).await, 401);
+    assert_eq!(status(None).await, 401);
 }
