@@ -17,9 +17,13 @@ pub fn allocator() -> Var {
 }
 
 /// What a service's own entry sets: for a built-in service its client, breaker, saga and rate
-/// limit settings; then, for any program, the entry's `env:` (so the user can override).
+/// limit settings; for any program the stack's OTLP collector (the standard OpenTelemetry
+/// variable, which other programs read too); then the entry's `env:` (so the user can override).
 pub fn service(spec: &ServiceSpec) -> Vec<Var> {
     let mut env = Vec::new();
+    if let Some(url) = &spec.otlp {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), url.clone()));
+    }
     if let Program::Builtin(_) = spec.program {
         let cb = &spec.client.circuit_breaker;
         env.extend([

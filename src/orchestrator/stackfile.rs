@@ -37,6 +37,16 @@ pub struct Stack {
     pub registry: RegistrySpec,
     /// In file order, which is also the order within a start layer.
     pub services: Vec<ServiceSpec>,
+    /// The `telemetry:` section.
+    pub telemetry: Telemetry,
+}
+
+/// The `telemetry:` section: where every service sends its spans.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Telemetry {
+    /// An OpenTelemetry collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`); every service
+    /// gets it as `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp: Option<String>,
 }
 
 /// The `registry:` section.
@@ -92,6 +102,8 @@ pub struct ServiceSpec {
     pub saga_timeout: Option<Duration>,
     /// Per-token request limit (meant for `gateway`).
     pub rate_limit: Option<RateLimit>,
+    /// The stack's `telemetry.otlp`, copied here so the one environment builder sees it.
+    pub otlp: Option<String>,
 }
 
 /// `restart: no | on-failure | always`.
@@ -458,6 +470,7 @@ raw_struct!(RawHealth { path: Text = text, interval: Text = text, timeout: Text 
 raw_struct!(RawClient { timeout: Text = text, retries: Int = int, circuit_breaker: RawBreaker = nested });
 raw_struct!(RawBreaker { failure_threshold: Int = int, open_for: Text = text, half_open_requests: Int = int });
 raw_struct!(RawRateLimit { per_second: Int = int, burst: Int = int });
+raw_struct!(RawTelemetry { otlp: Text = text });
 raw_struct!(
     /// One entry of `services:`; its name is the key.
     RawService {
@@ -492,6 +505,7 @@ struct RawStack {
     name: Text,
     registry: RawRegistry,
     defaults: RawPolicy,
+    telemetry: RawTelemetry,
     /// Where `services:` is (else the file's start), and its entries by name; `None` when it is
     /// not a mapping, which was reported already.
     services: Option<Sp<Vec<NamedService>>>,
@@ -646,7 +660,7 @@ fn read_stack(c: &mut Check, root: &Node) -> Option<RawStack> {
         let found = root.describe();
         return c.fail(root.at, format!("the stack file must be a mapping with a `services:` section, not {found}"));
     }
-    let top = c.fields(Some(root), "", &["name", "registry", "defaults", "services"]);
+    let top = c.fields(Some(root), "", &["name", "registry", "defaults", "telemetry", "services"]);
     let node = top.get("services");
     let at = top.0.iter().find(|(k, _)| k.v == "services").map_or(root.at, |(k, _)| k.at);
     let is_map = node.is_none_or(|n| matches!(n.value, Value::Map(_)));
@@ -660,6 +674,7 @@ fn read_stack(c: &mut Check, root: &Node) -> Option<RawStack> {
         name: c.text(top.get("name"), "name"),
         registry: c.nested(top.get("registry"), "registry"),
         defaults: c.nested(top.get("defaults"), "defaults"),
+        telemetry: c.nested(top.get("telemetry"), "telemetry"),
         services: is_map.then_some(Sp { at, v: services }),
     })
 }
@@ -841,6 +856,18 @@ fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack 
         );
     }
     let defaults = c.policy(&raw.defaults, "defaults", &builtin_policy());
+    let telemetry = Telemetry {
+        otlp: raw.telemetry.otlp.as_ref().map(|url| {
+            if !(url.v.starts_with("http://") || url.v.starts_with("https://")) || url.v.contains(char::is_whitespace) {
+                let next = "give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318";
+                c.report(
+                    url.at,
+                    format!("`telemetry.otlp` must be an http:// or https:// URL, not `{}`; {next}", url.v),
+                );
+            }
+            url.v.clone()
+        }),
+    };
     let raw_services = raw.services.as_ref().map_or(&[][..], |s| &s.v[..]);
     if let Some(Sp { at, v: services }) = &raw.services {
         if services.is_empty() {
@@ -938,11 +965,12 @@ fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack 
             client: policy.client,
             saga_timeout,
             rate_limit,
+            otlp: telemetry.otlp.clone(),
         });
     }
     report_cycles(c, raw_services);
     let name = raw.name.map_or_else(|| "shop".to_string(), |n| n.v);
-    Stack { name, file, dir, registry, services }
+    Stack { name, file, dir, registry, services, telemetry }
 }
 
 /// Reports each dependency cycle once, at the `depends_on` entry of its first edge.
@@ -1033,6 +1061,20 @@ mod tests {
 
     fn strings(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn telemetry_otlp_reaches_every_service_and_must_be_a_url() {
+        let stack = parse("telemetry: {otlp: 'http://127.0.0.1:4318'}\nservices:\n  user: {}\n").unwrap();
+        assert_eq!(stack.telemetry.otlp.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(stack.services[0].otlp.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(parse("services:\n  user: {}\n").unwrap().telemetry, Telemetry::default());
+        assert_eq!(
+            err("telemetry:\n  otlp: collector:4318\nservices:\n  user: {}\n"),
+            "stack.yaml:2:9: `telemetry.otlp` must be an http:// or https:// URL, not `collector:4318`; \
+             give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318"
+        );
+        assert!(err("telemetry: {otlpp: x}\nservices:\n  user: {}\n").contains("did you mean `otlp`?"));
     }
 
     #[test]

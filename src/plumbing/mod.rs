@@ -1,4 +1,4 @@
-//! Plumbing every service shares: HTTP bootstrap, errors, SQLite, discovery, the inter-service client, metrics, ids and trace context.
+//! Plumbing every service shares: HTTP bootstrap, errors, SQLite, discovery, the inter-service client, metrics, ids, trace context and OTLP export.
 
 pub mod admin;
 pub mod background;
@@ -13,6 +13,7 @@ pub mod http;
 pub mod ids;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod spans;
 pub mod time;
 pub mod trace;

@@ -15,3 +15,4 @@ mod saga;
 mod smoke;
 mod stack;
 mod support;
+mod telemetry;
