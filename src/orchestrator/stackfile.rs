@@ -1398,7 +1398,7 @@ stack.yaml:1:17: `registry.ttl` must be more than zero, not `0s`
 stack.yaml:3:24: dependency cycle: order -> payment -> order; remove one of these `depends_on` entries
 stack.yaml:4:44: `services.payment.replicas` must be 1 or more, not 0
 stack.yaml:5:3: unknown service kind `shipping`; use one of gateway, user, order, payment, inventory, notification, or give `command:`
-stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, registry, defaults, services"
+stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, registry, defaults, telemetry, services"
         );
     }
 

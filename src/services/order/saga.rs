@@ -520,6 +520,9 @@ impl Saga {
             "message": message,
             "trace_id": state.trace_id,
             "parent_span_id": trace.span_id,
+            // The caller's sampling decision and tracestate reach the notification hop too.
+            "trace_flags": if trace.sampled { "01" } else { "00" },
+            "tracestate": trace.tracestate,
         });
         self.record(state, events, Some((event_id, payload.to_string()))).await?;
         self.relay_wake.notify_one();
