@@ -87,6 +87,16 @@ mod tests {
     }
 
     #[test]
+    fn the_stacks_otlp_collector_reaches_every_service_as_the_standard_variable() {
+        let text = "telemetry: {otlp: 'http://127.0.0.1:4318'}\nservices:\n  order: {}\n  web: {command: [x]}\n";
+        let stack = crate::orchestrator::stackfile::Stack::parse(text, std::path::Path::new("stack.yaml")).unwrap();
+        for name in ["order", "web"] {
+            let env = service(stack.service(name).unwrap());
+            assert!(env.contains(&("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://127.0.0.1:4318".into())), "{name}");
+        }
+    }
+
+    #[test]
     fn the_entrys_own_env_comes_last_so_it_overrides_the_tuning() {
         let text = "services:\n  order:\n    saga_timeout: 5s\n    env: {SHOP_CLIENT_RETRIES: \"9\"}\n";
         let stack = crate::orchestrator::stackfile::Stack::parse(text, std::path::Path::new("stack.yaml")).unwrap();
