@@ -15,8 +15,11 @@ shop() { "$bin" --file "$work/stack.yaml" --state-dir "$work/state" "$@"; }
 trap 'shop down --purge -q >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 shop up -d -q >/dev/null
 gateway="http://$(shop ps --json | python3 -c 'import json,sys; print(next(r["address"] for r in json.load(sys.stdin) if r["service"] == "gateway"))')"
-# The document's `servers` names the gateway's real address, so no --url is needed.
-st --config-file .ci/schemathesis.toml run "$gateway/openapi.json" \
+# The document's `servers` names the gateway's real address, so no --url is needed. Run from
+# the work dir: Schemathesis keeps its cache (.schemathesis/) in the current directory.
+config="$PWD/.ci/schemathesis.toml"
+cd "$work"
+st --config-file "$config" run "$gateway/openapi.json" \
     --checks all \
     --phases examples,coverage,fuzzing,stateful \
     -H "Authorization: Bearer dev-token-alice" \
