@@ -17,9 +17,13 @@ pub fn allocator() -> Var {
 }
 
 /// What a service's own entry sets: for a built-in service its client, breaker, saga and rate
-/// limit settings; then, for any program, the entry's `env:` (so the user can override).
+/// limit settings; for any program the stack's OTLP collector (the standard OpenTelemetry
+/// variable, which other programs read too); then the entry's `env:` (so the user can override).
 pub fn service(spec: &ServiceSpec) -> Vec<Var> {
     let mut env = Vec::new();
+    if let Some(url) = &spec.otlp {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), url.clone()));
+    }
     if let Program::Builtin(_) = spec.program {
         let cb = &spec.client.circuit_breaker;
         env.extend([
@@ -79,6 +83,16 @@ mod tests {
         for d in ["200ms", "90s", "1500ms"] {
             let parsed = crate::plumbing::time::parse_duration(d).unwrap();
             assert_eq!(duration(parsed), d);
+        }
+    }
+
+    #[test]
+    fn the_stacks_otlp_collector_reaches_every_service_as_the_standard_variable() {
+        let text = "telemetry: {otlp: 'http://127.0.0.1:4318'}\nservices:\n  order: {}\n  web: {command: [x]}\n";
+        let stack = crate::orchestrator::stackfile::Stack::parse(text, std::path::Path::new("stack.yaml")).unwrap();
+        for name in ["order", "web"] {
+            let env = service(stack.service(name).unwrap());
+            assert!(env.contains(&("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://127.0.0.1:4318".into())), "{name}");
         }
     }
 

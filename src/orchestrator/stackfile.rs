@@ -36,6 +36,16 @@ pub struct Stack {
     pub registry: RegistrySpec,
     /// In file order, which is also the order within a start layer.
     pub services: Vec<ServiceSpec>,
+    /// The `telemetry:` section.
+    pub telemetry: Telemetry,
+}
+
+/// The `telemetry:` section: where every service sends its spans.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Telemetry {
+    /// An OpenTelemetry collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`); every service
+    /// gets it as `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp: Option<String>,
 }
 
 /// The `registry:` section.
@@ -91,6 +101,8 @@ pub struct ServiceSpec {
     pub saga_timeout: Option<Duration>,
     /// Per-token request limit (meant for `gateway`).
     pub rate_limit: Option<RateLimit>,
+    /// The stack's `telemetry.otlp`, copied here so the one environment builder sees it.
+    pub otlp: Option<String>,
 }
 
 /// `restart: no | on-failure | always`.
@@ -289,6 +301,7 @@ raw_struct!(RawHealth {
 raw_struct!(RawClient { timeout: Text = text, retries: Int = int, circuit_breaker: RawBreaker = nested });
 raw_struct!(RawBreaker { failure_threshold: Int = int, open_for: Text = text, half_open_requests: Int = int });
 raw_struct!(RawRateLimit { per_second: Int = int, burst: Int = int });
+raw_struct!(RawTelemetry { otlp: Text = text });
 raw_struct!(
     /// One entry of `services:`; its name is the key.
     RawService {
@@ -323,6 +336,7 @@ struct RawStack {
     name: Text,
     registry: RawRegistry,
     defaults: RawPolicy,
+    telemetry: RawTelemetry,
     /// Where `services:` is (else the file's start), and its entries by name; `None` when it is
     /// not a mapping, which was reported already.
     services: Option<Sp<Vec<NamedService>>>,
@@ -336,7 +350,7 @@ fn read_stack(c: &mut Check, root: &Node) -> Option<RawStack> {
         let found = root.describe();
         return c.fail(root.at, format!("the stack file must be a mapping with a `services:` section, not {found}"));
     }
-    let top = c.fields(Some(root), "", &["name", "registry", "defaults", "services"]);
+    let top = c.fields(Some(root), "", &["name", "registry", "defaults", "telemetry", "services"]);
     let node = top.get("services");
     let at = top.0.iter().find(|(k, _)| k.v == "services").map_or(root.at, |(k, _)| k.at);
     let is_map = node.is_none_or(|n| matches!(n.value, Value::Map(_)));
@@ -350,6 +364,7 @@ fn read_stack(c: &mut Check, root: &Node) -> Option<RawStack> {
         name: c.text(top.get("name"), "name"),
         registry: c.nested(top.get("registry"), "registry"),
         defaults: c.nested(top.get("defaults"), "defaults"),
+        telemetry: c.nested(top.get("telemetry"), "telemetry"),
         services: is_map.then_some(Sp { at, v: services }),
     })
 }
@@ -525,6 +540,7 @@ impl Check {
 fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack {
     let registry = validate_registry(c, &raw.registry);
     let defaults = c.policy(&raw.defaults, "defaults", &builtin_policy());
+    let telemetry = validate_telemetry(c, &raw.telemetry);
     let raw_services = raw.services.as_ref().map_or(&[][..], |s| &s.v[..]);
     if let Some(Sp { at, v: services }) = &raw.services {
         if services.is_empty() {
@@ -539,12 +555,24 @@ fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack 
     }
     let services = (raw_services.iter())
         .map(|(name, s)| {
-            validate_service(c, name, s, &Scope { names: &names, defaults: &defaults, dir: &dir }, &mut ports)
+            let scope = Scope { names: &names, defaults: &defaults, dir: &dir, telemetry: &telemetry };
+            validate_service(c, name, s, &scope, &mut ports)
         })
         .collect();
     report_cycles(c, raw_services);
     let name = raw.name.map_or_else(|| "shop".to_string(), |n| n.v);
-    Stack { name, file, dir, registry, services }
+    Stack { name, file, dir, registry, services, telemetry }
+}
+
+fn validate_telemetry(c: &mut Check, raw: &RawTelemetry) -> Telemetry {
+    let otlp = raw.otlp.as_ref().map(|url| {
+        if !(url.v.starts_with("http://") || url.v.starts_with("https://")) || url.v.contains(char::is_whitespace) {
+            let next = "give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318";
+            c.report(url.at, format!("`telemetry.otlp` must be an http:// or https:// URL, not `{}`; {next}", url.v));
+        }
+        url.v.clone()
+    });
+    Telemetry { otlp }
 }
 
 fn validate_registry(c: &mut Check, r: &RawRegistry) -> RegistrySpec {
@@ -573,6 +601,8 @@ struct Scope<'a> {
     defaults: &'a Policy,
     /// The stack file's directory, for fixture paths.
     dir: &'a Path,
+    /// `telemetry:`, which every service gets.
+    telemetry: &'a Telemetry,
 }
 
 fn validate_service(
@@ -635,6 +665,7 @@ fn validate_service(
         client: policy.client,
         saga_timeout,
         rate_limit,
+        otlp: scope.telemetry.otlp.clone(),
     }
 }
 
@@ -730,6 +761,20 @@ mod tests {
 
     fn strings(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn telemetry_otlp_reaches_every_service_and_must_be_a_url() {
+        let stack = parse("telemetry: {otlp: 'http://127.0.0.1:4318'}\nservices:\n  user: {}\n").unwrap();
+        assert_eq!(stack.telemetry.otlp.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(stack.services[0].otlp.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(parse("services:\n  user: {}\n").unwrap().telemetry, Telemetry::default());
+        assert_eq!(
+            err("telemetry:\n  otlp: collector:4318\nservices:\n  user: {}\n"),
+            "stack.yaml:2:9: `telemetry.otlp` must be an http:// or https:// URL, not `collector:4318`; \
+             give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318"
+        );
+        assert!(err("telemetry: {otlpp: x}\nservices:\n  user: {}\n").contains("did you mean `otlp`?"));
     }
 
     #[test]
@@ -1069,7 +1114,7 @@ stack.yaml:1:17: `registry.ttl` must be more than zero, not `0s`
 stack.yaml:3:24: dependency cycle: order -> payment -> order; remove one of these `depends_on` entries
 stack.yaml:4:44: `services.payment.replicas` must be 1 or more, not 0
 stack.yaml:5:3: unknown service kind `shipping`; use one of gateway, user, order, payment, inventory, notification, or give `command:`
-stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, registry, defaults, services"
+stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, registry, defaults, telemetry, services"
         );
     }
 

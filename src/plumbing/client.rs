@@ -273,6 +273,9 @@ impl ServiceClient {
         }
         if let Some(trace) = trace {
             req = req.header("traceparent", trace.header_value());
+            if let Some(state) = &trace.tracestate {
+                req = req.header("tracestate", state);
+            }
         }
         let resp = req.send().await.map_err(|e| self.classify(service, address, e))?;
         let status = resp.status();

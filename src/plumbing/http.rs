@@ -132,8 +132,11 @@ async fn readyz(
 async fn metrics_text(State(c): State<Common>) -> Response {
     let mut extra = (c.extra_metrics)().await;
     c.breakers.render(&mut extra);
+    if let Some(exporter) = c.spans.exporter() {
+        exporter.render(&mut extra, "");
+    }
     let body = c.metrics.render(c.service, &c.instance, &extra);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    ([(header::CONTENT_TYPE, crate::plumbing::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn record_metrics(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
@@ -148,22 +151,45 @@ async fn record_metrics(State(metrics): State<Arc<Metrics>>, req: Request, next:
     response
 }
 
+/// The order a response concerns, for a handler that learns it only while serving (the gateway's
+/// `POST /orders`): [`trace_requests`] puts it on the request's span.
+#[derive(Clone, Debug)]
+pub struct OrderId(pub String);
+
 /// Records a server span per request, as a child of the caller's `traceparent` (or as the root
 /// of a new trace), and hands its context to the handler as an extension.
+///
+/// The handler runs inside a tracing span carrying `trace_id`, `span_id` and `order_id` (from
+/// the path or query, or recorded by the handler), so every log line written while serving the
+/// request names them.
 async fn trace_requests(State(spans): State<Arc<SpanStore>>, mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let parent = TraceCtx::from_headers(req.headers());
     let ctx = parent.as_ref().map(TraceCtx::child).unwrap_or_else(TraceCtx::new_root);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str()).unwrap_or(req.uri().path());
     let name = format!("{} {route}", req.method());
+    let order_id = crate::plumbing::spans::order_in(req.uri().path())
+        .or_else(|| req.uri().query().and_then(crate::plumbing::spans::order_in));
+    let span = tracing::info_span!(
+        "request",
+        trace_id = %ctx.trace_id,
+        span_id = %ctx.span_id,
+        order_id = tracing::field::Empty
+    );
+    if let Some(id) = &order_id {
+        span.record("order_id", id.as_str());
+    }
     req.extensions_mut().insert(ctx.clone());
     let start = crate::plumbing::time::now_us();
-    let response = next.run(req).await;
-    spans.record(
+    let response = next.run(req).instrument(span).await;
+    let order_id = order_id.or_else(|| response.extensions().get::<OrderId>().map(|o| o.0.clone()));
+    spans.record_for_order(
         &ctx,
         parent.as_ref().map(|p| p.span_id.as_str()),
         name,
         start,
         response.status().as_u16().to_string(),
+        order_id,
     );
     response
 }

@@ -1,16 +1,24 @@
 //! Log output. A service under a supervisor writes JSON lines (time, level, service, instance,
 //! message, fields such as `trace_id`) that `shop logs` renders; on a terminal, and for every
 //! command a user runs, lines are human-readable.
+//!
+//! A JSON line also carries the fields of the spans it was written in (innermost wins): the
+//! request and saga spans set `trace_id`, `span_id` and `order_id` once, so no log call has to
+//! repeat them and none can forget them.
 
 use std::io::IsTerminal;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 /// Who is logging, for the JSON lines of a stack process.
 pub struct Origin {
@@ -30,7 +38,7 @@ pub fn init(verbose: u8, quiet: bool, origin: Option<Origin>) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match origin {
         Some(origin) if !std::io::stderr().is_terminal() => {
-            let _ = builder.event_format(JsonLines { origin }).try_init();
+            let _ = builder.event_format(JsonLines { origin }).finish().with(SpanFieldsLayer).try_init();
         }
         Some(_) => {
             let _ = builder.with_target(false).try_init();
@@ -50,7 +58,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
         let mut map = Map::new();
         map.insert(
             "timestamp".into(),
@@ -59,8 +67,41 @@ where
         map.insert("level".into(), event.metadata().level().as_str().into());
         map.insert("service".into(), self.origin.service.clone().into());
         map.insert("instance".into(), self.origin.instance.clone().into());
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<SpanFields>() {
+                    map.extend(fields.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
         event.record(&mut Fields(&mut map));
         writeln!(writer, "{}", Value::Object(map))
+    }
+}
+
+/// The fields of a span as values, kept in the span's extensions for [`JsonLines`].
+struct SpanFields(Map<String, Value>);
+
+/// Keeps every span's fields (and those recorded later) as [`SpanFields`].
+struct SpanFieldsLayer;
+
+impl<S> Layer<S> for SpanFieldsLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut map = Map::new();
+        attrs.record(&mut Fields(&mut map));
+        span.extensions_mut().insert(SpanFields(map));
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        if let Some(fields) = extensions.get_mut::<SpanFields>() {
+            values.record(&mut Fields(&mut fields.0));
+        }
     }
 }
 

@@ -1,4 +1,7 @@
 //! Request metrics in Prometheus text format: counters and latency histograms by route and status.
+//!
+//! The instance label is `shop_instance`, not `instance`: Prometheus sets `instance` itself on
+//! every scrape (to the scraped address) and would rename ours to `exported_instance`.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -49,7 +52,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let labels = |route: &str, method: &str, status: u16| {
             format!(
-                "service=\"{service}\",instance=\"{}\",route=\"{}\",method=\"{method}\",status=\"{status}\"",
+                "service=\"{service}\",shop_instance=\"{}\",route=\"{}\",method=\"{method}\",status=\"{status}\"",
                 escape(instance),
                 escape(route)
             )
@@ -105,6 +108,19 @@ pub fn gauge(out: &mut String, name: &str, help: &str, labels: &str, value: f64)
         let _ = writeln!(out, "{name}{{{labels}}} {value}");
     }
 }
+
+/// Appends one counter (a running total; its name ends in `_total`) to `out`.
+pub fn counter(out: &mut String, name: &str, help: &str, labels: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {value}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+/// The content type of the text exposition format, version 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `x` rounded to `decimals` places, for figures in reports (`12.35 ms`, not `12.3456789 ms`).
 pub fn round(x: f64, decimals: i32) -> f64 {
@@ -179,7 +195,7 @@ mod tests {
         m.record("GET", "/healthz", 200, Duration::from_millis(30));
         let text = m.render("user", "user-1", "");
         assert!(text.contains(
-            r#"shop_http_requests_total{service="user",instance="user-1",route="/healthz",method="GET",status="200"} 2"#
+            r#"shop_http_requests_total{service="user",shop_instance="user-1",route="/healthz",method="GET",status="200"} 2"#
         ));
         assert!(text.contains(r#"le="0.0005"} 1"#));
         assert!(text.contains(r#"le="0.05"} 2"#));

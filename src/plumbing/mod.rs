@@ -1,4 +1,4 @@
-//! Plumbing every service shares: HTTP bootstrap, errors, SQLite, discovery, the inter-service client, metrics, ids and trace context.
+//! Plumbing every service shares: HTTP bootstrap, errors, SQLite, discovery, the inter-service client, metrics, ids, trace context and OTLP export.
 
 pub mod admin;
 pub mod background;
@@ -14,6 +14,7 @@ pub mod ids;
 pub mod log_query;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod spans;
 pub mod time;
 pub mod trace;

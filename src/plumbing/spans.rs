@@ -1,11 +1,13 @@
 //! Spans of the traces that pass through this process, in a bounded in-memory store that
-//! `shop inspect` reads through the admin endpoint `GET /admin/spans`.
+//! `shop inspect` reads through the admin endpoint `GET /admin/spans`, and, when a collector is
+//! configured, exported over OTLP as well (see [`crate::plumbing::otlp`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::plumbing::otlp::{Exporter, Finished};
 use crate::plumbing::trace::TraceCtx;
 
 /// How many spans a process keeps; the oldest go first.
@@ -31,6 +33,8 @@ pub struct SpanStore {
     pub service: String,
     pub instance: String,
     spans: Mutex<VecDeque<Span>>,
+    /// The OTLP exporter, when a collector is configured; it never blocks `record`.
+    exporter: Option<Exporter>,
 }
 
 impl SpanStore {
@@ -39,11 +43,36 @@ impl SpanStore {
             service: service.into(),
             instance: instance.into(),
             spans: Mutex::new(VecDeque::with_capacity(1024)),
+            exporter: None,
         }
     }
 
-    /// Records a finished span of `ctx` (its `span_id` is the span's own id).
+    /// The same store, also handing every sampled span to `exporter`.
+    pub fn with_exporter(self, exporter: Option<Exporter>) -> SpanStore {
+        SpanStore { exporter, ..self }
+    }
+
+    pub fn exporter(&self) -> Option<&Exporter> {
+        self.exporter.as_ref()
+    }
+
+    /// Records a finished span of `ctx` (its `span_id` is the span's own id). The order it
+    /// concerns is read from the name (`saga ord_…`, `→ order GET /v1/orders/ord_…`).
     pub fn record(&self, ctx: &TraceCtx, parent: Option<&str>, name: String, start_us: i64, status: String) {
+        let order_id = order_in(&name);
+        self.record_for_order(ctx, parent, name, start_us, status, order_id);
+    }
+
+    /// [`record`](Self::record) for a span known to concern `order_id`.
+    pub fn record_for_order(
+        &self,
+        ctx: &TraceCtx,
+        parent: Option<&str>,
+        name: String,
+        start_us: i64,
+        status: String,
+        order_id: Option<String>,
+    ) {
         let span = Span {
             trace_id: ctx.trace_id.clone(),
             span_id: ctx.span_id.clone(),
@@ -55,6 +84,9 @@ impl SpanStore {
             duration_us: (crate::plumbing::time::now_us() - start_us).max(0),
             status,
         };
+        if let Some(exporter) = self.exporter.as_ref().filter(|_| ctx.sampled) {
+            exporter.offer(Finished { span: span.clone(), tracestate: ctx.tracestate.clone(), order_id });
+        }
         let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         if spans.len() == CAPACITY {
             spans.pop_front();
@@ -73,6 +105,13 @@ impl SpanStore {
     }
 }
 
+/// The first order id (`ord_` and letters or digits) in `text`, if any.
+pub fn order_in(text: &str) -> Option<String> {
+    let start = text.find("ord_")?;
+    let id: String = text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+    (id.len() > 4).then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +128,13 @@ mod tests {
         let found = store.by_trace(&root.trace_id);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].instance, "order-1");
+    }
+
+    #[test]
+    fn order_ids_are_found_in_span_names_and_paths() {
+        assert_eq!(order_in("saga ord_01ABC (resumed)").as_deref(), Some("ord_01ABC"));
+        assert_eq!(order_in("→ order GET /v1/orders/ord_9?x=1").as_deref(), Some("ord_9"));
+        assert_eq!(order_in("POST /orders"), None);
+        assert_eq!(order_in("ord_"), None);
     }
 }

@@ -154,7 +154,9 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     });
     let (mode, peers) = (args.tuning.discovery, &args.tuning.peers);
     let discovery = Arc::new(Discovery::for_mode(mode, &args.registry, peers, http.clone(), me));
-    let spans = Arc::new(SpanStore::new(kind.name(), &instance));
+    let exporter = crate::plumbing::otlp::Config::from_env(kind.name(), &instance)
+        .map(|config| crate::plumbing::otlp::Exporter::start(config, http.clone()));
+    let spans = Arc::new(SpanStore::new(kind.name(), &instance).with_exporter(exporter));
     let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
     if let Some(seed) = args.tuning.seed {
         let _ = faults.apply(crate::plumbing::faults::FaultSet { seed: Some(seed), ..Default::default() });
@@ -263,7 +265,12 @@ pub fn db_gauges<const N: usize>(
             let figures = db.call(move |c| read(c)).await.unwrap_or([0; N]);
             let mut out = String::new();
             for ((name, help), value) in gauges.iter().zip(figures) {
-                crate::plumbing::metrics::gauge(&mut out, name, help, "", value as f64);
+                // A `_total` is a running total, which Prometheus wants typed as a counter.
+                if name.ends_with("_total") {
+                    crate::plumbing::metrics::counter(&mut out, name, help, "", value as f64);
+                } else {
+                    crate::plumbing::metrics::gauge(&mut out, name, help, "", value as f64);
+                }
             }
             out
         })

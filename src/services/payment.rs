@@ -64,8 +64,8 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         rt.db.clone(),
         money_totals,
         [
-            ("shop_payment_captured_cents", "Money captured, in cents."),
-            ("shop_payment_refunded_cents", "Money refunded, in cents."),
+            ("shop_payment_captured_cents_total", "Money captured, in cents."),
+            ("shop_payment_refunded_cents_total", "Money refunded, in cents."),
         ],
     );
     let routes = Router::new()

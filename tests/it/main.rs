@@ -18,4 +18,5 @@ mod saga;
 mod smoke;
 mod stack;
 mod support;
+mod telemetry;
 mod top;

@@ -363,6 +363,7 @@ fn registry_spec(stack: &Stack) -> ServiceSpec {
         },
         saga_timeout: None,
         rate_limit: None,
+        otlp: stack.telemetry.otlp.clone(),
     }
 }
 

@@ -70,13 +70,22 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         rate_per_second: rt.args.tuning.rate_per_second.max(1) as f64,
         burst: rt.args.tuning.rate_burst.max(1) as f64,
     };
+    // The document names the address this gateway listens on, so a client generated from it (or
+    // Schemathesis) calls this gateway and not the default port.
+    let document = Arc::new(openapi::document(&public_url(rt.address)));
     let routes = Router::new()
         .route("/orders", get(list_orders).post(place_order))
         .route("/orders/{id}", get(get_order))
         .route("/products", get(products))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/openapi.json", get(move || async move { Json(document.as_ref().clone()) }))
         .with_state(gw);
     Ok(Service { ready: Some(super::ready_with_deps(rt, &["order", "user", "inventory"])), ..Service::new(routes) })
+}
+
+/// `http://ADDRESS` for the bound address; a wildcard bind is reached on loopback.
+fn public_url(address: std::net::SocketAddr) -> String {
+    let ip = if address.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { address.ip() };
+    format!("http://{}", std::net::SocketAddr::new(ip, address.port()))
 }
 
 /// The order service's answer to a placement, with the order kept as raw JSON.
@@ -216,11 +225,18 @@ fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
     Ok(DEFAULT_WAIT)
 }
 
+/// `Idempotency-Key`: 1 to 255 printable ASCII characters, as the OpenAPI document's pattern
+/// says. An empty one is refused rather than treated as absent: the client meant to send a key.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = value.to_str().map_err(|_| ApiError::bad_request("`Idempotency-Key` must be printable ASCII"))?.trim();
+    let key = value.to_str().map_err(|_| ApiError::bad_request("`Idempotency-Key` must be printable ASCII"))?;
+    // HTTP strips the spaces around a header value; inside, only printable ASCII and spaces.
+    let key = key.trim_matches([' ', '\t']);
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(ApiError::bad_request(format!("`Idempotency-Key` must be 1 to {MAX_KEY_LEN} characters")));
+    }
+    if !key.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(ApiError::bad_request("`Idempotency-Key` must be printable ASCII"));
     }
     Ok(Some(key.to_string()))
 }
@@ -232,6 +248,8 @@ async fn place_order(
     body: Result<JsonBody<OrderBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let user = gw.caller(&headers, &trace).await?;
+    // A bad key is refused before anything is placed.
+    let key = idempotency_key(&headers)?;
     if !user.active {
         return Err(ApiError::forbidden(
             "user_inactive",
@@ -245,7 +263,7 @@ async fn place_order(
     let request_hash = token_hash(&canonical);
     // Without a client key, the gateway makes one, so its own retries to the order service can
     // never create a second order.
-    let key = idempotency_key(&headers)?.unwrap_or_else(|| crate::plumbing::ids::new("gw"));
+    let key = key.unwrap_or_else(|| crate::plumbing::ids::new("gw"));
     let request = PlaceRequest {
         user_id: user.user_id,
         items: body.items,
@@ -266,6 +284,8 @@ async fn place_order(
     // The order goes back to the client as the order service wrote it: only the few fields the
     // gateway needs are decoded, the rest is never parsed and encoded again.
     let order: OrderHead = serde_json::from_str(placed.order.get()).map_err(ApiError::internal)?;
+    // From here on every log line of this request names the order.
+    tracing::Span::current().record("order_id", order.id.as_str());
     let (id, uid) = (order.id.clone(), order.user_id.clone());
     gw.db
         .tx(move |c| {
@@ -290,6 +310,7 @@ async fn place_order(
     if let Ok(tp) = trace.header_value().parse() {
         response.headers_mut().insert("traceparent", tp);
     }
+    response.extensions_mut().insert(crate::plumbing::http::OrderId(order.id));
     Ok(response)
 }
 
@@ -334,9 +355,14 @@ async fn list_orders(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<OrderView>>, ApiError> {
     let user = gw.caller(&headers, &trace).await?;
+    // `status=` and `limit=` with no value are mistakes, not "no filter": the document says a
+    // value is an enum member or a number, and an empty string is neither.
+    if q.status.as_deref() == Some("") {
+        return Err(ApiError::bad_request("`status` must be PENDING, CONFIRMED or FAILED, not empty"));
+    }
     let status = Status::parse_filter(q.status.as_deref()).map_err(ApiError::bad_request)?;
     let limit: u32 = match q.limit.as_deref() {
-        None | Some("") => 20,
+        None => 20,
         Some(l) => l
             .parse()
             .ok()

@@ -10,7 +10,8 @@ fn order_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}}})
 }
 
-pub fn document() -> Value {
+/// The document, with `server` (`http://127.0.0.1:8080`) as the one entry of `servers`.
+pub fn document(server: &str) -> Value {
     let auth_errors = json!({
         "401": error_response("Missing or unknown bearer token"),
         "429": {
@@ -38,14 +39,15 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The public API of the shop. Money is integer cents. Every error has the shape {\"error\":{\"code\",\"message\"}}."
         },
-        "servers": [{"url": "http://127.0.0.1:8080"}],
+        "servers": [{"url": server, "description": "This gateway"}],
         "security": [{"bearer": []}],
         "paths": {
             "/orders": {
                 "post": {
                     "summary": "Place an order; runs the saga (reserve, charge, commit, confirm, notify)",
                     "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255},
+                        {"name": "Idempotency-Key", "in": "header", "required": false,
+                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]([ -~]*[!-~])?$"},
                          "description": "The same key with the same body returns the same order (200); with another body, 422"},
                         {"name": "Prefer", "in": "header", "required": false, "schema": {"type": "string", "example": "wait=5"},
                          "description": "RFC 7240 wait=SECONDS: how long to wait for a terminal state before answering 202 (default 5, max 60)"}
@@ -59,7 +61,7 @@ pub fn document() -> Value {
                             "headers": {"Location": {"schema": {"type": "string"}, "description": "/orders/{id}"}},
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}}
                         },
-                        "400": error_response("Malformed JSON, unknown fields, no items, more than 100 items, a quantity outside 1..=1000, an id longer than 64 characters, or a total above 10^12 cents (code amount_too_large)"),
+                        "400": error_response("Malformed JSON, unknown fields, no items, more than 100 items, a quantity outside 1..=1000, an id longer than 64 characters, a total above 10^12 cents (code amount_too_large), an Idempotency-Key that is empty, longer than 255 characters or not printable ASCII, or a Prefer wait that is not a number of seconds"),
                         "403": error_response("The user is inactive (code user_inactive)"),
                         "413": error_response("The body is larger than 64 KiB"),
                         "422": error_response("The Idempotency-Key was used with a different body (code idempotency_key_reused)")
@@ -73,7 +75,7 @@ pub fn document() -> Value {
                     ],
                     "responses": with(json!({
                         "200": {"description": "Orders", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}}}},
-                        "400": error_response("Unknown status or a limit outside 1..=100")
+                        "400": error_response("An unknown or empty status, or a limit that is empty or outside 1..=100")
                     }))
                 }
             },
@@ -124,7 +126,8 @@ pub fn document() -> Value {
                 },
                 "OrderRequest": {
                     "type": "object", "required": ["items"], "additionalProperties": false,
-                    "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 100, "items": {
+                    "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 100, "uniqueItems": true,
+                        "description": "Each product at most once (a second line for the same product_id is a 400)", "items": {
                         "type": "object", "required": ["product_id", "quantity"], "additionalProperties": false,
                         "properties": {
                             "product_id": {"type": "string", "minLength": 1, "maxLength": 64},

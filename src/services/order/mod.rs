@@ -251,6 +251,7 @@ async fn place(
         trace_id: trace.trace_id.clone(),
     };
     let order_id = ids::new("ord");
+    tracing::Span::current().record("order_id", order_id.as_str());
     // A user validated moments ago is validated again from memory, and the first step's intent
     // goes into the same commit as the order itself.
     let more = match o.saga.cached_user(&req.user_id) {

@@ -53,7 +53,12 @@ async fn deliver(store: &Store, client: &ServiceClient, spans: &SpanStore, row: 
     let mut take =
         |key: &str| payload.as_object_mut().and_then(|m| m.remove(key)).and_then(|v| v.as_str().map(str::to_string));
     let parent = take("parent_span_id");
-    let trace = take("trace_id").map(|trace_id| TraceCtx { trace_id, span_id: TraceCtx::new_root().span_id });
+    let (flags, tracestate) = (take("trace_flags"), take("tracestate"));
+    let trace = take("trace_id").map(|trace_id| TraceCtx {
+        sampled: flags.as_deref() != Some("00"),
+        tracestate,
+        ..TraceCtx::resume(&trace_id)
+    });
     let start = crate::plumbing::time::now_us();
     let result = client
         .call::<_, Delivered>("notification", Method::POST, "/v1/notifications", Some(&payload), trace.as_ref())

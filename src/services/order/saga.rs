@@ -87,12 +87,21 @@ impl Saga {
         };
         let me = self.clone();
         let order_id = order_id.to_string();
-        tokio::spawn(async move {
-            let last = me.drive(&order_id, state, parent).await;
-            // Waiters get the order from memory: no read of what was just written.
-            let _ = tx.send(last.map(|s| Arc::new(view_of(&s, &s.log))));
-            me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&order_id);
-        });
+        let span = tracing::info_span!(
+            "saga",
+            order_id = %order_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let last = me.drive(&order_id, state, parent).await;
+                // Waiters get the order from memory: no read of what was just written.
+                let _ = tx.send(last.map(|s| Arc::new(view_of(&s, &s.log))));
+                me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&order_id);
+            },
+            span,
+        ));
     }
 
     /// Waits up to `budget` for the saga of `order_id` to end, if it runs here; the order as it
@@ -130,7 +139,14 @@ impl Saga {
             }
         };
         // The saga is one span of the order's trace; every call it makes is a child of it.
-        let trace = TraceCtx { trace_id: state.trace_id.clone(), span_id: TraceCtx::new_root().span_id };
+        // A saga started by the request that placed the order keeps that caller's sampled flag
+        // and `tracestate`; a resumed one has only the stored trace id.
+        let trace = match &parent {
+            Some(p) if p.trace_id == state.trace_id => p.child(),
+            _ => TraceCtx::resume(&state.trace_id),
+        };
+        // Every log line of the saga carries its ids (the span opened in `start`).
+        tracing::Span::current().record("trace_id", trace.trace_id.as_str()).record("span_id", trace.span_id.as_str());
         loop {
             let action = state.next();
             let result = match action {
@@ -175,7 +191,11 @@ impl Saga {
         let name = if resumed { format!("saga {order_id} (resumed)") } else { format!("saga {order_id}") };
         let parent_id = parent.as_ref().map(|p| p.span_id.as_str());
         self.spans.record(&trace, parent_id, name, started_us, state.status().as_str().to_string());
-        tracing::debug!(order_id, status = state.status().as_str(), trace_id = %state.trace_id, "saga finished");
+        if matches!(state.status(), super::events::Status::Failed) {
+            tracing::info!(status = "FAILED", "saga finished: order failed and compensated");
+        } else {
+            tracing::debug!(status = state.status().as_str(), "saga finished");
+        }
         Some(state)
     }
 
@@ -500,6 +520,9 @@ impl Saga {
             "message": message,
             "trace_id": state.trace_id,
             "parent_span_id": trace.span_id,
+            // The caller's sampling decision and tracestate reach the notification hop too.
+            "trace_flags": if trace.sampled { "01" } else { "00" },
+            "tracestate": trace.tracestate,
         });
         self.record(state, events, Some((event_id, payload.to_string()))).await?;
         self.relay_wake.notify_one();

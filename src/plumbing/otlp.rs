@@ -1,0 +1,358 @@
+//! OTLP/HTTP protobuf export of every sampled span, so the traces a stack records can be read in
+//! Jaeger or any OpenTelemetry collector.
+//!
+//! The message types come from `opentelemetry-proto` (generated from the official `.proto`
+//! files, without its gRPC stack) and are encoded with prost; batches go out with the process's
+//! own reqwest client on its own tokio runtime. The OpenTelemetry SDK's batch processor was not
+//! used: it brings its own runtime glue and HTTP client abstraction for what is one bounded
+//! channel and one loop here.
+//!
+//! A request is never delayed by export: [`Exporter::offer`] is a `try_send` into a bounded
+//! queue. When the collector is slow or gone the queue fills and spans are dropped, and counted
+//! in `shop_otlp_spans_dropped_total`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Status};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::plumbing::spans::Span;
+
+/// Where spans go and who they come from, from the standard OpenTelemetry variables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The full URL batches are POSTed to: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`.
+    pub url: String,
+    /// `service.name`: `OTEL_SERVICE_NAME`, else the service kind.
+    pub service_name: String,
+    /// `service.instance.id`: the instance name (`order-2`).
+    pub instance: String,
+    /// Spans waiting to be sent, at most (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub queue: usize,
+    /// Spans per request, at most (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+    pub batch: usize,
+    /// How long the first span of a batch waits for company (`OTEL_BSP_SCHEDULE_DELAY`, ms).
+    pub delay: Duration,
+    /// How long one export may take (`OTEL_BSP_EXPORT_TIMEOUT`, ms).
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// The configuration the environment asks for; `None` when no endpoint is set.
+    pub fn from_env(kind: &str, instance: &str) -> Option<Config> {
+        Config::from_vars(kind, instance, |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    fn from_vars(kind: &str, instance: &str, var: impl Fn(&str) -> Option<String>) -> Option<Config> {
+        let url = match var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(url) => url,
+            None => format!("{}/v1/traces", var("OTEL_EXPORTER_OTLP_ENDPOINT")?.trim_end_matches('/')),
+        };
+        let number = |name: &str, default: u64| var(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default);
+        Some(Config {
+            url,
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| kind.to_string()),
+            instance: instance.to_string(),
+            queue: number("OTEL_BSP_MAX_QUEUE_SIZE", 2048).max(1) as usize,
+            batch: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).max(1) as usize,
+            // One second rather than the SDK's five, so a lab's traces show up while you look.
+            delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1000)),
+            timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 10_000).max(1)),
+        })
+    }
+}
+
+/// A finished span with what the in-memory store does not keep.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub span: Span,
+    /// The caller's `tracestate`, exported unchanged.
+    pub tracestate: Option<String>,
+    /// The order the span concerns, as the `shop.order.id` attribute.
+    pub order_id: Option<String>,
+}
+
+/// What the exporter has done, for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    exported: AtomicU64,
+    /// The queue was full: the collector is slower than the spans come.
+    dropped_full: AtomicU64,
+    /// The collector refused or could not be reached.
+    dropped_failed: AtomicU64,
+}
+
+/// The sending half of the export queue; cheap to clone.
+#[derive(Clone)]
+pub struct Exporter {
+    tx: mpsc::Sender<Finished>,
+    counters: Arc<Counters>,
+    url: Arc<str>,
+}
+
+impl Exporter {
+    /// Starts the export loop on the current tokio runtime. It ends when the last `Exporter`
+    /// is dropped.
+    pub fn start(config: Config, http: reqwest::Client) -> Exporter {
+        let (tx, rx) = mpsc::channel(config.queue);
+        let counters = Arc::new(Counters::default());
+        let url: Arc<str> = config.url.as_str().into();
+        tracing::info!(url = %config.url, service_name = %config.service_name, "exporting spans over OTLP");
+        tokio::spawn(run(rx, config, http, counters.clone()));
+        Exporter { tx, counters, url }
+    }
+
+    /// Queues `span` for export, or drops and counts it if the queue is full. Never waits.
+    pub fn offer(&self, span: Finished) {
+        if self.tx.try_send(span).is_err() {
+            self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Spans dropped so far, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped_full.load(Ordering::Relaxed) + self.counters.dropped_failed.load(Ordering::Relaxed)
+    }
+
+    /// The exporter's counters in Prometheus text format, with `labels` on every series.
+    pub fn render(&self, out: &mut String, labels: &str) {
+        use std::fmt::Write;
+        let c = &self.counters;
+        let sep = if labels.is_empty() { "" } else { "," };
+        let _ = writeln!(
+            out,
+            "# HELP shop_otlp_spans_exported_total Spans the OTLP collector at {} accepted.\n\
+             # TYPE shop_otlp_spans_exported_total counter\n\
+             shop_otlp_spans_exported_total{} {}",
+            self.url,
+            if labels.is_empty() { String::new() } else { format!("{{{labels}}}") },
+            c.exported.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shop_otlp_spans_dropped_total Spans not exported: the queue was full, or the collector failed.\n\
+             # TYPE shop_otlp_spans_dropped_total counter\n\
+             shop_otlp_spans_dropped_total{{{labels}{sep}reason=\"queue_full\"}} {}\n\
+             shop_otlp_spans_dropped_total{{{labels}{sep}reason=\"export_failed\"}} {}",
+            c.dropped_full.load(Ordering::Relaxed),
+            c.dropped_failed.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Collects batches (full, or `delay` after their first span) and posts them one at a time, so
+/// a slow collector fills the queue instead of piling up requests.
+async fn run(mut rx: mpsc::Receiver<Finished>, config: Config, http: reqwest::Client, counters: Arc<Counters>) {
+    // Whether the last export failed: failures are logged when they start and when they end,
+    // not once per batch.
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + config.delay;
+        while batch.len() < config.batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(span)) => batch.push(span),
+                _ => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let body = encode(&config, &batch).encode_to_vec();
+        let sent = http
+            .post(&config.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .timeout(config.timeout)
+            .body(body)
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(resp) if resp.status().is_success() => None,
+            Ok(resp) => Some(format!("the collector answered {}", resp.status())),
+            Err(e) => Some(crate::plumbing::client::root_cause(&e)),
+        };
+        match failure {
+            None => {
+                counters.exported.fetch_add(n, Ordering::Relaxed);
+                if std::mem::take(&mut failing) {
+                    tracing::info!(url = %config.url, "OTLP collector accepts spans again");
+                }
+            }
+            Some(why) => {
+                counters.dropped_failed.fetch_add(n, Ordering::Relaxed);
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(url = %config.url, error = %why, "cannot export spans; dropping them until the collector answers");
+                }
+            }
+        }
+    }
+}
+
+/// One export request: the resource (this instance) and its spans.
+pub fn encode(config: &Config, batch: &[Finished]) -> ExportTraceServiceRequest {
+    let resource = Resource {
+        attributes: vec![
+            attribute("service.name", &config.service_name),
+            attribute("service.instance.id", &config.instance),
+        ],
+        ..Default::default()
+    };
+    let scope =
+        InstrumentationScope { name: "shop".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(scope),
+                spans: batch.iter().map(span).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// The OTLP form of a recorded span. Kind and HTTP attributes are read from its name, which
+/// says what it is: `POST /orders` (served), `→ payment POST /v1/payments` (a call made), or
+/// anything else (`saga ord_…`: work inside the process).
+fn span(f: &Finished) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let s = &f.span;
+    let http_status: Option<u16> = s.status.parse().ok();
+    let mut attributes = Vec::new();
+    let kind = if let Some(call) = s.name.strip_prefix("→ ") {
+        let mut words = call.splitn(3, ' ');
+        if let (Some(peer), Some(method), Some(path)) = (words.next(), words.next(), words.next()) {
+            attributes.push(attribute("peer.service", peer));
+            attributes.push(attribute("http.request.method", method));
+            attributes.push(attribute("url.path", path));
+        }
+        SpanKind::Client
+    } else if let Some((method, route)) = s.name.split_once(' ').filter(|(m, _)| is_method(m)) {
+        attributes.push(attribute("http.request.method", method));
+        attributes.push(attribute("http.route", route));
+        SpanKind::Server
+    } else {
+        SpanKind::Internal
+    };
+    if let Some(code) = http_status {
+        attributes.push(KeyValue {
+            key: "http.response.status_code".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(code.into())) }),
+            ..Default::default()
+        });
+    }
+    if let Some(order) = &f.order_id {
+        attributes.push(attribute("shop.order.id", order));
+    }
+    // OpenTelemetry's HTTP conventions: a server span fails on 5xx, a client span on any 4xx/5xx.
+    let failed = match (kind, http_status) {
+        (SpanKind::Server, Some(code)) => code >= 500,
+        (_, Some(code)) => code >= 400,
+        (_, None) => s.status.starts_with("error") || s.status == "FAILED",
+    };
+    let status = if failed {
+        Status { code: StatusCode::Error as i32, message: s.status.clone() }
+    } else {
+        Status { code: StatusCode::Unset as i32, message: String::new() }
+    };
+    let nanos = |us: i64| (us.max(0) as u64).saturating_mul(1000);
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: hex::decode(&s.trace_id).unwrap_or_default(),
+        span_id: hex::decode(&s.span_id).unwrap_or_default(),
+        trace_state: f.tracestate.clone().unwrap_or_default(),
+        parent_span_id: s.parent_id.as_deref().and_then(|p| hex::decode(p).ok()).unwrap_or_default(),
+        // Only sampled spans are exported: the W3C sampled bit.
+        flags: 1,
+        name: s.name.clone(),
+        kind: kind as i32,
+        start_time_unix_nano: nanos(s.start_us),
+        end_time_unix_nano: nanos(s.start_us + s.duration_us),
+        attributes,
+        status: Some(status),
+        ..Default::default()
+    }
+}
+
+fn is_method(word: &str) -> bool {
+    matches!(word, "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS")
+}
+
+fn attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn the_endpoint_and_service_name_come_from_the_standard_variables() {
+        assert_eq!(Config::from_vars("order", "order-1", vars(&[])), None);
+        let c =
+            Config::from_vars("order", "order-1", vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")])).unwrap();
+        assert_eq!(
+            (c.url.as_str(), c.service_name.as_str(), c.instance.as_str()),
+            ("http://c:4318/v1/traces", "order", "order-1")
+        );
+        let c = Config::from_vars(
+            "order",
+            "order-1",
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t/x"),
+                ("OTEL_SERVICE_NAME", "shop-order"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.url.as_str(), c.service_name.as_str()), ("http://t/x", "shop-order"));
+    }
+
+    #[test]
+    fn spans_are_encoded_with_kind_parent_status_and_attributes() {
+        let config =
+            Config::from_vars("gateway", "gateway", vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")])).unwrap();
+        let recorded = |name: &str, status: &str| Finished {
+            span: Span {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "00f067aa0ba902b7".into(),
+                parent_id: Some("00f067aa0ba902b8".into()),
+                service: "gateway".into(),
+                instance: "gateway".into(),
+                name: name.into(),
+                start_us: 1_000,
+                duration_us: 5,
+                status: status.into(),
+            },
+            tracestate: Some("rojo=1".into()),
+            order_id: Some("ord_1".into()),
+        };
+        let request = encode(&config, &[recorded("POST /orders", "201"), recorded("→ order POST /v1/orders", "503")]);
+        let bytes = request.encode_to_vec();
+        let back = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        let spans = &back.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans[0].kind, SpanKind::Server as i32);
+        assert_eq!(spans[0].parent_span_id, hex::decode("00f067aa0ba902b8").unwrap());
+        assert_eq!(spans[0].trace_state, "rojo=1");
+        assert_eq!((spans[0].start_time_unix_nano, spans[0].end_time_unix_nano), (1_000_000, 1_005_000));
+        assert_eq!(spans[0].status.as_ref().unwrap().code, StatusCode::Unset as i32);
+        assert_eq!(spans[1].kind, SpanKind::Client as i32);
+        assert_eq!(spans[1].status.as_ref().unwrap().code, StatusCode::Error as i32);
+        let keys: Vec<&str> = spans[0].attributes.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["http.request.method", "http.route", "http.response.status_code", "shop.order.id"]);
+        let resource = back.resource_spans[0].resource.as_ref().unwrap();
+        assert_eq!(resource.attributes[0].key, "service.name");
+    }
+}
