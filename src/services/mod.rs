@@ -233,8 +233,14 @@ pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
     });
     // A dead loop stops the server too: better a restart than a healthy `/readyz` in front of a
     // relay or sweeper that no longer runs.
+    //
+    // The supervisor's death is watched for beside the server too, not only in its shutdown
+    // future: the kernel sends the death signal when the supervisor's forking thread exits,
+    // which can be before the whole process is gone and we are re-parented. That SIGTERM then
+    // looks like a stop and starts a drain, which the parent's death must still cut short.
     let outcome = tokio::select! {
         stop = server => Ok(stop),
+        _ = http::parent_gone(parent) => Ok(http::Stop::Abandon),
         ended = loops.first_exit() => Err(ended),
     };
     drop(loops);

@@ -158,7 +158,7 @@ fn inspect_documents_have_the_fields_of_the_spec() {
     );
     let inv = json(&p.shop(&["inspect", "invariants", "--json"]));
     assert_eq!(inv["ok"], true, "{inv:#}");
-    assert_eq!(inv["checks"].as_array().unwrap().len(), 5);
+    assert_eq!(inv["checks"].as_array().unwrap().len(), 6);
     for c in inv["checks"].as_array().unwrap() {
         has_fields(c, &["name", "ok", "detail"]);
     }
@@ -202,7 +202,7 @@ fn inspect_invariants_fails_on_a_broken_database_copy_and_passes_on_the_original
     assert!(text.contains("stock_conservation") && text.contains("FAIL"), "{text}");
     assert!(text.contains("sku-1: initial 500 != available 497 + reserved 0 + sold 2"), "{text}");
     assert!(text.contains("FAILED but 2499 cents net charged"), "{text}");
-    assert!(text.contains("3 passed, 2 failed"), "{text}");
+    assert!(text.contains("4 passed, 2 failed"), "{text}");
     let original = p.shop(&["inspect", "invariants", "--json"]);
     assert_eq!(original.status.code(), Some(0));
     assert_eq!(json(&original)["ok"], true);
