@@ -207,3 +207,20 @@ async fn past_the_rate_limit_is_429_and_an_unreachable_order_service_is_503_both
     assert!(resp.headers().get("retry-after").is_some());
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_for_the_same_product_are_merged_into_one_as_the_document_says() {
+    let stack = TestStack::start().await;
+    let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1), ("sku-2", 1), ("sku-1", 1000)]), &[]).await;
+    assert!(status.is_success(), "{status}: {order}");
+    let lines: Vec<(String, i64)> = order["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["product_id"].as_str().unwrap().to_string(), l["quantity"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(lines, [("sku-1".to_string(), 1001), ("sku-2".to_string(), 1)], "{order}");
+    let doc: Value = stack.http.get(stack.gateway("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let schema = &doc["components"]["schemas"]["OrderRequest"]["properties"]["items"];
+    assert!(schema["description"].as_str().unwrap().contains("merged"), "{schema}");
+}

@@ -187,15 +187,11 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
     if body.items.len() > MAX_ITEMS {
         return Err(ApiError::bad_request(format!("at most {MAX_ITEMS} items per order, got {}", body.items.len())));
     }
-    let mut seen = std::collections::HashSet::new();
     for item in &body.items {
         if item.product_id.is_empty() || item.product_id.len() > MAX_ID_LEN {
             return Err(ApiError::bad_request(format!("`product_id` must be 1 to {MAX_ID_LEN} characters")));
         }
         item.check_quantity().map_err(ApiError::bad_request)?;
-        if !seen.insert(item.product_id.as_str()) {
-            return Err(ApiError::bad_request(format!("`{}` appears twice; list each product once", item.product_id)));
-        }
     }
     Ok(())
 }

@@ -126,8 +126,8 @@ pub fn document(server: &str) -> Value {
                 },
                 "OrderRequest": {
                     "type": "object", "required": ["items"], "additionalProperties": false,
-                    "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 100, "uniqueItems": true,
-                        "description": "Each product at most once (a second line for the same product_id is a 400)", "items": {
+                    "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 100,
+                        "description": "Order lines; lines for the same product_id are merged into one, their quantities added", "items": {
                         "type": "object", "required": ["product_id", "quantity"], "additionalProperties": false,
                         "properties": {
                             "product_id": {"type": "string", "minLength": 1, "maxLength": 64},

@@ -213,6 +213,20 @@ impl Orders {
     }
 }
 
+/// The order's lines, one per product in first-seen order: a second line for a product adds
+/// to the first, as a cart would. Each line was checked against the quantity limit already,
+/// so the sums stay far from overflow (at most `MAX_ITEMS × MAX_QUANTITY`).
+fn merge_lines(items: &[RequestedItem]) -> Vec<(String, i64)> {
+    let mut lines: Vec<(String, i64)> = Vec::with_capacity(items.len());
+    for item in items {
+        match lines.iter_mut().find(|(id, _)| *id == item.product_id) {
+            Some((_, quantity)) => *quantity += item.quantity,
+            None => lines.push((item.product_id.clone(), item.quantity)),
+        }
+    }
+    lines
+}
+
 async fn place(
     State(o): State<Orders>,
     Extension(trace): Extension<TraceCtx>,
@@ -227,13 +241,12 @@ async fn place(
     let budget = Duration::from_millis(req.wait_ms.min(120_000));
     let ids: Vec<&str> = req.items.iter().map(|i| i.product_id.as_str()).collect();
     let prices = o.prices(&ids, &trace).await?;
-    let items: Vec<Item> = req
-        .items
-        .iter()
-        .map(|i| Item {
-            product_id: i.product_id.clone(),
-            quantity: i.quantity,
-            unit_price_cents: prices.get(&i.product_id).copied().unwrap_or(0),
+    let items: Vec<Item> = merge_lines(&req.items)
+        .into_iter()
+        .map(|(product_id, quantity)| Item {
+            unit_price_cents: prices.get(&product_id).copied().unwrap_or(0),
+            product_id,
+            quantity,
         })
         .collect();
     let total_cents = events::total_cents(&items).ok_or_else(|| {
