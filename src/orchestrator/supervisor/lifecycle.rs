@@ -58,6 +58,7 @@ impl Supervisor {
             }
             inst.state = InstanceState::Healthy;
             inst.healthy_since = Some(Instant::now());
+            inst.outage = false;
             inst.auto_restart = false;
         }
         if matches!(spec.program, Program::External(_)) {
@@ -402,6 +403,7 @@ impl Supervisor {
     /// Applies the restart decision to an instance whose process is gone; `what` says how it
     /// went, for `ps` and the log.
     fn after_exit(&self, inst: &mut Instance, spec: &ServiceSpec, success: bool, what: &str, now: Instant) {
+        inst.outage |= inst.ended_unhealthy;
         inst.ended_unhealthy = false;
         let (policy, max) = (spec.restart, spec.max_restarts);
         let status = what;
@@ -413,6 +415,7 @@ impl Supervisor {
             last_backoff: inst.last_backoff,
             healthy_for: inst.healthy_since.map(|t| now.saturating_duration_since(t)).unwrap_or_default(),
             max_restarts: max,
+            counts: !inst.outage,
         });
         let log = self.dir.log(&inst.name);
         let name = &inst.name;
@@ -433,10 +436,12 @@ impl Supervisor {
                 inst.last_backoff = Some(after);
                 inst.state = InstanceState::Crashed;
                 inst.next_restart = Some(now + after);
-                log_line(
-                    &log,
-                    &format!("supervisor: {name} crashed: {status}; restart {crashes} of {max} in {after:?}"),
-                );
+                let count = if inst.outage {
+                    "not counted toward max_restarts while it has not been ready since".to_string()
+                } else {
+                    format!("restart {crashes} of {max}")
+                };
+                log_line(&log, &format!("supervisor: {name} crashed: {status}; {count}, in {after:?}"));
                 tracing::warn!(instance = %name, %status, wait = ?after, "crashed; restarting");
             }
         }

@@ -62,6 +62,9 @@ struct Instance {
     /// The supervisor ended this process for being unhealthy: its exit is a failure whatever its
     /// status, so `on-failure` restarts it.
     ended_unhealthy: bool,
+    /// Ended for failing readiness and not healthy since: its restarts do not use up
+    /// `max_restarts` (see `restart::Exit::counts`).
+    outage: bool,
     /// The start in progress is an automatic restart: if it fails, the restart policy tries
     /// again (with backoff) instead of leaving the instance failed, so a stack recovers by
     /// itself once the cause (an unwritable disk) is gone.
@@ -225,6 +228,7 @@ impl Supervisor {
         for inst in inner.instances.iter_mut().filter(|i| services.contains(&i.service)) {
             inst.forget_crashes();
             inst.auto_restart = false;
+            inst.outage = false;
             if count_restart {
                 inst.restarts += 1;
             }
@@ -325,6 +329,7 @@ fn new_instance(spec: Option<usize>, service: &str, name: &str) -> Instance {
         generation: 0,
         detail: None,
         ended_unhealthy: false,
+        outage: false,
         auto_restart: false,
     }
 }

@@ -26,6 +26,11 @@ pub(super) struct Exit {
     /// How long it had been healthy when it exited (zero if it was not).
     pub(super) healthy_for: Duration,
     pub(super) max_restarts: u32,
+    /// Whether this exit uses up one of `max_restarts`. Not when the instance was ended for
+    /// failing readiness, or failed to start again since: the cause (a read-only or full disk, a
+    /// deleted database) lies outside the program, and once it is mended the stack must recover
+    /// by itself, so such restarts go on at the capped backoff, as Kubernetes' CrashLoopBackOff.
+    pub(super) counts: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +57,13 @@ pub(super) fn decide(exit: Exit) -> Decision {
     } else {
         (exit.crashes, exit.last_backoff)
     };
+    let after = last.map_or(exit.backoff, |l| l.saturating_mul(2)).min(MAX_BACKOFF);
+    if !exit.counts {
+        return Decision::Restart { after, crashes: crashes.max(1) };
+    }
     if crashes >= exit.max_restarts {
         return Decision::GiveUp;
     }
-    let after = last.map_or(exit.backoff, |l| l.saturating_mul(2)).min(MAX_BACKOFF);
     Decision::Restart { after, crashes: crashes + 1 }
 }
 
@@ -76,6 +84,7 @@ mod tests {
             last_backoff,
             healthy_for: Duration::ZERO,
             max_restarts: 5,
+            counts: true,
         }
     }
 
@@ -133,6 +142,20 @@ mod tests {
         let got = waits(Exit { max_restarts: 2, ..crash(0, None) }, 3);
         assert_eq!(got[2], Decision::GiveUp);
         assert_eq!(decide(Exit { max_restarts: 0, ..crash(0, None) }), Decision::GiveUp);
+    }
+
+    #[test]
+    fn restarts_after_failing_readiness_never_give_up_and_back_off_to_the_cap() {
+        let outage = Exit { counts: false, max_restarts: 2, ..crash(0, None) };
+        let got = waits(outage, 12);
+        assert!(got.iter().all(|d| matches!(d, Decision::Restart { .. })), "{got:?}");
+        assert_eq!(got[0], Decision::Restart { after: ms(200), crashes: 1 });
+        assert_eq!(got[11], Decision::Restart { after: MAX_BACKOFF, crashes: 1 });
+        // Once the outage is over, a real crash counts again from where the history stood.
+        assert_eq!(
+            decide(Exit { counts: true, max_restarts: 2, ..crash(1, Some(ms(400))) }),
+            Decision::Restart { after: ms(800), crashes: 2 }
+        );
     }
 
     #[test]
