@@ -145,3 +145,37 @@ async fn card_by_token(State(db): State<Db>, ApiPath(token): ApiPath<String>) ->
     .map(Json)
     .ok_or_else(|| ApiError::not_found("unknown card token"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_token_migration_gives_every_existing_user_its_own_card_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.db");
+        let v1 = Db::open(&path, &MIGRATIONS[..1]).unwrap();
+        v1.call(|c| {
+            c.execute_batch(
+                "INSERT INTO users VALUES ('alice', 'A', 1, '4242424242424242', 'h1', 0);
+                 INSERT INTO users VALUES ('bob', 'B', 1, '4000000000000002', 'h2', 0);",
+            )
+        })
+        .await
+        .unwrap();
+        drop(v1);
+        let db = Db::open(&path, MIGRATIONS).unwrap();
+        let users: Vec<User> = db
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY user_id"))?;
+                let rows = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>();
+                rows
+            })
+            .await
+            .unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users.iter().all(|u| u.card_token.starts_with("card_") && u.card_token.len() == 29), "{users:?}");
+        assert_ne!(users[0].card_token, users[1].card_token);
+        assert_eq!((users[0].card_last4.as_str(), users[1].card_last4.as_str()), ("4242", "0002"));
+    }
+}

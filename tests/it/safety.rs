@@ -392,3 +392,17 @@ async fn card_numbers_in_an_old_order_log_are_scrubbed_at_start_up_and_its_saga_
         assert!(!holds(&bytes, "4242424242424242"), "the number survives in {}", path.display());
     }
 }
+
+#[test]
+fn a_charge_whose_card_cannot_be_resolved_yet_is_retried_until_the_vault_answers() {
+    let p = started();
+    let cut = p.shop(&["chaos", "partition", "payment", "user", "--for", "3s"]);
+    assert_eq!(cut.status.code(), Some(0), "{}", String::from_utf8_lossy(&cut.stderr));
+    let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--wait", "30s", "--json"]);
+    let order: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(order["status"], "CONFIRMED", "{order:#}\n{}", String::from_utf8_lossy(&out.stderr));
+    let charge = order["steps"].as_array().unwrap().iter().find(|s| s["step"] == "charge_payment").unwrap();
+    assert!(charge["attempts"].as_i64().unwrap() > 1, "the vault was unreachable at first: {charge}");
+    let inv = p.shop(&["inspect", "invariants", "--settle", "20s"]);
+    assert_eq!(inv.status.code(), Some(0), "{}", String::from_utf8_lossy(&inv.stdout));
+}
