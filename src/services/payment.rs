@@ -4,21 +4,32 @@
 //! A refund for an order that was never charged leaves a `voided` row; a charge arriving after
 //! it (a request that was slow on the wire) is then refused, so money cannot move for an order
 //! the saga already gave up on.
+//!
+//! A charge names the card by its token (SPEC section 17): the number is resolved from the user
+//! service, the card vault, only to decide the charge, and only the token and the last four
+//! digits are stored.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use reqwest::Method;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
+use super::user::Card;
 use super::{Runtime, Service};
+use crate::plumbing::client::{CallError, ServiceClient};
 use crate::plumbing::db::Db;
 use crate::plumbing::error::{ApiError, ApiPath, JsonBody};
+use crate::plumbing::trace::TraceCtx;
 use crate::plumbing::{ids, time::now_ms, time::rfc3339};
 
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE payments (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE payments (
         order_id TEXT PRIMARY KEY,
         payment_id TEXT NOT NULL UNIQUE,
         user_id TEXT NOT NULL,
@@ -30,7 +41,10 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE payments (
         card_last4 TEXT NOT NULL,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
-    );"];
+    );",
+    // Version 2: charges name the card by its token; older rows have none.
+    "ALTER TABLE payments ADD COLUMN card_token TEXT;",
+];
 
 /// Card numbers with a scripted outcome (the well-known test cards); any other is charged.
 const DECLINED: &str = "4000000000000002";
@@ -42,7 +56,98 @@ pub struct ChargeRequest {
     pub order_id: String,
     pub user_id: String,
     pub amount_cents: i64,
-    pub card: String,
+    /// The user's card as the user service issued it; resolved there, never a number.
+    pub card_token: String,
+}
+
+/// What a charge does with a card, decided from its number at resolution time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Capture,
+    Decline(&'static str),
+}
+
+impl Verdict {
+    fn of(number: &str) -> Verdict {
+        match number {
+            DECLINED => Verdict::Decline("card_declined"),
+            INSUFFICIENT_FUNDS => Verdict::Decline("insufficient_funds"),
+            _ => Verdict::Capture,
+        }
+    }
+}
+
+/// A resolved card without its number: all a charge needs, and all this service keeps, even in
+/// memory.
+#[derive(Clone, Debug)]
+struct Resolved {
+    user_id: String,
+    card_last4: String,
+    verdict: Verdict,
+}
+
+/// How long a resolved card is trusted, as long as the order service trusts a validated user: a
+/// burst of charges on one card costs one call to the vault.
+const CARD_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Why a card token could not be resolved.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    /// The vault does not know it, or it is another user's: a business refusal.
+    #[error("{0}")]
+    Refused(String),
+    /// The vault could not be asked; the charge may succeed when asked again.
+    #[error("cannot resolve the card with the user service: {0}")]
+    Unavailable(#[source] CallError),
+}
+
+#[derive(Clone)]
+struct Payments {
+    db: Db,
+    /// Calls to the user service, with its breaker, to resolve card tokens.
+    client: ServiceClient,
+    /// Recently resolved cards by token (numbers are never cached, only verdicts).
+    cards: Arc<Mutex<HashMap<String, (Resolved, Instant)>>>,
+}
+
+impl Payments {
+    async fn resolve(&self, token: &str, user_id: &str, trace: &TraceCtx) -> Result<Resolved, ResolveError> {
+        let cached = {
+            let cards = self.cards.lock().unwrap_or_else(|p| p.into_inner());
+            cards.get(token).filter(|(_, at)| at.elapsed() < CARD_CACHE_TTL).map(|(r, _)| r.clone())
+        };
+        let resolved = match cached {
+            Some(r) => r,
+            None => {
+                let path = format!("/v1/cards/{token}");
+                let card: Card =
+                    match self.client.call_idempotent::<(), _>("user", Method::GET, &path, None, Some(trace)).await {
+                        Ok(card) => card,
+                        Err(e) if e.is_transient() => return Err(ResolveError::Unavailable(e)),
+                        Err(_) => {
+                            return Err(ResolveError::Refused("the card token is not known to the card vault".into()))
+                        }
+                    };
+                let resolved =
+                    Resolved { user_id: card.user_id, card_last4: card.card_last4, verdict: Verdict::of(&card.number) };
+                let mut cards = self.cards.lock().unwrap_or_else(|p| p.into_inner());
+                if cards.len() > 10_000 {
+                    cards.clear(); // bounded: a cache, not a copy of the vault
+                }
+                cards.insert(token.to_string(), (resolved.clone(), Instant::now()));
+                resolved
+            }
+        };
+        if resolved.user_id != user_id {
+            return Err(ResolveError::Refused(format!("the card token does not belong to user `{user_id}`")));
+        }
+        Ok(resolved)
+    }
+}
+
+/// A token is used as a path segment toward the vault: only the characters tokens are made of.
+fn token_is_well_formed(token: &str) -> bool {
+    (1..=64).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,7 +177,7 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         .route("/v1/payments", post(charge).get(list))
         .route("/v1/payments/by-order/{order_id}", get(by_order))
         .route("/v1/payments/by-order/{order_id}/refund", post(refund))
-        .with_state(rt.db.clone());
+        .with_state(Payments { db: rt.db.clone(), client: rt.client.clone(), cards: Arc::default() });
     Ok(Service { extra_metrics: Some(extra), ..Service::new(routes) })
 }
 
@@ -123,38 +228,72 @@ fn find(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Option<Pa
         .optional()
 }
 
-async fn charge(State(db): State<Db>, JsonBody(req): JsonBody<ChargeRequest>) -> Result<Json<Payment>, ApiError> {
+async fn charge(
+    State(p): State<Payments>,
+    Extension(trace): Extension<TraceCtx>,
+    JsonBody(req): JsonBody<ChargeRequest>,
+) -> Result<Json<Payment>, ApiError> {
     if req.order_id.is_empty() || req.order_id.len() > 64 {
         return Err(ApiError::bad_request("`order_id` must be 1 to 64 characters"));
     }
     if req.amount_cents <= 0 {
         return Err(ApiError::bad_request(format!("`amount_cents` must be positive, got {}", req.amount_cents)));
     }
-    let payment = db
+    if !token_is_well_formed(&req.card_token) {
+        return Err(ApiError::bad_request("`card_token` must be 1 to 64 letters, digits, `_` or `-`"));
+    }
+    // A repeated charge returns the first outcome without asking the vault again.
+    let key = req.order_id.clone();
+    if let Some(existing) = p.db.read(move |c| find(c, &key)).await? {
+        return Ok(Json(existing));
+    }
+    let card = match p.resolve(&req.card_token, &req.user_id, &trace).await {
+        Ok(card) => card,
+        Err(ResolveError::Refused(message)) => return Err(ApiError::unprocessable("unknown_card", message)),
+        Err(e @ ResolveError::Unavailable(_)) => {
+            tracing::warn!(order_id = %req.order_id, error = %e, "charge postponed");
+            return Err(ApiError::unavailable(e.to_string(), 1));
+        }
+    };
+    let payment = p
+        .db
         .tx(move |tx| {
-            // The order id is the idempotency key: a repeated charge returns the first outcome.
+            // The order id is the idempotency key: a charge that raced this one keeps its outcome.
             if let Some(existing) = find(tx, &req.order_id)? {
                 return Ok(existing);
             }
-            let (status, code, captured) = match req.card.as_str() {
-                DECLINED => ("declined", Some("card_declined"), 0),
-                INSUFFICIENT_FUNDS => ("declined", Some("insufficient_funds"), 0),
-                _ => ("captured", None, req.amount_cents),
+            let (status, code, captured) = match card.verdict {
+                Verdict::Decline(code) => ("declined", Some(code), 0),
+                Verdict::Capture => ("captured", None, req.amount_cents),
             };
             let now = now_ms();
-            let last4: String = req.card.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
             tx.prepare_cached(
-                "INSERT INTO payments (order_id, payment_id, user_id, amount_cents, status, decline_code, captured_cents, refunded_cents, card_last4, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9)",
+                "INSERT INTO payments (order_id, payment_id, user_id, amount_cents, status, decline_code, captured_cents, refunded_cents, card_last4, card_token, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?10)",
             )?
-            .execute(rusqlite::params![req.order_id, ids::new("pay"), req.user_id, req.amount_cents, status, code, captured, last4, now])?;
+            .execute(rusqlite::params![
+                req.order_id,
+                ids::new("pay"),
+                req.user_id,
+                req.amount_cents,
+                status,
+                code,
+                captured,
+                card.card_last4,
+                req.card_token,
+                now
+            ])?;
+            // The row was inserted in this transaction just above, so it is found.
             Ok(find(tx, &req.order_id)?.expect("row inserted in this transaction"))
         })
         .await?;
     Ok(Json(payment))
 }
 
-async fn by_order(State(db): State<Db>, ApiPath(order_id): ApiPath<String>) -> Result<Json<Payment>, ApiError> {
+async fn by_order(
+    State(Payments { db, .. }): State<Payments>,
+    ApiPath(order_id): ApiPath<String>,
+) -> Result<Json<Payment>, ApiError> {
     let key = order_id.clone();
     db.tx(move |tx| find(tx, &key))
         .await?
@@ -170,7 +309,7 @@ struct RefundRequest {
 }
 
 async fn refund(
-    State(db): State<Db>,
+    State(Payments { db, .. }): State<Payments>,
     ApiPath(order_id): ApiPath<String>,
     JsonBody(req): JsonBody<RefundRequest>,
 ) -> Result<Json<Payment>, ApiError> {
@@ -201,7 +340,7 @@ async fn refund(
     Ok(Json(payment))
 }
 
-async fn list(State(db): State<Db>) -> Result<Json<Vec<Payment>>, ApiError> {
+async fn list(State(Payments { db, .. }): State<Payments>) -> Result<Json<Vec<Payment>>, ApiError> {
     let all = db
         .call(|c| {
             let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM payments ORDER BY payment_id DESC LIMIT 1000"))?;

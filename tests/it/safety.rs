@@ -231,3 +231,178 @@ fn every_child_exits_soon_after_its_supervisor_is_killed_under_load() {
         .collect();
     assert!(alive.is_empty(), "still running 3 s after the supervisor died: {alive:?}\n{}", logs.join("\n"));
 }
+
+/// The card numbers of every fixture user.
+fn fixture_cards() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/users.yaml");
+    shop::fixtures::load_users(&path).unwrap().into_iter().map(|u| (u.id, u.card)).collect()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Whether `haystack` holds `needle` anywhere, as raw bytes.
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_card_number_is_stored_logged_or_traced_outside_the_user_database() {
+    let p = started();
+    let cards = fixture_cards();
+    assert!(cards.len() >= 4, "{cards:?}");
+    for (user, _) in &cards {
+        let out = p.shop(&["order", "place", "--user", user, "--item", "sku-1"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The decisions payment takes from the vault still come out right.
+        let expected = match user.as_str() {
+            "bob" => (3, Some("card_declined")),
+            "dave" => (3, Some("insufficient_funds")),
+            "carol" => (3, Some("user_inactive")),
+            _ => (0, None),
+        };
+        assert_eq!(out.status.code(), Some(expected.0), "{user}: {stderr}");
+        if let Some(code) = expected.1 {
+            assert!(stderr.contains(code), "{user}: expected `{code}` in {stderr}");
+        }
+    }
+    let users: Vec<&str> = cards.iter().map(|(u, _)| u.as_str()).collect();
+    let load = p.shop(&["load", "--orders", "30", "--users", &users.join(","), "-q"]);
+    assert_eq!(load.status.code(), Some(0), "{}", String::from_utf8_lossy(&load.stderr));
+
+    let state = p.dir.path().join(".shop");
+    let mut checked = Vec::new();
+    for path in files_under(&state) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("user.db") {
+            continue; // the card vault
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for (user, card) in &cards {
+            assert!(!holds(&bytes, card), "{user}'s card number is in {}", path.display());
+        }
+        checked.push(name);
+    }
+    for wanted in ["order.db", "payment.db", "order.log", "payment.log", "user.log", "gateway.log"] {
+        assert!(checked.iter().any(|n| n == wanted), "{wanted} was not checked: {checked:?}");
+    }
+
+    let secret = std::fs::read_to_string(state.join("secret")).unwrap();
+    let admin = shop::plumbing::admin::AdminClient::new(secret.trim());
+    let mut spans = 0;
+    for row in p.ps() {
+        let addr = row["address"].as_str().unwrap();
+        let got = admin.recent_spans(addr, 10_000).await.unwrap();
+        spans += got.len();
+        let text = serde_json::to_string(&got).unwrap();
+        for (user, card) in &cards {
+            assert!(!text.contains(card.as_str()), "{user}'s card number is in a span of {}", row["instance"]);
+        }
+    }
+    assert!(spans > 100, "spans were recorded: {spans}");
+    // What others see of a card: its token and last four digits.
+    let payments = shop::plumbing::db::open_read_only(&state.join("data/payment.db")).unwrap();
+    let (token, last4): (String, String) = payments
+        .query_row("SELECT card_token, card_last4 FROM payments WHERE status = 'captured' LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(token.starts_with("card_") && last4 == "4242", "{token} {last4}");
+}
+
+/// An order log as the order service wrote it before card tokens: the full number in the
+/// validation of one order that is over and one still to be charged.
+fn seed_order_with_card(db: &std::path::Path, pending: &str, done: &str) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.pragma_update(None, "user_version", 1).unwrap();
+    let placed = r#"{"user_id":"alice","items":[{"product_id":"sku-1","quantity":1,"unit_price_cents":2499}],"total_cents":2499,"currency":"USD","trace_id":"0123456789abcdef0123456789abcdef"}"#;
+    for (id, status) in [(pending, "PENDING"), (done, "FAILED")] {
+        c.execute(
+            "INSERT INTO orders (order_id, user_id, idempotency_key, request_hash, status, items, total_cents, currency,
+                                 trace_id, created_at, updated_at)
+             VALUES (?1, 'alice', ?1, 'h', ?2, '[{\"product_id\":\"sku-1\",\"quantity\":1,\"unit_price_cents\":2499}]',
+                     2499, 'USD', '0123456789abcdef0123456789abcdef', ?3, ?3)",
+            rusqlite::params![id, status, shop::plumbing::time::now_ms()],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO order_events (order_id, seq, type, at, data) VALUES (?1, 1, 'OrderPlaced', ?2, ?3),
+                    (?1, 2, 'UserValidated', ?2, '{\"card\":\"4242424242424242\"}')",
+            rusqlite::params![id, shop::plumbing::time::now_ms(), placed],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "INSERT INTO order_events (order_id, seq, type, at, data) VALUES
+            (?1, 3, 'CompensationStarted', 0, '{\"step\":\"validate_user\",\"code\":\"x\",\"message\":\"x\"}'),
+            (?1, 4, 'OrderFailed', 0, '{\"step\":\"validate_user\",\"code\":\"x\",\"message\":\"x\"}')",
+        [done],
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn card_numbers_in_an_old_order_log_are_scrubbed_at_start_up_and_its_saga_still_charges() {
+    let mut stack = TestStack::start().await;
+    stack.kill(Kind::Order);
+    let db = stack.db(Kind::Order);
+    let (pending, done) = ("ord_OLDPENDING", "ord_OLDFAILED");
+    seed_order_with_card(&db, pending, done);
+    let before = std::fs::read(&db).unwrap();
+    assert!(holds(&before, "4242424242424242"), "the seeded file holds the number");
+
+    stack.spawn(Kind::Order).await;
+    stack.wait_ready(Kind::Order).await;
+    let order = stack.wait_terminal(pending, Duration::from_secs(30)).await;
+    assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+    let validations: Vec<&Value> =
+        order["events"].as_array().unwrap().iter().filter(|e| e["type"] == "UserValidated").collect();
+    assert_eq!(validations.len(), 2, "validated again for a token: {order:#}");
+
+    let conn = shop::plumbing::db::open_read_only(&db).unwrap();
+    for id in [pending, done] {
+        let data: String = conn
+            .query_row("SELECT data FROM order_events WHERE order_id = ?1 AND seq = 2", [id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(data, r#"{"card_last4":"4242"}"#, "{id}");
+    }
+    assert_eq!(stack.count(Kind::Payment, "SELECT count(*) FROM payments WHERE order_id = ?1", &[&pending]), 1);
+    let (token, last4): (String, String) = shop::plumbing::db::open_read_only(&stack.db(Kind::Payment))
+        .unwrap()
+        .query_row("SELECT card_token, card_last4 FROM payments WHERE order_id = ?1", [pending], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(token.starts_with("card_") && last4 == "4242", "{token} {last4}");
+    drop(conn);
+    for suffix in ["", "-wal"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(!holds(&bytes, "4242424242424242"), "the number survives in {}", path.display());
+    }
+}
+
+#[test]
+fn a_charge_whose_card_cannot_be_resolved_yet_is_retried_until_the_vault_answers() {
+    let p = started();
+    let cut = p.shop(&["chaos", "partition", "payment", "user", "--for", "3s"]);
+    assert_eq!(cut.status.code(), Some(0), "{}", String::from_utf8_lossy(&cut.stderr));
+    let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--wait", "30s", "--json"]);
+    let order: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(order["status"], "CONFIRMED", "{order:#}\n{}", String::from_utf8_lossy(&out.stderr));
+    let charge = order["steps"].as_array().unwrap().iter().find(|s| s["step"] == "charge_payment").unwrap();
+    assert!(charge["attempts"].as_i64().unwrap() > 1, "the vault was unreachable at first: {charge}");
+    let inv = p.shop(&["inspect", "invariants", "--settle", "20s"]);
+    assert_eq!(inv.status.code(), Some(0), "{}", String::from_utf8_lossy(&inv.stdout));
+}

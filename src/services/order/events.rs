@@ -51,8 +51,14 @@ pub enum Event {
         currency: String,
         trace_id: String,
     },
+    /// The user may order, paying with this card. Only the token and the last four digits: the
+    /// number stays in the card vault (SPEC section 17). Events written before tokens existed
+    /// were scrubbed to their last four digits and have no token.
     UserValidated {
-        card: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        card_token: Option<String>,
+        #[serde(default)]
+        card_last4: String,
     },
     StockReservationRequested {},
     StockReserved {
@@ -226,7 +232,10 @@ pub struct SagaState {
     pub trace_id: String,
     pub created_ms: i64,
     pub updated_ms: i64,
-    pub card: Option<String>,
+    /// Whether the user was validated (at least once).
+    pub validated: bool,
+    /// The card to charge, once a validation carried one.
+    pub card_token: Option<String>,
     pub reserve_requested: bool,
     pub reservation_id: Option<String>,
     pub charge_requested: bool,
@@ -272,7 +281,13 @@ impl SagaState {
                 self.trace_id = trace_id.clone();
                 self.created_ms = at_ms;
             }
-            Event::UserValidated { card } => self.card = Some(card.clone()),
+            Event::UserValidated { card_token, .. } => {
+                self.validated = true;
+                // A scrubbed event has no token: keep one a later validation brought.
+                if card_token.is_some() {
+                    self.card_token = card_token.clone();
+                }
+            }
             Event::StockReservationRequested {} => self.reserve_requested = true,
             Event::StockReserved { reservation_id } => self.reservation_id = Some(reservation_id.clone()),
             Event::PaymentRequested {} => self.charge_requested = true,
@@ -327,12 +342,18 @@ impl SagaState {
             }
             return Action::MarkFailed;
         }
-        if self.card.is_none() {
+        if !self.validated {
             Action::ValidateUser
         } else if self.reservation_id.is_none() {
             Action::ReserveStock
         } else if self.payment_id.is_none() {
-            Action::ChargePayment
+            // A saga validated before card tokens existed has none to charge: it asks the user
+            // service again, then charges.
+            if self.card_token.is_none() {
+                Action::ValidateUser
+            } else {
+                Action::ChargePayment
+            }
         } else if !self.committed {
             Action::CommitStock
         } else {
@@ -466,13 +487,41 @@ mod tests {
         }
     }
 
+    fn validated() -> Event {
+        Event::UserValidated { card_token: Some("card_1".into()), card_last4: "4242".into() }
+    }
+
+    #[test]
+    fn a_scrubbed_validation_without_a_token_validates_again_before_charging_only() {
+        let scrubbed = Event::from_parts("UserValidated", serde_json::json!({"card_last4": "4242"})).unwrap();
+        assert_eq!(scrubbed, Event::UserValidated { card_token: None, card_last4: "4242".into() });
+        let mut events = vec![placed(), scrubbed];
+        // Validated: the next step is still the reservation.
+        assert_eq!(SagaState::fold("o", &log(events.clone())).next(), Action::ReserveStock);
+        events.extend([Event::StockReservationRequested {}, Event::StockReserved { reservation_id: "r".into() }]);
+        // No token to charge with: validate again, then charge with the token it brings.
+        assert_eq!(SagaState::fold("o", &log(events.clone())).next(), Action::ValidateUser);
+        events.push(validated());
+        let s = SagaState::fold("o", &log(events.clone()));
+        assert_eq!((s.next(), s.card_token.as_deref()), (Action::ChargePayment, Some("card_1")));
+        // Already charged: no card is needed any more, whatever the log holds.
+        let mut charged = vec![placed(), Event::UserValidated { card_token: None, card_last4: "4242".into() }];
+        charged.extend([
+            Event::StockReservationRequested {},
+            Event::StockReserved { reservation_id: "r".into() },
+            Event::PaymentRequested {},
+            Event::PaymentCaptured { payment_id: "p".into(), amount_cents: 500 },
+        ]);
+        assert_eq!(SagaState::fold("o", &log(charged)).next(), Action::CommitStock);
+    }
+
     #[test]
     fn the_happy_path_walks_every_step_in_order() {
         let mut events = vec![placed()];
         let expected =
             [Action::ValidateUser, Action::ReserveStock, Action::ChargePayment, Action::CommitStock, Action::Confirm];
         let results = [
-            vec![Event::UserValidated { card: "4242".into() }],
+            vec![validated()],
             vec![Event::StockReservationRequested {}, Event::StockReserved { reservation_id: "res_1".into() }],
             vec![Event::PaymentRequested {}, Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 500 }],
             vec![Event::StockCommitRequested {}, Event::StockCommitted {}],
@@ -493,7 +542,7 @@ mod tests {
     fn a_declined_card_compensates_what_was_requested_in_reverse() {
         let events = vec![
             placed(),
-            Event::UserValidated { card: "4000000000000002".into() },
+            validated(),
             Event::StockReservationRequested {},
             Event::StockReserved { reservation_id: "res_1".into() },
             Event::PaymentRequested {},
@@ -543,7 +592,7 @@ mod tests {
     fn retries_are_counted_as_attempts() {
         let events = vec![
             placed(),
-            Event::UserValidated { card: "4242".into() },
+            validated(),
             Event::StockReservationRequested {},
             Event::StepRetried { step: "reserve_stock".into(), attempt: 1, error: "refused".into() },
             Event::StepRetried { step: "reserve_stock".into(), attempt: 2, error: "refused".into() },

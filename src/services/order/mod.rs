@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -90,6 +91,7 @@ struct Orders {
 
 pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     let store = Store { db: rt.db.clone(), owner: rt.instance.clone() };
+    store.checkpoint().await.context("checkpointing the order database at start-up")?;
     let saga = Arc::new(Saga::new(
         store.clone(),
         rt.client.clone(),
@@ -269,7 +271,8 @@ async fn place(
     // goes into the same commit as the order itself.
     let more = match o.saga.cached_user(&req.user_id) {
         Some(user) if user.active => {
-            vec![Event::UserValidated { card: user.card }, Event::StockReservationRequested {}]
+            let validated = Event::UserValidated { card_token: Some(user.card_token), card_last4: user.card_last4 };
+            vec![validated, Event::StockReservationRequested {}]
         }
         _ => Vec::new(),
     };

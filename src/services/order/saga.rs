@@ -325,7 +325,8 @@ impl Saga {
             other => other,
         };
         if let Some(user) = self.fail_step(state, "validate_user", outcome).await? {
-            self.record(state, vec![Event::UserValidated { card: user.card }], None).await?;
+            let event = Event::UserValidated { card_token: Some(user.card_token), card_last4: user.card_last4 };
+            self.record(state, vec![event], None).await?;
         }
         Ok(())
     }
@@ -371,7 +372,7 @@ impl Saga {
             "order_id": state.order_id,
             "user_id": state.user_id,
             "amount_cents": state.total_cents,
-            "card": state.card.clone().unwrap_or_default(),
+            "card_token": state.card_token.clone().unwrap_or_default(),
         });
         let lookup = format!("/v1/payments/by-order/{}", state.order_id);
         let unknown_cell = std::sync::atomic::AtomicBool::new(false);
