@@ -15,6 +15,7 @@ pub mod log_query;
 pub mod logging;
 pub mod metrics;
 pub mod spans;
+pub mod test_hooks;
 pub mod time;
 pub mod trace;
 pub mod yaml;
