@@ -17,3 +17,5 @@ st run "$gateway/openapi.json" --url "$gateway" \
     --checks not_a_server_error,response_schema_conformance \
     -H "Authorization: Bearer dev-token-alice" \
     --max-examples 50 --seed 20261127 --no-color
+# Schemathesis placed real orders: they must leave the databases consistent too.
+shop inspect invariants --settle 30s

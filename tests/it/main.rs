@@ -3,11 +3,14 @@
 
 mod api;
 mod chaos;
+mod commands;
 mod dns;
 mod drills;
 mod drive;
 mod export;
+mod hooks;
 mod hostile;
+mod invariants;
 mod load;
 mod logs;
 mod props;

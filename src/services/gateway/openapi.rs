@@ -124,10 +124,12 @@ pub fn document() -> Value {
                 },
                 "OrderRequest": {
                     "type": "object", "required": ["items"], "additionalProperties": false,
-                    "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 100, "items": {
+                    "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 100, "uniqueItems": true,
+                        "description": "Each product at most once: two items with the same `product_id` are refused (400)", "items": {
                         "type": "object", "required": ["product_id", "quantity"], "additionalProperties": false,
                         "properties": {
-                            "product_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                            "product_id": {"type": "string", "minLength": 1, "maxLength": 64,
+                                "description": "1 to 64 characters (Unicode code points, not bytes)"},
                             "quantity": {"type": "integer", "minimum": 1, "maximum": 1000}
                         }
                     }}}
