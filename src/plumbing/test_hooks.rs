@@ -69,6 +69,15 @@ pub fn header_timeout() -> Duration {
         .unwrap_or(DEFAULT_HEADER_TIMEOUT)
 }
 
+/// `SHOP_CRASH_AFTER=EVENT` for the events written outside the saga (the outbox relay's
+/// `NotificationDelivered`): exits as a crash would once `event` is persisted, when allowed.
+pub fn crash_after(event: &str, order_id: &str) {
+    if active("SHOP_CRASH_AFTER") && std::env::var("SHOP_CRASH_AFTER").is_ok_and(|v| v == event) {
+        tracing::warn!(order_id, point = event, "SHOP_CRASH_AFTER reached; exiting as a crash would");
+        std::process::exit(70);
+    }
+}
+
 /// Drops the hooks from a service's tuning unless the opt-in is set, whatever set them (the
 /// environment or the hidden flags of the same names).
 pub fn gate(tuning: &mut Tuning) {

@@ -120,7 +120,8 @@ async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() 
     // The gateway's breaker toward order opens while order is down; let it retry soon.
     let mut stack = TestStack::with(Options::default().env(Kind::Gateway, "SHOP_BREAKER_OPEN_FOR", "200ms")).await;
     // Every event the saga persists on the way to CONFIRMED (alice) and on the compensation of a
-    // declined card (bob); the refund events are covered by the expired-reservation test below.
+    // declined card (bob), and the relay's delivery; `StepRetried` follows the loop, the refund
+    // events are covered by the expired-reservation test below.
     let points = [
         ("OrderPlaced", ALICE),
         ("UserValidated", ALICE),
@@ -132,6 +133,7 @@ async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() 
         ("StockCommitted", ALICE),
         ("OrderConfirmed", ALICE),
         ("NotificationQueued", ALICE),
+        ("NotificationDelivered", ALICE),
         ("CompensationStarted", BOB),
         ("StockReleaseRequested", BOB),
         ("StockReleased", BOB),
@@ -172,6 +174,26 @@ async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() 
         assert_eq!(order["status"], want, "{point}: {order:#}");
         stack.assert_invariants();
     }
+
+    // `StepRetried`: with payment down, the failed call is logged on the order before the retry.
+    stack.kill(Kind::Order);
+    stack.spawn_with(Kind::Order, &[("SHOP_TEST_HOOKS", "1"), ("SHOP_CRASH_AFTER", "StepRetried")]).await;
+    stack.wait_ready(Kind::Order).await;
+    stack.wait_gateway_reaches_order().await;
+    stack.kill(Kind::Payment);
+    let (status, order, _) = stack.place(ALICE, items(&[("sku-3", 1)]), &[("prefer", "wait=0")]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{order}");
+    let id = order["id"].as_str().unwrap().to_string();
+    let crashed = eventually(Duration::from_secs(20), async || stack.is_down(Kind::Order)).await;
+    assert!(crashed, "order service did not crash after StepRetried\n{}", stack.log(Kind::Order));
+    let retried = "SELECT count(*) FROM order_events WHERE order_id = ?1 AND type = 'StepRetried'";
+    assert!(stack.count(Kind::Order, retried, &[&id]) >= 1);
+    stack.spawn(Kind::Payment).await;
+    stack.kill(Kind::Order);
+    stack.spawn(Kind::Order).await;
+    let order = stack.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+    stack.assert_invariants();
 }
 
 #[tokio::test(flavor = "multi_thread")]
