@@ -371,7 +371,8 @@ mod damage_tests {
     #[test]
     fn each_damage_fails_exactly_its_own_check() {
         assert!(failing(&settled()).is_empty());
-        let cases: [(&str, fn(&mut Snapshot)); 7] = [
+        type Damage = (&'static str, fn(&mut Snapshot));
+        let cases: [Damage; 7] = [
             ("stock_conservation", |s| s.stock[0].available += 1),
             ("stock_conservation", |s| {
                 // Balanced in sum but negative: still wrong.
