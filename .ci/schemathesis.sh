@@ -24,3 +24,5 @@ st --config-file "$config" run "$gateway/openapi.json" \
     --phases examples,coverage,fuzzing,stateful \
     -H "Authorization: Bearer dev-token-alice" \
     --max-examples 50 --seed 20261127 --no-color
+# Schemathesis placed real orders: they must leave the databases consistent too.
+shop inspect invariants --settle 30s

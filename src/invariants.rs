@@ -395,3 +395,122 @@ mod tests {
         assert!(!judge(&s).ok);
     }
 }
+
+/// Each check fails on its own kind of damage, and only on it.
+#[cfg(test)]
+mod damage_tests {
+    use super::*;
+    use crate::services::order::events::Item;
+
+    fn line(cents: i64) -> Vec<Item> {
+        vec![Item { product_id: "p".into(), quantity: 1, unit_price_cents: cents }]
+    }
+
+    fn settled() -> Snapshot {
+        Snapshot {
+            orders: vec![
+                OrderTotal {
+                    order_id: "o1".into(),
+                    status: Status::Confirmed,
+                    total_cents: 500,
+                    items: Some(line(500)),
+                },
+                OrderTotal { order_id: "o2".into(), status: Status::Failed, total_cents: 300, items: Some(line(300)) },
+            ],
+            stock: vec![Stock { product_id: "p".into(), initial: 10, available: 9, reserved: 0, sold: 1 }],
+            held: 0,
+            settlements: vec![
+                Settlement { order_id: "o1".into(), captured_cents: 500, refunded_cents: 0 },
+                Settlement { order_id: "o2".into(), captured_cents: 300, refunded_cents: 300 },
+            ],
+            notifications: [("o1".to_string(), 1), ("o2".to_string(), 1)].into(),
+            accepted: Some(vec!["o1".into(), "o2".into()]),
+        }
+    }
+
+    /// The names of the checks that fail on `s`.
+    fn failing(s: &Snapshot) -> Vec<String> {
+        let report = judge(s);
+        assert_eq!(report.ok, report.checks.iter().all(|c| c.ok));
+        report.checks.into_iter().filter(|c| !c.ok).map(|c| c.name).collect()
+    }
+
+    #[test]
+    fn each_damage_fails_exactly_its_own_check() {
+        assert!(failing(&settled()).is_empty());
+        type Damage = (&'static str, fn(&mut Snapshot));
+        let cases: [Damage; 7] = [
+            ("stock_conservation", |s| s.stock[0].available += 1),
+            ("stock_conservation", |s| {
+                // Balanced in sum but negative: still wrong.
+                s.stock[0].available = 12;
+                s.stock[0].sold = -2;
+            }),
+            ("charged_iff_confirmed", |s| s.settlements[0].captured_cents += 1),
+            ("charged_iff_confirmed", |s| s.settlements[0].refunded_cents = 500),
+            ("one_notification_per_terminal_order", |s| {
+                s.notifications.insert("o2".into(), 2);
+            }),
+            ("one_notification_per_terminal_order", |s| {
+                s.notifications.remove("o1");
+            }),
+            ("no_accepted_order_lost", |s| s.accepted.as_mut().unwrap().push("o9".into())),
+        ];
+        for (check, damage) in cases {
+            let mut s = settled();
+            damage(&mut s);
+            assert_eq!(failing(&s), [check]);
+        }
+        // An order left PENDING, with its stock still held: stuck, and nothing else is judged
+        // for it while it is in flight.
+        let mut s = settled();
+        s.orders[0].status = Status::Pending;
+        s.stock[0] = Stock { product_id: "p".into(), initial: 10, available: 9, reserved: 1, sold: 0 };
+        s.held = 1;
+        assert_eq!(failing(&s), ["nothing_stuck"]);
+    }
+
+    #[test]
+    fn money_or_notifications_for_an_order_that_does_not_exist_are_reported() {
+        let mut s = settled();
+        s.notifications.insert("ghost".into(), 1);
+        assert_eq!(
+            one_notification_per_terminal_order(&s).detail,
+            "ghost: 1 notifications for an order that does not exist"
+        );
+        // A refunded charge for an unknown order nets to nothing: no money moved.
+        s.settlements.push(Settlement { order_id: "ghost".into(), captured_cents: 10, refunded_cents: 10 });
+        assert!(charged_iff_confirmed(&s).ok);
+    }
+
+    #[test]
+    fn a_long_list_of_problems_shows_five_and_counts_the_rest() {
+        let problems: Vec<String> = (1..=8).map(|i| format!("p{i}")).collect();
+        let c = check("x", problems, "fine".into());
+        assert!(!c.ok);
+        assert_eq!(c.detail, "p1; p2; p3; p4; p5 (and 3 more)");
+        assert_eq!(check("x", vec![], "fine".into()), Check { name: "x".into(), ok: true, detail: "fine".into() });
+    }
+
+    #[test]
+    fn the_first_missing_database_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(format!("{n}.db"));
+        let dbs = Databases {
+            order: path("order"),
+            payment: path("payment"),
+            inventory: path("inventory"),
+            notification: path("notification"),
+            gateway: None,
+        };
+        assert_eq!(dbs.missing(), Some(path("order").as_path()));
+        for n in ["order", "payment"] {
+            std::fs::write(path(n), b"").unwrap();
+        }
+        assert_eq!(dbs.missing(), Some(path("inventory").as_path()));
+        for n in ["inventory", "notification"] {
+            std::fs::write(path(n), b"").unwrap();
+        }
+        assert_eq!(dbs.missing(), None);
+    }
+}

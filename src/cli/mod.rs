@@ -130,6 +130,7 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = context::Context::new(&cli);
+    crate::plumbing::test_hooks::warn_at_start();
     if let Command::Serve(args) = cli.command {
         return serve::run(args, cli.verbose, cli.quiet);
     }

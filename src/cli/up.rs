@@ -171,7 +171,9 @@ async fn watch(ctx: &Context, source: &Source, args: &Args, dir: &StateDir, star
     };
     progress.finish();
     let rows: Vec<PsRow> = status.rows.into_iter().filter(|r| r.state != InstanceState::Pending).collect();
-    let bad: Vec<&PsRow> = rows.iter().filter(|r| r.state != InstanceState::Healthy).collect();
+    // With services named, one the user stopped and did not name stays stopped: not an error.
+    let left_stopped = |r: &PsRow| !args.services.is_empty() && r.state == InstanceState::Stopped;
+    let bad: Vec<&PsRow> = rows.iter().filter(|r| r.state != InstanceState::Healthy && !left_stopped(r)).collect();
     if ctx.json {
         output::print_json(&rows);
     } else {

@@ -25,9 +25,10 @@ pub async fn launch(stack: Stack, dir: StateDir, services: &[String], no_deps: b
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control = listener.local_addr()?;
     let app = sup.control_api();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    // The hardened accept loop every service uses: the control API listens on loopback, but a
+    // stuck or hostile local client must not be able to hold the supervisor's only door shut.
+    let header_timeout = crate::plumbing::test_hooks::header_timeout();
+    tokio::spawn(crate::plumbing::http::serve(listener, app, header_timeout, std::future::pending()));
     dir.write_record(&sup.record(control))?;
     tokio::spawn(sup.clone().monitor());
     sup.spawn_up(targets);

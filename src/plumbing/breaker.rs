@@ -221,11 +221,22 @@ impl Breakers {
 mod tests {
     use super::*;
 
+    /// Polls `allow` until it lets a call through (the breaker went half open), within 30 s.
+    fn wait_for_trial(b: &Breakers, dependency: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.allow(dependency) {
+            assert!(Instant::now() < deadline, "the breaker never went half open");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn a_breaker_opens_rejects_half_opens_and_closes() {
+        // Open for 1 s: the "still open" checks right after opening cannot be outrun by a busy
+        // machine, and the half-open step is polled for rather than slept for.
         let b = Breakers::new(BreakerConfig {
             failure_threshold: 3,
-            open_for: Duration::from_millis(50),
+            open_for: Duration::from_secs(1),
             half_open_requests: 1,
         });
         for _ in 0..3 {
@@ -233,13 +244,11 @@ mod tests {
             b.record("payment", false);
         }
         assert!(!b.allow("payment"), "open after 3 failures");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(b.allow("payment"), "one trial when half open");
+        wait_for_trial(&b, "payment");
         assert!(!b.allow("payment"), "only one trial");
         b.record("payment", false);
         assert!(!b.allow("payment"), "a failed trial opens again");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(b.allow("payment"));
+        wait_for_trial(&b, "payment");
         b.record("payment", true);
         assert!(b.allow("payment") && b.allow("payment"), "closed after a good trial");
         let to: Vec<_> = b.transitions().iter().map(|t| t.to).collect();

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod otlp;
 pub mod spans;
+pub mod test_hooks;
 pub mod time;
 pub mod trace;
 pub mod yaml;

@@ -131,7 +131,8 @@ impl Service {
 ///
 /// Prints `listening on ADDRESS` as the first line of stdout once the port is bound, which is how
 /// a launcher that asked for port 0 learns the real one.
-pub async fn serve(kind: Kind, args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
+    crate::plumbing::test_hooks::gate(&mut args.tuning);
     let port = args.port.unwrap_or(kind.default_port());
     let listener = TcpListener::bind((args.bind, port)).await.with_context(|| {
         format!(

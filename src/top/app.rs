@@ -76,7 +76,7 @@ pub async fn run(control: Control, dir: StateDir, options: Options) -> anyhow::R
         }
         terminal.draw(|f| render::draw(f, &snap, &view)).context("cannot draw `shop top`")?;
         // For the test that a panic leaves a usable terminal, as `SHOP_CRASH_AFTER` does for sagas.
-        if std::env::var_os("SHOP_TOP_PANIC").is_some() {
+        if crate::plumbing::test_hooks::active("SHOP_TOP_PANIC") {
             panic!("SHOP_TOP_PANIC is set: panicking with the dashboard on screen");
         }
         tokio::select! {

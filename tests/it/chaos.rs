@@ -50,6 +50,13 @@ async fn breakers(http: &reqwest::Client, order: &str, p: &Project) -> Value {
     resp.unwrap().json().await.unwrap()
 }
 
+/// A service's own `/admin/faults` document.
+async fn admin_faults(address: &str, p: &Project) -> Value {
+    let http = reqwest::Client::new();
+    let resp = http.get(format!("http://{address}/admin/faults")).header("x-shop-secret", secret(p)).send().await;
+    resp.unwrap().json().await.unwrap()
+}
+
 fn secret(p: &Project) -> String {
     std::fs::read_to_string(p.dir.path().join(".shop/secret")).unwrap()
 }
@@ -64,7 +71,10 @@ async fn latency_and_errors_take_effect_at_once_and_end_on_clear_and_on_expiry()
     assert!(took >= Duration::from_millis(400), "{took:?}");
     assert_eq!(p.row("inventory")["faults"][0], "latency 400ms 100%");
     ok(&p, &["chaos", "clear", "inventory"]);
-    assert!(timed_get(&inventory).await.1 < Duration::from_millis(400));
+    // Cleared means gone from the service itself, not only from the supervisor's list.
+    let faults = admin_faults(&addr(&p, "inventory"), &p).await;
+    assert_eq!(faults["latency"], Value::Null, "{faults}");
+    assert!(p.row("inventory")["faults"].as_array().unwrap().is_empty(), "{}", p.row("inventory"));
 
     let user = format!("http://{}/v1/users/alice", addr(&p, "user"));
     ok(&p, &["chaos", "errors", "user", "--status", "500", "--for", "1s"]);
@@ -80,19 +90,78 @@ async fn latency_and_errors_take_effect_at_once_and_end_on_clear_and_on_expiry()
         .await
     );
     assert_eq!(p.shop(&["chaos", "latency", "nosuch", "1s"]).status.code(), Some(2));
+
+    // --jitter, --percent and --seed from the command line: the supervisor lists them, and about
+    // half of the requests wait (3 s ± 500 ms, so a delayed one takes at least 2.5 s), the
+    // others do not; both kinds must show among 20.
+    ok(&p, &["chaos", "latency", "inventory", "3s", "--jitter", "500ms", "--percent", "50", "--seed", "7"]);
+    let rows = json(&p.shop(&["chaos", "list", "--json"]));
+    assert_eq!(rows[0]["params"], serde_json::json!({"delay_ms": 3000, "jitter_ms": 500, "percent": 50.0}), "{rows}");
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let url = inventory.clone();
+        requests.spawn(async move { timed_get(&url).await });
+    }
+    let (mut slow, mut fast) = (0, 0);
+    while let Some(done) = requests.join_next().await {
+        let (status, took) = done.unwrap();
+        assert_eq!(status, 200);
+        if took >= Duration::from_millis(2500) {
+            slow += 1
+        } else {
+            fast += 1
+        }
+    }
+    assert!(slow > 0 && fast > 0, "{slow} delayed and {fast} not, of 20 at 50%");
+    ok(&p, &["chaos", "clear"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_keeps_a_service_down_until_the_fault_ends_and_pause_freezes_it() {
     let p = started("60s");
     let pid = p.row("payment")["pid"].as_u64().unwrap();
-    ok(&p, &["chaos", "kill", "payment", "--for", "1s"]);
-    let r = p.row("payment");
-    assert_eq!((r["state"].as_str(), r["faults"][0].as_str()), (Some("killed"), Some("killed")), "{r}");
+    ok(&p, &["chaos", "kill", "payment", "--for", "3s"]);
+    // Down for as long as the fault lasts: each row read while `chaos list` still shows the kill
+    // afterwards (so the fault was active when the row was read) says killed, with no process.
+    let mut seen_down = 0;
+    loop {
+        let r = p.row("payment");
+        let active = json(&p.shop(&["chaos", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["service"] == "payment" && f["fault"] == "kill");
+        if !active {
+            break;
+        }
+        assert_eq!((r["state"].as_str(), r["faults"][0].as_str()), (Some("killed"), Some("killed")), "{r}");
+        assert!(
+            r["pid"].is_null() || !shop::orchestrator::state_dir::process_alive(r["pid"].as_u64().unwrap() as u32),
+            "{r}"
+        );
+        seen_down += 1;
+    }
+    assert!(seen_down >= 1, "the kill was never seen in force");
     assert!(!shop::orchestrator::state_dir::process_alive(pid as u32));
     let back = eventually(Duration::from_secs(10), async || p.row("payment")["state"] == "healthy").await;
     assert!(back, "not restarted after --for: {}", p.row("payment"));
     assert_eq!(p.row("payment")["restarts"], 0, "a chaos kill is not a crash");
+
+    // --signal TERM lets the service stop cleanly (it logs `stopped`); SIGKILL gives it no chance.
+    let log = || std::fs::read_to_string(p.dir.path().join(".shop/logs/payment.log")).unwrap();
+    let stopped_before = log().matches("\"stopped\"").count() + log().matches(" stopped").count();
+    ok(&p, &["chaos", "kill", "payment", "--signal", "TERM"]);
+    let clean = eventually(Duration::from_secs(10), async || {
+        log().matches("\"stopped\"").count() + log().matches(" stopped").count() > stopped_before
+    })
+    .await;
+    assert!(clean, "no clean stop after SIGTERM:\n{}", log());
+    assert_eq!(p.row("payment")["state"], "killed");
+    let hup = p.shop(&["chaos", "kill", "payment", "--signal", "HUP"]);
+    assert_eq!(hup.status.code(), Some(2), "{}", stderr(&hup));
+    assert!(stderr(&hup).contains("--signal must be KILL or TERM"), "{}", stderr(&hup));
+    ok(&p, &["chaos", "clear", "payment"]);
+    assert!(eventually(Duration::from_secs(10), async || p.row("payment")["state"] == "healthy").await);
 
     ok(&p, &["chaos", "pause", "notification"]);
     let pid = p.row("notification")["pid"].as_u64().unwrap();
@@ -163,7 +232,8 @@ async fn orders_placed_while_payment_is_killed_all_confirm_after_clear_with_one_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partition_between_order_and_payment_never_leaves_an_order_half_done() {
     let p = started("2s");
-    ok(&p, &["chaos", "partition", "order", "payment", "--for", "4s"]);
+    // No --for: the partition lasts until cleared, so nothing below races its expiry.
+    ok(&p, &["chaos", "partition", "order", "payment"]);
     assert_eq!(p.row("order")["faults"][0], "partition payment");
     assert_eq!(p.row("payment")["faults"][0], "partition order");
     let mut ids = Vec::new();
@@ -171,11 +241,21 @@ async fn a_partition_between_order_and_payment_never_leaves_an_order_half_done()
         let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-2", "--wait", "0s", "--json"]);
         ids.push(json(&out)["id"].as_str().unwrap().to_string());
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    // Past the saga timeout but still partitioned: compensation (the refund or void) waits.
+    // Past the saga timeout (it gave up and started compensating) but still partitioned: the
+    // compensation (the refund or void) waits, and the order stays PENDING.
+    for id in &ids {
+        let mut last = Value::Null;
+        let gave_up = eventually(Duration::from_secs(20), async || {
+            last = json(&p.shop(&["--json", "inspect", "order", id]));
+            last.to_string().contains("CompensationStarted")
+        })
+        .await;
+        assert!(gave_up, "{id}: the saga never timed out: {last:#}");
+    }
     for id in &ids {
         assert_eq!(json(&p.shop(&["order", "get", id, "--json"]))["status"], "PENDING");
     }
+    ok(&p, &["chaos", "clear"]);
     for id in &ids {
         let mut last = Value::Null;
         let failed = eventually(Duration::from_secs(20), async || {

@@ -269,7 +269,18 @@ fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_fo
     let k8s_file = dir.path().join("k8s.yaml");
     let out = shop(
         dir.path(),
-        &["export", "k8s", "--namespace", "lab-ns", "--image", "reg.example/shop:7", "-o", "k8s.yaml"],
+        &[
+            "export",
+            "k8s",
+            "--namespace",
+            "lab-ns",
+            "--image",
+            "reg.example/shop:7",
+            "--image-for",
+            "web=python:3.12-slim",
+            "-o",
+            "k8s.yaml",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -299,6 +310,9 @@ fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_fo
 
     let web = find(&docs, "Deployment", "web");
     let w = container(web);
+    // --image-for overrides the image of that service only.
+    assert_eq!(w["image"], "python:3.12-slim");
+    assert_eq!(container(find(&docs, "StatefulSet", "user"))["image"], "reg.example/shop:7");
     assert_eq!(w["command"], serde_json::json!(["python3", "-m", "http.server", "9300", "--bind", "0.0.0.0"]));
     assert!(w["args"].is_null());
     assert_eq!(env_value(&docs, w, "PORT").as_deref(), Some("9300"));

@@ -55,6 +55,25 @@ fn load_places_every_order_and_reports_outcomes_that_match_the_order_database() 
     let db = shop::plumbing::db::open_read_only(&p.dir.path().join(".shop/data/order.db")).unwrap();
     let orders: i64 = db.query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0)).unwrap();
     assert_eq!(orders, 40);
+    // Outcome by outcome: every one of alice's orders confirmed, every one of bob's failed on
+    // the declined card, as the report counted them.
+    let mut rows =
+        db.prepare("SELECT user_id, status, coalesce(json_extract(failure, '$.code'), '') FROM orders").unwrap();
+    let outcomes: Vec<(String, String, String)> =
+        rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    for (user, status, code) in &outcomes {
+        let want = if user == "alice" { ("CONFIRMED", "") } else { ("FAILED", "card_declined") };
+        assert_eq!((user.as_str() == "alice" || user == "bob", status.as_str(), code.as_str()), (true, want.0, want.1));
+    }
+    let confirmed = outcomes.iter().filter(|o| o.1 == "CONFIRMED").count() as u64;
+    assert_eq!((confirmed, 40 - confirmed), (count(&report, "confirmed"), count(&report, "failed")));
+    // Money and stock agree with those outcomes: one capture per confirmed order, none else.
+    let payments = shop::plumbing::db::open_read_only(&p.dir.path().join(".shop/data/payment.db")).unwrap();
+    let captured: i64 =
+        payments.query_row("SELECT COUNT(*) FROM payments WHERE captured_cents > 0", [], |r| r.get(0)).unwrap();
+    assert_eq!(captured as u64, confirmed);
+    let inv = p.shop(&["inspect", "invariants", "--settle", "15s"]);
+    assert_eq!(inv.status.code(), Some(0), "{}", stdout(&inv));
 }
 
 #[test]
@@ -87,7 +106,8 @@ fn load_against_an_unreachable_gateway_stops_at_once_with_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot reach the gateway at http://127.0.0.1:1"), "{}", stderr(&out));
     assert_eq!(stdout(&out), "");
-    assert!(began.elapsed() < Duration::from_secs(10), "took {:?}", began.elapsed());
+    // Generous: "at once" means no retry loop over 100000 orders, not a speed on a busy machine.
+    assert!(began.elapsed() < Duration::from_secs(60), "took {:?}", began.elapsed());
 }
 
 #[test]
@@ -110,5 +130,5 @@ fn load_prints_a_table_and_honours_rate_and_duration() {
     let orders = count(&report, "orders");
     assert!((5..=12).contains(&orders), "{report}");
     assert_eq!(count(&report, "confirmed"), orders, "{report}");
-    assert!(began.elapsed() < Duration::from_secs(10), "took {:?}", began.elapsed());
+    assert!(began.elapsed() < Duration::from_secs(60), "took {:?}", began.elapsed());
 }

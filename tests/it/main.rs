@@ -3,12 +3,15 @@
 
 mod api;
 mod chaos;
+mod commands;
 mod dns;
 mod drills;
 mod drive;
 mod export;
 mod health;
+mod hooks;
 mod hostile;
+mod invariants;
 mod load;
 mod logs;
 mod props;

@@ -119,31 +119,45 @@ async fn unknown_products_and_sold_out_products_fail_the_order() {
 async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() {
     // The gateway's breaker toward order opens while order is down; let it retry soon.
     let mut stack = TestStack::with(Options::default().env(Kind::Gateway, "SHOP_BREAKER_OPEN_FOR", "200ms")).await;
+    // Every event the saga persists on the way to CONFIRMED (alice) and on the compensation of a
+    // declined card (bob), and the relay's delivery; `StepRetried` follows the loop, the refund
+    // events are covered by the expired-reservation test below.
     let points = [
-        "OrderPlaced",
-        "StockReservationRequested",
-        "StockReserved",
-        "PaymentRequested",
-        "PaymentCaptured",
-        "StockCommitted",
-        "CompensationStarted",
+        ("OrderPlaced", ALICE),
+        ("UserValidated", ALICE),
+        ("StockReservationRequested", ALICE),
+        ("StockReserved", ALICE),
+        ("PaymentRequested", ALICE),
+        ("PaymentCaptured", ALICE),
+        ("StockCommitRequested", ALICE),
+        ("StockCommitted", ALICE),
+        ("OrderConfirmed", ALICE),
+        ("NotificationQueued", ALICE),
+        ("NotificationDelivered", ALICE),
+        ("CompensationStarted", BOB),
+        ("StockReleaseRequested", BOB),
+        ("StockReleased", BOB),
+        ("OrderFailed", BOB),
     ];
-    for point in points {
-        // A declined card exercises the compensation path for the last point.
-        let token = if point == "CompensationStarted" { BOB } else { ALICE };
+    for (point, token) in points {
         stack.kill(Kind::Order);
-        stack.spawn_with(Kind::Order, &[("SHOP_CRASH_AFTER", point)]).await;
+        stack.spawn_with(Kind::Order, &[("SHOP_TEST_HOOKS", "1"), ("SHOP_CRASH_AFTER", point)]).await;
         stack.wait_ready(Kind::Order).await;
         stack.wait_gateway_reaches_order().await;
         let before = stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]);
         let (status, _, _) = stack.place(token, items(&[("sku-3", 1)]), &[("prefer", "wait=2")]).await;
-        assert!(status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::ACCEPTED, "{point}: {status}");
+        // A crash after the order is settled (confirmed or failed) may come after the answer.
+        assert!(
+            [StatusCode::SERVICE_UNAVAILABLE, StatusCode::ACCEPTED, StatusCode::CREATED].contains(&status),
+            "{point}: {status}"
+        );
         let exited = eventually(Duration::from_secs(10), async || stack.process(Kind::Order).exited()).await;
         assert!(
             exited,
             "order service did not crash after {point} (placing answered {status})\n{}",
             stack.log(Kind::Order)
         );
+        assert!(stack.log(Kind::Order).contains("warning: test hooks active (SHOP_CRASH_AFTER)"));
         assert_eq!(
             stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]),
             before + 1,
@@ -160,6 +174,26 @@ async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() 
         assert_eq!(order["status"], want, "{point}: {order:#}");
         stack.assert_invariants();
     }
+
+    // `StepRetried`: with payment down, the failed call is logged on the order before the retry.
+    stack.kill(Kind::Order);
+    stack.spawn_with(Kind::Order, &[("SHOP_TEST_HOOKS", "1"), ("SHOP_CRASH_AFTER", "StepRetried")]).await;
+    stack.wait_ready(Kind::Order).await;
+    stack.wait_gateway_reaches_order().await;
+    stack.kill(Kind::Payment);
+    let (status, order, _) = stack.place(ALICE, items(&[("sku-3", 1)]), &[("prefer", "wait=0")]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{order}");
+    let id = order["id"].as_str().unwrap().to_string();
+    let crashed = eventually(Duration::from_secs(20), async || stack.is_down(Kind::Order)).await;
+    assert!(crashed, "order service did not crash after StepRetried\n{}", stack.log(Kind::Order));
+    let retried = "SELECT count(*) FROM order_events WHERE order_id = ?1 AND type = 'StepRetried'";
+    assert!(stack.count(Kind::Order, retried, &[&id]) >= 1);
+    stack.spawn(Kind::Payment).await;
+    stack.kill(Kind::Order);
+    stack.spawn(Kind::Order).await;
+    let order = stack.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+    stack.assert_invariants();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,6 +225,7 @@ async fn notifications_queued_while_the_notification_service_is_down_arrive_exac
 async fn a_charge_answered_after_the_client_timeout_is_found_not_repeated() {
     let options = Options::default()
         .env(Kind::Order, "SHOP_CLIENT_TIMEOUT", "300ms")
+        .env(Kind::Payment, "SHOP_TEST_HOOKS", "1")
         .env(Kind::Payment, "SHOP_FAULT_DELAY", "800ms")
         .env(Kind::Payment, "SHOP_FAULT_DELAY_REQUESTS", "1");
     let stack = TestStack::with(options).await;
@@ -229,7 +264,7 @@ async fn a_saga_past_its_timeout_is_compensated_once_payment_returns() {
 async fn an_expired_reservation_cannot_be_committed_and_the_charge_is_refunded() {
     let mut stack = TestStack::with(Options::default().env(Kind::Inventory, "SHOP_RESERVATION_TTL", "300ms")).await;
     stack.kill(Kind::Order);
-    stack.spawn_with(Kind::Order, &[("SHOP_CRASH_AFTER", "PaymentCaptured")]).await;
+    stack.spawn_with(Kind::Order, &[("SHOP_TEST_HOOKS", "1"), ("SHOP_CRASH_AFTER", "PaymentCaptured")]).await;
     stack.wait_ready(Kind::Order).await;
     stack.wait_gateway_reaches_order().await;
     let (_, _, _) = stack.place(ALICE, items(&[("sku-2", 1)]), &[("prefer", "wait=1")]).await;
@@ -240,10 +275,24 @@ async fn an_expired_reservation_cannot_be_committed_and_the_charge_is_refunded()
         let conn = shop::plumbing::db::open_read_only(&stack.db(Kind::Order)).unwrap();
         conn.query_row("SELECT order_id FROM orders", [], |r| r.get(0)).unwrap()
     };
+    // The compensation owes a refund: crash after asking for it, and again after getting it; each
+    // restart carries on from the log.
+    for point in ["PaymentRefundRequested", "PaymentRefunded"] {
+        stack.kill(Kind::Order);
+        stack.spawn_doomed(Kind::Order, &[("SHOP_TEST_HOOKS", "1"), ("SHOP_CRASH_AFTER", point)]);
+        let crashed = eventually(Duration::from_secs(20), async || stack.is_down(Kind::Order)).await;
+        assert!(crashed, "order service did not crash after {point}\n{}", stack.log(Kind::Order));
+        let persisted = "SELECT count(*) FROM order_events WHERE order_id = ?1 AND type = ?2";
+        assert_eq!(stack.count(Kind::Order, persisted, &[&id, &point]), 1, "{point} persisted once");
+    }
     stack.kill(Kind::Order);
     stack.spawn(Kind::Order).await;
     let order = stack.wait_terminal(&id, Duration::from_secs(20)).await;
     assert_eq!(order["failure"]["code"], "reservation_expired", "{order:#}");
+    let types: Vec<&str> = order["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    for wanted in ["PaymentRefundRequested", "PaymentRefunded", "OrderFailed"] {
+        assert_eq!(types.iter().filter(|t| **t == wanted).count(), 1, "{wanted} once in {types:?}");
+    }
     assert_eq!(stack.count(Kind::Payment, "SELECT refunded_cents FROM payments WHERE order_id = ?1", &[&id]), 3250);
     stack.assert_invariants();
 }

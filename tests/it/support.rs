@@ -121,6 +121,21 @@ impl TestStack {
         self.procs.insert(kind, proc);
     }
 
+    /// Starts `kind` with `extra` environment without waiting for it to be healthy: for a process
+    /// a crash hook may end before it answers.
+    pub fn spawn_doomed(&mut self, kind: Kind, extra: &[(&str, &str)]) {
+        let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let cmd = self.command(kind, &extra);
+        if let Ok(proc) = ServiceProcess::spawn(&cmd, Duration::from_secs(20)) {
+            self.procs.insert(kind, proc);
+        }
+    }
+
+    /// Whether `kind` is not running: never started, killed, or exited.
+    pub fn is_down(&mut self, kind: Kind) -> bool {
+        self.procs.get_mut(&kind).is_none_or(|p| p.exited())
+    }
+
     pub async fn wait_ready(&self, kind: Kind) {
         let addr = self.procs[&kind].address;
         wait_healthy(&self.http, addr, "/readyz", Duration::from_secs(10))

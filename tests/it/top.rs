@@ -200,7 +200,7 @@ fn a_panic_with_the_dashboard_on_screen_still_restores_the_terminal() {
     let tmux = Tmux::new();
     let dir = p.dir.path().display().to_string();
     let script = format!(
-        "cd '{dir}' && env -u SHOP_STACK -u SHOP_STATE_DIR SHOP_TOP_PANIC=1 RUST_BACKTRACE=0 '{BIN}' top 2>&1; echo top-exited-$?; sleep 600"
+        "cd '{dir}' && env -u SHOP_STACK -u SHOP_STATE_DIR SHOP_TEST_HOOKS=1 SHOP_TOP_PANIC=1 RUST_BACKTRACE=0 '{BIN}' top 2>&1; echo top-exited-$?; sleep 600"
     );
     tmux.run(&["new-session", "-d", "-x", "80", "-y", "24", "-s", "top", "sh", "-c", &script]);
     let screen = tmux.wait_for("top to exit", |s| s.contains("top-exited-"));

@@ -188,7 +188,9 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(format!("at most {MAX_ITEMS} items per order, got {}", body.items.len())));
     }
     for item in &body.items {
-        if item.product_id.is_empty() || item.product_id.len() > MAX_ID_LEN {
+        // Characters, not bytes: the OpenAPI document's `maxLength` counts characters (JSON
+        // Schema), so 64 of `é` are as valid as 64 of `e`.
+        if item.product_id.is_empty() || item.product_id.chars().count() > MAX_ID_LEN {
             return Err(ApiError::bad_request(format!("`product_id` must be 1 to {MAX_ID_LEN} characters")));
         }
         item.check_quantity().map_err(ApiError::bad_request)?;
@@ -413,8 +415,12 @@ mod tests {
         assert!(validate(&OrderBody { items: vec![item("a", 1001)] }).is_err());
         assert!(validate(&OrderBody { items: vec![item(&"x".repeat(65), 1)] }).is_err());
         assert!(validate(&OrderBody { items: (0..101).map(|i| item(&format!("p{i}"), 1)).collect() }).is_err());
-        assert!(validate(&OrderBody { items: vec![item("a", 1), item("a", 2)] }).is_err());
+        // Lines for one product are merged by the order service, not refused.
+        assert!(validate(&OrderBody { items: vec![item("a", 1), item("a", 2)] }).is_ok());
         assert!(validate(&OrderBody { items: vec![item("a", 1000), item(&"x".repeat(64), 1)] }).is_ok());
+        // 64 characters of two bytes each are within the limit; 65 are not.
+        assert!(validate(&OrderBody { items: vec![item(&"é".repeat(64), 1)] }).is_ok());
+        assert!(validate(&OrderBody { items: vec![item(&"é".repeat(65), 1)] }).is_err());
     }
 
     #[test]

@@ -130,7 +130,8 @@ pub fn document(server: &str) -> Value {
                         "description": "Order lines; lines for the same product_id are merged into one, their quantities added", "items": {
                         "type": "object", "required": ["product_id", "quantity"], "additionalProperties": false,
                         "properties": {
-                            "product_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                            "product_id": {"type": "string", "minLength": 1, "maxLength": 64,
+                                "description": "1 to 64 characters (Unicode code points, not bytes)"},
                             "quantity": {"type": "integer", "minimum": 1, "maximum": 1000}
                         }
                     }}}

@@ -68,7 +68,13 @@ async fn deliver(store: &Store, client: &ServiceClient, spans: &SpanStore, row: 
         spans.record(trace, parent.as_deref(), format!("relay {}", row.event_id), start, status);
     }
     let outcome = match result {
-        Ok(d) => store.delivered(&row, d.notification_id).await,
+        Ok(d) => {
+            let done = store.delivered(&row, d.notification_id).await;
+            if done.is_ok() {
+                crate::plumbing::test_hooks::crash_after("NotificationDelivered", &row.order_id);
+            }
+            done
+        }
         Err(e) => {
             let wait = backoff(row.attempts.min(20) as u32, Duration::from_millis(100), Duration::from_secs(5));
             tracing::warn!(event_id = %row.event_id, order_id = %row.order_id, attempt = row.attempts + 1, error = %e, "notification delivery failed; will retry");
