@@ -55,9 +55,9 @@ fn each_kind_of_damage_fails_exactly_its_own_invariant() {
     snapshot(&p, &undamaged);
     let (code, failed, report) = inspect(&p, &undamaged);
     assert_eq!((code, failed.len()), (Some(0), 0), "{report:#}");
-    assert_eq!(report["checks"].as_array().unwrap().len(), 5, "{report:#}");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 6, "{report:#}");
 
-    let damages: [(&str, &str, &str); 5] = [
+    let damages: [(&str, &str, &str); 6] = [
         ("stock_conservation", "inventory", "UPDATE products SET available = available + 1 WHERE product_id = 'sku-1'"),
         (
             "charged_iff_confirmed",
@@ -74,6 +74,13 @@ fn each_kind_of_damage_fails_exactly_its_own_invariant() {
         ),
         ("no_accepted_order_lost", "gateway", "INSERT INTO accepted_orders VALUES ('ord-never-stored', 'u1', 0)"),
         ("nothing_stuck", "order", "UPDATE orders SET status = 'PENDING' WHERE status = 'CONFIRMED'"),
+        // The lines, not the total: a changed total would also break charged_iff_confirmed.
+        (
+            "totals_match_items",
+            "order",
+            "UPDATE orders SET items = json_set(items, '$[0].quantity', json_extract(items, '$[0].quantity') + 1)
+             WHERE status = 'CONFIRMED'",
+        ),
     ];
     for (check, db, sql) in damages {
         let state = copies.path().join(check);
