@@ -208,16 +208,34 @@ impl Tally {
     }
 }
 
+/// How orders were started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Each worker starts its next order when the last one answered (no `rate`).
+    Closed,
+    /// Order `n` starts at `start + n / rate`, whatever earlier orders did.
+    Open,
+}
+
 /// The report, in the field names of the JSON contract.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// Open loop (`rate` set: orders start on a schedule) or closed loop (each worker waits).
+    pub mode: Mode,
     pub orders: u64,
     pub confirmed: u64,
     pub failed: u64,
     pub pending: u64,
     pub errors: u64,
+    /// Orders the open-loop schedule called for that could not start (concurrency cap).
+    pub dropped: u64,
     pub duration_s: f64,
     pub throughput_per_s: f64,
+    /// Orders per second the schedule asked for; `None` in closed loop.
+    pub target_rate_per_s: Option<f64>,
+    /// Orders per second that actually started.
+    pub achieved_rate_per_s: f64,
     pub latency_ms: Latency,
     pub failures_by_code: BTreeMap<String, u64>,
     pub errors_by_kind: BTreeMap<String, u64>,
@@ -457,7 +475,11 @@ fn summarize(total: &Tally, elapsed: Duration) -> Summary {
     let orders = total.orders();
     let secs = elapsed.as_secs_f64();
     Summary {
+        mode: Mode::Closed,
         orders,
+        dropped: 0,
+        target_rate_per_s: None,
+        achieved_rate_per_s: 0.0,
         confirmed: total.confirmed,
         failed: total.failed(),
         pending: total.pending,

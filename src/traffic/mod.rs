@@ -7,6 +7,8 @@
 
 pub mod engine;
 pub mod gateway;
+pub mod threshold;
 
-pub use engine::{Load, LoadError, LoadPlan, PlanError, Report, Sample, Summary, MAX_CONCURRENCY};
+pub use engine::{Load, LoadError, LoadPlan, Mode, PlanError, Report, Sample, Summary, MAX_CONCURRENCY};
 pub use gateway::{Gateway, Outcome};
+pub use threshold::{Measures, Threshold, ThresholdError, ThresholdResult};
