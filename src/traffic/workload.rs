@@ -112,11 +112,12 @@ pub fn parse_weighted_item(s: &str) -> Result<((String, i64), Option<u32>), MixE
     Ok((item, w))
 }
 
+/// Order lines as (product id, quantity).
+pub type Items = Vec<(String, i64)>;
+
 /// Weighted items as (items, weights): `None` when no item has a weight (every order then
 /// holds every item), an error when only some have one.
-pub fn split_items(
-    items: Vec<((String, i64), Option<u32>)>,
-) -> Result<(Vec<(String, i64)>, Option<Vec<u32>>), MixError> {
+pub fn split_items(items: Vec<((String, i64), Option<u32>)>) -> Result<(Items, Option<Vec<u32>>), MixError> {
     let weighted = items.iter().filter(|(_, w)| w.is_some()).count();
     let (items, weights): (Vec<_>, Vec<_>) = items.into_iter().unzip();
     match weighted {
