@@ -76,6 +76,7 @@ async fn plan(ctx: &Context, drill: &Drill) -> anyhow::Result<LoadPlan> {
         rate: spec.rate,
         duration: None,
         items: spec.items.clone(),
+        weights: Default::default(),
         wait: ORDER_WAIT,
         record: true,
         progress: super::load::progress_bar(spec.orders, ctx.quiet),
