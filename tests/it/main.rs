@@ -17,3 +17,4 @@ mod smoke;
 mod stack;
 mod support;
 mod top;
+mod wire;
