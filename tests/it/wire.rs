@@ -90,7 +90,8 @@ async fn a_proxy_with_no_toxic_relays_every_byte() {
 #[tokio::test]
 async fn a_blackhole_makes_the_client_hit_its_timeout_and_close_after_ends_it() {
     let (addr, _) = server(1000).await;
-    let proxy = Proxy::start(addr, spec(Toxic::Blackhole { close_after_ms: None }, Direction::Both), None).await.unwrap();
+    let proxy =
+        Proxy::start(addr, spec(Toxic::Blackhole { close_after_ms: None }, Direction::Both), None).await.unwrap();
     let seen = call(proxy.address(), Duration::from_millis(800)).await;
     assert_eq!((seen.bytes, seen.error), (0, Some(ErrorKind::TimedOut)));
     // reqwest, as the services call, times out the same way.
@@ -107,10 +108,8 @@ async fn a_blackhole_makes_the_client_hit_its_timeout_and_close_after_ends_it() 
 async fn reset_gives_the_client_a_connection_reset_in_the_middle_of_the_response() {
     let (addr, _) = server(200_000).await;
     // The body trickles at 50 KB/s, so the reset after 500 ms lands mid-response.
-    let toxics = vec![
-        ToxicSpec::new(Toxic::Bandwidth { bytes_per_s: 50_000 }),
-        ToxicSpec::new(Toxic::Reset { after_ms: 500 }),
-    ];
+    let toxics =
+        vec![ToxicSpec::new(Toxic::Bandwidth { bytes_per_s: 50_000 }), ToxicSpec::new(Toxic::Reset { after_ms: 500 })];
     let proxy = Proxy::start(addr, toxics, None).await.unwrap();
     let seen = call(proxy.address(), Duration::from_secs(10)).await;
     assert_eq!(seen.error, Some(ErrorKind::ConnectionReset));
@@ -194,8 +193,10 @@ fn stderr(o: &std::process::Output) -> String {
 }
 
 fn started() -> Project {
-    let text = crate::stack::stack_yaml("")
-        .replace("  backoff: 50ms\n", "  backoff: 50ms\n  client: { timeout: 500ms, circuit_breaker: { failure_threshold: 3, open_for: 500ms } }\n");
+    let text = crate::stack::stack_yaml("").replace(
+        "  backoff: 50ms\n",
+        "  backoff: 50ms\n  client: { timeout: 500ms, circuit_breaker: { failure_threshold: 3, open_for: 500ms } }\n",
+    );
     let p = Project::with_file(&text);
     let up = p.shop(&["up", "-d", "-q"]);
     assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
@@ -205,12 +206,8 @@ fn started() -> Project {
 /// The address the registry gives `caller` for `instance`.
 async fn seen_by(p: &Project, caller: &str, instance: &str) -> String {
     let registry = p.row("registry")["address"].as_str().unwrap().to_string();
-    let list: Value = reqwest::get(format!("http://{registry}/v1/instances?caller={caller}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value =
+        reqwest::get(format!("http://{registry}/v1/instances?caller={caller}")).await.unwrap().json().await.unwrap();
     let row = list.as_array().unwrap().iter().find(|r| r["instance"] == instance).cloned().unwrap();
     row["address"].as_str().unwrap().to_string()
 }
@@ -241,7 +238,8 @@ async fn a_net_fault_detours_only_its_callers_through_a_proxy_and_ends_on_clear_
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(p.row("payment")["faults"].as_array().unwrap().len(), 2);
     assert_eq!(seen_by(&p, "order", "payment").await, detour, "one proxy carries both");
-    let expired = eventually(Duration::from_secs(10), async || p.row("payment")["faults"].as_array().unwrap().len() == 1).await;
+    let expired =
+        eventually(Duration::from_secs(10), async || p.row("payment")["faults"].as_array().unwrap().len() == 1).await;
     assert!(expired, "the slicer did not expire");
 
     let out = p.shop(&["chaos", "clear"]);
@@ -289,12 +287,16 @@ async fn under_load_with_each_toxic_class_on_payment_the_invariants_hold_after_s
         &["slicer", "--size", "20", "--delay", "1ms"],
         &["blackhole", "--close-after", "300ms", "--toxicity", "30", "--seed", "3"],
     ];
+    let real = p.row("payment")["address"].as_str().unwrap().to_string();
     for toxic in toxics {
         let mut args = vec!["chaos", "net", "payment"];
         args.extend_from_slice(toxic);
         args.extend_from_slice(&["--for", "3s"]);
         let out = p.shop(&args);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        // Orders go through the proxy only once order's discovery has refreshed.
+        let detoured = eventually(Duration::from_secs(5), async || seen_by(&p, "order", "payment").await != real).await;
+        assert!(detoured, "order was never handed the proxy");
         let load = p.shop(&["load", "--orders", "30", "--concurrency", "4", "--json"]);
         assert!(load.status.code().is_some(), "{}", stderr(&load));
         let out = p.shop(&["chaos", "clear"]);
