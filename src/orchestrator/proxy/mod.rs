@@ -276,7 +276,9 @@ where
             if let Toxic::Latency { delay_ms, jitter_ms } = t {
                 let jitter = if *jitter_ms > 0 { rng.gen_range(-(*jitter_ms as i64)..=*jitter_ms as i64) } else { 0 };
                 let ms = (*delay_ms as i64 + jitter).max(0) as u64;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
             }
         }
         let slicer = toxics.iter().find_map(|t| match t {
