@@ -250,7 +250,9 @@ fn bad_drill_files_exit_2_with_every_problem_at_its_line_and_column() {
     assert_eq!(
         err,
         "error: kind.yaml:4:15: faults[0]: unknown field `crash`, expected one of `at`, `for`, `kill`, `pause`, \
-         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`\n"
+         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`, \
+         `refuse`, `net`, `toxic`, `after`, `close_after`, `rate`, `size`, `variation`, `bytes`, `direction`, \
+         `toxicity`, `from`\n"
     );
 
     // Several problems: one line each, in file order, then the summary a stack file gets.
