@@ -63,6 +63,7 @@ for i in $(seq "$rounds"); do
 done
 median "$work/orders"
 rss > "$work/rss_load"
+bench/wire.sh "$bin" "$state" | tee "$work/wire.md"   # SPEC 13: proxy overhead per hop, same run
 shop inspect invariants --settle 30s --json > "$work/invariants.json" || true
 t2=$(ms); shop down -q; t3=$(ms)
 down_ms=$((t3 - t2))

@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use super::context::Context;
 use super::{exit, output};
+use crate::error::Failure;
 use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow};
+use crate::orchestrator::proxy::toxic::{duration_ms, parse_rate, parse_size};
+use crate::orchestrator::proxy::{Direction, Toxic, ToxicKind, ToxicSpec};
 use crate::plumbing::time::parse_duration;
 
 #[derive(clap::Subcommand, Debug)]
@@ -59,19 +62,102 @@ pub enum ChaosCommand {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Calls between A and B fail as a network partition would, both ways
+    /// Cut the wire between A and B both ways: calls hang until the caller's timeout
     Partition {
         a: String,
         b: String,
         #[arg(long = "for", value_parser = parse_duration)]
         for_: Option<Duration>,
+        /// Refuse the calls at once instead of letting them hang (the callers' client fails them)
+        #[arg(long)]
+        refuse: bool,
     },
+    /// Break the wire in front of a service with a TCP proxy and a toxic (SPEC section 13)
+    Net(NetArgs),
     /// The active faults
     List,
     /// Remove faults (of one service, or all) and restart what chaos stopped
     Clear { target: Option<String> },
     /// Run a scripted drill (load, a timeline of faults, expectations) and report
     Drill(super::drill::Args),
+}
+
+/// `shop chaos net TARGET TOXIC [PARAMS]`. Durations, rates and sizes accept no sign, so a
+/// negative value is named as such rather than taken for a flag.
+#[derive(clap::Args, Debug)]
+pub struct NetArgs {
+    target: String,
+    toxic: ToxicKind,
+    /// latency, slow-close, slicer: how long
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    delay: Option<Duration>,
+    /// latency: ± this much at random
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    jitter: Option<Duration>,
+    /// bandwidth: kilobytes per second (10, 10KB/s, 500B/s)
+    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
+    rate: Option<u64>,
+    /// blackhole: close the connection after this long (default: hang)
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    close_after: Option<Duration>,
+    /// reset: how long after the connection opens
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    after: Option<Duration>,
+    /// slicer: slice size (bytes, or 1KB)
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
+    size: Option<u64>,
+    /// slicer: ± this many bytes per slice
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
+    variation: Option<u64>,
+    /// limit-data: close after this many bytes (512, 50KB)
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
+    bytes: Option<u64>,
+    /// up: request bytes; down: response bytes
+    #[arg(long, value_enum, default_value_t = Direction::Both)]
+    direction: Direction,
+    /// Share of connections affected, 0 to 100
+    #[arg(long, default_value_t = 100.0, allow_hyphen_values = true)]
+    toxicity: f64,
+    /// Only calls from this service go through the proxy (default: every caller)
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long = "for", value_parser = parse_duration, allow_hyphen_values = true)]
+    for_: Option<Duration>,
+    /// Makes toxicity and jitter reproducible
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl NetArgs {
+    /// The toxic with its parameters; a missing required one is named with an example.
+    fn toxic(&self) -> Result<Toxic, String> {
+        let need = |what: &str, example: &str| {
+            format!("`{}` needs {what}, e.g. shop chaos net {} {} {example}", self.toxic, self.target, self.toxic)
+        };
+        let ms = |d: Option<Duration>| d.map(duration_ms);
+        Ok(match self.toxic {
+            ToxicKind::Latency => Toxic::Latency {
+                delay_ms: ms(self.delay).ok_or_else(|| need("--delay", "--delay 200ms"))?,
+                jitter_ms: ms(self.jitter).unwrap_or(0),
+            },
+            ToxicKind::Bandwidth => {
+                Toxic::Bandwidth { bytes_per_s: self.rate.ok_or_else(|| need("--rate (KB/s)", "--rate 10"))? }
+            }
+            ToxicKind::SlowClose => {
+                Toxic::SlowClose { delay_ms: ms(self.delay).ok_or_else(|| need("--delay", "--delay 1s"))? }
+            }
+            ToxicKind::Blackhole => Toxic::Blackhole { close_after_ms: ms(self.close_after) },
+            ToxicKind::Reset => Toxic::Reset { after_ms: ms(self.after).unwrap_or(0) },
+            ToxicKind::Slicer => Toxic::Slicer {
+                size: self.size.ok_or_else(|| need("--size", "--size 64 --delay 10ms"))?,
+                variation: self.variation.unwrap_or(0),
+                delay_ms: ms(self.delay).unwrap_or(0),
+            },
+            ToxicKind::LimitData => {
+                Toxic::LimitData { bytes: self.bytes.ok_or_else(|| need("--bytes", "--bytes 1000"))? }
+            }
+        })
+    }
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -128,13 +214,26 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             seed,
             ..Default::default()
         },
-        ChaosCommand::Partition { a, b, for_ } => ChaosRequest {
+        ChaosCommand::Partition { a, b, for_, refuse } => ChaosRequest {
             action: ChaosAction::Partition,
             target: a,
             peer: Some(b),
             for_ms: ms(for_),
+            refuse,
             ..Default::default()
         },
+        ChaosCommand::Net(args) => {
+            let toxic = args.toxic().map_err(Failure::usage)?;
+            ChaosRequest {
+                action: ChaosAction::Net,
+                target: args.target,
+                for_ms: ms(args.for_),
+                seed: args.seed,
+                from: args.from,
+                net: Some(ToxicSpec { toxic, direction: args.direction, toxicity: args.toxicity }),
+                ..Default::default()
+            }
+        }
         ChaosCommand::Drill(_) => unreachable!("handled above"),
     };
     let rows = control.chaos(&request).await?;

@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::orchestrator::protocol::{ChaosAction, ChaosRequest};
+use crate::orchestrator::proxy::toxic::{duration_ms, parse_rate, parse_size};
+use crate::orchestrator::proxy::{Direction, Toxic, ToxicKind, ToxicSpec};
 use crate::plumbing::time::parse_duration;
 use crate::plumbing::yaml::{self, Bool, Check, FileError, Float, Int, List, Node, Pos, Raw, Sp, Text};
 use crate::raw_struct;
@@ -54,11 +56,37 @@ pub struct Fault {
 /// What a fault does, to what.
 #[derive(Clone, Debug)]
 pub enum Action {
-    Kill { target: String, restart: bool, signal: String },
-    Pause { target: String },
-    Latency { target: String, delay: Duration, jitter: Option<Duration>, percent: f64 },
-    Errors { target: String, status: u16, percent: f64 },
-    Partition { target: String, with: String },
+    Kill {
+        target: String,
+        restart: bool,
+        signal: String,
+    },
+    Pause {
+        target: String,
+    },
+    Latency {
+        target: String,
+        delay: Duration,
+        jitter: Option<Duration>,
+        percent: f64,
+    },
+    Errors {
+        target: String,
+        status: u16,
+        percent: f64,
+    },
+    /// `refuse`: the old instant refusal; otherwise the wire is cut (blackhole both ways).
+    Partition {
+        target: String,
+        with: String,
+        refuse: bool,
+    },
+    /// A wire fault: `- { at: 2s, net: payment, toxic: reset, after: 50ms, for: 5s }`.
+    Net {
+        target: String,
+        spec: ToxicSpec,
+        from: Option<String>,
+    },
 }
 
 /// The `expect:` mapping.
@@ -101,6 +129,7 @@ impl Fault {
             Action::Latency { .. } => ChaosAction::Latency,
             Action::Errors { .. } => ChaosAction::Errors,
             Action::Partition { .. } => ChaosAction::Partition,
+            Action::Net { .. } => ChaosAction::Net,
         }
     }
 
@@ -110,14 +139,16 @@ impl Fault {
             | Action::Pause { target }
             | Action::Latency { target, .. }
             | Action::Errors { target, .. }
-            | Action::Partition { target, .. } => target,
+            | Action::Partition { target, .. }
+            | Action::Net { target, .. } => target,
         }
     }
 
     /// The names the fault acts on: its target, and a partition's other side.
     pub fn names(&self) -> Vec<&str> {
         match &self.action {
-            Action::Partition { target, with } => vec![target, with],
+            Action::Partition { target, with, .. } => vec![target, with],
+            Action::Net { target, from: Some(from), .. } => vec![target, from],
             _ => vec![self.target()],
         }
     }
@@ -137,7 +168,14 @@ impl Fault {
                 json!({"delay_ms": ms(delay), "jitter_ms": jitter.as_ref().map(ms).unwrap_or(0), "percent": percent})
             }
             Action::Errors { status, percent, .. } => json!({"status": status, "percent": percent}),
-            Action::Partition { with, .. } => json!({"with": with}),
+            Action::Partition { with, refuse, .. } => json!({"with": with, "refuse": refuse}),
+            Action::Net { spec, from, .. } => {
+                let mut v = serde_json::to_value(spec).unwrap_or_default();
+                if let (Some(m), Some(from)) = (v.as_object_mut(), from) {
+                    m.insert("from".into(), json!(from));
+                }
+                v
+            }
         }
     }
 
@@ -160,7 +198,24 @@ impl Fault {
                 parts.push(format!("{percent}%"));
             }
             Action::Errors { status, percent, .. } => parts.push(format!("{status} {percent}%")),
-            Action::Partition { with, .. } => parts.push(format!("with {with}")),
+            Action::Partition { with, refuse, .. } => {
+                parts.push(format!("with {with}"));
+                if *refuse {
+                    parts.push("refuse".into());
+                }
+            }
+            Action::Net { spec, from, .. } => {
+                parts.push(format!("{} {}", spec.toxic.kind(), spec.toxic.describe()));
+                if spec.direction != Direction::Both {
+                    parts.push(spec.direction.as_str().into());
+                }
+                if spec.toxicity < 100.0 {
+                    parts.push(format!("{}%", spec.toxicity));
+                }
+                if let Some(from) = from {
+                    parts.push(format!("from {from}"));
+                }
+            }
         }
         if let Some(d) = self.for_ {
             parts.push(format!("for {}", humantime::format_duration(d)));
@@ -192,7 +247,12 @@ impl Fault {
             Action::Errors { status, percent, .. } => {
                 ChaosRequest { status: Some(*status), percent: Some(*percent), seed, ..base }
             }
-            Action::Partition { with, .. } => ChaosRequest { peer: Some(with.clone()), ..base },
+            Action::Partition { with, refuse, .. } => {
+                ChaosRequest { peer: Some(with.clone()), refuse: *refuse, ..base }
+            }
+            Action::Net { spec, from, .. } => {
+                ChaosRequest { net: Some(spec.clone()), from: from.clone(), seed, ..base }
+            }
         }
     }
 
@@ -256,6 +316,18 @@ raw_struct!(
         jitter: Text = text,
         percent: Float = float,
         status: Int = int,
+        refuse: Bool = boolean,
+        net: Text = text,
+        toxic: Text = text,
+        after: Text = text,
+        close_after: Text = text,
+        rate: Text = text,
+        size: Text = text,
+        variation: Text = text,
+        bytes: Text = text,
+        direction: Text = text,
+        toxicity: Float = float,
+        from: Text = text,
     }
 );
 raw_struct!(RawExpect { invariants: Text = text, settle_within: Text = text, min_confirmed_percent: Float = float });
@@ -399,11 +471,11 @@ fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
 }
 
 /// The keys that name a fault's kind and its target.
-const KINDS: [&str; 5] = ["kill", "pause", "latency", "errors", "partition"];
+const KINDS: [&str; 6] = ["kill", "pause", "latency", "errors", "partition", "net"];
 
 fn validate_fault(c: &mut Check, read: &ReadFault, path: &str) -> Option<Fault> {
     let (raw, at) = (&read.raw, read.at);
-    let named: Vec<(&str, &Sp<String>)> = [&raw.kill, &raw.pause, &raw.latency, &raw.errors, &raw.partition]
+    let named: Vec<(&str, &Sp<String>)> = [&raw.kill, &raw.pause, &raw.latency, &raw.errors, &raw.partition, &raw.net]
         .into_iter()
         .zip(KINDS)
         .filter_map(|(v, k)| v.as_ref().map(|v| (k, v)))
@@ -418,7 +490,7 @@ fn validate_fault(c: &mut Check, read: &ReadFault, path: &str) -> Option<Fault> 
         [] if !read.clean => return None,
         [] => {
             let message = format!(
-                "{path}: a fault needs one of `kill`, `pause`, `latency`, `errors`, `partition` naming its target, \
+                "{path}: a fault needs one of `kill`, `pause`, `latency`, `errors`, `partition`, `net` naming its target, \
                  e.g. {{ at: 1s, kill: payment, for: 3s }}"
             );
             return c.fail(at, message);
@@ -426,7 +498,7 @@ fn validate_fault(c: &mut Check, read: &ReadFault, path: &str) -> Option<Fault> 
         many => {
             let keys: Vec<&str> = many.iter().map(|(k, _)| *k).collect();
             let message = format!(
-                "{path}: a fault has exactly one of kill, pause, latency, errors, partition, not {}; \
+                "{path}: a fault has exactly one of kill, pause, latency, errors, partition, net, not {}; \
                  write one entry per fault",
                 keys.join(" and ")
             );
@@ -438,12 +510,23 @@ fn validate_fault(c: &mut Check, read: &ReadFault, path: &str) -> Option<Fault> 
         return c.fail(target.at, format!("{path}: `{kind}` must name a service or an instance"));
     }
     // Options that belong to another kind of fault are mistakes, not extras to ignore.
-    let options: [(&str, Option<Pos>, &[&str]); 7] = [
+    let options: [(&str, Option<Pos>, &[&str]); 18] = [
         ("with", raw.with.as_ref().map(|v| v.at), &["partition"]),
+        ("refuse", raw.refuse.as_ref().map(|v| v.at), &["partition"]),
         ("restart", raw.restart.as_ref().map(|v| v.at), &["kill"]),
         ("signal", raw.signal.as_ref().map(|v| v.at), &["kill"]),
-        ("delay", raw.delay.as_ref().map(|v| v.at), &["latency"]),
-        ("jitter", raw.jitter.as_ref().map(|v| v.at), &["latency"]),
+        ("delay", raw.delay.as_ref().map(|v| v.at), &["latency", "net"]),
+        ("jitter", raw.jitter.as_ref().map(|v| v.at), &["latency", "net"]),
+        ("toxic", raw.toxic.as_ref().map(|v| v.at), &["net"]),
+        ("after", raw.after.as_ref().map(|v| v.at), &["net"]),
+        ("close_after", raw.close_after.as_ref().map(|v| v.at), &["net"]),
+        ("rate", raw.rate.as_ref().map(|v| v.at), &["net"]),
+        ("size", raw.size.as_ref().map(|v| v.at), &["net"]),
+        ("variation", raw.variation.as_ref().map(|v| v.at), &["net"]),
+        ("bytes", raw.bytes.as_ref().map(|v| v.at), &["net"]),
+        ("direction", raw.direction.as_ref().map(|v| v.at), &["net"]),
+        ("toxicity", raw.toxicity.as_ref().map(|v| v.at), &["net"]),
+        ("from", raw.from.as_ref().map(|v| v.at), &["net"]),
         ("percent", raw.percent.as_ref().map(|v| v.at), &["latency", "errors"]),
         ("status", raw.status.as_ref().map(|v| v.at), &["errors"]),
     ];
@@ -514,6 +597,7 @@ fn action(
             };
             Some(Action::Errors { target, status, percent: percent? })
         }
+        "net" => net_action(c, raw, target, at, path),
         _ => {
             let with = raw.with.as_ref().map(|w| w.v.trim().to_string()).filter(|w| !w.is_empty());
             let Some(with) = with else {
@@ -523,9 +607,82 @@ fn action(
             if with == target {
                 return c.fail(at, format!("{path}: a partition needs two different sides, not `{target}` twice"));
             }
-            Some(Action::Partition { target, with })
+            Some(Action::Partition { target, with, refuse: raw.refuse.as_ref().is_some_and(|r| r.v) })
         }
     }
+}
+
+/// A `net:` fault: the toxic and its parameters, with the names of `shop chaos net`.
+fn net_action(c: &mut Check, raw: &RawFault, target: String, at: Pos, path: &str) -> Option<Action> {
+    let Some(raw_toxic) = &raw.toxic else {
+        return c.fail(
+            at,
+            format!("{path}: a net fault needs a `toxic`, e.g. {{ at: 2s, net: payment, toxic: reset, after: 50ms }}"),
+        );
+    };
+    let kind = match ToxicKind::parse(raw_toxic.v.trim()) {
+        Ok(k) => k,
+        Err(e) => return c.fail(raw_toxic.at, format!("{path}: {e}")),
+    };
+    let ms = |c: &mut Check, raw: &Text, key: &str| -> Result<Option<u64>, ()> {
+        optional_duration(c, raw, &format!("{path}.{key}")).map(|d| d.map(duration_ms))
+    };
+    let number =
+        |c: &mut Check, raw: &Text, key: &str, parse: fn(&str) -> Result<u64, String>| -> Result<Option<u64>, ()> {
+            match raw {
+                None => Ok(None),
+                Some(v) => match parse(&v.v) {
+                    Ok(n) => Ok(Some(n)),
+                    Err(e) => {
+                        c.report(v.at, format!("{path}.{key}: {e}"));
+                        Err(())
+                    }
+                },
+            }
+        };
+    let delay = ms(c, &raw.delay, "delay");
+    let jitter = ms(c, &raw.jitter, "jitter");
+    let after = ms(c, &raw.after, "after");
+    let close_after = ms(c, &raw.close_after, "close_after");
+    let rate = number(c, &raw.rate, "rate", parse_rate);
+    let size = number(c, &raw.size, "size", parse_size);
+    let variation = number(c, &raw.variation, "variation", parse_size);
+    let bytes = number(c, &raw.bytes, "bytes", parse_size);
+    let (delay, jitter, after, close_after) = (delay.ok()?, jitter.ok()?, after.ok()?, close_after.ok()?);
+    let (rate, size, variation, bytes) = (rate.ok()?, size.ok()?, variation.ok()?, bytes.ok()?);
+    let mut need = |key: &str, example: &str| -> Option<u64> {
+        c.fail(at, format!("{path}: a `{kind}` toxic needs `{key}`, e.g. {key}: {example}"))
+    };
+    let toxic = match kind {
+        ToxicKind::Latency => {
+            Toxic::Latency { delay_ms: delay.or_else(|| need("delay", "200ms"))?, jitter_ms: jitter.unwrap_or(0) }
+        }
+        ToxicKind::Bandwidth => Toxic::Bandwidth { bytes_per_s: rate.or_else(|| need("rate", "10KB/s"))? },
+        ToxicKind::SlowClose => Toxic::SlowClose { delay_ms: delay.or_else(|| need("delay", "1s"))? },
+        ToxicKind::Blackhole => Toxic::Blackhole { close_after_ms: close_after },
+        ToxicKind::Reset => Toxic::Reset { after_ms: after.unwrap_or(0) },
+        ToxicKind::Slicer => Toxic::Slicer {
+            size: size.or_else(|| need("size", "64"))?,
+            variation: variation.unwrap_or(0),
+            delay_ms: delay.unwrap_or(0),
+        },
+        ToxicKind::LimitData => Toxic::LimitData { bytes: bytes.or_else(|| need("bytes", "1000"))? },
+    };
+    if let Err(e) = toxic.validate() {
+        return c.fail(at, format!("{path}: {e}"));
+    }
+    let direction = match raw.direction.as_ref().map(|d| d.v.trim()) {
+        None | Some("both") => Direction::Both,
+        Some("up") => Direction::Up,
+        Some("down") => Direction::Down,
+        Some(other) => {
+            let at = raw.direction.as_ref().map_or(at, |d| d.at);
+            return c.fail(at, format!("{path}: `direction` is up, down or both, not `{other}`"));
+        }
+    };
+    let toxicity = percent(c, &raw.toxicity, path, "toxicity")?;
+    let from = raw.from.as_ref().map(|f| f.v.trim().to_string());
+    Some(Action::Net { target, spec: ToxicSpec { toxic, direction, toxicity }, from })
 }
 
 fn validate_expect(c: &mut Check, raw: &RawExpect) -> Option<Expect> {
@@ -618,7 +775,7 @@ expect:
             ("  - { at: 1s, kill: payment, pause: order }\n", "d.yaml:4:5: faults[0]: a fault has exactly one of"),
             (
                 "  - { at: 1s, kill: payment, delay: 1s }\n",
-                "d.yaml:4:37: faults[0]: `delay` belongs to a latency fault",
+                "d.yaml:4:37: faults[0]: `delay` belongs to a latency or net fault",
             ),
             ("  - { at: 1s, errors: payment, percent: 130 }\n", "d.yaml:4:41: faults[0]: `percent` must be between"),
             ("  - { at: 1s, partition: order }\n", "d.yaml:4:5: faults[0]: a partition needs the other side"),
@@ -655,5 +812,28 @@ d.yaml:5:11: faults[1].at: `2 parsecs` is not a duration (unknown time unit \"pa
             parse("- a\n").unwrap_err(),
             "d.yaml:1:1: a drill file must be a mapping with `name:` and `load:`, not a list"
         );
+    }
+
+    #[test]
+    fn net_faults_read_the_toxic_and_its_parameters_and_name_a_bad_toxic() {
+        let head = "name: x\nload: { orders: 10 }\nfaults:\n";
+        let d = parse(&format!("{head}  - {{ at: 2s, net: payment, toxic: reset, after: 50ms, for: 5s }}\n")).unwrap();
+        let f = &d.faults[0];
+        assert_eq!((f.kind(), f.target()), ("net", "payment"));
+        assert_eq!(f.describe(), "reset after=50ms for 5s");
+        let req = f.request(Some(7));
+        assert_eq!(req.net.unwrap().toxic, Toxic::Reset { after_ms: 50 });
+        let d = parse(&format!(
+            "{head}  - {{ at: 1s, net: payment, toxic: bandwidth, rate: 10KB/s, direction: down, toxicity: 50, from: order }}\n"
+        ))
+        .unwrap();
+        assert_eq!(d.faults[0].names(), ["payment", "order"]);
+        assert_eq!(d.faults[0].params()["bytes_per_s"], 10_000);
+        let err = parse(&format!("{head}  - {{ at: 1s, net: payment, toxic: explode }}\n")).unwrap_err();
+        assert!(err.contains("d.yaml:4:36: faults[0]: unknown toxic `explode`; the toxics are: latency,"), "{err}");
+        let err = parse(&format!("{head}  - {{ at: 1s, net: payment, toxic: limit-data, bytes: -3 }}\n")).unwrap_err();
+        assert!(err.contains("is not a size"), "{err}");
+        let err = parse(&format!("{head}  - {{ at: 1s, kill: payment, toxic: reset }}\n")).unwrap_err();
+        assert!(err.contains("`toxic` belongs to a net fault"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 //! - [`supervisor`]: start a stack in dependency order, health-check, restart per policy,
 //!   apply chaos, answer the control API; [`daemon`] runs one, [`control`] talks to one
 //! - [`protocol`]: the control API's requests and responses, shared by both sides
+//! - [`proxy`]: the TCP proxy and its toxics behind `shop chaos net` and wire partitions
 //! - [`env`]: the environment a service runs with, from its stack file entry (used by the
 //!   supervisor and by `shop export`)
 //! - [`state_dir`]: where a running stack keeps its record, secret, logs and databases
@@ -18,6 +19,7 @@ pub mod env;
 pub mod launcher;
 pub mod ports;
 pub mod protocol;
+pub mod proxy;
 pub mod stackfile;
 pub mod state_dir;
 pub mod supervisor;

@@ -136,6 +136,8 @@ pub enum ChaosAction {
     Latency,
     Errors,
     Partition,
+    /// A wire fault: a proxy with a toxic in front of the target (SPEC section 13).
+    Net,
 }
 
 impl ChaosAction {
@@ -147,6 +149,7 @@ impl ChaosAction {
             ChaosAction::Latency => "latency",
             ChaosAction::Errors => "errors",
             ChaosAction::Partition => "partition",
+            ChaosAction::Net => "net",
         }
     }
 
@@ -173,6 +176,7 @@ impl std::str::FromStr for ChaosAction {
             ChaosAction::Latency,
             ChaosAction::Errors,
             ChaosAction::Partition,
+            ChaosAction::Net,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)
@@ -209,6 +213,15 @@ pub struct ChaosRequest {
     pub signal: Option<String>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// net: the toxic, its direction and toxicity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::orchestrator::proxy::ToxicSpec>,
+    /// net: only calls from this service go through the proxy (default: every caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// partition: refuse calls at once in the callers' client instead of cutting the wire.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuse: bool,
 }
 
 /// The body of `POST /v1/chaos/clear`: one service's or instance's faults, or all.
@@ -253,7 +266,7 @@ mod tests {
 
     #[test]
     fn chaos_actions_serialize_as_their_names_and_parse_back() {
-        for action in ["kill", "pause", "resume", "latency", "errors", "partition"] {
+        for action in ["kill", "pause", "resume", "latency", "errors", "partition", "net"] {
             let parsed: ChaosAction = action.parse().unwrap();
             assert_eq!(serde_json::to_value(parsed).unwrap(), serde_json::json!(action));
             assert_eq!(parsed.to_string(), action);

@@ -36,6 +36,18 @@ pub struct InstanceStatus {
     pub status: String,
 }
 
+/// A wire fault's detour (SPEC section 13): callers named by `from` (all callers when `None`)
+/// are told `address` (a proxy) for `instance` instead of its own address. The supervisor puts
+/// the whole list with `PUT /v1/routes`; the registry applies it to `GET /v1/instances?caller=`,
+/// so each caller learns the detour on its next refresh and the real address once it is gone.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Route {
+    pub instance: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    pub address: String,
+}
+
 /// Where instances come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -191,7 +203,11 @@ impl Discovery {
         if self.mode == Mode::Dns {
             return true;
         }
-        let url = format!("{}/v1/instances", self.registry);
+        // Naming the caller lets the registry hand it a wire fault's proxy instead (see [`Route`]).
+        let url = match &self.me {
+            Some(me) => format!("{}/v1/instances?caller={}", self.registry, me.service),
+            None => format!("{}/v1/instances", self.registry),
+        };
         let Ok(resp) = self.http.get(url).timeout(Duration::from_secs(2)).send().await else { return false };
         let Ok(list) = resp.json::<Vec<InstanceStatus>>().await else { return false };
         let mut by_service: HashMap<String, Vec<Instance>> = HashMap::new();

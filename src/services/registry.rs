@@ -1,19 +1,24 @@
 //! The service registry: instances register their address, heartbeat, and are evicted when they
 //! stay silent past the TTL. Lookups are served from memory; the database keeps a record of
 //! registrations for `shop inspect`.
+//!
+//! Wire faults: the supervisor puts the detours of active wire faults with `PUT /v1/routes`
+//! (stack secret required), and `GET /v1/instances?caller=SERVICE` answers that caller with a
+//! proxy's address in place of the instance it fronts. A listing without `caller` (an operator's
+//! view) always shows the real addresses.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{Runtime, Service};
-use crate::plumbing::discovery::{Instance, InstanceStatus};
+use crate::plumbing::discovery::{Instance, InstanceStatus, Route};
 use crate::plumbing::error::{ApiError, ApiPath, JsonBody};
 use crate::plumbing::time::{now_ms, rfc3339};
 
@@ -35,17 +40,21 @@ struct Entry {
 #[derive(Clone)]
 struct Registry {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    /// Detours of the wire faults in force, as the supervisor last put them.
+    routes: Arc<Mutex<Vec<Route>>>,
     ttl: Duration,
     rt: Arc<Runtime>,
 }
 
 pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
-    let registry = Registry { entries: Arc::default(), ttl: rt.args.tuning.ttl, rt: rt.clone() };
+    let registry =
+        Registry { entries: Arc::default(), routes: Arc::default(), ttl: rt.args.tuning.ttl, rt: rt.clone() };
     let evictor = evict_loop(registry.clone());
     let routes = Router::new()
         .route("/v1/register", post(register))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/instances", get(list))
+        .route("/v1/routes", get(get_routes).put(put_routes))
         .route("/v1/instances/{instance}", delete(deregister))
         .route("/v1/services/{service}", get(lookup))
         .with_state(registry);
@@ -138,8 +147,56 @@ fn snapshot(reg: &Registry, service: Option<&str>) -> Vec<InstanceStatus> {
     out
 }
 
-async fn list(State(reg): State<Registry>) -> Json<Vec<InstanceStatus>> {
-    Json(snapshot(&reg, None))
+#[derive(Deserialize)]
+struct ListQuery {
+    /// The calling service; its wire-fault detours apply.
+    caller: Option<String>,
+}
+
+async fn list(State(reg): State<Registry>, Query(q): Query<ListQuery>) -> Json<Vec<InstanceStatus>> {
+    let mut out = snapshot(&reg, None);
+    if let Some(caller) = q.caller {
+        let routes = reg.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &mut out {
+            // A detour for this very caller wins over one for every caller.
+            let mine = |r: &&Route| r.instance == s.instance.instance && r.from.as_deref() == Some(caller.as_str());
+            let any = |r: &&Route| r.instance == s.instance.instance && r.from.is_none();
+            if let Some(r) = routes.iter().find(mine).or_else(|| routes.iter().find(any)) {
+                s.instance.address = r.address.clone();
+            }
+        }
+    }
+    Json(out)
+}
+
+fn admin(reg: &Registry, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if crate::plumbing::admin::secret_matches(reg.rt.args.tuning.secret.as_deref(), headers) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("routes need the stack secret in `x-shop-secret`"))
+    }
+}
+
+async fn get_routes(State(reg): State<Registry>, headers: axum::http::HeaderMap) -> Result<Json<Vec<Route>>, ApiError> {
+    admin(&reg, &headers)?;
+    Ok(Json(reg.routes.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+}
+
+/// Replaces every detour at once: the supervisor always sends the whole set.
+async fn put_routes(
+    State(reg): State<Registry>,
+    headers: axum::http::HeaderMap,
+    JsonBody(routes): JsonBody<Vec<Route>>,
+) -> Result<StatusCode, ApiError> {
+    admin(&reg, &headers)?;
+    for r in &routes {
+        if r.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::bad_request(format!("`address` must be host:port, got `{}`", r.address)));
+        }
+    }
+    tracing::info!(routes = routes.len(), "wire-fault routes updated");
+    *reg.routes.lock().unwrap_or_else(|p| p.into_inner()) = routes;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn lookup(State(reg): State<Registry>, ApiPath(service): ApiPath<String>) -> Json<Vec<InstanceStatus>> {

@@ -247,8 +247,9 @@ fn bad_drill_files_exit_2_with_every_problem_at_its_line_and_column() {
     assert_eq!(
         err,
         "error: key.yaml:4:30: faults[0]: unknown field `forr`, expected one of `at`, `for`, `kill`, `pause`, \
-         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`; \
-         did you mean `for`?\n"
+         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`, \
+         `refuse`, `net`, `toxic`, `after`, `close_after`, `rate`, `size`, `variation`, `bytes`, `direction`, \
+         `toxicity`, `from`; did you mean `for`?\n"
     );
 
     let (code, err) =
@@ -266,7 +267,9 @@ fn bad_drill_files_exit_2_with_every_problem_at_its_line_and_column() {
     assert_eq!(
         err,
         "error: kind.yaml:4:15: faults[0]: unknown field `crash`, expected one of `at`, `for`, `kill`, `pause`, \
-         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`\n"
+         `latency`, `errors`, `partition`, `with`, `restart`, `signal`, `delay`, `jitter`, `percent`, `status`, \
+         `refuse`, `net`, `toxic`, `after`, `close_after`, `rate`, `size`, `variation`, `bytes`, `direction`, \
+         `toxicity`, `from`\n"
     );
 
     // Several problems: one line each, in file order, then the summary a stack file gets.

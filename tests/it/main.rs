@@ -23,3 +23,4 @@ mod stack;
 mod support;
 mod telemetry;
 mod top;
+mod wire;

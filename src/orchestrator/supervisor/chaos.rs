@@ -1,6 +1,7 @@
 //! Chaos on a running stack, kept by the supervisor: process faults it applies itself (kill,
 //! pause) and request faults it pushes to services' admin endpoints (latency, errors,
-//! partitions). Every fault is remembered until it expires or is cleared, so `ps` and
+//! refusing partitions), and wire faults it runs proxies for (`net`, partitions that cut the
+//! wire; see [`super::wire`]). Every fault is remembered until it expires or is cleared, so `ps` and
 //! `chaos list` can show it and a restarted process gets its service's faults again.
 
 use crate::plumbing::admin::AdminClient;
@@ -13,6 +14,7 @@ use nix::sys::signal::Signal;
 
 use super::Supervisor;
 use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow, InstanceState};
+use crate::orchestrator::proxy::{ToxicKind, ToxicSpec};
 use crate::orchestrator::stackfile::Program;
 use crate::plumbing::time::now_ms;
 
@@ -20,9 +22,25 @@ use crate::plumbing::time::now_ms;
 pub enum FaultKind {
     Kill,
     Pause,
-    Latency { delay_ms: u64, jitter_ms: u64, percent: f64 },
-    Errors { status: u16, percent: f64 },
-    Partition { peer_service: String },
+    Latency {
+        delay_ms: u64,
+        jitter_ms: u64,
+        percent: f64,
+    },
+    Errors {
+        status: u16,
+        percent: f64,
+    },
+    /// `refuse`: the old instant refusal in the callers' client; otherwise a blackhole on the wire.
+    Partition {
+        peer_service: String,
+        refuse: bool,
+    },
+    /// A toxic on the wire in front of the target; `from` is the one caller it applies to.
+    Net {
+        spec: ToxicSpec,
+        from: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -46,6 +64,22 @@ impl ActiveFault {
             FaultKind::Latency { .. } => "latency",
             FaultKind::Errors { .. } => "errors",
             FaultKind::Partition { .. } => "partition",
+            FaultKind::Net { .. } => "net",
+        }
+    }
+
+    /// The toxic of a wire fault, so a second one of the same toxic replaces the first.
+    fn toxic(&self) -> Option<ToxicKind> {
+        match &self.kind {
+            FaultKind::Net { spec, .. } => Some(spec.toxic.kind()),
+            _ => None,
+        }
+    }
+
+    fn from(&self) -> Option<&str> {
+        match &self.kind {
+            FaultKind::Net { from, .. } => from.as_deref(),
+            _ => None,
         }
     }
 
@@ -55,7 +89,20 @@ impl ActiveFault {
             FaultKind::Pause => "paused".into(),
             FaultKind::Latency { delay_ms, percent, .. } => format!("latency {delay_ms}ms {percent}%"),
             FaultKind::Errors { status, percent } => format!("errors {status} {percent}%"),
-            FaultKind::Partition { peer_service } => format!("partition {peer_service}"),
+            FaultKind::Partition { peer_service, .. } => format!("partition {peer_service}"),
+            FaultKind::Net { spec, from } => {
+                let mut label = format!("net {} {}", spec.toxic.kind(), spec.toxic.describe());
+                if spec.direction != crate::orchestrator::proxy::Direction::Both {
+                    label.push_str(&format!(" {}", spec.direction.as_str()));
+                }
+                if spec.toxicity < 100.0 {
+                    label.push_str(&format!(" {}%", spec.toxicity));
+                }
+                if let Some(from) = from {
+                    label.push_str(&format!(" from {from}"));
+                }
+                label
+            }
         }
     }
 
@@ -66,7 +113,16 @@ impl ActiveFault {
                 serde_json::json!({"delay_ms": delay_ms, "jitter_ms": jitter_ms, "percent": percent})
             }
             FaultKind::Errors { status, percent } => serde_json::json!({"status": status, "percent": percent}),
-            FaultKind::Partition { peer_service } => serde_json::json!({"peer": peer_service}),
+            FaultKind::Partition { peer_service, refuse } => {
+                serde_json::json!({"peer": peer_service, "wire": if *refuse { "refuse" } else { "blackhole" }})
+            }
+            FaultKind::Net { spec, from } => {
+                let mut v = serde_json::to_value(spec).unwrap_or_default();
+                if let (Some(m), Some(from)) = (v.as_object_mut(), from) {
+                    m.insert("from".into(), from.clone().into());
+                }
+                v
+            }
         }
     }
 
@@ -83,7 +139,7 @@ impl ActiveFault {
             FaultKind::Errors { status, percent } => {
                 set.errors = Some(Errors { status: *status, percent: *percent, until_ms })
             }
-            FaultKind::Partition { peer_service } => {
+            FaultKind::Partition { peer_service, refuse: true } => {
                 // Each side refuses its calls to the other: both directions are cut.
                 let peer =
                     if self.instances.contains(&idx) { peer_service.clone() } else { sup.registry_name(&self.target) };
@@ -105,7 +161,9 @@ pub fn labels(chaos: &[ActiveFault], idx: usize) -> Vec<String> {
         .iter()
         .filter(|f| f.covers(idx))
         .map(|f| match (&f.kind, f.peer_instances.contains(&idx)) {
-            (FaultKind::Partition { .. }, true) => format!("partition {}", f.target),
+            (FaultKind::Partition { refuse, .. }, true) => {
+                format!("partition {}{}", f.target, if *refuse { " refuse" } else { "" })
+            }
             _ => f.label(),
         })
         .collect()
@@ -211,21 +269,67 @@ impl Supervisor {
                     return Err("a partition needs two different services".into());
                 }
                 fault.peer_instances = peer_instances;
-                fault.kind = FaultKind::Partition { peer_service: self.registry_name(&peer_service) };
+                fault.kind =
+                    FaultKind::Partition { peer_service: self.registry_name(&peer_service), refuse: req.refuse };
+                if !req.refuse {
+                    self.require_running(&instances, &req.target)?;
+                    self.require_running(&fault.peer_instances, &peer)?;
+                }
+            }
+            ChaosAction::Net => {
+                let spec = req.net.clone().ok_or("net needs a toxic, e.g. `shop chaos net payment reset`")?;
+                spec.toxic.validate()?;
+                if !(0.0..=100.0).contains(&spec.toxicity) {
+                    return Err(format!("--toxicity must be 0 to 100, got {}", spec.toxicity));
+                }
+                if let Some(from) = &req.from {
+                    let services: Vec<String> = self.stack.services.iter().map(|s| s.name.clone()).collect();
+                    if !services.contains(from) {
+                        return Err(format!(
+                            "--from names `{from}`, which is not a service in this stack; the services are: {}",
+                            services.join(", ")
+                        ));
+                    }
+                }
+                self.require_running(&instances, &req.target)?;
+                fault.kind = FaultKind::Net { spec, from: req.from.clone() };
             }
         }
         self.push(&fault).await?;
+        let wire = matches!(fault.kind, FaultKind::Net { .. } | FaultKind::Partition { refuse: false, .. });
         {
             let mut inner = self.lock();
-            // A new fault of the same kind on the same instances replaces the old one.
+            // A new fault of the same kind on the same instances replaces the old one; wire faults
+            // replace only the same toxic for the same caller, and different toxics stack.
             inner.chaos.retain(|f| {
                 !(f.name() == fault.name()
                     && f.instances == fault.instances
-                    && f.peer_instances == fault.peer_instances)
+                    && f.peer_instances == fault.peer_instances
+                    && f.toxic() == fault.toxic()
+                    && f.from() == fault.from())
             });
             inner.chaos.push(fault);
         }
+        if wire {
+            self.sync_wire().await?;
+        }
         Ok(self.chaos_rows())
+    }
+
+    /// A wire fault needs each instance it fronts to run (the proxy needs its address).
+    fn require_running(&self, instances: &[usize], target: &str) -> Result<(), String> {
+        let inner = self.lock();
+        let down: Vec<String> = instances
+            .iter()
+            .map(|i| &inner.instances[*i])
+            .filter(|i| !i.state.running() || i.address.is_none())
+            .map(|i| format!("`{}` is {}", i.name, i.state))
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("`{target}` is not running ({}); start it first: shop start {target}", down.join(", ")))
+        }
     }
 
     /// Sends a request fault to every running instance it covers.
@@ -257,7 +361,7 @@ impl Supervisor {
         let class = match fault.kind {
             FaultKind::Latency { .. } => FaultClass::Latency,
             FaultKind::Errors { .. } => FaultClass::Errors,
-            FaultKind::Partition { .. } => FaultClass::Partitions,
+            FaultKind::Partition { refuse: true, .. } => FaultClass::Partitions,
             _ => return,
         };
         let addrs: Vec<String> = {
@@ -351,6 +455,12 @@ impl Supervisor {
                 }
             }
             FaultKind::Pause => self.resume(&fault.instances),
+            FaultKind::Net { .. } | FaultKind::Partition { refuse: false, .. } => {
+                // The fault is already off the list: reconciling retires its proxies.
+                if let Err(e) = self.sync_wire().await {
+                    tracing::warn!(error = %e, "wire faults");
+                }
+            }
             _ => self.clear_remote(&fault).await,
         }
     }
@@ -408,6 +518,16 @@ impl Supervisor {
 
     /// Gives a freshly started instance the request faults its service is under.
     pub(super) async fn reapply_faults(&self, idx: usize) {
+        // A restarted target has a new address for its proxies; a restarted registry has
+        // forgotten the detours.
+        let wire = self
+            .lock()
+            .chaos
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::Net { .. } | FaultKind::Partition { refuse: false, .. }));
+        if wire {
+            let _ = self.sync_wire().await;
+        }
         let faults: Vec<ActiveFault> = self.lock().chaos.iter().filter(|f| f.covers(idx)).cloned().collect();
         for f in faults {
             let only_me = ActiveFault {

@@ -17,6 +17,7 @@ mod api;
 pub mod chaos;
 mod lifecycle;
 mod restart;
+mod wire;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -102,6 +103,8 @@ pub struct Supervisor {
     /// other service.
     registry_spec: ServiceSpec,
     inner: Mutex<Inner>,
+    /// The proxies of active wire faults.
+    wire: wire::Wire,
     /// Fires when `down` is asked for (by the API or a signal).
     pub shutdown: Notify,
 }
@@ -165,6 +168,7 @@ impl Supervisor {
             http: crate::plumbing::client::http_client(),
             spawner: Spawner::new()?,
             inner: Mutex::new(Inner { instances, chaos: Vec::new(), registry: None, starting: 0, stopping: false }),
+            wire: wire::Wire::default(),
             shutdown: Notify::new(),
         }))
     }

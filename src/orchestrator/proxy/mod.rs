@@ -1,0 +1,345 @@
+//! A TCP proxy that sits between callers and one target instance and breaks the wire on
+//! purpose (SPEC section 13), after Toxiproxy's design: every accepted connection gets its own
+//! upstream connection and two pipes (up: caller to target, down: target to caller), and each
+//! chunk read from one side passes through the active toxics before it is written to the other.
+//!
+//! - [`toxic`]: the toxics, their directions and parameter parsers
+//! - [`Proxy`]: one listener; its toxics and upstream can change while it runs, and dropping it
+//!   closes the listener and every connection through it
+//!
+//! Toxicity is decided once per connection (a connection is either affected or not, as in
+//! Toxiproxy): a number drawn in `[0, 100)` from the proxy's random source, seeded by `--seed`
+//! so that the same seed affects the same connections in the same order, and the jitter of
+//! each connection comes from the same source.
+
+pub mod toxic;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use toxic::{Direction, Toxic, ToxicKind, ToxicSpec};
+
+/// What every connection of a proxy reads on each chunk, so a change applies at once.
+#[derive(Clone, Debug)]
+struct Shared {
+    toxics: Arc<Vec<ToxicSpec>>,
+    upstream: SocketAddr,
+}
+
+/// One running proxy. Dropping it aborts the accept loop, which owns every connection task, so
+/// nothing it relayed outlives it.
+pub struct Proxy {
+    address: SocketAddr,
+    state: watch::Sender<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("address", &self.address).field("state", &*self.state.borrow()).finish()
+    }
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and relays to `upstream` through `toxics`.
+    pub async fn start(upstream: SocketAddr, toxics: Vec<ToxicSpec>, seed: Option<u64>) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let address = listener.local_addr()?;
+        let (state, rx) = watch::channel(Shared { toxics: Arc::new(toxics), upstream });
+        let rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_entropy(),
+        };
+        let task = tokio::spawn(accept_loop(listener, rx, rng));
+        Ok(Proxy { address, state, task })
+    }
+
+    /// Where callers connect.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn upstream(&self) -> SocketAddr {
+        self.state.borrow().upstream
+    }
+
+    pub fn toxics(&self) -> Vec<ToxicSpec> {
+        self.state.borrow().toxics.as_ref().clone()
+    }
+
+    /// Replaces the toxics; chunks read from now on see the new set.
+    pub fn set_toxics(&self, toxics: Vec<ToxicSpec>) {
+        self.state.send_modify(|s| s.toxics = Arc::new(toxics));
+    }
+
+    /// Points new connections at another address (the target restarted on a new port).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        self.state.send_if_modified(|s| {
+            let changed = s.upstream != upstream;
+            s.upstream = upstream;
+            changed
+        });
+    }
+
+    /// Ends the proxy gently: it relays clean bytes for `drain` (callers that have not yet
+    /// refreshed their discovery view still reach the target, and calls in flight finish),
+    /// then closes.
+    pub fn retire(self, drain: Duration) {
+        self.set_toxics(Vec::new());
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            drop(self);
+        });
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: watch::Receiver<Shared>, mut rng: StdRng) {
+    // Dropped with this task: aborting the loop aborts every connection.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    let lottery: f64 = rng.gen_range(0.0..100.0);
+                    let seed: u64 = rng.gen();
+                    conns.spawn(connection(socket, state.clone(), lottery, seed));
+                }
+                Err(e) => {
+                    // Out of descriptors, most likely: wait rather than spin.
+                    tracing::warn!(error = %e, "proxy could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// How a pipe or a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The source closed; the close was passed on.
+    Eof,
+    /// The whole connection must close now (an error, or limit-data reached).
+    Close,
+    /// The connection must be reset.
+    Reset(Direction),
+}
+
+/// The toxics that act on this connection (it drew `lottery`) for bytes flowing in `flow`.
+fn active(state: &watch::Receiver<Shared>, lottery: f64, flow: Direction) -> Vec<Toxic> {
+    let shared = state.borrow();
+    shared.toxics.iter().filter(|t| lottery < t.toxicity && t.direction.covers(flow)).map(|t| t.toxic.clone()).collect()
+}
+
+async fn connection(mut client: TcpStream, state: watch::Receiver<Shared>, lottery: f64, seed: u64) {
+    let (upstream, at_open) = {
+        let s = state.borrow();
+        (s.upstream, s.toxics.clone())
+    };
+    let applies = |t: &&ToxicSpec| lottery < t.toxicity;
+    // Connection-wide toxics are fixed when the connection opens; per-chunk ones follow changes.
+    let reset = at_open.iter().filter(applies).find_map(|t| match t.toxic {
+        Toxic::Reset { after_ms } => Some((after_ms, t.direction)),
+        _ => None,
+    });
+    let close_after = at_open
+        .iter()
+        .filter(applies)
+        .filter_map(|t| match t.toxic {
+            Toxic::Blackhole { close_after_ms } => close_after_ms,
+            _ => None,
+        })
+        .min();
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        // The caller sees the refusal as a closed connection, as with Toxiproxy.
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let end = {
+        let (mut cr, mut cw) = client.split();
+        let (mut sr, mut sw) = server.split();
+        let up = pipe(&mut cr, &mut sw, Direction::Up, state.clone(), lottery, seed);
+        let down = pipe(&mut sr, &mut cw, Direction::Down, state.clone(), lottery, seed.rotate_left(17) ^ 1);
+        let reset_timer = async {
+            match reset {
+                Some((ms, dir)) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    dir
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let close_timer = async {
+            match close_after {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(up, down, reset_timer, close_timer);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            let end = tokio::select! {
+                end = &mut up, if !up_done => { up_done = true; end }
+                end = &mut down, if !down_done => { down_done = true; end }
+                dir = &mut reset_timer => End::Reset(dir),
+                () = &mut close_timer => End::Close,
+            };
+            if end != End::Eof || (up_done && down_done) {
+                break end;
+            }
+        }
+    };
+    if let End::Reset(dir) = end {
+        // SO_LINGER 0: closing sends RST instead of FIN, so the peer sees "connection reset".
+        if dir.covers(Direction::Down) {
+            let _ = socket_zero_linger(&client);
+        }
+        if dir.covers(Direction::Up) {
+            let _ = socket_zero_linger(&server);
+        }
+    }
+    drop(client);
+    drop(server);
+}
+
+#[allow(deprecated)] // `set_linger` is deprecated only because it can block on close; 0 cannot.
+fn socket_zero_linger(s: &TcpStream) -> std::io::Result<()> {
+    s.set_linger(Some(Duration::ZERO))
+}
+
+/// Relays `src` to `dst` through the toxics for `flow` until `src` closes.
+async fn pipe<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    flow: Direction,
+    state: watch::Receiver<Shared>,
+    lottery: f64,
+    seed: u64,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut passed: u64 = 0;
+    loop {
+        let n = match src.read(&mut buf).await {
+            Ok(0) => {
+                let delay = active(&state, lottery, flow).iter().find_map(|t| match t {
+                    Toxic::SlowClose { delay_ms } => Some(*delay_ms),
+                    _ => None,
+                });
+                if let Some(ms) = delay {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let _ = dst.shutdown().await;
+                return End::Eof;
+            }
+            Ok(n) => n,
+            Err(_) => return End::Close,
+        };
+        let toxics = active(&state, lottery, flow);
+        if toxics.iter().any(|t| matches!(t, Toxic::Blackhole { .. })) {
+            // Swallowed: the other side waits for bytes that never come.
+            continue;
+        }
+        let mut chunk = &buf[..n];
+        let mut stop_after = false;
+        if let Some(limit) = toxics.iter().find_map(|t| match t {
+            Toxic::LimitData { bytes } => Some(*bytes),
+            _ => None,
+        }) {
+            let room = limit.saturating_sub(passed);
+            if chunk.len() as u64 >= room {
+                chunk = &chunk[..room as usize];
+                stop_after = true;
+            }
+        }
+        for t in &toxics {
+            if let Toxic::Latency { delay_ms, jitter_ms } = t {
+                let jitter = if *jitter_ms > 0 { rng.gen_range(-(*jitter_ms as i64)..=*jitter_ms as i64) } else { 0 };
+                let ms = (*delay_ms as i64 + jitter).max(0) as u64;
+                if ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            }
+        }
+        let slicer = toxics.iter().find_map(|t| match t {
+            Toxic::Slicer { size, variation, delay_ms } => Some((*size, *variation, *delay_ms)),
+            _ => None,
+        });
+        let rate = toxics.iter().find_map(|t| match t {
+            Toxic::Bandwidth { bytes_per_s } => Some(*bytes_per_s),
+            _ => None,
+        });
+        let written = if slicer.is_none() && rate.is_none() {
+            dst.write_all(chunk).await.map(|_| chunk.len())
+        } else {
+            write_paced(dst, chunk, slicer, rate, &mut rng).await
+        };
+        match written {
+            Ok(w) => passed += w as u64,
+            Err(_) => return End::Close,
+        }
+        if stop_after {
+            let _ = dst.flush().await;
+            return End::Close;
+        }
+    }
+}
+
+/// Writes `chunk` in slices: of the slicer's size (± variation) with its delay between them,
+/// and no faster than `rate` bytes per second (slices of a tenth of a second's worth).
+async fn write_paced<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    chunk: &[u8],
+    slicer: Option<(u64, u64, u64)>,
+    rate: Option<u64>,
+    rng: &mut StdRng,
+) -> std::io::Result<usize> {
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let mut len = match slicer {
+            Some((size, variation, _)) => {
+                let v = if variation > 0 { rng.gen_range(-(variation as i64)..=variation as i64) } else { 0 };
+                (size as i64 + v).max(1) as usize
+            }
+            None => usize::MAX,
+        };
+        if let Some(rate) = rate {
+            len = len.min((rate / 10).max(1) as usize);
+        }
+        let len = len.min(rest.len());
+        dst.write_all(&rest[..len]).await?;
+        dst.flush().await?;
+        rest = &rest[len..];
+        let mut wait = Duration::ZERO;
+        if let Some((_, _, delay_ms)) = slicer {
+            wait += Duration::from_millis(delay_ms);
+        }
+        if let Some(rate) = rate {
+            wait += Duration::from_secs_f64(len as f64 / rate as f64);
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok(chunk.len())
+}

@@ -1,0 +1,308 @@
+//! Wire faults (SPEC section 13): each toxic of the proxy observed by a real client over
+//! loopback, then `shop chaos net` on a running stack: discovery detours, `ps`, `chaos list`,
+//! clear, bad input, and orders under a toxic with the invariants holding.
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shop::orchestrator::proxy::{Direction, Proxy, Toxic, ToxicSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::stack::Project;
+use crate::support::eventually;
+
+/// A server that reads one request line (up to `\n`), remembers how many bytes it got, and
+/// answers `body` bytes of `x`, then closes. Returns its address and the byte counts seen.
+async fn server(body: usize) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.contains(&b'\n') {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(got.len());
+                if got.contains(&b'\n') {
+                    let _ = s.write_all(&vec![b'x'; body]).await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// What a raw client saw: the bytes, the number of reads, and how the connection ended.
+struct Seen {
+    bytes: usize,
+    reads: usize,
+    error: Option<ErrorKind>,
+}
+
+/// Sends a 20-byte request line and reads until EOF, an error, or `within`.
+async fn call(addr: std::net::SocketAddr, within: Duration) -> Seen {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /body please....\n").await.unwrap();
+    let mut seen = Seen { bytes: 0, reads: 0, error: None };
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => {
+                seen.error = Some(ErrorKind::TimedOut);
+                return seen;
+            }
+            Ok(Ok(0)) => return seen,
+            Ok(Ok(n)) => {
+                seen.bytes += n;
+                seen.reads += 1;
+            }
+            Ok(Err(e)) => {
+                seen.error = Some(e.kind());
+                return seen;
+            }
+        }
+    }
+}
+
+fn spec(toxic: Toxic, direction: Direction) -> Vec<ToxicSpec> {
+    vec![ToxicSpec { toxic, direction, toxicity: 100.0 }]
+}
+
+#[tokio::test]
+async fn a_proxy_with_no_toxic_relays_every_byte() {
+    let (addr, _) = server(100_000).await;
+    let proxy = Proxy::start(addr, Vec::new(), None).await.unwrap();
+    let seen = call(proxy.address(), Duration::from_secs(10)).await;
+    assert_eq!((seen.bytes, seen.error), (100_000, None));
+}
+
+#[tokio::test]
+async fn a_blackhole_makes_the_client_hit_its_timeout_and_close_after_ends_it() {
+    let (addr, _) = server(1000).await;
+    let proxy =
+        Proxy::start(addr, spec(Toxic::Blackhole { close_after_ms: None }, Direction::Both), None).await.unwrap();
+    let seen = call(proxy.address(), Duration::from_millis(800)).await;
+    assert_eq!((seen.bytes, seen.error), (0, Some(ErrorKind::TimedOut)));
+    // reqwest, as the services call, times out the same way.
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+    let err = http.get(format!("http://{}/", proxy.address())).send().await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+
+    proxy.set_toxics(spec(Toxic::Blackhole { close_after_ms: Some(200) }, Direction::Both));
+    let seen = call(proxy.address(), Duration::from_secs(10)).await;
+    assert_eq!((seen.bytes, seen.error), (0, None), "closed by the proxy, not timed out");
+}
+
+#[tokio::test]
+async fn reset_gives_the_client_a_connection_reset_in_the_middle_of_the_response() {
+    let (addr, _) = server(200_000).await;
+    // The body trickles at 50 KB/s, so the reset after 500 ms lands mid-response.
+    let toxics =
+        vec![ToxicSpec::new(Toxic::Bandwidth { bytes_per_s: 50_000 }), ToxicSpec::new(Toxic::Reset { after_ms: 500 })];
+    let proxy = Proxy::start(addr, toxics, None).await.unwrap();
+    let seen = call(proxy.address(), Duration::from_secs(10)).await;
+    assert_eq!(seen.error, Some(ErrorKind::ConnectionReset));
+    assert!(seen.bytes > 0 && seen.bytes < 200_000, "reset after {} bytes", seen.bytes);
+}
+
+#[tokio::test]
+async fn bandwidth_of_10_kb_per_second_makes_a_50_kb_body_take_about_5_seconds() {
+    let (addr, _) = server(50_000).await;
+    let proxy =
+        Proxy::start(addr, spec(Toxic::Bandwidth { bytes_per_s: 10_000 }, Direction::Down), None).await.unwrap();
+    let t = Instant::now();
+    let seen = call(proxy.address(), Duration::from_secs(20)).await;
+    let took = t.elapsed();
+    assert_eq!((seen.bytes, seen.error), (50_000, None));
+    assert!(took >= Duration::from_millis(4500), "50 KB at 10 KB/s took only {took:?}");
+}
+
+#[tokio::test]
+async fn limit_data_cuts_the_body_and_slicer_delivers_the_same_bytes_in_pieces() {
+    let (addr, _) = server(10_000).await;
+    let proxy = Proxy::start(addr, spec(Toxic::LimitData { bytes: 1234 }, Direction::Down), None).await.unwrap();
+    let seen = call(proxy.address(), Duration::from_secs(10)).await;
+    assert_eq!((seen.bytes, seen.error), (1234, None));
+
+    proxy.set_toxics(spec(Toxic::Slicer { size: 500, variation: 100, delay_ms: 5 }, Direction::Down));
+    let seen = call(proxy.address(), Duration::from_secs(10)).await;
+    assert_eq!((seen.bytes, seen.error), (10_000, None));
+    assert!(seen.reads >= 10, "10 000 bytes in slices of at most 600 came in {} reads", seen.reads);
+}
+
+#[tokio::test]
+async fn direction_up_cuts_the_request_while_down_cuts_only_the_response() {
+    let (addr, mut requests) = server(5000).await;
+    let proxy = Proxy::start(addr, spec(Toxic::LimitData { bytes: 10 }, Direction::Up), None).await.unwrap();
+    let seen = call(proxy.address(), Duration::from_secs(10)).await;
+    assert_eq!(seen.bytes, 0, "the request never reached the server whole, so nothing came back");
+    assert_eq!(requests.recv().await, Some(10));
+
+    proxy.set_toxics(spec(Toxic::LimitData { bytes: 10 }, Direction::Down));
+    let seen = call(proxy.address(), Duration::from_secs(10)).await;
+    assert_eq!(seen.bytes, 10);
+    assert_eq!(requests.recv().await, Some(21), "the whole request went up");
+}
+
+#[tokio::test]
+async fn latency_up_and_down_each_delay_their_own_direction() {
+    let (addr, _) = server(10).await;
+    for direction in [Direction::Up, Direction::Down] {
+        let proxy =
+            Proxy::start(addr, spec(Toxic::Latency { delay_ms: 300, jitter_ms: 0 }, direction), None).await.unwrap();
+        let t = Instant::now();
+        let seen = call(proxy.address(), Duration::from_secs(10)).await;
+        assert_eq!(seen.bytes, 10);
+        assert!(t.elapsed() >= Duration::from_millis(300), "{direction:?}: {:?}", t.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn toxicity_50_with_a_seed_affects_about_half_the_connections_the_same_way_each_time() {
+    let (addr, _) = server(100).await;
+    let toxics = vec![ToxicSpec { toxic: Toxic::LimitData { bytes: 0 }, direction: Direction::Down, toxicity: 50.0 }];
+    let mut patterns = Vec::new();
+    for _ in 0..2 {
+        let proxy = Proxy::start(addr, toxics.clone(), Some(42)).await.unwrap();
+        let mut pattern = Vec::new();
+        for _ in 0..100 {
+            pattern.push(call(proxy.address(), Duration::from_secs(10)).await.bytes == 0);
+        }
+        patterns.push(pattern);
+    }
+    let affected = patterns[0].iter().filter(|a| **a).count();
+    assert!((30..=70).contains(&affected), "{affected} of 100 affected");
+    assert_eq!(patterns[0], patterns[1], "the same seed affects the same connections");
+}
+
+// ---- `shop chaos net` on a running stack ----
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn started() -> Project {
+    let text = crate::stack::stack_yaml("").replace(
+        "  backoff: 50ms\n",
+        "  backoff: 50ms\n  client: { timeout: 500ms, circuit_breaker: { failure_threshold: 3, open_for: 500ms } }\n",
+    );
+    let p = Project::with_file(&text);
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    p
+}
+
+/// The address the registry gives `caller` for `instance`.
+async fn seen_by(p: &Project, caller: &str, instance: &str) -> String {
+    let registry = p.row("registry")["address"].as_str().unwrap().to_string();
+    let list: Value =
+        reqwest::get(format!("http://{registry}/v1/instances?caller={caller}")).await.unwrap().json().await.unwrap();
+    let row = list.as_array().unwrap().iter().find(|r| r["instance"] == instance).cloned().unwrap();
+    row["address"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_net_fault_detours_only_its_callers_through_a_proxy_and_ends_on_clear_and_expiry() {
+    let p = started();
+    let real = p.row("payment")["address"].as_str().unwrap().to_string();
+    let out = p.shop(&["chaos", "net", "payment", "latency", "--delay", "100ms", "--from", "order"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let detour = seen_by(&p, "order", "payment").await;
+    assert_ne!(detour, real, "order is handed the proxy");
+    assert_eq!(seen_by(&p, "gateway", "payment").await, real, "other callers are not");
+    assert_eq!(p.row("payment")["faults"][0], "net latency delay=100ms jitter=0ms from order");
+    let list: Value = serde_json::from_slice(&p.shop(&["chaos", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["fault"], "net");
+    assert_eq!(list[0]["params"]["toxic"], "latency");
+    assert_eq!(list[0]["params"]["from"], "order");
+
+    // An order through the proxy still confirms, a little later.
+    let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // A second toxic stacks on the same proxy; the same toxic again replaces.
+    let out = p.shop(&["chaos", "net", "payment", "latency", "--delay", "50ms", "--from", "order"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = p.shop(&["chaos", "net", "payment", "slicer", "--size", "100", "--from", "order", "--for", "1s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.row("payment")["faults"].as_array().unwrap().len(), 2);
+    assert_eq!(seen_by(&p, "order", "payment").await, detour, "one proxy carries both");
+    let expired =
+        eventually(Duration::from_secs(10), async || p.row("payment")["faults"].as_array().unwrap().len() == 1).await;
+    assert!(expired, "the slicer did not expire");
+
+    let out = p.shop(&["chaos", "clear"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(seen_by(&p, "order", "payment").await, real, "the real address again");
+    // Nothing left listening once the drain is over.
+    let gone = eventually(Duration::from_secs(15), async || TcpStream::connect(&detour).await.is_err()).await;
+    assert!(gone, "the proxy at {detour} still accepts connections");
+    p.shop(&["down"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_net_input_exits_2_naming_the_problem_and_the_choices() {
+    let p = started();
+    let cases: &[(&[&str], &str)] = &[
+        (&["chaos", "net", "payment", "explode"], "possible values: latency, bandwidth, slow-close"),
+        (&["chaos", "net", "payment", "latency", "--delay", "-5ms"], "`-5ms` is not a duration"),
+        (&["chaos", "net", "payment", "bandwidth", "--rate", "-10"], "is not a rate"),
+        (&["chaos", "net", "payment", "limit-data", "--bytes", "lots"], "is not a size"),
+        (&["chaos", "net", "payment", "latency"], "needs --delay"),
+        (&["chaos", "net", "payment", "reset", "--from", "ordr"], "the services are: "),
+        (&["chaos", "net", "paymnt", "reset"], "unknown service or instance `paymnt`"),
+        (&["chaos", "net", "payment", "reset", "--toxicity", "150"], "--toxicity must be 0 to 100"),
+    ];
+    for (args, want) in cases {
+        let out = p.shop(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    let out = p.shop(&["stop", "notification"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = p.shop(&["chaos", "net", "notification", "reset"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`notification` is not running"), "{}", stderr(&out));
+    p.shop(&["down"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_load_with_each_toxic_class_on_payment_the_invariants_hold_after_settling() {
+    let p = started();
+    let toxics: &[&[&str]] = &[
+        &["latency", "--delay", "20ms", "--jitter", "10ms"],
+        &["reset", "--after", "5ms", "--toxicity", "30", "--seed", "1"],
+        &["limit-data", "--bytes", "100", "--direction", "down", "--toxicity", "30", "--seed", "2"],
+        &["slicer", "--size", "20", "--delay", "1ms"],
+        &["blackhole", "--close-after", "300ms", "--toxicity", "30", "--seed", "3"],
+    ];
+    let real = p.row("payment")["address"].as_str().unwrap().to_string();
+    for toxic in toxics {
+        let mut args = vec!["chaos", "net", "payment"];
+        args.extend_from_slice(toxic);
+        args.extend_from_slice(&["--for", "3s"]);
+        let out = p.shop(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        // Orders go through the proxy only once order's discovery has refreshed.
+        let detoured = eventually(Duration::from_secs(5), async || seen_by(&p, "order", "payment").await != real).await;
+        assert!(detoured, "order was never handed the proxy");
+        let load = p.shop(&["load", "--orders", "30", "--concurrency", "4", "--json"]);
+        assert!(load.status.code().is_some(), "{}", stderr(&load));
+        let out = p.shop(&["chaos", "clear"]);
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let inv = p.shop(&["inspect", "invariants", "--settle", "30s"]);
+    assert_eq!(inv.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&inv.stdout), stderr(&inv));
+    p.shop(&["down"]);
+}
