@@ -72,6 +72,8 @@ pub enum ChaosCommand {
     Clear { target: Option<String> },
     /// Run a scripted drill (load, a timeline of faults, expectations) and report
     Drill(super::drill::Args),
+    /// Random faults from a seed on the running stack; the timeline is printed first
+    Monkey(super::drill::MonkeyArgs),
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -81,6 +83,9 @@ fn ms(d: Option<Duration>) -> Option<u64> {
 pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
     if let ChaosCommand::Drill(args) = command {
         return super::drill::run(ctx, args).await;
+    }
+    if let ChaosCommand::Monkey(args) = command {
+        return super::drill::monkey(ctx, args).await;
     }
     let control = Control::require(&ctx.state_dir())?;
     let request = match command {
@@ -135,7 +140,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             for_ms: ms(for_),
             ..Default::default()
         },
-        ChaosCommand::Drill(_) => unreachable!("handled above"),
+        ChaosCommand::Drill(_) | ChaosCommand::Monkey(_) => unreachable!("handled above"),
     };
     let rows = control.chaos(&request).await?;
     if !ctx.quiet && !ctx.json {

@@ -8,5 +8,5 @@
 pub mod engine;
 pub mod gateway;
 
-pub use engine::{Load, LoadError, LoadPlan, PlanError, Report, Sample, Summary, MAX_CONCURRENCY};
+pub use engine::{Live, Load, LoadError, LoadPlan, PlanError, Report, Sample, Summary, MAX_CONCURRENCY};
 pub use gateway::{Gateway, Outcome};
