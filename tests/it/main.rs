@@ -16,4 +16,5 @@ mod saga;
 mod smoke;
 mod stack;
 mod support;
+mod tools;
 mod top;
