@@ -441,3 +441,15 @@ fn the_same_monkey_seed_prints_the_same_timeline_and_bad_monkeys_exit_2() {
         stderr(&out)
     );
 }
+
+#[test]
+fn smoke_junit_has_one_valid_testcase_per_check() {
+    let p = Project::new("");
+    let junit = p.dir.path().join("smoke.xml");
+    let out = p.shop(&["smoke", "-q", "--junit", junit.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    crate::tools::assert_valid_junit(&junit);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("tests=\"7\" failures=\"0\""), "{xml}");
+    assert!(xml.contains("<testcase name=\"order_survives_payment_outage\" classname=\"smoke\""), "{xml}");
+}
