@@ -120,6 +120,7 @@ async fn plan(ctx: &Context, drill: &Drill) -> anyhow::Result<LoadPlan> {
         rate: spec.rate,
         duration: spec.duration,
         items: spec.items.clone(),
+        weights: Default::default(),
         wait: ORDER_WAIT,
         record: true,
         progress: super::load::progress_bar(spec.orders.min(1_000_000_000), ctx.quiet),

@@ -1,8 +1,9 @@
-//! `shop load`: order traffic against the gateway, with a progress bar and a closing report of
-//! throughput, latency percentiles and outcome counts (SPEC section 3, "Driving the flow").
+//! `shop load`: order traffic against the gateway, closed loop or open loop (`--rate`), with a
+//! progress bar and a closing report of throughput, latency percentiles, outcome counts and
+//! start rates, checked against `--threshold`s (SPEC sections 3 and 14).
 //!
 //! The engine is [`crate::traffic`]; this command turns flags into its [`LoadPlan`], drives it
-//! until it ends or Ctrl-C stops it, and renders its [`Summary`].
+//! until it ends or Ctrl-C stops it, and renders its [`Summary`] and threshold results.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -11,31 +12,40 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::context::Context;
-use super::target::{parse_item, GatewayArgs, Target};
+use super::target::{GatewayArgs, Target};
 use super::{exit, output, Failure};
 use crate::plumbing::time::parse_duration;
-use crate::traffic::{Gateway, Load, LoadError, LoadPlan, Summary, MAX_CONCURRENCY};
+use crate::traffic::threshold::{evaluate_all, Measures, Threshold, ThresholdResult};
+use crate::traffic::workload::{parse_users, parse_weighted_item, split_items};
+use crate::traffic::{Gateway, Load, LoadError, LoadPlan, Summary, Weights, MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// How many orders to place
     #[arg(long, default_value_t = 1000)]
     pub orders: u64,
-    /// How many orders are in flight at once
-    #[arg(short = 'c', long, default_value_t = 8)]
-    pub concurrency: u64,
-    /// Cap on how many orders start per second, across all workers (e.g. 200 or 200/s)
+    /// Closed loop: how many orders are in flight at once (default 8). With --rate: the cap on
+    /// orders in flight (default 1000); an order due while the cap is reached is dropped
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<u64>,
+    /// Open loop: start order n at start + n/RATE whatever earlier orders did (e.g. 200 or
+    /// 200/s); latency is then measured from the scheduled start
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Stop starting new orders after this long (e.g. 30s); in-flight orders still finish
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Fixture users who place the orders, in turn
+    /// Fixture users who place the orders, in turn, or weighted: alice:70,bob:20,dave:10
     #[arg(long, value_delimiter = ',', default_value = "alice")]
     pub users: Vec<String>,
-    /// What each order contains, SKU[:QTY]; repeat for more lines
-    #[arg(long = "item", value_name = "SKU[:QTY]", value_parser = parse_item, default_value = "sku-load:1")]
-    pub items: Vec<(String, i64)>,
+    /// What each order contains, SKU[:QTY]; repeat for more lines. With weights
+    /// (sku-1:1@60 --item sku-2:2@40) each order holds one of them, by weight
+    #[arg(long = "item", value_name = "SKU[:QTY][@WEIGHT]", value_parser = parse_weighted_item, default_value = "sku-load:1")]
+    pub items: Vec<((String, i64), Option<u32>)>,
+    /// Pass/fail check on the report, repeatable (p99<50ms, errors<1%, confirmed>90%,
+    /// rate>=95%, dropped==0); any missed prints the threshold table and exits 1
+    #[arg(long = "threshold", value_name = "EXPR", value_parser = Threshold::parse)]
+    pub thresholds: Vec<Threshold>,
     /// How long the gateway may wait for an order to finish before answering 202 (Prefer: wait)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub wait: Duration,
@@ -57,29 +67,33 @@ async fn plan(ctx: &Context, args: &Args) -> anyhow::Result<LoadPlan> {
     if args.orders == 0 {
         return Err(Failure::usage("`--orders` must be at least 1"));
     }
-    if !(1..=MAX_CONCURRENCY).contains(&args.concurrency) {
+    let concurrency = args.concurrency.unwrap_or(if args.rate.is_some() { OPEN_LOOP_CONCURRENCY } else { 8 });
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
         return Err(Failure::usage(format!(
-            "`--concurrency` must be between 1 and {MAX_CONCURRENCY}, not {}",
-            args.concurrency
+            "`--concurrency` must be between 1 and {MAX_CONCURRENCY}, not {concurrency}"
         )));
     }
     if args.duration.is_some_and(|d| d.is_zero()) {
         return Err(Failure::usage("`--duration` must be longer than 0s, e.g. 30s"));
     }
-    let users: Vec<&str> = args.users.iter().map(|u| u.trim()).filter(|u| !u.is_empty()).collect();
+    let (users, user_weights) = parse_users(&args.users).map_err(|e| Failure::usage(format!("`--users`: {e}")))?;
     if users.is_empty() {
         return Err(Failure::usage("`--users` names no user; give fixture users, e.g. --users alice,bob"));
     }
+    let (items, item_weights) =
+        split_items(args.items.clone()).map_err(|e| Failure::usage(format!("`--item`: {e}")))?;
     let target = Target::resolve(ctx, &args.target).await?;
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let callers = callers(&target, &users)?;
     Ok(LoadPlan {
         gateway: Gateway::new(&target.gateway),
         callers,
         orders: args.orders,
-        concurrency: args.concurrency,
+        concurrency,
         rate: args.rate,
         duration: args.duration,
-        items: args.items.clone(),
+        items,
+        weights: Weights { users: user_weights, items: item_weights },
         wait: args.wait,
         record: false,
         progress: progress_bar(args.orders, ctx.quiet),
@@ -125,10 +139,22 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         }
     }
     let summary = load.finish()?.summary;
+    let results = evaluate_all(&args.thresholds, &Measures::from(&summary));
     if ctx.json {
-        output::print_json(&summary);
+        output::print_json(&Json { summary: &summary, thresholds: &results });
     } else {
         println!("{}", summary_table(&summary));
+        if !results.is_empty() {
+            println!();
+            println!("{}", threshold_table(&results));
+        }
+    }
+    if let (true, Some(target)) = (summary.rate_below_target, summary.target_rate_per_s) {
+        eprintln!(
+            "warning: the achieved start rate {:.1} orders/s is below 95% of the target {target:.1} orders/s \
+             ({} orders dropped at the concurrency cap); the load asked for was not offered",
+            summary.achieved_rate_per_s, summary.dropped
+        );
     }
     if summary.orders > 0 && summary.errors == summary.orders {
         let kinds: Vec<String> = summary.errors_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
@@ -137,7 +163,34 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
             kinds.join(", ")
         )));
     }
+    let missed: Vec<&str> = results.iter().filter(|r| !r.pass).map(|r| r.expression.as_str()).collect();
+    if !missed.is_empty() {
+        return Err(Failure::runtime(format!(
+            "{} of {} thresholds missed: {}",
+            missed.len(),
+            results.len(),
+            missed.join(", ")
+        )));
+    }
     Ok(exit::OK)
+}
+
+/// `--json`: the summary's fields, and the threshold results when any were asked for.
+#[derive(serde::Serialize)]
+struct Json<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    thresholds: &'a [ThresholdResult],
+}
+
+/// THRESHOLD / OBSERVED / RESULT, one row per `--threshold` in the order given.
+pub fn threshold_table(results: &[ThresholdResult]) -> comfy_table::Table {
+    let mut t = output::table(&["THRESHOLD", "OBSERVED", "RESULT"]);
+    for r in results {
+        t.add_row(vec![r.expression.clone(), r.observed_text(), if r.pass { "pass" } else { "FAIL" }.to_string()]);
+    }
+    t
 }
 
 /// A bar of orders done with the live rate, on stderr only when it is a terminal and not `-q`.

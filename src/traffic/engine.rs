@@ -1,17 +1,23 @@
 //! The load engine: order traffic against the gateway, and the throughput, latency
 //! percentiles and outcome counts it came to (SPEC section 3, "Driving the flow").
 //!
-//! C workers share one [`Gateway`] client (one connection pool) and claim order numbers from one
-//! atomic counter, so the run ends at exactly N orders however the work is spread. `rate` is a
-//! schedule, not a token bucket: order `n` may not start before `start + n / rate`, which caps
-//! the total start rate without a lock. Each worker keeps its own latency histogram and tallies
-//! and hands them back when it ends, so the hot path takes no lock and allocates only for what
-//! it sends.
+//! Two modes (SPEC section 14). Closed loop (no `rate`): C workers share one [`Gateway`] client
+//! (one connection pool) and claim order numbers from one atomic counter, each starting its next
+//! order when the last one answered, so the run ends at exactly N orders however the work is
+//! spread. Open loop (`rate` R): one scheduler makes order `n` due at `start + n / R` whatever
+//! earlier orders did and starts each in its own task, with at most C in flight; an order due
+//! while C are in flight waits for a slot keeping its due time, and is `dropped` if the run's
+//! duration ends first. A stall so shows up as latency and drops instead of quietly lowering
+//! the offered load (coordinated omission): latency is measured from the scheduled start, and
+//! the service time from the actual send is kept beside it.
+//!
+//! Each worker (or the scheduler) keeps its own histograms, tallies and per-second timeline and
+//! hands them back when it ends, so the hot path takes no lock.
 //!
 //! `shop load` and `shop chaos drill` both drive it from a [`LoadPlan`]; a drill also asks it
 //! to keep one [`Sample`] per order for its before/during/after windows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,12 +29,19 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::gateway::{root_cause, Gateway, HeaderError, OrderBody, Outcome, Place, Token, Wait};
+use super::workload::{Cycle, MixError};
 
 /// Slowest latency the histogram tracks (one hour, in µs); slower requests are recorded as this.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Most orders in flight at once: each is a task and a connection, and more than this only
 /// measures the machine running the load.
 pub const MAX_CONCURRENCY: u64 = 10_000;
+/// Cap on orders in flight in an open-loop run when the caller sets none.
+pub const OPEN_LOOP_CONCURRENCY: u64 = 1000;
+/// Below this share of the target start rate the report warns that the load was not offered.
+pub const RATE_WARNING_SHARE: f64 = 0.95;
+/// Connection refusals before any answer that end an open-loop run as "unreachable".
+const OPEN_LOOP_REFUSALS: u64 = 16;
 /// What a request may take beyond the gateway's wait budget before it counts as a timeout.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
@@ -41,20 +54,31 @@ pub struct LoadPlan {
     pub callers: Vec<(String, String)>,
     /// How many orders to place.
     pub orders: u64,
-    /// How many are in flight at once.
+    /// Closed loop: how many are in flight at once. Open loop: the cap on orders in flight.
     pub concurrency: u64,
-    /// Cap on orders started per second, across all workers.
+    /// Open loop: order `n` starts at `start + n / rate`. `None`: closed loop.
     pub rate: Option<f64>,
     /// No order starts after this long; in-flight orders still finish.
     pub duration: Option<Duration>,
-    /// What each order contains: (product id, quantity).
+    /// What each order contains: (product id, quantity); with item weights, one of them.
     pub items: Vec<(String, i64)>,
+    /// Weights of the callers and items; the default is callers in turn and every item.
+    pub weights: Weights,
     /// How long the gateway may hold an order before answering 202.
     pub wait: Duration,
     /// Keep a [`Sample`] per order (drills); `shop load` needs only the histogram.
     pub record: bool,
     /// Advanced once per order; hidden unless the caller shows it.
     pub progress: ProgressBar,
+}
+
+/// How the workload is mixed: `users[i]` weighs `callers[i]`, `items[i]` weighs `items[i]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Weights {
+    /// `None`: callers in turn, by order number.
+    pub users: Option<Vec<u32>>,
+    /// `None`: every order holds every item; `Some`: each order holds one item, by weight.
+    pub items: Option<Vec<u32>>,
 }
 
 /// A plan that cannot run; the callers check their own inputs first, in their own words.
@@ -70,6 +94,12 @@ pub enum PlanError {
     Rate(f64),
     #[error("a load needs at least one user to place its orders")]
     NoCallers,
+    #[error("a load needs at least one item in its orders")]
+    NoItems,
+    #[error("the {what} weights number {weights}, but there are {choices} {what}s")]
+    Weights { what: &'static str, weights: usize, choices: usize },
+    #[error(transparent)]
+    Mix(#[from] MixError),
     #[error(transparent)]
     Header(#[from] HeaderError),
 }
@@ -105,6 +135,16 @@ impl LoadPlan {
         if self.callers.is_empty() {
             return Err(PlanError::NoCallers);
         }
+        if self.items.is_empty() {
+            return Err(PlanError::NoItems);
+        }
+        for (what, weights, choices) in
+            [("user", &self.weights.users, self.callers.len()), ("item", &self.weights.items, self.items.len())]
+        {
+            if let Some(w) = weights.as_ref().filter(|w| w.len() != choices) {
+                return Err(PlanError::Weights { what, weights: w.len(), choices });
+            }
+        }
         Ok(())
     }
 }
@@ -112,15 +152,19 @@ impl LoadPlan {
 /// Everything a worker needs, built once so that each request only formats its own key.
 struct Plan {
     gateway: Gateway,
-    /// One per caller, used round-robin by order number.
+    /// One per caller, picked by `callers` from the order number.
     tokens: Vec<Token>,
+    callers: Cycle,
     wait: Wait,
-    /// The same for every order: only the idempotency key differs.
-    body: OrderBody,
+    /// The possible bodies, picked by `bodies` from the order number: only the idempotency
+    /// key differs between orders with the same body.
+    body: Vec<OrderBody>,
+    bodies: Cycle,
     /// Prefix of every idempotency key, unique per run so reruns never replay old orders.
     run_id: String,
     orders: u64,
     rate: Option<f64>,
+    concurrency: u64,
     /// No order starts at or after this instant.
     deadline: Option<Instant>,
     timeout: Duration,
@@ -165,8 +209,17 @@ pub struct Live {
 
 /// One worker's results, merged into the run's when it ends.
 struct Tally {
+    /// From the scheduled start (the send, in closed loop) to the answer.
     latency_us: Histogram<u64>,
+    /// From the actual send to the answer.
+    service_us: Histogram<u64>,
     confirmed: u64,
+    dropped: u64,
+    /// Open loop: how long the schedule ran: its slots, or until the slot after the last send
+    /// when sends fell behind; the achieved start rate is measured over it.
+    scheduled_for: Duration,
+    /// Per second of the run: what started, what ended and how long it took.
+    seconds: BTreeMap<u64, Second>,
     pending: u64,
     failures_by_code: BTreeMap<String, u64>,
     errors_by_kind: BTreeMap<String, u64>,
@@ -179,17 +232,56 @@ struct Tally {
 /// One order as a drill sees it: when it started, how long it took, what it came to.
 #[derive(Clone, Debug)]
 pub struct Sample {
-    /// When the request was sent, from the start of the run.
+    /// When the order was due (open loop) or sent (closed loop), from the start of the run.
     pub start: Duration,
+    /// From `start` to the answer.
     pub latency: Duration,
     pub outcome: Outcome,
+}
+
+/// One second of a run as it is tallied.
+#[derive(Default)]
+struct Second {
+    started: u64,
+    dropped: u64,
+    completed: u64,
+    confirmed: u64,
+    failed: u64,
+    errors: u64,
+    /// Latencies (from the scheduled start) of the orders answered in this second, in µs.
+    latencies_us: Vec<u64>,
+}
+
+impl Second {
+    fn merge(&mut self, o: Second) {
+        self.started += o.started;
+        self.dropped += o.dropped;
+        self.completed += o.completed;
+        self.confirmed += o.confirmed;
+        self.failed += o.failed;
+        self.errors += o.errors;
+        self.latencies_us.extend(o.latencies_us);
+    }
+}
+
+/// One order's timings and answer, as its task hands it back.
+struct Done {
+    /// When it was due: the schedule's slot in open loop, the send in closed loop.
+    due: Instant,
+    sent: Instant,
+    answered: Instant,
+    outcome: Result<Outcome, reqwest::Error>,
 }
 
 impl Tally {
     fn new(latency_us: Histogram<u64>) -> Tally {
         Tally {
+            service_us: latency_us.clone(),
             latency_us,
             confirmed: 0,
+            dropped: 0,
+            scheduled_for: Duration::ZERO,
+            seconds: BTreeMap::new(),
             pending: 0,
             failures_by_code: BTreeMap::new(),
             errors_by_kind: BTreeMap::new(),
@@ -212,7 +304,13 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) -> Result<(), LoadError> {
         self.latency_us.add(&other.latency_us).map_err(|e| LoadError::Histogram(e.to_string()))?;
+        self.service_us.add(&other.service_us).map_err(|e| LoadError::Histogram(e.to_string()))?;
         self.confirmed += other.confirmed;
+        self.dropped += other.dropped;
+        self.scheduled_for = self.scheduled_for.max(other.scheduled_for);
+        for (t, second) in other.seconds {
+            self.seconds.entry(t).or_default().merge(second);
+        }
         self.pending += other.pending;
         for (code, n) in other.failures_by_code {
             *self.failures_by_code.entry(code).or_default() += n;
@@ -226,21 +324,123 @@ impl Tally {
         self.samples.extend(other.samples);
         Ok(())
     }
+
+    /// Counts one answered (or failed) order in the totals, its seconds and its sample.
+    fn record(&mut self, plan: &Plan, shared: &Shared, done: Done) {
+        let Done { due, sent, answered, outcome } = done;
+        if outcome.is_ok() && !shared.answered.load(Ordering::Relaxed) {
+            shared.answered.store(true, Ordering::Relaxed);
+        }
+        let latency = answered.saturating_duration_since(due);
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(micros(latency));
+        self.service_us.saturating_record(micros(answered.saturating_duration_since(sent)));
+        self.seconds.entry(second_of(plan, sent)).or_default().started += 1;
+        let second = self.seconds.entry(second_of(plan, answered)).or_default();
+        second.completed += 1;
+        second.latencies_us.push(micros(latency));
+        let live = &shared.live;
+        live.done.fetch_add(1, Ordering::Relaxed);
+        match &outcome {
+            Ok(Outcome::Confirmed) => live.confirmed.fetch_add(1, Ordering::Relaxed),
+            Ok(Outcome::Failed(_)) => live.failed.fetch_add(1, Ordering::Relaxed),
+            Ok(Outcome::Pending) => 0,
+            Ok(Outcome::Error(_)) | Err(_) => live.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        match &outcome {
+            Ok(Outcome::Confirmed) => second.confirmed += 1,
+            Ok(Outcome::Failed(_)) => second.failed += 1,
+            Ok(Outcome::Error(_)) | Err(_) => second.errors += 1,
+            Ok(Outcome::Pending) => {}
+        }
+        if plan.record {
+            let outcome = match &outcome {
+                Ok(o) => o.clone(),
+                Err(_) => Outcome::Error("transport".to_string()),
+            };
+            self.samples.push(Sample { start: due.saturating_duration_since(plan.started), latency, outcome });
+        }
+        match outcome {
+            Ok(Outcome::Confirmed) => self.confirmed += 1,
+            Ok(Outcome::Pending) => self.pending += 1,
+            Ok(Outcome::Failed(code)) => *self.failures_by_code.entry(code).or_default() += 1,
+            Ok(Outcome::Error(kind)) => *self.errors_by_kind.entry(kind).or_default() += 1,
+            Err(e) => {
+                *self.errors_by_kind.entry("transport".to_string()).or_default() += 1;
+                if e.is_connect() && !shared.answered.load(Ordering::Relaxed) {
+                    let refused = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                    if refused >= shared.refused_limit {
+                        shared.stop.send_replace(true);
+                    }
+                    self.connect_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+}
+
+/// The second of the run an instant falls in, from 0.
+fn second_of(plan: &Plan, at: Instant) -> u64 {
+    at.saturating_duration_since(plan.started).as_secs()
+}
+
+/// How orders were started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Each worker starts its next order when the last one answered (no `rate`).
+    Closed,
+    /// Order `n` starts at `start + n / rate`, whatever earlier orders did.
+    Open,
 }
 
 /// The report, in the field names of the JSON contract.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// Open loop (`rate` set: orders start on a schedule) or closed loop (each worker waits).
+    pub mode: Mode,
     pub orders: u64,
     pub confirmed: u64,
     pub failed: u64,
     pub pending: u64,
     pub errors: u64,
+    /// Orders the open-loop schedule called for that were still waiting for a free slot under
+    /// the concurrency cap when the run's duration ended (or it was stopped).
+    pub dropped: u64,
     pub duration_s: f64,
     pub throughput_per_s: f64,
+    /// Orders per second the schedule asked for; `None` in closed loop.
+    pub target_rate_per_s: Option<f64>,
+    /// Orders per second that actually started.
+    pub achieved_rate_per_s: f64,
+    /// The achieved start rate fell below 95% of the target: the load asked for was not offered.
+    pub rate_below_target: bool,
+    /// From the scheduled start to the answer (no coordinated omission); in closed loop the
+    /// scheduled start is the send.
     pub latency_ms: Latency,
+    /// From the actual send to the answer.
+    pub service_time_ms: Latency,
     pub failures_by_code: BTreeMap<String, u64>,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// One entry per second of the run, from 0, seconds with nothing in them included.
+    pub timeline: Vec<TimelineSecond>,
+}
+
+/// One second of the run: orders started and answered in it, and the latency of those answered.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimelineSecond {
+    /// Seconds since the start of the run.
+    pub t: u64,
+    pub started: u64,
+    /// Orders the open-loop schedule called for in this second that could not start.
+    pub dropped: u64,
+    pub completed: u64,
+    pub confirmed: u64,
+    pub failed: u64,
+    pub errors: u64,
+    /// `None` when no order was answered in this second.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -257,21 +457,44 @@ impl Summary {
     /// indented under their totals.
     pub fn rows(&self) -> Vec<(String, String)> {
         let l = &self.latency_ms;
-        let mut rows: Vec<(String, String)> = [
-            ("orders", self.orders.to_string()),
-            ("duration", format!("{:.3} s", self.duration_s)),
-            ("throughput", format!("{:.1} orders/s", self.throughput_per_s)),
-            ("latency p50", format!("{:.2} ms", l.p50)),
-            ("latency p90", format!("{:.2} ms", l.p90)),
-            ("latency p99", format!("{:.2} ms", l.p99)),
-            ("latency p99.9", format!("{:.2} ms", l.p999)),
-            ("latency max", format!("{:.2} ms", l.max)),
-            ("confirmed", self.confirmed.to_string()),
-            ("failed", self.failed.to_string()),
-        ]
-        .into_iter()
-        .map(|(name, value)| (name.to_string(), value))
-        .collect();
+        let st = &self.service_time_ms;
+        let mode = match (self.mode, self.target_rate_per_s) {
+            (Mode::Open, Some(rate)) => format!("open loop, {rate} orders/s scheduled"),
+            _ => "closed loop".to_string(),
+        };
+        let mut rows: Vec<(String, String)> =
+            vec![("mode".to_string(), mode), ("orders".to_string(), self.orders.to_string())];
+        if let Some(target) = self.target_rate_per_s {
+            rows.push(("dropped".into(), self.dropped.to_string()));
+            rows.push(("target start rate".into(), format!("{target:.1} orders/s")));
+            let warning = if self.rate_below_target { "  (below 95% of the target)" } else { "" };
+            rows.push(("achieved start rate".into(), format!("{:.1} orders/s{warning}", self.achieved_rate_per_s)));
+        }
+        let latency = if self.mode == Mode::Open { "latency (from scheduled start)" } else { "latency" };
+        rows.extend(
+            [
+                ("duration", format!("{:.3} s", self.duration_s)),
+                ("throughput", format!("{:.1} orders/s", self.throughput_per_s)),
+                ("p50", format!("{:.2} ms", l.p50)),
+                ("p90", format!("{:.2} ms", l.p90)),
+                ("p99", format!("{:.2} ms", l.p99)),
+                ("p99.9", format!("{:.2} ms", l.p999)),
+                ("max", format!("{:.2} ms", l.max)),
+            ]
+            .into_iter()
+            .map(|(name, value)| {
+                let name =
+                    if name.starts_with('p') || name == "max" { format!("{latency} {name}") } else { name.into() };
+                (name, value)
+            }),
+        );
+        if self.mode == Mode::Open {
+            rows.push(("service time p50".into(), format!("{:.2} ms", st.p50)));
+            rows.push(("service time p99".into(), format!("{:.2} ms", st.p99)));
+            rows.push(("service time max".into(), format!("{:.2} ms", st.max)));
+        }
+        rows.push(("confirmed".into(), self.confirmed.to_string()));
+        rows.push(("failed".into(), self.failed.to_string()));
         rows.extend(self.failures_by_code.iter().map(|(code, n)| (format!("  {code}"), n.to_string())));
         rows.push(("pending".into(), self.pending.to_string()));
         rows.push(("errors".into(), self.errors.to_string()));
@@ -307,16 +530,30 @@ impl Load {
             .collect::<Result<Vec<_>, _>>()
             .map_err(PlanError::from)?;
         let wait = Wait::new(plan.wait);
+        let callers = match &plan.weights.users {
+            Some(w) => Cycle::weighted(w).map_err(PlanError::from)?,
+            None => Cycle::round_robin(tokens.len()),
+        };
+        let (body, bodies) = match &plan.weights.items {
+            Some(w) => (
+                plan.items.iter().map(|item| OrderBody::new(std::slice::from_ref(item))).collect(),
+                Cycle::weighted(w).map_err(PlanError::from)?,
+            ),
+            None => (vec![OrderBody::new(&plan.items)], Cycle::round_robin(1)),
+        };
         let started = Instant::now();
         let run = Arc::new(Plan {
             gateway: plan.gateway,
             tokens,
+            callers,
             timeout: wait.duration() + TIMEOUT_SLACK,
             wait,
-            body: OrderBody::new(&plan.items),
+            body,
+            bodies,
             run_id: crate::plumbing::ids::new("load"),
             orders: plan.orders,
             rate: plan.rate,
+            concurrency: plan.concurrency,
             // A deadline too far to represent is no deadline at all.
             deadline: plan.duration.and_then(|d| started.checked_add(d)),
             started,
@@ -329,16 +566,21 @@ impl Load {
             stop,
             answered: AtomicBool::new(false),
             refused: AtomicU64::new(0),
-            refused_limit: workers,
+            refused_limit: if run.rate.is_some() { OPEN_LOOP_REFUSALS.min(workers) } else { workers },
             live: LiveCounters::default(),
         });
         let histogram =
             Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(|e| LoadError::Histogram(e.to_string()))?;
         let bar = plan.progress;
         let mut set = JoinSet::new();
-        for _ in 0..workers {
+        if let Some(rate) = run.rate {
             let tally = Tally::new(histogram.clone());
-            set.spawn(worker(run.clone(), shared.clone(), bar.clone(), tally));
+            set.spawn(schedule(run.clone(), shared.clone(), bar.clone(), tally, rate));
+        } else {
+            for _ in 0..workers {
+                let tally = Tally::new(histogram.clone());
+                set.spawn(worker(run.clone(), shared.clone(), bar.clone(), tally));
+            }
         }
         Ok(Load { plan: run, shared, set, total: Tally::new(histogram), bar })
     }
@@ -401,118 +643,207 @@ impl Load {
                 return Err(LoadError::Unreachable { gateway, cause: root_cause(e) });
             }
         }
-        let summary = summarize(&self.total, elapsed);
+        let summary = summarize(&self.total, elapsed, self.plan.rate);
         let mut samples = std::mem::take(&mut self.total.samples);
         samples.sort_by_key(|s| s.start);
         Ok(Report { summary, samples })
     }
 }
 
-/// Claims order numbers until the run's end and places each order.
+/// Closed loop: claims order numbers until the run's end and places each order once the last
+/// one answered.
 async fn worker(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tally: Tally) -> Tally {
-    let mut stop = shared.stop.subscribe();
+    let stop = shared.stop.subscribe();
     loop {
         if *stop.borrow() {
             break;
         }
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
-        if n >= plan.orders {
+        if n >= plan.orders || plan.deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if let Some(rate) = plan.rate {
-            // A start time too far to represent would never come: the run is over for this worker.
-            let Some(at) =
-                Duration::try_from_secs_f64(n as f64 / rate).ok().and_then(|offset| plan.started.checked_add(offset))
-            else {
-                break;
-            };
-            if plan.deadline.is_some_and(|d| at >= d) {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(at.into()) => {}
-                _ = stop.wait_for(|s| *s) => break,
-            }
-        }
-        if plan.deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let sent = Instant::now();
-        let outcome = place(&plan, n).await;
-        if outcome.is_ok() && !shared.answered.load(Ordering::Relaxed) {
-            shared.answered.store(true, Ordering::Relaxed);
-        }
-        let latency = sent.elapsed();
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        tally.latency_us.saturating_record(micros);
-        if plan.record {
-            let outcome = match &outcome {
-                Ok(o) => o.clone(),
-                Err(_) => Outcome::Error("transport".to_string()),
-            };
-            tally.samples.push(Sample { start: sent.duration_since(plan.started), latency, outcome });
-        }
-        let live = &shared.live;
-        live.done.fetch_add(1, Ordering::Relaxed);
-        match &outcome {
-            Ok(Outcome::Confirmed) => live.confirmed.fetch_add(1, Ordering::Relaxed),
-            Ok(Outcome::Failed(_)) => live.failed.fetch_add(1, Ordering::Relaxed),
-            Ok(Outcome::Pending) => 0,
-            Ok(Outcome::Error(_)) | Err(_) => live.errors.fetch_add(1, Ordering::Relaxed),
-        };
-        match outcome {
-            Ok(Outcome::Confirmed) => tally.confirmed += 1,
-            Ok(Outcome::Pending) => tally.pending += 1,
-            Ok(Outcome::Failed(code)) => *tally.failures_by_code.entry(code).or_default() += 1,
-            Ok(Outcome::Error(kind)) => *tally.errors_by_kind.entry(kind).or_default() += 1,
-            Err(e) => {
-                *tally.errors_by_kind.entry("transport".to_string()).or_default() += 1;
-                if e.is_connect() && !shared.answered.load(Ordering::Relaxed) {
-                    let refused = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                    if refused >= shared.refused_limit {
-                        shared.stop.send_replace(true);
-                    }
-                    tally.connect_error.get_or_insert(e);
-                }
-            }
-        }
+        let now = Instant::now();
+        let done = order(plan.clone(), n, now).await;
+        tally.record(&plan, &shared, done);
         bar.inc(1);
     }
     tally
 }
 
+/// Open loop: order `n` falls due at `start + n / rate` whatever earlier orders did. A due
+/// order starts at once in its own task, or, while `concurrency` are in flight, waits in a
+/// backlog with its due time kept, so the wait shows in its latency (coordinated omission).
+/// Orders still waiting when the run's duration ends (or it is stopped) are `dropped`.
+async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tally: Tally, rate: f64) -> Tally {
+    let mut stop = shared.stop.subscribe();
+    let mut in_flight: JoinSet<Done> = JoinSet::new();
+    let mut backlog: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut next = 0u64;
+    let mut last_send: Option<Instant> = None;
+    let mut stopped = false;
+    loop {
+        while (in_flight.len() as u64) < plan.concurrency {
+            let Some((n, due)) = backlog.pop_front() else { break };
+            last_send = Some(Instant::now());
+            in_flight.spawn(order(plan.clone(), n, due));
+        }
+        // The next slot, unless every order has one or the duration is over.
+        let due = (next < plan.orders)
+            .then(|| Duration::try_from_secs_f64(next as f64 / rate).ok())
+            .flatten()
+            .and_then(|offset| plan.started.checked_add(offset))
+            .filter(|due| plan.deadline.is_none_or(|d| *due < d));
+        if due.is_none() && backlog.is_empty() {
+            break;
+        }
+        if due.is_none() && plan.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.unwrap_or(plan.started).into()), if due.is_some() => {
+                // `due` is `Some` in this branch, so the fallback is never used.
+                backlog.push_back((next, due.unwrap_or(plan.started)));
+                next += 1;
+            }
+            _ = tokio::time::sleep_until(plan.deadline.unwrap_or(plan.started).into()),
+                if due.is_none() && plan.deadline.is_some() => {}
+            changed = stop.wait_for(|s| *s) => {
+                // The sender lives in `shared`, so an error cannot come; stop either way.
+                let _ = changed;
+                stopped = true;
+                break;
+            }
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                collect(&plan, &shared, &bar, &mut tally, joined);
+            }
+        }
+    }
+    for (_, due) in backlog.drain(..) {
+        tally.dropped += 1;
+        tally.seconds.entry(second_of(&plan, due)).or_default().dropped += 1;
+        bar.inc(1);
+    }
+    // The schedule ran at least as long as its slots, longer when the sends fell behind them.
+    let due_count = next as f64;
+    let slots = Duration::try_from_secs_f64(due_count / rate).unwrap_or(Duration::MAX);
+    let sends = Duration::try_from_secs_f64(1.0 / rate)
+        .ok()
+        .zip(last_send)
+        .and_then(|(slot, at)| at.saturating_duration_since(plan.started).checked_add(slot))
+        .unwrap_or(Duration::ZERO);
+    tally.scheduled_for = if stopped { slots.min(plan.started.elapsed()).max(sends) } else { slots.max(sends) };
+    while let Some(joined) = in_flight.join_next().await {
+        collect(&plan, &shared, &bar, &mut tally, joined);
+    }
+    tally
+}
+
+/// Counts one open-loop order's task; a task that panicked counts as an error.
+fn collect(
+    plan: &Plan,
+    shared: &Shared,
+    bar: &ProgressBar,
+    tally: &mut Tally,
+    joined: Result<Done, tokio::task::JoinError>,
+) {
+    match joined {
+        Ok(done) => tally.record(plan, shared, done),
+        Err(_) => *tally.errors_by_kind.entry("load_task".to_string()).or_default() += 1,
+    }
+    bar.inc(1);
+}
+
+/// Places order `n`, due at `due`, and notes when it was sent and answered.
+async fn order(plan: Arc<Plan>, n: u64, due: Instant) -> Done {
+    let sent = Instant::now();
+    let outcome = place(&plan, n).await;
+    Done { due, sent, answered: Instant::now(), outcome }
+}
+
 /// Places order `n` and classifies the answer; `Err` is a transport failure (no answer, or
 /// the body was cut off).
 async fn place(plan: &Plan, n: u64) -> Result<Outcome, reqwest::Error> {
-    // `tokens` is never empty (checked before the run), so the index is in range.
-    let token = &plan.tokens[(n % plan.tokens.len() as u64) as usize];
+    // `callers` and `bodies` pick among `tokens` and `body`, which are never empty (checked
+    // before the run), so the indexes are in range.
+    let token = &plan.tokens[plan.callers.pick(n)];
+    let body = &plan.body[plan.bodies.pick(n)];
     let key = format!("{}-{n}", plan.run_id);
-    let order = Place { token, body: &plan.body, wait: &plan.wait, idempotency_key: Some(&key), timeout: plan.timeout };
+    let order = Place { token, body, wait: &plan.wait, idempotency_key: Some(&key), timeout: plan.timeout };
     Ok(plan.gateway.place(&order).await?.outcome())
 }
 
-fn summarize(total: &Tally, elapsed: Duration) -> Summary {
-    let h = &total.latency_us;
-    let ms = |us: u64| round(us as f64 / 1000.0, 2);
+fn ms(us: u64) -> f64 {
+    round(us as f64 / 1000.0, 2)
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    Latency {
+        p50: ms(h.value_at_quantile(0.50)),
+        p90: ms(h.value_at_quantile(0.90)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+    let last = sorted.len().checked_sub(1)?;
+    let rank = ((q * sorted.len() as f64).ceil() as usize).saturating_sub(1).min(last);
+    sorted.get(rank).copied()
+}
+
+fn timeline(seconds: &BTreeMap<u64, Second>) -> Vec<TimelineSecond> {
+    let Some(last) = seconds.keys().next_back().copied() else {
+        return Vec::new();
+    };
+    let empty = Second::default();
+    (0..=last)
+        .map(|t| {
+            let s = seconds.get(&t).unwrap_or(&empty);
+            let mut sorted = s.latencies_us.clone();
+            sorted.sort_unstable();
+            TimelineSecond {
+                t,
+                started: s.started,
+                dropped: s.dropped,
+                completed: s.completed,
+                confirmed: s.confirmed,
+                failed: s.failed,
+                errors: s.errors,
+                p50_ms: percentile(&sorted, 0.50).map(ms),
+                p99_ms: percentile(&sorted, 0.99).map(ms),
+            }
+        })
+        .collect()
+}
+
+fn summarize(total: &Tally, elapsed: Duration, rate: Option<f64>) -> Summary {
     let orders = total.orders();
     let secs = elapsed.as_secs_f64();
+    let per_second = |n: u64, over: f64| if over > 0.0 { round(n as f64 / over, 1) } else { 0.0 };
+    let achieved = match rate {
+        Some(_) => per_second(orders, total.scheduled_for.as_secs_f64()),
+        None => per_second(orders, secs),
+    };
     Summary {
+        mode: if rate.is_some() { Mode::Open } else { Mode::Closed },
         orders,
+        dropped: total.dropped,
+        target_rate_per_s: rate,
+        achieved_rate_per_s: achieved,
+        rate_below_target: rate.is_some_and(|r| achieved < r * RATE_WARNING_SHARE),
         confirmed: total.confirmed,
         failed: total.failed(),
         pending: total.pending,
         errors: total.errors(),
         duration_s: round(secs, 3),
-        throughput_per_s: if secs > 0.0 { round(orders as f64 / secs, 1) } else { 0.0 },
-        latency_ms: Latency {
-            p50: ms(h.value_at_quantile(0.50)),
-            p90: ms(h.value_at_quantile(0.90)),
-            p99: ms(h.value_at_quantile(0.99)),
-            p999: ms(h.value_at_quantile(0.999)),
-            max: ms(h.max()),
-        },
+        throughput_per_s: per_second(orders, secs),
+        latency_ms: latency(&total.latency_us),
+        service_time_ms: latency(&total.service_us),
         failures_by_code: total.failures_by_code.clone(),
         errors_by_kind: total.errors_by_kind.clone(),
+        timeline: timeline(&total.seconds),
     }
 }
 
@@ -531,6 +862,7 @@ mod tests {
             rate: None,
             duration: None,
             items: vec![("sku-load".into(), 1)],
+            weights: Weights::default(),
             wait: Duration::from_secs(10),
             record: false,
             progress: ProgressBar::hidden(),
@@ -559,7 +891,7 @@ mod tests {
         b.errors_by_kind.insert("http_503".into(), 4);
         b.failures_by_code.insert("card_declined".into(), 1);
         a.merge(b).unwrap();
-        let s = summarize(&a, Duration::from_secs(2));
+        let s = summarize(&a, Duration::from_secs(2), None);
         assert_eq!((s.orders, s.confirmed, s.failed, s.pending, s.errors), (11, 3, 3, 1, 4));
         assert_eq!(s.failures_by_code["card_declined"], 3);
         assert_eq!(s.throughput_per_s, 5.5);

@@ -7,6 +7,12 @@
 
 pub mod engine;
 pub mod gateway;
+pub mod threshold;
+pub mod workload;
 
-pub use engine::{Live, Load, LoadError, LoadPlan, PlanError, Report, Sample, Summary, MAX_CONCURRENCY};
+pub use engine::{
+    Live, Load, LoadError, LoadPlan, Mode, PlanError, Report, Sample, Summary, TimelineSecond, Weights,
+    MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY,
+};
 pub use gateway::{Gateway, Outcome};
+pub use threshold::{Measures, Threshold, ThresholdError, ThresholdResult};

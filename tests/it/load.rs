@@ -112,3 +112,193 @@ fn load_prints_a_table_and_honours_rate_and_duration() {
     assert_eq!(count(&report, "confirmed"), orders, "{report}");
     assert!(began.elapsed() < Duration::from_secs(10), "took {:?}", began.elapsed());
 }
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(o), stderr(o)))
+}
+
+fn ms(v: &Value, path: &[&str]) -> f64 {
+    let mut at = v;
+    for p in path {
+        at = &at[p];
+    }
+    at.as_f64().unwrap_or_else(|| panic!("{} is not a number in {v}", path.join(".")))
+}
+
+#[test]
+fn open_loop_load_reports_its_mode_rates_and_a_per_second_timeline() {
+    let p = started();
+    let out = p.shop(&["load", "--orders", "30", "--rate", "60", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["mode"], "open", "{report}");
+    assert_eq!(report["target_rate_per_s"], 60.0, "{report}");
+    assert!(ms(&report, &["achieved_rate_per_s"]) > 0.0, "{report}");
+    let below = report["rate_below_target"].as_bool().unwrap_or_else(|| panic!("no rate_below_target in {report}"));
+    assert_eq!(below, ms(&report, &["achieved_rate_per_s"]) < 57.0, "{report}");
+    assert_eq!(count(&report, "orders") + count(&report, "dropped"), 30, "{report}");
+    assert_eq!(count(&report, "dropped"), 0, "nothing is dropped without --duration: {report}");
+    assert_eq!(count(&report, "confirmed"), 30, "{report}");
+    for f in ["p50", "p99", "max"] {
+        assert!(ms(&report, &["service_time_ms", f]) > 0.0, "service_time_ms.{f} in {report}");
+        assert!(ms(&report, &["latency_ms", f]) >= ms(&report, &["service_time_ms", f]) * 0.99, "{report}");
+    }
+    let timeline = report["timeline"].as_array().unwrap_or_else(|| panic!("no timeline in {report}"));
+    assert!(!timeline.is_empty(), "{report}");
+    for (i, second) in timeline.iter().enumerate() {
+        assert_eq!(second["t"], i as u64, "{second}");
+        for f in ["started", "completed", "confirmed", "failed", "errors"] {
+            assert!(second[f].is_u64(), "{f} in {second}");
+        }
+        assert!(second.get("p50_ms").is_some() && second.get("p99_ms").is_some(), "{second}");
+    }
+    let sum = |f: &str| timeline.iter().map(|s| s[f].as_u64().unwrap_or(0)).sum::<u64>();
+    assert_eq!((sum("started"), sum("completed"), sum("confirmed")), (30, 30, 30), "{report}");
+
+    // Closed loop says so, with no target rate.
+    let out = p.shop(&["load", "--orders", "5", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!((report["mode"].as_str(), report["target_rate_per_s"].is_null()), (Some("closed"), true), "{report}");
+    let out = p.shop(&["load", "--orders", "5", "--rate", "50"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = stdout(&out);
+    for row in ["open loop, 50 orders/s scheduled", "target start rate", "achieved start rate", "service time p99"] {
+        assert!(table.contains(row), "{row} missing in\n{table}");
+    }
+}
+
+#[test]
+fn a_stall_during_an_open_loop_run_shows_as_latency_from_the_scheduled_start_not_hidden_in_service_time() {
+    let p = started();
+    let chaos = p.shop(&["chaos", "latency", "payment", "300ms"]);
+    assert_eq!(chaos.status.code(), Some(0), "{}", stderr(&chaos));
+    // 20 orders/s with one in flight at a time while each takes 300 ms or more: the later
+    // orders wait for their turn, and a closed loop would never have counted that wait.
+    let out = p.shop(&["load", "--orders", "10", "--rate", "20", "--concurrency", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(count(&report, "orders"), 10, "{report}");
+    let service = ms(&report, &["service_time_ms", "max"]);
+    let latency = ms(&report, &["latency_ms", "max"]);
+    assert!(service >= 300.0, "the injected latency is in the service time: {report}");
+    // The tenth order was due at 0.45 s but could start only after nine orders of 300 ms or more.
+    assert!(
+        latency >= service + 2000.0,
+        "latency from the scheduled start {latency} ms vs service {service} ms: {report}"
+    );
+    assert!(ms(&report, &["latency_ms", "p50"]) > ms(&report, &["service_time_ms", "p50"]) * 2.0, "{report}");
+    assert_eq!(report["rate_below_target"], true, "{report}");
+    assert!(stderr(&out).contains("below 95% of the target 20.0 orders/s"), "{}", stderr(&out));
+}
+
+#[test]
+fn orders_still_waiting_for_a_slot_when_the_duration_ends_are_dropped_and_fail_a_dropped_threshold() {
+    let p = started();
+    let chaos = p.shop(&["chaos", "latency", "payment", "300ms"]);
+    assert_eq!(chaos.status.code(), Some(0), "{}", stderr(&chaos));
+    let out = p.shop(&[
+        "load",
+        "--orders",
+        "1000",
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "1",
+        "--threshold",
+        "dropped==0",
+        "--threshold",
+        "errors<1%",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("THRESHOLD"), "{table}");
+    let row = |first: &str| -> Vec<&str> {
+        let row = table.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|w| w.first() == Some(&first));
+        row.unwrap_or_else(|| panic!("no `{first}` row in\n{table}"))
+    };
+    assert_eq!(row("dropped==0").last(), Some(&"FAIL"), "{table}");
+    assert_eq!(row("errors<1%").last(), Some(&"pass"), "{table}");
+    assert!(stderr(&out).contains("1 of 2 thresholds missed: dropped==0"), "{}", stderr(&out));
+    let dropped: u64 = row("dropped")[1].parse().unwrap_or_else(|e| panic!("{e}: {table}"));
+    assert!(dropped > 0, "{table}");
+    assert!(stderr(&out).contains("orders dropped at the concurrency cap"), "{}", stderr(&out));
+}
+
+#[test]
+fn thresholds_that_hold_exit_0_and_appear_in_the_json() {
+    let p = started();
+    let out = p.shop(&[
+        "load",
+        "--orders",
+        "10",
+        "--json",
+        "--threshold",
+        "confirmed>90%",
+        "--threshold",
+        "p99<60s",
+        "--threshold",
+        "failed==0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    let rows = report["thresholds"].as_array().unwrap_or_else(|| panic!("no thresholds in {report}"));
+    let exprs: Vec<&str> = rows.iter().map(|r| r["expression"].as_str().unwrap()).collect();
+    assert_eq!(exprs, ["confirmed>90%", "p99<60s", "failed==0"], "{report}");
+    assert!(rows.iter().all(|r| r["pass"] == true), "{report}");
+    assert_eq!(rows[0]["observed"], 100.0, "{report}");
+
+    let out = p.shop(&["load", "--orders", "4", "--users", "bob", "--json", "--threshold", "confirmed>90%"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["thresholds"][0]["pass"], false, "{report}");
+    assert!(stderr(&out).contains("1 of 1 thresholds missed: confirmed>90%"), "{}", stderr(&out));
+}
+
+#[test]
+fn weighted_users_and_items_set_the_mix_of_orders() {
+    let p = started();
+    // bob's card is declined: a 3:1 mix of alice and bob fails one order in four.
+    let out = p.shop(&["load", "--orders", "40", "--users", "alice:3,bob:1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!((count(&report, "confirmed"), count(&report, "failed")), (30, 10), "{report}");
+
+    let out = p.shop(&["load", "--orders", "20", "--item", "sku-load:1@3", "--item", "sku-load:2@1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&json(&out), "confirmed"), 20);
+    let db = shop::plumbing::db::open_read_only(&p.dir.path().join(".shop/data/order.db")).unwrap();
+    let quantity_two: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM orders WHERE items LIKE '%\"quantity\":2%' OR items LIKE '%\"quantity\": 2%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(quantity_two, 5);
+}
+
+#[test]
+fn bad_rates_weights_and_thresholds_exit_2_naming_the_accepted_forms() {
+    let p = Project::new("");
+    let gateway = ["--gateway", "http://127.0.0.1:1"];
+    let cases: [(&[&str], &str); 6] = [
+        (&["--rate", "0"], "write orders per second, e.g. 200 or 200/s"),
+        (&["--users", "alice:-5,bob:10"], "write USER or USER:WEIGHT"),
+        (&["--users", "alice:3,bob"], "give every user a weight or none"),
+        (&["--item", "sku-1:1@-2"], "write SKU[:QTY][@WEIGHT]"),
+        (&["--threshold", "p95<50ms"], "e.g. p99<50ms, errors<1%, confirmed>90%, rate>=95%, dropped==0"),
+        (&["--threshold", "errors<<1"], "METRIC OP VALUE"),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["load"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&gateway);
+        let out = p.shop(&args);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{flags:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{flags:?}");
+    }
+}
