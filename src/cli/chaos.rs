@@ -80,6 +80,8 @@ pub enum ChaosCommand {
     Clear { target: Option<String> },
     /// Run a scripted drill (load, a timeline of faults, expectations) and report
     Drill(super::drill::Args),
+    /// Random faults from a seed on the running stack; the timeline is printed first
+    Monkey(super::drill::MonkeyArgs),
 }
 
 /// `shop chaos net TARGET TOXIC [PARAMS]`. Durations, rates and sizes accept no sign, so a
@@ -168,6 +170,9 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
     if let ChaosCommand::Drill(args) = command {
         return super::drill::run(ctx, args).await;
     }
+    if let ChaosCommand::Monkey(args) = command {
+        return super::drill::monkey(ctx, args).await;
+    }
     let control = Control::require(&ctx.state_dir())?;
     let request = match command {
         ChaosCommand::List => {
@@ -234,7 +239,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
                 ..Default::default()
             }
         }
-        ChaosCommand::Drill(_) => unreachable!("handled above"),
+        ChaosCommand::Drill(_) | ChaosCommand::Monkey(_) => unreachable!("handled above"),
     };
     let rows = control.chaos(&request).await?;
     if !ctx.quiet && !ctx.json {

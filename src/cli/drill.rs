@@ -25,6 +25,15 @@ pub struct Args {
     /// Makes fault percentages and jitter reproducible
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Also write the report as JUnit XML (one testcase per probe threshold and expectation)
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page with charts
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Also write the journal (the whole report, both timelines) as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json_file: Option<PathBuf>,
 }
 
 /// How long the gateway may hold an order before answering 202, as `shop load` by default.
@@ -40,14 +49,49 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dbs = ctx.databases(&stack)?;
     let secret = dir.existing_secret().unwrap_or_default();
     let load = plan(ctx, &drill).await?;
-    let setup = Setup { drill, seed: args.seed, control, rows, dbs, secret, load, quiet: ctx.quiet };
+    let probe = match &drill.steady_state {
+        Some(steady) => Some(LoadPlan {
+            orders: steady.probe.orders,
+            rate: steady.probe.rate,
+            duration: None,
+            record: false,
+            progress: indicatif::ProgressBar::hidden(),
+            ..load.clone()
+        }),
+        None => None,
+    };
+    let setup = Setup { drill, seed: args.seed, control, rows, dbs, secret, load, probe, quiet: ctx.quiet };
     let report = run::run(setup).await?;
+    write_outputs(&args, &report)?;
     if ctx.json {
         output::print_json(&report);
     } else {
         print!("{}", render(&report, output::table, output::color_stdout()));
     }
     Ok(if report.ok { exit::OK } else { exit::RUNTIME })
+}
+
+/// `--junit`, `--html` and `--json-file`, each written whole.
+fn write_outputs(args: &Args, report: &crate::drill::report::DrillReport) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let journal = || {
+        serde_json::to_string_pretty(report).map(|mut s| {
+            s.push('\n');
+            s
+        })
+    };
+    let outputs: [(&Option<PathBuf>, &str); 3] =
+        [(&args.junit, "JUnit report"), (&args.html, "HTML report"), (&args.json_file, "journal")];
+    for (path, what) in outputs {
+        let Some(path) = path else { continue };
+        let text = match what {
+            "JUnit report" => crate::drill::junit::drill(report),
+            "HTML report" => crate::drill::html::render(report),
+            _ => journal().context("cannot encode the journal")?,
+        };
+        std::fs::write(path, text).with_context(|| format!("cannot write the {what} to `{}`", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The drill file; every problem is a usage error. A single problem is the error line itself;
@@ -74,11 +118,92 @@ async fn plan(ctx: &Context, drill: &Drill) -> anyhow::Result<LoadPlan> {
         orders: spec.orders,
         concurrency: spec.concurrency,
         rate: spec.rate,
-        duration: None,
+        duration: spec.duration,
         items: spec.items.clone(),
         weights: Default::default(),
         wait: ORDER_WAIT,
         record: true,
-        progress: super::load::progress_bar(spec.orders, ctx.quiet),
+        progress: super::load::progress_bar(spec.orders.min(1_000_000_000), ctx.quiet),
     })
+}
+
+/// `shop chaos monkey`: the monkey of a drill file, on the running stack without a load.
+#[derive(clap::Args, Debug)]
+pub struct MonkeyArgs {
+    /// How long the monkey runs
+    #[arg(long, value_parser = crate::plumbing::time::parse_duration)]
+    pub duration: Duration,
+    /// The same seed gives the same timeline
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Services or instances to break, comma-separated (e.g. payment,inventory)
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub targets: Vec<String>,
+    /// Fault kinds to pick from: kill, pause, latency, errors, partition
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
+    pub faults: Vec<String>,
+    /// Mean time between two faults
+    #[arg(long, default_value = "4s", value_parser = crate::plumbing::time::parse_duration)]
+    pub mean_interval: Duration,
+    /// How long each fault lasts [default: the mean interval]
+    #[arg(long = "for", value_parser = crate::plumbing::time::parse_duration)]
+    pub for_: Option<Duration>,
+    /// At most this many faults at once
+    #[arg(long, default_value_t = 1)]
+    pub max_concurrent: usize,
+}
+
+pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
+    use crate::drill::monkey::{describe, Monkey, KINDS};
+    let targets: Vec<String> = args.targets.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    if targets.is_empty() {
+        return Err(Failure::usage(
+            "a monkey with no targets has nothing to break; give e.g. --targets payment,inventory",
+        ));
+    }
+    if let Some(bad) = args.faults.iter().find(|k| !KINDS.contains(&k.as_str())) {
+        return Err(Failure::usage(format!(
+            "`{bad}` is not a fault a monkey can inject; pick from {}",
+            KINDS.join(", ")
+        )));
+    }
+    if args.duration.is_zero() || args.mean_interval.is_zero() || args.max_concurrent == 0 {
+        return Err(Failure::usage("--duration, --mean-interval and --max-concurrent must be above 0"));
+    }
+    let monkey = Monkey {
+        mean_interval: args.mean_interval,
+        faults: args.faults.clone(),
+        targets,
+        max_concurrent: args.max_concurrent,
+        seed: args.seed,
+        fault_for: args.for_.unwrap_or(args.mean_interval.max(Duration::from_secs(1))),
+    };
+    let faults = monkey.timeline(args.duration);
+    let control = Control::require(&ctx.state_dir())?;
+    let rows = control.status().await?.rows;
+    let as_drill = Drill {
+        name: "monkey".into(),
+        load: crate::drill::spec::LoadSpec {
+            orders: 1,
+            concurrency: 1,
+            users: Vec::new(),
+            duration: None,
+            rate: None,
+            items: Vec::new(),
+        },
+        faults: faults.clone(),
+        expect: Default::default(),
+        steady_state: None,
+        halt: Vec::new(),
+        monkey: None,
+        monkey_faults: 0,
+    };
+    check_targets(&as_drill, &rows, std::path::Path::new("--targets"))?;
+    // The timeline first, on stdout: it is the result a reader reproduces with the seed.
+    println!("monkey (seed {}): {} faults over {}", args.seed, faults.len(), humantime::format_duration(args.duration));
+    for line in describe(&faults) {
+        println!("  {line}");
+    }
+    let code = run::monkey(control, faults, args.duration, ctx.quiet).await?;
+    Ok(code)
 }

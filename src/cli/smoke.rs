@@ -33,6 +33,9 @@ pub struct Args {
     /// How long the throw-away stack may take to start
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub wait_timeout: Duration,
+    /// Also write the results as JUnit XML (one testcase per check), for CI
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
 }
 
 /// The checks, in the order they run; a run that finishes reports each of them once.
@@ -91,8 +94,25 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         eprintln!("stopping the throw-away stack (Ctrl-C again to kill at once)");
     }
     teardown(&sup, &dir).await;
+    if let Some(path) = &args.junit {
+        write_junit(path, &report.checks, started.elapsed())?;
+    }
     let all_passed = !interrupted && report.checks.len() == CHECKS.len() && report.checks.iter().all(|c| c.ok);
     Ok(if all_passed { exit::OK } else { exit::RUNTIME })
+}
+
+/// One testcase per check; a check that never ran (Ctrl-C) is a failure saying so.
+fn write_junit(path: &std::path::Path, checks: &[Check], elapsed: Duration) -> anyhow::Result<()> {
+    use crate::drill::junit::{suite, Case};
+    let cases: Vec<Case> = CHECKS
+        .iter()
+        .map(|name| match checks.iter().find(|c| c.name == *name) {
+            Some(c) => Case::new("smoke", name, c.ok, &c.detail),
+            None => Case::new("smoke", name, false, "not run: smoke was interrupted first"),
+        })
+        .collect();
+    std::fs::write(path, suite("smoke", &cases, elapsed.as_secs_f64()))
+        .with_context(|| format!("cannot write the JUnit report to `{}`", path.display()))
 }
 
 /// The user's topology with every fixed port replaced by 0, so smoke never collides with a

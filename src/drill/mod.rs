@@ -9,6 +9,10 @@
 //! This layer sits between traffic and the cli (traffic ← drill ← cli) and never imports from
 //! the cli: the command finds the stack, the gateway and the users' tokens and passes them in.
 
+pub mod html;
+pub mod junit;
+pub mod monkey;
 pub mod report;
+pub mod rule;
 pub mod run;
 pub mod spec;

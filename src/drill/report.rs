@@ -14,18 +14,95 @@ use crate::invariants::{self, Check};
 use crate::traffic::engine::round;
 use crate::traffic::{Outcome, Sample, Summary};
 
+/// The journal of a drill: `--json` and `--json FILE` write it whole.
 #[derive(Serialize)]
 pub struct DrillReport {
     pub ok: bool,
+    /// `passed`, `failed`, `halted`, or `not steady before the drill`.
+    pub verdict: String,
     /// The expectations.
     pub checks: Vec<Check>,
     pub name: String,
     pub seed: Option<u64>,
+    pub monkey: Option<MonkeyReport>,
+    /// The fault timeline: what was asked, applied and ended when.
     pub faults: Vec<FaultReport>,
     pub windows: Vec<Window>,
-    pub outcomes: Outcomes,
+    /// The traffic timeline, one entry per second of the load.
+    pub per_second: Vec<Second>,
+    /// `null` when the load never ran (not steady before the drill).
+    pub outcomes: Option<Outcomes>,
     pub breaker_transitions: Vec<BreakerTransition>,
     pub invariants: invariants::Report,
+    pub steady_state: Option<SteadyReport>,
+    /// The halt rule that stopped the drill, if one did.
+    pub halted: Option<Halted>,
+}
+
+/// The steady-state probes, before the faults and after settling.
+#[derive(Default, Serialize)]
+pub struct SteadyReport {
+    pub before: Option<ProbeReport>,
+    pub after: Option<ProbeReport>,
+}
+
+/// One probe: each threshold (and the invariants) as a check, and what the probe load saw.
+#[derive(Serialize)]
+pub struct ProbeReport {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+    pub summary: Summary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Halted {
+    /// The rule as written.
+    pub rule: String,
+    /// Seconds from the start of the load.
+    pub at_s: f64,
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+pub struct MonkeyReport {
+    pub seed: u64,
+    pub faults: usize,
+    /// As printed before the run.
+    pub timeline: Vec<String>,
+}
+
+/// One second of the load, by the start time of each order.
+#[derive(Clone, Debug, Serialize)]
+pub struct Second {
+    pub t: u64,
+    pub started: u64,
+    pub confirmed: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub pending: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// The per-second traffic timeline of a load's samples.
+pub fn per_second(samples: &[Sample]) -> Vec<Second> {
+    let Some(last) = samples.iter().map(|s| s.start.as_secs()).max() else { return Vec::new() };
+    (0..=last)
+        .map(|t| {
+            let from = t as f64;
+            let w = window(0, "second", from, from + 1.0, samples);
+            Second {
+                t,
+                started: w.orders,
+                confirmed: w.confirmed,
+                failed: w.failed,
+                errors: w.errors,
+                pending: w.pending,
+                p50_ms: w.latency_ms.p50,
+                p99_ms: w.latency_ms.p99,
+            }
+        })
+        .collect()
 }
 
 /// One fault of the timeline; times are seconds from the start of the load.
@@ -270,13 +347,43 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
         }
         println!("{t}");
     }
+    if let Some(m) = &r.monkey {
+        println!("\nmonkey (seed {}): {} faults", m.seed, m.faults);
+        for line in &m.timeline {
+            println!("  {line}");
+        }
+    }
+    if let Some(steady) = &r.steady_state {
+        for (when, probe) in [("before the faults", &steady.before), ("after settling", &steady.after)] {
+            let Some(probe) = probe else { continue };
+            println!("\nsteady state {when}");
+            let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
+            for c in &probe.checks {
+                t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+            }
+            println!("{t}");
+        }
+    }
+    if let Some(h) = &r.halted {
+        println!("\nhalted at {:.1}s: `{}` held ({}); load stopped, faults rolled back", h.at_s, h.rule, h.detail);
+    }
+    let Some(outcomes) = &r.outcomes else {
+        println!("\nexpectations");
+        let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
+        for c in &r.checks {
+            t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+        }
+        println!("{t}");
+        println!("\ndrill {}: FAILED ({})", r.name, r.verdict);
+        return out;
+    };
     println!("\noutcomes (as the load saw them)");
     let mut summary = table(&["METRIC", "VALUE"]);
-    for (name, value) in r.outcomes.load.rows() {
+    for (name, value) in outcomes.load.rows() {
         summary.add_row(vec![name, value]);
     }
     println!("{summary}");
-    let a = &r.outcomes.after_settle;
+    let a = &outcomes.after_settle;
     let by_code: Vec<String> = a.failures_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
     println!(
         "after settling: {} confirmed, {} failed{}, {} pending ({} of the drill's orders reached the order service)",
@@ -314,7 +421,8 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
         t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
     }
     println!("{t}");
-    println!("\ndrill {}: {}", r.name, if r.ok { "PASSED" } else { "FAILED" });
+    let verdict = if r.ok { "PASSED".to_string() } else { format!("FAILED ({})", r.verdict) };
+    println!("\ndrill {}: {verdict}", r.name);
     out
 }
 

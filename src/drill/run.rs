@@ -23,18 +23,22 @@ use tokio::task::JoinHandle;
 
 use serde::Serialize;
 
-use super::report::{expectations, secs, windows, DrillReport, FaultReport, Outcomes};
-use super::spec::{Drill, Fault};
+use super::report::{
+    expectations, per_second, secs, windows, DrillReport, FaultReport, Halted, MonkeyReport, Outcomes, ProbeReport,
+    SteadyReport,
+};
+use super::rule::Figures;
+use super::spec::{Drill, Fault, HaltRule, SteadyState};
 use crate::error::Failure;
+use crate::invariants::Check;
 use crate::invariants::{self, Databases};
 use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::{InstanceState, PsRow};
 use crate::orchestrator::supervisor::REGISTRY;
-use crate::traffic::{self, Load, LoadPlan};
+use crate::traffic::{self, Live, Load, LoadPlan};
 
 /// How long `kill … restart: true` is watched for the instance coming back.
 const RESTART_WATCH: Duration = Duration::from_secs(60);
-/// How long the report still waits for that, once the sagas have settled.
 
 /// Everything a drill needs, found by the caller.
 pub struct Setup {
@@ -51,19 +55,28 @@ pub struct Setup {
     pub secret: String,
     /// The drill's load; the runner turns on sample recording.
     pub load: LoadPlan,
+    /// The steady-state probe load, when the drill has a `steady_state:`.
+    pub probe: Option<LoadPlan>,
     /// No progress lines on stderr.
     pub quiet: bool,
 }
 
 /// What the timeline did with one fault; offsets are from the start of the load.
 #[derive(Debug, Default)]
-struct Applied {
+pub struct Applied {
     /// When the request to apply it was sent; `None` if it never was.
     at: Option<Duration>,
     /// Why it could not be applied.
     error: Option<String>,
     /// For `kill … restart: true`: when every killed instance was healthy again.
     back: Option<JoinHandle<Option<Duration>>>,
+}
+
+impl Applied {
+    /// Whether the supervisor took it.
+    pub fn took(&self) -> bool {
+        self.at.is_some()
+    }
 }
 
 /// What happened while the load ran.
@@ -76,14 +89,41 @@ struct Exercise {
     applied: Vec<Applied>,
     /// When the load ended and the faults were cleared, from the start of the load.
     load_end: Duration,
+    halted: Option<Halted>,
+}
+
+/// How long past its planned end an open-ended fault still lasts if the drill dies without
+/// clearing it: the supervisor's expiry is what clears it then.
+const EXPIRY_SLACK: Duration = Duration::from_secs(10);
+/// The expiry of an open-ended fault when the load's length is not known in advance.
+const UNKNOWN_EXPIRY: Duration = Duration::from_secs(120);
+
+/// Ctrl-C and SIGTERM, heard alike: either ends the drill and rolls its faults back.
+pub struct Interrupts {
+    int: Signal,
+    term: Signal,
+}
+
+impl Interrupts {
+    pub fn new() -> anyhow::Result<Interrupts> {
+        let watch = |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot watch for Ctrl-C and SIGTERM: {e}"));
+        Ok(Interrupts { int: watch(SignalKind::interrupt())?, term: watch(SignalKind::terminate())? })
+    }
+
+    /// Cancel-safe: either signal.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// Runs the drill and builds its report; the faults are cleared whatever happens.
 pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
-    let Setup { drill, seed, control, rows, dbs, secret, load, quiet } = setup;
+    let Setup { drill, seed, control, rows, dbs, secret, load, probe, quiet } = setup;
     let control = Arc::new(control);
-    let mut interrupts =
-        signal(SignalKind::interrupt()).map_err(|e| anyhow::anyhow!("cannot watch for Ctrl-C: {e}"))?;
+    let mut interrupts = Interrupts::new()?;
     let say = |line: String| {
         if !quiet {
             eprintln!("{line}");
@@ -92,17 +132,35 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
     say(format!(
         "drill {}: {} orders, {} fault{}",
         drill.name,
-        drill.load.orders,
+        if drill.load.orders >= u64::MAX / 4 { "as many".to_string() } else { drill.load.orders.to_string() },
         drill.faults.len(),
         if drill.faults.len() == 1 { "" } else { "s" }
     ));
+    // The monkey's timeline is printed before anything runs, so a reader can reproduce it.
+    if let Some(m) = &drill.monkey {
+        let added = &drill.faults[drill.faults.len() - drill.monkey_faults..];
+        eprintln!("monkey (seed {}): {} fault{}", m.seed, added.len(), if added.len() == 1 { "" } else { "s" });
+        for line in super::monkey::describe(added) {
+            eprintln!("  {line}");
+        }
+    }
+
+    let mut steady = SteadyReport::default();
+    if let (Some(spec), Some(plan)) = (&drill.steady_state, &probe) {
+        say("steady state: probing before the faults".into());
+        let before = probe_steady(spec, plan.clone(), &dbs, &mut interrupts).await?;
+        let ok = before.ok;
+        steady.before = Some(before);
+        if !ok {
+            say("not steady before the drill: nothing injected".into());
+            return Ok(not_steady(&drill, seed, steady));
+        }
+    }
+
     let plan = LoadPlan { record: true, ..load };
     let exercised = exercise(plan, &drill, seed, &control, quiet, &mut interrupts).await;
     // Whatever happened, the stack is not left broken.
-    let cleared = control
-        .post("/v1/chaos/clear", json!({"target": null}), Duration::from_secs(30))
-        .await
-        .map_err(|e| e.context("cannot clear the drill's faults; run `shop chaos clear`"));
+    let cleared = rollback(&control).await;
     let mut ex = match (exercised, cleared) {
         (Ok(ex), Ok(_)) => ex,
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
@@ -111,6 +169,9 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
             return Err(e);
         }
     };
+    if let Some(h) = &ex.halted {
+        say(format!("halted at {:.1}s: `{}` held ({}); the faults were rolled back", h.at_s, h.rule, h.detail));
+    }
     say(format!(
         "load done after {:.1}s; faults cleared; waiting up to {} for sagas to settle",
         ex.load_end.as_secs_f64(),
@@ -142,19 +203,165 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
     let rows = control.status().await.map(|s| s.rows).unwrap_or(rows);
     let transitions = breaker_transitions(&rows, &secret, ex.started_wall).await;
 
+    if let (Some(spec), Some(plan)) = (&drill.steady_state, probe) {
+        say("steady state: probing after settling".into());
+        steady.after = Some(probe_steady(spec, plan, &dbs, &mut interrupts).await?);
+    }
+
     let faults = fault_reports(&drill, &ex, ended_back);
     let windows = windows(&faults, &ex.report.samples, ex.load_end);
-    let checks = expectations(&drill, &faults, &settled, &after, ex.report.summary.orders);
+    let mut checks = expectations(&drill, &faults, &settled, &after, ex.report.summary.orders);
+    checks.extend(steady_checks(&drill, &steady, ex.halted.as_ref()));
+    let ok = checks.iter().all(|c| c.ok);
     Ok(DrillReport {
-        ok: checks.iter().all(|c| c.ok),
+        ok,
+        verdict: if ok {
+            "passed".into()
+        } else if ex.halted.is_some() {
+            "halted".into()
+        } else {
+            "failed".into()
+        },
         checks,
         name: drill.name.clone(),
         seed,
+        monkey: monkey_report(&drill),
         faults,
         windows,
-        outcomes: Outcomes { load: ex.report.summary, after_settle: after },
+        per_second: per_second(&ex.report.samples),
+        outcomes: Some(Outcomes { load: ex.report.summary, after_settle: after }),
         breaker_transitions: transitions,
         invariants: settled.report,
+        steady_state: drill.steady_state.as_ref().map(|_| steady),
+        halted: ex.halted,
+    })
+}
+
+/// Clears every fault on the stack: the drill's rollback.
+async fn rollback(control: &Control) -> anyhow::Result<()> {
+    control
+        .post("/v1/chaos/clear", json!({"target": null}), Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.context("cannot clear the drill's faults; run `shop chaos clear`"))
+}
+
+/// Runs the probe load and judges it by the steady-state thresholds and invariants.
+async fn probe_steady(
+    spec: &SteadyState,
+    plan: LoadPlan,
+    dbs: &Databases,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<ProbeReport> {
+    let mut load = Load::start(plan).map_err(|e| match e {
+        traffic::LoadError::Plan(e) => Failure::usage(e.to_string()),
+        other => other.into(),
+    })?;
+    drive(&mut load, interrupts, &[], None).await?;
+    let summary = load.finish()?.summary;
+    let figures = Figures::of(&summary);
+    let mut checks: Vec<Check> = (spec.thresholds.iter())
+        .map(|t| {
+            let (ok, actual) = t.judge(&figures);
+            Check { name: t.text.clone(), ok, detail: format!("{actual} (wanted {t})") }
+        })
+        .collect();
+    if spec.invariants {
+        let dbs = dbs.clone();
+        let report = tokio::task::spawn_blocking(move || invariants::check_settled(&dbs, Duration::from_secs(10)))
+            .await
+            .map_err(|e| anyhow::anyhow!("the invariant checks ended abnormally: {e}"))??;
+        let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+        checks.push(Check {
+            name: "invariants".into(),
+            ok: failed.is_empty(),
+            detail: if failed.is_empty() {
+                format!("all {} invariants hold", report.checks.len())
+            } else {
+                format!("violated: {}", failed.join(", "))
+            },
+        });
+    }
+    Ok(ProbeReport { ok: checks.iter().all(|c| c.ok), checks, summary })
+}
+
+/// The report of a drill that found the stack unsteady before its faults: nothing was injected.
+fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillReport {
+    let failed: Vec<String> = (steady.before.iter())
+        .flat_map(|b| b.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)))
+        .collect();
+    let faults = drill
+        .faults
+        .iter()
+        .enumerate()
+        .map(|(n, f)| FaultReport {
+            index: n + 1,
+            fault: f.kind(),
+            target: f.target().to_string(),
+            params: f.params(),
+            at_s: secs(f.at),
+            for_s: f.for_.map(secs),
+            applied_at_s: None,
+            ended_at_s: None,
+            error: Some("not injected: not steady before the drill".into()),
+            describe: f.describe(),
+        })
+        .collect();
+    DrillReport {
+        ok: false,
+        verdict: NOT_STEADY.into(),
+        checks: vec![Check {
+            name: "steady_state_before".into(),
+            ok: false,
+            detail: format!("{NOT_STEADY}: {}", failed.join("; ")),
+        }],
+        name: drill.name.clone(),
+        seed,
+        monkey: monkey_report(drill),
+        faults,
+        windows: Vec::new(),
+        per_second: Vec::new(),
+        outcomes: None,
+        breaker_transitions: Vec::new(),
+        invariants: invariants::Report { ok: true, checks: Vec::new(), pending: 0 },
+        steady_state: Some(steady),
+        halted: None,
+    }
+}
+
+/// The verdict of a drill whose stack failed its steady state before any fault.
+pub const NOT_STEADY: &str = "not steady before the drill";
+
+/// The expectations the steady state and halt rules add.
+fn steady_checks(drill: &Drill, steady: &SteadyReport, halted: Option<&Halted>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if let Some(after) = &steady.after {
+        let failed: Vec<String> =
+            after.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        checks.push(Check {
+            name: "steady_state_after".into(),
+            ok: after.ok,
+            detail: if after.ok { "steady again after settling".into() } else { failed.join("; ") },
+        });
+    }
+    if !drill.halt.is_empty() {
+        checks.push(Check {
+            name: "not_halted".into(),
+            ok: halted.is_none(),
+            detail: match halted {
+                None => format!("no halt rule fired ({} watched)", drill.halt.len()),
+                Some(h) => format!("`{}` held at {:.1}s: {}", h.rule, h.at_s, h.detail),
+            },
+        });
+    }
+    checks
+}
+
+fn monkey_report(drill: &Drill) -> Option<MonkeyReport> {
+    drill.monkey.as_ref().map(|m| MonkeyReport {
+        seed: m.seed,
+        faults: drill.monkey_faults,
+        timeline: super::monkey::describe(&drill.faults[drill.faults.len() - drill.monkey_faults..]),
     })
 }
 
@@ -192,7 +399,7 @@ async fn exercise(
     seed: Option<u64>,
     control: &Arc<Control>,
     quiet: bool,
-    interrupts: &mut Signal,
+    interrupts: &mut Interrupts,
 ) -> anyhow::Result<Exercise> {
     let mut load = Load::start(plan).map_err(|e| match e {
         traffic::LoadError::Plan(e) => Failure::usage(e.to_string()),
@@ -205,34 +412,98 @@ async fn exercise(
         control.clone(),
         drill.faults.clone(),
         seed,
+        expiry_horizon(drill),
         load.started(),
         stopped,
         load.bar().clone(),
         quiet,
     ));
-    let driven = drive(&mut load, interrupts).await;
+    let halt = Halting { stop: &stop, control };
+    let driven = drive(&mut load, interrupts, &drill.halt, Some(halt)).await;
     let load_end = load.started().elapsed();
     stop.send_replace(true);
     let applied = timeline.await.map_err(|e| anyhow::anyhow!("the fault timeline ended abnormally: {e}"))?;
-    driven?;
+    let halted = driven?;
     let report = load.finish()?;
-    Ok(Exercise { report, run_id, started_wall, applied, load_end })
+    Ok(Exercise { report, run_id, started_wall, applied, load_end, halted })
 }
 
-/// Waits for the load to end; Ctrl-C gives up on it (the caller then clears the faults).
-async fn drive(load: &mut Load, interrupts: &mut Signal) -> anyhow::Result<()> {
+/// When the faults of a drill stop mattering: the end of its load if known, for the expiry
+/// every fault carries.
+fn expiry_horizon(drill: &Drill) -> Option<Duration> {
+    drill.horizon()
+}
+
+/// What a halt rule does once it fires: stop the timeline and roll back at once.
+struct Halting<'a> {
+    stop: &'a watch::Sender<bool>,
+    control: &'a Control,
+}
+
+/// Waits for the load to end, judging the halt rules every second; Ctrl-C or SIGTERM gives up
+/// on it (the caller then clears the faults). A rule that fires stops the load and rolls back
+/// before the orders in flight finish.
+async fn drive(
+    load: &mut Load,
+    interrupts: &mut Interrupts,
+    rules: &[HaltRule],
+    halting: Option<Halting<'_>>,
+) -> anyhow::Result<Option<Halted>> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One reading per second, newest last: a rule judges the difference over its `for`.
+    let mut readings: Vec<Live> = vec![Live::default()];
+    let mut halted = None;
     loop {
         tokio::select! {
             joined = load.join_next() => match joined {
-                None => return Ok(()),
+                None => return Ok(halted),
                 Some(merged) => merged?,
             },
-            Some(()) = interrupts.recv() => {
+            _ = interrupts.recv() => {
                 load.abort();
                 return Err(interrupted());
             }
+            _ = tick.tick(), if !rules.is_empty() && halted.is_none() => {
+                readings.push(load.live());
+                let now = readings[readings.len() - 1];
+                for rule in rules {
+                    let secs = rule.for_.as_secs().max(1) as usize;
+                    if readings.len() <= secs {
+                        continue;
+                    }
+                    let then = readings[readings.len() - 1 - secs];
+                    let figures = Figures {
+                        orders: now.done - then.done,
+                        confirmed: now.confirmed - then.confirmed,
+                        failed: now.failed - then.failed,
+                        errors: now.errors - then.errors,
+                        dropped: 0,
+                        latency_ms: None,
+                    };
+                    let (held, actual) = rule.when.judge(&figures);
+                    if held && figures.orders > 0 {
+                        load.stop();
+                        let at_s = secs_f(load.started().elapsed());
+                        if let Some(h) = &halting {
+                            h.stop.send_replace(true);
+                            // Rolled back now, not once the orders in flight are done.
+                            if let Err(e) = rollback(h.control).await {
+                                eprintln!("warning: {e:#}");
+                            }
+                        }
+                        let detail = format!("{actual} over the last {}", humantime::format_duration(rule.for_));
+                        halted = Some(Halted { rule: rule.when.text.clone(), at_s, detail });
+                        break;
+                    }
+                }
+            }
         }
     }
+}
+
+fn secs_f(d: Duration) -> f64 {
+    secs(d)
 }
 
 fn interrupted() -> anyhow::Error {
@@ -241,10 +512,11 @@ fn interrupted() -> anyhow::Error {
 
 /// Applies each fault at its offset, in time order, until the load ends (`stop`); faults
 /// still waiting then are never applied.
-async fn timeline(
+pub async fn timeline(
     control: Arc<Control>,
     faults: Vec<Fault>,
     seed: Option<u64>,
+    horizon: Option<Duration>,
     started: Instant,
     mut stop: watch::Receiver<bool>,
     bar: indicatif::ProgressBar,
@@ -262,7 +534,13 @@ async fn timeline(
         // The instances a restarting kill takes down, to tell the new processes from them.
         let before = if fault.restarts() { pids_of(&control, fault.target()).await } else { HashSet::new() };
         let at = started.elapsed();
-        let body = match serde_json::to_value(fault.request(seed)) {
+        let mut request = fault.request(seed);
+        // Every fault carries an expiry, so one left by a drill that was SIGKILLed ends anyway.
+        if request.for_ms.is_none() && !fault.restarts() {
+            let left = horizon.map_or(UNKNOWN_EXPIRY, |h| h.saturating_sub(at) + EXPIRY_SLACK);
+            request.for_ms = Some(left.as_millis() as u64);
+        }
+        let body = match serde_json::to_value(request) {
             Ok(body) => body,
             Err(e) => {
                 applied[i].error = Some(format!("cannot encode the request: {e}"));
@@ -341,7 +619,7 @@ pub struct Settled {
 
 /// Checks the invariants until they hold or `within` runs out, in short rounds of
 /// `check_settled` so that Ctrl-C is heard between them.
-async fn settle(dbs: &Databases, within: Duration, interrupts: &mut Signal) -> anyhow::Result<Settled> {
+async fn settle(dbs: &Databases, within: Duration, interrupts: &mut Interrupts) -> anyhow::Result<Settled> {
     let begun = Instant::now();
     let deadline = begun + within;
     let mut after = None;
@@ -351,7 +629,7 @@ async fn settle(dbs: &Databases, within: Duration, interrupts: &mut Signal) -> a
         let checked = tokio::task::spawn_blocking(move || invariants::check_settled(&dbs, round));
         let report = tokio::select! {
             r = checked => r.map_err(|e| anyhow::anyhow!("the invariant checks ended abnormally: {e}"))??,
-            Some(()) = interrupts.recv() => return Err(interrupted()),
+            _ = interrupts.recv() => return Err(interrupted()),
         };
         let unstuck = report.checks.iter().any(|c| c.name == "nothing_stuck" && c.ok);
         if unstuck && after.is_none() {
@@ -465,4 +743,41 @@ fn fault_reports(drill: &Drill, ex: &Exercise, back: Vec<Option<Duration>>) -> V
             }
         })
         .collect()
+}
+
+/// `shop chaos monkey`: applies `faults` on their timeline for `duration`, then rolls back;
+/// Ctrl-C or SIGTERM rolls back at once (exit 1). Each fault carries its own expiry too.
+pub async fn monkey(control: Control, faults: Vec<Fault>, duration: Duration, quiet: bool) -> anyhow::Result<i32> {
+    let control = Arc::new(control);
+    let mut interrupts = Interrupts::new()?;
+    let started = Instant::now();
+    let (stop, stopped) = watch::channel(false);
+    let bar = indicatif::ProgressBar::hidden();
+    let mut applying =
+        tokio::spawn(timeline(control.clone(), faults, None, Some(duration), started, stopped, bar, quiet));
+    let end = tokio::time::sleep_until((started + duration).into());
+    tokio::pin!(end);
+    let mut finished = None;
+    let interrupted_at = loop {
+        tokio::select! {
+            _ = &mut end => break false,
+            _ = interrupts.recv() => break true,
+            joined = &mut applying, if finished.is_none() => finished = Some(joined),
+        }
+    };
+    stop.send_replace(true);
+    let applied = match finished {
+        Some(joined) => joined,
+        None => applying.await,
+    }
+    .map_err(|e| anyhow::anyhow!("the fault timeline ended abnormally: {e}"))?;
+    rollback(&control).await?;
+    let took = applied.iter().filter(|a| a.took()).count();
+    if !quiet {
+        eprintln!("monkey done: {took} of {} faults applied; faults cleared", applied.len());
+    }
+    if interrupted_at {
+        return Err(interrupted());
+    }
+    Ok(if took == applied.len() { 0 } else { 1 })
 }

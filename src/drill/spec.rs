@@ -21,6 +21,9 @@ use crate::raw_struct;
 use crate::traffic::gateway::parse_item;
 use crate::traffic::MAX_CONCURRENCY;
 
+use super::monkey::{self, Monkey};
+use super::rule::Threshold;
+
 /// A validated drill file.
 #[derive(Clone, Debug)]
 pub struct Drill {
@@ -30,14 +33,50 @@ pub struct Drill {
     /// In file order, which is also the report's order.
     pub faults: Vec<Fault>,
     pub expect: Expect,
+    /// Checked before the faults (not steady: nothing is injected) and again after settling.
+    pub steady_state: Option<SteadyState>,
+    /// Judged every second while the load runs; the first that holds stops the drill.
+    pub halt: Vec<HaltRule>,
+    /// The monkey that added the last [`monkey_faults`](Self::monkey_faults) entries of `faults`.
+    pub monkey: Option<Monkey>,
+    pub monkey_faults: usize,
+}
+
+/// The `steady_state:` mapping.
+#[derive(Clone, Debug)]
+pub struct SteadyState {
+    /// A short load whose figures the thresholds judge.
+    pub probe: ProbeLoad,
+    pub thresholds: Vec<Threshold>,
+    /// `invariants: all`: every invariant must hold too.
+    pub invariants: bool,
+}
+
+/// `steady_state.probe_load`.
+#[derive(Clone, Debug)]
+pub struct ProbeLoad {
+    pub orders: u64,
+    pub rate: Option<f64>,
+}
+
+/// One entry of `halt:`.
+#[derive(Clone, Debug)]
+pub struct HaltRule {
+    pub when: Threshold,
+    /// How long the condition must hold, judged over that many trailing seconds.
+    pub for_: Duration,
 }
 
 /// The `load:` mapping: the traffic `shop load` would send.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
+    /// With `rate` and `duration`, `rate × duration`.
     pub orders: u64,
     pub concurrency: u64,
+    /// The callers in turn: a weighted mix is expanded (alice:80,bob:20 → 4 alice, 1 bob).
     pub users: Vec<String>,
+    /// No order starts after this long.
+    pub duration: Option<Duration>,
     /// Orders started per second; it also fixes how long the load lasts (`orders / rate`).
     pub rate: Option<f64>,
     pub items: Vec<(String, i64)>,
@@ -275,9 +314,31 @@ impl Drill {
         let mut c = Check::with_unknown_key(unknown_key);
         let doc = yaml::Doc { noun: "drill file", needs: "`name:` and `load:`" };
         let drill = yaml::read(text, doc, &mut c).and_then(|root| read_drill(&mut c, &root));
+        let drill = drill.map(Drill::with_monkey);
         c.finish(file.to_path_buf())?;
         // `finish` fails whenever no drill came out: every `None` above reported a problem.
         drill.ok_or_else(|| FileError::unreadable(file.to_path_buf(), "cannot read the drill file".into()))
+    }
+}
+
+impl Drill {
+    /// How long the load lasts when that is known before it runs.
+    pub fn horizon(&self) -> Option<Duration> {
+        let by_rate = self.load.rate.map(|r| Duration::from_secs_f64(self.load.orders as f64 / r));
+        match (self.load.duration, by_rate) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        }
+    }
+
+    /// Appends the monkey's timeline to the file's faults.
+    fn with_monkey(mut self) -> Drill {
+        if let (Some(m), Some(h)) = (&self.monkey, self.horizon()) {
+            let added = m.timeline(h);
+            self.monkey_faults = added.len();
+            self.faults.extend(added);
+        }
+        self
     }
 }
 
@@ -295,8 +356,9 @@ fn unknown_key(path: &str, key: &str, known: &[&str], near: Option<&str>) -> Str
 raw_struct!(RawLoad {
     orders: Int = int,
     concurrency: Int = int,
-    users: List = list,
+    users: List = one_or_many,
     rate: Float = float,
+    duration: Text = text,
     item: List = one_or_many
 });
 raw_struct!(
@@ -330,6 +392,17 @@ raw_struct!(
         from: Text = text,
     }
 );
+raw_struct!(RawProbe { orders: Int = int, rate: Float = float });
+raw_struct!(RawSteady { probe_load: Option<Sp<RawProbe>> = optional, thresholds: List = list, invariants: Text = text });
+raw_struct!(RawHalt { when: Text = text, r#for: Text = text });
+raw_struct!(RawMonkey {
+    mean_interval: Text = text,
+    faults: List = list,
+    targets: List = list,
+    max_concurrent: Int = int,
+    seed: Int = int,
+    r#for: Text = text,
+});
 raw_struct!(RawExpect { invariants: Text = text, settle_within: Text = text, min_confirmed_percent: Float = float });
 
 /// The longest duration a drill file may give.
@@ -340,12 +413,15 @@ fn read_drill(c: &mut Check, root: &Node) -> Option<Drill> {
         let found = root.describe();
         return c.fail(root.at, format!("a drill file must be a mapping with `name:` and `load:`, not {found}"));
     }
-    let top = c.fields(Some(root), "", &["name", "load", "faults", "expect"]);
+    let top = c.fields(Some(root), "", &["name", "load", "steady_state", "faults", "monkey", "halt", "expect"]);
     let name = c.text(top.get("name"), "name");
     let load_node = top.get("load");
     let raw_load: RawLoad = c.nested(load_node, "load");
     let faults = read_faults(c, top.get("faults"));
     let raw_expect: RawExpect = c.nested(top.get("expect"), "expect");
+    let raw_steady: Option<Sp<RawSteady>> = c.optional(top.get("steady_state"), "steady_state");
+    let raw_monkey: Option<Sp<RawMonkey>> = c.optional(top.get("monkey"), "monkey");
+    let halt = read_halt(c, top.get("halt"));
 
     let name = match name {
         Some(n) if !n.v.trim().is_empty() => n.v,
@@ -359,7 +435,24 @@ fn read_drill(c: &mut Check, root: &Node) -> Option<Drill> {
     let faults: Vec<Option<Fault>> =
         faults.iter().enumerate().map(|(n, f)| validate_fault(c, f, &format!("faults[{n}]"))).collect();
     let expect = validate_expect(c, &raw_expect);
-    Some(Drill { name, load: load?, faults: faults.into_iter().collect::<Option<_>>()?, expect: expect? })
+    let steady_state = match &raw_steady {
+        None => Some(None),
+        Some(raw) => validate_steady(c, &raw.v, raw.at).map(Some),
+    };
+    let monkey = match (&raw_monkey, &load) {
+        (None, _) => Some(None),
+        (Some(raw), load) => validate_monkey(c, &raw.v, raw.at, load.as_ref()).map(Some),
+    };
+    Some(Drill {
+        name,
+        load: load?,
+        faults: faults.into_iter().collect::<Option<_>>()?,
+        expect: expect?,
+        steady_state: steady_state?,
+        halt: halt?,
+        monkey: monkey?,
+        monkey_faults: 0,
+    })
 }
 
 /// A fault as read: where its mapping starts, whether it read without a problem, and its fields.
@@ -421,16 +514,40 @@ fn percent(c: &mut Check, raw: &Float, path: &str, key: &str) -> Option<f64> {
 
 fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
     let mut ok = true;
-    let orders = match &raw.orders {
-        None => {
-            c.report(at, "load: `orders` is missing; write e.g. { orders: 200 }");
-            None
-        }
-        Some(o) if o.v < 1 => {
+    let duration = match &raw.duration {
+        None => None,
+        Some(d) => match duration(c, d, "load.duration") {
+            Some(v) if v.is_zero() => {
+                c.report(d.at, "load: `duration` must be longer than 0s");
+                ok = false;
+                None
+            }
+            Some(v) => Some(v),
+            None => {
+                ok = false;
+                None
+            }
+        },
+    };
+    let rate = raw.rate.as_ref().map(|r| r.v).filter(|r| r.is_finite() && *r > 0.0);
+    if let Some(r) = raw.rate.as_ref().filter(|r| !(r.v.is_finite() && r.v > 0.0)) {
+        c.report(r.at, format!("load: `rate` must be orders per second above 0, not {}", r.v));
+        ok = false;
+    }
+    let orders = match (&raw.orders, duration, rate) {
+        (Some(o), _, _) if o.v < 1 => {
             c.report(o.at, "load: `orders` must be at least 1");
             None
         }
-        Some(o) => u64::try_from(o.v).ok(),
+        (Some(o), _, _) => u64::try_from(o.v).ok(),
+        // Open loop by rate and duration: order n starts at n / rate until the duration ends.
+        (None, Some(d), Some(r)) => Some(((d.as_secs_f64() * r).ceil() as u64).max(1)),
+        // Closed loop for a duration: as many orders as fit.
+        (None, Some(_), None) => Some(u64::MAX / 2),
+        (None, None, _) => {
+            c.report(at, "load: give `orders`, or `rate` and `duration`; write e.g. { rate: 100, duration: 20s }");
+            None
+        }
     };
     let concurrency = match &raw.concurrency {
         None => 8,
@@ -443,17 +560,15 @@ fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
     };
     let users = match &raw.users {
         None => vec!["alice".to_string()],
-        Some(list) if list.v.is_empty() || list.v.iter().any(|u| u.v.trim().is_empty()) => {
-            c.report(list.at, "load: `users` must name fixture users, e.g. [alice, bob]");
-            ok = false;
-            Vec::new()
-        }
-        Some(list) => list.v.iter().map(|u| u.v.trim().to_string()).collect(),
+        Some(list) => match users_mix(&list.v) {
+            Ok(users) => users,
+            Err((at, message)) => {
+                c.report(at, format!("load: {message}"));
+                ok = false;
+                Vec::new()
+            }
+        },
     };
-    if let Some(rate) = raw.rate.as_ref().filter(|r| !(r.v.is_finite() && r.v > 0.0)) {
-        c.report(rate.at, format!("load: `rate` must be orders per second above 0, not {}", rate.v));
-        ok = false;
-    }
     let items = match &raw.item {
         None => vec![("sku-load".to_string(), 1)],
         Some(list) if list.v.is_empty() => {
@@ -466,8 +581,212 @@ fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
             .collect(),
     };
     ok &= raw.item.as_ref().is_none_or(|list| items.len() == list.v.len());
-    let spec = LoadSpec { orders: orders?, concurrency, users, rate: raw.rate.as_ref().map(|r| r.v), items };
+    let spec = LoadSpec { orders: orders?, concurrency, users, duration, rate, items };
     ok.then_some(spec)
+}
+
+/// `users: [alice, bob]`, `users: "alice:80,bob:20"` or `[alice:80, bob:20]`: the callers in
+/// turn, each weight divided by the weights' greatest common divisor.
+fn users_mix(list: &[Sp<String>]) -> Result<Vec<String>, (Pos, String)> {
+    let mut mix: Vec<(String, u64)> = Vec::new();
+    for entry in list {
+        for part in entry.v.split(',').map(str::trim) {
+            let (name, weight) = match part.split_once(':') {
+                None => (part, 1),
+                Some((name, w)) => match w.trim().parse::<i64>() {
+                    Ok(w) if w > 0 => (name.trim(), w as u64),
+                    Ok(w) => {
+                        return Err((entry.at, format!("`users`: the weight of `{name}` must be above 0, not {w}")))
+                    }
+                    Err(_) => {
+                        return Err((entry.at, format!("`users`: `{part}` is not NAME:WEIGHT, e.g. alice:80,bob:20")))
+                    }
+                },
+            };
+            if name.is_empty() {
+                return Err((
+                    entry.at,
+                    "`users` must name fixture users, e.g. [alice, bob] or \"alice:80,bob:20\"".into(),
+                ));
+            }
+            mix.push((name.to_string(), weight));
+        }
+    }
+    if mix.is_empty() {
+        let at = list.first().map(|e| e.at).unwrap_or(Pos { line: 1, column: 1 });
+        return Err((at, "`users` must name fixture users, e.g. [alice, bob]".into()));
+    }
+    let gcd = mix.iter().fold(0, |g, (_, w)| num_gcd(g, *w));
+    let total: u64 = mix.iter().map(|(_, w)| w / gcd).sum();
+    if total > 1000 {
+        let at = list[0].at;
+        return Err((at, format!("`users`: the weights reduce to {total} turns; use simpler ones like 80,20")));
+    }
+    // Interleaved, so a short run still sees the mix: alice bob alice alice … rather than blocks.
+    let mut left: Vec<(String, u64)> = mix.iter().map(|(n, w)| (n.clone(), w / gcd)).collect();
+    let mut out = Vec::new();
+    while left.iter().any(|(_, w)| *w > 0) {
+        for (name, w) in left.iter_mut().filter(|(_, w)| *w > 0) {
+            out.push(name.clone());
+            *w -= 1;
+        }
+    }
+    Ok(out)
+}
+
+fn num_gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        num_gcd(b, a % b)
+    }
+}
+
+/// A threshold expression written in the file, reported at its position.
+fn threshold(c: &mut Check, raw: &Sp<String>, path: &str) -> Option<Threshold> {
+    Threshold::parse(&raw.v).map_err(|e| c.report(raw.at, format!("{path}: {e}"))).ok()
+}
+
+fn validate_steady(c: &mut Check, raw: &RawSteady, at: Pos) -> Option<SteadyState> {
+    let probe = match &raw.probe_load {
+        None => c.fail(at, "steady_state: `probe_load` is missing; write e.g. { orders: 200, rate: 100 }".into()),
+        Some(p) => {
+            let orders = match &p.v.orders {
+                Some(o) if o.v >= 1 => Some(o.v as u64),
+                Some(o) => c.fail(o.at, "steady_state.probe_load: `orders` must be at least 1".into()),
+                None => c.fail(p.at, "steady_state.probe_load: `orders` is missing; write e.g. { orders: 200 }".into()),
+            };
+            let rate = match &p.v.rate {
+                None => Some(None),
+                Some(r) if r.v.is_finite() && r.v > 0.0 => Some(Some(r.v)),
+                Some(r) => c.fail(r.at, format!("steady_state.probe_load: `rate` must be above 0, not {}", r.v)),
+            };
+            orders.zip(rate).map(|(orders, rate)| ProbeLoad { orders, rate })
+        }
+    };
+    let list = raw.thresholds.as_ref().map(|l| l.v.clone()).unwrap_or_default();
+    let thresholds: Vec<Option<Threshold>> =
+        list.iter().enumerate().map(|(n, t)| threshold(c, t, &format!("steady_state.thresholds[{n}]"))).collect();
+    let invariants = match &raw.invariants {
+        None => Some(false),
+        Some(i) if i.v == "all" => Some(true),
+        Some(i) => c.fail(i.at, format!("steady_state: `invariants` takes only `all`, not `{}`", i.v)),
+    };
+    Some(SteadyState {
+        probe: probe?,
+        thresholds: thresholds.into_iter().collect::<Option<_>>()?,
+        invariants: invariants?,
+    })
+}
+
+/// The entries of `halt:`; `None` once a problem was reported.
+fn read_halt(c: &mut Check, node: Option<&Node>) -> Option<Vec<HaltRule>> {
+    let Some(node) = node else { return Some(Vec::new()) };
+    let yaml::Value::List(items) = &node.value else {
+        return c.fail(
+            node.at,
+            format!(
+                "`halt` must be a list of rules, e.g. - {{ when: \"errors>20%\", for: 3s }}, not {}",
+                node.describe()
+            ),
+        );
+    };
+    let mut rules = Vec::new();
+    let mut ok = true;
+    for (n, item) in items.iter().enumerate() {
+        let path = format!("halt[{n}]");
+        let raw = RawHalt::read(c, Some(item), &path);
+        let when = match &raw.when {
+            None => c.fail(item.at, format!("{path}: a rule needs `when`, e.g. when: \"errors>20%\"")),
+            Some(w) => threshold(c, w, &path),
+        };
+        let when = when.and_then(|t| match t.is_count() {
+            true => Some(t),
+            false => {
+                let at = raw.when.as_ref().map_or(item.at, |w| w.at);
+                c.fail(
+                    at,
+                    format!(
+                        "{path}: `{t}`: a halt rule judges counts each second: errors, failed, confirmed or dropped"
+                    ),
+                )
+            }
+        });
+        let for_ = match &raw.r#for {
+            None => Some(Duration::from_secs(1)),
+            Some(f) => duration(c, f, &format!("{path}.for")).map(|d| d.max(Duration::from_secs(1))),
+        };
+        match (when, for_) {
+            (Some(when), Some(for_)) => rules.push(HaltRule { when, for_ }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(rules)
+}
+
+fn validate_monkey(c: &mut Check, raw: &RawMonkey, at: Pos, load: Option<&LoadSpec>) -> Option<Monkey> {
+    let mean_interval = match &raw.mean_interval {
+        None => Some(Duration::from_secs(4)),
+        Some(m) => match duration(c, m, "monkey.mean_interval") {
+            Some(d) if d.is_zero() => c.fail(m.at, "monkey: `mean_interval` must be longer than 0s".into()),
+            d => d,
+        },
+    };
+    let faults = match &raw.faults {
+        None => Some(vec!["kill".to_string(), "pause".to_string()]),
+        Some(list) if list.v.is_empty() => {
+            c.fail(list.at, format!("monkey: `faults` names no fault; pick from {}", monkey::KINDS.join(", ")))
+        }
+        Some(list) => {
+            let bad = list.v.iter().find(|k| !monkey::KINDS.contains(&k.v.as_str()));
+            match bad {
+                Some(k) => c.fail(
+                    k.at,
+                    format!(
+                        "monkey: `{}` is not a fault a monkey can inject; pick from {}",
+                        k.v,
+                        monkey::KINDS.join(", ")
+                    ),
+                ),
+                None => Some(list.v.iter().map(|k| k.v.clone()).collect()),
+            }
+        }
+    };
+    let targets = match &raw.targets {
+        Some(list) if !list.v.is_empty() => Some(list.v.iter().map(|t| t.v.trim().to_string()).collect::<Vec<_>>()),
+        Some(list) => c.fail(list.at, "monkey: `targets` is empty; a monkey with no targets has nothing to break, e.g. targets: [payment, inventory]".into()),
+        None => c.fail(at, "monkey: `targets` is missing; a monkey with no targets has nothing to break, e.g. targets: [payment, inventory]".into()),
+    };
+    let max_concurrent = match &raw.max_concurrent {
+        None => Some(1),
+        Some(m) if (1..=100).contains(&m.v) => Some(m.v as usize),
+        Some(m) => c.fail(m.at, format!("monkey: `max_concurrent` must be between 1 and 100, not {}", m.v)),
+    };
+    let seed = match &raw.seed {
+        None => Some(0),
+        Some(s) if s.v >= 0 => Some(s.v as u64),
+        Some(s) => c.fail(s.at, format!("monkey: `seed` must be at least 0, not {}", s.v)),
+    };
+    let fault_for = match &raw.r#for {
+        None => mean_interval.map(|m| m.max(Duration::from_secs(1))),
+        Some(f) => duration(c, f, "monkey.for"),
+    };
+    if let Some(load) = load {
+        if load.duration.is_none() && load.rate.is_none() {
+            return c.fail(
+                at,
+                "monkey: the load needs a `rate` or a `duration`, so the monkey knows how long it runs".into(),
+            );
+        }
+    }
+    Some(Monkey {
+        mean_interval: mean_interval?,
+        faults: faults?,
+        targets: targets?,
+        max_concurrent: max_concurrent?,
+        seed: seed?,
+        fault_for: fault_for?,
+    })
 }
 
 /// The keys that name a fault's kind and its target.
@@ -801,7 +1120,7 @@ expect:
         assert_eq!(
             err,
             "d.yaml:1:1: a drill needs a `load:`, e.g. load: { orders: 200, concurrency: 8 }
-d.yaml:2:1: unknown field `laod`, expected one of `name`, `load`, `faults`, `expect`; did you mean `load`?
+d.yaml:2:1: unknown field `laod`, expected one of `name`, `load`, `steady_state`, `faults`, `monkey`, `halt`, `expect`; did you mean `load`?
 d.yaml:5:11: faults[1].at: `2 parsecs` is not a duration (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. 500ms, 2s, 1m"
         );
         assert_eq!(
@@ -835,5 +1154,53 @@ d.yaml:5:11: faults[1].at: `2 parsecs` is not a duration (unknown time unit \"pa
         assert!(err.contains("is not a size"), "{err}");
         let err = parse(&format!("{head}  - {{ at: 1s, kill: payment, toxic: reset }}\n")).unwrap_err();
         assert!(err.contains("`toxic` belongs to a net fault"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod section_14 {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Drill, String> {
+        Drill::parse(text, Path::new("d.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn steady_state_halt_monkey_and_an_open_loop_load_parse() {
+        let d = parse(
+            "name: m
+load: { rate: 300, duration: 20s, users: \"alice:80,bob:20\" }
+steady_state:
+  probe_load: { orders: 200, rate: 100 }
+  thresholds: [ \"p99<50ms\", \"errors<1%\" ]
+  invariants: all
+halt:
+  - { when: \"errors>20%\", for: 3s }
+monkey: { mean_interval: 4s, faults: [kill, pause], targets: [payment, inventory], max_concurrent: 1, seed: 42 }
+",
+        )
+        .unwrap();
+        assert_eq!((d.load.orders, d.load.duration), (6000, Some(Duration::from_secs(20))));
+        assert_eq!(d.load.users, ["alice", "bob", "alice", "alice", "alice"]);
+        let steady = d.steady_state.unwrap();
+        assert_eq!((steady.probe.orders, steady.thresholds.len(), steady.invariants), (200, 2, true));
+        assert_eq!(d.halt[0].for_, Duration::from_secs(3));
+        assert!(d.monkey_faults > 0 && d.monkey_faults == d.faults.len());
+    }
+
+    #[test]
+    fn bad_thresholds_weights_and_monkeys_are_reported_at_their_position() {
+        let cases = [
+            ("name: x\nload: { orders: 1 }\nsteady_state: { probe_load: { orders: 5 }, thresholds: [\"p98<5ms\"] }\n", "d.yaml:3:57: steady_state.thresholds[0]: `p98<5ms`: unknown metric `p98`"),
+            ("name: x\nload: { orders: 1, users: \"alice:-1\" }\n", "d.yaml:2:27: load: `users`: the weight of `alice` must be above 0, not -1"),
+            ("name: x\nload: { rate: 10, duration: 5s }\nmonkey: { targets: [] }\n", "d.yaml:3:20: monkey: `targets` is empty; a monkey with no targets"),
+            ("name: x\nload: { rate: 10, duration: 5s }\nmonkey: { seed: 1 }\n", "d.yaml:3:9: monkey: `targets` is missing"),
+            ("name: x\nload: { rate: 10, duration: 5s }\nhalt:\n  - { when: \"p99>5ms\" }\n", "d.yaml:4:13: halt[0]: `p99>5ms`: a halt rule judges counts"),
+            ("name: x\nload: { rate: 10, duration: 5s }\nsteady_state: { probe_lod: {} }\n", "d.yaml:3:15: steady_state: `probe_load` is missing"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with(want), "{text}\n{err}");
+        }
     }
 }

@@ -185,6 +185,26 @@ struct Shared {
     refused: AtomicU64,
     /// How many refusals with no answer mean "unreachable": one per worker's first request.
     refused_limit: u64,
+    /// Running counts, for whoever watches the run while it goes (a drill's `halt:` rules).
+    live: LiveCounters,
+}
+
+/// Orders ended so far, by outcome; relaxed atomics, read once a second.
+#[derive(Default)]
+struct LiveCounters {
+    done: AtomicU64,
+    confirmed: AtomicU64,
+    failed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A reading of the running counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Live {
+    pub done: u64,
+    pub confirmed: u64,
+    pub failed: u64,
+    pub errors: u64,
 }
 
 /// One worker's results, merged into the run's when it ends.
@@ -319,6 +339,14 @@ impl Tally {
         let second = self.seconds.entry(second_of(plan, answered)).or_default();
         second.completed += 1;
         second.latencies_us.push(micros(latency));
+        let live = &shared.live;
+        live.done.fetch_add(1, Ordering::Relaxed);
+        match &outcome {
+            Ok(Outcome::Confirmed) => live.confirmed.fetch_add(1, Ordering::Relaxed),
+            Ok(Outcome::Failed(_)) => live.failed.fetch_add(1, Ordering::Relaxed),
+            Ok(Outcome::Pending) => 0,
+            Ok(Outcome::Error(_)) | Err(_) => live.errors.fetch_add(1, Ordering::Relaxed),
+        };
         match &outcome {
             Ok(Outcome::Confirmed) => second.confirmed += 1,
             Ok(Outcome::Failed(_)) => second.failed += 1,
@@ -539,6 +567,7 @@ impl Load {
             answered: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             refused_limit: if run.rate.is_some() { OPEN_LOOP_REFUSALS.min(workers) } else { workers },
+            live: LiveCounters::default(),
         });
         let histogram =
             Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(|e| LoadError::Histogram(e.to_string()))?;
@@ -570,6 +599,17 @@ impl Load {
     /// The progress bar, to print lines above it without tearing it.
     pub fn bar(&self) -> &ProgressBar {
         &self.bar
+    }
+
+    /// The orders ended so far, by outcome.
+    pub fn live(&self) -> Live {
+        let l = &self.shared.live;
+        Live {
+            done: l.done.load(Ordering::Relaxed),
+            confirmed: l.confirmed.load(Ordering::Relaxed),
+            failed: l.failed.load(Ordering::Relaxed),
+            errors: l.errors.load(Ordering::Relaxed),
+        }
     }
 
     /// Starts no more orders; those in flight still finish.

@@ -11,8 +11,8 @@ pub mod threshold;
 pub mod workload;
 
 pub use engine::{
-    Load, LoadError, LoadPlan, Mode, PlanError, Report, Sample, Summary, TimelineSecond, Weights, MAX_CONCURRENCY,
-    OPEN_LOOP_CONCURRENCY,
+    Live, Load, LoadError, LoadPlan, Mode, PlanError, Report, Sample, Summary, TimelineSecond, Weights,
+    MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY,
 };
 pub use gateway::{Gateway, Outcome};
 pub use threshold::{Measures, Threshold, ThresholdError, ThresholdResult};

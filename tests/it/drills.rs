@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -183,7 +184,7 @@ expect:
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("min_confirmed_percent  FAIL"), "{text}");
-    assert!(text.trim_end().ends_with("drill all-declined: FAILED"), "{text}");
+    assert!(text.trim_end().ends_with("drill all-declined: FAILED (failed)"), "{text}");
 
     // A target the stack does not have is refused before any order is sent.
     std::fs::write(
@@ -285,4 +286,190 @@ fn bad_drill_files_exit_2_with_every_problem_at_its_line_and_column() {
          two.yaml:4:42: faults[0].delay: `soon` is not a duration (expected number at 0); write e.g. 500ms, 2s, 1m\n\
          error: `two.yaml` is invalid (2 problems); fix it and run again\n"
     );
+}
+
+// ---- SPEC section 14: steady state, halt, monkey, rollback, reports ----
+
+fn write(p: &Project, name: &str, text: &str) -> String {
+    let path = p.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn faults_left(p: &Project) -> String {
+    stdout(&p.shop(&["chaos", "list", "--json"])).trim().to_string()
+}
+
+#[test]
+fn the_monkey_drill_writes_valid_junit_a_journal_and_an_html_page_with_charts() {
+    let p = started();
+    let dir = p.dir.path();
+    let (junit, html, journal, png) = (dir.join("r.xml"), dir.join("r.html"), dir.join("r.json"), dir.join("r.png"));
+    let out = p.shop(&[
+        "chaos",
+        "drill",
+        &shipped("monkey"),
+        "--junit",
+        junit.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+        "--json-file",
+        journal.to_str().unwrap(),
+    ]);
+    // The timeline is printed before the run.
+    assert!(stderr(&out).contains("monkey (seed 42):"), "{}", stderr(&out));
+    assert_eq!(faults_left(&p), "[]");
+    let report: Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    assert_eq!(out.status.code(), Some(if report["ok"] == true { 0 } else { 1 }), "{report:#}");
+    assert!(report["monkey"]["faults"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(!report["per_second"].as_array().unwrap().is_empty(), "{report:#}");
+    assert_eq!(report["steady_state"]["before"]["ok"], true, "{report:#}");
+    assert!(report["steady_state"]["after"]["checks"].as_array().unwrap().len() >= 3, "{report:#}");
+
+    crate::tools::assert_valid_junit(&junit);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    // One testcase per probe threshold (before and after) and per expectation.
+    assert!(
+        xml.contains("classname=\"drill.monkey.steady_state_before\" time=\"0.000\"")
+            || xml.contains("drill.monkey.steady_state_before"),
+        "{xml}"
+    );
+    assert!(xml.contains("name=\"p99&lt;2s\""), "{xml}");
+    assert!(xml.contains("name=\"not_halted\""), "{xml}");
+
+    let page = crate::tools::chromium(&html, &png);
+    assert!(page.console_errors().is_empty(), "{:?}", page.console_errors());
+    assert_eq!(page.dom.matches("<svg class=\"chart\"").count(), 3, "{}", page.dom);
+    assert!(page.dom.contains("errors per second") && page.dom.contains("class=\"fault\""), "{}", page.dom);
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000, "the screenshot is empty");
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        !text.contains("http://")
+            || text.matches("http://").all(|_| text.contains("xmlns=\"http://www.w3.org/2000/svg\""))
+    );
+    assert!(!text.contains("<script") && !text.contains("https://"), "the page must need no network");
+}
+
+#[test]
+fn a_stack_not_steady_before_the_drill_gets_no_fault_and_exit_1() {
+    let p = started();
+    let file = write(
+        &p,
+        "unsteady.yaml",
+        "name: unsteady
+load: { rate: 20, duration: 2s }
+steady_state:
+  probe_load: { orders: 10, rate: 20 }
+  thresholds: [ \"p99<0ms\" ]
+faults:
+  - { at: 0s, kill: payment, for: 5s }
+",
+    );
+    let (code, report) = drill(&p, &file);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["verdict"], "not steady before the drill", "{report:#}");
+    assert!(report["faults"][0]["applied_at_s"].is_null(), "{report:#}");
+    assert!(report["outcomes"].is_null(), "{report:#}");
+    assert_eq!(faults_left(&p), "[]");
+    assert_eq!(p.row("payment")["state"], "healthy");
+    let out = p.shop(&["chaos", "drill", "unsteady.yaml"]);
+    assert!(stdout(&out).contains("drill unsteady: FAILED (not steady before the drill)"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_halt_rule_stops_the_load_rolls_back_and_names_itself() {
+    let p = started();
+    let file = write(
+        &p,
+        "halting.yaml",
+        "name: halting
+load: { rate: 20, duration: 30s }
+faults:
+  - { at: 0s, errors: order, status: 503, percent: 100 }
+halt:
+  - { when: \"errors>50%\", for: 1s }
+expect: { settle_within: 10s }
+",
+    );
+    let (code, report) = drill(&p, &file);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["verdict"], "halted", "{report:#}");
+    assert_eq!(report["halted"]["rule"], "errors>50%", "{report:#}");
+    assert!(report["halted"]["at_s"].as_f64().unwrap() < 20.0, "{report:#}");
+    assert!(report["outcomes"]["orders"].as_u64().unwrap() < 600, "the load stopped early: {report:#}");
+    assert_eq!(faults_left(&p), "[]");
+}
+
+#[test]
+fn a_sigkilled_drill_leaves_faults_that_expire_by_themselves() {
+    let p = started();
+    let file = write(
+        &p,
+        "killed.yaml",
+        "name: killed\nload: { rate: 10, duration: 2s }\nfaults:\n  - { at: 0s, latency: payment, delay: 5ms }\n",
+    );
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .current_dir(p.dir.path())
+        .args(["chaos", "drill", &file, "-q"])
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::tools::wait_until(Duration::from_secs(20), "the drill's fault", || faults_left(&p) != "[]");
+    let listed: Value = serde_json::from_str(&faults_left(&p)).unwrap();
+    let expires = listed[0]["expires_in_s"].as_f64().expect("every drill fault carries an expiry");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    crate::tools::wait_until(Duration::from_secs_f64(expires + 5.0), "the fault to expire", || faults_left(&p) == "[]");
+}
+
+#[test]
+fn the_same_monkey_seed_prints_the_same_timeline_and_bad_monkeys_exit_2() {
+    let p = started();
+    let args = [
+        "chaos",
+        "monkey",
+        "--duration",
+        "1s",
+        "--seed",
+        "42",
+        "--targets",
+        "payment",
+        "--faults",
+        "latency,errors",
+        "--mean-interval",
+        "300ms",
+        "--for",
+        "200ms",
+    ];
+    let (a, b) = (p.shop(&args), p.shop(&args));
+    assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));
+    assert!(stdout(&a).starts_with("monkey (seed 42):"), "{}", stdout(&a));
+    assert_eq!(stdout(&a), stdout(&b));
+    assert_eq!(faults_left(&p), "[]");
+    let none = p.shop(&["chaos", "monkey", "--duration", "1s", "--targets", ","]);
+    assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
+    assert!(stderr(&none).contains("a monkey with no targets"), "{}", stderr(&none));
+    let weights = write(&p, "w.yaml", "name: w\nload: { rate: 10, duration: 1s, users: \"alice:-5\" }\n");
+    let out = p.shop(&["chaos", "drill", &weights]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("w.yaml:2:40: load: `users`: the weight of `alice` must be above 0, not -5"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn smoke_junit_has_one_valid_testcase_per_check() {
+    let p = Project::new("");
+    let junit = p.dir.path().join("smoke.xml");
+    let out = p.shop(&["smoke", "-q", "--junit", junit.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    crate::tools::assert_valid_junit(&junit);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("tests=\"7\" failures=\"0\""), "{xml}");
+    assert!(xml.contains("<testcase name=\"order_survives_payment_outage\" classname=\"smoke\""), "{xml}");
 }

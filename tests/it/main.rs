@@ -22,5 +22,6 @@ mod smoke;
 mod stack;
 mod support;
 mod telemetry;
+mod tools;
 mod top;
 mod wire;
