@@ -6,10 +6,9 @@
 //! order when the last one answered, so the run ends at exactly N orders however the work is
 //! spread. Open loop (`rate` R): one scheduler makes order `n` due at `start + n / R` whatever
 //! earlier orders did and starts each in its own task, with at most C in flight; an order due
-//! while C are in flight waits for a slot keeping its due time, and is `dropped` if the run's
-//! duration ends first. A stall so shows up as latency and drops instead of quietly lowering
-//! the offered load (coordinated omission): latency is measured from the scheduled start, and
-//! the service time from the actual send is kept beside it.
+//! while C are in flight is `dropped`. A stall so shows up as latency and drops instead of
+//! quietly lowering the offered load (coordinated omission): latency is measured from the
+//! scheduled start, and the service time from the actual send is kept beside it.
 //!
 //! Each worker (or the scheduler) keeps its own histograms, tallies and per-second timeline and
 //! hands them back when it ends, so the hot path takes no lock.
@@ -17,7 +16,7 @@
 //! `shop load` and `shop chaos drill` both drive it from a [`LoadPlan`]; a drill also asks it
 //! to keep one [`Sample`] per order for its before/during/after windows.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -670,43 +669,37 @@ async fn worker(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tall
     tally
 }
 
-/// Open loop: order `n` falls due at `start + n / rate` whatever earlier orders did. A due
-/// order starts at once in its own task, or, while `concurrency` are in flight, waits in a
-/// backlog with its due time kept, so the wait shows in its latency (coordinated omission).
-/// Orders still waiting when the run's duration ends (or it is stopped) are `dropped`.
+/// Open loop: order `n` falls due at `start + n / rate` whatever earlier orders did, and starts
+/// at once in its own task; one that falls due while `concurrency` are in flight cannot start and
+/// is `dropped` (SPEC section 14, as k6's constant arrival rate drops iterations). The load asked
+/// for is so never quietly lowered: a stall shows as latency of the orders in flight and as
+/// drops, never as fewer orders offered.
 async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tally: Tally, rate: f64) -> Tally {
     let mut stop = shared.stop.subscribe();
     let mut in_flight: JoinSet<Done> = JoinSet::new();
-    let mut backlog: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut next = 0u64;
     let mut last_send: Option<Instant> = None;
     let mut stopped = false;
     loop {
-        while (in_flight.len() as u64) < plan.concurrency {
-            let Some((n, due)) = backlog.pop_front() else { break };
-            last_send = Some(Instant::now());
-            in_flight.spawn(order(plan.clone(), n, due));
-        }
         // The next slot, unless every order has one or the duration is over.
         let due = (next < plan.orders)
             .then(|| Duration::try_from_secs_f64(next as f64 / rate).ok())
             .flatten()
             .and_then(|offset| plan.started.checked_add(offset))
             .filter(|due| plan.deadline.is_none_or(|d| *due < d));
-        if due.is_none() && backlog.is_empty() {
-            break;
-        }
-        if due.is_none() && plan.deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
+        let Some(due) = due else { break };
         tokio::select! {
-            _ = tokio::time::sleep_until(due.unwrap_or(plan.started).into()), if due.is_some() => {
-                // `due` is `Some` in this branch, so the fallback is never used.
-                backlog.push_back((next, due.unwrap_or(plan.started)));
+            _ = tokio::time::sleep_until(due.into()) => {
+                if (in_flight.len() as u64) < plan.concurrency {
+                    last_send = Some(Instant::now());
+                    in_flight.spawn(order(plan.clone(), next, due));
+                } else {
+                    tally.dropped += 1;
+                    tally.seconds.entry(second_of(&plan, due)).or_default().dropped += 1;
+                    bar.inc(1);
+                }
                 next += 1;
             }
-            _ = tokio::time::sleep_until(plan.deadline.unwrap_or(plan.started).into()),
-                if due.is_none() && plan.deadline.is_some() => {}
             changed = stop.wait_for(|s| *s) => {
                 // The sender lives in `shared`, so an error cannot come; stop either way.
                 let _ = changed;
@@ -717,11 +710,6 @@ async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut ta
                 collect(&plan, &shared, &bar, &mut tally, joined);
             }
         }
-    }
-    for (_, due) in backlog.drain(..) {
-        tally.dropped += 1;
-        tally.seconds.entry(second_of(&plan, due)).or_default().dropped += 1;
-        bar.inc(1);
     }
     // The schedule ran at least as long as its slots, longer when the sends fell behind them.
     let due_count = next as f64;
