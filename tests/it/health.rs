@@ -198,7 +198,7 @@ async fn a_deleted_payment_database_refuses_charges_and_after_the_restart_no_con
     let payment = addr(&p, "payment");
     std::fs::remove_file(data(&p, "payment.db")).unwrap();
 
-    let charge = json!({"order_id": "ord_probe", "user_id": "alice", "amount_cents": 100, "card": "4242424242424242"});
+    let charge = json!({"order_id": "ord_probe", "user_id": "alice", "amount_cents": 100, "card_token": "card_probe"});
     let resp = http.post(format!("http://{payment}/v1/payments")).json(&charge).send().await.unwrap();
     assert_eq!(resp.status(), 503, "a charge must not be taken into a deleted file");
     let resp = http.get(format!("http://{payment}/readyz?scope=local")).send().await.unwrap();

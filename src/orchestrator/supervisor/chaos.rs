@@ -312,6 +312,9 @@ impl Supervisor {
         }
         if wire {
             self.sync_wire().await?;
+            // Callers learn the detour on their next discovery refresh, one heartbeat away:
+            // answering after it means the fault is on the wire when `shop chaos` returns.
+            tokio::time::sleep(self.stack.registry.heartbeat + Duration::from_millis(100)).await;
         }
         Ok(self.chaos_rows())
     }

@@ -437,11 +437,11 @@ impl Supervisor {
                 inst.state = InstanceState::Crashed;
                 inst.next_restart = Some(now + after);
                 let count = if inst.outage {
-                    "not counted toward max_restarts while it has not been ready since".to_string()
+                    "restart (not counted toward max_restarts while it has not been ready since)".to_string()
                 } else {
                     format!("restart {crashes} of {max}")
                 };
-                log_line(&log, &format!("supervisor: {name} crashed: {status}; {count}, in {after:?}"));
+                log_line(&log, &format!("supervisor: {name} crashed: {status}; {count} in {after:?}"));
                 tracing::warn!(instance = %name, %status, wait = ?after, "crashed; restarting");
             }
         }
