@@ -204,12 +204,13 @@ pub fn expectations(
     checks
 }
 
-fn pass_fail(ok: bool, color: bool) -> &'static str {
-    match (ok, color) {
-        (true, true) => "\x1b[32mPASS\x1b[0m",
-        (false, true) => "\x1b[31mFAIL\x1b[0m",
-        (true, false) => "PASS",
-        (false, false) => "FAIL",
+/// PASS or FAIL, coloured by comfy-table rather than by escape codes in the text, which it
+/// would count as width and so pad the column wrong.
+fn pass_fail(ok: bool, color: bool) -> comfy_table::Cell {
+    let cell = comfy_table::Cell::new(if ok { "PASS" } else { "FAIL" });
+    match color {
+        true => cell.fg(if ok { comfy_table::Color::Green } else { comfy_table::Color::Red }),
+        false => cell,
     }
 }
 
@@ -305,13 +306,13 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
     println!("\ninvariants");
     let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
     for c in &r.invariants.checks {
-        t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+        t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
     }
     println!("{t}");
     println!("\nexpectations");
     let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
     for c in &r.checks {
-        t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+        t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
     }
     println!("{t}");
     println!("\ndrill {}: {}", r.name, if r.ok { "PASSED" } else { "FAILED" });

@@ -3,6 +3,7 @@
 
 mod api;
 mod chaos;
+mod cli;
 mod dns;
 mod drills;
 mod drive;
