@@ -6,7 +6,6 @@ use std::time::Duration;
 use super::context::Context;
 use super::{exit, output};
 use crate::error::Failure;
-use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow};
 use crate::orchestrator::proxy::toxic::{duration_ms, parse_rate, parse_size};
 use crate::orchestrator::proxy::{Direction, Toxic, ToxicKind, ToxicSpec};
@@ -16,10 +15,12 @@ use crate::plumbing::time::parse_duration;
 pub enum ChaosCommand {
     /// Kill a service (all instances) or one instance; it stays down until --for or `chaos clear`
     Kill {
+        /// A service (all its instances) or one instance (e.g. order-2)
         target: String,
         /// KILL or TERM
         #[arg(long, default_value = "KILL")]
         signal: String,
+        /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
         #[arg(long = "for", value_parser = parse_duration)]
         for_: Option<Duration>,
         /// Let the restart policy bring it back, as after a crash
@@ -28,22 +29,31 @@ pub enum ChaosCommand {
     },
     /// SIGSTOP: the process hangs with its port open
     Pause {
+        /// A service (all its instances) or one instance (e.g. order-2)
         target: String,
+        /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
         #[arg(long = "for", value_parser = parse_duration)]
         for_: Option<Duration>,
     },
     /// SIGCONT a paused service
-    Resume { target: String },
+    Resume {
+        /// A service (all its instances) or one instance (e.g. order-2)
+        target: String,
+    },
     /// Delay the requests a service receives
     Latency {
+        /// A service (all its instances) or one instance (e.g. order-2)
         target: String,
+        /// How long each affected request is held (e.g. 200ms)
         #[arg(value_parser = parse_duration)]
         delay: Duration,
+        /// Up to this much more or less, at random (e.g. 50ms)
         #[arg(long, value_parser = parse_duration)]
         jitter: Option<Duration>,
-        /// Share of requests affected
+        /// Share of requests delayed
         #[arg(long, default_value_t = 100.0)]
         percent: f64,
+        /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
         #[arg(long = "for", value_parser = parse_duration)]
         for_: Option<Duration>,
         /// Makes percentages and jitter reproducible
@@ -52,20 +62,28 @@ pub enum ChaosCommand {
     },
     /// Answer a share of a service's requests with an error status
     Errors {
+        /// A service (all its instances) or one instance (e.g. order-2)
         target: String,
+        /// The HTTP status the failing requests get
         #[arg(long, default_value_t = 503)]
         status: u16,
+        /// Share of requests that fail
         #[arg(long, default_value_t = 100.0)]
         percent: f64,
+        /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
         #[arg(long = "for", value_parser = parse_duration)]
         for_: Option<Duration>,
+        /// Makes percentages reproducible
         #[arg(long)]
         seed: Option<u64>,
     },
     /// Cut the wire between A and B both ways: calls hang until the caller's timeout
     Partition {
+        /// One side: a service or one instance
         a: String,
+        /// The other side: a service or one instance
         b: String,
+        /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
         #[arg(long = "for", value_parser = parse_duration)]
         for_: Option<Duration>,
         /// Refuse the calls at once instead of letting them hang (the callers' client fails them)
@@ -77,7 +95,10 @@ pub enum ChaosCommand {
     /// The active faults
     List,
     /// Remove faults (of one service, or all) and restart what chaos stopped
-    Clear { target: Option<String> },
+    Clear {
+        /// Only this service's or instance's faults [default: all]
+        target: Option<String>,
+    },
     /// Run a scripted drill (load, a timeline of faults, expectations) and report
     Drill(super::drill::Args),
     /// Random faults from a seed on the running stack; the timeline is printed first
@@ -88,7 +109,9 @@ pub enum ChaosCommand {
 /// negative value is named as such rather than taken for a flag.
 #[derive(clap::Args, Debug)]
 pub struct NetArgs {
+    /// The service (all its instances) or one instance whose callers go through the proxy
     target: String,
+    /// The toxic: latency, bandwidth, slow-close, blackhole, reset, slicer or limit-data
     toxic: ToxicKind,
     /// latency, slow-close, slicer: how long
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
@@ -123,6 +146,7 @@ pub struct NetArgs {
     /// Only calls from this service go through the proxy (default: every caller)
     #[arg(long)]
     from: Option<String>,
+    /// End the fault after this long (e.g. 30s); `chaos clear` ends it sooner
     #[arg(long = "for", value_parser = parse_duration, allow_hyphen_values = true)]
     for_: Option<Duration>,
     /// Makes toxicity and jitter reproducible
@@ -173,7 +197,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
     if let ChaosCommand::Monkey(args) = command {
         return super::drill::monkey(ctx, args).await;
     }
-    let control = Control::require(&ctx.state_dir())?;
+    let control = ctx.control()?;
     let request = match command {
         ChaosCommand::List => {
             let rows = control.chaos_list().await?;
@@ -181,11 +205,25 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             return Ok(exit::OK);
         }
         ChaosCommand::Clear { target } => {
+            let before = control.chaos_list().await?.len();
             let rows = control.chaos_clear(target.clone()).await?;
-            if !ctx.quiet && !ctx.json {
-                eprintln!("cleared faults{}", target.map(|t| format!(" on `{t}`")).unwrap_or_default());
+            if ctx.json {
+                print_rows(ctx, &rows);
+                return Ok(exit::OK);
             }
-            print_rows(ctx, &rows);
+            // One line says what happened; the table follows only if faults elsewhere remain.
+            let on = target.map(|t| format!(" on `{t}`")).unwrap_or_default();
+            let cleared = before.saturating_sub(rows.len());
+            if !ctx.quiet {
+                match cleared {
+                    0 => eprintln!("no active faults{on}; nothing to clear"),
+                    1 => eprintln!("cleared 1 fault{on}"),
+                    n => eprintln!("cleared {n} faults{on}"),
+                }
+            }
+            if !rows.is_empty() {
+                print_rows(ctx, &rows);
+            }
             return Ok(exit::OK);
         }
         ChaosCommand::Kill { target, signal, for_, restart } => ChaosRequest {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::{Cli, Failure};
+use crate::orchestrator::control::Control;
 use crate::orchestrator::stackfile::Stack;
 use crate::orchestrator::state_dir::StateDir;
 
@@ -51,6 +52,24 @@ impl Context {
             )));
         }
         Ok(dbs)
+    }
+
+    /// The running stack's supervisor. When none runs, a stack file that cannot be read is the
+    /// real mistake (a wrong directory or `-f`), so it is reported first, as a usage error.
+    pub fn control(&self) -> anyhow::Result<Control> {
+        let dir = self.state_dir();
+        if let Some(control) = Control::connect(&dir) {
+            return Ok(control);
+        }
+        self.stack()?;
+        Control::require(&dir)
+    }
+
+    /// For commands that work without a running stack (`ps`, `logs`, `down`): nothing runs
+    /// from the state dir, so the stack file must at least be readable and valid, or the
+    /// "nothing is running" they would print may come from the wrong place.
+    pub fn check_stack_file(&self) -> anyhow::Result<()> {
+        self.stack().map(drop)
     }
 
     /// The state dir, whether or not the stack file is valid (so `down` always works).

@@ -2,8 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use super::context::Context;
+use super::output;
 use crate::orchestrator::control::Control;
+use crate::orchestrator::protocol::PsRow;
 use crate::orchestrator::state_dir::process_alive;
 use crate::plumbing::time::parse_duration;
 
@@ -17,12 +21,28 @@ pub struct Args {
     pub purge: bool,
 }
 
+/// `shop down --json`: what was stopped and what was deleted.
+#[derive(Serialize)]
+struct Stopped {
+    /// The instances as `ps` showed them just before the stop; empty if nothing ran.
+    stopped: Vec<PsRow>,
+    /// Seconds the stop took; 0 if nothing ran.
+    duration_s: f64,
+    /// The directories `--purge` deleted.
+    purged: Vec<String>,
+}
+
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
+    let mut report = Stopped { stopped: Vec::new(), duration_s: 0.0, purged: Vec::new() };
     match Control::connect(&dir) {
         Some(control) => {
             let pid = control.record.pid;
             let started = Instant::now();
+            // Only for the report: a supervisor too busy to answer is still stopped below.
+            if let Ok(status) = control.status().await {
+                report.stopped = status.rows;
+            }
             // The supervisor may exit before it answers; what counts is that it is gone.
             let _ = control.down(args.timeout, args.timeout + Duration::from_secs(10)).await;
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -36,11 +56,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
             }
             dir.kill_leftovers();
             dir.remove_record();
+            report.duration_s = started.elapsed().as_secs_f64();
             if !ctx.quiet {
                 eprintln!("stack stopped in {:.1}s", started.elapsed().as_secs_f64());
             }
         }
         None => {
+            ctx.check_stack_file()?;
             if !ctx.quiet {
                 eprintln!("no stack is running from `{}`; nothing to stop", dir.root.display());
             }
@@ -49,7 +71,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     if args.purge {
         for path in [dir.data(), dir.logs()] {
             match std::fs::remove_dir_all(&path) {
-                Ok(()) => {}
+                Ok(()) => report.purged.push(path.display().to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => anyhow::bail!("cannot delete `{}`: {e}", path.display()),
             }
@@ -59,6 +81,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         if !ctx.quiet {
             eprintln!("deleted data and logs in `{}`", dir.root.display());
         }
+    }
+    if ctx.json {
+        output::print_json(&report);
     }
     Ok(super::exit::OK)
 }

@@ -82,7 +82,7 @@ pub enum ExportCommand {
 /// What both formats take.
 #[derive(clap::Args, Debug)]
 pub struct OutputArgs {
-    /// Write the manifests to FILE instead of stdout
+    /// Write to FILE instead of stdout
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// The image every service runs (built from the Dockerfile) [default: shop:VERSION]
@@ -114,8 +114,15 @@ pub struct ComposeArgs {
 }
 
 pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
+    let (ExportCommand::K8s(K8sArgs { out, .. }) | ExportCommand::Compose(ComposeArgs { out })) = &command;
+    if ctx.json && out.output.is_none() {
+        // Without `-o` the manifests are the output; JSON about them would have to replace them.
+        return Err(Failure::usage(
+            "`export --json` reports the file it wrote; add `-o FILE` (without `-o` the YAML itself is the output)",
+        ));
+    }
     let stack = ctx.stack()?;
-    let (text, out, what) = match command {
+    let (text, out, what, format) = match command {
         ExportCommand::K8s(args) => {
             let plan = Plan::new(&stack, &args.out)?;
             if let Some(ns) = &args.namespace {
@@ -130,11 +137,11 @@ pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
                     eprintln!("warning: {warning}");
                 }
             }
-            (k8s(&plan, args.namespace.as_deref(), !args.no_network_policies), args.out, "Kubernetes manifests")
+            (k8s(&plan, args.namespace.as_deref(), !args.no_network_policies), args.out, "Kubernetes manifests", "k8s")
         }
         ExportCommand::Compose(args) => {
             let plan = Plan::new(&stack, &args.out)?;
-            (compose(&plan), args.out, "compose file")
+            (compose(&plan), args.out, "compose file", "compose")
         }
     };
     match &out.output {
@@ -153,7 +160,15 @@ pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
             std::fs::write(path, &text).with_context(|| {
                 format!("cannot write the {what} to `{}`; check that its directory exists", path.display())
             })?;
-            if !ctx.quiet {
+            if ctx.json {
+                let written = serde_json::json!({
+                    "format": format,
+                    "stack": stack.name,
+                    "path": path.display().to_string(),
+                    "bytes": text.len(),
+                });
+                super::output::print_json(&written);
+            } else if !ctx.quiet {
                 eprintln!("wrote the {what} for stack `{}` to {}", stack.name, path.display());
             }
         }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use comfy_table::Cell;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -25,11 +26,20 @@ use crate::services::Kind;
 #[derive(clap::Subcommand, Debug)]
 pub enum InspectCommand {
     /// An order's saga as a timeline, its notification, and its trace as a waterfall
-    Order { id: String },
+    Order {
+        /// The order id (ord_…)
+        id: String,
+    },
     /// All spans of one trace across services, as a waterfall
-    Trace { trace_id: String },
+    Trace {
+        /// The trace id: 32 hex digits, as in `shop inspect order` or a `traceparent` header
+        trace_id: String,
+    },
     /// A service's instances, database, request figures
-    Service { name: String },
+    Service {
+        /// A service of the stack file (e.g. payment)
+        name: String,
+    },
     /// Every registered instance and its heartbeat age
     Registry,
     /// Per product: initial, available, reserved, sold
@@ -464,13 +474,7 @@ fn check_invariants(ctx: &Context, settle: Duration) -> anyhow::Result<i32> {
         let color = output::color_stdout();
         let mut t = output::table(&["CHECK", "RESULT", "DETAIL"]);
         for c in &report.checks {
-            let result = match (c.ok, color) {
-                (true, true) => "\x1b[32mPASS\x1b[0m",
-                (false, true) => "\x1b[31mFAIL\x1b[0m",
-                (true, false) => "PASS",
-                (false, false) => "FAIL",
-            };
-            t.add_row(vec![c.name.clone(), result.to_string(), c.detail.clone()]);
+            t.add_row(vec![Cell::new(&c.name), output::pass_fail(c.ok, color), Cell::new(&c.detail)]);
         }
         println!("{t}");
         let failed = report.checks.iter().filter(|c| !c.ok).count();

@@ -90,6 +90,9 @@ impl Printer {
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
+    if crate::orchestrator::control::Control::connect(&dir).is_none() {
+        ctx.check_stack_file()?;
+    }
     let files = log_files(&dir, &args.services);
     if files.is_empty() {
         if !args.services.is_empty() {

@@ -4,6 +4,7 @@ mod chaos;
 mod context;
 mod down;
 mod drill;
+mod examples;
 mod export;
 mod inspect;
 mod load;
@@ -20,7 +21,7 @@ mod up;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::orchestrator::protocol::ServiceAction;
 
@@ -94,6 +95,7 @@ pub enum Command {
     Export(export::ExportCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     Completions {
+        /// The shell to write completions for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -102,15 +104,22 @@ pub enum Command {
     /// The background supervisor started by `up -d`
     #[command(hide = true)]
     Supervise {
+        /// Services to start, with their dependencies [default: all]
         services: Vec<String>,
+        /// Start only the named services, not their dependencies
         #[arg(long)]
         no_deps: bool,
     },
 }
 
+/// The whole command line as clap sees it, each command's help ending with its examples.
+pub fn command() -> clap::Command {
+    examples::attach(Cli::command(), "")
+}
+
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
@@ -128,16 +137,33 @@ pub fn main() -> i32 {
     }
 }
 
+/// Why `--json` cannot mean anything for this command, if it cannot.
+fn json_refused(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Completions { .. } => Some("`completions` prints a shell script; run it without --json"),
+        Command::Serve(_) => Some("`serve` runs one service in the foreground and prints no result"),
+        Command::Up(args) if !args.detach => Some(
+            "a foreground `up` streams logs until Ctrl-C; use `shop up -d --json` for the table, then `shop logs -f --json`",
+        ),
+        _ => None,
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = context::Context::new(&cli);
     crate::plumbing::test_hooks::warn_at_start();
+    if cli.json {
+        if let Some(why) = json_refused(&cli.command) {
+            return Err(Failure::usage(format!("--json does not apply here: {why}")));
+        }
+    }
     if let Command::Serve(args) = cli.command {
         return serve::run(args, cli.verbose, cli.quiet);
     }
     if let Command::Completions { shell } = cli.command {
-        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut cmd = command();
         let mut script = Vec::new();
-        clap_complete::generate(shell, &mut command, "shop", &mut script);
+        clap_complete::generate(shell, &mut cmd, "shop", &mut script);
         let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return Ok(exit::OK);
     }

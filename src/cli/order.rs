@@ -57,9 +57,10 @@ pub struct ListArgs {
     /// Only this fixture user's orders [default: every fixture user's]
     #[arg(long)]
     pub user: Option<String>,
-    /// PENDING, CONFIRMED or FAILED
+    /// Only orders in this status: PENDING, CONFIRMED or FAILED
     #[arg(long)]
     pub status: Option<String>,
+    /// At most this many orders (per user when listing every fixture user's)
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
     #[command(flatten)]

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use comfy_table::{presets, ContentArrangement, Table};
+use comfy_table::{presets, Cell, Color, ContentArrangement, Table};
 use serde::Serialize;
 
 use crate::orchestrator::protocol::PsRow;
@@ -23,6 +23,17 @@ pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled).set_header(header.to_vec());
     t
+}
+
+/// PASS or FAIL, green or red when `color`. comfy-table applies the colour after padding the
+/// cell to its visible width; escape codes written into the text would count as width and
+/// misalign the column.
+pub fn pass_fail(ok: bool, color: bool) -> Cell {
+    let cell = Cell::new(if ok { "PASS" } else { "FAIL" });
+    match color {
+        true => cell.fg(if ok { Color::Green } else { Color::Red }),
+        false => cell,
+    }
 }
 
 /// `12s`, `4m03s`, `2h05m`.
@@ -56,5 +67,42 @@ pub fn print_ps(rows: &[PsRow], json: bool) {
         print_json(&rows);
     } else {
         println!("{}", ps_table(rows));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drops ANSI escape sequences (`ESC [ ... letter`), leaving what a terminal shows.
+    fn visible(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn coloured_pass_and_fail_cells_keep_the_next_column_aligned() {
+        let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
+        t.enforce_styling();
+        t.add_row(vec![Cell::new("stock_conserved"), pass_fail(true, true), Cell::new("detail-a")]);
+        t.add_row(vec![Cell::new("one_charge"), pass_fail(false, true), Cell::new("detail-b")]);
+        let rendered = t.to_string();
+        assert!(rendered.contains("\x1b["), "the cells are coloured: {rendered:?}");
+        let lines: Vec<String> = rendered.lines().map(visible).collect();
+        let columns: Vec<Option<usize>> =
+            lines.iter().map(|l| ["DETAIL", "detail-a", "detail-b"].iter().find_map(|w| l.find(w))).collect();
+        assert!(columns.iter().all(|c| c.is_some() && *c == columns[0]), "misaligned:\n{}", lines.join("\n"));
     }
 }

@@ -7,6 +7,7 @@ use crate::orchestrator::control::Control;
 pub async fn run(ctx: &Context) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
     let Some(control) = Control::connect(&dir) else {
+        ctx.check_stack_file()?;
         if ctx.json {
             println!("[]");
         } else if !ctx.quiet {

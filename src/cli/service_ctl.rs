@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use super::context::Context;
 use super::output;
-use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::{InstanceState, Names, ServiceAction};
 use crate::plumbing::time::parse_duration;
 
@@ -19,7 +18,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, action: ServiceAction, args: Args) -> anyhow::Result<i32> {
-    let control = Control::require(&ctx.state_dir())?;
+    let control = ctx.control()?;
     let names =
         Names { services: args.services.clone(), no_deps: false, timeout_ms: Some(args.timeout.as_millis() as u64) };
     let wait = args.timeout + Duration::from_secs(60);

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::context::Context;
 use super::output;
-use crate::orchestrator::control::Control;
 use crate::plumbing::time::parse_duration;
 use crate::top::{app, render};
 
@@ -22,7 +21,7 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
-    let control = Control::require(&dir)?;
+    let control = ctx.control()?;
     if ctx.json || args.once {
         let snap = app::one_snapshot(&control, args.interval).await?;
         if ctx.json {

@@ -281,12 +281,13 @@ pub fn expectations(
     checks
 }
 
-fn pass_fail(ok: bool, color: bool) -> &'static str {
-    match (ok, color) {
-        (true, true) => "\x1b[32mPASS\x1b[0m",
-        (false, true) => "\x1b[31mFAIL\x1b[0m",
-        (true, false) => "PASS",
-        (false, false) => "FAIL",
+/// PASS or FAIL, coloured by comfy-table rather than by escape codes in the text, which it
+/// would count as width and so pad the column wrong.
+fn pass_fail(ok: bool, color: bool) -> comfy_table::Cell {
+    let cell = comfy_table::Cell::new(if ok { "PASS" } else { "FAIL" });
+    match color {
+        true => cell.fg(if ok { comfy_table::Color::Green } else { comfy_table::Color::Red }),
+        false => cell,
     }
 }
 
@@ -359,7 +360,11 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
             println!("\nsteady state {when}");
             let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
             for c in &probe.checks {
-                t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+                t.add_row(vec![
+                    comfy_table::Cell::new(&c.name),
+                    pass_fail(c.ok, color),
+                    comfy_table::Cell::new(&c.detail),
+                ]);
             }
             println!("{t}");
         }
@@ -371,7 +376,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
         println!("\nexpectations");
         let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
         for c in &r.checks {
-            t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+            t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
         }
         println!("{t}");
         println!("\ndrill {}: FAILED ({})", r.name, r.verdict);
@@ -412,13 +417,13 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
     println!("\ninvariants");
     let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
     for c in &r.invariants.checks {
-        t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+        t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
     }
     println!("{t}");
     println!("\nexpectations");
     let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
     for c in &r.checks {
-        t.add_row(vec![c.name.clone(), pass_fail(c.ok, color).to_string(), c.detail.clone()]);
+        t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
     }
     println!("{t}");
     let verdict = if r.ok { "PASSED".to_string() } else { format!("FAILED ({})", r.verdict) };

@@ -54,7 +54,7 @@ pub enum Mode {
     /// Register with the registry and ask it where the others are.
     #[default]
     Registry,
-    /// Fixed addresses from [`Peers`]; no registry at all.
+    /// Fixed addresses from `--peers`; no registry at all.
     Dns,
 }
 

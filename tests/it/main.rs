@@ -3,6 +3,7 @@
 
 mod api;
 mod chaos;
+mod cli;
 mod commands;
 mod dns;
 mod drills;
