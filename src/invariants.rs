@@ -283,13 +283,13 @@ impl Snapshot {
             (ids.len(), missing)
         });
     }
+}
 
-    /// The orders in id order (ULID ids first): problems are then listed the same way each run.
-    fn sorted(&self) -> Vec<(&Key, &Ledger)> {
-        let mut all: Vec<_> = self.orders.iter().collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        all
-    }
+/// Problems keyed by order id, listed in id order (ULID ids first): the same order each run,
+/// while only the problems are sorted, never the million orders.
+fn in_id_order(mut problems: Vec<(&Key, String)>) -> Vec<String> {
+    problems.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    problems.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Runs every check once.
@@ -338,31 +338,35 @@ fn stock_conservation(stock: &[Stock]) -> Check {
 fn charged_iff_confirmed(s: &Snapshot) -> Check {
     let mut problems = Vec::new();
     let (mut confirmed, mut failed) = (0, 0);
-    for (key, o) in s.sorted() {
+    for (key, o) in &s.orders {
         if o.captures > 1 {
-            problems.push(format!("{}: {} captures", key.id(), o.captures));
+            problems.push((key, format!("{}: {} captures", key.id(), o.captures)));
         }
         match o.status {
             Status::Confirmed => {
                 confirmed += 1;
                 if o.net_cents != o.total_cents {
-                    problems.push(format!(
-                        "{}: CONFIRMED for {} cents but {} cents net charged",
-                        key.id(),
-                        o.total_cents,
-                        o.net_cents
+                    problems.push((
+                        key,
+                        format!(
+                            "{}: CONFIRMED for {} cents but {} cents net charged",
+                            key.id(),
+                            o.total_cents,
+                            o.net_cents
+                        ),
                     ));
                 }
             }
             Status::Failed => {
                 failed += 1;
                 if o.net_cents != 0 {
-                    problems.push(format!("{}: FAILED but {} cents net charged", key.id(), o.net_cents));
+                    problems.push((key, format!("{}: FAILED but {} cents net charged", key.id(), o.net_cents)));
                 }
             }
             Status::Pending => {} // in flight: judged once it settles (check 3)
         }
     }
+    let mut problems = in_id_order(problems);
     let mut strays: Vec<_> = s.stray_money.iter().filter(|(_, (money, _))| *money != 0).collect();
     strays.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (key, (money, _)) in strays {
@@ -393,15 +397,17 @@ fn nothing_stuck(s: &Snapshot) -> Check {
 fn one_notification_per_terminal_order(s: &Snapshot) -> Check {
     let mut problems = Vec::new();
     let (mut terminal, mut notified) = (0, 0);
-    for (key, o) in s.sorted() {
+    for (key, o) in &s.orders {
         notified += o.notifications;
         if o.status.is_terminal() {
             terminal += 1;
             if o.notifications != 1 {
-                problems.push(format!("{}: {} with {} notifications", key.id(), o.status.as_str(), o.notifications));
+                problems
+                    .push((key, format!("{}: {} with {} notifications", key.id(), o.status.as_str(), o.notifications)));
             }
         }
     }
+    let mut problems = in_id_order(problems);
     for (key, n) in &s.stray_notifications {
         notified += n;
         problems.push(format!("{}: {n} notifications for an order that does not exist", key.id()));
