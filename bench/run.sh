@@ -1,25 +1,66 @@
 #!/usr/bin/env bash
-# The benchmark of SPEC section 11, in one run on one machine: the shipped stack in a temp state
-# dir, the gateway's single-hop rate (GET /healthz) and the full-saga rate (POST /orders), both
-# with wrk at concurrency 32, their ratio, latency, confirmed vs failed, `up -d` and `down`
-# times, and each service's resident memory idle and after the load.
+# The benchmark of SPEC sections 11 and 18, in one run on one machine: the shipped stack in a
+# temp state dir, a bare axum hello-world (examples/hello.rs) as the machine's reference rate,
+# the gateway's single-hop rate (GET /healthz), the full-saga rate (POST /orders) and the mixed
+# workload (alice:70,bob:20,dave:10 over three products), all with wrk at concurrency 32, the
+# saga's rate divided by the reference, latency, `up -d` and `down` times, disk per order, the
+# time of `shop inspect invariants`, and each service's resident memory.
 #
-# Usage: bench/run.sh            (DURATION=10s CONNECTIONS=32 ROUNDS=3 bench/run.sh to change the run)
-# Writes bench/results.json and prints a markdown summary.
+# Usage: bench/run.sh [--grow N]
+#   DURATION=10s CONNECTIONS=32 ROUNDS=3 bench/run.sh   to change the rounds
+#   --grow N   after the measures on an empty stack, fills the stack with saga orders until it
+#              holds N, then measures again (throughput, p99, disk per order, invariants time,
+#              resident memory) and reports both ends under "grow".
+# Honors CARGO_TARGET_DIR. Writes bench/results.json and prints a markdown summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
+grow=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --grow) grow="${2:?--grow needs a number of orders}"; shift 2 ;;
+    --grow=*) grow="${1#--grow=}"; shift ;;
+    *) echo "unknown argument: $1 (usage: bench/run.sh [--grow N])" >&2; exit 2 ;;
+  esac
+done
 duration="${DURATION:-10s}"
 connections="${CONNECTIONS:-32}"
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
   apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
 fi
-cargo build --release --quiet
-bin="$PWD/target/release/shop"
+cargo build --release --quiet --bin shop --example hello
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$repo/$target" ;; esac
+bin="$target/release/shop"
+hello_bin="$target/release/examples/hello"
 state="$(mktemp -d)"
 work="$(mktemp -d)"
-shop() { "$bin" --file stack.yaml --state-dir "$state" "$@"; }
-trap 'shop down -q >/dev/null 2>&1 || true; rm -rf "$state" "$work"' EXIT
+hello_pid=""
+
+# The bench's own copy of the stack: free ports (another stack may hold 8080), and products
+# with enough stock that a long fill never runs out (the shipped sku-load has a million).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+gw_port=$(free_port); reg_port=$(free_port)
+cat > "$work/products.yaml" <<YAML
+products:
+  - { id: sku-load, name: Load stock, price_cents: 499, stock: 100000000 }
+  - { id: sku-mix-a, name: Mix stock A, price_cents: 1250, stock: 100000000 }
+  - { id: sku-mix-b, name: Mix stock B, price_cents: 2999, stock: 100000000 }
+  - { id: sku-mix-c, name: Mix stock C, price_cents: 899, stock: 100000000 }
+YAML
+sed -e "s|port: 8080|port: $gw_port|" -e "s|port: 7070|port: $reg_port|" \
+    -e "s|fixtures: fixtures/users.yaml|fixtures: $repo/fixtures/users.yaml|" \
+    -e "s|fixtures: fixtures/products.yaml|fixtures: $work/products.yaml|" stack.yaml > "$work/stack.yaml"
+gw="http://127.0.0.1:$gw_port"
+
+shop() { "$bin" --file "$work/stack.yaml" --state-dir "$state" "$@"; }
+cleanup() {
+  shop down -q >/dev/null 2>&1 || true
+  [ -n "$hello_pid" ] && kill "$hello_pid" 2>/dev/null || true
+  rm -rf "$state" "$work"
+}
+trap cleanup EXIT
 
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 rss() { # "service=KB ..." for every instance
@@ -33,11 +74,31 @@ for r in json.load(sys.stdin):
     except Exception: pass
     print("%s=%d" % (name, kb))'
 }
-
-t0=$(ms); shop up -d -q >/dev/null; t1=$(ms)
-up_ms=$((t1 - t0))
-sleep 1
-rss > "$work/rss_idle"
+orders_count() {
+  python3 -c "import sqlite3; print(sqlite3.connect('file:$state/data/order.db?mode=ro', uri=True).execute('select count(*) from orders').fetchone()[0])"
+}
+disk_kb() { du -sk "$state/data" | cut -f1; }
+# Each measure runs ROUNDS times (default 3) and the median round is reported: the machine is
+# shared, and one round can be off by 15% either way.
+rounds="${ROUNDS:-3}"
+median() { # $1 = prefix: copies the round with the median rate to $1.txt
+  for f in "$1".*.txt; do echo "$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$f") $f"; done | sort -n | awk -v n="$rounds" 'NR == int((n + 1) / 2) {print $2}' | xargs -I{} cp {} "$1.txt"
+}
+measure() { # $1 = name, $2 = url, $3 = lua script or "" : ROUNDS rounds, the median kept as $work/$1.txt
+  local script=()
+  [ -n "$3" ] && script=(-s "$3")
+  wrk -t1 -c"$connections" -d2s "${script[@]}" "$2" >/dev/null   # warm-up
+  rm -f "$work/$1".*.txt
+  for i in $(seq "$rounds"); do
+    wrk -t1 -c"$connections" -d"$duration" --latency "${script[@]}" "$2" > "$work/$1.$i.txt"
+  done
+  median "$work/$1"
+}
+time_invariants() { # $1 = output json; prints the milliseconds the check took
+  local a b
+  a=$(ms); shop inspect invariants --settle 30s --json > "$1" || true; b=$(ms)
+  echo $((b - a))
+}
 
 cat > "$work/order.lua" <<'LUA'
 wrk.method = "POST"
@@ -45,32 +106,70 @@ wrk.body = '{"items":[{"product_id":"sku-load","quantity":1}]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer dev-token-alice"
 LUA
-wrk -t1 -c"$connections" -d2s http://127.0.0.1:8080/healthz >/dev/null   # warm-up
-# Each measure runs ROUNDS times (default 3) and the median round is reported: the machine is
-# shared, and one round can be off by 15% either way.
-rounds="${ROUNDS:-3}"
-median() { # $1 = prefix: copies the round with the median rate to $1.txt
-  for f in "$1".*.txt; do echo "$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$f") $f"; done | sort -n | awk -v n="$rounds" 'NR == int((n + 1) / 2) {print $2}' | xargs -I{} cp {} "$1.txt"
-}
-for i in $(seq "$rounds"); do
-  wrk -t1 -c"$connections" -d"$duration" --latency http://127.0.0.1:8080/healthz > "$work/healthz.$i.txt"
-done
-median "$work/healthz"
-wrk -t1 -c"$connections" -d2s -s "$work/order.lua" http://127.0.0.1:8080/orders >/dev/null   # warm-up
-before=$(python3 -c "import sqlite3; print(sqlite3.connect('file:$state/data/order.db?mode=ro', uri=True).execute('select count(*) from orders').fetchone()[0])")
-for i in $(seq "$rounds"); do
-  wrk -t1 -c"$connections" -d"$duration" --latency -s "$work/order.lua" http://127.0.0.1:8080/orders > "$work/orders.$i.txt"
-done
-median "$work/orders"
+# The mixed workload: of every 10 requests 7 are alice's (charged), 2 bob's (declined) and 1
+# dave's (insufficient funds), over three products in turn, so 3 sagas in 10 compensate.
+cat > "$work/mixed.lua" <<'LUA'
+local users = {"alice","alice","alice","alice","alice","alice","alice","bob","bob","dave"}
+local products = {"sku-mix-a","sku-mix-b","sku-mix-c"}
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{"items":[{"product_id":"' .. products[(n % 3) + 1] .. '","quantity":1}]}'
+  return wrk.format("POST", "/orders", {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer dev-token-" .. users[(n % 10) + 1]}, body)
+end
+LUA
+
+# The reference first, alone on the machine: a bare axum handler.
+"$hello_bin" 0 > "$work/hello.out" &
+hello_pid=$!
+for _ in $(seq 100); do grep -q listening "$work/hello.out" 2>/dev/null && break; sleep 0.05; done
+hello_url="http://$(grep -oP 'listening on \K\S+' "$work/hello.out")/"
+measure hello "$hello_url" ""
+kill "$hello_pid"; wait "$hello_pid" 2>/dev/null || true; hello_pid=""
+
+t0=$(ms); shop up -d -q >/dev/null; t1=$(ms)
+up_ms=$((t1 - t0))
+sleep 1
+rss > "$work/rss_idle"
+
+measure healthz "$gw/healthz" ""
+before=$(orders_count)
+measure orders "$gw/orders" "$work/order.lua"
+after_orders=$(orders_count)
+measure mixed "$gw/orders" "$work/mixed.lua"
 rss > "$work/rss_load"
 bench/wire.sh "$bin" "$state" | tee "$work/wire.md"   # SPEC 13: proxy overhead per hop, same run
-shop inspect invariants --settle 30s --json > "$work/invariants.json" || true
+inv_ms=$(time_invariants "$work/invariants.json")
+empty_orders=$(orders_count); empty_disk_kb=$(disk_kb)
+
+if [ "$grow" -gt 0 ]; then
+  # Fill with the plain saga until the stack holds N orders, in rounds sized by the rate seen.
+  fill_start=$(ms)
+  while :; do
+    have=$(orders_count)
+    [ "$have" -ge "$grow" ] && break
+    secs=$(python3 -c "import math; print(max(2, min(120, math.ceil(($grow - $have) / 2500))))")
+    wrk -t1 -c"$connections" -d"${secs}s" -s "$work/order.lua" "$gw/orders" >/dev/null
+    echo "grow: $(orders_count) of $grow orders" >&2
+  done
+  fill_ms=$(( $(ms) - fill_start ))
+  before_grown=$(orders_count)
+  measure grown "$gw/orders" "$work/order.lua"
+  rss > "$work/rss_grown"
+  grown_inv_ms=$(time_invariants "$work/invariants_grown.json")
+  grown_orders=$(orders_count); grown_disk_kb=$(disk_kb)
+else
+  fill_ms=0; before_grown=0; grown_inv_ms=0; grown_orders=0; grown_disk_kb=0
+fi
 t2=$(ms); shop down -q; t3=$(ms)
 down_ms=$((t3 - t2))
 
-python3 - "$work" "$state" "$up_ms" "$down_ms" "$before" "$connections" "$duration" <<'PY'
+python3 - "$work" "$state" "$up_ms" "$down_ms" "$before" "$after_orders" "$connections" "$duration" \
+  "$inv_ms" "$empty_orders" "$empty_disk_kb" "$grow" "$fill_ms" "$grown_inv_ms" "$grown_orders" "$grown_disk_kb" <<'PY'
 import json, re, sqlite3, sys, platform, os
-work, state, up_ms, down_ms, before, conns, duration = sys.argv[1:]
+(work, state, up_ms, down_ms, before, after_orders, conns, duration, inv_ms, empty_orders, empty_disk_kb,
+ grow, fill_ms, grown_inv_ms, grown_orders, grown_disk_kb) = sys.argv[1:]
 def wrk(path):
     text = open(path).read()
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -85,30 +184,63 @@ def wrk(path):
             "socket_errors": errors.group(1).strip() if errors else ""}
 def rss(path):
     return {k: int(v) // 1024 for k, v in (l.strip().split("=") for l in open(path) if "=" in l)}
+def invariants(path):
+    return json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {"ok": False}
 db = sqlite3.connect(f"file:{state}/data/order.db?mode=ro", uri=True)
 by_status = dict(db.execute("select status, count(*) from orders group by status").fetchall())
-total = sum(by_status.values()) - int(before)  # all rounds
-healthz, orders = wrk(f"{work}/healthz.txt"), wrk(f"{work}/orders.txt")
-inv = json.load(open(f"{work}/invariants.json")) if os.path.getsize(f"{work}/invariants.json") else {"ok": False}
+hello, healthz = wrk(f"{work}/hello.txt"), wrk(f"{work}/healthz.txt")
+orders, mixed = wrk(f"{work}/orders.txt"), wrk(f"{work}/mixed.txt")
+# wrk counts answers; a mixed answer is a terminal order either way (201 CONFIRMED or FAILED),
+# so the rate of answers is the rate of orders.
+inv = invariants(f"{work}/invariants.json")
+per_order = lambda kb, n: round(int(kb) * 1024 / int(n)) if int(n) else None
 result = {
     "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
     "connections": int(conns), "duration": duration,
-    "healthz": healthz, "orders": orders,
+    "hello_axum": hello, "healthz": healthz, "orders": orders, "mixed": mixed,
     "saga_to_hop_ratio": round(orders["rate_per_s"] / healthz["rate_per_s"], 4),
-    "orders_in_run": total, "orders_by_status_all": by_status,
-    "invariants_ok": inv.get("ok"),
+    "saga_to_axum_ratio": round(orders["rate_per_s"] / hello["rate_per_s"], 4),
+    "orders_in_run": int(after_orders) - int(before), "orders_by_status_all": by_status,
+    "invariants_ok": inv.get("ok"), "invariants_ms": int(inv_ms),
+    "disk_bytes_per_order": per_order(empty_disk_kb, empty_orders), "orders_stored": int(empty_orders),
     "up_ms": int(up_ms), "down_ms": int(down_ms),
     "rss_mb_idle": rss(f"{work}/rss_idle"), "rss_mb_after_load": rss(f"{work}/rss_load"),
 }
+if int(grow):
+    grown = wrk(f"{work}/grown.txt")
+    ginv = invariants(f"{work}/invariants_grown.json")
+    result["grow"] = {
+        "target_orders": int(grow), "fill_ms": int(fill_ms), "orders_stored": int(grown_orders),
+        "empty": {"orders_per_s": orders["rate_per_s"], "p99_ms": orders["p99_ms"],
+                  "disk_bytes_per_order": result["disk_bytes_per_order"], "invariants_ms": int(inv_ms),
+                  "rss_mb": result["rss_mb_after_load"]},
+        "grown": {"orders_per_s": grown["rate_per_s"], "p99_ms": grown["p99_ms"],
+                  "disk_bytes_per_order": per_order(grown_disk_kb, grown_orders),
+                  "invariants_ms": int(grown_inv_ms), "invariants_ok": ginv.get("ok"),
+                  "rss_mb": rss(f"{work}/rss_grown")},
+        "throughput_change_pct": round(100 * (grown["rate_per_s"] / orders["rate_per_s"] - 1), 1),
+    }
 json.dump(result, open("bench/results.json", "w"), indent=2)
+t = lambda ok: "reached" if ok else "NOT reached"
 print(f"machine: {result['machine']}")
-print(f"| measure | value |\n|---|---|")
-print(f"| GET /healthz (1 hop), c={conns} | {healthz['rate_per_s']:.0f} req/s, p50 {healthz['p50_ms']} ms, p99 {healthz['p99_ms']} ms |")
-print(f"| POST /orders (full saga), c={conns} | {orders['rate_per_s']:.0f} orders/s, p50 {orders['p50_ms']} ms, p99 {orders['p99_ms']} ms, max {orders['max_ms']} ms |")
-print(f"| saga / hop ratio | {result['saga_to_hop_ratio']} |")
-print(f"| orders in the measured rounds | {total} ({by_status}), non-2xx in the median round {orders['non_2xx']} |")
-print(f"| invariants after the run | {'PASS' if inv.get('ok') else 'FAIL'} |")
-print(f"| up -d to all healthy / down | {up_ms} ms / {down_ms} ms |")
-print(f"| resident memory idle (MB) | {result['rss_mb_idle']} |")
-print(f"| resident memory after load (MB) | {result['rss_mb_after_load']} |")
+print(f"| measure | value | SPEC 18 target |\n|---|---|---|")
+print(f"| bare axum hello-world, c={conns} | {hello['rate_per_s']:.0f} req/s, p99 {hello['p99_ms']} ms | |")
+print(f"| GET /healthz (1 hop), c={conns} | {healthz['rate_per_s']:.0f} req/s, p50 {healthz['p50_ms']} ms, p99 {healthz['p99_ms']} ms | |")
+print(f"| POST /orders (full saga), c={conns} | {orders['rate_per_s']:.0f} orders/s, p50 {orders['p50_ms']} ms, p99 {orders['p99_ms']} ms, max {orders['max_ms']} ms | >= 4300/s: {t(orders['rate_per_s'] >= 4300)}; p99 <= 15 ms: {t(orders['p99_ms'] <= 15)} |")
+print(f"| saga / axum ratio | {result['saga_to_axum_ratio']} | >= 0.023: {t(result['saga_to_axum_ratio'] >= 0.023)} |")
+print(f"| saga / hop ratio | {result['saga_to_hop_ratio']} | |")
+print(f"| mixed alice:70,bob:20,dave:10, 3 products | {mixed['rate_per_s']:.0f} orders/s, p99 {mixed['p99_ms']} ms | >= 3000/s: {t(mixed['rate_per_s'] >= 3000)} |")
+print(f"| orders stored ({by_status}) | {empty_orders}, non-2xx in the median saga round {orders['non_2xx']} | |")
+print(f"| disk per order, all databases | {result['disk_bytes_per_order']} bytes | <= 1536: {t((result['disk_bytes_per_order'] or 0) <= 1536)} |")
+print(f"| invariants after the run | {'PASS' if inv.get('ok') else 'FAIL'} in {inv_ms} ms | |")
+print(f"| up -d to all healthy / down | {up_ms} ms / {down_ms} ms | |")
+print(f"| resident memory idle (MB) | {result['rss_mb_idle']} | |")
+print(f"| resident memory after load (MB) | {result['rss_mb_after_load']} | |")
+if int(grow):
+    g = result["grow"]
+    gg = g["grown"]
+    print(f"| grown to {g['orders_stored']} orders (fill {int(fill_ms) // 1000} s) | {gg['orders_per_s']:.0f} orders/s ({g['throughput_change_pct']}% vs empty), p99 {gg['p99_ms']} ms | within 5%: {t(g['throughput_change_pct'] >= -5)} |")
+    print(f"| disk per order at {g['orders_stored']} | {gg['disk_bytes_per_order']} bytes | <= 1536: {t((gg['disk_bytes_per_order'] or 0) <= 1536)} |")
+    print(f"| invariants at {g['orders_stored']} | {'PASS' if gg['invariants_ok'] else 'FAIL'} in {gg['invariants_ms']} ms | <= 1000 ms (at 1,000,000): {t(gg['invariants_ms'] <= 1000)} |")
+    print(f"| resident memory at {g['orders_stored']} (MB) | {gg['rss_mb']} | <= 30 each: {t(max(gg['rss_mb'].values() or [0]) <= 30)} |")
 PY

@@ -205,21 +205,15 @@ fn money_totals(c: &rusqlite::Connection) -> rusqlite::Result<[i64; 2]> {
     })
 }
 
-/// The money that moved for one order, as the invariants judge it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settlement {
-    pub order_id: String,
-    pub captured_cents: i64,
-    pub refunded_cents: i64,
-}
-
-/// Every payment row's captured and refunded amounts.
-pub fn settlements(c: &rusqlite::Connection) -> rusqlite::Result<Vec<Settlement>> {
+/// Visits every payment row's order id, captured and refunded amounts (the id borrowed from
+/// SQLite's row buffer: the invariants read them all).
+pub fn visit_settlements(c: &rusqlite::Connection, mut visit: impl FnMut(&str, i64, i64)) -> rusqlite::Result<()> {
     let mut stmt = c.prepare("SELECT order_id, captured_cents, refunded_cents FROM payments")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Settlement { order_id: r.get(0)?, captured_cents: r.get(1)?, refunded_cents: r.get(2)? })
-    })?;
-    rows.collect()
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        visit(r.get_ref(0)?.as_str()?, r.get(1)?, r.get(2)?);
+    }
+    Ok(())
 }
 
 fn find(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Option<Payment>> {

@@ -198,11 +198,15 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Every order id the gateway ever returned to a client (invariant 5 of SPEC section 7).
-pub fn accepted_order_ids(c: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
+/// Visits every order id the gateway ever returned to a client (invariant 5 of SPEC section 7),
+/// borrowed from SQLite's row buffer.
+pub fn visit_accepted_order_ids(c: &rusqlite::Connection, mut visit: impl FnMut(&str)) -> rusqlite::Result<()> {
     let mut stmt = c.prepare("SELECT order_id FROM accepted_orders")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    rows.collect()
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        visit(r.get_ref(0)?.as_str()?);
+    }
+    Ok(())
 }
 
 /// `Prefer: wait=SECONDS` (RFC 7240), bounded.

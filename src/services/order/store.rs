@@ -380,17 +380,6 @@ impl Store {
     }
 }
 
-/// An order as the invariants judge it: its state and what it should have cost.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OrderTotal {
-    pub order_id: String,
-    pub status: Status,
-    pub total_cents: i64,
-    /// The order's lines with the unit prices it was placed at; `None` if the stored JSON
-    /// cannot be read (reported by the check rather than failing the whole read).
-    pub items: Option<Vec<Item>>,
-}
-
 /// How an order ended, as a drill counts it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
@@ -407,20 +396,27 @@ fn status_at(r: &rusqlite::Row, idx: usize) -> rusqlite::Result<Status> {
     })
 }
 
-/// Every order's id, status, total and lines (a read of the whole table: for checks, not for
-/// requests).
-pub fn order_totals(c: &rusqlite::Connection) -> rusqlite::Result<Vec<OrderTotal>> {
+/// Visits every order's id, status, total and stored lines (the JSON text, unparsed), borrowed
+/// from SQLite's row buffer: a read of the whole table for the invariants, which at a million
+/// orders must not allocate per row.
+pub fn visit_order_totals(
+    c: &rusqlite::Connection,
+    mut visit: impl FnMut(&str, Status, i64, &str),
+) -> rusqlite::Result<()> {
     let mut stmt = c.prepare("SELECT order_id, status, total_cents, items FROM orders")?;
-    let rows = stmt.query_map([], |r| {
-        let items: String = r.get(3)?;
-        Ok(OrderTotal {
-            order_id: r.get(0)?,
-            status: status_at(r, 1)?,
-            total_cents: r.get(2)?,
-            items: serde_json::from_str(&items).ok(),
-        })
-    })?;
-    rows.collect()
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let status = r.get_ref(1)?.as_str()?;
+        let status = Status::parse(status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("status `{status}`").into(),
+            )
+        })?;
+        visit(r.get_ref(0)?.as_str()?, status, r.get(2)?, r.get_ref(3)?.as_str()?);
+    }
+    Ok(())
 }
 
 /// The outcomes of the orders whose idempotency key starts with `prefix`: a drill's or a load's
