@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .ci/deps.sh
-bin="${SHOP_BIN:-target/debug/shop}"
+# Absolute: the script changes directory before the last command and the clean-up use it.
+bin="$(realpath "${SHOP_BIN:-target/debug/shop}")"
 work="$(mktemp -d)"
 # The shipped topology on free ports, with fixtures by absolute path.
 sed -e "s#port: 7070#port: 0#" -e "s#port: 8080#port: 0#" -e "s#fixtures: fixtures/#fixtures: $PWD/fixtures/#" stack.yaml > "$work/stack.yaml"
