@@ -14,8 +14,6 @@ use super::{Supervisor, REGISTRY};
 use crate::orchestrator::protocol::{ChaosRequest, ClearRequest, FaultRow, Names, Status};
 use crate::plumbing::error::{ApiError, JsonBody};
 
-/// Grace between SIGTERM and SIGKILL when a request does not give `timeout_ms`.
-
 type Sup = State<Arc<Supervisor>>;
 
 impl Supervisor {
