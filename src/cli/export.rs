@@ -16,6 +16,7 @@
 //! are large, only a sliver of each is used, and the tests check the output against the real
 //! schemas, which is what matters.
 
+use crate::orchestrator::env::duration;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -923,16 +924,6 @@ fn yaml_documents(docs: &[Value]) -> String {
         .map(|d| serde_yaml::to_string(d).unwrap_or_else(|e| format!("# cannot render this document: {e}\n")))
         .collect::<Vec<_>>()
         .join("---\n")
-}
-
-/// A duration as both shop and Go (compose) parse it: `10s` or `200ms`.
-fn duration(d: Duration) -> String {
-    let ms = d.as_millis().max(1);
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
 }
 
 /// `name` as a DNS label (RFC 1035: what a Service name must be): lower case, `_` as `-`.
