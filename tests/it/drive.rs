@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::stack::Project;
+use crate::stack::started;
 use crate::support::eventually;
 
 fn stderr(o: &Output) -> String {
@@ -21,13 +21,6 @@ fn stdout(o: &Output) -> String {
 
 fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(o), stderr(o)))
-}
-
-fn started() -> Project {
-    let p = Project::new("");
-    let up = p.shop(&["up", "-d", "-q"]);
-    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
-    p
 }
 
 fn has_fields(v: &Value, fields: &[&str]) {

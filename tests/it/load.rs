@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::stack::Project;
+use crate::stack::{started, Project};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -14,13 +14,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn started() -> Project {
-    let p = Project::new("");
-    let up = p.shop(&["up", "-d", "-q"]);
-    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
-    p
 }
 
 fn count(v: &Value, field: &str) -> u64 {

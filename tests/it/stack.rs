@@ -41,6 +41,15 @@ services:
     )
 }
 
+/// A project with the shipped stack started in the background (`up -d`), for tests that only
+/// need a running stack.
+pub fn started() -> Project {
+    let p = Project::new("");
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", String::from_utf8_lossy(&up.stderr));
+    p
+}
+
 impl Project {
     pub fn new(extra: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();

@@ -7,18 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::stack::Project;
+use crate::stack::{started, Project};
 use crate::support::BIN;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn started() -> Project {
-    let p = Project::new("");
-    let up = p.shop(&["up", "-d", "-q"]);
-    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
-    p
 }
 
 #[test]
