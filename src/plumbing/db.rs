@@ -432,7 +432,7 @@ fn write_loop(mut conn: Connection, file: OpenFile, jobs: mpsc::Receiver<Job>) {
             continue;
         }
         let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run(&conn, "BEGIN IMMEDIATE") {
             // Nothing may run outside a transaction: each caller learns it could not start.
             tracing::error!(error = %e, "cannot begin a transaction");
             let why = Unready::Unwritable { path: file.path.clone(), why: format!("cannot begin a transaction: {e}") };
@@ -441,28 +441,27 @@ fn write_loop(mut conn: Connection, file: OpenFile, jobs: mpsc::Receiver<Job>) {
         }
         for f in group {
             // A savepoint per caller: a failing one is rolled back without touching the others.
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            if let Err(e) = run(&conn, "SAVEPOINT job") {
                 let why = Unready::Unwritable { path: file.path.clone(), why: format!("cannot open a savepoint: {e}") };
                 refuse(vec![f], &why);
                 continue;
             }
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(Ok(&conn)))) {
                 Ok((true, reply)) => {
-                    let _ = conn.execute_batch("RELEASE job");
+                    let _ = run(&conn, "RELEASE job");
                     replies.push(reply);
                 }
                 Ok((false, reply)) => {
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    let _ = run(&conn, "ROLLBACK TO job").and_then(|()| run(&conn, "RELEASE job"));
                     replies.push(reply);
                 }
                 Err(_) => {
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    let _ = run(&conn, "ROLLBACK TO job").and_then(|()| run(&conn, "RELEASE job"));
                     tracing::error!("a database job panicked; its work was rolled back");
                 }
             }
         }
-        let committed = conn
-            .execute_batch("COMMIT")
+        let committed = run(&conn, "COMMIT")
             .map_err(|e| Unready::Unwritable { path: file.path.clone(), why: format!("commit failed: {e}") })
             .and_then(|()| file.still_at_path());
         if committed.is_err() && !conn.is_autocommit() {
@@ -472,6 +471,13 @@ fn write_loop(mut conn: Connection, file: OpenFile, jobs: mpsc::Receiver<Job>) {
             reply(committed.clone());
         }
     }
+}
+
+/// Runs one statement of the writer's own bookkeeping (BEGIN, SAVEPOINT, RELEASE, COMMIT) from
+/// the statement cache: they run several times per group commit, and parsing them again each
+/// time showed in the writer thread's profile.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), DbError> {
