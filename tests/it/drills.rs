@@ -479,6 +479,35 @@ fn a_sigkilled_drill_leaves_faults_that_expire_by_themselves() {
 }
 
 #[test]
+fn sigint_and_sigterm_roll_the_drill_back_long_before_the_faults_expire() {
+    let p = started();
+    // The fault's expiry is the rest of the 60 s load plus slack: only the rollback clears it sooner.
+    let file = write(
+        &p,
+        "long.yaml",
+        "name: long\nload: { rate: 5, duration: 60s }\nfaults:\n  - { at: 0s, latency: payment, delay: 5ms }\n",
+    );
+    for signal in ["-INT", "-TERM"] {
+        let child = std::process::Command::new(crate::support::BIN)
+            .current_dir(p.dir.path())
+            .args(["chaos", "drill", &file, "-q"])
+            .env_remove("SHOP_STACK")
+            .env_remove("SHOP_STATE_DIR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::tools::wait_until(Duration::from_secs(20), "the drill's fault", || faults_left(&p) != "[]");
+        let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{signal}: {}", stderr(&out));
+        assert!(stderr(&out).contains("interrupted; the drill's faults were cleared"), "{signal}: {}", stderr(&out));
+        assert_eq!(faults_left(&p), "[]", "{signal}: the rollback ran before the drill exited");
+    }
+}
+
+#[test]
 fn the_same_monkey_seed_prints_the_same_timeline_and_bad_monkeys_exit_2() {
     let p = started();
     let args = [
