@@ -31,7 +31,8 @@ pub struct Args {
     /// Also write the report as one self-contained HTML page with charts
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
-    /// Also write the journal (the whole report, both timelines) as JSON
+    /// Also write the journal (the whole report, both timelines) as JSON. `--json FILE` is the
+    /// same when the drill file is given too; a bare `--json` prints the report as JSON on stdout
     #[arg(long, value_name = "FILE")]
     pub json_file: Option<PathBuf>,
 }
@@ -71,7 +72,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     Ok(if report.ok { exit::OK } else { exit::RUNTIME })
 }
 
-/// `--junit`, `--html` and `--json-file`, each written whole.
+/// `--junit`, `--html` and the journal (`--json FILE` or `--json-file FILE`), each written whole.
 fn write_outputs(args: &Args, report: &crate::drill::report::DrillReport) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let journal = || {

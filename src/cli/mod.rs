@@ -7,6 +7,7 @@ mod drill;
 mod examples;
 mod export;
 mod inspect;
+mod journal_flag;
 mod load;
 mod logs;
 mod order;
@@ -119,7 +120,9 @@ pub fn command() -> clap::Command {
 
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+    // `chaos drill FILE --json JOURNAL` names the journal; everywhere else `--json` is the switch.
+    let args = journal_flag::rewrite(std::env::args_os().collect());
+    let cli = match command().try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { exit::OK };

@@ -28,7 +28,11 @@ fn band_colour(kind: &str) -> &'static str {
 /// One chart: a polyline of `value` per second over fault bands and breaker marks.
 fn chart(r: &DrillReport, title: &str, unit: &str, value: fn(&Second) -> Option<f64>) -> String {
     let seconds = &r.per_second;
-    let span = (seconds.len().max(1)) as f64;
+    // Seconds in which no order started (all dropped, or the load halted) have no entry, so
+    // the axis also reaches the last fault and breaker transition, which are drawn on it.
+    let ends = (r.faults.iter().filter_map(|f| f.ended_at_s.or(f.applied_at_s)))
+        .chain(r.breaker_transitions.iter().map(|b| b.at_s));
+    let span = ends.fold(seconds.len().max(1) as f64, |span, end| span.max(end.ceil()));
     let max = seconds.iter().filter_map(value).fold(0.0_f64, f64::max).max(1.0);
     let x = |t: f64| PAD + t / span * (WIDTH - 2.0 * PAD);
     let y = |v: f64| HEIGHT - PAD / 2.0 - v / max * (HEIGHT - PAD);
@@ -80,7 +84,7 @@ fn chart(r: &DrillReport, title: &str, unit: &str, value: fn(&Second) -> Option<
          <text x=\"{:.1}\" y=\"{HEIGHT}\" font-size=\"10\" text-anchor=\"end\">{}s</text></svg></figure>",
         points.join(" "),
         WIDTH - PAD,
-        seconds.len()
+        span
     );
     svg
 }

@@ -6,6 +6,9 @@
 //!   the settling and the invariants;
 //! - [`report`]: the report's figures and its human rendering (`--json` serializes it).
 //!
+//! Thresholds and halt rules are [`crate::traffic::threshold`] expressions: one grammar for
+//! drills and `shop load --threshold`.
+//!
 //! This layer sits between traffic and the cli (traffic ← drill ← cli) and never imports from
 //! the cli: the command finds the stack, the gateway and the users' tokens and passes them in.
 
@@ -13,6 +16,5 @@ pub mod html;
 pub mod junit;
 pub mod monkey;
 pub mod report;
-pub mod rule;
 pub mod run;
 pub mod spec;

@@ -27,7 +27,6 @@ use super::report::{
     expectations, per_second, secs, windows, DrillReport, FaultReport, Halted, MonkeyReport, Outcomes, ProbeReport,
     SteadyReport,
 };
-use super::rule::Figures;
 use super::spec::{Drill, Fault, HaltRule, SteadyState};
 use crate::error::Failure;
 use crate::invariants::Check;
@@ -35,6 +34,7 @@ use crate::invariants::{self, Databases};
 use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::{InstanceState, PsRow};
 use crate::orchestrator::supervisor::REGISTRY;
+use crate::traffic::threshold::Measures;
 use crate::traffic::{self, Live, Load, LoadPlan};
 
 /// How long `kill … restart: true` is watched for the instance coming back.
@@ -259,11 +259,15 @@ async fn probe_steady(
     })?;
     drive(&mut load, interrupts, &[], None).await?;
     let summary = load.finish()?.summary;
-    let figures = Figures::of(&summary);
+    let measures = Measures::from(&summary);
     let mut checks: Vec<Check> = (spec.thresholds.iter())
         .map(|t| {
-            let (ok, actual) = t.judge(&figures);
-            Check { name: t.text.clone(), ok, detail: format!("{actual} (wanted {t})") }
+            let row = t.evaluate(&measures);
+            Check {
+                name: t.expression.clone(),
+                ok: row.pass,
+                detail: format!("{} of {} orders (wanted {t})", row.observed_text(), summary.orders),
+            }
         })
         .collect();
     if spec.invariants {
@@ -453,6 +457,10 @@ async fn drive(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // One reading per second, newest last: a rule judges the difference over its `for`.
     let mut readings: Vec<Live> = vec![Live::default()];
+    // The latencies of the orders answered in each second, aligned with `readings` (the first
+    // is empty); only the last `longest` seconds are kept.
+    let mut answered: Vec<Vec<u64>> = vec![Vec::new()];
+    let longest = rules.iter().map(|r| r.for_.as_secs().max(1) as usize).max().unwrap_or(1);
     let mut halted = None;
     loop {
         tokio::select! {
@@ -466,6 +474,10 @@ async fn drive(
             }
             _ = tick.tick(), if !rules.is_empty() && halted.is_none() => {
                 readings.push(load.live());
+                answered.push(load.take_latencies_us());
+                if let Some(old) = answered.len().checked_sub(longest + 1) {
+                    answered[old] = Vec::new();
+                }
                 let now = readings[readings.len() - 1];
                 for rule in rules {
                     let secs = rule.for_.as_secs().max(1) as usize;
@@ -473,16 +485,17 @@ async fn drive(
                         continue;
                     }
                     let then = readings[readings.len() - 1 - secs];
-                    let figures = Figures {
+                    let mut latencies: Vec<u64> = answered[answered.len() - secs..].concat();
+                    let measures = Measures {
                         orders: now.done - then.done,
                         confirmed: now.confirmed - then.confirmed,
                         failed: now.failed - then.failed,
                         errors: now.errors - then.errors,
-                        dropped: 0,
-                        latency_ms: None,
-                    };
-                    let (held, actual) = rule.when.judge(&figures);
-                    if held && figures.orders > 0 {
+                        ..Measures::default()
+                    }
+                    .with_latencies_us(&mut latencies);
+                    let row = rule.when.evaluate(&measures);
+                    if row.pass && measures.orders > 0 {
                         load.stop();
                         let at_s = secs_f(load.started().elapsed());
                         if let Some(h) = &halting {
@@ -492,8 +505,13 @@ async fn drive(
                                 eprintln!("warning: {e:#}");
                             }
                         }
-                        let detail = format!("{actual} over the last {}", humantime::format_duration(rule.for_));
-                        halted = Some(Halted { rule: rule.when.text.clone(), at_s, detail });
+                        let detail = format!(
+                            "{} of {} orders answered in the last {}",
+                            row.observed_text(),
+                            measures.orders,
+                            humantime::format_duration(rule.for_)
+                        );
+                        halted = Some(Halted { rule: rule.when.expression.clone(), at_s, detail });
                         break;
                     }
                 }

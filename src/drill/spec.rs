@@ -22,7 +22,7 @@ use crate::traffic::gateway::parse_item;
 use crate::traffic::MAX_CONCURRENCY;
 
 use super::monkey::{self, Monkey};
-use super::rule::Threshold;
+use crate::traffic::threshold::{Metric, Threshold};
 
 /// A validated drill file.
 #[derive(Clone, Debug)]
@@ -700,17 +700,19 @@ fn read_halt(c: &mut Check, node: Option<&Node>) -> Option<Vec<HaltRule>> {
             None => c.fail(item.at, format!("{path}: a rule needs `when`, e.g. when: \"errors>20%\"")),
             Some(w) => threshold(c, w, &path),
         };
-        let when = when.and_then(|t| match t.is_count() {
-            true => Some(t),
-            false => {
+        // `rate` compares with the whole run's target; a few seconds of answers have no rate.
+        let when = when.and_then(|t| match t.metric {
+            Metric::Rate => {
                 let at = raw.when.as_ref().map_or(item.at, |w| w.at);
                 c.fail(
                     at,
                     format!(
-                        "{path}: `{t}`: a halt rule judges counts each second: errors, failed, confirmed or dropped"
+                        "{path}: `{t}`: a halt rule judges the orders answered in its last seconds: \
+                         p50, p90, p99, p999, max, errors, failed, confirmed or dropped"
                     ),
                 )
             }
+            _ => Some(t),
         });
         let for_ = match &raw.r#for {
             None => Some(Duration::from_secs(1)),
@@ -1191,11 +1193,12 @@ monkey: { mean_interval: 4s, faults: [kill, pause], targets: [payment, inventory
     #[test]
     fn bad_thresholds_weights_and_monkeys_are_reported_at_their_position() {
         let cases = [
-            ("name: x\nload: { orders: 1 }\nsteady_state: { probe_load: { orders: 5 }, thresholds: [\"p98<5ms\"] }\n", "d.yaml:3:57: steady_state.thresholds[0]: `p98<5ms`: unknown metric `p98`"),
+            ("name: x\nload: { orders: 1 }\nsteady_state: { probe_load: { orders: 5 }, thresholds: [\"p98<5ms\"] }\n", "d.yaml:3:57: steady_state.thresholds[0]: `p98<5ms` is not a threshold: unknown metric `p98`; a threshold is METRIC OP VALUE"),
             ("name: x\nload: { orders: 1, users: \"alice:-1\" }\n", "d.yaml:2:27: load: `users`: the weight of `alice` must be above 0, not -1"),
             ("name: x\nload: { rate: 10, duration: 5s }\nmonkey: { targets: [] }\n", "d.yaml:3:20: monkey: `targets` is empty; a monkey with no targets"),
             ("name: x\nload: { rate: 10, duration: 5s }\nmonkey: { seed: 1 }\n", "d.yaml:3:9: monkey: `targets` is missing"),
-            ("name: x\nload: { rate: 10, duration: 5s }\nhalt:\n  - { when: \"p99>5ms\" }\n", "d.yaml:4:13: halt[0]: `p99>5ms`: a halt rule judges counts"),
+            ("name: x\nload: { rate: 10, duration: 5s }\nhalt:\n  - { when: \"rate<50%\" }\n", "d.yaml:4:13: halt[0]: `rate<50%`: a halt rule judges the orders answered in its last seconds"),
+            ("name: x\nload: { rate: 10, duration: 5s }\nhalt:\n  - { when: \"errors>120%\" }\n", "d.yaml:4:13: halt[0]: `errors>120%` is not a threshold: `120%`: a share of the orders is at most 100%"),
             ("name: x\nload: { rate: 10, duration: 5s }\nsteady_state: { probe_lod: {} }\n", "d.yaml:3:15: steady_state: `probe_load` is missing"),
         ];
         for (text, want) in cases {

@@ -195,6 +195,11 @@ struct LiveCounters {
     confirmed: AtomicU64,
     failed: AtomicU64,
     errors: AtomicU64,
+    /// Latencies (µs, from the scheduled start) of the orders answered since the last
+    /// [`Load::take_latencies_us`]; kept only when the plan records samples (drills), whose
+    /// latency halt rules drain it every second. A std mutex: held for a push, never across
+    /// an await.
+    latencies_us: std::sync::Mutex<Vec<u64>>,
 }
 
 /// A reading of the running counts.
@@ -346,6 +351,10 @@ impl Tally {
             Ok(Outcome::Pending) => 0,
             Ok(Outcome::Error(_)) | Err(_) => live.errors.fetch_add(1, Ordering::Relaxed),
         };
+        if plan.record {
+            // A poisoned lock only means another worker panicked; its data is still a list.
+            live.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).push(micros(latency));
+        }
         match &outcome {
             Ok(Outcome::Confirmed) => second.confirmed += 1,
             Ok(Outcome::Failed(_)) => second.failed += 1,
@@ -609,6 +618,12 @@ impl Load {
             failed: l.failed.load(Ordering::Relaxed),
             errors: l.errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// The latencies (µs) of the orders answered since the last call, in no particular order;
+    /// empty unless the plan records samples.
+    pub fn take_latencies_us(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.shared.live.latencies_us.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Starts no more orders; those in flight still finish.

@@ -1,11 +1,15 @@
 //! k6-like pass/fail thresholds over a load's figures (SPEC section 14): `p99<50ms`,
 //! `errors<1%`, `confirmed>90%`, `rate>=95%`, `dropped==0`.
 //!
+//! This is the one grammar for these expressions: `shop load --threshold`, a drill's
+//! `steady_state.thresholds` and its `halt:` rules all parse here, so a typo gets the same
+//! message everywhere (a flag as a usage error, a drill file at its `FILE:LINE:COL`).
+//!
 //! A [`Threshold`] is parsed once from its text and then evaluated against [`Measures`], the
 //! handful of figures any window of orders comes to. `shop load` builds its `Measures` from the
-//! run's [`Summary`]; a drill can build them from its steady-state probe or from one second of
-//! its timeline (a halt rule such as `errors>20%` is the same expression, read as "fire when it
-//! holds").
+//! run's [`Summary`]; a drill builds them from its steady-state probe or from the last seconds
+//! of its load (a halt rule such as `errors>20%` or `p99>500ms` is the same expression, read as
+//! "fire when it holds").
 //!
 //! ```
 //! use shop::traffic::threshold::{Measures, Threshold};
@@ -24,9 +28,9 @@ use serde::Serialize;
 use super::engine::Summary;
 
 /// What every parse error ends with, so a typo is answered with the forms that work.
-pub const ACCEPTED_FORMS: &str = "a threshold is METRIC OP VALUE with METRIC one of p50, p90, p99, max \
+pub const ACCEPTED_FORMS: &str = "a threshold is METRIC OP VALUE with METRIC one of p50, p90, p99, p999, max \
      (VALUE in ms, s or us; a bare number is ms), errors, confirmed, failed, dropped (VALUE a count or a \
-     percentage of the orders), rate (VALUE a percentage of the target rate, or orders/s), and OP one of \
+     percentage of the orders, at most 100%), rate (VALUE a percentage of the target rate, or orders/s), and OP one of \
      < <= > >= ==; e.g. p99<50ms, errors<1%, confirmed>90%, rate>=95%, dropped==0";
 
 /// The figure a threshold looks at.
@@ -36,6 +40,7 @@ pub enum Metric {
     P50,
     P90,
     P99,
+    P999,
     Max,
     Errors,
     Confirmed,
@@ -46,10 +51,11 @@ pub enum Metric {
 }
 
 impl Metric {
-    const ALL: [(&'static str, Metric); 9] = [
+    const ALL: [(&'static str, Metric); 10] = [
         ("p50", Metric::P50),
         ("p90", Metric::P90),
         ("p99", Metric::P99),
+        ("p999", Metric::P999),
         ("max", Metric::Max),
         ("errors", Metric::Errors),
         ("confirmed", Metric::Confirmed),
@@ -58,8 +64,9 @@ impl Metric {
         ("rate", Metric::Rate),
     ];
 
-    fn is_latency(self) -> bool {
-        matches!(self, Metric::P50 | Metric::P90 | Metric::P99 | Metric::Max)
+    /// Whether the bound is a duration (a latency quantile) rather than a count or a share.
+    pub fn is_latency(self) -> bool {
+        matches!(self, Metric::P50 | Metric::P90 | Metric::P99 | Metric::P999 | Metric::Max)
     }
 
     pub fn name(self) -> &'static str {
@@ -137,6 +144,12 @@ pub struct Threshold {
     pub bound: Bound,
 }
 
+impl fmt::Display for Threshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expression)
+    }
+}
+
 /// A threshold's text that does not parse; the message ends with [`ACCEPTED_FORMS`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("`{expression}` is not a threshold: {reason}; {ACCEPTED_FORMS}")]
@@ -166,7 +179,9 @@ impl Threshold {
         };
         let name = expression[..at].trim();
         let value = expression[at + op_text.len()..].trim();
-        let Some(metric) = Metric::ALL.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, m)| *m) else {
+        // `p99.9` is how many people write the 99.9th percentile.
+        let canonical = if name == "p99.9" { "p999" } else { name };
+        let Some(metric) = Metric::ALL.iter().find(|(n, _)| n.eq_ignore_ascii_case(canonical)).map(|(_, m)| *m) else {
             return Err(fail(format!("unknown metric `{name}`")));
         };
         let bound = parse_bound(metric, value).map_err(fail)?;
@@ -205,7 +220,12 @@ fn parse_bound(metric: Metric, value: &str) -> Result<Bound, String> {
         return Ok(Bound::Millis(number(digits)? * scale));
     }
     if let Some(d) = value.strip_suffix('%') {
-        return Ok(Bound::Percent(number(d)?));
+        let p = number(d)?;
+        // A share of the orders cannot pass 100%; the achieved rate can beat its target.
+        if p > 100.0 && metric != Metric::Rate {
+            return Err(format!("`{value}`: a share of the orders is at most 100%"));
+        }
+        return Ok(Bound::Percent(p));
     }
     if metric == Metric::Rate {
         let d = value.strip_suffix("/s").unwrap_or(value);
@@ -231,6 +251,7 @@ pub struct Measures {
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
+    pub p999_ms: f64,
     pub max_ms: f64,
     /// Orders per second the schedule asked for; `None` in a closed-loop run.
     pub target_rate: Option<f64>,
@@ -249,6 +270,7 @@ impl From<&Summary> for Measures {
             p50_ms: s.latency_ms.p50,
             p90_ms: s.latency_ms.p90,
             p99_ms: s.latency_ms.p99,
+            p999_ms: s.latency_ms.p999,
             max_ms: s.latency_ms.max,
             target_rate: s.target_rate_per_s,
             achieved_rate: s.achieved_rate_per_s,
@@ -257,17 +279,34 @@ impl From<&Summary> for Measures {
 }
 
 impl Measures {
+    /// Sets the latency figures from the latencies (in µs) of the orders a window saw answered,
+    /// by nearest rank, as a halt rule judges its last seconds.
+    pub fn with_latencies_us(mut self, latencies_us: &mut [u64]) -> Measures {
+        latencies_us.sort_unstable();
+        let at = |q: f64| -> f64 {
+            let Some(last) = latencies_us.len().checked_sub(1) else { return 0.0 };
+            let rank = ((q * latencies_us.len() as f64).ceil() as usize).saturating_sub(1).min(last);
+            latencies_us[rank] as f64 / 1000.0
+        };
+        (self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms) =
+            (at(0.5), at(0.9), at(0.99), at(0.999), at(1.0));
+        self
+    }
+
     fn observe(&self, metric: Metric, bound: Bound) -> Option<f64> {
         let share = |n: u64, of: u64| (of > 0).then(|| n as f64 * 100.0 / of as f64);
         let count_or_share = |n: u64, of: u64| match bound {
             Bound::Percent(_) => share(n, of),
             _ => Some(n as f64),
         };
+        // No order answered means no latency was measured, which cannot meet a bound honestly.
+        let latency = |ms: f64| (self.orders > 0).then_some(ms);
         match metric {
-            Metric::P50 => Some(self.p50_ms),
-            Metric::P90 => Some(self.p90_ms),
-            Metric::P99 => Some(self.p99_ms),
-            Metric::Max => Some(self.max_ms),
+            Metric::P50 => latency(self.p50_ms),
+            Metric::P90 => latency(self.p90_ms),
+            Metric::P99 => latency(self.p99_ms),
+            Metric::P999 => latency(self.p999_ms),
+            Metric::Max => latency(self.max_ms),
             Metric::Errors => count_or_share(self.errors, self.orders),
             Metric::Confirmed => count_or_share(self.confirmed, self.orders),
             Metric::Failed => count_or_share(self.failed, self.orders),
@@ -355,6 +394,7 @@ mod tests {
             p50_ms: 4.0,
             p90_ms: 9.0,
             p99_ms: 42.5,
+            p999_ms: 80.0,
             max_ms: 120.0,
             target_rate: Some(100.0),
             achieved_rate: 97.0,
@@ -367,6 +407,9 @@ mod tests {
         assert_eq!(t("p50 < 10ms").op, Op::Lt);
         assert_eq!(t("p90<0.5s").bound, Bound::Millis(500.0));
         assert_eq!(t("max<=200").bound, Bound::Millis(200.0));
+        assert_eq!(t("p999<1s").metric, Metric::P999);
+        assert_eq!(t("p99.9<1s").metric, Metric::P999);
+        assert_eq!(t("rate>=110%").bound, Bound::Percent(110.0));
         assert_eq!(t("errors<1%").bound, Bound::Percent(1.0));
         assert_eq!(t("confirmed>90%").metric, Metric::Confirmed);
         assert_eq!(t("failed<5").bound, Bound::Count(5.0));
@@ -379,7 +422,9 @@ mod tests {
 
     #[test]
     fn malformed_thresholds_are_refused_with_the_accepted_forms() {
-        for bad in ["p99", "p95<50ms", "p99<fast", "errors<1ms", "p99<-3ms", "<5", "dropped==", "rate>=NaN%"] {
+        for bad in
+            ["p99", "p95<50ms", "p99<fast", "errors<1ms", "p99<-3ms", "<5", "dropped==", "rate>=NaN%", "errors<120%"]
+        {
             let e = bad.parse::<Threshold>().unwrap_err().to_string();
             assert!(e.starts_with(&format!("`{bad}` is not a threshold")), "{e}");
             assert!(e.contains("p99<50ms, errors<1%, confirmed>90%, rate>=95%, dropped==0"), "{e}");
@@ -407,6 +452,16 @@ mod tests {
     }
 
     #[test]
+    fn a_window_of_latencies_gives_its_quantiles_by_nearest_rank() {
+        let mut us: Vec<u64> = (1..=100).rev().map(|ms| ms * 1000).collect();
+        let m = Measures { orders: 100, ..Measures::default() }.with_latencies_us(&mut us);
+        assert_eq!((m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms), (50.0, 90.0, 99.0, 100.0));
+        assert!(t("p99>98ms").evaluate(&m).pass);
+        let none = Measures::default().with_latencies_us(&mut []);
+        assert!(!t("p99>0ms").evaluate(&none).pass);
+    }
+
+    #[test]
     fn a_figure_that_cannot_be_observed_never_passes() {
         let closed = Measures { target_rate: None, ..measures() };
         let row = t("rate>=95%").evaluate(&closed);
@@ -414,5 +469,6 @@ mod tests {
         let empty = Measures::default();
         assert!(!t("errors<1%").evaluate(&empty).pass);
         assert!(t("errors<1").evaluate(&empty).pass);
+        assert!(!t("p99<50ms").evaluate(&empty).pass, "no answered order meets a latency bound");
     }
 }

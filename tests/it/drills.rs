@@ -394,6 +394,66 @@ expect: { settle_within: 10s }
 }
 
 #[test]
+fn a_latency_halt_rule_stops_the_load_on_slow_answers_rolls_back_and_names_itself() {
+    let p = started();
+    let file = write(
+        &p,
+        "slow.yaml",
+        "name: slow
+load: { rate: 20, duration: 30s }
+faults:
+  - { at: 0s, latency: payment, delay: 800ms }
+halt:
+  - { when: \"p99>500ms\", for: 2s }
+expect: { settle_within: 10s }
+",
+    );
+    let (code, report) = drill(&p, &file);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["verdict"], "halted", "{report:#}");
+    assert_eq!(report["halted"]["rule"], "p99>500ms", "{report:#}");
+    let detail = report["halted"]["detail"].as_str().unwrap();
+    assert!(detail.contains(" ms of ") && detail.ends_with("answered in the last 2s"), "{report:#}");
+    assert!(report["outcomes"]["orders"].as_u64().unwrap() < 600, "the load stopped early: {report:#}");
+    assert_eq!(faults_left(&p), "[]");
+}
+
+#[test]
+fn json_with_a_path_writes_the_journal_and_json_alone_prints_the_report() {
+    let p = started();
+    let file = write(&p, "tiny.yaml", "name: tiny\nload: { orders: 3 }\nexpect: { settle_within: 10s }\n");
+    let journal = p.dir.path().join("journal.json");
+    let read_journal = || -> Value { serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap() };
+
+    // SPEC's form: the human report on stdout, the journal in the file.
+    let out = p.shop(&["chaos", "drill", &file, "--json", journal.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("drill tiny: PASSED"), "{}", stdout(&out));
+    assert!(serde_json::from_slice::<Value>(&out.stdout).is_err(), "{}", stdout(&out));
+    let written = read_journal();
+    assert_eq!(written["name"], "tiny");
+    assert!(written["per_second"].is_array() && written["faults"].is_array(), "{written:#}");
+    std::fs::remove_file(&journal).unwrap();
+
+    // The path first, then the file; and the `--json-file` alias.
+    let out = p.shop(&["chaos", "drill", "--json", journal.to_str().unwrap(), &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_journal()["name"], "tiny");
+    std::fs::remove_file(&journal).unwrap();
+    let out = p.shop(&["chaos", "drill", &file, "--json-file", journal.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_journal()["name"], "tiny");
+
+    // A bare `--json`, after the file or before the subcommand: the report on stdout.
+    for args in [vec!["chaos", "drill", file.as_str(), "--json"], vec!["--json", "chaos", "drill", file.as_str()]] {
+        let out = p.shop(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_eq!(report["name"], "tiny", "{args:?}");
+    }
+}
+
+#[test]
 fn a_sigkilled_drill_leaves_faults_that_expire_by_themselves() {
     let p = started();
     let file = write(
@@ -416,6 +476,35 @@ fn a_sigkilled_drill_leaves_faults_that_expire_by_themselves() {
     child.kill().unwrap();
     child.wait().unwrap();
     crate::tools::wait_until(Duration::from_secs_f64(expires + 5.0), "the fault to expire", || faults_left(&p) == "[]");
+}
+
+#[test]
+fn sigint_and_sigterm_roll_the_drill_back_long_before_the_faults_expire() {
+    let p = started();
+    // The fault's expiry is the rest of the 60 s load plus slack: only the rollback clears it sooner.
+    let file = write(
+        &p,
+        "long.yaml",
+        "name: long\nload: { rate: 5, duration: 60s }\nfaults:\n  - { at: 0s, latency: payment, delay: 5ms }\n",
+    );
+    for signal in ["-INT", "-TERM"] {
+        let child = std::process::Command::new(crate::support::BIN)
+            .current_dir(p.dir.path())
+            .args(["chaos", "drill", &file, "-q"])
+            .env_remove("SHOP_STACK")
+            .env_remove("SHOP_STATE_DIR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::tools::wait_until(Duration::from_secs(20), "the drill's fault", || faults_left(&p) != "[]");
+        let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{signal}: {}", stderr(&out));
+        assert!(stderr(&out).contains("interrupted; the drill's faults were cleared"), "{signal}: {}", stderr(&out));
+        assert_eq!(faults_left(&p), "[]", "{signal}: the rollback ran before the drill exited");
+    }
 }
 
 #[test]
