@@ -550,6 +550,9 @@ fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
         }
     };
     let concurrency = match &raw.concurrency {
+        // As `shop load`: with a rate, the cap on orders in flight is wide, so an outage builds
+        // the queue real users would build; without one, eight workers in a closed loop.
+        None if rate.is_some() => crate::traffic::OPEN_LOOP_CONCURRENCY,
         None => 8,
         Some(n) if (1..=MAX_CONCURRENCY as i64).contains(&n.v) => n.v as u64,
         Some(n) => {
