@@ -306,3 +306,16 @@ async fn under_load_with_each_toxic_class_on_payment_the_invariants_hold_after_s
     assert_eq!(inv.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&inv.stdout), stderr(&inv));
     p.shop(&["down"]);
 }
+
+/// A reset after 0 ms used to race the exchange (the timer waits for the next millisecond tick),
+/// so a fast answer got through and a charge could succeed through the "reset" wire.
+#[tokio::test]
+async fn reset_after_0_resets_every_connection_before_a_byte_passes_either_way() {
+    let (addr, mut requests) = server(100).await;
+    let proxy = Proxy::start(addr, spec(Toxic::Reset { after_ms: 0 }, Direction::Both), None).await.unwrap();
+    for n in 0..50 {
+        let seen = call(proxy.address(), Duration::from_secs(10)).await;
+        assert_eq!((seen.bytes, seen.error), (0, Some(ErrorKind::ConnectionReset)), "call {n}");
+        assert_eq!(requests.recv().await, Some(0), "call {n}: the request reached the target");
+    }
+}
