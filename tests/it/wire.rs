@@ -263,6 +263,10 @@ async fn bad_net_input_exits_2_naming_the_problem_and_the_choices() {
         (&["chaos", "net", "payment", "reset", "--from", "ordr"], "the services are: "),
         (&["chaos", "net", "paymnt", "reset"], "unknown service or instance `paymnt`"),
         (&["chaos", "net", "payment", "reset", "--toxicity", "150"], "--toxicity must be 0 to 100"),
+        (&["chaos", "net", "payment", "latency", "--delay", "5parsecs"], "supported units: ns, us/µs, ms"),
+        (&["chaos", "net", "payment", "reset", "--for", "-3s"], "`-3s` is not a duration"),
+        (&["chaos", "net", "payment", "bandwidth", "--rate", "fast"], "write kilobytes per second, e.g. 10"),
+        (&["chaos", "net", "payment", "limit-data", "--bytes", "-3"], "write a whole number of bytes"),
     ];
     for (args, want) in cases {
         let out = p.shop(args);
@@ -402,4 +406,46 @@ async fn reset_after_0_resets_every_connection_before_a_byte_passes_either_way()
         assert_eq!((seen.bytes, seen.error), (0, Some(ErrorKind::ConnectionReset)), "call {n}");
         assert_eq!(requests.recv().await, Some(0), "call {n}: the request reached the target");
     }
+}
+
+/// Whether something still accepts connections at `address`.
+async fn listening(address: &str) -> bool {
+    TcpStream::connect(address).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_proxy_outlives_shop_down_or_a_sigkilled_supervisor() {
+    let p = started();
+    let out = p.shop(&["chaos", "net", "payment", "latency", "--delay", "10ms"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = p.shop(&["chaos", "partition", "order", "inventory"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let proxies = [
+        seen_by(&p, "gateway", "payment").await,
+        seen_by(&p, "order", "inventory").await,
+        seen_by(&p, "inventory", "order").await,
+    ];
+    let real =
+        [p.row("payment")["address"].clone(), p.row("inventory")["address"].clone(), p.row("order")["address"].clone()];
+    for (a, r) in proxies.iter().zip(&real) {
+        assert_ne!(a, r, "not detoured through a proxy");
+        assert!(listening(a).await, "no proxy at {a}");
+    }
+    let out = p.shop(&["down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for a in &proxies {
+        assert!(!listening(a).await, "the proxy at {a} outlived `shop down`");
+    }
+
+    let out = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = p.shop(&["chaos", "net", "payment", "blackhole"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let proxy = seen_by(&p, "order", "payment").await;
+    assert!(listening(&proxy).await, "no proxy at {proxy}");
+    let sup = p.supervisor_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let closed = eventually(Duration::from_secs(10), async || !listening(&proxy).await).await;
+    assert!(closed, "the proxy at {proxy} outlived its SIGKILLed supervisor");
+    p.shop(&["down"]);
 }
