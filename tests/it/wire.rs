@@ -304,7 +304,9 @@ async fn each_toxic_class_under_load_keeps_the_invariants(target: &str) {
         // Orders go through the proxy only once order's discovery has refreshed.
         let detoured = eventually(Duration::from_secs(5), async || seen_by(&p, "order", target).await != real).await;
         assert!(detoured, "{args:?}: order was never handed the proxy");
-        let load = p.shop(&["load", "--orders", "16", "--concurrency", "4", "--wait", "5s", "--json"]);
+        // Open loop over 2 s: the registry already hands out the proxy, but order's own view
+        // refreshes once a second, so a burst shorter than that could miss the toxic entirely.
+        let load = p.shop(&["load", "--rate", "10", "--duration", "2s", "--orders", "20", "--wait", "5s", "--json"]);
         let report: Value = serde_json::from_slice(&load.stdout)
             .unwrap_or_else(|e| panic!("{args:?}: no load report ({e}): {}", stderr(&load)));
         assert!(report.is_object(), "{args:?}: {report}");
