@@ -194,11 +194,19 @@ async fn connection(mut client: TcpStream, state: watch::Receiver<Shared>, lotte
         tokio::pin!(up, down, reset_timer, close_timer);
         let (mut up_done, mut down_done) = (false, false);
         loop {
+            // A reset after 0 ms acts before a single byte is relayed: a timer of zero still
+            // waits for the next tick of tokio's millisecond wheel, and by then a fast target
+            // has answered and the whole exchange has passed (the toxic would do nothing).
+            if let Some((0, dir)) = reset {
+                break End::Reset(dir);
+            }
+            // Biased, timers first: a reset or close that is due wins over bytes that are ready.
             let end = tokio::select! {
-                end = &mut up, if !up_done => { up_done = true; end }
-                end = &mut down, if !down_done => { down_done = true; end }
+                biased;
                 dir = &mut reset_timer => End::Reset(dir),
                 () = &mut close_timer => End::Close,
+                end = &mut up, if !up_done => { up_done = true; end }
+                end = &mut down, if !down_done => { down_done = true; end }
             };
             if end != End::Eof || (up_done && down_done) {
                 break end;

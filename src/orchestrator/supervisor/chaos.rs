@@ -89,7 +89,9 @@ impl ActiveFault {
             FaultKind::Pause => "paused".into(),
             FaultKind::Latency { delay_ms, percent, .. } => format!("latency {delay_ms}ms {percent}%"),
             FaultKind::Errors { status, percent } => format!("errors {status} {percent}%"),
-            FaultKind::Partition { peer_service, .. } => format!("partition {peer_service}"),
+            FaultKind::Partition { peer_service, refuse } => {
+                format!("partition {peer_service}{}", if *refuse { " refuse" } else { "" })
+            }
             FaultKind::Net { spec, from } => {
                 let mut label = format!("net {} {}", spec.toxic.kind(), spec.toxic.describe());
                 if spec.direction != crate::orchestrator::proxy::Direction::Both {
