@@ -148,7 +148,7 @@ impl TestStack {
     pub async fn wait_gateway_reaches_order(&self) {
         let url = self.gateway("/orders?limit=1");
         let ok =
-            eventually(Duration::from_secs(15), async || self.get(&url, Some(ALICE)).await.0 == StatusCode::OK).await;
+            eventually(Duration::from_secs(30), async || self.get(&url, Some(ALICE)).await.0 == StatusCode::OK).await;
         assert!(ok, "the gateway does not reach the order service");
     }
 
