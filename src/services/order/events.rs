@@ -156,6 +156,109 @@ impl Event {
     }
 }
 
+/// The stored form of the event log (SPEC section 18): each event is a small integer code and,
+/// for events with fields, a JSON array of their values in [`Event::FIELDS`] order. The field
+/// names are implied by the code, and `OrderPlaced`'s fields by the order row it created, so
+/// neither is stored per event.
+impl Event {
+    /// Every event type in code order: the code of `NAMES[i]` is `i + 1`. Codes are stored; new
+    /// types are appended, never inserted.
+    pub const NAMES: [&'static str; 18] = [
+        "OrderPlaced",
+        "UserValidated",
+        "StockReservationRequested",
+        "StockReserved",
+        "PaymentRequested",
+        "PaymentCaptured",
+        "StockCommitRequested",
+        "StockCommitted",
+        "OrderConfirmed",
+        "NotificationQueued",
+        "NotificationDelivered",
+        "CompensationStarted",
+        "PaymentRefundRequested",
+        "PaymentRefunded",
+        "StockReleaseRequested",
+        "StockReleased",
+        "OrderFailed",
+        "StepRetried",
+    ];
+
+    /// The stored fields of each code, in the order their values are stored (index = code - 1).
+    /// `OrderPlaced` stores none: they are the order row's columns.
+    pub const FIELDS: [&'static [&'static str]; 18] = [
+        &[],
+        &["card_token", "card_last4"],
+        &[],
+        &["reservation_id"],
+        &[],
+        &["payment_id", "amount_cents"],
+        &[],
+        &[],
+        &[],
+        &["event_id", "kind"],
+        &["notification_id", "attempts"],
+        &["step", "code", "message"],
+        &[],
+        &["payment_id", "refunded_cents"],
+        &[],
+        &[],
+        &["step", "code", "message"],
+        &["step", "attempt", "error"],
+    ];
+
+    /// The event's stored type code.
+    pub fn code(&self) -> i64 {
+        let name = self.type_name();
+        // Every type name is in NAMES (the unit test below walks them all), so the fallback
+        // is never taken.
+        Self::NAMES.iter().position(|n| *n == name).map_or(0, |i| i as i64 + 1)
+    }
+
+    /// The stored data: `None` when everything is implied by the code (and, for `OrderPlaced`,
+    /// by the order row), else the field values as a JSON array.
+    pub fn compact_data(&self) -> Option<String> {
+        let fields = usize::try_from(self.code() - 1).ok().and_then(|i| Self::FIELDS.get(i))?;
+        if fields.is_empty() {
+            return None;
+        }
+        let data = self.data();
+        let values: Vec<&serde_json::Value> =
+            fields.iter().map(|f| data.get(f).unwrap_or(&serde_json::Value::Null)).collect();
+        serde_json::to_string(&values).ok()
+    }
+
+    /// The event back from its stored code and data; `placed` builds an `OrderPlaced` from the
+    /// order row, which holds its fields.
+    pub fn from_stored(
+        code: i64,
+        data: Option<&str>,
+        placed: impl FnOnce() -> Event,
+    ) -> Result<Event, StoredEventError> {
+        let i =
+            usize::try_from(code - 1).ok().filter(|i| *i < Self::NAMES.len()).ok_or(StoredEventError::Code(code))?;
+        if i == 0 {
+            return Ok(placed());
+        }
+        let values: Vec<serde_json::Value> = match data {
+            Some(text) => serde_json::from_str(text).map_err(StoredEventError::Data)?,
+            None => Vec::new(),
+        };
+        let object: serde_json::Map<String, serde_json::Value> =
+            Self::FIELDS[i].iter().map(|f| f.to_string()).zip(values).collect();
+        Event::from_parts(Self::NAMES[i], serde_json::Value::Object(object)).map_err(StoredEventError::Data)
+    }
+}
+
+/// A stored event that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredEventError {
+    #[error("unknown event code {0}")]
+    Code(i64),
+    #[error("event data: {0}")]
+    Data(serde_json::Error),
+}
+
 /// An event with its place in the log.
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -610,6 +713,41 @@ mod tests {
         let e = placed();
         let back = Event::from_parts(e.type_name(), serde_json::from_str(&e.data_json()).unwrap()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn every_event_round_trips_through_its_code_and_compact_data() {
+        let all = vec![
+            placed(),
+            validated(),
+            Event::UserValidated { card_token: None, card_last4: "4242".into() },
+            Event::StockReservationRequested {},
+            Event::StockReserved { reservation_id: "res_1".into() },
+            Event::PaymentRequested {},
+            Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 500 },
+            Event::StockCommitRequested {},
+            Event::StockCommitted {},
+            Event::OrderConfirmed {},
+            Event::NotificationQueued { event_id: "evt_1".into(), kind: "order_confirmed".into() },
+            Event::NotificationDelivered { notification_id: "ntf_1".into(), attempts: 2 },
+            Event::CompensationStarted { step: "s".into(), code: "c".into(), message: "m".into() },
+            Event::PaymentRefundRequested {},
+            Event::PaymentRefunded { payment_id: "pay_1".into(), refunded_cents: 500 },
+            Event::StockReleaseRequested {},
+            Event::StockReleased {},
+            Event::OrderFailed { step: "s".into(), code: "c".into(), message: "m".into() },
+            Event::StepRetried { step: "s".into(), attempt: 1, error: "e".into() },
+        ];
+        let mut codes: Vec<i64> = all.iter().map(Event::code).collect();
+        codes.dedup();
+        assert_eq!(codes, (1..=18).collect::<Vec<_>>());
+        for e in all {
+            let data = e.compact_data();
+            assert_eq!(Event::from_stored(e.code(), data.as_deref(), placed).unwrap(), e, "{data:?}");
+        }
+        assert_eq!(Event::StockReserved { reservation_id: "r".into() }.compact_data().as_deref(), Some(r#"["r"]"#));
+        assert_eq!(placed().compact_data(), None);
+        assert!(Event::from_stored(19, None, placed).is_err());
     }
 
     #[test]
