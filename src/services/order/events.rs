@@ -159,7 +159,8 @@ impl Event {
 /// The stored form of the event log (SPEC section 18): each event is a small integer code and,
 /// for events with fields, a JSON array of their values in [`Event::FIELDS`] order. The field
 /// names are implied by the code, and `OrderPlaced`'s fields by the order row it created, so
-/// neither is stored per event.
+/// neither is stored per event; trailing values the order row implies ([`Implied`]) are left
+/// off too.
 impl Event {
     /// Every event type in code order: the code of `NAMES[i]` is `i + 1`. Codes are stored; new
     /// types are appended, never inserted.
@@ -200,7 +201,7 @@ impl Event {
         &["notification_id", "attempts"],
         &["step", "code", "message"],
         &[],
-        &["payment_id", "refunded_cents"],
+        &["refunded_cents", "payment_id"],
         &[],
         &[],
         &["step", "code", "message"],
@@ -215,16 +216,23 @@ impl Event {
         Self::NAMES.iter().position(|n| *n == name).map_or(0, |i| i as i64 + 1)
     }
 
-    /// The stored data: `None` when everything is implied by the code (and, for `OrderPlaced`,
-    /// by the order row), else the field values as a JSON array.
-    pub fn compact_data(&self) -> Option<String> {
-        let fields = usize::try_from(self.code() - 1).ok().and_then(|i| Self::FIELDS.get(i))?;
-        if fields.is_empty() {
+    /// The stored data: `None` when everything is implied by the code and the order row, else
+    /// the field values as a JSON array, without the trailing ones `implied` gives.
+    pub fn compact_data(&self, implied: &Implied) -> Option<String> {
+        let code = self.code();
+        let fields = usize::try_from(code - 1).ok().and_then(|i| Self::FIELDS.get(i))?;
+        let data = self.data();
+        let mut values: Vec<serde_json::Value> =
+            fields.iter().map(|f| data.get(f).cloned().unwrap_or(serde_json::Value::Null)).collect();
+        while let Some(last) = values.last() {
+            if implied.value(code, fields[values.len() - 1]).as_ref() != Some(last) {
+                break;
+            }
+            values.pop();
+        }
+        if values.is_empty() {
             return None;
         }
-        let data = self.data();
-        let values: Vec<&serde_json::Value> =
-            fields.iter().map(|f| data.get(f).unwrap_or(&serde_json::Value::Null)).collect();
         serde_json::to_string(&values).ok()
     }
 
@@ -233,6 +241,7 @@ impl Event {
     pub fn from_stored(
         code: i64,
         data: Option<&str>,
+        implied: &Implied,
         placed: impl FnOnce() -> Event,
     ) -> Result<Event, StoredEventError> {
         let i =
@@ -244,9 +253,43 @@ impl Event {
             Some(text) => serde_json::from_str(text).map_err(StoredEventError::Data)?,
             None => Vec::new(),
         };
-        let object: serde_json::Map<String, serde_json::Value> =
+        let mut object: serde_json::Map<String, serde_json::Value> =
             Self::FIELDS[i].iter().map(|f| f.to_string()).zip(values).collect();
+        for field in Self::FIELDS[i] {
+            if !object.contains_key(*field) {
+                if let Some(v) = implied.value(code, field) {
+                    object.insert(field.to_string(), v);
+                }
+            }
+        }
         Event::from_parts(Self::NAMES[i], serde_json::Value::Object(object)).map_err(StoredEventError::Data)
+    }
+}
+
+/// What an order row says that some event fields repeat: those values are not stored in the
+/// event when they match (a captured payment's id and amount, a refund's payment id, the kind of
+/// the notification queued with the terminal event).
+#[derive(Clone, Debug, Default)]
+pub struct Implied {
+    pub payment_id: Option<String>,
+    pub total_cents: i64,
+    pub status: Option<Status>,
+}
+
+impl Implied {
+    fn value(&self, code: i64, field: &str) -> Option<serde_json::Value> {
+        match (Event::NAMES.get(usize::try_from(code - 1).ok()?)?, field) {
+            (&"PaymentCaptured" | &"PaymentRefunded", "payment_id") => {
+                self.payment_id.clone().map(serde_json::Value::String)
+            }
+            (&"PaymentCaptured", "amount_cents") => Some(self.total_cents.into()),
+            (&"NotificationQueued", "kind") => match self.status? {
+                Status::Confirmed => Some("order_confirmed".into()),
+                Status::Failed => Some("order_failed".into()),
+                Status::Pending => None,
+            },
+            _ => None,
+        }
     }
 }
 
@@ -741,13 +784,28 @@ mod tests {
         let mut codes: Vec<i64> = all.iter().map(Event::code).collect();
         codes.dedup();
         assert_eq!(codes, (1..=18).collect::<Vec<_>>());
-        for e in all {
-            let data = e.compact_data();
-            assert_eq!(Event::from_stored(e.code(), data.as_deref(), placed).unwrap(), e, "{data:?}");
+        let row = Implied { payment_id: Some("pay_1".into()), total_cents: 500, status: Some(Status::Confirmed) };
+        for implied in [Implied::default(), row.clone()] {
+            for e in &all {
+                let data = e.compact_data(&implied);
+                assert_eq!(&Event::from_stored(e.code(), data.as_deref(), &implied, placed).unwrap(), e, "{data:?}");
+            }
         }
-        assert_eq!(Event::StockReserved { reservation_id: "r".into() }.compact_data().as_deref(), Some(r#"["r"]"#));
-        assert_eq!(placed().compact_data(), None);
-        assert!(Event::from_stored(19, None, placed).is_err());
+        let none = Implied::default();
+        assert_eq!(
+            Event::StockReserved { reservation_id: "r".into() }.compact_data(&none).as_deref(),
+            Some(r#"["r"]"#)
+        );
+        assert_eq!(placed().compact_data(&none), None);
+        // What the row holds is left off; what differs from it is kept.
+        assert_eq!(Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 500 }.compact_data(&row), None);
+        assert_eq!(
+            Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 400 }.compact_data(&row).as_deref(),
+            Some(r#"["pay_1",400]"#)
+        );
+        let queued = Event::NotificationQueued { event_id: "evt_1".into(), kind: "order_confirmed".into() };
+        assert_eq!(queued.compact_data(&row).as_deref(), Some(r#"["evt_1"]"#));
+        assert!(Event::from_stored(19, None, &none, placed).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::events::{steps, Event, Item, Recorded, SagaState, Status, Step};
+use super::events::{steps, Event, Implied, Item, Recorded, SagaState, Status, Step};
 use crate::plumbing::db::{Db, DbError};
 use crate::plumbing::time::{now_ms, rfc3339};
 
@@ -60,9 +60,10 @@ pub const MIGRATIONS: &[&str] = &[
      WHERE type = 'UserValidated' AND json_type(data, '$.card') IS NOT NULL;
     PRAGMA secure_delete = OFF;",
     // Version 3 (SPEC section 18): the compact log. Orders get an integer key that events use
-    // instead of the order id's text; an event is a type code, its time as milliseconds after
-    // the order's creation, and its field values as a JSON array (none for OrderPlaced, whose
-    // fields are the order row's). Delivered outbox rows are dropped: their delivery is in the
+    // instead of the order id's text (and keep their request hash as bytes, not hex); an event
+    // is a type code, its time as milliseconds after the order's creation, and its field values
+    // as a JSON array (none for OrderPlaced, whose fields are the order row's; see
+    // `Event::compact_data` for the values the row implies). Delivered outbox rows are dropped: their delivery is in the
     // log (NotificationDelivered). The view `order_events` shows the log in its old shape for
     // people with a sqlite3 shell. Dropped tables are zeroed (secure_delete), as in version 2.
     "PRAGMA secure_delete = ON;
@@ -71,7 +72,7 @@ pub const MIGRATIONS: &[&str] = &[
         order_id TEXT NOT NULL UNIQUE,
         user_id TEXT NOT NULL,
         idempotency_key TEXT NOT NULL,
-        request_hash TEXT NOT NULL,
+        request_hash BLOB NOT NULL,
         status TEXT NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'FAILED')),
         items TEXT NOT NULL,
         total_cents INTEGER NOT NULL,
@@ -87,7 +88,7 @@ pub const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO orders_v3 (order_id, user_id, idempotency_key, request_hash, status, items, total_cents, currency,
                            failure, payment_id, trace_id, created_at, updated_at, lease_owner, lease_until)
-        SELECT order_id, user_id, idempotency_key, request_hash, status, items, total_cents, currency,
+        SELECT order_id, user_id, idempotency_key, coalesce(unhex(request_hash), request_hash), status, items, total_cents, currency,
                failure, payment_id, trace_id, created_at, updated_at, lease_owner, lease_until
           FROM orders ORDER BY order_id;
     CREATE TABLE events (
@@ -125,7 +126,7 @@ pub const MIGRATIONS: &[&str] = &[
                    WHEN 'NotificationQueued' THEN json_array(json_extract(e.data, '$.event_id'), json_extract(e.data, '$.kind'))
                    WHEN 'NotificationDelivered' THEN json_array(json_extract(e.data, '$.notification_id'), json_extract(e.data, '$.attempts'))
                    WHEN 'CompensationStarted' THEN json_array(json_extract(e.data, '$.step'), json_extract(e.data, '$.code'), json_extract(e.data, '$.message'))
-                   WHEN 'PaymentRefunded' THEN json_array(json_extract(e.data, '$.payment_id'), json_extract(e.data, '$.refunded_cents'))
+                   WHEN 'PaymentRefunded' THEN json_array(json_extract(e.data, '$.refunded_cents'), json_extract(e.data, '$.payment_id'))
                    WHEN 'OrderFailed' THEN json_array(json_extract(e.data, '$.step'), json_extract(e.data, '$.code'), json_extract(e.data, '$.message'))
                    WHEN 'StepRetried' THEN json_array(json_extract(e.data, '$.step'), json_extract(e.data, '$.attempt'), json_extract(e.data, '$.error')) END
           FROM order_events e JOIN orders_v3 o USING (order_id);
@@ -174,11 +175,14 @@ pub const MIGRATIONS: &[&str] = &[
                      WHEN 2 THEN CASE
                      WHEN json_extract(e.data, '$[0]') IS NULL THEN json_object('card_last4', json_extract(e.data, '$[1]')) ELSE json_object('card_token', json_extract(e.data, '$[0]'), 'card_last4', json_extract(e.data, '$[1]')) END
                  WHEN 4 THEN json_object('reservation_id', json_extract(e.data, '$[0]'))
-                 WHEN 6 THEN json_object('payment_id', json_extract(e.data, '$[0]'), 'amount_cents', json_extract(e.data, '$[1]'))
-                 WHEN 10 THEN json_object('event_id', json_extract(e.data, '$[0]'), 'kind', json_extract(e.data, '$[1]'))
+                 WHEN 6 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[0]'), o.payment_id),
+                                        'amount_cents', coalesce(json_extract(e.data, '$[1]'), o.total_cents))
+                 WHEN 10 THEN json_object('event_id', json_extract(e.data, '$[0]'), 'kind', coalesce(json_extract(e.data, '$[1]'),
+                     CASE o.status WHEN 'CONFIRMED' THEN 'order_confirmed' WHEN 'FAILED' THEN 'order_failed' END))
                  WHEN 11 THEN json_object('notification_id', json_extract(e.data, '$[0]'), 'attempts', json_extract(e.data, '$[1]'))
                  WHEN 12 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
-                 WHEN 14 THEN json_object('payment_id', json_extract(e.data, '$[0]'), 'refunded_cents', json_extract(e.data, '$[1]'))
+                 WHEN 14 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[1]'), o.payment_id),
+                                         'refunded_cents', json_extract(e.data, '$[0]'))
                  WHEN 17 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
                  WHEN 18 THEN json_object('step', json_extract(e.data, '$[0]'), 'attempt', json_extract(e.data, '$[1]'), 'error', json_extract(e.data, '$[2]')) ELSE '{}' END
           FROM events e JOIN orders o ON o.id = e.order_key;
@@ -275,8 +279,9 @@ impl Store {
                 let Event::OrderPlaced { user_id, items, total_cents, currency, trace_id } = &event else {
                     unreachable!("place is only called with OrderPlaced")
                 };
-                if let Some(found) = find_by_key(tx, user_id, &idempotency_key)? {
-                    return Ok(Placed::Existing { order_id: found.0, same_request: found.1 == request_hash });
+                let request_hash = stored_hash(&request_hash);
+                if let Some((order_id, same_request)) = find_by_key(tx, user_id, &idempotency_key, &request_hash)? {
+                    return Ok(Placed::Existing { order_id, same_request });
                 }
                 let now = now_ms();
                 tx.prepare_cached(
@@ -300,7 +305,7 @@ impl Store {
                 let key = LogKey { order: tx.last_insert_rowid(), created_ms: now };
                 let mut recorded = Vec::with_capacity(1 + more.len());
                 for (i, e) in std::iter::once(&event).chain(more.iter()).enumerate() {
-                    insert_event(tx, key, i as i64 + 1, now, e)?;
+                    insert_event(tx, key, i as i64 + 1, now, e, &Implied::default())?;
                     recorded.push(Recorded { seq: i as i64 + 1, at_ms: now, event: e.clone() });
                 }
                 Ok(Placed::New(Box::new(SagaState::fold(&order_id, &recorded))))
@@ -320,6 +325,9 @@ impl Store {
         let status = state.status();
         let failure = state.failure().map(|f| serde_json::to_string(f).unwrap_or_default());
         let payment_id = state.payment_id.clone();
+        // What the row holds once this append commits; it never changes after (payment id and
+        // total are set once, and a notification is queued with the terminal status).
+        let implied = Implied { payment_id: payment_id.clone(), total_cents: state.total_cents, status: Some(status) };
         let owner = self.owner.clone();
         let at = state.updated_ms;
         // `state` already holds these events, so it knows their numbers; the primary key on
@@ -340,7 +348,7 @@ impl Store {
                     })?;
                 for e in &events {
                     seq += 1;
-                    insert_event(tx, key, seq, at, e)?;
+                    insert_event(tx, key, seq, at, e, &implied)?;
                 }
                 if let Some((event_id, payload)) = outbox {
                     tx.prepare_cached(
@@ -471,7 +479,8 @@ impl Store {
                         [&order_id],
                         |r| Ok((LogKey { order: r.get(0)?, created_ms: r.get(1)? }, r.get(2)?)),
                     )?;
-                    insert_event(tx, key, seq, now, &Event::NotificationDelivered { notification_id, attempts })?;
+                    let delivered = Event::NotificationDelivered { notification_id, attempts };
+                    insert_event(tx, key, seq, now, &delivered, &Implied::default())?;
                 }
                 Ok(())
             })
@@ -562,9 +571,23 @@ pub fn outcomes_by_key_prefix(c: &rusqlite::Connection, prefix: &str) -> rusqlit
     rows.collect()
 }
 
-fn find_by_key(tx: &rusqlite::Connection, user_id: &str, key: &str) -> rusqlite::Result<Option<(String, String)>> {
-    tx.prepare_cached("SELECT order_id, request_hash FROM orders WHERE user_id = ?1 AND idempotency_key = ?2")?
-        .query_row([user_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
+/// The request hash as stored: its bytes when it is hex (half the size), else its text.
+fn stored_hash(request_hash: &str) -> rusqlite::types::Value {
+    match hex::decode(request_hash) {
+        Ok(bytes) => rusqlite::types::Value::Blob(bytes),
+        Err(_) => rusqlite::types::Value::Text(request_hash.to_string()),
+    }
+}
+
+/// The order this key made, and whether its request hash is `hash` (compared as stored).
+fn find_by_key(
+    tx: &rusqlite::Connection,
+    user_id: &str,
+    key: &str,
+    hash: &rusqlite::types::Value,
+) -> rusqlite::Result<Option<(String, bool)>> {
+    tx.prepare_cached("SELECT order_id, request_hash IS ?3 FROM orders WHERE user_id = ?1 AND idempotency_key = ?2")?
+        .query_row(params![user_id, key, hash], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
 }
 
@@ -576,17 +599,25 @@ struct LogKey {
     created_ms: i64,
 }
 
-fn insert_event(tx: &rusqlite::Connection, key: LogKey, seq: i64, at: i64, event: &Event) -> rusqlite::Result<()> {
+fn insert_event(
+    tx: &rusqlite::Connection,
+    key: LogKey,
+    seq: i64,
+    at: i64,
+    event: &Event,
+    implied: &Implied,
+) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT INTO events (order_key, seq, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![key.order, seq, event.code(), at - key.created_ms, event.compact_data()])?;
+        .execute(params![key.order, seq, event.code(), at - key.created_ms, event.compact_data(implied)])?;
     Ok(())
 }
 
 /// The order's log, decoded: `OrderPlaced` is rebuilt from the order row, which holds its fields.
 pub fn load_events(c: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Vec<Recorded>> {
-    let placed: Option<(i64, i64, Event)> = c
+    let placed: Option<(i64, i64, Event, Implied)> = c
         .prepare_cached(
-            "SELECT id, created_at, user_id, items, total_cents, currency, trace_id FROM orders WHERE order_id = ?1",
+            "SELECT id, created_at, user_id, items, total_cents, currency, trace_id, payment_id, status
+             FROM orders WHERE order_id = ?1",
         )?
         .query_row([order_id], |r| {
             let items: String = r.get(3)?;
@@ -599,14 +630,15 @@ pub fn load_events(c: &rusqlite::Connection, order_id: &str) -> rusqlite::Result
                 currency: r.get(5)?,
                 trace_id: r.get(6)?,
             };
-            Ok((r.get(0)?, r.get(1)?, event))
+            let implied = Implied { payment_id: r.get(7)?, total_cents: r.get(4)?, status: Some(status_at(r, 8)?) };
+            Ok((r.get(0)?, r.get(1)?, event, implied))
         })
         .optional()?;
-    let Some((key, created_ms, placed)) = placed else { return Ok(Vec::new()) };
+    let Some((key, created_ms, placed, implied)) = placed else { return Ok(Vec::new()) };
     let mut stmt = c.prepare_cached("SELECT seq, kind, at, data FROM events WHERE order_key = ?1 ORDER BY seq")?;
     let rows = stmt.query_map([key], |r| {
         let (seq, code, at, data): (i64, i64, i64, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let event = Event::from_stored(code, data.as_deref(), || placed.clone())
+        let event = Event::from_stored(code, data.as_deref(), &implied, || placed.clone())
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, Box::new(e)))?;
         Ok(Recorded { seq, at_ms: created_ms + at, event })
     })?;
