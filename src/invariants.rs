@@ -76,6 +76,20 @@ enum Key {
 /// inverse of `Key::id`, so two different id texts never share a key.
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// [`CROCKFORD`] inverted: a digit's value by its byte, [`NOT_A_DIGIT`] for any other byte. Four
+/// million ids are decoded per check at a million orders; a table lookup per digit instead of a
+/// search of the alphabet.
+const DECODE: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < CROCKFORD.len() {
+        table[CROCKFORD[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const NOT_A_DIGIT: u8 = u8::MAX;
+
 impl Key {
     fn of(id: &str) -> Key {
         Self::ulid(id).map_or_else(|| Key::Text(id.into()), Key::Ulid)
@@ -88,8 +102,8 @@ impl Key {
             return None;
         }
         digits.iter().try_fold(0u128, |acc, d| {
-            let v = CROCKFORD.iter().position(|c| c == d)?;
-            Some((acc << 5) | v as u128)
+            let v = DECODE[*d as usize];
+            (v != NOT_A_DIGIT).then_some((acc << 5) | v as u128)
         })
     }
 
