@@ -27,9 +27,14 @@ impl Item {
 /// The sum of the lines' amounts, or `None` if any step would wrap or the sum would exceed
 /// [`MAX_TOTAL_CENTS`]: an order that costs more than that is refused, never stored wrapped.
 pub fn total_cents(items: &[Item]) -> Option<i64> {
-    items
-        .iter()
-        .try_fold(0i64, |sum, item| sum.checked_add(item.amount_cents()?))
+    total_of_lines(items.iter().map(|i| (i.quantity, i.unit_price_cents)))
+}
+
+/// [`total_cents`] over (quantity, unit price) pairs, for readers that do not build [`Item`]s.
+pub fn total_of_lines(lines: impl IntoIterator<Item = (i64, i64)>) -> Option<i64> {
+    lines
+        .into_iter()
+        .try_fold(0i64, |sum, (quantity, price)| sum.checked_add(quantity.checked_mul(price)?))
         .filter(|total| (0..=MAX_TOTAL_CENTS).contains(total))
 }
 
