@@ -9,12 +9,23 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::plumbing::db::{open_read_only, DbError};
+use crate::plumbing::db::DbError;
 use crate::services::inventory::{self, Stock};
 use crate::services::order::events::{self, Status};
 use crate::services::order::store::visit_order_totals;
 use crate::services::payment::visit_settlements;
 use crate::services::{gateway, notification};
+
+/// Opens a database read-only for the checks. Each connection is used by one thread only, so
+/// SQLite's per-call mutexes (a tenth of the time at a million orders) are left out.
+fn open_for_check(path: &std::path::Path) -> Result<rusqlite::Connection, DbError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)
+        .map_err(|cause| DbError::Open { path: path.to_path_buf(), cause })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
 
 /// Where each service's database is.
 #[derive(Clone, Debug)]
@@ -216,21 +227,21 @@ struct Others {
 
 impl Others {
     fn read(dbs: &Databases) -> Result<Others, DbError> {
-        let mut inventory = open_read_only(&dbs.inventory)?;
+        let mut inventory = open_for_check(&dbs.inventory)?;
         let stock = inventory::read_stock(&mut inventory)?;
         let held = inventory::held_reservations(&inventory)?;
         let mut settlements = Vec::new();
-        visit_settlements(&open_read_only(&dbs.payment)?, |id, captured, refunded| {
+        visit_settlements(&open_for_check(&dbs.payment)?, |id, captured, refunded| {
             settlements.push((Key::of(id), captured, refunded))
         })?;
         let mut notifications = Vec::new();
-        notification::visit_counts_by_order(&open_read_only(&dbs.notification)?, |id, n| {
+        notification::visit_counts_by_order(&open_for_check(&dbs.notification)?, |id, n| {
             notifications.push((Key::of(id), n))
         })?;
         let accepted = match &dbs.gateway {
             Some(path) => {
                 let mut ids = Vec::new();
-                gateway::visit_accepted_order_ids(&open_read_only(path)?, |id| ids.push(Key::of(id)))?;
+                gateway::visit_accepted_order_ids(&open_for_check(path)?, |id| ids.push(Key::of(id)))?;
                 Some(ids)
             }
             None => None,
@@ -245,7 +256,7 @@ impl Snapshot {
     /// reported, never silently skipped. The other databases are read on a second thread
     /// meanwhile (the order table is the long read).
     fn read(dbs: &Databases) -> Result<Snapshot, DbError> {
-        let order_db = open_read_only(&dbs.order)?;
+        let order_db = open_for_check(&dbs.order)?;
         order_db.execute_batch("BEGIN")?;
         let count: i64 = order_db.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))?;
         let mut snapshot = Snapshot::default();
