@@ -4,7 +4,8 @@
 For measuring what depends only on what is stored (`shop inspect invariants`, disk per order,
 resident memory after opening big databases) at a million orders without running a million
 sagas. Every row the saga wrote for the template order, in every database, is copied N times
-with each id it carries (ord_, pay_, res_, evt_, ntf_, gw_ ULIDs, also inside JSON) renumbered,
+with each id it carries (ord_, pay_, res_, evt_, ntf_, gw_ ULIDs, also inside JSON) renumbered
+and its events pointing at their copy's order key,
 and the product's stock columns are moved as the copies would have moved them, so the
 invariants still hold.
 
@@ -27,14 +28,19 @@ def renumbered(value):
     return expr
 
 
-def copy_rows(db, table, where, args, n):
-    cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+def copy_rows(db, table, where, args, n, keys=None):
+    """Copies the rows n times. An `id` column (the orders' integer key) is left to SQLite; with
+    `keys` (the first new order key, minus one), an `order_key` column points at copy i's order."""
+    cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})") if r[1] != "id"]
     rows = db.execute(f"SELECT {', '.join(cols)} FROM {table} WHERE {where}", args).fetchall()
     for row in rows:
         exprs, params = [], []
         for c, v in zip(cols, row):
             e = renumbered(v)
-            if e is None or e == "?":
+            if c == "order_key" and keys is not None:
+                exprs.append("? + s.i")
+                params.append(keys)
+            elif e is None or e == "?":
                 if c == "idempotency_key":  # unique per user: made unique per copy
                     exprs.append("? || '-' || s.i")
                 else:
@@ -57,8 +63,12 @@ def main():
     oid = sys.argv[3] if len(sys.argv) > 3 else order.execute(
         "SELECT order_id FROM orders WHERE status = 'CONFIRMED' ORDER BY created_at LIMIT 1").fetchone()[0]
     (pay,) = order.execute("SELECT payment_id FROM orders WHERE order_id = ?", (oid,)).fetchone()
+    (key,) = order.execute("SELECT id FROM orders WHERE order_id = ?", (oid,)).fetchone()
+    # The copies of the order row take the keys after the largest one, in copy order.
+    (last,) = order.execute("SELECT max(id) FROM orders").fetchone()
     plan = [
-        ("order", [("orders", "order_id = ?", oid), ("order_events", "order_id = ?", oid), ("outbox", "order_id = ?", oid)]),
+        ("order", [("orders", "order_id = ?", oid), ("events", "order_key = ?", key),
+                   ("outbox", "order_id = ?", oid)]),
         ("payment", [("payments", "order_id = ?", oid)]),
         ("inventory", [("reservations", "order_id = ?", oid), ("reservation_items", "order_id = ?", oid)]),
         ("notification", [("notifications", "order_id = ?", oid)]),
@@ -69,7 +79,7 @@ def main():
         db.execute("PRAGMA journal_mode = WAL")
         with db:
             for table, where, arg in tables:
-                copied = copy_rows(db, table, where, (arg,), n)
+                copied = copy_rows(db, table, where, (arg,), n, keys=last if table == "events" else None)
                 print(f"{name}.{table}: {copied} row(s) x {n}", file=sys.stderr)
             if name == "inventory":
                 for product, qty in db.execute(

@@ -9,12 +9,23 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::plumbing::db::{open_read_only, DbError};
+use crate::plumbing::db::DbError;
 use crate::services::inventory::{self, Stock};
 use crate::services::order::events::{self, Status};
 use crate::services::order::store::visit_order_totals;
 use crate::services::payment::visit_settlements;
 use crate::services::{gateway, notification};
+
+/// Opens a database read-only for the checks. Each connection is used by one thread only, so
+/// SQLite's per-call mutexes (a tenth of the time at a million orders) are left out.
+fn open_for_check(path: &std::path::Path) -> Result<rusqlite::Connection, DbError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)
+        .map_err(|cause| DbError::Open { path: path.to_path_buf(), cause })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
 
 /// Where each service's database is.
 #[derive(Clone, Debug)]
@@ -76,6 +87,20 @@ enum Key {
 /// inverse of `Key::id`, so two different id texts never share a key.
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// [`CROCKFORD`] inverted: a digit's value by its byte, [`NOT_A_DIGIT`] for any other byte. Four
+/// million ids are decoded per check at a million orders; a table lookup per digit instead of a
+/// search of the alphabet.
+const DECODE: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < CROCKFORD.len() {
+        table[CROCKFORD[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const NOT_A_DIGIT: u8 = u8::MAX;
+
 impl Key {
     fn of(id: &str) -> Key {
         Self::ulid(id).map_or_else(|| Key::Text(id.into()), Key::Ulid)
@@ -88,8 +113,8 @@ impl Key {
             return None;
         }
         digits.iter().try_fold(0u128, |acc, d| {
-            let v = CROCKFORD.iter().position(|c| c == d)?;
-            Some((acc << 5) | v as u128)
+            let v = DECODE[*d as usize];
+            (v != NOT_A_DIGIT).then_some((acc << 5) | v as u128)
         })
     }
 
@@ -161,6 +186,16 @@ enum LinesProblem {
     Mismatch { stored: i64, lines: i64 },
 }
 
+/// An order line as check 6 reads it: the shape of [`events::Item`], its product id borrowed
+/// from the row's text (a million orders, no allocation per line).
+#[derive(serde::Deserialize)]
+struct Line<'a> {
+    #[serde(borrow, rename = "product_id")]
+    _product_id: std::borrow::Cow<'a, str>,
+    quantity: i64,
+    unit_price_cents: i64,
+}
+
 /// What the checks read: every row they judge, from every database, read once and joined by
 /// order id into one map.
 #[derive(Clone, Debug, Default)]
@@ -192,21 +227,21 @@ struct Others {
 
 impl Others {
     fn read(dbs: &Databases) -> Result<Others, DbError> {
-        let mut inventory = open_read_only(&dbs.inventory)?;
+        let mut inventory = open_for_check(&dbs.inventory)?;
         let stock = inventory::read_stock(&mut inventory)?;
         let held = inventory::held_reservations(&inventory)?;
         let mut settlements = Vec::new();
-        visit_settlements(&open_read_only(&dbs.payment)?, |id, captured, refunded| {
+        visit_settlements(&open_for_check(&dbs.payment)?, |id, captured, refunded| {
             settlements.push((Key::of(id), captured, refunded))
         })?;
         let mut notifications = Vec::new();
-        notification::visit_counts_by_order(&open_read_only(&dbs.notification)?, |id, n| {
+        notification::visit_counts_by_order(&open_for_check(&dbs.notification)?, |id, n| {
             notifications.push((Key::of(id), n))
         })?;
         let accepted = match &dbs.gateway {
             Some(path) => {
                 let mut ids = Vec::new();
-                gateway::visit_accepted_order_ids(&open_read_only(path)?, |id| ids.push(Key::of(id)))?;
+                gateway::visit_accepted_order_ids(&open_for_check(path)?, |id| ids.push(Key::of(id)))?;
                 Some(ids)
             }
             None => None,
@@ -221,7 +256,7 @@ impl Snapshot {
     /// reported, never silently skipped. The other databases are read on a second thread
     /// meanwhile (the order table is the long read).
     fn read(dbs: &Databases) -> Result<Snapshot, DbError> {
-        let order_db = open_read_only(&dbs.order)?;
+        let order_db = open_for_check(&dbs.order)?;
         order_db.execute_batch("BEGIN")?;
         let count: i64 = order_db.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))?;
         let mut snapshot = Snapshot::default();
@@ -239,7 +274,8 @@ impl Snapshot {
     /// One order row; its lines are judged here (check 6) so they are never kept.
     fn add_order(&mut self, id: &str, status: Status, total_cents: i64, items: &str) {
         let key = Key::of(id);
-        let problem = match serde_json::from_str::<Vec<events::Item>>(items).ok().as_deref().map(events::total_cents) {
+        let lines = serde_json::from_str::<Vec<Line>>(items).ok();
+        let problem = match lines.map(|l| events::total_of_lines(l.iter().map(|l| (l.quantity, l.unit_price_cents)))) {
             None => Some(LinesProblem::Unreadable),
             Some(None) => Some(LinesProblem::TooLarge { stored: total_cents }),
             Some(Some(lines)) if lines != total_cents => Some(LinesProblem::Mismatch { stored: total_cents, lines }),

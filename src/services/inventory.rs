@@ -22,7 +22,8 @@ use crate::plumbing::db::Db;
 use crate::plumbing::error::{ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::plumbing::{ids, time::now_ms};
 
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE products (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE products (
         product_id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
@@ -45,7 +46,34 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE products (
         product_id TEXT NOT NULL REFERENCES products (product_id),
         quantity INTEGER NOT NULL CHECK (quantity > 0),
         PRIMARY KEY (order_id, product_id)
-    );"];
+    );",
+    // Version 2 (SPEC section 18): reservations and their lines keyed by the order id itself
+    // (WITHOUT ROWID), so no index repeats it; the index of held reservations holds only those
+    // (the others are never looked up by status); the reservation id's uniqueness index goes
+    // (nothing looks a reservation up by it, and it is a fresh ULID). The new lines reference
+    // `reservations_v2`, which the rename turns into `reservations`.
+    "CREATE TABLE reservations_v2 (
+        order_id TEXT PRIMARY KEY,
+        reservation_id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('held', 'committed', 'released', 'expired')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO reservations_v2 SELECT order_id, reservation_id, status, created_at, expires_at, updated_at FROM reservations;
+    CREATE TABLE reservation_items_v2 (
+        order_id TEXT NOT NULL REFERENCES reservations_v2 (order_id),
+        product_id TEXT NOT NULL REFERENCES products (product_id),
+        quantity INTEGER NOT NULL CHECK (quantity > 0),
+        PRIMARY KEY (order_id, product_id)
+    ) WITHOUT ROWID;
+    INSERT INTO reservation_items_v2 SELECT order_id, product_id, quantity FROM reservation_items;
+    DROP TABLE reservation_items;
+    DROP TABLE reservations;
+    ALTER TABLE reservations_v2 RENAME TO reservations;
+    ALTER TABLE reservation_items_v2 RENAME TO reservation_items;
+    CREATE INDEX reservations_held ON reservations (expires_at) WHERE status = 'held';",
+];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Product {

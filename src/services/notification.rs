@@ -15,7 +15,8 @@ use crate::plumbing::db::Db;
 use crate::plumbing::error::{ApiError, ApiQuery, JsonBody};
 use crate::plumbing::{ids, time::now_ms, time::rfc3339};
 
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE notifications (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE notifications (
         event_id TEXT PRIMARY KEY,
         notification_id TEXT NOT NULL UNIQUE,
         order_id TEXT NOT NULL,
@@ -25,7 +26,26 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE notifications (
         deliveries INTEGER NOT NULL DEFAULT 1,
         created_at INTEGER NOT NULL
     );
-    CREATE INDEX notifications_order ON notifications (order_id);"];
+    CREATE INDEX notifications_order ON notifications (order_id);",
+    // Version 2 (SPEC section 18): keyed by the event id itself (WITHOUT ROWID), the one
+    // lookup by id; the notification id's uniqueness index goes (nothing looks one up by it,
+    // and it is a fresh ULID). Same columns in the same order.
+    "CREATE TABLE notifications_v2 (
+        event_id TEXT PRIMARY KEY,
+        notification_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        deliveries INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO notifications_v2 SELECT event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at
+        FROM notifications;
+    DROP TABLE notifications;
+    ALTER TABLE notifications_v2 RENAME TO notifications;
+    CREATE INDEX notifications_order ON notifications (order_id);",
+];
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -44,6 +44,27 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // Version 2: charges name the card by its token; older rows have none.
     "ALTER TABLE payments ADD COLUMN card_token TEXT;",
+    // Version 3 (SPEC section 18): keyed by the order id itself (WITHOUT ROWID), which every
+    // lookup uses, so no separate index repeats it; the payment id's uniqueness index goes too
+    // (nothing looks a payment up by it, and it is a fresh ULID).
+    "CREATE TABLE payments_v3 (
+        order_id TEXT PRIMARY KEY,
+        payment_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
+        status TEXT NOT NULL CHECK (status IN ('captured', 'declined', 'voided', 'refunded')),
+        decline_code TEXT,
+        captured_cents INTEGER NOT NULL DEFAULT 0,
+        refunded_cents INTEGER NOT NULL DEFAULT 0,
+        card_last4 TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        card_token TEXT
+    ) WITHOUT ROWID;
+    INSERT INTO payments_v3 SELECT order_id, payment_id, user_id, amount_cents, status, decline_code, captured_cents,
+        refunded_cents, card_last4, created_at, updated_at, card_token FROM payments;
+    DROP TABLE payments;
+    ALTER TABLE payments_v3 RENAME TO payments;",
 ];
 
 /// Card numbers with a scripted outcome (the well-known test cards); any other is charged.

@@ -324,7 +324,12 @@ async fn no_card_number_is_stored_logged_or_traced_outside_the_user_database() {
 /// An order log as the order service wrote it before card tokens: the full number in the
 /// validation of one order that is over and one still to be charged.
 fn seed_order_with_card(db: &std::path::Path, pending: &str, done: &str) {
+    // A version-1 file: its first migration only, as the service wrote it then.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
     let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(shop::services::order::store::MIGRATIONS[0]).unwrap();
     c.pragma_update(None, "user_version", 1).unwrap();
     let placed = r#"{"user_id":"alice","items":[{"product_id":"sku-1","quantity":1,"unit_price_cents":2499}],"total_cents":2499,"currency":"USD","trace_id":"0123456789abcdef0123456789abcdef"}"#;
     for (id, status) in [(pending, "PENDING"), (done, "FAILED")] {

@@ -30,11 +30,23 @@ use crate::plumbing::error::{ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::plumbing::time::now_ms;
 use crate::plumbing::trace::TraceCtx;
 
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE accepted_orders (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE accepted_orders (
         order_id TEXT PRIMARY KEY,
         user_id TEXT NOT NULL,
         returned_at INTEGER NOT NULL
-    );"];
+    );",
+    // Version 2 (SPEC section 18): keyed by the order id itself (WITHOUT ROWID), so the id is
+    // stored once instead of in the table and again in its index.
+    "CREATE TABLE accepted_orders_v2 (
+        order_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        returned_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO accepted_orders_v2 SELECT order_id, user_id, returned_at FROM accepted_orders;
+    DROP TABLE accepted_orders;
+    ALTER TABLE accepted_orders_v2 RENAME TO accepted_orders;",
+];
 
 /// Limits of SPEC section 5.
 const MAX_ITEMS: usize = 100;

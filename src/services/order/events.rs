@@ -27,9 +27,14 @@ impl Item {
 /// The sum of the lines' amounts, or `None` if any step would wrap or the sum would exceed
 /// [`MAX_TOTAL_CENTS`]: an order that costs more than that is refused, never stored wrapped.
 pub fn total_cents(items: &[Item]) -> Option<i64> {
-    items
-        .iter()
-        .try_fold(0i64, |sum, item| sum.checked_add(item.amount_cents()?))
+    total_of_lines(items.iter().map(|i| (i.quantity, i.unit_price_cents)))
+}
+
+/// [`total_cents`] over (quantity, unit price) pairs, for readers that do not build [`Item`]s.
+pub fn total_of_lines(lines: impl IntoIterator<Item = (i64, i64)>) -> Option<i64> {
+    lines
+        .into_iter()
+        .try_fold(0i64, |sum, (quantity, price)| sum.checked_add(quantity.checked_mul(price)?))
         .filter(|total| (0..=MAX_TOTAL_CENTS).contains(total))
 }
 
@@ -154,6 +159,152 @@ impl Event {
     pub fn from_parts(type_name: &str, data: serde_json::Value) -> Result<Event, serde_json::Error> {
         serde_json::from_value(serde_json::json!({"type": type_name, "data": data}))
     }
+}
+
+/// The stored form of the event log (SPEC section 18): each event is a small integer code and,
+/// for events with fields, a JSON array of their values in [`Event::FIELDS`] order. The field
+/// names are implied by the code, and `OrderPlaced`'s fields by the order row it created, so
+/// neither is stored per event; trailing values the order row implies ([`Implied`]) are left
+/// off too.
+impl Event {
+    /// Every event type in code order: the code of `NAMES[i]` is `i + 1`. Codes are stored; new
+    /// types are appended, never inserted.
+    pub const NAMES: [&'static str; 18] = [
+        "OrderPlaced",
+        "UserValidated",
+        "StockReservationRequested",
+        "StockReserved",
+        "PaymentRequested",
+        "PaymentCaptured",
+        "StockCommitRequested",
+        "StockCommitted",
+        "OrderConfirmed",
+        "NotificationQueued",
+        "NotificationDelivered",
+        "CompensationStarted",
+        "PaymentRefundRequested",
+        "PaymentRefunded",
+        "StockReleaseRequested",
+        "StockReleased",
+        "OrderFailed",
+        "StepRetried",
+    ];
+
+    /// The stored fields of each code, in the order their values are stored (index = code - 1).
+    /// `OrderPlaced` stores none: they are the order row's columns.
+    pub const FIELDS: [&'static [&'static str]; 18] = [
+        &[],
+        &["card_token", "card_last4"],
+        &[],
+        &["reservation_id"],
+        &[],
+        &["payment_id", "amount_cents"],
+        &[],
+        &[],
+        &[],
+        &["event_id", "kind"],
+        &["notification_id", "attempts"],
+        &["step", "code", "message"],
+        &[],
+        &["refunded_cents", "payment_id"],
+        &[],
+        &[],
+        &["step", "code", "message"],
+        &["step", "attempt", "error"],
+    ];
+
+    /// The event's stored type code.
+    pub fn code(&self) -> i64 {
+        let name = self.type_name();
+        // Every type name is in NAMES (the unit test below walks them all), so the fallback
+        // is never taken.
+        Self::NAMES.iter().position(|n| *n == name).map_or(0, |i| i as i64 + 1)
+    }
+
+    /// The stored data: `None` when everything is implied by the code and the order row, else
+    /// the field values as a JSON array, without the trailing ones `implied` gives.
+    pub fn compact_data(&self, implied: &Implied) -> Option<String> {
+        let code = self.code();
+        let fields = usize::try_from(code - 1).ok().and_then(|i| Self::FIELDS.get(i))?;
+        let data = self.data();
+        let mut values: Vec<serde_json::Value> =
+            fields.iter().map(|f| data.get(f).cloned().unwrap_or(serde_json::Value::Null)).collect();
+        while let Some(last) = values.last() {
+            if implied.value(code, fields[values.len() - 1]).as_ref() != Some(last) {
+                break;
+            }
+            values.pop();
+        }
+        if values.is_empty() {
+            return None;
+        }
+        serde_json::to_string(&values).ok()
+    }
+
+    /// The event back from its stored code and data; `placed` builds an `OrderPlaced` from the
+    /// order row, which holds its fields.
+    pub fn from_stored(
+        code: i64,
+        data: Option<&str>,
+        implied: &Implied,
+        placed: impl FnOnce() -> Event,
+    ) -> Result<Event, StoredEventError> {
+        let i =
+            usize::try_from(code - 1).ok().filter(|i| *i < Self::NAMES.len()).ok_or(StoredEventError::Code(code))?;
+        if i == 0 {
+            return Ok(placed());
+        }
+        let values: Vec<serde_json::Value> = match data {
+            Some(text) => serde_json::from_str(text).map_err(StoredEventError::Data)?,
+            None => Vec::new(),
+        };
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            Self::FIELDS[i].iter().map(|f| f.to_string()).zip(values).collect();
+        for field in Self::FIELDS[i] {
+            if !object.contains_key(*field) {
+                if let Some(v) = implied.value(code, field) {
+                    object.insert(field.to_string(), v);
+                }
+            }
+        }
+        Event::from_parts(Self::NAMES[i], serde_json::Value::Object(object)).map_err(StoredEventError::Data)
+    }
+}
+
+/// What an order row says that some event fields repeat: those values are not stored in the
+/// event when they match (a captured payment's id and amount, a refund's payment id, the kind of
+/// the notification queued with the terminal event).
+#[derive(Clone, Debug, Default)]
+pub struct Implied {
+    pub payment_id: Option<String>,
+    pub total_cents: i64,
+    pub status: Option<Status>,
+}
+
+impl Implied {
+    fn value(&self, code: i64, field: &str) -> Option<serde_json::Value> {
+        match (Event::NAMES.get(usize::try_from(code - 1).ok()?)?, field) {
+            (&"PaymentCaptured" | &"PaymentRefunded", "payment_id") => {
+                self.payment_id.clone().map(serde_json::Value::String)
+            }
+            (&"PaymentCaptured", "amount_cents") => Some(self.total_cents.into()),
+            (&"NotificationQueued", "kind") => match self.status? {
+                Status::Confirmed => Some("order_confirmed".into()),
+                Status::Failed => Some("order_failed".into()),
+                Status::Pending => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A stored event that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredEventError {
+    #[error("unknown event code {0}")]
+    Code(i64),
+    #[error("event data: {0}")]
+    Data(serde_json::Error),
 }
 
 /// An event with its place in the log.
@@ -610,6 +761,56 @@ mod tests {
         let e = placed();
         let back = Event::from_parts(e.type_name(), serde_json::from_str(&e.data_json()).unwrap()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn every_event_round_trips_through_its_code_and_compact_data() {
+        let all = vec![
+            placed(),
+            validated(),
+            Event::UserValidated { card_token: None, card_last4: "4242".into() },
+            Event::StockReservationRequested {},
+            Event::StockReserved { reservation_id: "res_1".into() },
+            Event::PaymentRequested {},
+            Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 500 },
+            Event::StockCommitRequested {},
+            Event::StockCommitted {},
+            Event::OrderConfirmed {},
+            Event::NotificationQueued { event_id: "evt_1".into(), kind: "order_confirmed".into() },
+            Event::NotificationDelivered { notification_id: "ntf_1".into(), attempts: 2 },
+            Event::CompensationStarted { step: "s".into(), code: "c".into(), message: "m".into() },
+            Event::PaymentRefundRequested {},
+            Event::PaymentRefunded { payment_id: "pay_1".into(), refunded_cents: 500 },
+            Event::StockReleaseRequested {},
+            Event::StockReleased {},
+            Event::OrderFailed { step: "s".into(), code: "c".into(), message: "m".into() },
+            Event::StepRetried { step: "s".into(), attempt: 1, error: "e".into() },
+        ];
+        let mut codes: Vec<i64> = all.iter().map(Event::code).collect();
+        codes.dedup();
+        assert_eq!(codes, (1..=18).collect::<Vec<_>>());
+        let row = Implied { payment_id: Some("pay_1".into()), total_cents: 500, status: Some(Status::Confirmed) };
+        for implied in [Implied::default(), row.clone()] {
+            for e in &all {
+                let data = e.compact_data(&implied);
+                assert_eq!(&Event::from_stored(e.code(), data.as_deref(), &implied, placed).unwrap(), e, "{data:?}");
+            }
+        }
+        let none = Implied::default();
+        assert_eq!(
+            Event::StockReserved { reservation_id: "r".into() }.compact_data(&none).as_deref(),
+            Some(r#"["r"]"#)
+        );
+        assert_eq!(placed().compact_data(&none), None);
+        // What the row holds is left off; what differs from it is kept.
+        assert_eq!(Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 500 }.compact_data(&row), None);
+        assert_eq!(
+            Event::PaymentCaptured { payment_id: "pay_1".into(), amount_cents: 400 }.compact_data(&row).as_deref(),
+            Some(r#"["pay_1",400]"#)
+        );
+        let queued = Event::NotificationQueued { event_id: "evt_1".into(), kind: "order_confirmed".into() };
+        assert_eq!(queued.compact_data(&row).as_deref(), Some(r#"["evt_1"]"#));
+        assert!(Event::from_stored(19, None, &none, placed).is_err());
     }
 
     #[test]

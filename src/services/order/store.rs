@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::events::{steps, Event, Item, Recorded, SagaState, Status, Step};
+use super::events::{steps, Event, Implied, Item, Recorded, SagaState, Status, Step};
 use crate::plumbing::db::{Db, DbError};
 use crate::plumbing::time::{now_ms, rfc3339};
 
@@ -58,6 +58,135 @@ pub const MIGRATIONS: &[&str] = &[
     UPDATE order_events
        SET data = json_remove(json_set(data, '$.card_last4', substr(json_extract(data, '$.card'), -4)), '$.card')
      WHERE type = 'UserValidated' AND json_type(data, '$.card') IS NOT NULL;
+    PRAGMA secure_delete = OFF;",
+    // Version 3 (SPEC section 18): the compact log. Orders get an integer key that events use
+    // instead of the order id's text (and keep their request hash as bytes, not hex); an event
+    // is a type code, its time as milliseconds after the order's creation, and its field values
+    // as a JSON array (none for OrderPlaced, whose fields are the order row's; see
+    // `Event::compact_data` for the values the row implies). Delivered outbox rows are dropped: their delivery is in the
+    // log (NotificationDelivered). The view `order_events` shows the log in its old shape for
+    // people with a sqlite3 shell. `orders_by_user` is not recreated: no query uses it (the list
+    // walks the order id index whether or not it filters by user). Dropped tables are zeroed
+    // (secure_delete), as in version 2.
+    "PRAGMA secure_delete = ON;
+    CREATE TABLE orders_v3 (
+        id INTEGER PRIMARY KEY,
+        order_id TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        request_hash BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'FAILED')),
+        items TEXT NOT NULL,
+        total_cents INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        failure TEXT,
+        payment_id TEXT,
+        trace_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (user_id, idempotency_key)
+    );
+    INSERT INTO orders_v3 (order_id, user_id, idempotency_key, request_hash, status, items, total_cents, currency,
+                           failure, payment_id, trace_id, created_at, updated_at, lease_owner, lease_until)
+        SELECT order_id, user_id, idempotency_key, coalesce(unhex(request_hash), request_hash), status, items, total_cents, currency,
+               failure, payment_id, trace_id, created_at, updated_at, lease_owner, lease_until
+          FROM orders ORDER BY order_id;
+    CREATE TABLE events (
+        order_key INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        data TEXT,
+        PRIMARY KEY (order_key, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO events (order_key, seq, kind, at, data)
+        SELECT o.id, e.seq, CASE e.type
+            WHEN 'OrderPlaced' THEN 1
+            WHEN 'UserValidated' THEN 2
+            WHEN 'StockReservationRequested' THEN 3
+            WHEN 'StockReserved' THEN 4
+            WHEN 'PaymentRequested' THEN 5
+            WHEN 'PaymentCaptured' THEN 6
+            WHEN 'StockCommitRequested' THEN 7
+            WHEN 'StockCommitted' THEN 8
+            WHEN 'OrderConfirmed' THEN 9
+            WHEN 'NotificationQueued' THEN 10
+            WHEN 'NotificationDelivered' THEN 11
+            WHEN 'CompensationStarted' THEN 12
+            WHEN 'PaymentRefundRequested' THEN 13
+            WHEN 'PaymentRefunded' THEN 14
+            WHEN 'StockReleaseRequested' THEN 15
+            WHEN 'StockReleased' THEN 16
+            WHEN 'OrderFailed' THEN 17
+            WHEN 'StepRetried' THEN 18 END, e.at - o.created_at,
+               CASE e.type
+                   WHEN 'UserValidated' THEN json_array(json_extract(e.data, '$.card_token'), json_extract(e.data, '$.card_last4'))
+                   WHEN 'StockReserved' THEN json_array(json_extract(e.data, '$.reservation_id'))
+                   WHEN 'PaymentCaptured' THEN json_array(json_extract(e.data, '$.payment_id'), json_extract(e.data, '$.amount_cents'))
+                   WHEN 'NotificationQueued' THEN json_array(json_extract(e.data, '$.event_id'), json_extract(e.data, '$.kind'))
+                   WHEN 'NotificationDelivered' THEN json_array(json_extract(e.data, '$.notification_id'), json_extract(e.data, '$.attempts'))
+                   WHEN 'CompensationStarted' THEN json_array(json_extract(e.data, '$.step'), json_extract(e.data, '$.code'), json_extract(e.data, '$.message'))
+                   WHEN 'PaymentRefunded' THEN json_array(json_extract(e.data, '$.refunded_cents'), json_extract(e.data, '$.payment_id'))
+                   WHEN 'OrderFailed' THEN json_array(json_extract(e.data, '$.step'), json_extract(e.data, '$.code'), json_extract(e.data, '$.message'))
+                   WHEN 'StepRetried' THEN json_array(json_extract(e.data, '$.step'), json_extract(e.data, '$.attempt'), json_extract(e.data, '$.error')) END
+          FROM order_events e JOIN orders_v3 o USING (order_id);
+    CREATE TABLE outbox_v3 (
+        event_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        last_error TEXT,
+        created_at INTEGER NOT NULL
+    );
+    INSERT INTO outbox_v3 SELECT * FROM outbox WHERE delivered_at IS NULL;
+    DROP TABLE order_events;
+    DROP TABLE outbox;
+    DROP TABLE orders;
+    ALTER TABLE orders_v3 RENAME TO orders;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
+    CREATE INDEX orders_pending ON orders (status) WHERE status = 'PENDING';
+    CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
+    CREATE VIEW order_events (order_id, seq, type, at, data) AS
+        SELECT o.order_id, e.seq, CASE e.kind
+            WHEN 1 THEN 'OrderPlaced'
+            WHEN 2 THEN 'UserValidated'
+            WHEN 3 THEN 'StockReservationRequested'
+            WHEN 4 THEN 'StockReserved'
+            WHEN 5 THEN 'PaymentRequested'
+            WHEN 6 THEN 'PaymentCaptured'
+            WHEN 7 THEN 'StockCommitRequested'
+            WHEN 8 THEN 'StockCommitted'
+            WHEN 9 THEN 'OrderConfirmed'
+            WHEN 10 THEN 'NotificationQueued'
+            WHEN 11 THEN 'NotificationDelivered'
+            WHEN 12 THEN 'CompensationStarted'
+            WHEN 13 THEN 'PaymentRefundRequested'
+            WHEN 14 THEN 'PaymentRefunded'
+            WHEN 15 THEN 'StockReleaseRequested'
+            WHEN 16 THEN 'StockReleased'
+            WHEN 17 THEN 'OrderFailed'
+            WHEN 18 THEN 'StepRetried' END, o.created_at + e.at,
+               CASE e.kind
+                   WHEN 1 THEN json_object('user_id', o.user_id, 'items', json(o.items), 'total_cents', o.total_cents, 'currency', o.currency, 'trace_id', o.trace_id)
+                
+                     WHEN 2 THEN CASE
+                     WHEN json_extract(e.data, '$[0]') IS NULL THEN json_object('card_last4', json_extract(e.data, '$[1]')) ELSE json_object('card_token', json_extract(e.data, '$[0]'), 'card_last4', json_extract(e.data, '$[1]')) END
+                 WHEN 4 THEN json_object('reservation_id', json_extract(e.data, '$[0]'))
+                 WHEN 6 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[0]'), o.payment_id),
+                                        'amount_cents', coalesce(json_extract(e.data, '$[1]'), o.total_cents))
+                 WHEN 10 THEN json_object('event_id', json_extract(e.data, '$[0]'), 'kind', coalesce(json_extract(e.data, '$[1]'),
+                     CASE o.status WHEN 'CONFIRMED' THEN 'order_confirmed' WHEN 'FAILED' THEN 'order_failed' END))
+                 WHEN 11 THEN json_object('notification_id', json_extract(e.data, '$[0]'), 'attempts', json_extract(e.data, '$[1]'))
+                 WHEN 12 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
+                 WHEN 14 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[1]'), o.payment_id),
+                                         'refunded_cents', json_extract(e.data, '$[0]'))
+                 WHEN 17 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
+                 WHEN 18 THEN json_object('step', json_extract(e.data, '$[0]'), 'attempt', json_extract(e.data, '$[1]'), 'error', json_extract(e.data, '$[2]')) ELSE '{}' END
+          FROM events e JOIN orders o ON o.id = e.order_key;
     PRAGMA secure_delete = OFF;",
 ];
 
@@ -151,8 +280,9 @@ impl Store {
                 let Event::OrderPlaced { user_id, items, total_cents, currency, trace_id } = &event else {
                     unreachable!("place is only called with OrderPlaced")
                 };
-                if let Some(found) = find_by_key(tx, user_id, &idempotency_key)? {
-                    return Ok(Placed::Existing { order_id: found.0, same_request: found.1 == request_hash });
+                let request_hash = stored_hash(&request_hash);
+                if let Some((order_id, same_request)) = find_by_key(tx, user_id, &idempotency_key, &request_hash)? {
+                    return Ok(Placed::Existing { order_id, same_request });
                 }
                 let now = now_ms();
                 tx.prepare_cached(
@@ -173,9 +303,10 @@ impl Store {
                     owner,
                     now + LEASE_MS
                 ])?;
+                let key = LogKey { order: tx.last_insert_rowid(), created_ms: now };
                 let mut recorded = Vec::with_capacity(1 + more.len());
                 for (i, e) in std::iter::once(&event).chain(more.iter()).enumerate() {
-                    insert_event(tx, &order_id, i as i64 + 1, now, e)?;
+                    insert_event(tx, key, i as i64 + 1, now, e, &Implied::default())?;
                     recorded.push(Recorded { seq: i as i64 + 1, at_ms: now, event: e.clone() });
                 }
                 Ok(Placed::New(Box::new(SagaState::fold(&order_id, &recorded))))
@@ -195,6 +326,9 @@ impl Store {
         let status = state.status();
         let failure = state.failure().map(|f| serde_json::to_string(f).unwrap_or_default());
         let payment_id = state.payment_id.clone();
+        // What the row holds once this append commits; it never changes after (payment id and
+        // total are set once, and a notification is queued with the terminal status).
+        let implied = Implied { payment_id: payment_id.clone(), total_cents: state.total_cents, status: Some(status) };
         let owner = self.owner.clone();
         let at = state.updated_ms;
         // `state` already holds these events, so it knows their numbers; the primary key on
@@ -202,17 +336,21 @@ impl Store {
         let mut seq = (state.log.len() - events.len().min(state.log.len())) as i64;
         self.db
             .tx(move |tx| {
-                for e in &events {
-                    seq += 1;
-                    insert_event(tx, &order_id, seq, at, e)?;
-                }
                 let (lease_owner, lease_until) =
                     if status == Status::Pending { (Some(owner), at + LEASE_MS) } else { (None, 0) };
-                tx.prepare_cached(
-                    "UPDATE orders SET status = ?2, failure = ?3, payment_id = ?4, updated_at = ?5, lease_owner = ?6, lease_until = ?7
-                     WHERE order_id = ?1",
-                )?
-                .execute(params![order_id, status.as_str(), failure, payment_id, at, lease_owner, lease_until])?;
+                // The update names the order's log key, so the events need no second lookup.
+                let key = tx
+                    .prepare_cached(
+                        "UPDATE orders SET status = ?2, failure = ?3, payment_id = ?4, updated_at = ?5, lease_owner = ?6, lease_until = ?7
+                         WHERE order_id = ?1 RETURNING id, created_at",
+                    )?
+                    .query_row(params![order_id, status.as_str(), failure, payment_id, at, lease_owner, lease_until], |r| {
+                        Ok(LogKey { order: r.get(0)?, created_ms: r.get(1)? })
+                    })?;
+                for e in &events {
+                    seq += 1;
+                    insert_event(tx, key, seq, at, e, &implied)?;
+                }
                 if let Some((event_id, payload)) = outbox {
                     tx.prepare_cached(
                         "INSERT INTO outbox (event_id, order_id, payload, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -333,17 +471,17 @@ impl Store {
         self.db
             .tx(move |tx| {
                 let now = now_ms();
-                let n = tx.execute(
-                    "UPDATE outbox SET delivered_at = ?2, attempts = ?3 WHERE event_id = ?1 AND delivered_at IS NULL",
-                    params![event_id, now, attempts],
-                )?;
+                // A delivered row is deleted, not kept: the log's NotificationDelivered is its record.
+                let n = tx.execute("DELETE FROM outbox WHERE event_id = ?1", [&event_id])?;
                 if n == 1 {
-                    let seq: i64 = tx.query_row(
-                        "SELECT coalesce(max(seq), 0) + 1 FROM order_events WHERE order_id = ?1",
+                    let (key, seq) = tx.query_row(
+                        "SELECT id, created_at, (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE order_key = orders.id)
+                         FROM orders WHERE order_id = ?1",
                         [&order_id],
-                        |r| r.get(0),
+                        |r| Ok((LogKey { order: r.get(0)?, created_ms: r.get(1)? }, r.get(2)?)),
                     )?;
-                    insert_event(tx, &order_id, seq, now, &Event::NotificationDelivered { notification_id, attempts })?;
+                    let delivered = Event::NotificationDelivered { notification_id, attempts };
+                    insert_event(tx, key, seq, now, &delivered, &Implied::default())?;
                 }
                 Ok(())
             })
@@ -434,26 +572,76 @@ pub fn outcomes_by_key_prefix(c: &rusqlite::Connection, prefix: &str) -> rusqlit
     rows.collect()
 }
 
-fn find_by_key(tx: &rusqlite::Connection, user_id: &str, key: &str) -> rusqlite::Result<Option<(String, String)>> {
-    tx.prepare_cached("SELECT order_id, request_hash FROM orders WHERE user_id = ?1 AND idempotency_key = ?2")?
-        .query_row([user_id, key], |r| Ok((r.get(0)?, r.get(1)?)))
+/// The request hash as stored: its bytes when it is hex (half the size), else its text.
+fn stored_hash(request_hash: &str) -> rusqlite::types::Value {
+    match hex::decode(request_hash) {
+        Ok(bytes) => rusqlite::types::Value::Blob(bytes),
+        Err(_) => rusqlite::types::Value::Text(request_hash.to_string()),
+    }
+}
+
+/// The order this key made, and whether its request hash is `hash` (compared as stored).
+fn find_by_key(
+    tx: &rusqlite::Connection,
+    user_id: &str,
+    key: &str,
+    hash: &rusqlite::types::Value,
+) -> rusqlite::Result<Option<(String, bool)>> {
+    tx.prepare_cached("SELECT order_id, request_hash IS ?3 FROM orders WHERE user_id = ?1 AND idempotency_key = ?2")?
+        .query_row(params![user_id, key, hash], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
 }
 
-fn insert_event(tx: &rusqlite::Connection, order_id: &str, seq: i64, at: i64, event: &Event) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO order_events (order_id, seq, type, at, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![order_id, seq, event.type_name(), at, event.data_json()])?;
+/// Where an order's events go: the order row's integer key, and its creation time, which
+/// event times are stored relative to (a few bytes instead of eight).
+#[derive(Clone, Copy, Debug)]
+struct LogKey {
+    order: i64,
+    created_ms: i64,
+}
+
+fn insert_event(
+    tx: &rusqlite::Connection,
+    key: LogKey,
+    seq: i64,
+    at: i64,
+    event: &Event,
+    implied: &Implied,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO events (order_key, seq, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![key.order, seq, event.code(), at - key.created_ms, event.compact_data(implied)])?;
     Ok(())
 }
 
+/// The order's log, decoded: `OrderPlaced` is rebuilt from the order row, which holds its fields.
 pub fn load_events(c: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Vec<Recorded>> {
-    let mut stmt = c.prepare_cached("SELECT seq, type, at, data FROM order_events WHERE order_id = ?1 ORDER BY seq")?;
-    let rows = stmt.query_map([order_id], |r| {
-        let (seq, kind, at, data): (i64, String, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
-        let event = Event::from_parts(&kind, data)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))?;
-        Ok(Recorded { seq, at_ms: at, event })
+    let placed: Option<(i64, i64, Event, Implied)> = c
+        .prepare_cached(
+            "SELECT id, created_at, user_id, items, total_cents, currency, trace_id, payment_id, status
+             FROM orders WHERE order_id = ?1",
+        )?
+        .query_row([order_id], |r| {
+            let items: String = r.get(3)?;
+            let items = serde_json::from_str(&items)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
+            let event = Event::OrderPlaced {
+                user_id: r.get(2)?,
+                items,
+                total_cents: r.get(4)?,
+                currency: r.get(5)?,
+                trace_id: r.get(6)?,
+            };
+            let implied = Implied { payment_id: r.get(7)?, total_cents: r.get(4)?, status: Some(status_at(r, 8)?) };
+            Ok((r.get(0)?, r.get(1)?, event, implied))
+        })
+        .optional()?;
+    let Some((key, created_ms, placed, implied)) = placed else { return Ok(Vec::new()) };
+    let mut stmt = c.prepare_cached("SELECT seq, kind, at, data FROM events WHERE order_key = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([key], |r| {
+        let (seq, code, at, data): (i64, i64, i64, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let event = Event::from_stored(code, data.as_deref(), &implied, || placed.clone())
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, Box::new(e)))?;
+        Ok(Recorded { seq, at_ms: created_ms + at, event })
     })?;
     rows.collect()
 }
