@@ -140,6 +140,14 @@ async fn the_order_service_killed_after_any_step_finishes_the_saga_on_restart() 
         ("OrderFailed", BOB),
     ];
     for (point, token) in points {
+        // The last round's notification may still wait in the outbox (delivered, but its
+        // delivery not yet recorded): the next process would deliver it first and stop at
+        // `NotificationDelivered` for that order instead of this round's.
+        let drained = eventually(Duration::from_secs(20), async || {
+            stack.count(Kind::Order, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL", &[]) == 0
+        })
+        .await;
+        assert!(drained, "{point}: the outbox did not drain\n{}", stack.log(Kind::Order));
         stack.kill(Kind::Order);
         stack.spawn_with(Kind::Order, &[("SHOP_TEST_HOOKS", "1"), ("SHOP_CRASH_AFTER", point)]).await;
         stack.wait_ready(Kind::Order).await;
