@@ -26,6 +26,11 @@ fn open_for_check(path: &std::path::Path) -> Result<rusqlite::Connection, DbErro
     let conn = rusqlite::Connection::open_with_flags(path, flags)
         .map_err(|cause| DbError::Open { path: path.to_path_buf(), cause })?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Pages read through a memory map instead of a read() each: at a million orders the copies
+    // into SQLite's cache were a fifth of the time. SQLite caps the size at its own limit (2 GB);
+    // pages still in the write-ahead log are read as before. The mapped pages are the system's
+    // file cache, shared and dropped at exit, not memory this process allocates.
+    conn.pragma_update(None, "mmap_size", 1i64 << 40)?;
     Ok(conn)
 }
 
