@@ -850,4 +850,53 @@ mod tests {
         );
         assert!(!judge(s).ok);
     }
+
+    #[test]
+    fn ids_compare_as_sqlite_sorts_their_text() {
+        let ids = [
+            "ord_01M8EHZ8C4NWWXPXXJY9RM8MWM",
+            "ord_01M8EHZ8C4NWWXPXXJY9RM8MWN",
+            "ord_7ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "ord_00000000000000000000000000",
+            "ord-never-stored",
+            "ord_",
+            "ord_01m8ehz8c4nwwxpxxjy9rm8mwm",
+            "o1",
+            "ghost",
+            "",
+        ];
+        for a in ids {
+            for b in ids {
+                assert_eq!(Key::of(a).text_cmp(&Key::of(b)), a.cmp(b), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_of_ids_that_are_ulids_and_ids_that_are_not_meet_in_the_merge() {
+        let (mut orders, mut others) = settled();
+        let (a, b) = ("ord_01M8EHZ8C4NWWXPXXJY9RM8MWM", "ord_01M8EHZ8C4NWWXPXXJY9RM8MWP");
+        orders.push((a, Status::Confirmed, 200, lines(1, 200)));
+        orders.push((b, Status::Failed, 100, lines(1, 100)));
+        others.settlements.push((Key::of(a), 200, 0));
+        // Between the two orders in id order, and after all of them: money for no order.
+        others.settlements.push((Key::of("ord_01M8EHZ8C4NWWXPXXJY9RM8MWN"), 7, 0));
+        others.settlements.push((Key::of("zzz"), 9, 0));
+        others.notifications.extend([(Key::of(a), 1), (Key::of(b), 1)]);
+        others.accepted.as_mut().unwrap().extend([Key::of(a), Key::of(b)]);
+        let s = judge(snapshot((orders, others)));
+        assert_eq!(s.checks[1].detail, "ord_01M8EHZ8C4NWWXPXXJY9RM8MWN: 7 cents charged for an order that does not exist; zzz: 9 cents charged for an order that does not exist");
+        assert!(s.checks.iter().filter(|c| c.name != "charged_iff_confirmed").all(|c| c.ok), "{s:?}");
+        assert_eq!(s.checks[5].detail, "all 4 orders the gateway returned exist");
+    }
+
+    #[test]
+    fn order_rows_out_of_id_order_stop_the_check() {
+        let none = std::iter::empty();
+        let mut merge = Merge::new(none.clone(), std::iter::empty(), None::<std::iter::Empty<(Key, ())>>);
+        merge.order("o2", Status::Confirmed, 500, &lines(1, 500));
+        merge.order("o1", Status::Confirmed, 500, &lines(1, 500));
+        let err = merge.finish().unwrap_err().to_string();
+        assert!(err.contains("`o1` came after `o2`"), "{err}");
+    }
 }
