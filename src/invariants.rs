@@ -241,13 +241,17 @@ impl<T> Sorted<T> {
     }
 }
 
+/// A reading thread, joined for its outcome, and the batches of rows it hands over.
+type Reader<'scope, T> =
+    (std::thread::ScopedJoinHandle<'scope, Result<(), DbError>>, std::sync::mpsc::IntoIter<Vec<(Key, T)>>);
+
 /// Reads one database's rows on its own thread, in order id order, into a channel of batches.
 /// The channel holds two batches: the reader runs ahead of the merge by that much and no more.
 fn spawn_reader<'scope, T: Send + 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     what: &'static str,
     read: impl FnOnce(&mut Sorted<T>) -> Result<(), DbError> + Send + 'scope,
-) -> (std::thread::ScopedJoinHandle<'scope, Result<(), DbError>>, std::sync::mpsc::IntoIter<Vec<(Key, T)>>) {
+) -> Reader<'scope, T> {
     let (tx, rx) = sync_channel(2);
     let handle = scope.spawn(move || {
         let mut sorted = Sorted::new(what, tx);
