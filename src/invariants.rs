@@ -1,11 +1,13 @@
 //! The business invariants of SPEC section 7, checked by reading every service's database.
 //!
 //! The checks open the files read-only beside the running services (WAL allows it), so they
-//! see what was committed, not what any service claims.
+//! see what was committed, not what any service claims. Every table is read in order id order
+//! (each has a key or index sorted by it) and the rows are merged in one pass, a sorted
+//! merge-join: every row is judged, and memory does not grow with the number of orders.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::cmp::Ordering;
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender};
 
 use serde::Serialize;
 
@@ -24,6 +26,11 @@ fn open_for_check(path: &std::path::Path) -> Result<rusqlite::Connection, DbErro
     let conn = rusqlite::Connection::open_with_flags(path, flags)
         .map_err(|cause| DbError::Open { path: path.to_path_buf(), cause })?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Pages read through a memory map instead of a read() each: at a million orders the copies
+    // into SQLite's cache were a fifth of the time. SQLite caps the size at its own limit (2 GB);
+    // pages still in the write-ahead log are read as before. The mapped pages are the system's
+    // file cache, shared and dropped at exit, not memory this process allocates.
+    conn.pragma_update(None, "mmap_size", 1i64 << 40)?;
     Ok(conn)
 }
 
@@ -75,9 +82,9 @@ fn check(name: &str, problems: Vec<String>, ok_detail: String) -> Check {
     Check { name: name.into(), ok, detail }
 }
 
-/// An order id as the checks key it: the 128 bits of an `ord_<ULID>` id (no allocation, a cheap
-/// hash: a million of them are joined in well under a second), the text of any other id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An order id as the checks key it: the 128 bits of an `ord_<ULID>` id (no allocation, compared
+/// as one number: the merge compares a few million of them), the text of any other id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
     Ulid(u128),
     Text(Box<str>),
@@ -134,48 +141,17 @@ impl Key {
     }
 }
 
-/// FxHash's mixing step: ULIDs are random in their low bits, so SipHash's resistance to chosen
-/// keys buys nothing here and costs a third of the join.
-#[derive(Default)]
-struct FastHasher(u64);
-
-impl FastHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
+impl Key {
+    /// The order SQLite sorts the ids in (BINARY collation: the bytes of the text), which the
+    /// merge walks. ULID ids are the same length and Crockford's digits ascend in ASCII, so
+    /// their bits compare as their texts do; a text id is compared as text (it allocates, but
+    /// only ids that are not ULIDs take this path).
+    fn text_cmp(&self, other: &Key) -> Ordering {
+        match (self, other) {
+            (Key::Ulid(a), Key::Ulid(b)) => a.cmp(b),
+            _ => self.id().cmp(&other.id()),
         }
     }
-    fn write_u64(&mut self, v: u64) {
-        self.add(v);
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.add(v as u64);
-        self.add((v >> 64) as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-
-/// One order with everything the other databases hold about it, joined by order id.
-#[derive(Clone, Debug)]
-struct Ledger {
-    status: Status,
-    total_cents: i64,
-    /// Captured minus refunded over its payment rows.
-    net_cents: i64,
-    captures: usize,
-    notifications: i64,
 }
 
 /// Why an order's lines do not give its stored total (check 6), found while reading them.
@@ -196,156 +172,414 @@ struct Line<'a> {
     unit_price_cents: i64,
 }
 
-/// What the checks read: every row they judge, from every database, read once and joined by
-/// order id into one map.
-#[derive(Clone, Debug, Default)]
-struct Snapshot {
-    orders: FastMap<Key, Ledger>,
-    /// Orders whose lines do not give their total, in the order they were read.
-    bad_lines: Vec<(Key, LinesProblem)>,
-    stock: Vec<Stock>,
-    /// Reservations still holding stock.
-    held: i64,
-    /// Net money and captures for ids the order database does not hold.
-    stray_money: FastMap<Key, (i64, usize)>,
-    /// Notifications for ids the order database does not hold.
-    stray_notifications: Vec<(Key, i64)>,
-    /// How many ids the gateway returned, and those missing from the order database; `None`
-    /// without a gateway database.
-    accepted: Option<(usize, Vec<Key>)>,
-}
-
-/// What the databases other than the order database hold, read on a second thread.
-#[derive(Default)]
-struct Others {
-    stock: Vec<Stock>,
-    held: i64,
-    settlements: Vec<(Key, i64, i64)>,
-    notifications: Vec<(Key, i64)>,
-    accepted: Option<Vec<Key>>,
-}
-
-impl Others {
-    fn read(dbs: &Databases) -> Result<Others, DbError> {
-        let mut inventory = open_for_check(&dbs.inventory)?;
-        let stock = inventory::read_stock(&mut inventory)?;
-        let held = inventory::held_reservations(&inventory)?;
-        let mut settlements = Vec::new();
-        visit_settlements(&open_for_check(&dbs.payment)?, |id, captured, refunded| {
-            settlements.push((Key::of(id), captured, refunded))
-        })?;
-        let mut notifications = Vec::new();
-        notification::visit_counts_by_order(&open_for_check(&dbs.notification)?, |id, n| {
-            notifications.push((Key::of(id), n))
-        })?;
-        let accepted = match &dbs.gateway {
-            Some(path) => {
-                let mut ids = Vec::new();
-                gateway::visit_accepted_order_ids(&open_for_check(path)?, |id| ids.push(Key::of(id)))?;
-                Some(ids)
-            }
-            None => None,
-        };
-        Ok(Others { stock, held, settlements, notifications, accepted })
+/// What check 6 finds in one order's lines.
+fn lines_problem(total_cents: i64, items: &str) -> Option<LinesProblem> {
+    let lines = serde_json::from_str::<Vec<Line>>(items).ok();
+    match lines.map(|l| events::total_of_lines(l.iter().map(|l| (l.quantity, l.unit_price_cents)))) {
+        None => Some(LinesProblem::Unreadable),
+        Some(None) => Some(LinesProblem::TooLarge { stored: total_cents }),
+        Some(Some(lines)) if lines != total_cents => Some(LinesProblem::Mismatch { stored: total_cents, lines }),
+        Some(Some(_)) => None,
     }
 }
 
-impl Snapshot {
-    /// Reads the order database first: its read transaction starts before any other database
-    /// is read, so a row another database holds for an order placed after that read is then
-    /// reported, never silently skipped. The other databases are read on a second thread
-    /// meanwhile (the order table is the long read).
-    fn read(dbs: &Databases) -> Result<Snapshot, DbError> {
-        let order_db = open_for_check(&dbs.order)?;
-        order_db.execute_batch("BEGIN")?;
-        let count: i64 = order_db.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))?;
-        let mut snapshot = Snapshot::default();
-        snapshot.orders.reserve(usize::try_from(count).unwrap_or(0));
-        let others = std::thread::scope(|scope| -> Result<Others, DbError> {
-            let others = scope.spawn(|| Others::read(dbs));
-            visit_order_totals(&order_db, |id, status, total, items| snapshot.add_order(id, status, total, items))?;
-            others.join().map_err(|_| DbError::Task("the thread reading the other databases panicked".into()))?
-        })?;
-        order_db.execute_batch("COMMIT")?;
-        snapshot.join(others);
-        Ok(snapshot)
+/// One payment row as check 2 needs it: captured and refunded cents.
+type Settlement = (i64, i64);
+
+/// How many rows a batch between the reading threads and the merge holds: large enough that
+/// handing one over costs nothing per row, small enough that the memory stays a few hundred KB
+/// whatever the number of orders.
+const BATCH: usize = 4096;
+
+/// The rows of one database, in order id order, handed to the merge in batches from the thread
+/// reading them. A row out of order would make the merge judge wrongly, so it stops the check
+/// with an error instead.
+struct Sorted<T> {
+    what: &'static str,
+    tx: SyncSender<Vec<(Key, T)>>,
+    batch: Vec<(Key, T)>,
+    last: Option<Key>,
+    problem: Option<String>,
+}
+
+impl<T> Sorted<T> {
+    fn new(what: &'static str, tx: SyncSender<Vec<(Key, T)>>) -> Sorted<T> {
+        Sorted { what, tx, batch: Vec::with_capacity(BATCH), last: None, problem: None }
     }
 
-    /// One order row; its lines are judged here (check 6) so they are never kept.
-    fn add_order(&mut self, id: &str, status: Status, total_cents: i64, items: &str) {
+    fn push(&mut self, id: &str, value: T) {
+        if self.problem.is_some() {
+            return;
+        }
         let key = Key::of(id);
-        let lines = serde_json::from_str::<Vec<Line>>(items).ok();
-        let problem = match lines.map(|l| events::total_of_lines(l.iter().map(|l| (l.quantity, l.unit_price_cents)))) {
-            None => Some(LinesProblem::Unreadable),
-            Some(None) => Some(LinesProblem::TooLarge { stored: total_cents }),
-            Some(Some(lines)) if lines != total_cents => Some(LinesProblem::Mismatch { stored: total_cents, lines }),
-            Some(Some(_)) => None,
-        };
-        if let Some(problem) = problem {
-            self.bad_lines.push((key.clone(), problem));
+        if let Some(last) = &self.last {
+            if last.text_cmp(&key) == Ordering::Greater {
+                self.problem = Some(format!("{}: `{id}` came after `{}`, not in order id order", self.what, last.id()));
+                return;
+            }
         }
-        self.orders.insert(key, Ledger { status, total_cents, net_cents: 0, captures: 0, notifications: 0 });
+        self.last = Some(key.clone());
+        self.batch.push((key, value));
+        if self.batch.len() == BATCH {
+            self.send();
+        }
     }
 
-    /// Joins what the other databases hold onto the orders.
-    fn join(&mut self, others: Others) {
-        self.stock = others.stock;
-        self.held = others.held;
-        for (key, captured, refunded) in others.settlements {
-            // Saturating: amounts are bounded by the order limit, and a corrupt row must show
-            // up as a mismatch, not wrap into a match.
-            let net = captured.saturating_sub(refunded);
-            let capture = usize::from(captured > 0);
-            match self.orders.get_mut(&key) {
-                Some(o) => {
-                    o.net_cents = o.net_cents.saturating_add(net);
-                    o.captures += capture;
-                }
-                None => {
-                    let e = self.stray_money.entry(key).or_default();
-                    e.0 = e.0.saturating_add(net);
-                    e.1 += capture;
-                }
-            }
+    fn send(&mut self) {
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        // The merge hangs up only when it has failed already; its error is the one reported.
+        if self.tx.send(batch).is_err() {
+            self.problem = Some(format!("{}: the merge stopped reading", self.what));
         }
-        for (key, n) in others.notifications {
-            match self.orders.get_mut(&key) {
-                Some(o) => o.notifications += n,
-                None => self.stray_notifications.push((key, n)),
-            }
+    }
+
+    fn finish(mut self) -> Result<(), DbError> {
+        if self.problem.is_none() && !self.batch.is_empty() {
+            self.send();
         }
-        self.accepted = others.accepted.map(|ids| {
-            let missing = ids.iter().filter(|k| !self.orders.contains_key(*k)).cloned().collect();
-            (ids.len(), missing)
-        });
+        self.problem.map_or(Ok(()), |p| Err(DbError::Task(p)))
     }
 }
 
-/// Problems keyed by order id, listed in id order (ULID ids first): the same order each run,
-/// while only the problems are sorted, never the million orders.
-fn in_id_order(mut problems: Vec<(&Key, String)>) -> Vec<String> {
-    problems.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    problems.into_iter().map(|(_, p)| p).collect()
+/// A reading thread, joined for its outcome, and the batches of rows it hands over.
+type Reader<'scope, T> =
+    (std::thread::ScopedJoinHandle<'scope, Result<(), DbError>>, std::sync::mpsc::IntoIter<Vec<(Key, T)>>);
+
+/// Reads one database's rows on its own thread, in order id order, into a channel of batches.
+/// The channel holds two batches: the reader runs ahead of the merge by that much and no more.
+fn spawn_reader<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    what: &'static str,
+    read: impl FnOnce(&mut Sorted<T>) -> Result<(), DbError> + Send + 'scope,
+) -> Reader<'scope, T> {
+    let (tx, rx) = sync_channel(2);
+    let handle = scope.spawn(move || {
+        let mut sorted = Sorted::new(what, tx);
+        read(&mut sorted)?;
+        sorted.finish()
+    });
+    (handle, rx.into_iter())
+}
+
+/// One side of the merge: a database's rows, sorted by order id, one row looked ahead.
+struct Side<T, I: Iterator<Item = (Key, T)>> {
+    rows: std::iter::Peekable<I>,
+}
+
+impl<T, I: Iterator<Item = (Key, T)>> Side<T, I> {
+    fn new(rows: I) -> Self {
+        Side { rows: rows.peekable() }
+    }
+
+    fn head(&mut self) -> Option<&Key> {
+        self.rows.peek().map(|(k, _)| k)
+    }
+
+    /// Every row at `key` (the side is sorted, so they are next).
+    fn take(&mut self, key: &Key, mut each: impl FnMut(T)) {
+        while let Some((_, v)) = self.rows.next_if(|(k, _)| k.text_cmp(key) == Ordering::Equal) {
+            each(v);
+        }
+    }
+}
+
+/// The smaller of two optional keys in text order.
+fn least<'a>(a: Option<&'a Key>, b: Option<&'a Key>) -> Option<&'a Key> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.text_cmp(a) == Ordering::Less { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The checks' running totals and problems, fed one order id at a time by the merge: every
+/// row is judged as it goes by, and nothing per order is kept but the problems.
+#[derive(Debug, Default)]
+struct Tally {
+    orders: usize,
+    pending: usize,
+    confirmed: usize,
+    failed: usize,
+    terminal: usize,
+    notified: i64,
+    accepted: usize,
+    /// Check 2's problems with the order they are about, sorted by it at the end.
+    charged: Vec<(Key, String)>,
+    /// Money for ids the order database does not hold, sorted by id at the end, after `charged`.
+    stray_money: Vec<(Key, String)>,
+    /// Check 4's problems with the order they are about, sorted by it at the end.
+    notifications: Vec<(Key, String)>,
+    /// Notifications for ids the order database does not hold, in id order.
+    stray_notifications: Vec<String>,
+    /// Orders whose lines do not give their total, in id order.
+    bad_lines: Vec<(Key, LinesProblem)>,
+    /// Ids the gateway returned that the order database does not hold, in id order.
+    missing: Vec<Key>,
+}
+
+/// An order row as the merge judges it.
+struct OrderRow {
+    status: Status,
+    total_cents: i64,
+}
+
+impl Tally {
+    /// Judges one order id with every row all databases hold about it.
+    fn judge(
+        &mut self,
+        key: Key,
+        order: Option<OrderRow>,
+        payments: &[Settlement],
+        notes: Option<i64>,
+        accepted: usize,
+    ) {
+        // Saturating: amounts are bounded by the order limit, and a corrupt row must show up as
+        // a mismatch, not wrap into a match.
+        let net = payments
+            .iter()
+            .fold(0i64, |net, (captured, refunded)| net.saturating_add(captured.saturating_sub(*refunded)));
+        let captures = payments.iter().filter(|(captured, _)| *captured > 0).count();
+        self.accepted += accepted;
+        let Some(order) = order else {
+            if !payments.is_empty() && net != 0 {
+                self.stray_money
+                    .push((key.clone(), format!("{}: {net} cents charged for an order that does not exist", key.id())));
+            }
+            if let Some(n) = notes {
+                self.notified += n;
+                self.stray_notifications
+                    .push(format!("{}: {n} notifications for an order that does not exist", key.id()));
+            }
+            if accepted > 0 {
+                self.missing.push(key);
+            }
+            return;
+        };
+        self.orders += 1;
+        if captures > 1 {
+            self.charged.push((key.clone(), format!("{}: {captures} captures", key.id())));
+        }
+        match order.status {
+            Status::Confirmed => {
+                self.confirmed += 1;
+                if net != order.total_cents {
+                    let total = order.total_cents;
+                    self.charged.push((
+                        key.clone(),
+                        format!("{}: CONFIRMED for {total} cents but {net} cents net charged", key.id()),
+                    ));
+                }
+            }
+            Status::Failed => {
+                self.failed += 1;
+                if net != 0 {
+                    self.charged.push((key.clone(), format!("{}: FAILED but {net} cents net charged", key.id())));
+                }
+            }
+            Status::Pending => self.pending += 1, // in flight: judged once it settles (check 3)
+        }
+        let notes = notes.unwrap_or(0);
+        self.notified += notes;
+        if order.status.is_terminal() {
+            self.terminal += 1;
+            if notes != 1 {
+                let status = order.status.as_str();
+                self.notifications.push((key.clone(), format!("{}: {status} with {notes} notifications", key.id())));
+            }
+        }
+    }
+}
+
+/// The sorted merge-join of the order rows with the other databases' rows: the order rows come
+/// in one at a time, in id order; each side is drained up to that id, rows for ids before it
+/// belonging to no order. One pass, constant memory, every row judged.
+struct Merge<P, N, A>
+where
+    P: Iterator<Item = (Key, Settlement)>,
+    N: Iterator<Item = (Key, i64)>,
+    A: Iterator<Item = (Key, ())>,
+{
+    payments: Side<Settlement, P>,
+    notifications: Side<i64, N>,
+    accepted: Option<Side<(), A>>,
+    tally: Tally,
+    /// The last order id, to prove the order rows came sorted.
+    last: Option<Key>,
+    /// An order row out of order, which stops the check.
+    out_of_order: Option<String>,
+    /// Reused for each id's payment rows (almost always one).
+    payments_at: Vec<Settlement>,
+}
+
+impl<P, N, A> Merge<P, N, A>
+where
+    P: Iterator<Item = (Key, Settlement)>,
+    N: Iterator<Item = (Key, i64)>,
+    A: Iterator<Item = (Key, ())>,
+{
+    fn new(payments: P, notifications: N, accepted: Option<A>) -> Self {
+        Merge {
+            payments: Side::new(payments),
+            notifications: Side::new(notifications),
+            accepted: accepted.map(Side::new),
+            tally: Tally::default(),
+            last: None,
+            out_of_order: None,
+            payments_at: Vec::new(),
+        }
+    }
+
+    /// The smallest id any side holds next.
+    fn next_side_key(&mut self) -> Option<Key> {
+        let p = self.payments.head();
+        let n = self.notifications.head();
+        let a = self.accepted.as_mut().and_then(Side::head);
+        least(least(p, n), a).cloned()
+    }
+
+    /// Judges `key` with the rows every side holds for it.
+    fn at(&mut self, key: Key, order: Option<OrderRow>) {
+        let mut payments = std::mem::take(&mut self.payments_at);
+        payments.clear();
+        self.payments.take(&key, |s| payments.push(s));
+        let mut notes = None;
+        self.notifications.take(&key, |n| *notes.get_or_insert(0) += n);
+        let mut accepted = 0;
+        if let Some(side) = &mut self.accepted {
+            side.take(&key, |()| accepted += 1);
+        }
+        self.tally.judge(key, order, &payments, notes, accepted);
+        self.payments_at = payments;
+    }
+
+    /// Ids the sides hold before `bound` (all of them without one): no order row has them.
+    fn strays_before(&mut self, bound: Option<&Key>) {
+        while let Some(key) = self.next_side_key() {
+            if bound.is_some_and(|b| key.text_cmp(b) != Ordering::Less) {
+                break;
+            }
+            self.at(key, None);
+        }
+    }
+
+    /// One order row, in id order; its lines are judged here (check 6) so they are never kept.
+    fn order(&mut self, id: &str, status: Status, total_cents: i64, items: &str) {
+        if self.out_of_order.is_some() {
+            return;
+        }
+        let key = Key::of(id);
+        if let Some(last) = &self.last {
+            if last.text_cmp(&key) != Ordering::Less {
+                self.out_of_order = Some(format!("orders: `{id}` came after `{}`, not in order id order", last.id()));
+                return;
+            }
+        }
+        if let Some(problem) = lines_problem(total_cents, items) {
+            self.tally.bad_lines.push((key.clone(), problem));
+        }
+        self.strays_before(Some(&key));
+        self.last = Some(key.clone());
+        self.at(key, Some(OrderRow { status, total_cents }));
+    }
+
+    /// After the last order row: what the sides still hold belongs to no order.
+    fn finish(mut self) -> Result<Tally, DbError> {
+        if let Some(problem) = self.out_of_order {
+            return Err(DbError::Task(problem));
+        }
+        self.strays_before(None);
+        if self.accepted.is_none() {
+            self.tally.accepted = 0;
+        }
+        Ok(self.tally)
+    }
+}
+
+/// What the checks read beside the merged rows: the inventory's stock and held reservations.
+struct Inventory {
+    stock: Vec<Stock>,
+    held: i64,
+}
+
+/// Reads every database and judges every row: the order database's read transaction starts
+/// before any other database is read, so a row another database holds for an order placed after
+/// that read is then reported, never silently skipped. The other databases are read on their own
+/// threads meanwhile, in id order as the order rows are, and merged with them as they come.
+fn read_and_tally(dbs: &Databases) -> Result<(Tally, Inventory), DbError> {
+    let order_db = open_for_check(&dbs.order)?;
+    order_db.execute_batch("BEGIN")?;
+    // The first read starts the read transaction (BEGIN alone does not).
+    order_db.query_row("SELECT count(*) FROM (SELECT 1 FROM orders LIMIT 1)", [], |r| r.get::<_, i64>(0))?;
+    let mut inventory = open_for_check(&dbs.inventory)?;
+    let stock =
+        Inventory { stock: inventory::read_stock(&mut inventory)?, held: inventory::held_reservations(&inventory)? };
+    let tally = std::thread::scope(|scope| -> Result<Tally, DbError> {
+        let (payments, payment_rows) = spawn_reader(scope, "payments", |out: &mut Sorted<Settlement>| {
+            let conn = open_for_check(&dbs.payment)?;
+            Ok(visit_settlements(&conn, |id, captured, refunded| out.push(id, (captured, refunded)))?)
+        });
+        let (notifications, notification_rows) = spawn_reader(scope, "notifications", |out: &mut Sorted<i64>| {
+            let conn = open_for_check(&dbs.notification)?;
+            Ok(notification::visit_counts_by_order(&conn, |id, n| out.push(id, n))?)
+        });
+        let gateway = dbs.gateway.as_ref().map(|path| {
+            spawn_reader(scope, "accepted orders", move |out: &mut Sorted<()>| {
+                let conn = open_for_check(path)?;
+                Ok(gateway::visit_accepted_order_ids(&conn, |id| out.push(id, ()))?)
+            })
+        });
+        let (gateway, accepted_rows) = match gateway {
+            Some((handle, rows)) => (Some(handle), Some(rows.flatten())),
+            None => (None, None),
+        };
+        let mut merge = Merge::new(payment_rows.flatten(), notification_rows.flatten(), accepted_rows);
+        let read = visit_order_totals(&order_db, |id, status, total, items| merge.order(id, status, total, items));
+        // Whatever happened, the readers are joined before any error is returned; dropping the
+        // merge hangs up their channels, so none waits for a merge that stopped.
+        let tally = match read {
+            Ok(()) => merge.finish(),
+            Err(e) => {
+                drop(merge);
+                Err(e.into())
+            }
+        };
+        let joined = [Some(payments), Some(notifications), gateway]
+            .into_iter()
+            .flatten()
+            .map(|h| h.join().map_err(|_| DbError::Task("a thread reading a database panicked".into()))?)
+            .collect::<Result<Vec<()>, DbError>>();
+        let tally = tally?;
+        joined?;
+        Ok(tally)
+    })?;
+    order_db.execute_batch("COMMIT")?;
+    Ok((tally, stock))
 }
 
 /// Runs every check once.
 pub fn check_all(dbs: &Databases) -> Result<Report, DbError> {
-    Ok(judge(&Snapshot::read(dbs)?))
+    let (tally, stock) = read_and_tally(dbs)?;
+    Ok(report(tally, &stock, dbs.gateway.is_some()))
 }
 
-fn judge(s: &Snapshot) -> Report {
+fn report(mut t: Tally, s: &Inventory, with_gateway: bool) -> Report {
     let mut checks = vec![
         stock_conservation(&s.stock),
-        charged_iff_confirmed(s),
-        nothing_stuck(s),
-        one_notification_per_terminal_order(s),
-        totals_match_items(s),
+        charged_iff_confirmed(&mut t),
+        nothing_stuck(&t, s),
+        one_notification_per_terminal_order(&mut t),
+        totals_match_items(&t),
     ];
-    if let Some((count, missing)) = &s.accepted {
-        checks.push(no_accepted_order_lost(*count, missing));
+    if with_gateway {
+        checks.push(no_accepted_order_lost(t.accepted, &t.missing));
     }
-    let pending = s.orders.values().filter(|o| o.status == Status::Pending).count() as i64;
-    Report { ok: checks.iter().all(|c| c.ok), checks, pending }
+    Report { ok: checks.iter().all(|c| c.ok), checks, pending: t.pending as i64 }
+}
+
+/// Problems keyed by order id, listed in id order (ULID ids first): the same order each run,
+/// while only the problems are sorted, never the million orders.
+fn in_id_order(problems: &mut Vec<(Key, String)>) -> Vec<String> {
+    problems.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    problems.drain(..).map(|(_, p)| p).collect()
 }
 
 /// Check 1: every product's initial stock is its available, reserved and sold units, none negative.
@@ -371,57 +605,22 @@ fn stock_conservation(stock: &[Stock]) -> Check {
 
 /// Check 2: a confirmed order was charged its total, a failed one nothing, none captured
 /// twice, and no money moved for an order that does not exist.
-fn charged_iff_confirmed(s: &Snapshot) -> Check {
-    let mut problems = Vec::new();
-    let (mut confirmed, mut failed) = (0, 0);
-    for (key, o) in &s.orders {
-        if o.captures > 1 {
-            problems.push((key, format!("{}: {} captures", key.id(), o.captures)));
-        }
-        match o.status {
-            Status::Confirmed => {
-                confirmed += 1;
-                if o.net_cents != o.total_cents {
-                    problems.push((
-                        key,
-                        format!(
-                            "{}: CONFIRMED for {} cents but {} cents net charged",
-                            key.id(),
-                            o.total_cents,
-                            o.net_cents
-                        ),
-                    ));
-                }
-            }
-            Status::Failed => {
-                failed += 1;
-                if o.net_cents != 0 {
-                    problems.push((key, format!("{}: FAILED but {} cents net charged", key.id(), o.net_cents)));
-                }
-            }
-            Status::Pending => {} // in flight: judged once it settles (check 3)
-        }
-    }
-    let mut problems = in_id_order(problems);
-    let mut strays: Vec<_> = s.stray_money.iter().filter(|(_, (money, _))| *money != 0).collect();
-    strays.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    for (key, (money, _)) in strays {
-        problems.push(format!("{}: {money} cents charged for an order that does not exist", key.id()));
-    }
+fn charged_iff_confirmed(t: &mut Tally) -> Check {
+    let mut problems = in_id_order(&mut t.charged);
+    problems.extend(in_id_order(&mut t.stray_money));
     check(
         "charged_iff_confirmed",
         problems,
-        format!("{confirmed} confirmed orders charged their total, {failed} failed orders charged nothing"),
+        format!("{} confirmed orders charged their total, {} failed orders charged nothing", t.confirmed, t.failed),
     )
 }
 
 /// Check 3: no order pending and no stock reserved: every saga ran to its end.
-fn nothing_stuck(s: &Snapshot) -> Check {
-    let pending = s.orders.values().filter(|o| o.status == Status::Pending).count();
+fn nothing_stuck(t: &Tally, s: &Inventory) -> Check {
     let reserved: i64 = s.stock.iter().map(|p| p.reserved).sum();
     let mut problems = Vec::new();
-    if pending > 0 {
-        problems.push(format!("{pending} orders PENDING"));
+    if t.pending > 0 {
+        problems.push(format!("{} orders PENDING", t.pending));
     }
     if reserved > 0 || s.held > 0 {
         problems.push(format!("{reserved} units reserved by {} reservations", s.held));
@@ -430,37 +629,22 @@ fn nothing_stuck(s: &Snapshot) -> Check {
 }
 
 /// Check 4: exactly one notification per confirmed or failed order, none for unknown orders.
-fn one_notification_per_terminal_order(s: &Snapshot) -> Check {
-    let mut problems = Vec::new();
-    let (mut terminal, mut notified) = (0, 0);
-    for (key, o) in &s.orders {
-        notified += o.notifications;
-        if o.status.is_terminal() {
-            terminal += 1;
-            if o.notifications != 1 {
-                problems
-                    .push((key, format!("{}: {} with {} notifications", key.id(), o.status.as_str(), o.notifications)));
-            }
-        }
-    }
-    let mut problems = in_id_order(problems);
-    for (key, n) in &s.stray_notifications {
-        notified += n;
-        problems.push(format!("{}: {n} notifications for an order that does not exist", key.id()));
-    }
+fn one_notification_per_terminal_order(t: &mut Tally) -> Check {
+    let mut problems = in_id_order(&mut t.notifications);
+    problems.append(&mut t.stray_notifications);
     check(
         "one_notification_per_terminal_order",
         problems,
-        format!("{notified} notifications for {terminal} terminal orders"),
+        format!("{} notifications for {} terminal orders", t.notified, t.terminal),
     )
 }
 
 /// Check 6: every order's stored total is the sum of its lines at the unit prices it was
 /// placed at, computed without wrapping and within the order limit. Check 2 compares charges
 /// with the stored total, so a total that wrapped when stored would pass there; not here.
-/// The lines are judged as they are read (`Snapshot::add_order`), so they are never kept.
-fn totals_match_items(s: &Snapshot) -> Check {
-    let problems = s
+/// The lines are judged as they are read (`Merge::order`), so they are never kept.
+fn totals_match_items(t: &Tally) -> Check {
+    let problems = t
         .bad_lines
         .iter()
         .map(|(key, problem)| match problem {
@@ -475,7 +659,7 @@ fn totals_match_items(s: &Snapshot) -> Check {
             }
         })
         .collect();
-    check("totals_match_items", problems, format!("{} orders total the sum of their lines", s.orders.len()))
+    check("totals_match_items", problems, format!("{} orders total the sum of their lines", t.orders))
 }
 
 /// Check 5: every order id the gateway returned is in the order database.
@@ -511,6 +695,15 @@ mod tests {
         format!(r#"[{{"product_id":"p","quantity":{quantity},"unit_price_cents":{unit_price_cents}}}]"#)
     }
 
+    /// What the other databases hold, as their readers would hand it to the merge.
+    struct Others {
+        stock: Vec<Stock>,
+        held: i64,
+        settlements: Vec<(Key, i64, i64)>,
+        notifications: Vec<(Key, i64)>,
+        accepted: Option<Vec<Key>>,
+    }
+
     /// What the databases of a settled shop hold: one confirmed order, one failed and
     /// refunded, each notified once.
     fn settled() -> (Vec<(&'static str, Status, i64, String)>, Others) {
@@ -525,18 +718,38 @@ mod tests {
         (orders, others)
     }
 
-    fn snapshot((orders, others): (Vec<(&'static str, Status, i64, String)>, Others)) -> Snapshot {
-        let mut s = Snapshot::default();
+    /// Rows in id order, as SQLite hands them over (a stable sort: equal ids keep their order).
+    fn sorted<T>(mut rows: Vec<(Key, T)>) -> std::vec::IntoIter<(Key, T)> {
+        rows.sort_by(|a, b| a.0.text_cmp(&b.0));
+        rows.into_iter()
+    }
+
+    struct Snap {
+        tally: Tally,
+        inventory: Inventory,
+        gateway: bool,
+    }
+
+    fn snapshot((mut orders, others): (Vec<(&'static str, Status, i64, String)>, Others)) -> Snap {
+        orders.sort_by(|a, b| a.0.cmp(b.0));
+        let payments = sorted(others.settlements.into_iter().map(|(k, c, r)| (k, (c, r))).collect());
+        let gateway = others.accepted.is_some();
+        let accepted = others.accepted.map(|ids| sorted(ids.into_iter().map(|k| (k, ())).collect()));
+        let mut merge = Merge::new(payments, sorted(others.notifications), accepted);
         for (id, status, total, items) in &orders {
-            s.add_order(id, *status, *total, items);
+            merge.order(id, *status, *total, items);
         }
-        s.join(others);
-        s
+        let inventory = Inventory { stock: others.stock, held: others.held };
+        Snap { tally: merge.finish().unwrap(), inventory, gateway }
+    }
+
+    fn judge(s: Snap) -> Report {
+        report(s.tally, &s.inventory, s.gateway)
     }
 
     #[test]
     fn a_settled_shop_passes_all_six_checks() {
-        let report = judge(&snapshot(settled()));
+        let report = judge(snapshot(settled()));
         assert!(report.ok, "{report:?}");
         assert_eq!(report.checks.len(), 6);
         assert_eq!(report.checks[4].name, "totals_match_items");
@@ -572,7 +785,7 @@ mod tests {
         let (orders, mut others) = settled();
         others.settlements =
             vec![(Key::of("o1"), 500, 0), (Key::of("o1"), 500, 0), (Key::of("o2"), 300, 0), (Key::of("ghost"), 10, 0)];
-        let c = charged_iff_confirmed(&snapshot((orders, others)));
+        let c = charged_iff_confirmed(&mut snapshot((orders, others)).tally);
         assert!(!c.ok);
         for wanted in ["o1: 2 captures", "o2: FAILED but 300 cents net charged", "ghost: 10 cents charged"] {
             assert!(c.detail.contains(wanted), "{wanted} not in {}", c.detail);
@@ -586,19 +799,19 @@ mod tests {
         others.stock = vec![stock("p", 10, 8, 1, 1)];
         others.held = 1;
         let s = snapshot((orders, others));
-        let c = nothing_stuck(&s);
+        let c = nothing_stuck(&s.tally, &s.inventory);
         assert_eq!(c.detail, "1 orders PENDING; 1 units reserved by 1 reservations");
-        assert_eq!(judge(&s).pending, 1);
+        assert_eq!(judge(s).pending, 1);
     }
 
     #[test]
     fn a_pending_order_needs_no_notification_but_a_terminal_one_needs_exactly_one() {
         let (mut orders, others) = settled();
         orders.push(("o3", Status::Pending, 100, lines(1, 100)));
-        assert!(one_notification_per_terminal_order(&snapshot((orders.clone(), others))).ok);
+        assert!(one_notification_per_terminal_order(&mut snapshot((orders.clone(), others)).tally).ok);
         let (_, mut others) = settled();
         others.notifications = vec![(Key::of("o1"), 2), (Key::of("o2"), 1), (Key::of("ghost"), 1)];
-        let c = one_notification_per_terminal_order(&snapshot((orders, others)));
+        let c = one_notification_per_terminal_order(&mut snapshot((orders, others)).tally);
         assert_eq!(
             c.detail,
             "o1: CONFIRMED with 2 notifications; ghost: 1 notifications for an order that does not exist"
@@ -610,7 +823,7 @@ mod tests {
         let (orders, mut others) = settled();
         others.accepted = Some(vec![Key::of("o1"), Key::of("lost")]);
         let s = snapshot((orders, others));
-        let c = judge(&s).checks.pop().expect("the sixth check is there with a gateway database");
+        let c = judge(s).checks.pop().expect("the sixth check is there with a gateway database");
         assert_eq!(c.name, "no_accepted_order_lost");
         assert_eq!(c.detail, "lost: returned by the gateway, missing from the order database");
     }
@@ -619,7 +832,7 @@ mod tests {
     fn without_a_gateway_database_the_fifth_check_is_skipped() {
         let (orders, mut others) = settled();
         others.accepted = None;
-        assert_eq!(judge(&snapshot((orders, others))).checks.len(), 5);
+        assert_eq!(judge(snapshot((orders, others))).checks.len(), 5);
     }
 
     #[test]
@@ -631,14 +844,63 @@ mod tests {
         orders.push(("o5", Status::Failed, 0, "not json".into()));
         others.settlements.push((Key::of("o3"), wrapped, 0));
         others.notifications.extend([(Key::of("o3"), 1), (Key::of("o4"), 1), (Key::of("o5"), 1)]);
-        let s = snapshot((orders, others));
-        assert!(charged_iff_confirmed(&s).ok);
-        let c = totals_match_items(&s);
+        let mut s = snapshot((orders, others));
+        assert!(charged_iff_confirmed(&mut s.tally).ok);
+        let c = totals_match_items(&s.tally);
         assert!(!c.ok);
         assert_eq!(
             c.detail,
             "o3: its lines add up to more than 1000000000000 cents (stored total 384); o4: total 7 cents but its lines add up to 6; o5: its lines cannot be read"
         );
-        assert!(!judge(&s).ok);
+        assert!(!judge(s).ok);
+    }
+
+    #[test]
+    fn ids_compare_as_sqlite_sorts_their_text() {
+        let ids = [
+            "ord_01M8EHZ8C4NWWXPXXJY9RM8MWM",
+            "ord_01M8EHZ8C4NWWXPXXJY9RM8MWN",
+            "ord_7ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "ord_00000000000000000000000000",
+            "ord-never-stored",
+            "ord_",
+            "ord_01m8ehz8c4nwwxpxxjy9rm8mwm",
+            "o1",
+            "ghost",
+            "",
+        ];
+        for a in ids {
+            for b in ids {
+                assert_eq!(Key::of(a).text_cmp(&Key::of(b)), a.cmp(b), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_of_ids_that_are_ulids_and_ids_that_are_not_meet_in_the_merge() {
+        let (mut orders, mut others) = settled();
+        let (a, b) = ("ord_01M8EHZ8C4NWWXPXXJY9RM8MWM", "ord_01M8EHZ8C4NWWXPXXJY9RM8MWP");
+        orders.push((a, Status::Confirmed, 200, lines(1, 200)));
+        orders.push((b, Status::Failed, 100, lines(1, 100)));
+        others.settlements.push((Key::of(a), 200, 0));
+        // Between the two orders in id order, and after all of them: money for no order.
+        others.settlements.push((Key::of("ord_01M8EHZ8C4NWWXPXXJY9RM8MWN"), 7, 0));
+        others.settlements.push((Key::of("zzz"), 9, 0));
+        others.notifications.extend([(Key::of(a), 1), (Key::of(b), 1)]);
+        others.accepted.as_mut().unwrap().extend([Key::of(a), Key::of(b)]);
+        let s = judge(snapshot((orders, others)));
+        assert_eq!(s.checks[1].detail, "ord_01M8EHZ8C4NWWXPXXJY9RM8MWN: 7 cents charged for an order that does not exist; zzz: 9 cents charged for an order that does not exist");
+        assert!(s.checks.iter().filter(|c| c.name != "charged_iff_confirmed").all(|c| c.ok), "{s:?}");
+        assert_eq!(s.checks[5].detail, "all 4 orders the gateway returned exist");
+    }
+
+    #[test]
+    fn order_rows_out_of_id_order_stop_the_check() {
+        let none = std::iter::empty();
+        let mut merge = Merge::new(none.clone(), std::iter::empty(), None::<std::iter::Empty<(Key, ())>>);
+        merge.order("o2", Status::Confirmed, 500, &lines(1, 500));
+        merge.order("o1", Status::Confirmed, 500, &lines(1, 500));
+        let err = merge.finish().unwrap_err().to_string();
+        assert!(err.contains("`o1` came after `o2`"), "{err}");
     }
 }

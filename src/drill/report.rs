@@ -273,7 +273,8 @@ pub fn expectations(
         // who was never served, so it counts against the drill as a failed order would.
         let offered = orders + dropped;
         let percent = if offered > 0 { after.confirmed as f64 * 100.0 / offered as f64 } else { 0.0 };
-        let dropped_note = if dropped > 0 { format!(", {dropped} dropped at the concurrency cap") } else { String::new() };
+        let dropped_note =
+            if dropped > 0 { format!(", {dropped} dropped at the concurrency cap") } else { String::new() };
         checks.push(Check {
             name: "min_confirmed_percent".into(),
             ok: percent >= min,

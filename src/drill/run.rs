@@ -210,7 +210,8 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
 
     let faults = fault_reports(&drill, &ex, ended_back);
     let windows = windows(&faults, &ex.report.samples, ex.load_end);
-    let mut checks = expectations(&drill, &faults, &settled, &after, ex.report.summary.orders, ex.report.summary.dropped);
+    let mut checks =
+        expectations(&drill, &faults, &settled, &after, ex.report.summary.orders, ex.report.summary.dropped);
     checks.extend(steady_checks(&drill, &steady, ex.halted.as_ref()));
     let ok = checks.iter().all(|c| c.ok);
     Ok(DrillReport {

@@ -95,7 +95,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Notification> {
 /// Visits each order id with how many notifications it got, in order id order (a scan of the
 /// `notifications_order` index, the id borrowed from SQLite's row buffer).
 pub fn visit_counts_by_order(c: &rusqlite::Connection, mut visit: impl FnMut(&str, i64)) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare("SELECT order_id, count(*) FROM notifications GROUP BY order_id")?;
+    let mut stmt = c.prepare("SELECT order_id, count(*) FROM notifications GROUP BY order_id ORDER BY order_id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         visit(r.get_ref(0)?.as_str()?, r.get(1)?);
