@@ -174,7 +174,7 @@ def wrk(path):
     text = open(path).read()
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     def ms(v, unit):
-        return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+        return round(float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
     pct = {m.group(1): ms(m.group(2), m.group(3)) for m in re.finditer(r"\s(50|75|90|99)%\s+([\d.]+)(us|ms|s)", text)}
     mx = re.search(r"Latency\s+[\d.]+\w+\s+[\d.]+\w+\s+([\d.]+)(us|ms|s)", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
@@ -243,8 +243,13 @@ print(f"| resident memory after load (MB) | {result['rss_mb_after_load']} | |")
 if int(grow):
     g = result["grow"]
     gg = g["grown"]
+    # SPEC 18 sets the growth, invariants and memory targets at 1,000,000 stored orders: a
+    # smaller --grow shows the trend, not the verdict.
+    at_scale = g["orders_stored"] >= 1_000_000
+    plain = t
+    t = lambda ok: ("reached" if ok else "NOT reached") if at_scale else ("on track" if ok else "NOT reached") + f" (target is at 1,000,000; measured at {g['orders_stored']})"
     print(f"| grown to {g['orders_stored']} orders (fill {int(fill_ms) // 1000} s) | {gg['orders_per_s']:.0f} orders/s ({g['throughput_change_pct']}% vs empty), p99 {gg['p99_ms']} ms | within 5%: {t(g['throughput_change_pct'] >= -5)} |")
-    print(f"| disk per order at {g['orders_stored']} | {gg['disk_bytes_per_order']} bytes | <= 1536: {t((gg['disk_bytes_per_order'] or 0) <= 1536)} |")
+    print(f"| disk per order at {g['orders_stored']} | {gg['disk_bytes_per_order']} bytes | <= 1536 (after 100,000): {plain((gg['disk_bytes_per_order'] or 0) <= 1536 and g['orders_stored'] >= 100_000)} |")
     print(f"| invariants at {g['orders_stored']} | {'PASS' if gg['invariants_ok'] else 'FAIL'} in {gg['invariants_ms']} ms | <= 1000 ms (at 1,000,000): {t(gg['invariants_ms'] <= 1000)} |")
     print(f"| resident memory at {g['orders_stored']} (MB) | {gg['rss_mb']} | <= 30 each: {t(max(gg['rss_mb'].values() or [0]) <= 30)} |")
 PY
