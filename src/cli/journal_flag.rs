@@ -10,19 +10,34 @@
 
 use std::ffi::OsString;
 
-/// Global options that take a value, as clap reads them before or after the subcommand.
-const GLOBAL_VALUES: [&str; 3] = ["--file", "-f", "--state-dir"];
-/// `chaos drill`'s own options that take a value.
-const DRILL_VALUES: [&str; 4] = ["--seed", "--junit", "--html", "--json-file"];
+/// The options of `command` that take a value (`--file`, `-f`, …), as clap knows them, so
+/// this pass skips their values exactly as clap will and needs no list of its own.
+fn value_options(command: &clap::Command) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        .flat_map(|a| {
+            let long = a.get_long().map(|l| format!("--{l}"));
+            let short = a.get_short().map(|s| format!("-{s}"));
+            long.into_iter().chain(short)
+        })
+        .collect()
+}
 
 /// The command line with `chaos drill`'s `--json FILE` turned into `--json-file FILE`;
 /// any other command line comes back as it was.
 pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
+    // Every other command (services included) starts without building clap's tree twice.
+    if !args.iter().any(|a| a == "drill") {
+        return args;
+    }
+    let cli = <super::Cli as clap::CommandFactory>::command();
+    let global = value_options(&cli);
     let text: Vec<Option<&str>> = args.iter().map(|a| a.to_str()).collect();
     // The program name, then global options up to the subcommand.
     let mut i = 1;
     while let Some(Some(arg)) = text.get(i) {
-        if GLOBAL_VALUES.contains(arg) {
+        if global.iter().any(|g| g == arg) {
             i += 2;
         } else if arg.starts_with('-') {
             i += 1;
@@ -34,6 +49,8 @@ pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
         return args;
     }
     let start = i + 2;
+    let drill = cli.find_subcommand("chaos").and_then(|c| c.find_subcommand("drill")).map(value_options);
+    let takes_value = |a: &str| global.iter().chain(drill.iter().flatten()).any(|v| v == a);
     // Where the positionals are, and which `--json` has a value after it.
     let mut positionals = Vec::new();
     let mut journal = None;
@@ -44,7 +61,7 @@ pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
                 positionals.extend(j + 1..text.len());
                 break;
             }
-            Some(a) if GLOBAL_VALUES.contains(&a) || DRILL_VALUES.contains(&a) => j += 2,
+            Some(a) if takes_value(a) => j += 2,
             Some("--json") => {
                 if journal.is_none() && text.get(j + 1).is_some_and(|n| n.is_some_and(|n| !n.starts_with('-'))) {
                     journal = Some(j);
