@@ -172,8 +172,8 @@ async fn trace_requests(State(spans): State<Arc<SpanStore>>, mut req: Request, n
         .or_else(|| req.uri().query().and_then(crate::plumbing::spans::order_in));
     let span = tracing::info_span!(
         "request",
-        trace_id = %ctx.trace_id,
-        span_id = %ctx.span_id,
+        trace_id = ctx.trace_id.as_str(),
+        span_id = ctx.span_id.as_str(),
         order_id = tracing::field::Empty
     );
     if let Some(id) = &order_id {

@@ -167,7 +167,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         open_for: args.tuning.breaker_open_for,
         half_open_requests: args.tuning.breaker_half_open,
     }));
-    let client = ServiceClient::new(http, discovery.clone(), args.tuning.client_timeout, args.tuning.client_retries)
+    let client = ServiceClient::new(discovery.clone(), args.tuning.client_timeout, args.tuning.client_retries)
         .with_spans(spans.clone())
         .with_resilience(breakers.clone(), faults.clone());
     let rt = Arc::new(Runtime {

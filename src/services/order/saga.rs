@@ -89,7 +89,7 @@ impl Saga {
         let order_id = order_id.to_string();
         let span = tracing::info_span!(
             "saga",
-            order_id = %order_id,
+            order_id = order_id.as_str(),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty
         );
