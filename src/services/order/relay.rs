@@ -256,3 +256,68 @@ async fn unreadable(store: &Store, row: &OutboxRow, e: serde_json::Error) {
         tracing::error!(event_id = %row.event_id, error = %e, "cannot record a delivery outcome");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(event_id: &str, message_bytes: usize) -> Delivery {
+        let payload = serde_json::json!({
+            "event_id": event_id, "order_id": "ord_1", "user_id": "alice", "kind": "order_confirmed",
+            "message": "m".repeat(message_bytes),
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "parent_span_id": "00f067aa0ba902b7",
+            "trace_flags": "00", "tracestate": "rojo=1",
+        });
+        let row = OutboxRow {
+            event_id: event_id.into(),
+            order_id: "ord_1".into(),
+            payload: payload.to_string(),
+            attempts: 0,
+        };
+        Delivery::new(row).map_err(|(_, e)| e).unwrap()
+    }
+
+    #[test]
+    fn batches_stay_under_the_byte_budget_and_keep_the_row_order() {
+        let small: Vec<Delivery> = (0..64).map(|i| delivery(&format!("evt_{i}"), 100)).collect();
+        let batches = split(small);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].len(), 64);
+
+        let big: Vec<Delivery> = (0..5).map(|i| delivery(&format!("evt_{i}"), BATCH_BYTES / 2)).collect();
+        let batches = split(big);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1, 1, 1]);
+        let huge = split(vec![delivery("evt_h", BATCH_BYTES * 2), delivery("evt_s", 10)]);
+        assert_eq!(huge.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1], "an oversized row still goes, alone");
+        assert_eq!(huge[1][0].row.event_id, "evt_s");
+    }
+
+    #[test]
+    fn an_item_carries_the_relay_span_and_the_orders_sampling_and_tracestate() {
+        let d = delivery("evt_1", 10);
+        let item = d.item();
+        let trace = d.trace.as_ref().unwrap();
+        assert_eq!(item.traceparent, Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-00", trace.span_id)));
+        assert_ne!(trace.span_id, "00f067aa0ba902b7", "the relay's own span, a child of the saga's");
+        assert_eq!(item.tracestate.as_deref(), Some("rojo=1"));
+        let json = serde_json::to_value(&item).unwrap();
+        assert!(json.get("parent_span_id").is_none() && json.get("trace_id").is_none(), "{json}");
+    }
+
+    #[test]
+    fn an_answer_must_match_the_batch_one_for_one_in_order() {
+        let batch = vec![delivery("evt_a", 1), delivery("evt_b", 1)];
+        let answer = |ids: &[&str]| BatchAnswer {
+            delivered: ids
+                .iter()
+                .map(|e| crate::services::notification::Delivered {
+                    event_id: e.to_string(),
+                    notification_id: format!("ntf_{e}"),
+                })
+                .collect(),
+        };
+        assert_eq!(matching(&batch, answer(&["evt_a", "evt_b"])).unwrap(), ["ntf_evt_a", "ntf_evt_b"]);
+        assert!(matching(&batch, answer(&["evt_b", "evt_a"])).is_err());
+        assert!(matching(&batch, answer(&["evt_a"])).is_err());
+    }
+}
