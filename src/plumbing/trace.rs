@@ -50,6 +50,13 @@ impl TraceCtx {
         Some(TraceCtx { trace_id, span_id, sampled: flags & 1 == 1, tracestate })
     }
 
+    /// The context of a `traceparent` value and `tracestate` carried outside headers (an item of
+    /// a batched request, which belongs to no single trace); `None` when the value is invalid.
+    pub fn from_traceparent(value: &str, tracestate: Option<String>) -> Option<TraceCtx> {
+        let (trace_id, span_id, flags) = parse_traceparent(value)?;
+        Some(TraceCtx { trace_id, span_id, sampled: flags & 1 == 1, tracestate })
+    }
+
     /// The `traceparent` value for a call made under this span (always version 00).
     pub fn header_value(&self) -> String {
         format!("00-{}-{}-{}", self.trace_id, self.span_id, if self.sampled { "01" } else { "00" })

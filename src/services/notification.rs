@@ -1,5 +1,5 @@
 //! The notification service: records one notification per event id, however often the order
-//! service's outbox relay delivers it.
+//! service's outbox relay delivers it, one at a time or in batches.
 
 use std::sync::Arc;
 
@@ -7,13 +7,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::{Runtime, Service};
 use crate::plumbing::db::Db;
 use crate::plumbing::error::{ApiError, ApiQuery, JsonBody};
-use crate::plumbing::{ids, time::now_ms, time::rfc3339};
+use crate::plumbing::spans::SpanStore;
+use crate::plumbing::trace::TraceCtx;
+use crate::plumbing::{ids, time::now_ms, time::now_us, time::rfc3339};
+
+/// The most notifications one batch may carry; the relay sends at most 64.
+pub const MAX_BATCH: usize = 256;
 
 pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE notifications (
@@ -59,6 +64,47 @@ pub struct NotifyRequest {
     pub message: String,
 }
 
+/// The body of `POST /v1/notifications/batch`: many deliveries in one request and one
+/// transaction, answered in the same order.
+#[derive(Debug, Serialize)]
+pub struct NotifyBatch {
+    pub notifications: Vec<BatchItem>,
+}
+
+/// One delivery of a batch: the single route's body, plus the trace of the order it concerns.
+/// The batch belongs to no single trace, so each item carries its own.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    /// The outbox event id: the deduplication key.
+    pub event_id: String,
+    pub order_id: String,
+    pub user_id: String,
+    /// `order_confirmed` or `order_failed`
+    pub kind: String,
+    pub message: String,
+    /// W3C `traceparent` of the sender's span for this delivery: the span recorded here for the
+    /// item is its child. Without a valid one the item gets no span, as it belongs to no trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The order's `tracestate`, passed on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+/// The answer to a batch: one entry per item, in request order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    pub delivered: Vec<Delivered>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Delivered {
+    pub event_id: String,
+    /// The notification the event made the first time it was delivered.
+    pub notification_id: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Notification {
     pub notification_id: String,
@@ -73,8 +119,19 @@ pub struct Notification {
 }
 
 pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
-    let routes = Router::new().route("/v1/notifications", post(notify).get(list)).with_state(rt.db.clone());
+    let batch = Router::new()
+        .route("/v1/notifications/batch", post(notify_batch))
+        .with_state(Batching { db: rt.db.clone(), spans: rt.spans.clone() });
+    let routes =
+        Router::new().route("/v1/notifications", post(notify).get(list)).with_state(rt.db.clone()).merge(batch);
     Ok(Service::new(routes))
+}
+
+/// What the batch route needs beyond the database: it records a span per item itself.
+#[derive(Clone)]
+struct Batching {
+    db: Db,
+    spans: Arc<SpanStore>,
 }
 
 const COLUMNS: &str = "notification_id, event_id, order_id, user_id, kind, message, deliveries, created_at";
@@ -103,30 +160,118 @@ pub fn visit_counts_by_order(c: &rusqlite::Connection, mut visit: impl FnMut(&st
     Ok(())
 }
 
+/// Why a delivery is refused, before anything is written.
+fn invalid(event_id: &str, order_id: &str) -> Option<&'static str> {
+    (event_id.is_empty() || event_id.len() > 64 || order_id.is_empty())
+        .then_some("`event_id` (1 to 64 characters) and `order_id` are required")
+}
+
+/// The upsert that makes delivery idempotent: the first delivery of an event id creates its
+/// notification, a repeat only counts itself.
+const UPSERT: &str =
+    "INSERT INTO notifications (event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT(event_id) DO UPDATE SET deliveries = deliveries + 1";
+
 async fn notify(
     State(db): State<Db>,
     JsonBody(req): JsonBody<NotifyRequest>,
 ) -> Result<(StatusCode, Json<Notification>), ApiError> {
-    if req.event_id.is_empty() || req.event_id.len() > 64 || req.order_id.is_empty() {
-        return Err(ApiError::bad_request("`event_id` (1 to 64 characters) and `order_id` are required"));
+    if let Some(why) = invalid(&req.event_id, &req.order_id) {
+        return Err(ApiError::bad_request(why));
     }
     let (created, n) = db
         .tx(move |tx| {
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO notifications (event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT(event_id) DO UPDATE SET deliveries = deliveries + 1",
-                )?
-                .execute(rusqlite::params![req.event_id, ids::new("ntf"), req.order_id, req.user_id, req.kind, req.message, now_ms()])?;
-            let n = tx
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM notifications WHERE event_id = ?1"))?
-                .query_row([&req.event_id], row)
-                .optional()?
-                .expect("row written in this transaction");
-            Ok((inserted == 1 && n.deliveries == 1, n))
+            let n = tx.prepare_cached(&format!("{UPSERT} RETURNING {COLUMNS}"))?.query_row(
+                rusqlite::params![
+                    req.event_id,
+                    ids::new("ntf"),
+                    req.order_id,
+                    req.user_id,
+                    req.kind,
+                    req.message,
+                    now_ms()
+                ],
+                row,
+            )?;
+            Ok((n.deliveries == 1, n))
         })
         .await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(n)))
+}
+
+/// The batch as sent: each item is parsed on its own so that a refusal can name its index.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    notifications: Vec<Box<RawValue>>,
+}
+
+/// Stores every item of a batch in one transaction, deduplicated by event id as the single
+/// route is, and records for each item a span in its order's trace (the request itself carries
+/// no trace: it serves many orders). A bad item refuses the whole batch, before anything is
+/// written.
+async fn notify_batch(
+    State(Batching { db, spans }): State<Batching>,
+    JsonBody(batch): JsonBody<RawBatch>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let start = now_us();
+    if batch.notifications.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds at most {MAX_BATCH} notifications, this one {}; send the rest in another",
+            batch.notifications.len()
+        )));
+    }
+    let items = batch
+        .notifications
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let item: BatchItem = serde_json::from_str(raw.get())
+                .map_err(|e| ApiError::bad_request(format!("`notifications[{i}]` is invalid: {e}")))?;
+            match invalid(&item.event_id, &item.order_id) {
+                Some(why) => Err(ApiError::bad_request(format!("`notifications[{i}]`: {why}"))),
+                None => Ok(item),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (items, stored) = db
+        .tx(move |tx| {
+            let mut upsert = tx.prepare_cached(&format!("{UPSERT} RETURNING notification_id, deliveries"))?;
+            let now = now_ms();
+            let stored = items
+                .iter()
+                .map(|i| {
+                    upsert.query_row(
+                        rusqlite::params![i.event_id, ids::new("ntf"), i.order_id, i.user_id, i.kind, i.message, now],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 1)),
+                    )
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((items, stored))
+        })
+        .await?;
+    let delivered = items
+        .into_iter()
+        .zip(stored)
+        .map(|(item, (notification_id, created))| {
+            if let Some(parent) =
+                item.traceparent.as_deref().and_then(|t| TraceCtx::from_traceparent(t, item.tracestate))
+            {
+                // The status the single route would have answered for this delivery.
+                let status = if created { "201" } else { "200" };
+                spans.record_for_order(
+                    &parent.child(),
+                    Some(&parent.span_id),
+                    "POST /v1/notifications/batch".into(),
+                    start,
+                    status.into(),
+                    Some(item.order_id),
+                );
+            }
+            Delivered { event_id: item.event_id, notification_id }
+        })
+        .collect();
+    Ok(Json(BatchAnswer { delivered }))
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@ mod hostile;
 mod invariants;
 mod load;
 mod logs;
+mod notify;
 mod props;
 mod registry;
 mod safety;

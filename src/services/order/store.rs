@@ -465,23 +465,31 @@ impl Store {
             .await
     }
 
-    /// Marks a delivery done and logs it on the order, once even if two relays raced.
-    pub async fn delivered(&self, row: &OutboxRow, notification_id: String) -> Result<(), DbError> {
-        let (event_id, order_id, attempts) = (row.event_id.clone(), row.order_id.clone(), row.attempts + 1);
+    /// Marks deliveries done and logs each on its order (`NotificationDelivered` with the
+    /// notification id), all in one transaction; a row already gone (another relay got there
+    /// first) is skipped, so each delivery is logged once even if two relays raced.
+    pub async fn delivered_batch(&self, delivered: &[(OutboxRow, String)]) -> Result<(), DbError> {
+        let delivered: Vec<(String, String, i64, String)> = delivered
+            .iter()
+            .map(|(row, id)| (row.event_id.clone(), row.order_id.clone(), row.attempts + 1, id.clone()))
+            .collect();
         self.db
             .tx(move |tx| {
                 let now = now_ms();
                 // A delivered row is deleted, not kept: the log's NotificationDelivered is its record.
-                let n = tx.execute("DELETE FROM outbox WHERE event_id = ?1", [&event_id])?;
-                if n == 1 {
-                    let (key, seq) = tx.query_row(
-                        "SELECT id, created_at, (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE order_key = orders.id)
-                         FROM orders WHERE order_id = ?1",
-                        [&order_id],
-                        |r| Ok((LogKey { order: r.get(0)?, created_ms: r.get(1)? }, r.get(2)?)),
-                    )?;
-                    let delivered = Event::NotificationDelivered { notification_id, attempts };
-                    insert_event(tx, key, seq, now, &delivered, &Implied::default())?;
+                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE event_id = ?1")?;
+                let mut log_key = tx.prepare_cached(
+                    "SELECT id, created_at, (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE order_key = orders.id)
+                     FROM orders WHERE order_id = ?1",
+                )?;
+                for (event_id, order_id, attempts, notification_id) in delivered {
+                    if delete.execute([&event_id])? == 1 {
+                        let (key, seq) = log_key.query_row([&order_id], |r| {
+                            Ok((LogKey { order: r.get(0)?, created_ms: r.get(1)? }, r.get(2)?))
+                        })?;
+                        let delivered = Event::NotificationDelivered { notification_id, attempts };
+                        insert_event(tx, key, seq, now, &delivered, &Implied::default())?;
+                    }
                 }
                 Ok(())
             })
