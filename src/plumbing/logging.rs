@@ -38,6 +38,9 @@ pub fn init(verbose: u8, quiet: bool, origin: Option<Origin>) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match origin {
         Some(origin) if !std::io::stderr().is_terminal() => {
+            // JSON lines take span fields from SpanFieldsLayer; the fmt layer's own copy of them,
+            // formatted as text for every span opened, would be work nobody reads.
+            let builder = builder.with_ansi(false).fmt_fields(NoFields);
             let _ = builder.event_format(JsonLines { origin }).finish().with(SpanFieldsLayer).try_init();
         }
         Some(_) => {
@@ -76,6 +79,15 @@ where
         }
         event.record(&mut Fields(&mut map));
         writeln!(writer, "{}", Value::Object(map))
+    }
+}
+
+/// A field formatter that writes nothing, for the fmt layer under [`JsonLines`].
+struct NoFields;
+
+impl<'w> FormatFields<'w> for NoFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, _: Writer<'w>, _: R) -> std::fmt::Result {
+        Ok(())
     }
 }
 
