@@ -225,7 +225,7 @@ impl Event {
     /// the field values as a JSON array, without the trailing ones `implied` gives.
     pub fn compact_data(&self, implied: &Implied) -> Option<String> {
         let code = self.code();
-        let fields = usize::try_from(code - 1).ok().and_then(|i| Self::FIELDS.get(i))?;
+        let fields = usize::try_from(code - 1).ok().and_then(|i| Self::FIELDS.get(i)).filter(|f| !f.is_empty())?;
         let data = self.data();
         let mut values: Vec<serde_json::Value> =
             fields.iter().map(|f| data.get(f).cloned().unwrap_or(serde_json::Value::Null)).collect();
