@@ -547,14 +547,19 @@ pub fn visit_order_totals(
     let mut stmt = c.prepare("SELECT order_id, status, total_cents, items FROM orders ORDER BY order_id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let status = r.get_ref(1)?.as_str()?;
-        let status = Status::parse(status).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Text,
-                format!("status `{status}`").into(),
-            )
-        })?;
+        // Matched as bytes, against each status's own text: no UTF-8 check per row.
+        let text = r.get_ref(1)?.as_bytes()?;
+        let status = [Status::Pending, Status::Confirmed, Status::Failed]
+            .into_iter()
+            .find(|s| s.as_str().as_bytes() == text)
+            .ok_or_else(|| {
+                let status = String::from_utf8_lossy(text);
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    format!("status `{status}`").into(),
+                )
+            })?;
         visit(r.get_ref(0)?.as_bytes()?, status, r.get_ref(2)?.as_i64()?, r.get_ref(3)?.as_bytes()?);
     }
     Ok(())
