@@ -228,14 +228,14 @@ fn money_totals(c: &rusqlite::Connection) -> rusqlite::Result<[i64; 2]> {
     })
 }
 
-/// Visits every payment row's order id, captured and refunded amounts (the id borrowed from
-/// SQLite's row buffer: the invariants read them all), in order id order (the table's own key:
-/// no sort).
-pub fn visit_settlements(c: &rusqlite::Connection, mut visit: impl FnMut(&str, i64, i64)) -> rusqlite::Result<()> {
+/// Visits every payment row's order id, captured and refunded amounts (the id's bytes borrowed
+/// from SQLite's row buffer, not checked as UTF-8: the invariants read them all and compare
+/// bytes), in order id order (the table's own key: no sort).
+pub fn visit_settlements(c: &rusqlite::Connection, mut visit: impl FnMut(&[u8], i64, i64)) -> rusqlite::Result<()> {
     let mut stmt = c.prepare("SELECT order_id, captured_cents, refunded_cents FROM payments ORDER BY order_id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        visit(r.get_ref(0)?.as_str()?, r.get(1)?, r.get(2)?);
+        visit(r.get_ref(0)?.as_bytes()?, r.get_ref(1)?.as_i64()?, r.get_ref(2)?.as_i64()?);
     }
     Ok(())
 }

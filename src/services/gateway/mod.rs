@@ -211,12 +211,13 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
 }
 
 /// Visits every order id the gateway ever returned to a client (invariant 5 of SPEC section 7),
-/// borrowed from SQLite's row buffer, in order id order (the table's own key: no sort).
-pub fn visit_accepted_order_ids(c: &rusqlite::Connection, mut visit: impl FnMut(&str)) -> rusqlite::Result<()> {
+/// its bytes borrowed from SQLite's row buffer (not checked as UTF-8: the invariants compare
+/// them as bytes), in order id order (the table's own key: no sort).
+pub fn visit_accepted_order_ids(c: &rusqlite::Connection, mut visit: impl FnMut(&[u8])) -> rusqlite::Result<()> {
     let mut stmt = c.prepare("SELECT order_id FROM accepted_orders ORDER BY order_id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        visit(r.get_ref(0)?.as_str()?);
+        visit(r.get_ref(0)?.as_bytes()?);
     }
     Ok(())
 }
