@@ -292,7 +292,7 @@ impl ServiceClient {
         trace: Option<&TraceCtx>,
     ) -> Result<T, CallError> {
         let transport = |message: String| CallError::Transport { service: service.to_string(), message };
-        let mut req = hyper::Request::builder().method(method).uri(format!("http://{address}{path}"));
+        let mut req = hyper::Request::builder().method(method).uri(format!("http://{address}{}", escape_uri(path)));
         let body = match body {
             Some(body) => {
                 req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -343,6 +343,39 @@ impl ServiceClient {
     }
 }
 
+/// `s` as one path segment or query value: every byte but the unreserved ones of RFC 3986
+/// percent-encoded, so an id with `/`, `?`, `%` or control bytes stays one value.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `path` with the bytes a URI cannot carry (controls, space, non-ASCII, quotes, angle
+/// brackets, backslash, caret, backtick, braces, bar) percent-encoded and the rest as given:
+/// a caller that forgot [`encode_component`] still sends a request, as a lenient URL parser
+/// would, instead of failing before it leaves.
+fn escape_uri(path: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |b: u8| b <= b' ' || b >= 0x7f || b"\"<>\\^`{|}".contains(&b);
+    if !path.bytes().any(bad) {
+        return path.into();
+    }
+    let mut out = String::with_capacity(path.len() * 3);
+    for b in path.bytes() {
+        if bad(b) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out.into()
+}
+
 /// The innermost cause of an error (`connection refused`), not the wrappers around it: what a
 /// person needs to read when a request fails.
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -375,6 +408,18 @@ mod tests {
             assert!(d <= max, "{attempt}: {d:?}");
             assert!(d >= base.saturating_mul(1 << attempt.min(16)).min(max) / 2);
         }
+    }
+
+    #[test]
+    fn components_and_paths_are_encoded_into_uris_hyper_accepts() {
+        let id = "=ó\u{1}\u{1b}a/b?c%d e";
+        assert_eq!(encode_component(id), "%3D%C3%B3%01%1Ba%2Fb%3Fc%25d%20e");
+        assert_eq!(encode_component("ord_01ABC-x.y~z"), "ord_01ABC-x.y~z");
+        let path = format!("/v1/orders/{id}");
+        let escaped = escape_uri(&path);
+        assert_eq!(escaped, "/v1/orders/=%C3%B3%01%1Ba/b?c%d%20e");
+        assert!(format!("http://127.0.0.1:1{escaped}").parse::<hyper::Uri>().is_ok());
+        assert!(matches!(escape_uri("/v1/orders?user_id=alice&limit=5"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

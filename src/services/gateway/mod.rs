@@ -24,7 +24,7 @@ use super::order::{PlaceRequest, RequestedItem};
 use super::user::User;
 use super::{Runtime, Service};
 use crate::fixtures::token_hash;
-use crate::plumbing::client::{CallError, ServiceClient};
+use crate::plumbing::client::{encode_component, CallError, ServiceClient};
 use crate::plumbing::db::Db;
 use crate::plumbing::error::{ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::plumbing::time::now_ms;
@@ -342,7 +342,13 @@ async fn get_order(
     let not_found = || ApiError::not_found(format!("no order `{id}`"));
     let order: OrderView = match gw
         .client
-        .call_idempotent::<(), _>("order", Method::GET, &format!("/v1/orders/{id}"), None, Some(&trace))
+        .call_idempotent::<(), _>(
+            "order",
+            Method::GET,
+            &format!("/v1/orders/{}", encode_component(&id)),
+            None,
+            Some(&trace),
+        )
         .await
     {
         Ok(o) => o,
@@ -384,7 +390,7 @@ async fn list_orders(
             .filter(|n| (1..=100).contains(n))
             .ok_or_else(|| ApiError::bad_request(format!("`limit` must be 1 to 100, got `{l}`")))?,
     };
-    let mut path = format!("/v1/orders?user_id={}&limit={limit}", urlencode(&user.user_id));
+    let mut path = format!("/v1/orders?user_id={}&limit={limit}", encode_component(&user.user_id));
     if let Some(s) = status {
         path.push_str(&format!("&status={}", s.as_str()));
     }
@@ -406,15 +412,6 @@ async fn products(
         .await
         .map_err(|e| unavailable("inventory", &e))?;
     Ok(Json(list))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 
 use super::events::{Action, Event, SagaState};
 use super::store::{view_of, OrderView, Store};
-use crate::plumbing::client::{backoff, CallError, ServiceClient};
+use crate::plumbing::client::{backoff, encode_component, CallError, ServiceClient};
 use crate::plumbing::spans::SpanStore;
 use crate::plumbing::time::now_ms;
 use crate::plumbing::trace::TraceCtx;
@@ -297,7 +297,7 @@ impl Saga {
     }
 
     async fn validate_user(&self, state: &mut SagaState, trace: &TraceCtx) -> anyhow::Result<()> {
-        let path = format!("/v1/users/{}", state.user_id);
+        let path = format!("/v1/users/{}", encode_component(&state.user_id));
         let cached = self.cached_user(&state.user_id);
         let outcome = match cached {
             Some(user) => Outcome::Done(user),
