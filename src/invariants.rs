@@ -758,6 +758,7 @@ fn no_accepted_order_lost(accepted: usize, missing: &[Key]) -> Check {
 /// Checks repeatedly until all pass or `settle` runs out: in-flight sagas get time to finish.
 pub fn check_settled(dbs: &Databases, settle: std::time::Duration) -> Result<Report, DbError> {
     let deadline = std::time::Instant::now() + settle;
+    wait_for_quiet(dbs, deadline)?;
     loop {
         let report = check_all(dbs)?;
         if report.ok || std::time::Instant::now() >= deadline {
@@ -765,6 +766,20 @@ pub fn check_settled(dbs: &Databases, settle: std::time::Duration) -> Result<Rep
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Waits, until `deadline`, for the sagas in flight to end and their notifications to be
+/// delivered: two indexed lookups (the partial index of PENDING orders, the outbox of undelivered
+/// notifications) each round. Right after a load the last orders are still running, and a full
+/// check of every row made then only finds them and has to be made again.
+fn wait_for_quiet(dbs: &Databases, deadline: std::time::Instant) -> Result<(), DbError> {
+    let conn = open_for_check(&dbs.order)?;
+    let mut busy =
+        conn.prepare("SELECT EXISTS (SELECT 1 FROM orders WHERE status = 'PENDING') OR EXISTS (SELECT 1 FROM outbox)")?;
+    while busy.query_row([], |r| r.get::<_, bool>(0))? && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
