@@ -71,14 +71,15 @@ impl Delivery {
         Ok(Delivery { row, queued, trace })
     }
 
+    /// The single route's request with the delivery's trace context, as a batch carries it.
     fn item(&self) -> BatchItem {
-        let q = &self.queued;
+        let NotifyRequest { event_id, order_id, user_id, kind, message } = self.request();
         BatchItem {
-            event_id: q.event_id.clone(),
-            order_id: q.order_id.clone(),
-            user_id: q.user_id.clone(),
-            kind: q.kind.clone(),
-            message: q.message.clone(),
+            event_id,
+            order_id,
+            user_id,
+            kind,
+            message,
             traceparent: self.trace.as_ref().map(TraceCtx::header_value),
             tracestate: self.trace.as_ref().and_then(|t| t.tracestate.clone()),
         }
@@ -236,23 +237,22 @@ async fn deliver_one(store: &Store, client: &ServiceClient, spans: &SpanStore, d
     }
 }
 
-/// Schedules the row's next attempt, backing off with its attempts.
 async fn failed(store: &Store, row: &OutboxRow, e: &CallError) {
-    let wait = backoff(row.attempts.min(20) as u32, Duration::from_millis(100), Duration::from_secs(5));
     tracing::warn!(event_id = %row.event_id, order_id = %row.order_id, attempt = row.attempts + 1, error = %e, "notification delivery failed; will retry");
-    if let Err(e) = store.delivery_failed(row, now_ms() + wait.as_millis() as i64, e.to_string()).await {
-        tracing::error!(event_id = %row.event_id, error = %e, "cannot record a delivery outcome");
-    }
+    retry_later(store, row, e.to_string()).await;
 }
 
 /// A payload that cannot be read is kept and retried with backoff, loudly: it is a bug, and
 /// dropping it would lose the order's notification.
 async fn unreadable(store: &Store, row: &OutboxRow, e: serde_json::Error) {
-    let wait = backoff(row.attempts.min(20) as u32, Duration::from_millis(100), Duration::from_secs(5));
     tracing::error!(event_id = %row.event_id, order_id = %row.order_id, error = %e, "unreadable outbox payload; will retry");
-    if let Err(e) =
-        store.delivery_failed(row, now_ms() + wait.as_millis() as i64, format!("unreadable payload: {e}")).await
-    {
+    retry_later(store, row, format!("unreadable payload: {e}")).await;
+}
+
+/// Schedules the row's next attempt, backing off with its attempts.
+async fn retry_later(store: &Store, row: &OutboxRow, error: String) {
+    let wait = backoff(row.attempts.min(20) as u32, Duration::from_millis(100), Duration::from_secs(5));
+    if let Err(e) = store.delivery_failed(row, now_ms() + wait.as_millis() as i64, error).await {
         tracing::error!(event_id = %row.event_id, error = %e, "cannot record a delivery outcome");
     }
 }
