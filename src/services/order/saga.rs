@@ -509,9 +509,11 @@ impl Saga {
             Event::OrderFailed { code, message, .. } => Some((code, message)),
             _ => None,
         });
+        // The notification carries the order id in its own field; the message does not repeat
+        // it (a million stored notifications, 30 bytes each).
         let message = match failure {
-            Some((code, why)) => format!("Your order {} failed: {code} ({why})", state.order_id),
-            None => format!("Your order {} is confirmed: {} cents charged.", state.order_id, state.total_cents),
+            Some((code, why)) => format!("Your order failed: {code} ({why})"),
+            None => format!("Your order is confirmed: {} cents charged.", state.total_cents),
         };
         let payload = serde_json::json!({
             "event_id": event_id,
