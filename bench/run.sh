@@ -294,8 +294,10 @@ if int(grow):
     at_scale = g["orders_stored"] >= 1_000_000
     plain = t
     t = lambda ok: ("reached" if ok else "NOT reached") if at_scale else ("on track" if ok else "NOT reached") + f" (target is at 1,000,000; measured at {g['orders_stored']})"
-    change = g["throughput_change_vs_reference_pct"]
-    print(f"| grown to {g['orders_stored']} orders ({fill} fill, {int(fill_ms) // 1000} s) | {gg['orders_per_s']:.0f} orders/s ({g['throughput_change_pct']}% vs empty; {change}% as a ratio to the reference beside each), p99 {gg['p99_ms']} ms | within 5%: {t(change >= -5)} |")
+    # The verdict is on the rates themselves, as SPEC 18 puts it; the change of the ratios to the
+    # reference beside each is printed as well, to show how much of it the machine's drift is.
+    change = g["throughput_change_pct"]
+    print(f"| grown to {g['orders_stored']} orders ({fill} fill, {int(fill_ms) // 1000} s) | {gg['orders_per_s']:.0f} orders/s ({change}% vs empty; {g['throughput_change_vs_reference_pct']}% as a ratio to the reference beside each), p99 {gg['p99_ms']} ms | within 5%: {t(change >= -5)} |")
     print(f"| disk per order at {g['orders_stored']} | {gg['disk_bytes_per_order']} bytes | <= 1500 (after 100,000): {plain((gg['disk_bytes_per_order'] or 0) <= 1500 and g['orders_stored'] >= 100_000)} |")
     print(f"| invariants at {g['orders_stored']} | {'PASS' if gg['invariants_ok'] else 'FAIL'} in {gg['invariants_ms']} ms | <= 1000 ms (at 1,000,000): {t(gg['invariants_ms'] <= 1000)} |")
     print(f"| resident memory at {g['orders_stored']} (MB) | {gg['rss_mb']} | <= 30 each: {t(max(gg['rss_mb'].values() or [0]) <= 30)} |")

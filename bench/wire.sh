@@ -69,6 +69,6 @@ with open(results + ".tmp", "w") as f:
     json.dump(data, f, indent=2)
     f.write("\n")
 os.replace(results + ".tmp", results)
-print(f"| wire proxy, no toxic, per hop (c=1) | p50 +{hop['added_p50_us']:.0f} µs, p99 +{hop['added_p99_us']:.0f} µs "
+print(f"| wire proxy, no toxic, per hop (c=1) | p50 {hop['added_p50_us']:+.0f} µs, p99 {hop['added_p99_us']:+.0f} µs "
       f"(direct p50 {d['50']:.0f} µs / p99 {d['99']:.0f} µs; via proxy {p['50']:.0f} / {p['99']:.0f} µs) |")
 PY
