@@ -403,6 +403,20 @@ struct OrderRow {
     total_cents: i64,
 }
 
+/// An order row as its reader hands it over: its lines are judged there (check 6), so they
+/// never cross to the merge.
+struct OrderRead {
+    row: OrderRow,
+    lines: Option<LinesProblem>,
+}
+
+impl OrderRead {
+    /// `pairs` is scratch space, reused from order to order.
+    fn of(status: Status, total_cents: i64, items: &[u8], pairs: &mut Vec<(i64, i64)>) -> OrderRead {
+        OrderRead { row: OrderRow { status, total_cents }, lines: lines_problem(total_cents, items, pairs) }
+    }
+}
+
 impl Tally {
     /// Judges one order id with every row all databases hold about it.
     fn judge(
@@ -489,8 +503,6 @@ where
     out_of_order: Option<String>,
     /// Reused for each id's payment rows (almost always one).
     payments_at: Vec<Settlement>,
-    /// Reused for each order's lines.
-    pairs: Vec<(i64, i64)>,
 }
 
 impl<P, N, A> Merge<P, N, A>
@@ -508,7 +520,6 @@ where
             last: None,
             out_of_order: None,
             payments_at: Vec::new(),
-            pairs: Vec::new(),
         }
     }
 
@@ -544,12 +555,11 @@ where
         }
     }
 
-    /// One order row, in id order; its lines are judged here (check 6) so they are never kept.
-    fn order(&mut self, id: &[u8], status: Status, total_cents: i64, items: &[u8]) {
+    /// One order row, in id order.
+    fn order(&mut self, key: Key, read: OrderRead) {
         if self.out_of_order.is_some() {
             return;
         }
-        let key = Key::of(id);
         if let Some(last) = &self.last {
             if last.cmp(&key) != Ordering::Less {
                 let id = key.id();
@@ -557,12 +567,12 @@ where
                 return;
             }
         }
-        if let Some(problem) = lines_problem(total_cents, items, &mut self.pairs) {
+        if let Some(problem) = read.lines {
             self.tally.bad_lines.push((key.clone(), problem));
         }
         self.strays_before(Some(&key));
         self.last = Some(key.clone());
-        self.at(key, Some(OrderRow { status, total_cents }));
+        self.at(key, Some(read.row));
     }
 
     /// After the last order row: what the sides still hold belongs to no order.
@@ -586,8 +596,9 @@ struct Inventory {
 
 /// Reads every database and judges every row: the order database's read transaction starts
 /// before any other database is read, so a row another database holds for an order placed after
-/// that read is then reported, never silently skipped. The other databases are read on their own
-/// threads meanwhile, in id order as the order rows are, and merged with them as they come.
+/// that read is then reported, never silently skipped. Every database is read on its own thread,
+/// in order id order, and the rows are merged here as they come: the order rows are the widest
+/// to read, so the merge runs beside their reading instead of after each row of it.
 fn read_and_tally(dbs: &Databases) -> Result<(Tally, Inventory), DbError> {
     let order_db = open_for_check(&dbs.order)?;
     order_db.execute_batch("BEGIN")?;
@@ -596,7 +607,14 @@ fn read_and_tally(dbs: &Databases) -> Result<(Tally, Inventory), DbError> {
     let mut inventory = open_for_check(&dbs.inventory)?;
     let stock =
         Inventory { stock: inventory::read_stock(&mut inventory)?, held: inventory::held_reservations(&inventory)? };
-    let tally = std::thread::scope(|scope| -> Result<Tally, DbError> {
+    std::thread::scope(|scope| -> Result<_, DbError> {
+        let (orders, order_rows) = spawn_reader(scope, "orders", move |out: &mut Sorted<OrderRead>| {
+            let mut pairs = Vec::new();
+            visit_order_totals(&order_db, |id, status, total, items| {
+                out.push(id, OrderRead::of(status, total, items, &mut pairs))
+            })?;
+            Ok(order_db.execute_batch("COMMIT")?)
+        });
         let (payments, payment_rows) = spawn_reader(scope, "payments", |out: &mut Sorted<Settlement>| {
             let conn = open_for_check(&dbs.payment)?;
             Ok(visit_settlements(&conn, |id, captured, refunded| out.push(id, (captured, refunded)))?)
@@ -616,27 +634,30 @@ fn read_and_tally(dbs: &Databases) -> Result<(Tally, Inventory), DbError> {
             None => (None, None),
         };
         let mut merge = Merge::new(payment_rows, notification_rows, accepted_rows);
-        let read = visit_order_totals(&order_db, |id, status, total, items| merge.order(id, status, total, items));
-        // Whatever happened, the readers are joined before any error is returned; dropping the
-        // merge hangs up their channels, so none waits for a merge that stopped.
-        let tally = match read {
-            Ok(()) => merge.finish(),
-            Err(e) => {
-                drop(merge);
-                Err(e.into())
-            }
+        // Every order row is taken, so the order reader always ends; a reader that failed ends
+        // its rows early, and its error, not the tally of what came before, is returned. The
+        // merge is dropped once done, which hangs up the other readers' channels, so none waits
+        // for a merge that stopped.
+        for (key, read) in order_rows {
+            merge.order(key, read);
+        }
+        let tally = merge.finish();
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<(), DbError>>| {
+            h.join().map_err(|_| DbError::Task("a thread reading a database panicked".into()))?
         };
-        let joined = [Some(payments), Some(notifications), gateway]
+        let read_orders = join(orders);
+        let others = [Some(payments), Some(notifications), gateway]
             .into_iter()
             .flatten()
-            .map(|h| h.join().map_err(|_| DbError::Task("a thread reading a database panicked".into()))?)
+            .map(join)
             .collect::<Result<Vec<()>, DbError>>();
+        // In the order that explains the most: orders that were not all read make the tally
+        // meaningless, and a merge that stopped stops the other readers.
+        read_orders?;
         let tally = tally?;
-        joined?;
-        Ok(tally)
-    })?;
-    order_db.execute_batch("COMMIT")?;
-    Ok((tally, stock))
+        others?;
+        Ok((tally, stock))
+    })
 }
 
 /// Runs every check once.
@@ -836,7 +857,7 @@ mod tests {
         let accepted = others.accepted.map(|ids| sorted(ids.into_iter().map(|k| (k, ())).collect()));
         let mut merge = Merge::new(payments, sorted(others.notifications), accepted);
         for (id, status, total, items) in &orders {
-            merge.order(id.as_bytes(), *status, *total, items.as_bytes());
+            merge.order(Key::of(id), OrderRead::of(*status, *total, items.as_bytes(), &mut Vec::new()));
         }
         let inventory = Inventory { stock: others.stock, held: others.held };
         Snap { tally: merge.finish().unwrap(), inventory, gateway }
@@ -1030,8 +1051,9 @@ mod tests {
     fn order_rows_out_of_id_order_stop_the_check() {
         let none = std::iter::empty();
         let mut merge = Merge::new(none.clone(), std::iter::empty(), None::<std::iter::Empty<(Key, ())>>);
-        merge.order(b"o2", Status::Confirmed, 500, lines(1, 500).as_bytes());
-        merge.order(b"o1", Status::Confirmed, 500, lines(1, 500).as_bytes());
+        let read = || OrderRead::of(Status::Confirmed, 500, lines(1, 500).as_bytes(), &mut Vec::new());
+        merge.order(Key::of("o2"), read());
+        merge.order(Key::of("o1"), read());
         let err = merge.finish().unwrap_err().to_string();
         assert!(err.contains("`o1` came after `o2`"), "{err}");
     }
