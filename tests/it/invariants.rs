@@ -75,10 +75,11 @@ fn each_kind_of_damage_fails_exactly_its_own_invariant() {
         ("no_accepted_order_lost", "gateway", "INSERT INTO accepted_orders VALUES ('ord-never-stored', 'u1', 0)"),
         ("nothing_stuck", "order", "UPDATE orders SET status = 'PENDING' WHERE status = 'CONFIRMED'"),
         // The lines, not the total: a changed total would also break charged_iff_confirmed.
+        // The first line's quantity, stored as `[product_id, quantity, unit_price_cents]`.
         (
             "totals_match_items",
             "order",
-            "UPDATE orders SET items = json_set(items, '$[0].quantity', json_extract(items, '$[0].quantity') + 1)
+            "UPDATE orders SET items = json_set(items, '$[0][1]', json_extract(items, '$[0][1]') + 1)
              WHERE status = 'CONFIRMED'",
         ),
     ];

@@ -293,7 +293,7 @@ fn weighted_users_and_items_set_the_mix_of_orders() {
     let db = shop::plumbing::db::open_read_only(&p.dir.path().join(".shop/data/order.db")).unwrap();
     let quantity_two: i64 = db
         .query_row(
-            "SELECT COUNT(*) FROM orders WHERE items LIKE '%\"quantity\":2%' OR items LIKE '%\"quantity\": 2%'",
+            "SELECT COUNT(*) FROM order_events WHERE type = 'OrderPlaced' AND json_extract(data, '$.items[0].quantity') = 2",
             [],
             |r| r.get(0),
         )

@@ -24,6 +24,35 @@ impl Item {
     }
 }
 
+/// An order line as the order row stores it: `[product_id, quantity, unit_price_cents]`, the
+/// field names left out (a third of the row's lines text); rows written before keep the object
+/// form, read alike.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredItem {
+    Row(String, i64, i64),
+    Object(Item),
+}
+
+/// The lines as the order row stores them (see [`StoredItem`]).
+pub fn stored_items(items: &[Item]) -> String {
+    let rows: Vec<(&str, i64, i64)> =
+        items.iter().map(|i| (i.product_id.as_str(), i.quantity, i.unit_price_cents)).collect();
+    serde_json::to_string(&rows).unwrap_or_default()
+}
+
+/// The lines from the order row's text, in either form it holds.
+pub fn items_from_stored(text: &str) -> serde_json::Result<Vec<Item>> {
+    let stored: Vec<StoredItem> = serde_json::from_str(text)?;
+    Ok(stored
+        .into_iter()
+        .map(|line| match line {
+            StoredItem::Row(product_id, quantity, unit_price_cents) => Item { product_id, quantity, unit_price_cents },
+            StoredItem::Object(item) => item,
+        })
+        .collect())
+}
+
 /// The sum of the lines' amounts, or `None` if any step would wrap or the sum would exceed
 /// [`MAX_TOTAL_CENTS`]: an order that costs more than that is refused, never stored wrapped.
 pub fn total_cents(items: &[Item]) -> Option<i64> {

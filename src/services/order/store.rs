@@ -6,9 +6,57 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::events::{steps, Event, Implied, Item, Recorded, SagaState, Status, Step};
+use super::events::{self, steps, Event, Implied, Item, Recorded, SagaState, Status, Step};
 use crate::plumbing::db::{Db, DbError};
 use crate::plumbing::time::{now_ms, rfc3339};
+
+/// The view `order_events`: the compact log in its old shape (type names, JSON objects) for
+/// anyone with a sqlite3 shell. `$items` is the SQL that gives an order's lines as JSON objects.
+macro_rules! order_events_view {
+    ($items:literal) => {
+        concat!(
+            "CREATE VIEW order_events (order_id, seq, type, at, data) AS
+        SELECT o.order_id, e.seq, CASE e.kind
+            WHEN 1 THEN 'OrderPlaced'
+            WHEN 2 THEN 'UserValidated'
+            WHEN 3 THEN 'StockReservationRequested'
+            WHEN 4 THEN 'StockReserved'
+            WHEN 5 THEN 'PaymentRequested'
+            WHEN 6 THEN 'PaymentCaptured'
+            WHEN 7 THEN 'StockCommitRequested'
+            WHEN 8 THEN 'StockCommitted'
+            WHEN 9 THEN 'OrderConfirmed'
+            WHEN 10 THEN 'NotificationQueued'
+            WHEN 11 THEN 'NotificationDelivered'
+            WHEN 12 THEN 'CompensationStarted'
+            WHEN 13 THEN 'PaymentRefundRequested'
+            WHEN 14 THEN 'PaymentRefunded'
+            WHEN 15 THEN 'StockReleaseRequested'
+            WHEN 16 THEN 'StockReleased'
+            WHEN 17 THEN 'OrderFailed'
+            WHEN 18 THEN 'StepRetried' END, o.created_at + e.at,
+               CASE e.kind
+                   WHEN 1 THEN json_object('user_id', o.user_id, 'items', ",
+            $items,
+            ", 'total_cents', o.total_cents, 'currency', o.currency, 'trace_id', o.trace_id)
+                 WHEN 2 THEN CASE
+                     WHEN json_extract(e.data, '$[0]') IS NULL THEN json_object('card_last4', json_extract(e.data, '$[1]'))
+                     ELSE json_object('card_token', json_extract(e.data, '$[0]'), 'card_last4', json_extract(e.data, '$[1]')) END
+                 WHEN 4 THEN json_object('reservation_id', json_extract(e.data, '$[0]'))
+                 WHEN 6 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[0]'), o.payment_id),
+                                        'amount_cents', coalesce(json_extract(e.data, '$[1]'), o.total_cents))
+                 WHEN 10 THEN json_object('event_id', json_extract(e.data, '$[0]'), 'kind', coalesce(json_extract(e.data, '$[1]'),
+                     CASE o.status WHEN 'CONFIRMED' THEN 'order_confirmed' WHEN 'FAILED' THEN 'order_failed' END))
+                 WHEN 11 THEN json_object('notification_id', json_extract(e.data, '$[0]'), 'attempts', json_extract(e.data, '$[1]'))
+                 WHEN 12 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
+                 WHEN 14 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[1]'), o.payment_id),
+                                         'refunded_cents', json_extract(e.data, '$[0]'))
+                 WHEN 17 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
+                 WHEN 18 THEN json_object('step', json_extract(e.data, '$[0]'), 'attempt', json_extract(e.data, '$[1]'), 'error', json_extract(e.data, '$[2]')) ELSE '{}' END
+          FROM events e JOIN orders o ON o.id = e.order_key;"
+        )
+    };
+}
 
 pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE orders (
@@ -68,7 +116,8 @@ pub const MIGRATIONS: &[&str] = &[
     // people with a sqlite3 shell. `orders_by_user` is not recreated: no query uses it (the list
     // walks the order id index whether or not it filters by user). Dropped tables are zeroed
     // (secure_delete), as in version 2.
-    "PRAGMA secure_delete = ON;
+    concat!(
+        "PRAGMA secure_delete = ON;
     CREATE TABLE orders_v3 (
         id INTEGER PRIMARY KEY,
         order_id TEXT NOT NULL UNIQUE,
@@ -150,44 +199,24 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox_v3 RENAME TO outbox;
     CREATE INDEX orders_pending ON orders (status) WHERE status = 'PENDING';
     CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
-    CREATE VIEW order_events (order_id, seq, type, at, data) AS
-        SELECT o.order_id, e.seq, CASE e.kind
-            WHEN 1 THEN 'OrderPlaced'
-            WHEN 2 THEN 'UserValidated'
-            WHEN 3 THEN 'StockReservationRequested'
-            WHEN 4 THEN 'StockReserved'
-            WHEN 5 THEN 'PaymentRequested'
-            WHEN 6 THEN 'PaymentCaptured'
-            WHEN 7 THEN 'StockCommitRequested'
-            WHEN 8 THEN 'StockCommitted'
-            WHEN 9 THEN 'OrderConfirmed'
-            WHEN 10 THEN 'NotificationQueued'
-            WHEN 11 THEN 'NotificationDelivered'
-            WHEN 12 THEN 'CompensationStarted'
-            WHEN 13 THEN 'PaymentRefundRequested'
-            WHEN 14 THEN 'PaymentRefunded'
-            WHEN 15 THEN 'StockReleaseRequested'
-            WHEN 16 THEN 'StockReleased'
-            WHEN 17 THEN 'OrderFailed'
-            WHEN 18 THEN 'StepRetried' END, o.created_at + e.at,
-               CASE e.kind
-                   WHEN 1 THEN json_object('user_id', o.user_id, 'items', json(o.items), 'total_cents', o.total_cents, 'currency', o.currency, 'trace_id', o.trace_id)
-                
-                     WHEN 2 THEN CASE
-                     WHEN json_extract(e.data, '$[0]') IS NULL THEN json_object('card_last4', json_extract(e.data, '$[1]')) ELSE json_object('card_token', json_extract(e.data, '$[0]'), 'card_last4', json_extract(e.data, '$[1]')) END
-                 WHEN 4 THEN json_object('reservation_id', json_extract(e.data, '$[0]'))
-                 WHEN 6 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[0]'), o.payment_id),
-                                        'amount_cents', coalesce(json_extract(e.data, '$[1]'), o.total_cents))
-                 WHEN 10 THEN json_object('event_id', json_extract(e.data, '$[0]'), 'kind', coalesce(json_extract(e.data, '$[1]'),
-                     CASE o.status WHEN 'CONFIRMED' THEN 'order_confirmed' WHEN 'FAILED' THEN 'order_failed' END))
-                 WHEN 11 THEN json_object('notification_id', json_extract(e.data, '$[0]'), 'attempts', json_extract(e.data, '$[1]'))
-                 WHEN 12 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
-                 WHEN 14 THEN json_object('payment_id', coalesce(json_extract(e.data, '$[1]'), o.payment_id),
-                                         'refunded_cents', json_extract(e.data, '$[0]'))
-                 WHEN 17 THEN json_object('step', json_extract(e.data, '$[0]'), 'code', json_extract(e.data, '$[1]'), 'message', json_extract(e.data, '$[2]'))
-                 WHEN 18 THEN json_object('step', json_extract(e.data, '$[0]'), 'attempt', json_extract(e.data, '$[1]'), 'error', json_extract(e.data, '$[2]')) ELSE '{}' END
-          FROM events e JOIN orders o ON o.id = e.order_key;
-    PRAGMA secure_delete = OFF;",
+    ",
+        order_events_view!("json(o.items)"),
+        "
+    PRAGMA secure_delete = OFF;"
+    ),
+    // Version 4: order lines are stored as `[product_id, quantity, unit_price_cents]` rows
+    // (`events::stored_items`) instead of objects that repeat the field names; rows written
+    // before keep the object form, and every reader takes both, so nothing is rewritten. The
+    // view shows the lines as objects in either case.
+    concat!(
+        "DROP VIEW order_events;
+    ",
+        order_events_view!("CASE WHEN json_type(o.items, '$[0]') = 'array'
+                       THEN json((SELECT json_group_array(json_object('product_id', json_extract(value, '$[0]'),
+                                 'quantity', json_extract(value, '$[1]'), 'unit_price_cents', json_extract(value, '$[2]')))
+                                 FROM json_each(o.items)))
+                       ELSE json(o.items) END")
+    ),
 ];
 
 /// How long a saga runner owns an order without writing to it before another may take over.
@@ -295,7 +324,7 @@ impl Store {
                     user_id,
                     idempotency_key,
                     request_hash,
-                    serde_json::to_string(items).unwrap_or_default(),
+                    events::stored_items(items),
                     total_cents,
                     currency,
                     trace_id,
@@ -638,7 +667,7 @@ pub fn load_events(c: &rusqlite::Connection, order_id: &str) -> rusqlite::Result
         )?
         .query_row([order_id], |r| {
             let items: String = r.get(3)?;
-            let items = serde_json::from_str(&items)
+            let items = events::items_from_stored(&items)
                 .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
             let event = Event::OrderPlaced {
                 user_id: r.get(2)?,
