@@ -171,7 +171,13 @@ enum LinesProblem {
 #[serde(untagged)]
 enum Line<'a> {
     // The product id is read only to require a string there, as the object form does.
-    Row(#[allow(dead_code)] #[serde(borrow)] std::borrow::Cow<'a, str>, i64, i64),
+    Row(
+        #[allow(dead_code)]
+        #[serde(borrow)]
+        std::borrow::Cow<'a, str>,
+        i64,
+        i64,
+    ),
     Object {
         #[serde(borrow, rename = "product_id")]
         _product_id: std::borrow::Cow<'a, str>,
@@ -183,7 +189,9 @@ enum Line<'a> {
 impl Line<'_> {
     fn pair(&self) -> (i64, i64) {
         match self {
-            Line::Row(_, quantity, price) | Line::Object { quantity, unit_price_cents: price, .. } => (*quantity, *price),
+            Line::Row(_, quantity, price) | Line::Object { quantity, unit_price_cents: price, .. } => {
+                (*quantity, *price)
+            }
         }
     }
 }
@@ -194,9 +202,7 @@ fn lines_problem(total_cents: i64, items: &[u8], pairs: &mut Vec<(i64, i64)>) ->
     let readable = written_lines(items, pairs).is_some() || {
         // Not in the form the order service writes: read as any JSON, as strictly as ever.
         pairs.clear();
-        serde_json::from_slice::<Vec<Line>>(items)
-            .map(|lines| pairs.extend(lines.iter().map(Line::pair)))
-            .is_ok()
+        serde_json::from_slice::<Vec<Line>>(items).map(|lines| pairs.extend(lines.iter().map(Line::pair))).is_ok()
     };
     if !readable {
         return Some(LinesProblem::Unreadable);
