@@ -150,12 +150,13 @@ fn the_order_crash_drill_passes_with_order_restarted_and_no_accepted_order_lost(
 #[test]
 fn a_drill_whose_expectation_cannot_hold_fails_with_exit_1_naming_the_check() {
     let p = started();
-    // bob's card is always declined: no order can confirm.
+    // bob's card is always declined: no order can confirm. As many in flight as there are
+    // orders, so a slow machine drops none at the concurrency cap and all 20 are offered.
     let file = p.dir.path().join("declined.yaml");
     std::fs::write(
         &file,
         "name: all-declined
-load: { orders: 20, concurrency: 4, users: [bob], rate: 40 }
+load: { orders: 20, concurrency: 20, users: [bob], rate: 40 }
 faults:
   - { at: 100ms, latency: payment, delay: 20ms, for: 200ms }
 expect:
