@@ -346,14 +346,7 @@ impl ServiceClient {
 /// `s` as one path segment or query value: every byte but the unreserved ones of RFC 3986
 /// percent-encoded, so an id with `/`, `?`, `%` or control bytes stays one value.
 pub fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encode(s, |b| !matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~'))
 }
 
 /// `path` with the bytes a URI cannot carry (controls, space, non-ASCII, quotes, angle
@@ -365,15 +358,21 @@ fn escape_uri(path: &str) -> std::borrow::Cow<'_, str> {
     if !path.bytes().any(bad) {
         return path.into();
     }
-    let mut out = String::with_capacity(path.len() * 3);
-    for b in path.bytes() {
-        if bad(b) {
+    percent_encode(path, bad).into()
+}
+
+/// `s` with each byte `escape` picks written as `%XX`, the others as they are (only ASCII bytes
+/// are ever kept: both callers escape every byte from 0x7f up).
+fn percent_encode(s: &str, escape: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if escape(b) {
             out.push_str(&format!("%{b:02X}"));
         } else {
             out.push(b as char);
         }
     }
-    out.into()
+    out
 }
 
 /// The innermost cause of an error (`connection refused`), not the wrappers around it: what a

@@ -44,10 +44,9 @@ impl TraceCtx {
     pub fn from_headers(headers: &HeaderMap) -> Option<TraceCtx> {
         let mut parents = headers.get_all("traceparent").iter();
         let (value, None) = (parents.next()?, parents.next()) else { return None };
-        let (trace_id, span_id, flags) = parse_traceparent(value.to_str().ok()?)?;
         let states: Vec<&str> = headers.get_all("tracestate").iter().filter_map(|v| v.to_str().ok()).collect();
         let tracestate = (!states.is_empty()).then(|| states.join(","));
-        Some(TraceCtx { trace_id, span_id, sampled: flags & 1 == 1, tracestate })
+        TraceCtx::from_traceparent(value.to_str().ok()?, tracestate)
     }
 
     /// The context of a `traceparent` value and `tracestate` carried outside headers (an item of
