@@ -144,9 +144,12 @@ async fn one_order_yields_otlp_spans_from_every_service_in_the_callers_trace() {
     let order_id = order["id"].as_str().unwrap().to_string();
 
     let every = ["gateway", "user", "order", "payment", "inventory", "notification"];
+    // Each service exports on its own schedule: a child can arrive before its parent (the
+    // notification's span before the order service's relay span), so wait for whole trees too.
     let complete = eventually(Duration::from_secs(20), async || {
         let spans = collector.of_trace(CALLER_TRACE);
-        every.iter().all(|s| spans.iter().any(|r| r.service_name == *s))
+        let whole = spans.iter().all(|s| s.parent_id == CALLER_SPAN || spans.iter().any(|p| p.span_id == s.parent_id));
+        whole && every.iter().all(|s| spans.iter().any(|r| r.service_name == *s))
     })
     .await;
     let spans = collector.of_trace(CALLER_TRACE);
