@@ -5,7 +5,8 @@
 # workload (alice:70,bob:20,dave:10 over three products), all with wrk at concurrency 32, the
 # saga's rate divided by the reference (their rounds alternating), latency, `up -d` and `down`
 # times, disk per order after 100,000 saga orders, the time of `shop inspect invariants` (the
-# median of ROUNDS checks), and each service's resident memory.
+# median of ROUNDS checks), each service's resident memory, and each service's CPU per order
+# over the saga's rounds (where the time goes, from /proc/PID/stat).
 #
 # Usage: bench/run.sh [--grow N [--direct]]
 #   DURATION=10s CONNECTIONS=32 ROUNDS=3 bench/run.sh   to change the rounds
@@ -84,6 +85,16 @@ for r in json.load(sys.stdin):
             if line.startswith("VmRSS:"): kb = int(line.split()[1])
     except Exception: pass
     print("%s=%d" % (name, kb))'
+}
+cpu_ticks() { # "service=pid:ticks ..." for every instance: user + system time so far (clock ticks)
+  shop ps --json | python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    try:
+        # The fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+        fields = open("/proc/%s/stat" % r["pid"]).read().rsplit(")", 1)[1].split()
+        print("%s=%s:%d" % (r["instance"], r["pid"], int(fields[11]) + int(fields[12])))
+    except Exception: pass'
 }
 orders_count() {
   python3 -c "import sqlite3; print(sqlite3.connect('file:$state/data/order.db?mode=ro', uri=True).execute('select count(*) from orders').fetchone()[0])"
@@ -171,7 +182,9 @@ rss > "$work/rss_idle"
 
 measure healthz "$gw/healthz" ""
 before=$(orders_count)
+cpu_ticks > "$work/cpu_before"
 measure_pair hello "$hello_url" "" orders "$gw/orders" "$work/order.lua"
+cpu_ticks > "$work/cpu_after"
 kill "$hello_pid"; wait "$hello_pid" 2>/dev/null || true; hello_pid=""
 after_orders=$(orders_count)
 measure mixed "$gw/orders" "$work/mixed.lua"
@@ -247,6 +260,14 @@ def wrk(path):
             "socket_errors": errors.group(1).strip() if errors else "", "rounds_per_s": each}
 def rss(path):
     return {k: int(v) // 1024 for k, v in (l.strip().split("=") for l in open(path) if "=" in l)}
+def cpu_per_order(before, after, orders):
+    """Each service's CPU (user + system) per order over the saga's rounds, in µs: where the time
+    goes, measured by the run itself. The reference's rounds in between leave the stack idle."""
+    ticks = lambda path: {k: v.split(":") for k, v in (l.strip().split("=") for l in open(path) if "=" in l)}
+    b, a, hz = ticks(before), ticks(after), os.sysconf("SC_CLK_TCK")
+    # A restarted instance (another pid) has no comparable count: left out.
+    us = {k: round((int(a[k][1]) - int(b[k][1])) * 1e6 / hz / orders) for k in a if k in b and a[k][0] == b[k][0]}
+    return {**us, "all": sum(us.values())} if orders else {}
 def invariants(path):
     return json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {"ok": False}
 db = sqlite3.connect(f"file:{state}/data/order.db?mode=ro", uri=True)
@@ -264,6 +285,7 @@ result = {
     "saga_to_hop_ratio": round(orders["rate_per_s"] / healthz["rate_per_s"], 4),
     "saga_to_axum_ratio": round(orders["rate_per_s"] / hello["rate_per_s"], 4),
     "orders_in_run": int(after_orders) - int(before), "orders_by_status_all": by_status,
+    "cpu_us_per_order": cpu_per_order(f"{work}/cpu_before", f"{work}/cpu_after", int(after_orders) - int(before)),
     "invariants_ok": inv.get("ok"), "invariants_ms": int(inv_ms),
     "disk_bytes_per_order": per_order(empty_disk_kb, empty_orders), "orders_stored": int(empty_orders),
     "up_ms": int(up_ms), "down_ms": int(down_ms),
@@ -301,6 +323,11 @@ print(f"| GET /healthz (1 hop), c={conns} | {healthz['rate_per_s']:.0f} req/s, p
 print(f"| POST /orders (full saga), c={conns} | {orders['rate_per_s']:.0f} orders/s, p50 {orders['p50_ms']} ms, p99 {orders['p99_ms']} ms, max {orders['max_ms']} ms | >= 4300/s: {t(orders['rate_per_s'] >= 4300)}; p99 <= 15 ms: {t(orders['p99_ms'] <= 15)} |")
 print(f"| saga / axum ratio | {result['saga_to_axum_ratio']} | >= 0.023: {t(result['saga_to_axum_ratio'] >= 0.023)} |")
 print(f"| saga / hop ratio | {result['saga_to_hop_ratio']} | |")
+cpu = result["cpu_us_per_order"]
+if cpu.get("all"):
+    services = ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if k != "all")
+    cores = os.cpu_count() or 1
+    print(f"| CPU per order in the saga rounds (µs) | {services}: {cpu['all']} in all; {cores} cores' worth is {cores * 1_000_000 // cpu['all']} orders/s, the load generator's share not counted | |")
 print(f"| mixed alice:70,bob:20,dave:10, 3 products | {mixed['rate_per_s']:.0f} orders/s, p99 {mixed['p99_ms']} ms | >= 3000/s: {t(mixed['rate_per_s'] >= 3000)} |")
 print(f"| orders stored ({by_status}) | {empty_orders}, non-2xx in the median saga round {orders['non_2xx']} | |")
 print(f"| disk per order, all databases, at {empty_orders} orders | {result['disk_bytes_per_order']} bytes | <= 1500: {t((result['disk_bytes_per_order'] or 0) <= 1500)} |")
