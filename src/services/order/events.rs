@@ -42,8 +42,8 @@ pub fn stored_items(items: &[Item]) -> String {
 }
 
 /// The lines from the order row's text, in either form it holds.
-pub fn items_from_stored(text: &str) -> serde_json::Result<Vec<Item>> {
-    let stored: Vec<StoredItem> = serde_json::from_str(text)?;
+pub fn items_from_stored(text: &[u8]) -> serde_json::Result<Vec<Item>> {
+    let stored: Vec<StoredItem> = serde_json::from_slice(text)?;
     Ok(stored
         .into_iter()
         .map(|line| match line {

@@ -667,7 +667,7 @@ pub fn load_events(c: &rusqlite::Connection, order_id: &str) -> rusqlite::Result
         )?
         .query_row([order_id], |r| {
             let items: String = r.get(3)?;
-            let items = events::items_from_stored(&items)
+            let items = events::items_from_stored(items.as_bytes())
                 .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
             let event = Event::OrderPlaced {
                 user_id: r.get(2)?,
