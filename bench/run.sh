@@ -26,7 +26,8 @@ grow=0
 fill=saga
 while [ $# -gt 0 ]; do
   case "$1" in
-    --grow) grow="${2:?--grow needs a number of orders}"; shift 2 ;;
+    --grow) [ $# -ge 2 ] || { echo "--grow needs a number of orders, such as 1000000" >&2; exit 2; }
+            grow="$2"; shift 2 ;;
     --grow=*) grow="${1#--grow=}"; shift ;;
     --direct) fill=direct; shift ;;
     *) echo "unknown argument: $1 (usage: bench/run.sh [--grow N [--direct]])" >&2; exit 2 ;;
@@ -34,6 +35,24 @@ while [ $# -gt 0 ]; do
 done
 duration="${DURATION:-10s}"
 connections="${CONNECTIONS:-32}"
+rounds="${ROUNDS:-3}"
+# Checked before anything is built or run: a bad value would otherwise surface only at the end,
+# after minutes of measuring.
+whole() { # $1 = what, $2 = value, $3 = an example
+  case "$2" in
+    ''|*[!0-9]*) echo "$1 takes a whole number, such as $3; got \`$2\`" >&2; exit 2 ;;
+  esac
+}
+whole --grow "$grow" 1000000
+whole CONNECTIONS "$connections" 32
+whole ROUNDS "$rounds" 3
+[ "$rounds" -ge 1 ] && [ "$connections" -ge 1 ] || { echo "ROUNDS and CONNECTIONS must be at least 1" >&2; exit 2; }
+if ! [[ "$duration" =~ ^[1-9][0-9]*[sm]$ ]]; then
+  echo "DURATION is a number of seconds or minutes, such as 10s or 1m; got \`$duration\`" >&2; exit 2
+fi
+if [ "$fill" = direct ] && [ "$grow" -eq 0 ]; then
+  echo "--direct chooses how --grow N fills the stack; give --grow N with it" >&2; exit 2
+fi
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
   apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
@@ -102,7 +121,6 @@ orders_count() {
 disk_kb() { du -sk "$state/data" | cut -f1; }
 # Each measure runs ROUNDS times (default 3) and the median round is reported: the machine is
 # shared, and one round can be off by 15% either way.
-rounds="${ROUNDS:-3}"
 median() { # $1 = prefix: copies the round with the median rate to $1.txt
   for f in "$1".*.txt; do echo "$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$f") $f"; done | sort -n | awk -v n="$rounds" 'NR == int((n + 1) / 2) {print $2}' | xargs -I{} cp {} "$1.txt"
 }
