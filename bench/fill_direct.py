@@ -11,6 +11,7 @@ invariants still hold.
 
 Usage: bench/fill_direct.py DATA_DIR N [ORDER_ID]   (default template: the first CONFIRMED order)
 """
+import os
 import re
 import sqlite3
 import sys
@@ -57,11 +58,39 @@ def copy_rows(db, table, where, args, n, keys=None):
     return len(rows)
 
 
+USAGE = "usage: bench/fill_direct.py DATA_DIR N [ORDER_ID]"
+
+
+def refuse(message):
+    """Bad input: one line that says what was wrong, exit 2, nothing written."""
+    print(f"fill_direct.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
-    data, n = sys.argv[1], int(sys.argv[2])
-    order = sqlite3.connect(f"{data}/order.db")
-    oid = sys.argv[3] if len(sys.argv) > 3 else order.execute(
-        "SELECT order_id FROM orders WHERE status = 'CONFIRMED' ORDER BY created_at LIMIT 1").fetchone()[0]
+    if len(sys.argv) not in (3, 4):
+        refuse(USAGE)
+    data, n = sys.argv[1], sys.argv[2]
+    if not n.isdigit() or int(n) < 1:
+        refuse(f"N is a whole number of copies, 1 or more, such as 1000000; got `{n}`")
+    n = int(n)
+    # Every database of a stack that has run; a missing one would be created empty by connect().
+    for name in ("order", "payment", "inventory", "notification", "gateway"):
+        if not os.path.isfile(f"{data}/{name}.db"):
+            refuse(f"{data}/{name}.db does not exist: DATA_DIR is a stopped stack's data directory "
+                   "(STATE_DIR/data), after it has run at least one order")
+    order = sqlite3.connect(f"file:{data}/order.db?mode=rw", uri=True)
+    if len(sys.argv) > 3:
+        oid = sys.argv[3]
+        found = order.execute("SELECT status FROM orders WHERE order_id = ?", (oid,)).fetchone()
+        if found is None or found[0] != "CONFIRMED":
+            refuse(f"no CONFIRMED order `{oid}` in {data}/order.db to copy")
+    else:
+        found = order.execute(
+            "SELECT order_id FROM orders WHERE status = 'CONFIRMED' ORDER BY created_at LIMIT 1").fetchone()
+        if found is None:
+            refuse(f"{data}/order.db holds no CONFIRMED order to copy: place one first")
+        (oid,) = found
     (pay,) = order.execute("SELECT payment_id FROM orders WHERE order_id = ?", (oid,)).fetchone()
     (key,) = order.execute("SELECT id FROM orders WHERE order_id = ?", (oid,)).fetchone()
     # The copies of the order row take the keys after the largest one, in copy order.
