@@ -80,19 +80,17 @@ def main():
             refuse(f"{data}/{name}.db does not exist: DATA_DIR is a stopped stack's data directory "
                    "(STATE_DIR/data), after it has run at least one order")
     order = sqlite3.connect(f"file:{data}/order.db?mode=rw", uri=True)
+    # The template: the order named, or the first CONFIRMED one; its id, payment id and log key.
+    template = "SELECT order_id, payment_id, id FROM orders WHERE status = 'CONFIRMED'"
     if len(sys.argv) > 3:
-        oid = sys.argv[3]
-        found = order.execute("SELECT status FROM orders WHERE order_id = ?", (oid,)).fetchone()
-        if found is None or found[0] != "CONFIRMED":
-            refuse(f"no CONFIRMED order `{oid}` in {data}/order.db to copy")
+        found = order.execute(f"{template} AND order_id = ?", (sys.argv[3],)).fetchone()
+        missing = f"no CONFIRMED order `{sys.argv[3]}` in {data}/order.db to copy"
     else:
-        found = order.execute(
-            "SELECT order_id FROM orders WHERE status = 'CONFIRMED' ORDER BY created_at LIMIT 1").fetchone()
-        if found is None:
-            refuse(f"{data}/order.db holds no CONFIRMED order to copy: place one first")
-        (oid,) = found
-    (pay,) = order.execute("SELECT payment_id FROM orders WHERE order_id = ?", (oid,)).fetchone()
-    (key,) = order.execute("SELECT id FROM orders WHERE order_id = ?", (oid,)).fetchone()
+        found = order.execute(f"{template} ORDER BY created_at LIMIT 1").fetchone()
+        missing = f"{data}/order.db holds no CONFIRMED order to copy: place one first"
+    if found is None:
+        refuse(missing)
+    oid, pay, key = found
     # The copies of the order row take the keys after the largest one, in copy order.
     (last,) = order.execute("SELECT max(id) FROM orders").fetchone()
     plan = [
