@@ -68,6 +68,9 @@ def refuse(message):
 
 
 def main():
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__.strip())
+        return
     if len(sys.argv) not in (3, 4):
         refuse(USAGE)
     data, n = sys.argv[1], sys.argv[2]

@@ -30,7 +30,9 @@ while [ $# -gt 0 ]; do
             grow="$2"; shift 2 ;;
     --grow=*) grow="${1#--grow=}"; shift ;;
     --direct) fill=direct; shift ;;
-    *) echo "unknown argument: $1 (usage: bench/run.sh [--grow N [--direct]])" >&2; exit 2 ;;
+    # The usage is the header's block from `Usage:` to `Honors`, without the comment marks.
+    -h|--help) sed -n '/^# Usage:/,/^# Honors/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (usage: bench/run.sh [--grow N [--direct]]; --help for more)" >&2; exit 2 ;;
   esac
 done
 duration="${DURATION:-10s}"

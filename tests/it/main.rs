@@ -2,6 +2,7 @@
 //! temp dir per test, HTTP over loopback.
 
 mod api;
+mod bench;
 mod chaos;
 mod cli;
 mod commands;
