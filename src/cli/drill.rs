@@ -50,17 +50,14 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dbs = ctx.databases(&stack)?;
     let secret = dir.existing_secret().unwrap_or_default();
     let load = plan(ctx, &drill).await?;
-    let probe = match &drill.steady_state {
-        Some(steady) => Some(LoadPlan {
-            orders: steady.probe.orders,
-            rate: steady.probe.rate,
-            duration: None,
-            record: false,
-            progress: indicatif::ProgressBar::hidden(),
-            ..load.clone()
-        }),
-        None => None,
-    };
+    let probe = drill.steady_state.as_ref().map(|steady| LoadPlan {
+        orders: steady.probe.orders,
+        rate: steady.probe.rate,
+        duration: None,
+        record: false,
+        progress: indicatif::ProgressBar::hidden(),
+        ..load.clone()
+    });
     let setup = Setup { drill, seed: args.seed, control, rows, dbs, secret, load, probe, quiet: ctx.quiet };
     let report = run::run(setup).await?;
     write_outputs(&args, &report)?;

@@ -47,9 +47,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Arguments, environment, and the line the benchmark refuses them with.
+type Refusal = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static str);
+
 #[test]
 fn the_benchmark_refuses_bad_arguments_in_one_line_before_it_runs_anything() {
-    let refused: [(&[&str], &[(&str, &str)], &str); 7] = [
+    let refused: [Refusal; 7] = [
         (&["--grow", "abc"], &[], "--grow takes a whole number, such as 1000000; got `abc`"),
         (&["--grow"], &[], "--grow needs a number of orders, such as 1000000"),
         (&["--direct"], &[], "--direct chooses how --grow N fills the stack; give --grow N with it"),
@@ -94,9 +97,8 @@ fn fill_direct_copies_a_real_order_and_every_invariant_still_holds() {
     let p = Project::new("");
     assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
     for (user, want) in [("alice", "CONFIRMED"), ("bob", "FAILED")] {
-        let out = p.shop(&["--json", "order", "place", "--user", user, "--item", "sku-1:1"]);
-        let order: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        assert_eq!(order["status"], want, "{user}: {}", text(&out.stderr));
+        let (order, stderr) = p.place(user, "sku-1:1");
+        assert_eq!(order["status"], want, "{user}: {stderr}");
     }
     // Every notification delivered before the stack stops, so the copies start from a settled
     // order.
@@ -119,9 +121,8 @@ fn fill_direct_copies_a_real_order_and_every_invariant_still_holds() {
 
     // And the stack starts over them and keeps taking orders.
     assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
-    let out = p.shop(&["--json", "order", "place", "--user", "alice", "--item", "sku-1:1"]);
-    let order: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert_eq!(order["status"], "CONFIRMED", "{}", text(&out.stderr));
+    let (order, stderr) = p.place("alice", "sku-1:1");
+    assert_eq!(order["status"], "CONFIRMED", "{stderr}");
 }
 
 #[test]

@@ -43,9 +43,8 @@ fn each_kind_of_damage_fails_exactly_its_own_invariant() {
     // A confirmed order (charged, stock sold) and a failed one (card declined, stock released),
     // each notified once.
     for (user, want) in [("alice", "CONFIRMED"), ("bob", "FAILED")] {
-        let out = p.shop(&["--json", "order", "place", "--user", user, "--item", "sku-1:2"]);
-        let order: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        assert_eq!(order["status"], want, "{user}: {}", String::from_utf8_lossy(&out.stderr));
+        let (order, stderr) = p.place(user, "sku-1:2");
+        assert_eq!(order["status"], want, "{user}: {stderr}");
     }
     let live = p.shop(&["--json", "inspect", "invariants", "--settle", "15s"]);
     assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stdout));

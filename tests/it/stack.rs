@@ -79,6 +79,13 @@ impl Project {
             .unwrap()
     }
 
+    /// `shop --json order place --user USER --item ITEM`: the order it printed (`Null` if it
+    /// printed none) and its stderr, for the assertion's message.
+    pub fn place(&self, user: &str, item: &str) -> (Value, String) {
+        let out = self.shop(&["--json", "order", "place", "--user", user, "--item", item]);
+        (serde_json::from_slice(&out.stdout).unwrap_or(Value::Null), stderr(&out))
+    }
+
     pub fn ps(&self) -> Vec<Value> {
         let out = self.shop(&["ps", "--json"]);
         serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
