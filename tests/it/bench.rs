@@ -2,7 +2,7 @@
 //! argument before it builds or measures anything, and `bench/fill_direct.py` copies a real
 //! order into a stopped stack's databases so that every invariant still holds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -16,7 +16,7 @@ fn repo() -> &'static Path {
 /// A PATH holding only what the argument checks and `--help` use (bash, dirname, sed). A check that
 /// let a bad argument through would then stop at the first tool the run needs (wrk, apt-get,
 /// cargo) instead of installing, building and measuring for minutes.
-fn narrow_path() -> (tempfile::TempDir, PathBuf) {
+fn narrow_path() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for tool in ["bash", "dirname", "sed"] {
         let found = ["/usr/bin", "/bin"]
@@ -26,15 +26,14 @@ fn narrow_path() -> (tempfile::TempDir, PathBuf) {
             .unwrap_or_else(|| panic!("{tool} is not installed"));
         std::os::unix::fs::symlink(found, dir.path().join(tool)).unwrap();
     }
-    let path = dir.path().to_path_buf();
-    (dir, path)
+    dir
 }
 
 fn run_bench(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let (_keep, path) = narrow_path();
+    let path = narrow_path();
     Command::new(repo().join("bench/run.sh"))
         .args(args)
-        .env("PATH", &path)
+        .env("PATH", path.path())
         .env_remove("DURATION")
         .env_remove("CONNECTIONS")
         .env_remove("ROUNDS")
