@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::stack::Project;
+use crate::stack::with_two_orders;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,16 +93,9 @@ fn orders(data: &Path, status: &str) -> i64 {
 
 #[test]
 fn fill_direct_copies_a_real_order_and_every_invariant_still_holds() {
-    let p = Project::new("");
-    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
-    for (user, want) in [("alice", "CONFIRMED"), ("bob", "FAILED")] {
-        let (order, stderr) = p.place(user, "sku-1:1");
-        assert_eq!(order["status"], want, "{user}: {stderr}");
-    }
-    // Every notification delivered before the stack stops, so the copies start from a settled
-    // order.
-    let settled = p.shop(&["--json", "inspect", "invariants", "--settle", "15s"]);
-    assert_eq!(settled.status.code(), Some(0), "{}", text(&settled.stdout));
+    // Settled (every notification delivered) before the stack stops, so the copies start from
+    // a finished order.
+    let p = with_two_orders("sku-1:1");
     assert_eq!(p.shop(&["down", "-q"]).status.code(), Some(0));
     let data = p.dir.path().join(".shop/data");
 

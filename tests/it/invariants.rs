@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::stack::Project;
+use crate::stack::{with_two_orders, Project};
 
 /// Copies the live stack's databases (a consistent snapshot each, beside the running services)
 /// into a fresh state dir under `to`.
@@ -38,16 +38,7 @@ fn inspect(p: &Project, state: &Path) -> (Option<i32>, Vec<String>, Value) {
 
 #[test]
 fn each_kind_of_damage_fails_exactly_its_own_invariant() {
-    let p = Project::new("");
-    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
-    // A confirmed order (charged, stock sold) and a failed one (card declined, stock released),
-    // each notified once.
-    for (user, want) in [("alice", "CONFIRMED"), ("bob", "FAILED")] {
-        let (order, stderr) = p.place(user, "sku-1:2");
-        assert_eq!(order["status"], want, "{user}: {stderr}");
-    }
-    let live = p.shop(&["--json", "inspect", "invariants", "--settle", "15s"]);
-    assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stdout));
+    let p = with_two_orders("sku-1:2");
 
     let copies = tempfile::tempdir().unwrap();
     let undamaged = copies.path().join("undamaged");

@@ -50,6 +50,20 @@ pub fn started() -> Project {
     p
 }
 
+/// A started stack holding a confirmed order of `item` (alice's: charged, stock sold) and a
+/// failed one (bob's card is declined: stock released), each notified once, all settled: the
+/// invariants pass over it.
+pub fn with_two_orders(item: &str) -> Project {
+    let p = started();
+    for (user, want) in [("alice", "CONFIRMED"), ("bob", "FAILED")] {
+        let (order, stderr) = p.place(user, item);
+        assert_eq!(order["status"], want, "{user}: {stderr}");
+    }
+    let settled = p.shop(&["--json", "inspect", "invariants", "--settle", "15s"]);
+    assert_eq!(settled.status.code(), Some(0), "{}", String::from_utf8_lossy(&settled.stdout));
+    p
+}
+
 impl Project {
     pub fn new(extra: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
