@@ -227,8 +227,9 @@ if [ "$grow" -gt 0 ]; then
       "$work/stack.yaml" > "$work/stack_empty.yaml"
   gw_empty="http://127.0.0.1:$gw_empty_port"
   fill_start=$(ms)
-  if [ "$fill" = direct ] && [ "$(orders_count)" -lt "$grow" ]; then
-    python3 bench/fill_direct.py "$state/data" $((grow - $(orders_count)))
+  have=$(orders_count)
+  if [ "$fill" = direct ] && [ "$have" -lt "$grow" ]; then
+    python3 bench/fill_direct.py "$state/data" $((grow - have))
     # The fill leaves a gigabyte or more of dirty pages: written back now, not by the
     # kernel's flusher threads during the measures that follow.
     sync

@@ -82,8 +82,9 @@ fn the_benchmark_explains_itself_with_help() {
     }
 }
 
-fn fill(data: &Path, args: &[&str]) -> Output {
-    Command::new("python3").arg(repo().join("bench/fill_direct.py")).arg(data).args(args).output().unwrap()
+/// `bench/fill_direct.py ARGS…`
+fn fill(args: &[&str]) -> Output {
+    Command::new("python3").arg(repo().join("bench/fill_direct.py")).args(args).output().unwrap()
 }
 
 fn orders(data: &Path, status: &str) -> i64 {
@@ -99,7 +100,7 @@ fn fill_direct_copies_a_real_order_and_every_invariant_still_holds() {
     assert_eq!(p.shop(&["down", "-q"]).status.code(), Some(0));
     let data = p.dir.path().join(".shop/data");
 
-    let out = fill(&data, &["250"]);
+    let out = fill(&[data.to_str().unwrap(), "250"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!((orders(&data, "CONFIRMED"), orders(&data, "FAILED")), (251, 1));
 
@@ -120,17 +121,17 @@ fn fill_direct_copies_a_real_order_and_every_invariant_still_holds() {
 #[test]
 fn fill_direct_refuses_bad_input_in_one_line_and_writes_nothing() {
     let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().to_str().unwrap();
     let cases: [(&[&str], String); 3] = [
         (&[], "fill_direct.py: usage: bench/fill_direct.py DATA_DIR N [ORDER_ID]\n".into()),
-        (&["ten"], "fill_direct.py: N is a whole number of copies, 1 or more, such as 1000000; got `ten`\n".into()),
-        (&["10"], format!("fill_direct.py: {}/order.db does not exist", empty.path().display())),
+        (
+            &[dir, "ten"],
+            "fill_direct.py: N is a whole number of copies, 1 or more, such as 1000000; got `ten`\n".into(),
+        ),
+        (&[dir, "10"], format!("fill_direct.py: {dir}/order.db does not exist")),
     ];
     for (args, message) in cases {
-        let out = if args.is_empty() {
-            Command::new("python3").arg(repo().join("bench/fill_direct.py")).output().unwrap()
-        } else {
-            fill(empty.path(), args)
-        };
+        let out = fill(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
         assert!(text(&out.stderr).starts_with(&message), "{args:?}: {}", text(&out.stderr));
         assert_eq!(text(&out.stderr).lines().count(), 1, "{args:?}: {}", text(&out.stderr));
