@@ -306,14 +306,21 @@ fn find(tx: &rusqlite::Connection, order_id: &str) -> rusqlite::Result<Option<Re
 }
 
 /// Moves every line of a reservation from column `from` to column `to` of products.
+///
+/// The lines are read, then each product is updated by its key: one `UPDATE … WHERE product_id
+/// IN (SELECT …)` reads the same, but SQLite builds a temporary table for the `IN` list on every
+/// call, which showed in the inventory database thread's profile.
 fn move_stock(tx: &rusqlite::Connection, order_id: &str, from: &str, to: &str) -> rusqlite::Result<()> {
+    let lines: Vec<(String, i64)> = tx
+        .prepare_cached("SELECT product_id, quantity FROM reservation_items WHERE order_id = ?1")?
+        .query_map([order_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
     // Column names come from the fixed set in this module, never from a request.
-    let sql = format!(
-        "UPDATE products SET {from} = {from} - (SELECT quantity FROM reservation_items i WHERE i.order_id = ?1 AND i.product_id = products.product_id),
-                             {to} = {to} + (SELECT quantity FROM reservation_items i WHERE i.order_id = ?1 AND i.product_id = products.product_id)
-         WHERE product_id IN (SELECT product_id FROM reservation_items WHERE order_id = ?1)"
-    );
-    tx.prepare_cached(&sql)?.execute([order_id])?;
+    let sql = format!("UPDATE products SET {from} = {from} - ?2, {to} = {to} + ?2 WHERE product_id = ?1");
+    let mut update = tx.prepare_cached(&sql)?;
+    for (product, quantity) in lines {
+        update.execute(rusqlite::params![product, quantity])?;
+    }
     Ok(())
 }
 

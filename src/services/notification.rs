@@ -189,6 +189,11 @@ const UPSERT: &str =
     "INSERT INTO notifications (event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT(event_id) DO UPDATE SET deliveries = deliveries + 1";
 
+/// The first half of [`UPSERT`]: creates the notification unless the event id has one.
+const INSERT_NEW: &str =
+    "INSERT INTO notifications (event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT(event_id) DO NOTHING";
+
 async fn notify(
     State(db): State<Db>,
     JsonBody(req): JsonBody<NotifyRequest>,
@@ -253,15 +258,24 @@ async fn notify_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let (items, stored) = db
         .tx(move |tx| {
-            let mut upsert = tx.prepare_cached(&format!("{UPSERT} RETURNING notification_id, deliveries"))?;
+            // What the upsert does, in two steps: the insert, and for a repeat (rare: a relay
+            // retrying) the count and a read of the notification made the first time. The
+            // upsert's `RETURNING` would cost SQLite a temporary table for every item.
+            let mut insert = tx.prepare_cached(INSERT_NEW)?;
+            let mut repeat = tx.prepare_cached(
+                "UPDATE notifications SET deliveries = deliveries + 1 WHERE event_id = ?1 RETURNING notification_id",
+            )?;
             let now = now_ms();
             let stored = items
                 .iter()
                 .map(|i| {
-                    upsert.query_row(
-                        rusqlite::params![i.event_id, ids::new("ntf"), i.order_id, i.user_id, i.kind, i.message, now],
-                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 1)),
-                    )
+                    let id = ids::new("ntf");
+                    let params = rusqlite::params![i.event_id, id, i.order_id, i.user_id, i.kind, i.message, now];
+                    if insert.execute(params)? == 1 {
+                        Ok((id, true))
+                    } else {
+                        Ok((repeat.query_row([&i.event_id], |r| r.get::<_, String>(0))?, false))
+                    }
                 })
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok((items, stored))
