@@ -628,6 +628,65 @@ mod tests {
         assert_eq!(db.health(PROBE).await, Err(Unready::ReadOnly(path)));
     }
 
+    async fn rows(db: &Db) -> Vec<i64> {
+        db.call(|c| c.prepare("SELECT x FROM t ORDER BY x")?.query_map([], |r| r.get(0))?.collect()).await.unwrap()
+    }
+
+    /// A transaction that writes `x` and then fails when `fail` says so.
+    fn write_then<'a>(db: &'a Db, x: i64, fail: bool) -> impl std::future::Future<Output = Result<(), DbError>> + 'a {
+        db.tx(move |c| {
+            c.execute("INSERT INTO t (x) VALUES (?1)", [x])?;
+            if fail {
+                c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            }
+            Ok(())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_transaction_that_fails_alone_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), &T).unwrap();
+        assert!(matches!(write_then(&db, 1, true).await, Err(DbError::Sql(_))));
+        write_then(&db, 2, false).await.unwrap();
+        assert_eq!(rows(&db).await, [2]);
+    }
+
+    #[tokio::test]
+    async fn in_a_group_commit_a_failing_transaction_is_rolled_back_without_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), &T).unwrap();
+        // The writer is held by a plain job until all three transactions are queued, so they
+        // are taken as one group.
+        let (started, writer_held) = oneshot::channel();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let writer = db.clone();
+        let blocker = tokio::spawn(async move {
+            writer
+                .call(move |_| {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        });
+        writer_held.await.unwrap();
+        let group = async {
+            let (a, b, c) = tokio::join!(write_then(&db, 1, false), write_then(&db, 2, true), write_then(&db, 3, false));
+            (a, b, c)
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            hold.send(()).unwrap();
+        };
+        let ((a, b, c), ()) = tokio::join!(group, release);
+        blocker.await.unwrap().unwrap();
+        a.unwrap();
+        assert!(matches!(b, Err(DbError::Sql(_))), "{b:?}");
+        c.unwrap();
+        assert_eq!(rows(&db).await, [1, 3]);
+    }
+
     #[test]
     fn a_file_sqlite_can_only_open_read_only_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
