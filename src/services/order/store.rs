@@ -365,19 +365,28 @@ impl Store {
         let mut seq = (state.log.len() - events.len().min(state.log.len())) as i64;
         self.db
             .tx(move |tx| {
-                let (lease_owner, lease_until) =
-                    if status == Status::Pending { (Some(owner), at + LEASE_MS) } else { (None, 0) };
                 // The log key first, then the row by that key: `UPDATE … RETURNING` would do both
                 // in one statement, but SQLite builds a temporary table for every RETURNING, which
                 // cost more than the second lookup (a fifth of the order database's thread).
                 let key = tx
                     .prepare_cached("SELECT id, created_at FROM orders WHERE order_id = ?1")?
                     .query_row([&order_id], |r| Ok(LogKey { order: r.get(0)?, created_ms: r.get(1)? }))?;
-                tx.prepare_cached(
-                    "UPDATE orders SET status = ?2, failure = ?3, payment_id = ?4, updated_at = ?5, lease_owner = ?6, lease_until = ?7
-                     WHERE id = ?1",
-                )?
-                .execute(params![key.order, status.as_str(), failure, payment_id, at, lease_owner, lease_until])?;
+                if status == Status::Pending {
+                    // Still PENDING, as it was (an order never returns to it): the status is left
+                    // out, so SQLite neither checks its `IN (…)` constraint (a temporary table of
+                    // the list each time) nor touches the index of PENDING orders.
+                    tx.prepare_cached(
+                        "UPDATE orders SET failure = ?2, payment_id = ?3, updated_at = ?4, lease_owner = ?5, lease_until = ?6
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![key.order, failure, payment_id, at, owner, at + LEASE_MS])?;
+                } else {
+                    tx.prepare_cached(
+                        "UPDATE orders SET status = ?2, failure = ?3, payment_id = ?4, updated_at = ?5, lease_owner = NULL, lease_until = 0
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![key.order, status.as_str(), failure, payment_id, at])?;
+                }
                 for e in &events {
                     seq += 1;
                     insert_event(tx, key, seq, at, e, &implied)?;
