@@ -413,16 +413,9 @@ async fn exercise(
     let run_id = load.run_id().to_string();
     let started_wall = SystemTime::now() - load.started().elapsed();
     let (stop, stopped) = watch::channel(false);
-    let timeline = tokio::spawn(timeline(
-        control.clone(),
-        drill.faults.clone(),
-        seed,
-        expiry_horizon(drill),
-        load.started(),
-        stopped,
-        load.bar().clone(),
-        quiet,
-    ));
+    let schedule =
+        Schedule { faults: drill.faults.clone(), seed, horizon: expiry_horizon(drill), started: load.started() };
+    let timeline = tokio::spawn(timeline(control.clone(), schedule, stopped, load.bar().clone(), quiet));
     let halt = Halting { stop: &stop, control };
     let driven = drive(&mut load, interrupts, &drill.halt, Some(halt)).await;
     let load_end = load.started().elapsed();
@@ -529,18 +522,28 @@ fn interrupted() -> anyhow::Error {
     Failure::runtime("interrupted; the drill's faults were cleared")
 }
 
+/// The faults a timeline applies, and when.
+pub struct Schedule {
+    pub faults: Vec<Fault>,
+    /// The run's seed, handed to each fault's request.
+    pub seed: Option<u64>,
+    /// How long the run may last at most, if known: a fault without a duration of its own
+    /// expires a little after it.
+    pub horizon: Option<Duration>,
+    /// The moment the faults' offsets count from.
+    pub started: Instant,
+}
+
 /// Applies each fault at its offset, in time order, until the load ends (`stop`); faults
 /// still waiting then are never applied.
 pub async fn timeline(
     control: Arc<Control>,
-    faults: Vec<Fault>,
-    seed: Option<u64>,
-    horizon: Option<Duration>,
-    started: Instant,
+    schedule: Schedule,
     mut stop: watch::Receiver<bool>,
     bar: indicatif::ProgressBar,
     quiet: bool,
 ) -> Vec<Applied> {
+    let Schedule { faults, seed, horizon, started } = schedule;
     let mut applied: Vec<Applied> = faults.iter().map(|_| Applied::default()).collect();
     let mut order: Vec<usize> = (0..faults.len()).collect();
     order.sort_by_key(|i| faults[*i].at);
@@ -772,8 +775,8 @@ pub async fn monkey(control: Control, faults: Vec<Fault>, duration: Duration, qu
     let started = Instant::now();
     let (stop, stopped) = watch::channel(false);
     let bar = indicatif::ProgressBar::hidden();
-    let mut applying =
-        tokio::spawn(timeline(control.clone(), faults, None, Some(duration), started, stopped, bar, quiet));
+    let schedule = Schedule { faults, seed: None, horizon: Some(duration), started };
+    let mut applying = tokio::spawn(timeline(control.clone(), schedule, stopped, bar, quiet));
     let end = tokio::time::sleep_until((started + duration).into());
     tokio::pin!(end);
     let mut finished = None;

@@ -672,7 +672,8 @@ mod tests {
         });
         writer_held.await.unwrap();
         let group = async {
-            let (a, b, c) = tokio::join!(write_then(&db, 1, false), write_then(&db, 2, true), write_then(&db, 3, false));
+            let (a, b, c) =
+                tokio::join!(write_then(&db, 1, false), write_then(&db, 2, true), write_then(&db, 3, false));
             (a, b, c)
         };
         let release = async {
