@@ -183,16 +183,39 @@ fn invalid(event_id: &str, order_id: &str) -> Option<&'static str> {
         .then_some("`event_id` (1 to 64 characters) and `order_id` are required")
 }
 
-/// The upsert that makes delivery idempotent: the first delivery of an event id creates its
-/// notification, a repeat only counts itself.
-const UPSERT: &str =
-    "INSERT INTO notifications (event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT(event_id) DO UPDATE SET deliveries = deliveries + 1";
-
-/// The first half of [`UPSERT`]: creates the notification unless the event id has one.
-const INSERT_NEW: &str =
-    "INSERT INTO notifications (event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT(event_id) DO NOTHING";
+/// Stores one delivery, idempotently: the first delivery of an event id creates its
+/// notification, a repeat only counts itself. Answers the notification's id and whether this
+/// delivery created it.
+///
+/// An upsert (`ON CONFLICT … DO UPDATE … RETURNING`) would do it in one statement, but SQLite
+/// builds a temporary table for every `RETURNING`; here only a repeat (rare: a relay retrying)
+/// reads anything back.
+fn deliver(
+    tx: &rusqlite::Connection,
+    event_id: &str,
+    order_id: &str,
+    user_id: &str,
+    kind: &str,
+    message: &str,
+    now: i64,
+) -> rusqlite::Result<(String, bool)> {
+    let id = ids::new("ntf");
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO notifications (event_id, notification_id, order_id, user_id, kind, message, deliveries, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) ON CONFLICT(event_id) DO NOTHING",
+        )?
+        .execute(rusqlite::params![event_id, id, order_id, user_id, kind, message, now])?;
+    if inserted == 1 {
+        return Ok((id, true));
+    }
+    let first = tx
+        .prepare_cached(
+            "UPDATE notifications SET deliveries = deliveries + 1 WHERE event_id = ?1 RETURNING notification_id",
+        )?
+        .query_row([event_id], |r| r.get(0))?;
+    Ok((first, false))
+}
 
 async fn notify(
     State(db): State<Db>,
@@ -203,19 +226,12 @@ async fn notify(
     }
     let (created, n) = db
         .tx(move |tx| {
-            let n = tx.prepare_cached(&format!("{UPSERT} RETURNING {COLUMNS}"))?.query_row(
-                rusqlite::params![
-                    req.event_id,
-                    ids::new("ntf"),
-                    req.order_id,
-                    req.user_id,
-                    req.kind,
-                    req.message,
-                    now_ms()
-                ],
-                row,
-            )?;
-            Ok((n.deliveries == 1, n))
+            let (_, created) =
+                deliver(tx, &req.event_id, &req.order_id, &req.user_id, &req.kind, &req.message, now_ms())?;
+            let n = tx
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM notifications WHERE event_id = ?1"))?
+                .query_row([&req.event_id], row)?;
+            Ok((created, n))
         })
         .await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(n)))
@@ -258,25 +274,10 @@ async fn notify_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let (items, stored) = db
         .tx(move |tx| {
-            // What the upsert does, in two steps: the insert, and for a repeat (rare: a relay
-            // retrying) the count and a read of the notification made the first time. The
-            // upsert's `RETURNING` would cost SQLite a temporary table for every item.
-            let mut insert = tx.prepare_cached(INSERT_NEW)?;
-            let mut repeat = tx.prepare_cached(
-                "UPDATE notifications SET deliveries = deliveries + 1 WHERE event_id = ?1 RETURNING notification_id",
-            )?;
             let now = now_ms();
             let stored = items
                 .iter()
-                .map(|i| {
-                    let id = ids::new("ntf");
-                    let params = rusqlite::params![i.event_id, id, i.order_id, i.user_id, i.kind, i.message, now];
-                    if insert.execute(params)? == 1 {
-                        Ok((id, true))
-                    } else {
-                        Ok((repeat.query_row([&i.event_id], |r| r.get::<_, String>(0))?, false))
-                    }
-                })
+                .map(|i| deliver(tx, &i.event_id, &i.order_id, &i.user_id, &i.kind, &i.message, now))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok((items, stored))
         })
