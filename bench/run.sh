@@ -10,6 +10,8 @@
 #
 # Usage: bench/run.sh [--grow N [--direct]]
 #   DURATION=10s CONNECTIONS=32 ROUNDS=3 bench/run.sh   to change the rounds
+#   GROW_ROUNDS=7   the rounds of the grown stack and the empty copy, taken in turn (default 7:
+#                   the comparison is within 5%, and single rounds here move by more than that)
 #   --grow N   after the measures on an empty stack, fills the stack with saga orders until it
 #              holds N, then measures again (throughput, p99, disk per order, invariants time,
 #              resident memory) and reports both ends under "grow". The throughput is compared
@@ -38,6 +40,7 @@ done
 duration="${DURATION:-10s}"
 connections="${CONNECTIONS:-32}"
 rounds="${ROUNDS:-3}"
+grow_rounds="${GROW_ROUNDS:-7}"
 # Checked before anything is built or run: a bad value would otherwise surface only at the end,
 # after minutes of measuring.
 whole() { # $1 = what, $2 = value, $3 = an example
@@ -48,7 +51,9 @@ whole() { # $1 = what, $2 = value, $3 = an example
 whole --grow "$grow" 1000000
 whole CONNECTIONS "$connections" 32
 whole ROUNDS "$rounds" 3
-[ "$rounds" -ge 1 ] && [ "$connections" -ge 1 ] || { echo "ROUNDS and CONNECTIONS must be at least 1" >&2; exit 2; }
+whole GROW_ROUNDS "$grow_rounds" 7
+[ "$rounds" -ge 1 ] && [ "$grow_rounds" -ge 1 ] && [ "$connections" -ge 1 ] ||
+  { echo "ROUNDS, GROW_ROUNDS and CONNECTIONS must be at least 1" >&2; exit 2; }
 if ! [[ "$duration" =~ ^[1-9][0-9]*[sm]$ ]]; then
   echo "DURATION is a number of seconds or minutes, such as 10s or 1m; got \`$duration\`" >&2; exit 2
 fi
@@ -124,7 +129,9 @@ disk_kb() { du -sk "$state/data" | cut -f1; }
 # Each measure runs ROUNDS times (default 3) and the median round is reported: the machine is
 # shared, and one round can be off by 15% either way.
 median() { # $1 = prefix: copies the round with the median rate to $1.txt
-  for f in "$1".*.txt; do echo "$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$f") $f"; done | sort -n | awk -v n="$rounds" 'NR == int((n + 1) / 2) {print $2}' | xargs -I{} cp {} "$1.txt"
+  local n
+  n=$(ls "$1".*.txt | wc -l)
+  for f in "$1".*.txt; do echo "$(grep -oP 'Requests/sec:\s+\K[\d.]+' "$f") $f"; done | sort -n | awk -v n="$n" 'NR == int((n + 1) / 2) {print $2}' | xargs -I{} cp {} "$1.txt"
 }
 measure() { # $1 = name, $2 = url, $3 = lua script or "" : ROUNDS rounds, the median kept as $work/$1.txt
   local script=()
@@ -166,8 +173,8 @@ LUA
 
 # Two measures compared with each other run their rounds in turn, so a drift of this shared
 # machine's speed during the run moves both sides alike (a round can be off by 15% either way).
-measure_pair() { # $1 $2 $3 = name, url, lua script or "" of one side; $4 $5 $6 = the other's
-  local a=() b=()
+measure_pair() { # $1 $2 $3 = name, url, lua script or "" of one side; $4 $5 $6 = the other's; $7 = rounds
+  local a=() b=() n="$7"
   [ -n "$3" ] && a=(-s "$3")
   [ -n "$6" ] && b=(-s "$6")
   wrk -t1 -c"$connections" -d2s "${a[@]}" "$2" >/dev/null                            # warm-ups
@@ -175,7 +182,7 @@ measure_pair() { # $1 $2 $3 = name, url, lua script or "" of one side; $4 $5 $6 
   rm -f "$work/$1".*.txt "$work/$4".*.txt
   # A, B, then B, A, and so on: neither side always runs second, just after the other's load
   # (its notifications still going out), and each waits a second for that to settle.
-  for i in $(seq "$rounds"); do
+  for i in $(seq "$n"); do
     local order=(1 4); [ $((i % 2)) -eq 0 ] && order=(4 1)
     for side in "${order[@]}"; do
       sleep 1
@@ -203,7 +210,7 @@ rss > "$work/rss_idle"
 measure healthz "$gw/healthz" ""
 before=$(orders_count)
 cpu_ticks > "$work/cpu_before"
-measure_pair hello "$hello_url" "" orders "$gw/orders" "$work/order.lua"
+measure_pair hello "$hello_url" "" orders "$gw/orders" "$work/order.lua" "$rounds"
 cpu_ticks > "$work/cpu_after"
 kill "$hello_pid"; wait "$hello_pid" 2>/dev/null || true; hello_pid=""
 after_orders=$(orders_count)
@@ -248,7 +255,7 @@ if [ "$grow" -gt 0 ]; then
   before_grown=$(orders_count)
   shop_empty up -d -q >/dev/null
   sleep 1
-  measure_pair empty_beside "$gw_empty/orders" "$work/order.lua" grown "$gw/orders" "$work/order.lua"
+  measure_pair empty_beside "$gw_empty/orders" "$work/order.lua" grown "$gw/orders" "$work/order.lua" "$grow_rounds"
   shop_empty down -q
   rss > "$work/rss_grown"
   grown_inv_ms=$(time_invariants "$work/invariants_grown.json")
@@ -260,10 +267,10 @@ t2=$(ms); shop down -q; t3=$(ms)
 down_ms=$((t3 - t2))
 
 python3 - "$work" "$state" "$up_ms" "$down_ms" "$before" "$after_orders" "$connections" "$duration" \
-  "$inv_ms" "$empty_orders" "$empty_disk_kb" "$grow" "$fill" "$fill_ms" "$grown_inv_ms" "$grown_orders" "$grown_disk_kb" <<'PY'
+  "$inv_ms" "$empty_orders" "$empty_disk_kb" "$grow" "$fill" "$fill_ms" "$grown_inv_ms" "$grown_orders" "$grown_disk_kb" "$rounds" "$grow_rounds" <<'PY'
 import glob, json, re, sqlite3, sys, platform, os
 (work, state, up_ms, down_ms, before, after_orders, conns, duration, inv_ms, empty_orders, empty_disk_kb,
- grow, fill, fill_ms, grown_inv_ms, grown_orders, grown_disk_kb) = sys.argv[1:]
+ grow, fill, fill_ms, grown_inv_ms, grown_orders, grown_disk_kb, rounds, grow_rounds) = sys.argv[1:]
 def wrk(path):
     text = open(path).read()
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -301,7 +308,7 @@ inv = invariants(f"{work}/invariants.json")
 per_order = lambda kb, n: round(int(kb) * 1024 / int(n)) if int(n) else None
 result = {
     "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-    "connections": int(conns), "duration": duration,
+    "connections": int(conns), "duration": duration, "rounds": int(rounds),
     "hello_axum": hello, "healthz": healthz, "orders": orders, "mixed": mixed,
     "saga_to_hop_ratio": round(orders["rate_per_s"] / healthz["rate_per_s"], 4),
     "saga_to_axum_ratio": round(orders["rate_per_s"] / hello["rate_per_s"], 4),
@@ -317,6 +324,7 @@ if int(grow):
     ginv = invariants(f"{work}/invariants_grown.json")
     result["grow"] = {
         "target_orders": int(grow), "fill": fill, "fill_ms": int(fill_ms), "orders_stored": int(grown_orders),
+        "rounds": int(grow_rounds),
         "empty": {"orders_per_s": orders["rate_per_s"], "p99_ms": orders["p99_ms"],
                   "disk_bytes_per_order": result["disk_bytes_per_order"], "invariants_ms": int(inv_ms),
                   "rss_mb": result["rss_mb_after_load"]},

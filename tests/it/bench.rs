@@ -37,6 +37,7 @@ fn run_bench(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("DURATION")
         .env_remove("CONNECTIONS")
         .env_remove("ROUNDS")
+        .env_remove("GROW_ROUNDS")
         .envs(env.iter().copied())
         .output()
         .unwrap()
@@ -51,13 +52,15 @@ type Refusal = (&'static [&'static str], &'static [(&'static str, &'static str)]
 
 #[test]
 fn the_benchmark_refuses_bad_arguments_in_one_line_before_it_runs_anything() {
-    let refused: [Refusal; 7] = [
+    let refused: [Refusal; 9] = [
         (&["--grow", "abc"], &[], "--grow takes a whole number, such as 1000000; got `abc`"),
         (&["--grow"], &[], "--grow needs a number of orders, such as 1000000"),
         (&["--direct"], &[], "--direct chooses how --grow N fills the stack; give --grow N with it"),
         (&["--fast"], &[], "unknown argument: --fast (usage: bench/run.sh [--grow N [--direct]]; --help for more)"),
         (&[], &[("DURATION", "10")], "DURATION is a number of seconds or minutes, such as 10s or 1m; got `10`"),
-        (&[], &[("ROUNDS", "0")], "ROUNDS and CONNECTIONS must be at least 1"),
+        (&[], &[("ROUNDS", "0")], "ROUNDS, GROW_ROUNDS and CONNECTIONS must be at least 1"),
+        (&[], &[("GROW_ROUNDS", "0")], "ROUNDS, GROW_ROUNDS and CONNECTIONS must be at least 1"),
+        (&[], &[("GROW_ROUNDS", "seven")], "GROW_ROUNDS takes a whole number, such as 7; got `seven`"),
         (&[], &[("CONNECTIONS", "many")], "CONNECTIONS takes a whole number, such as 32; got `many`"),
     ];
     for (args, env, message) in refused {
@@ -75,7 +78,7 @@ fn the_benchmark_explains_itself_with_help() {
         assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stderr));
         let help = text(&out.stdout);
         assert!(help.starts_with("Usage: bench/run.sh [--grow N [--direct]]\n"), "{help}");
-        for part in ["DURATION=10s CONNECTIONS=32 ROUNDS=3", "--grow N", "--direct", "bench/results.json"] {
+        for part in ["DURATION=10s CONNECTIONS=32 ROUNDS=3", "GROW_ROUNDS=7", "--grow N", "--direct", "bench/results.json"] {
             assert!(help.contains(part), "{flag} does not mention {part}:\n{help}");
         }
         assert!(!help.lines().any(|l| l.starts_with('#')), "comment marks left in:\n{help}");
