@@ -111,7 +111,9 @@ pub struct Discovery {
     /// service spread over its instances whatever the pattern of calls to others.
     next: [AtomicUsize; 32],
     /// Last time a cache miss forced a refresh, so a missing service cannot hammer the registry.
-    last_forced: Mutex<Option<Instant>>,
+    /// Held across that refresh: the other misses meanwhile wait for its view instead of
+    /// finding no instance at once (a burst of them would open the caller's circuit breaker).
+    last_forced: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Discovery {
@@ -124,7 +126,7 @@ impl Discovery {
             view: RwLock::new(HashMap::new()),
             suspect: Mutex::new(HashMap::new()),
             next: std::array::from_fn(|_| AtomicUsize::new(0)),
-            last_forced: Mutex::new(None),
+            last_forced: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -246,15 +248,13 @@ impl Discovery {
         if let Some(list) = self.cached(service) {
             return list;
         }
-        let force = {
-            let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
-            let due = last.is_none_or(|t| t.elapsed() > Duration::from_millis(100));
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
-        if force {
+        let mut last = self.last_forced.lock().await;
+        // The refresh this caller waited for may have brought the service.
+        if let Some(list) = self.cached(service) {
+            return list;
+        }
+        if last.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
+            *last = Some(Instant::now());
             self.refresh().await;
         }
         self.cached(service).unwrap_or_default()
@@ -289,8 +289,8 @@ impl Discovery {
         suspect.insert(address.to_string(), Instant::now() + Duration::from_secs(1));
     }
 
-    /// The cached view of every service, for readiness checks: in `dns` mode, whether the
-    /// service has an address at all (reachability is the platform's readiness probes' job).
+    /// Whether the cached view has an address for `service`, without asking the registry (in
+    /// `dns` mode, whether it was given one at all).
     pub fn knows(&self, service: &str) -> bool {
         self.cached(service).is_some()
     }

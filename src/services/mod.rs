@@ -295,7 +295,7 @@ pub fn db_ready(db: Db) -> ReadyCheck {
     })
 }
 
-/// Readiness that also needs each of `deps` to be known in the registry view.
+/// Readiness that also needs each of `deps` to be known in the registry (or `dns` peers).
 pub fn ready_with_deps(rt: &Arc<Runtime>, deps: &'static [&'static str]) -> ReadyCheck {
     let db = db_ready(rt.db.clone());
     let discovery = rt.discovery().clone();
@@ -304,7 +304,14 @@ pub fn ready_with_deps(rt: &Arc<Runtime>, deps: &'static [&'static str]) -> Read
         let discovery = discovery.clone();
         Box::pin(async move {
             db().await?;
-            let missing: Vec<&str> = deps.iter().copied().filter(|d| !discovery.knows(d)).collect();
+            // A dependency missing from the cached view is looked up in the registry before it
+            // counts as missing: it may have registered after this process last refreshed.
+            let mut missing = Vec::new();
+            for dep in deps.iter().copied() {
+                if discovery.instances(dep).await.is_empty() {
+                    missing.push(dep);
+                }
+            }
             if missing.is_empty() {
                 Ok(())
             } else {

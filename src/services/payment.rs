@@ -201,7 +201,12 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
         .route("/v1/payments/by-order/{order_id}", get(by_order))
         .route("/v1/payments/by-order/{order_id}/refund", post(refund))
         .with_state(Payments { db: rt.db.clone(), client: rt.client.clone(), cards: Arc::default() });
-    Ok(Service { extra_metrics: Some(extra), ..Service::new(routes) })
+    // Charges resolve the card token with the user service (the card vault, SPEC section 17).
+    Ok(Service {
+        ready: Some(super::ready_with_deps(rt, &["user"])),
+        extra_metrics: Some(extra),
+        ..Service::new(routes)
+    })
 }
 
 const COLUMNS: &str =

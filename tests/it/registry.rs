@@ -1,5 +1,6 @@
 //! Discovery: registration, the cached view while the registry is gone, re-registration.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -117,4 +118,44 @@ fn parse_prometheus(text: &str) -> Result<Vec<(String, String, f64)>, String> {
         out.push((name.to_string(), labels.to_string(), value));
     }
     Ok(out)
+}
+
+/// A process that has not yet seen a service (it started beside it) and then gets a burst of
+/// calls for it: every call of the burst must find it. One refresh runs and the others wait for
+/// its view; failing them at once with "no instance" counted toward the caller's circuit breaker
+/// and opened it for `open_for` right after `shop up`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_calls_for_a_service_not_yet_in_the_view_waits_for_one_refresh() {
+    let stack = TestStack::start().await;
+    let discovery =
+        Arc::new(shop::plumbing::discovery::Discovery::new(&stack.registry_url, reqwest::Client::new(), None));
+    assert!(!discovery.knows("user"), "a new view starts empty");
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let discovery = discovery.clone();
+        burst.spawn(async move { discovery.pick("user").await });
+    }
+    let picks = burst.join_all().await;
+    let user = stack.url(Kind::User, "").trim_start_matches("http://").to_string();
+    assert!(picks.iter().all(|p| p.as_deref() == Some(user.as_str())), "{picks:?}");
+}
+
+/// Payment needs the user service to resolve card tokens, so its readiness (SPEC section 5:
+/// the database and the required dependencies) follows whether an instance of it is known.
+#[tokio::test(flavor = "multi_thread")]
+async fn payment_is_ready_only_while_an_instance_of_the_user_service_is_known() {
+    let mut stack = TestStack::start().await;
+    let url = stack.url(Kind::Payment, "/readyz");
+    assert_eq!(stack.get(&url, None).await.0, StatusCode::OK);
+    stack.kill(Kind::User);
+    let refused = eventually(Duration::from_secs(15), async || {
+        let (status, body) = stack.get(&url, None).await;
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && body["error"]["message"].as_str().is_some_and(|m| m.contains("no instance registered for: user"))
+    })
+    .await;
+    assert!(refused, "payment stayed ready with no user service: {:?}", stack.get(&url, None).await);
+    stack.spawn(Kind::User).await;
+    let back = eventually(Duration::from_secs(15), async || stack.get(&url, None).await.0 == StatusCode::OK).await;
+    assert!(back, "payment did not become ready again: {:?}", stack.get(&url, None).await);
 }
