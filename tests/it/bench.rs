@@ -78,7 +78,9 @@ fn the_benchmark_explains_itself_with_help() {
         assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stderr));
         let help = text(&out.stdout);
         assert!(help.starts_with("Usage: bench/run.sh [--grow N [--direct]]\n"), "{help}");
-        for part in ["DURATION=10s CONNECTIONS=32 ROUNDS=3", "GROW_ROUNDS=7", "--grow N", "--direct", "bench/results.json"] {
+        for part in
+            ["DURATION=10s CONNECTIONS=32 ROUNDS=3", "GROW_ROUNDS=7", "--grow N", "--direct", "bench/results.json"]
+        {
             assert!(help.contains(part), "{flag} does not mention {part}:\n{help}");
         }
         assert!(!help.lines().any(|l| l.starts_with('#')), "comment marks left in:\n{help}");
