@@ -127,8 +127,7 @@ fn parse_prometheus(text: &str) -> Result<Vec<(String, String, f64)>, String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_calls_for_a_service_not_yet_in_the_view_waits_for_one_refresh() {
     let stack = TestStack::start().await;
-    let discovery =
-        Arc::new(shop::plumbing::discovery::Discovery::new(&stack.registry_url, reqwest::Client::new(), None));
+    let discovery = Arc::new(shop::plumbing::discovery::Discovery::new(&stack.registry_url, stack.http.clone(), None));
     assert!(!discovery.knows("user"), "a new view starts empty");
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..32 {
