@@ -7,7 +7,7 @@ use super::context::Context;
 use super::{exit, output};
 use crate::error::Failure;
 use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow};
-use crate::orchestrator::proxy::toxic::{duration_ms, parse_rate, parse_size};
+use crate::orchestrator::proxy::toxic::{duration_ms, listed, parse_rate, parse_size};
 use crate::orchestrator::proxy::{Direction, Toxic, ToxicKind, ToxicSpec};
 use crate::plumbing::time::parse_duration;
 
@@ -21,7 +21,7 @@ pub enum ChaosCommand {
         #[arg(long, default_value = "KILL")]
         signal: String,
         /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
-        #[arg(long = "for", value_parser = parse_duration)]
+        #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
         for_: Option<Duration>,
         /// Let the restart policy bring it back, as after a crash
         #[arg(long)]
@@ -32,7 +32,7 @@ pub enum ChaosCommand {
         /// A service (all its instances) or one instance (e.g. order-2)
         target: String,
         /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
-        #[arg(long = "for", value_parser = parse_duration)]
+        #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
         for_: Option<Duration>,
     },
     /// SIGCONT a paused service
@@ -45,16 +45,16 @@ pub enum ChaosCommand {
         /// A service (all its instances) or one instance (e.g. order-2)
         target: String,
         /// How long each affected request is held (e.g. 200ms)
-        #[arg(value_parser = parse_duration)]
+        #[arg(value_parser = parse_duration, allow_hyphen_values = true)]
         delay: Duration,
         /// Up to this much more or less, at random (e.g. 50ms)
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         jitter: Option<Duration>,
         /// Share of requests delayed
-        #[arg(long, default_value_t = 100.0)]
+        #[arg(long, default_value_t = 100.0, allow_hyphen_values = true)]
         percent: f64,
         /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
-        #[arg(long = "for", value_parser = parse_duration)]
+        #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
         for_: Option<Duration>,
         /// Makes percentages and jitter reproducible
         #[arg(long)]
@@ -68,10 +68,10 @@ pub enum ChaosCommand {
         #[arg(long, default_value_t = 503)]
         status: u16,
         /// Share of requests that fail
-        #[arg(long, default_value_t = 100.0)]
+        #[arg(long, default_value_t = 100.0, allow_hyphen_values = true)]
         percent: f64,
         /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
-        #[arg(long = "for", value_parser = parse_duration)]
+        #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
         for_: Option<Duration>,
         /// Makes percentages reproducible
         #[arg(long)]
@@ -84,7 +84,7 @@ pub enum ChaosCommand {
         /// The other side: a service or one instance
         b: String,
         /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
-        #[arg(long = "for", value_parser = parse_duration)]
+        #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
         for_: Option<Duration>,
         /// Refuse the calls at once instead of letting them hang (the callers' client fails them)
         #[arg(long)]
@@ -147,7 +147,7 @@ pub struct NetArgs {
     #[arg(long)]
     from: Option<String>,
     /// End the fault after this long (e.g. 30s); `chaos clear` ends it sooner
-    #[arg(long = "for", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
     for_: Option<Duration>,
     /// Makes toxicity and jitter reproducible
     #[arg(long)]
@@ -161,6 +161,28 @@ impl NetArgs {
             format!("`{}` needs {what}, e.g. shop chaos net {} {} {example}", self.toxic, self.target, self.toxic)
         };
         let ms = |d: Option<Duration>| d.map(duration_ms);
+        let given: Vec<&'static str> = [
+            ("delay", self.delay.is_some()),
+            ("jitter", self.jitter.is_some()),
+            ("rate", self.rate.is_some()),
+            ("close-after", self.close_after.is_some()),
+            ("after", self.after.is_some()),
+            ("size", self.size.is_some()),
+            ("variation", self.variation.is_some()),
+            ("bytes", self.bytes.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(param, set)| set.then_some(param))
+        .collect();
+        if let Some((param, owners)) = self.toxic.stray(&given) {
+            let takes: Vec<String> = self.toxic.params().iter().map(|p| format!("--{p}")).collect();
+            return Err(format!(
+                "--{param} belongs to a {} toxic, not to `{}`, which takes {}",
+                ToxicKind::either(&owners),
+                self.toxic,
+                listed(&takes, "and")
+            ));
+        }
         Ok(match self.toxic {
             ToxicKind::Latency => Toxic::Latency {
                 delay_ms: ms(self.delay).ok_or_else(|| need("--delay", "--delay 200ms"))?,
@@ -186,6 +208,16 @@ impl NetArgs {
     }
 }
 
+/// `--for`: a fault that would end as it starts is a slip of the keyboard, not a fault.
+fn parse_for(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "`{s}` would end the fault as it starts; write e.g. 30s, or leave --for out to keep it until `chaos clear`"
+        )),
+        d => Ok(d),
+    }
+}
+
 fn ms(d: Option<Duration>) -> Option<u64> {
     d.map(|d| d.as_millis() as u64)
 }
@@ -197,14 +229,15 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
     if let ChaosCommand::Monkey(args) = command {
         return super::drill::monkey(ctx, args).await;
     }
-    let control = ctx.control()?;
+    // Bad flags are usage errors whether or not a stack runs: the request is built first.
     let request = match command {
         ChaosCommand::List => {
-            let rows = control.chaos_list().await?;
+            let rows = ctx.control()?.chaos_list().await?;
             print_rows(ctx, &rows);
             return Ok(exit::OK);
         }
         ChaosCommand::Clear { target } => {
+            let control = ctx.control()?;
             let before = control.chaos_list().await?.len();
             let rows = control.chaos_clear(target.clone()).await?;
             if ctx.json {
@@ -279,7 +312,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
         }
         ChaosCommand::Drill(_) | ChaosCommand::Monkey(_) => unreachable!("handled above"),
     };
-    let rows = control.chaos(&request).await?;
+    let rows = ctx.control()?.chaos(&request).await?;
     if !ctx.quiet && !ctx.json {
         eprintln!("{} {}: done", request.action, request.target);
     }

@@ -14,7 +14,7 @@ use crate::plumbing::time::parse_duration;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Grace period between SIGTERM and SIGKILL
-    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration)]
+    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Duration,
     /// Also delete the stack's databases and logs
     #[arg(long)]

@@ -129,7 +129,7 @@ async fn plan(ctx: &Context, drill: &Drill) -> anyhow::Result<LoadPlan> {
 #[derive(clap::Args, Debug)]
 pub struct MonkeyArgs {
     /// How long the monkey runs
-    #[arg(long, value_parser = crate::plumbing::time::parse_duration)]
+    #[arg(long, value_parser = crate::plumbing::time::parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
     /// The same seed gives the same timeline
     #[arg(long, default_value_t = 0)]
@@ -141,10 +141,10 @@ pub struct MonkeyArgs {
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
     pub faults: Vec<String>,
     /// Mean time between two faults
-    #[arg(long, default_value = "4s", value_parser = crate::plumbing::time::parse_duration)]
+    #[arg(long, default_value = "4s", value_parser = crate::plumbing::time::parse_duration, allow_hyphen_values = true)]
     pub mean_interval: Duration,
     /// How long each fault lasts [default: the mean interval]
-    #[arg(long = "for", value_parser = crate::plumbing::time::parse_duration)]
+    #[arg(long = "for", value_parser = crate::plumbing::time::parse_duration, allow_hyphen_values = true)]
     pub for_: Option<Duration>,
     /// At most this many faults at once
     #[arg(long, default_value_t = 1)]
@@ -165,8 +165,9 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
             KINDS.join(", ")
         )));
     }
-    if args.duration.is_zero() || args.mean_interval.is_zero() || args.max_concurrent == 0 {
-        return Err(Failure::usage("--duration, --mean-interval and --max-concurrent must be above 0"));
+    let zero_for = args.for_.is_some_and(|d| d.is_zero());
+    if args.duration.is_zero() || args.mean_interval.is_zero() || args.max_concurrent == 0 || zero_for {
+        return Err(Failure::usage("--duration, --mean-interval, --for and --max-concurrent must be above 0"));
     }
     let monkey = Monkey {
         mean_interval: args.mean_interval,

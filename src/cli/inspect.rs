@@ -47,7 +47,7 @@ pub enum InspectCommand {
     /// Check the business invariants across all service databases
     Invariants {
         /// Wait up to this long for in-flight sagas to finish
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
         settle: Duration,
     },
 }

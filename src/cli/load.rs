@@ -22,18 +22,18 @@ use crate::traffic::{Gateway, Load, LoadError, LoadPlan, Summary, Weights, MAX_C
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// How many orders to place
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
     pub orders: u64,
     /// Closed loop: how many orders are in flight at once (default 8). With --rate: the cap on
     /// orders in flight (default 1000); an order due while the cap is reached is dropped
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, allow_hyphen_values = true)]
     pub concurrency: Option<u64>,
     /// Open loop: start order n at start + n/RATE whatever earlier orders did (e.g. 200 or
     /// 200/s); latency is then measured from the scheduled start
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
     pub rate: Option<f64>,
     /// Stop starting new orders after this long (e.g. 30s); in-flight orders still finish
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Fixture users who place the orders, in turn, or weighted: alice:70,bob:20,dave:10
     #[arg(long, value_delimiter = ',', default_value = "alice")]
@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long = "threshold", value_name = "EXPR", value_parser = Threshold::parse)]
     pub thresholds: Vec<Threshold>,
     /// How long the gateway may wait for an order to finish before answering 202 (Prefer: wait)
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub wait: Duration,
     #[command(flatten)]
     pub target: GatewayArgs,

@@ -72,12 +72,14 @@ pub enum Printer {
 }
 
 impl Printer {
-    fn print(&self, instance: &str, line: &str) {
+    /// Fails when the reader is gone (a closed pipe), which ends a follow.
+    fn print(&self, instance: &str, line: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
         match self {
-            Printer::Styled(style) => println!("{}", style.render(instance, line)),
+            Printer::Styled(style) => writeln!(std::io::stdout(), "{}", style.render(instance, line)),
             // Lines that are not JSON would break a consumer reading one object per line.
-            Printer::Raw if line.trim_start().starts_with('{') => println!("{line}"),
-            Printer::Raw => {}
+            Printer::Raw if line.trim_start().starts_with('{') => writeln!(std::io::stdout(), "{line}"),
+            Printer::Raw => Ok(()),
         }
     }
 
@@ -131,7 +133,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     }
     merged.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, instance, line) in &merged {
-        printer.print(instance, line);
+        if printer.print(instance, line).is_err() {
+            return Ok(super::exit::OK); // the reader is gone (`shop logs | head`)
+        }
     }
     if args.follow {
         follow_query(&dir, &args.services, offsets, printer, query).await;
@@ -143,13 +147,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
 pub use crate::plumbing::log_query::readable;
 
 /// Prints lines appended to the logs (including logs of instances that appear later) until
-/// Ctrl-C.
+/// Ctrl-C or until stdout is closed.
 pub async fn follow(dir: &StateDir, filter: &[String], offsets: BTreeMap<String, u64>, style: &Style) {
     follow_query(dir, filter, offsets, Printer::Styled(style.clone()), LogQuery::default()).await
 }
 
 /// Prints the lines appended to the logs that the query keeps (including logs of instances
-/// that appear later) until Ctrl-C.
+/// that appear later) until Ctrl-C or until stdout is closed.
 async fn follow_query(
     dir: &StateDir,
     filter: &[String],
@@ -178,8 +182,10 @@ async fn follow_query(
             printer.add(&instance);
             for line in buf[..complete].lines() {
                 query.learn(line);
-                if query.matches(line) {
-                    printer.print(&instance, line);
+                if query.matches(line) && printer.print(&instance, line).is_err() {
+                    // Nobody reads any more (`shop up | head`): end as Ctrl-C would, so a
+                    // foreground `up` stops its stack instead of running on unseen.
+                    return;
                 }
             }
         }

@@ -1,5 +1,24 @@
 //! The command line: global options, the subcommands, and exit codes (SPEC section 3).
 
+/// `println!` for commands that may host the supervisor in this process (`up` in the
+/// foreground, `smoke`): a reader that goes away (`shop up | head`) must not panic it half-way
+/// through starting or stopping a stack, as the std macro does on a closed pipe. The line is
+/// dropped instead, and the log stream, which does notice, stops the stack as Ctrl-C would.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` for the same commands, for the same reason.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod chaos;
 mod context;
 mod down;

@@ -35,7 +35,7 @@ pub struct PlaceArgs {
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// How long to wait for the order to be CONFIRMED or FAILED
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub wait: Duration,
     #[command(flatten)]
     pub target: GatewayArgs,

@@ -14,8 +14,8 @@ pub fn color_stdout() -> bool {
 
 pub fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot render JSON: {e}"),
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("error: cannot render JSON: {e}"),
     }
 }
 

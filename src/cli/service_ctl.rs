@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(required = true)]
     pub services: Vec<String>,
     /// Grace period between SIGTERM and SIGKILL when stopping
-    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration)]
+    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Duration,
 }
 

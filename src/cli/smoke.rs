@@ -31,7 +31,7 @@ use crate::traffic::gateway::{self, root_cause, Gateway, OrderBody, Place, Token
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// How long the throw-away stack may take to start
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub wait_timeout: Duration,
     /// Also write the results as JUnit XML (one testcase per check), for CI
     #[arg(long, value_name = "FILE")]
@@ -65,7 +65,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let users = fixture_users(&stack)?;
     let dir = StateDir { root: std::env::temp_dir().join(crate::plumbing::ids::new("shop-smoke")) };
     if !ctx.quiet {
-        eprintln!("starting a throw-away stack in `{}` on free ports", dir.root.display());
+        errln!("starting a throw-away stack in `{}` on free ports", dir.root.display());
     }
     let running = match daemon::launch(stack.clone(), dir.clone(), &[], false).await {
         Ok(running) => running,
@@ -86,12 +86,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         _ = interrupted() => true,
     };
     if interrupted {
-        eprintln!("interrupted after {} of {} checks", report.checks.len(), CHECKS.len());
+        errln!("interrupted after {} of {} checks", report.checks.len(), CHECKS.len());
     } else {
         report.finish(started.elapsed());
     }
     if !ctx.quiet {
-        eprintln!("stopping the throw-away stack (Ctrl-C again to kill at once)");
+        errln!("stopping the throw-away stack (Ctrl-C again to kill at once)");
     }
     teardown(&sup, &dir).await;
     if let Some(path) = &args.junit {
@@ -146,7 +146,7 @@ async fn wait_started(sup: &Supervisor, timeout: Duration, quiet: bool) {
     if !quiet {
         let rows = sup.status().rows;
         let healthy = rows.iter().filter(|r| r.state == InstanceState::Healthy).count();
-        eprintln!(
+        errln!(
             "{healthy} of {} instances healthy after {} ms; running the checks",
             rows.len(),
             started.elapsed().as_millis()
@@ -167,7 +167,7 @@ async fn teardown(sup: &Supervisor, dir: &StateDir) {
     tokio::select! {
         _ = sup.down(GRACE) => {}
         _ = interrupted() => {
-            eprintln!("killing the throw-away stack");
+            errln!("killing the throw-away stack");
             sup.kill_all();
         }
     }
@@ -180,7 +180,7 @@ async fn teardown(sup: &Supervisor, dir: &StateDir) {
 fn remove_dir(dir: &StateDir) {
     if let Err(e) = std::fs::remove_dir_all(&dir.root) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("warning: cannot remove the throw-away state dir `{}`: {e}", dir.root.display());
+            errln!("warning: cannot remove the throw-away state dir `{}`: {e}", dir.root.display());
         }
     }
 }
@@ -211,9 +211,9 @@ impl Report {
         if !self.json {
             let (green, red, reset) = if self.color { ("\x1b[32m", "\x1b[31m", "\x1b[0m") } else { ("", "", "") };
             if check.ok {
-                println!("{green}PASS{reset} {} ({})", check.name, check.detail);
+                outln!("{green}PASS{reset} {} ({})", check.name, check.detail);
             } else {
-                println!("{red}FAIL{reset} {}: {}", check.name, check.detail);
+                outln!("{red}FAIL{reset} {}: {}", check.name, check.detail);
             }
         }
         self.checks.push(check);
@@ -231,7 +231,7 @@ impl Report {
                 duration_s: (elapsed.as_secs_f64() * 100.0).round() / 100.0,
             });
         } else {
-            println!("{passed} passed, {failed} failed");
+            outln!("{passed} passed, {failed} failed");
         }
     }
 }
@@ -610,9 +610,9 @@ impl Smoke {
         if tail.is_empty() {
             return;
         }
-        eprintln!("last lines of `{instance}`'s log:");
+        errln!("last lines of `{instance}`'s log:");
         for line in tail {
-            eprintln!("  {}", super::logs::readable(&line, false));
+            errln!("  {}", super::logs::readable(&line, false));
         }
     }
 }

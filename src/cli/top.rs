@@ -12,7 +12,7 @@ use crate::top::{app, render};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Time between refreshes (and the window of `--once` and `--json` rates)
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub interval: Duration,
     /// Print one frame as plain text and exit
     #[arg(long)]

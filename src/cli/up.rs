@@ -27,13 +27,13 @@ pub struct Args {
     #[arg(short, long)]
     pub detach: bool,
     /// How long to wait for every service to be healthy
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub wait_timeout: Duration,
     /// Start only the named services, not their dependencies
     #[arg(long)]
     pub no_deps: bool,
     /// Grace period between SIGTERM and SIGKILL when stopping
-    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration)]
+    #[arg(long, default_value = crate::plumbing::config::STOP_GRACE_ARG, value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Duration,
 }
 
@@ -62,7 +62,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         control.up(&Names { services: args.services.clone(), no_deps: args.no_deps, timeout_ms: None }).await?;
         let code = watch(ctx, &Source::Remote(control), &args, &dir, started).await?;
         if !args.detach {
-            eprintln!(
+            errln!(
                 "the stack runs in the background (pid in `{}`); following its logs, `shop down` stops it",
                 dir.root.display()
             );
@@ -81,7 +81,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let offsets = current_offsets(&dir);
     let code = watch(ctx, &Source::Local(running.sup.clone()), &args, &dir, started).await?;
     if !ctx.quiet {
-        eprintln!("streaming logs; Ctrl-C stops the stack");
+        errln!("streaming logs; Ctrl-C stops the stack");
     }
     let sup = running.sup.clone();
     let style = log_style(&dir);
@@ -90,12 +90,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         _ = sup.shutdown.notified() => {}
     }
     // First Ctrl-C (which ended `follow`): stop gracefully; a second one kills.
-    eprintln!("stopping the stack (Ctrl-C again to kill at once)");
+    errln!("stopping the stack (Ctrl-C again to kill at once)");
     let graceful = sup.down(args.timeout);
     tokio::select! {
         _ = graceful => {}
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("killing");
+            errln!("killing");
             sup.kill_all();
         }
     }
@@ -177,33 +177,32 @@ async fn watch(ctx: &Context, source: &Source, args: &Args, dir: &StateDir, star
     if ctx.json {
         output::print_json(&rows);
     } else {
-        println!("{}", output::ps_table(&rows));
+        outln!("{}", output::ps_table(&rows));
     }
     if !ctx.quiet && bad.is_empty() {
-        eprintln!("{} instances healthy in {} ms", rows.len(), started.elapsed().as_millis());
+        errln!("{} instances healthy in {} ms", rows.len(), started.elapsed().as_millis());
     }
     for r in &bad {
         match r.state {
-            InstanceState::Skipped => eprintln!(
+            InstanceState::Skipped => errln!(
                 "error: service `{}` was not started: {}",
                 r.instance,
                 r.detail.clone().unwrap_or_default().trim_start_matches("skipped: ")
             ),
             InstanceState::Failed | InstanceState::Crashed => {
-                eprintln!("error: service `{}` failed: {}", r.instance, r.detail.clone().unwrap_or_default());
+                errln!("error: service `{}` failed: {}", r.instance, r.detail.clone().unwrap_or_default());
                 let tail = crate::orchestrator::supervisor::tail_lines(&dir.log(&r.instance), 10);
                 if !tail.is_empty() {
-                    eprintln!("  last lines of `{}`:", dir.log(&r.instance).display());
+                    errln!("  last lines of `{}`:", dir.log(&r.instance).display());
                     for line in tail {
-                        eprintln!("    {}", super::logs::readable(&line, false));
+                        errln!("    {}", super::logs::readable(&line, false));
                     }
                 }
             }
-            state if timed_out => eprintln!(
-                "error: service `{}` is not healthy after {:?} (still {state})",
-                r.instance, args.wait_timeout
-            ),
-            state => eprintln!("error: service `{}` is {state}", r.instance),
+            state if timed_out => {
+                errln!("error: service `{}` is not healthy after {:?} (still {state})", r.instance, args.wait_timeout)
+            }
+            state => errln!("error: service `{}` is {state}", r.instance),
         }
     }
     Ok(if bad.is_empty() { exit::OK } else { exit::RUNTIME })
@@ -256,7 +255,7 @@ impl Progress {
             });
             if entry.1 != label {
                 if !self.tty && !self.quiet {
-                    eprintln!("{:<16} {label}", r.instance);
+                    errln!("{:<16} {label}", r.instance);
                 }
                 entry.0.set_message(label.clone());
                 if matches!(

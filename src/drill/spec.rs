@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::orchestrator::protocol::{ChaosAction, ChaosRequest};
-use crate::orchestrator::proxy::toxic::{duration_ms, parse_rate, parse_size};
+use crate::orchestrator::proxy::toxic::{duration_ms, listed, parse_rate, parse_size};
 use crate::orchestrator::proxy::{Direction, Toxic, ToxicKind, ToxicSpec};
 use crate::plumbing::time::parse_duration;
 use crate::plumbing::yaml::{self, Bool, Check, FileError, Float, Int, List, Node, Pos, Raw, Sp, Text};
@@ -948,6 +948,30 @@ fn net_action(c: &mut Check, raw: &RawFault, target: String, at: Pos, path: &str
         Ok(k) => k,
         Err(e) => return c.fail(raw_toxic.at, format!("{path}: {e}")),
     };
+    let params = [
+        ("delay", &raw.delay),
+        ("jitter", &raw.jitter),
+        ("rate", &raw.rate),
+        ("close-after", &raw.close_after),
+        ("after", &raw.after),
+        ("size", &raw.size),
+        ("variation", &raw.variation),
+        ("bytes", &raw.bytes),
+    ];
+    let given: Vec<&'static str> = params.iter().filter(|(_, v)| v.is_some()).map(|(p, _)| *p).collect();
+    if let Some((param, owners)) = kind.stray(&given) {
+        // The file spells the parameters with `_`, the CLI with `-`.
+        let key = |p: &str| format!("`{}`", p.replace('-', "_"));
+        let pos = params.iter().find(|(p, _)| *p == param).and_then(|(_, v)| v.as_ref()).map_or(at, |v| v.at);
+        let takes: Vec<String> = kind.params().iter().map(|p| key(p)).collect();
+        let message = format!(
+            "{path}: {} belongs to a {} toxic, not to `{kind}`, which takes {}",
+            key(param),
+            ToxicKind::either(&owners),
+            listed(&takes, "and")
+        );
+        return c.fail(pos, message);
+    }
     let ms = |c: &mut Check, raw: &Text, key: &str| -> Result<Option<u64>, ()> {
         optional_duration(c, raw, &format!("{path}.{key}")).map(|d| d.map(duration_ms))
     };
@@ -1159,6 +1183,21 @@ d.yaml:5:11: faults[1].at: `2 parsecs` is not a duration (unknown time unit \"pa
         assert!(err.contains("is not a size"), "{err}");
         let err = parse(&format!("{head}  - {{ at: 1s, kill: payment, toxic: reset }}\n")).unwrap_err();
         assert!(err.contains("`toxic` belongs to a net fault"), "{err}");
+        // A parameter of another toxic would otherwise be dropped: this reset would be at once.
+        let err = parse(&format!("{head}  - {{ at: 1s, net: payment, toxic: reset, delay: 50ms }}\n")).unwrap_err();
+        assert_eq!(
+            err,
+            "d.yaml:4:50: faults[0]: `delay` belongs to a latency, slow-close or slicer toxic, not to `reset`, which takes `after`"
+        );
+        let err =
+            parse(&format!("{head}  - {{ at: 1s, net: payment, toxic: latency, delay: 9ms, close_after: 1s }}\n"))
+                .unwrap_err();
+        assert!(
+            err.contains(
+                "`close_after` belongs to a blackhole toxic, not to `latency`, which takes `delay` and `jitter`"
+            ),
+            "{err}"
+        );
     }
 }
 

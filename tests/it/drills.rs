@@ -536,6 +536,10 @@ fn the_same_monkey_seed_prints_the_same_timeline_and_bad_monkeys_exit_2() {
     let none = p.shop(&["chaos", "monkey", "--duration", "1s", "--targets", ","]);
     assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
     assert!(stderr(&none).contains("a monkey with no targets"), "{}", stderr(&none));
+    // A fault that ends as it starts would make a monkey that never breaks anything.
+    let brief = p.shop(&["chaos", "monkey", "--duration", "1s", "--targets", "payment", "--for", "0s"]);
+    assert_eq!(brief.status.code(), Some(2), "{}", stderr(&brief));
+    assert!(stderr(&brief).contains("--for and --max-concurrent must be above 0"), "{}", stderr(&brief));
     let weights = write(&p, "w.yaml", "name: w\nload: { rate: 10, duration: 1s, users: \"alice:-5\" }\n");
     let out = p.shop(&["chaos", "drill", &weights]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -81,6 +81,16 @@ fn bad_load_flags_exit_2_before_any_order_is_sent() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = p.shop(&["load", "--rate", "fast", gateway[0], gateway[1]]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A sign is named as a bad value, not taken for an unknown flag.
+    for (flag, value, want) in [
+        ("--orders", "-1", "invalid value '-1' for '--orders <ORDERS>'"),
+        ("--duration", "-5s", "`-5s` is not a duration"),
+        ("--rate", "-3", "`-3` is not a rate"),
+    ] {
+        let out = p.shop(&["load", flag, value, gateway[0], gateway[1]]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{flag} {value}: {}", stderr(&out));
+    }
     let out = p.shop(&["load", "--users", "nobody", gateway[0], gateway[1]]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);

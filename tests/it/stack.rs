@@ -428,6 +428,27 @@ async fn a_second_ctrl_c_kills_at_once_what_a_graceful_stop_is_still_waiting_for
     assert!(gone, "a child outlived the second Ctrl-C");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreground_up_whose_reader_goes_away_stops_the_stack_as_ctrl_c_would() {
+    // `shop up | head`: the reader of the log stream is gone once start-up is over. The next
+    // log line must end the stream and stop the stack gracefully, not panic the process that
+    // hosts the supervisor (which left the services to notice its death on their own).
+    let p = Project::new("");
+    let (mut child, _, rx) = foreground_up(&p, &[], std::process::Stdio::piped());
+    let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    drop(child.stdout.take());
+    // Any log line will do: stopping a service writes the supervisor's line into its log.
+    let out = p.shop(&["stop", "notification"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stopping =
+        eventually(Duration::from_secs(10), async || rx.try_iter().any(|l| l.contains("stopping the stack"))).await;
+    assert!(stopping, "the stack was not stopped when its reader went away");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(pids.iter().all(|pid| !alive(*pid)), "a child outlived its supervisor");
+    assert!(!p.state().join(".shop/supervisor.json").exists());
+}
+
 /// `shop up ARGS` in the foreground, waited on until start-up is over ("streaming logs"); the
 /// child, its stderr lines so far, and a receiver for the lines that follow.
 fn foreground_up(

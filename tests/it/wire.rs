@@ -267,6 +267,14 @@ async fn bad_net_input_exits_2_naming_the_problem_and_the_choices() {
         (&["chaos", "net", "payment", "reset", "--for", "-3s"], "`-3s` is not a duration"),
         (&["chaos", "net", "payment", "bandwidth", "--rate", "fast"], "write kilobytes per second, e.g. 10"),
         (&["chaos", "net", "payment", "limit-data", "--bytes", "-3"], "write a whole number of bytes"),
+        (
+            &["chaos", "net", "payment", "reset", "--delay", "50ms"],
+            "--delay belongs to a latency, slow-close or slicer toxic, not to `reset`, which takes --after",
+        ),
+        (&["chaos", "net", "payment", "latency", "--delay", "5ms", "--bytes", "9"], "which takes --delay and --jitter"),
+        (&["chaos", "net", "payment", "reset", "--for", "0s"], "`0s` would end the fault as it starts"),
+        (&["chaos", "kill", "payment", "--for", "0ms"], "leave --for out to keep it until `chaos clear`"),
+        (&["chaos", "pause", "payment", "--for", "-1s"], "`-1s` is not a duration"),
     ];
     for (args, want) in cases {
         let out = p.shop(args);

@@ -69,6 +69,34 @@ impl ToxicKind {
         }
     }
 
+    /// The parameters this toxic takes, named as the CLI's flags (the drill file writes
+    /// `close_after`). Any other one given is refused rather than ignored: `reset --delay 50ms`
+    /// would otherwise reset every connection at once, not after 50 ms.
+    pub fn params(self) -> &'static [&'static str] {
+        match self {
+            ToxicKind::Latency => &["delay", "jitter"],
+            ToxicKind::Bandwidth => &["rate"],
+            ToxicKind::SlowClose => &["delay"],
+            ToxicKind::Blackhole => &["close-after"],
+            ToxicKind::Reset => &["after"],
+            ToxicKind::Slicer => &["size", "variation", "delay"],
+            ToxicKind::LimitData => &["bytes"],
+        }
+    }
+
+    /// The first of `given` (the parameters that were set) this toxic does not take, with the
+    /// toxics that do take it, for a message that says where it belongs.
+    pub fn stray(self, given: &[&'static str]) -> Option<(&'static str, Vec<ToxicKind>)> {
+        let param = given.iter().copied().find(|p| !self.params().contains(p))?;
+        Some((param, ToxicKind::ALL.into_iter().filter(|k| k.params().contains(&param)).collect()))
+    }
+
+    /// `latency, slow-close or slicer`: the toxics that take a stray parameter, for messages.
+    pub fn either(kinds: &[ToxicKind]) -> String {
+        let names: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        listed(&names, "or")
+    }
+
     /// Parses a toxic name; the message lists the valid ones.
     pub fn parse(s: &str) -> Result<ToxicKind, String> {
         ToxicKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
@@ -200,6 +228,15 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     parse_size(body).map_err(|_| bad())
 }
 
+/// `a, b and c` (or `a, b or c`): a list of names for a message.
+pub fn listed(names: &[String], last: &str) -> String {
+    match names.split_last() {
+        Some((only, [])) => only.clone(),
+        Some((tail, rest)) => format!("{} {last} {tail}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// A wire duration parameter in milliseconds; the same words as every other duration.
 pub fn duration_ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
@@ -233,5 +270,15 @@ mod tests {
         for k in ToxicKind::ALL {
             assert_eq!(ToxicKind::parse(k.as_str()).unwrap(), k);
         }
+    }
+
+    #[test]
+    fn a_parameter_of_another_toxic_is_named_with_the_toxics_that_take_it() {
+        assert_eq!(ToxicKind::Slicer.stray(&["size", "variation", "delay"]), None);
+        assert_eq!(ToxicKind::Latency.stray(&[]), None);
+        let (param, owners) = ToxicKind::Reset.stray(&["delay"]).unwrap();
+        assert_eq!(param, "delay");
+        assert_eq!(owners, [ToxicKind::Latency, ToxicKind::SlowClose, ToxicKind::Slicer]);
+        assert_eq!(ToxicKind::Bandwidth.stray(&["rate", "bytes"]).unwrap().0, "bytes");
     }
 }
