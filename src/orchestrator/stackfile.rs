@@ -402,6 +402,11 @@ fn builtin_policy() -> Policy {
     }
 }
 
+/// Replicas per service. Each is a process with its own runtime, connections and health
+/// probes; a typo of a few zeros would otherwise start thousands of them and swamp the machine
+/// and its supervisor.
+pub const MAX_REPLICAS: u32 = 32;
+
 /// Kinds a `services:` entry may have; the registry has its own section.
 const SERVICE_KINDS: [Kind; 6] =
     [Kind::Gateway, Kind::User, Kind::Order, Kind::Payment, Kind::Inventory, Kind::Notification];
@@ -618,7 +623,12 @@ fn validate_service(
     if name.v.is_empty() || !name.v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
         c.report(name.at, format!("service name `{}` may only hold letters, digits, `-` and `_`; rename it", name.v));
     }
-    let replicas = c.count(&s.replicas, &p("replicas"), 1, 1);
+    let mut replicas = c.count(&s.replicas, &p("replicas"), 1, 1);
+    if let Some(raw) = s.replicas.as_ref().filter(|_| replicas > MAX_REPLICAS) {
+        let why = "each replica is a process of its own on this machine";
+        c.report(raw.at, format!("`{}` must be at most {MAX_REPLICAS}, not {} ({why})", p("replicas"), raw.v));
+        replicas = 1;
+    }
     let port = c.port(&s.port, &p("port"), 0);
     if let Some(at) = s.port.as_ref().filter(|_| port != 0).map(|p| p.at) {
         claim_port(c, ports, at, port, &path, replicas);
@@ -1116,6 +1126,16 @@ stack.yaml:4:44: `services.payment.replicas` must be 1 or more, not 0
 stack.yaml:5:3: unknown service kind `shipping`; use one of gateway, user, order, payment, inventory, notification, or give `command:`
 stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, registry, defaults, telemetry, services"
         );
+    }
+
+    #[test]
+    fn replicas_are_capped_so_a_typo_cannot_start_thousands_of_processes() {
+        assert_eq!(
+            err("services:\n  user: {replicas: 100000}\n"),
+            "stack.yaml:2:20: `services.user.replicas` must be at most 32, not 100000 (each replica is a process of its own on this machine)"
+        );
+        let stack = parse("services:\n  user: {replicas: 32}\n").unwrap();
+        assert_eq!(stack.services[0].replicas, 32);
     }
 
     #[test]
