@@ -57,7 +57,7 @@ pub enum ChaosCommand {
         #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
         for_: Option<Duration>,
         /// Makes percentages and jitter reproducible
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         seed: Option<u64>,
     },
     /// Answer a share of a service's requests with an error status
@@ -65,7 +65,7 @@ pub enum ChaosCommand {
         /// A service (all its instances) or one instance (e.g. order-2)
         target: String,
         /// The HTTP status the failing requests get
-        #[arg(long, default_value_t = 503)]
+        #[arg(long, default_value_t = 503, allow_hyphen_values = true)]
         status: u16,
         /// Share of requests that fail
         #[arg(long, default_value_t = 100.0, allow_hyphen_values = true)]
@@ -74,7 +74,7 @@ pub enum ChaosCommand {
         #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
         for_: Option<Duration>,
         /// Makes percentages reproducible
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         seed: Option<u64>,
     },
     /// Cut the wire between A and B both ways: calls hang until the caller's timeout
@@ -150,7 +150,7 @@ pub struct NetArgs {
     #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
     for_: Option<Duration>,
     /// Makes toxicity and jitter reproducible
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     seed: Option<u64>,
 }
 

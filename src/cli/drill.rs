@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(id = "drill_file", value_name = "FILE")]
     pub file: PathBuf,
     /// Makes fault percentages and jitter reproducible
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub seed: Option<u64>,
     /// Also write the report as JUnit XML (one testcase per probe threshold and expectation)
     #[arg(long, value_name = "FILE")]
@@ -132,7 +132,7 @@ pub struct MonkeyArgs {
     #[arg(long, value_parser = crate::plumbing::time::parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
     /// The same seed gives the same timeline
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: u64,
     /// Services or instances to break, comma-separated (e.g. payment,inventory)
     #[arg(long, value_delimiter = ',', required = true)]
@@ -147,7 +147,7 @@ pub struct MonkeyArgs {
     #[arg(long = "for", value_parser = crate::plumbing::time::parse_duration, allow_hyphen_values = true)]
     pub for_: Option<Duration>,
     /// At most this many faults at once
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     pub max_concurrent: usize,
 }
 

@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(short, long)]
     pub follow: bool,
     /// Lines per instance to show from the end [default: all]
-    #[arg(short = 'n', long = "tail")]
+    #[arg(short = 'n', long = "tail", allow_hyphen_values = true)]
     pub lines: Option<usize>,
     /// Never colour the prefixes
     #[arg(long)]

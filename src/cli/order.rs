@@ -61,7 +61,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub status: Option<String>,
     /// At most this many orders (per user when listing every fixture user's)
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_hyphen_values = true)]
     pub limit: u32,
     #[command(flatten)]
     pub target: GatewayArgs,

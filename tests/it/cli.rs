@@ -102,6 +102,20 @@ fn help_ends_with_examples_and_says_only_what_the_command_does() {
 }
 
 #[test]
+fn a_malformed_trace_id_is_a_usage_error_not_a_trace_without_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    for id in ["nothex", "00000000000000000000000000000000", "4bf92f3577b34da6a3ce929d0e0e47"] {
+        let out = in_empty_dir(dir.path(), &["inspect", "trace", id]);
+        assert_eq!(out.status.code(), Some(2), "{id}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("`{id}` is not a trace id; write its 32 hex digits")),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn a_missing_stack_file_exits_2_with_the_same_message_from_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let mut first: Option<String> = None;
