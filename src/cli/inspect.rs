@@ -33,7 +33,7 @@ pub enum InspectCommand {
     /// All spans of one trace across services, as a waterfall
     Trace {
         /// The trace id: 32 hex digits, as in `shop inspect order` or a `traceparent` header
-        #[arg(value_parser = parse_trace_id)]
+        #[arg(value_parser = crate::plumbing::trace::parse_trace_id)]
         trace_id: String,
     },
     /// A service's instances, database, request figures
@@ -197,18 +197,6 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
     println!("\ntrace {trace_id}");
     print!("{}", waterfall(&spans, 40));
     Ok(exit::OK)
-}
-
-/// A trace id as W3C Trace Context writes it (32 hex digits, not all zero); upper case is
-/// taken too, since ids get copied from other tools, and stored as the lower case every service
-/// records.
-fn parse_trace_id(s: &str) -> Result<String, String> {
-    let id = s.trim().to_ascii_lowercase();
-    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0') {
-        Ok(id)
-    } else {
-        Err(format!("`{s}` is not a trace id; write its 32 hex digits, as `shop inspect order` shows them"))
-    }
 }
 
 #[derive(Serialize)]

@@ -30,19 +30,19 @@ pub struct Args {
     #[arg(short, long)]
     pub timestamps: bool,
     /// Only lines at or after this time: a duration ago (10m) or an RFC 3339 time
-    #[arg(long, value_name = "DUR|TIME", value_parser = parse_since)]
+    #[arg(long, value_name = "DUR|TIME", value_parser = parse_since, allow_hyphen_values = true)]
     pub since: Option<SystemTime>,
     /// Only lines at or before this time: a duration ago (10m) or an RFC 3339 time
-    #[arg(long, value_name = "DUR|TIME", value_parser = parse_since)]
+    #[arg(long, value_name = "DUR|TIME", value_parser = parse_since, allow_hyphen_values = true)]
     pub until: Option<SystemTime>,
     /// Only lines whose message or fields match this regular expression
-    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex, allow_hyphen_values = true)]
     pub grep: Option<Regex>,
     /// Only lines at this level and above (trace, debug, info, warn, error)
     #[arg(long, value_parser = Level::parse)]
     pub level: Option<Level>,
     /// Only lines of this trace
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = crate::plumbing::trace::parse_trace_id)]
     pub trace: Option<String>,
     /// Only lines about this order (its own lines and those of its trace)
     #[arg(long, value_name = "ID")]
@@ -91,6 +91,11 @@ impl Printer {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
+    if let (Some(since), Some(until)) = (args.since, args.until) {
+        if since > until {
+            return Err(super::Failure::usage("--since is later than --until, so no line could match; swap them"));
+        }
+    }
     let dir = ctx.state_dir();
     if crate::orchestrator::control::Control::connect(&dir).is_none() {
         ctx.check_stack_file()?;

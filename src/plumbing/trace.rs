@@ -62,6 +62,18 @@ impl TraceCtx {
     }
 }
 
+/// A trace id a user typed (`shop inspect trace`, `shop logs --trace`): 32 hex digits, not all
+/// zero, as W3C Trace Context writes it. Upper case is taken too, since ids get copied from
+/// other tools, and returned in the lower case every service records.
+pub fn parse_trace_id(s: &str) -> Result<String, String> {
+    let id = s.trim().to_ascii_lowercase();
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0') {
+        Ok(id)
+    } else {
+        Err(format!("`{s}` is not a trace id; write its 32 hex digits, as `shop inspect order` shows them"))
+    }
+}
+
 /// `version-traceid-parentid-flags` by the rules of W3C Trace Context level 1, section 3.2:
 /// lower-case hex only, exact lengths, non-zero ids, version `ff` invalid, nothing after the
 /// flags in version 00; a higher version is read by its version-00 prefix, and may carry more

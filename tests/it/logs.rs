@@ -24,17 +24,35 @@ fn line(ts: &str, level: &str, instance: &str, message: &str, fields: &str) -> S
 }
 
 /// A project whose state dir holds the logs of a gateway, an order and a payment instance: one
-/// order (`ord_A`, trace `tA`) that was retried, another order, and a plain-text crash line.
+/// order (`ord_A`, trace `4bf92f…`) that was retried, another order, and a plain-text crash line.
 fn project_with_logs() -> Project {
     let p = Project::new("");
     let logs = p.dir.path().join(".shop/logs");
     std::fs::create_dir_all(&logs).unwrap();
     let gateway = [
-        line("2026-01-01T10:00:00.000000Z", "INFO", "gateway", "request", r#","trace_id":"tA","path":"/v1/orders""#),
-        line("2026-01-01T10:05:00.000000Z", "INFO", "gateway", "request", r#","trace_id":"tB","path":"/v1/orders""#),
+        line(
+            "2026-01-01T10:00:00.000000Z",
+            "INFO",
+            "gateway",
+            "request",
+            r#","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","path":"/v1/orders""#,
+        ),
+        line(
+            "2026-01-01T10:05:00.000000Z",
+            "INFO",
+            "gateway",
+            "request",
+            r#","trace_id":"0af7651916cd43dd8448eb211c80319c","path":"/v1/orders""#,
+        ),
     ];
     let order = [
-        line("2026-01-01T10:00:00.100000Z", "INFO", "order", "saga started", r#","order_id":"ord_A","trace_id":"tA""#),
+        line(
+            "2026-01-01T10:00:00.100000Z",
+            "INFO",
+            "order",
+            "saga started",
+            r#","order_id":"ord_A","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#,
+        ),
         line(
             "2026-01-01T10:00:01.000000Z",
             "WARN",
@@ -42,7 +60,13 @@ fn project_with_logs() -> Project {
             "transient failure; retrying",
             r#","order_id":"ord_A","step":"charge""#,
         ),
-        line("2026-01-01T10:05:00.100000Z", "INFO", "order", "saga started", r#","order_id":"ord_B","trace_id":"tB""#),
+        line(
+            "2026-01-01T10:05:00.100000Z",
+            "INFO",
+            "order",
+            "saga started",
+            r#","order_id":"ord_B","trace_id":"0af7651916cd43dd8448eb211c80319c""#,
+        ),
         line(
             "2026-01-01T10:05:02.000000Z",
             "ERROR",
@@ -52,7 +76,13 @@ fn project_with_logs() -> Project {
         ),
     ];
     let payment = [
-        line("2026-01-01T10:00:00.500000Z", "DEBUG", "payment", "charge", r#","trace_id":"tA""#),
+        line(
+            "2026-01-01T10:00:00.500000Z",
+            "DEBUG",
+            "payment",
+            "charge",
+            r#","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#,
+        ),
         "thread 'main' panicked at src/payment.rs:1:1: boom".to_string(),
     ];
     for (name, lines) in [("gateway", &gateway[..]), ("order", &order[..]), ("payment", &payment[..])] {
@@ -90,7 +120,10 @@ fn each_logs_filter_keeps_only_its_lines_and_they_combine() {
     );
     assert_eq!(messages(&p, &["--grep", "retry|compensat"]).len(), 2);
     assert_eq!(messages(&p, &["--grep", "card_declined"]), ["order step failed; compensating"]);
-    assert_eq!(messages(&p, &["--trace", "tA"]), ["gateway request", "order saga started", "payment charge"]);
+    assert_eq!(
+        messages(&p, &["--trace", "4BF92F3577B34DA6A3CE929D0E0E4736"]),
+        ["gateway request", "order saga started", "payment charge"]
+    );
     assert_eq!(
         messages(&p, &["--order", "ord_A"]),
         ["gateway request", "order saga started", "payment charge", "order transient failure; retrying"],
@@ -121,6 +154,9 @@ fn a_bad_regex_a_bad_time_or_a_bad_level_is_a_usage_error_naming_the_value() {
         (&["logs", "--since", "last tuesday"], "`last tuesday` is neither a duration nor a time"),
         (&["logs", "--until", "2026-13-45T99:00:00Z"], "is neither a duration nor a time"),
         (&["logs", "--level", "loud"], "`loud` is not a log level"),
+        (&["logs", "--trace", "tA"], "`tA` is not a trace id"),
+        (&["logs", "--since", "-5m"], "`-5m` is neither a duration nor a time"),
+        (&["logs", "--since", "5m", "--until", "10m"], "--since is later than --until"),
     ] {
         let out = p.shop(args);
         assert_eq!(out.status.code(), Some(2), "shop {args:?}: {}", stderr(&out));
