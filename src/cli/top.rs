@@ -12,11 +12,22 @@ use crate::top::{app, render};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Time between refreshes (and the window of `--once` and `--json` rates)
-    #[arg(long, default_value = "1s", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, default_value = "1s", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
     /// Print one frame as plain text and exit
     #[arg(long)]
     pub once: bool,
+}
+
+/// The shortest refresh: each one asks every instance for its figures, and a zero interval
+/// would be a busy loop (and a rate over no time at all).
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < MIN_INTERVAL => Err(format!("`{s}` is too short; the dashboard refreshes at most every 100ms")),
+        d => Ok(d),
+    }
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {

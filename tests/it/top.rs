@@ -26,6 +26,16 @@ fn top_without_a_running_stack_says_so_like_ps_and_exits_1() {
 }
 
 #[test]
+fn an_interval_too_short_to_refresh_on_is_refused_before_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    for interval in ["0s", "10ms", "-1s"] {
+        let out = Command::new(BIN).current_dir(dir.path()).args(["top", "--interval", interval]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{interval}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("`{interval}`")), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn once_prints_a_frame_and_json_a_snapshot_with_every_instance() {
     let p = started();
     let placed = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1"]);
