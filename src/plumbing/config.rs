@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::plumbing::discovery::{Mode, Peers};
-use crate::plumbing::time::parse_duration;
+use crate::plumbing::time::{parse_duration, parse_nonzero_duration};
 
 /// How long a service being stopped gets between SIGTERM and SIGKILL when the caller names no
 /// timeout: longer than a service's own drain of open connections, so a clean stop is never cut.
@@ -42,40 +42,40 @@ pub struct ServeArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct Tuning {
     /// How often to heartbeat the registry and refresh the view of other services
-    #[arg(long, env = "SHOP_HEARTBEAT", default_value = "1s", value_parser = parse_duration, hide = true)]
+    #[arg(long, env = "SHOP_HEARTBEAT", default_value = "1s", value_parser = parse_nonzero_duration, hide = true)]
     pub heartbeat: Duration,
     /// Registry only: an instance silent this long is dropped
-    #[arg(long, env = "SHOP_TTL", default_value = "3s", value_parser = parse_duration, hide = true)]
+    #[arg(long, env = "SHOP_TTL", default_value = "3s", value_parser = parse_nonzero_duration, hide = true)]
     pub ttl: Duration,
     /// Per-call timeout toward other services
-    #[arg(long, env = "SHOP_CLIENT_TIMEOUT", default_value = "2s", value_parser = parse_duration, hide = true)]
+    #[arg(long, env = "SHOP_CLIENT_TIMEOUT", default_value = "2s", value_parser = parse_nonzero_duration, hide = true)]
     pub client_timeout: Duration,
     /// Retries of a transient failure on a plain call (the saga retries until its timeout)
     #[arg(long, env = "SHOP_CLIENT_RETRIES", default_value_t = 3, hide = true)]
     pub client_retries: u32,
     /// Order only: a saga that cannot finish by then is compensated and FAILED with `timeout`
-    #[arg(long, env = "SHOP_SAGA_TIMEOUT", default_value = "60s", value_parser = parse_duration, hide = true)]
+    #[arg(long, env = "SHOP_SAGA_TIMEOUT", default_value = "60s", value_parser = parse_nonzero_duration, hide = true)]
     pub saga_timeout: Duration,
     /// Inventory only: a held reservation is released after this long (a safety net)
     #[arg(long, env = "SHOP_RESERVATION_TTL", default_value = "120s", value_parser = parse_duration, hide = true)]
     pub reservation_ttl: Duration,
     /// Gateway only: requests per second allowed per token
-    #[arg(long, env = "SHOP_RATE_PER_SECOND", default_value_t = 20_000, hide = true)]
+    #[arg(long, env = "SHOP_RATE_PER_SECOND", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
     pub rate_per_second: u32,
     /// Gateway only: burst allowed per token
-    #[arg(long, env = "SHOP_RATE_BURST", default_value_t = 40_000, hide = true)]
+    #[arg(long, env = "SHOP_RATE_BURST", default_value_t = 40_000, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
     pub rate_burst: u32,
     /// Consecutive transient failures that open a dependency's circuit breaker
-    #[arg(long, env = "SHOP_BREAKER_THRESHOLD", default_value_t = 5, hide = true)]
+    #[arg(long, env = "SHOP_BREAKER_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
     pub breaker_threshold: u32,
     /// How long an open breaker refuses calls before letting a trial through
     #[arg(long, env = "SHOP_BREAKER_OPEN_FOR", default_value = "5s", value_parser = parse_duration, hide = true)]
     pub breaker_open_for: Duration,
     /// Trial calls while half open
-    #[arg(long, env = "SHOP_BREAKER_HALF_OPEN", default_value_t = 1, hide = true)]
+    #[arg(long, env = "SHOP_BREAKER_HALF_OPEN", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
     pub breaker_half_open: u32,
     /// Longest wait for a request's headers before the connection is dropped (slow clients)
-    #[arg(long, env = "SHOP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, hide = true)]
+    #[arg(long, env = "SHOP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration, hide = true)]
     pub header_timeout: Duration,
     /// Async worker threads [default: one per core for order and gateway, one for the others]
     #[arg(long, env = "SHOP_WORKER_THREADS", hide = true)]

@@ -23,6 +23,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s, 1m"))
 }
 
+/// A duration that paces a loop or bounds a wait, where zero would spin or give up at once (the
+/// same rule stack.yaml applies to these settings).
+pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}` must be more than zero")),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -116,6 +116,21 @@ fn a_malformed_trace_id_is_a_usage_error_not_a_trace_without_spans() {
 }
 
 #[test]
+fn serve_refuses_a_zero_pace_or_limit_before_it_starts() {
+    // Zero would panic the heartbeat's timer, or refuse every request at the gateway's limiter.
+    let dir = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (&["serve", "user", "--heartbeat", "0s"][..], "`0s` must be more than zero"),
+        (&["serve", "registry", "--ttl", "0ms"], "`0ms` must be more than zero"),
+        (&["serve", "gateway", "--rate-burst", "0"], "0 is not in 1.."),
+    ] {
+        let out = in_empty_dir(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn a_missing_stack_file_exits_2_with_the_same_message_from_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let mut first: Option<String> = None;
