@@ -17,7 +17,9 @@ use super::{exit, output, Failure};
 use crate::plumbing::time::parse_duration;
 use crate::traffic::threshold::{evaluate_all, Measures, Threshold, ThresholdResult};
 use crate::traffic::workload::{parse_users, parse_weighted_item, split_items};
-use crate::traffic::{Gateway, Load, LoadError, LoadPlan, Summary, Weights, MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY};
+use crate::traffic::{
+    Gateway, Load, LoadError, LoadPlan, Summary, Weights, MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY, RATES,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,11 +55,14 @@ pub struct Args {
     pub target: GatewayArgs,
 }
 
-/// `200` or `200/s`: orders per second, more than zero.
+/// `200` or `200/s`: orders per second, within [`RATES`].
 fn parse_rate(s: &str) -> Result<f64, String> {
     let number = s.trim().strip_suffix("/s").unwrap_or(s.trim());
     match number.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(r) if RATES.contains(&r) => Ok(r),
+        Ok(r) if r.is_finite() && r > 0.0 => {
+            Err(format!("`{s}` is out of range; a rate is {} to {} orders per second", RATES.start(), RATES.end()))
+        }
         _ => Err(format!("`{s}` is not a rate; write orders per second, e.g. 200 or 200/s")),
     }
 }

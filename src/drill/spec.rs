@@ -19,7 +19,7 @@ use crate::plumbing::time::parse_duration;
 use crate::plumbing::yaml::{self, Bool, Check, FileError, Float, Int, List, Node, Pos, Raw, Sp, Text};
 use crate::raw_struct;
 use crate::traffic::gateway::parse_item;
-use crate::traffic::MAX_CONCURRENCY;
+use crate::traffic::{MAX_CONCURRENCY, RATES};
 
 use super::monkey::{self, Monkey};
 use crate::traffic::threshold::{Metric, Threshold};
@@ -324,7 +324,11 @@ impl Drill {
 impl Drill {
     /// How long the load lasts when that is known before it runs.
     pub fn horizon(&self) -> Option<Duration> {
-        let by_rate = self.load.rate.map(|r| Duration::from_secs_f64(self.load.orders as f64 / r));
+        // Capped as every duration of a drill is: a slow rate over many orders would otherwise
+        // overflow what a `Duration` holds.
+        let by_rate = self.load.rate.map(|r| {
+            Duration::try_from_secs_f64(self.load.orders as f64 / r).unwrap_or(MAX_DURATION).min(MAX_DURATION)
+        });
         match (self.load.duration, by_rate) {
             (Some(d), Some(r)) => Some(d.min(r)),
             (d, r) => d.or(r),
@@ -485,6 +489,16 @@ fn read_faults(c: &mut Check, node: Option<&Node>) -> Vec<ReadFault> {
         .collect()
 }
 
+/// A number as a message shows it: plain, or in exponent form when plain would run to hundreds
+/// of digits (`1e-300`).
+fn shown(v: f64) -> String {
+    if v == 0.0 || (1e-6..1e15).contains(&v.abs()) {
+        v.to_string()
+    } else {
+        format!("{v:e}")
+    }
+}
+
 /// A duration at most a day long; `None` after reporting.
 fn duration(c: &mut Check, raw: &Sp<String>, path: &str) -> Option<Duration> {
     match parse_duration(&raw.v) {
@@ -529,9 +543,10 @@ fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
             }
         },
     };
-    let rate = raw.rate.as_ref().map(|r| r.v).filter(|r| r.is_finite() && *r > 0.0);
-    if let Some(r) = raw.rate.as_ref().filter(|r| !(r.v.is_finite() && r.v > 0.0)) {
-        c.report(r.at, format!("load: `rate` must be orders per second above 0, not {}", r.v));
+    let rate = raw.rate.as_ref().map(|r| r.v).filter(|r| RATES.contains(r));
+    if let Some(r) = raw.rate.as_ref().filter(|r| !RATES.contains(&r.v)) {
+        let (low, high) = (RATES.start(), RATES.end());
+        c.report(r.at, format!("load: `rate` must be {low} to {high} orders per second, not {}", shown(r.v)));
         ok = false;
     }
     let orders = match (&raw.orders, duration, rate) {
@@ -661,8 +676,11 @@ fn validate_steady(c: &mut Check, raw: &RawSteady, at: Pos) -> Option<SteadyStat
             };
             let rate = match &p.v.rate {
                 None => Some(None),
-                Some(r) if r.v.is_finite() && r.v > 0.0 => Some(Some(r.v)),
-                Some(r) => c.fail(r.at, format!("steady_state.probe_load: `rate` must be above 0, not {}", r.v)),
+                Some(r) if RATES.contains(&r.v) => Some(Some(r.v)),
+                Some(r) => {
+                    let (low, high) = (RATES.start(), RATES.end());
+                    c.fail(r.at, format!("steady_state.probe_load: `rate` must be {low} to {high}, not {}", shown(r.v)))
+                }
             };
             orders.zip(rate).map(|(orders, rate)| ProbeLoad { orders, rate })
         }
@@ -1134,6 +1152,11 @@ expect:
             let err = parse(&format!("{head}{fault}")).unwrap_err();
             assert!(err.starts_with(want), "{fault}: {err}");
         }
+        // A rate so slow its second order would be due past the end of time panicked the drill.
+        let err = parse("name: x\nload: { rate: 1e-300, orders: 5 }\n").unwrap_err();
+        assert_eq!(err, "d.yaml:2:15: load: `rate` must be 0.001 to 1000000 orders per second, not 1e-300");
+        let d = parse("name: x\nload: { rate: 0.001, orders: 9000000000000000000 }\n").unwrap();
+        assert_eq!(d.horizon(), Some(MAX_DURATION));
         let err = parse("name: x\nload: { orders: 0 }\n").unwrap_err();
         assert_eq!(err, "d.yaml:2:17: load: `orders` must be at least 1");
         let err = parse("name: x\nload: { orders: 1 }\nexpect: { min_confirmed_percent: 101 }\n").unwrap_err();

@@ -35,6 +35,10 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Most orders in flight at once: each is a task and a connection, and more than this only
 /// measures the machine running the load.
 pub const MAX_CONCURRENCY: u64 = 10_000;
+/// Open-loop start rates, orders per second: from one order every 1,000 s to a million a second.
+/// Outside them the schedule's arithmetic leaves what a clock can hold (a rate of 1e-300 puts
+/// the second order past the end of time) while no load generator could offer the top anyway.
+pub const RATES: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
 /// Cap on orders in flight in an open-loop run when the caller sets none.
 pub const OPEN_LOOP_CONCURRENCY: u64 = 1000;
 /// Below this share of the target start rate the report warns that the load was not offered.
@@ -89,7 +93,8 @@ pub enum PlanError {
     Concurrency(u64),
     #[error("a load's duration must be longer than 0s")]
     ZeroDuration,
-    #[error("a load's rate must be orders per second above 0, not {0}")]
+    // The bounds of `RATES`, written out: the derive takes no constants (a test holds them equal).
+    #[error("a load's rate must be 0.001 to 1000000 orders per second, not {0:e}")]
     Rate(f64),
     #[error("a load needs at least one user to place its orders")]
     NoCallers,
@@ -128,7 +133,7 @@ impl LoadPlan {
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Err(PlanError::ZeroDuration);
         }
-        if let Some(rate) = self.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        if let Some(rate) = self.rate.filter(|r| !RATES.contains(r)) {
             return Err(PlanError::Rate(rate));
         }
         if self.callers.is_empty() {
@@ -877,6 +882,8 @@ mod tests {
         assert!(plan().validate().is_ok());
         assert!(matches!(LoadPlan { orders: 0, ..plan() }.validate(), Err(PlanError::NoOrders)));
         assert!(matches!(LoadPlan { concurrency: 0, ..plan() }.validate(), Err(PlanError::Concurrency(0))));
+        let slow = LoadPlan { rate: Some(1e-300), ..plan() }.validate().unwrap_err().to_string();
+        assert!(slow.contains(&format!("{} to {} orders", RATES.start(), RATES.end())), "{slow}");
         let zero = LoadPlan { duration: Some(Duration::ZERO), ..plan() };
         assert!(matches!(zero.validate(), Err(PlanError::ZeroDuration)));
         assert!(matches!(LoadPlan { rate: Some(f64::NAN), ..plan() }.validate(), Err(PlanError::Rate(_))));

@@ -12,7 +12,7 @@ pub mod workload;
 
 pub use engine::{
     Live, Load, LoadError, LoadPlan, Mode, PlanError, Report, Sample, Summary, TimelineSecond, Weights,
-    MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY,
+    MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY, RATES,
 };
 pub use gateway::{Gateway, Outcome};
 pub use threshold::{Measures, Threshold, ThresholdError, ThresholdResult};

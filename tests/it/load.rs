@@ -86,6 +86,7 @@ fn bad_load_flags_exit_2_before_any_order_is_sent() {
         ("--orders", "-1", "invalid value '-1' for '--orders <ORDERS>'"),
         ("--duration", "-5s", "`-5s` is not a duration"),
         ("--rate", "-3", "`-3` is not a rate"),
+        ("--rate", "1e-300", "`1e-300` is out of range; a rate is 0.001 to 1000000 orders per second"),
     ] {
         let out = p.shop(&["load", flag, value, gateway[0], gateway[1]]);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
