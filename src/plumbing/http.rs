@@ -74,6 +74,18 @@ pub fn with_common_routes(routes: Router, common: Common) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(limit_head))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// A handler that panicked answers a JSON 500 instead of dropping the connection, and says so
+/// in the log: a bug, but one the caller can see and a retry can get past.
+fn panicked(why: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let why = why
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| why.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::internal(format!("a request handler panicked: {why}")).into_response()
 }
 
 /// The size of `req`'s head as written on the wire in the canonical form (`NAME: VALUE` lines):
@@ -380,4 +392,48 @@ pub async fn parent_gone(pid: Option<i32>) {
 /// this tells that SIGTERM from a stop asked for by someone still waiting for us.
 pub fn parent_is_gone(pid: Option<i32>) -> bool {
     pid.is_some_and(|pid| nix::unistd::getppid().as_raw() != pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common() -> Common {
+        let ok: ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+        Common {
+            service: "user",
+            instance: "user".into(),
+            metrics: Arc::default(),
+            ready: ok.clone(),
+            local_ready: ok,
+            extra_metrics: Arc::new(|| Box::pin(async { String::new() })),
+            spans: Arc::new(SpanStore::new("user", "user")),
+            secret: None,
+            faults: Arc::new(Faults::new(None, None)),
+            breakers: Arc::new(Breakers::new(crate::plumbing::breaker::BreakerConfig {
+                failure_threshold: 5,
+                open_for: std::time::Duration::from_secs(5),
+                half_open_requests: 1,
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_a_json_500_and_the_service_serves_on() {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let routes = Router::new().route("/boom", get(boom));
+        let app = with_common_routes(routes, common());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        let boom = client.get(format!("{base}/boom")).send().await.unwrap();
+        assert_eq!(boom.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = boom.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+        let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+    }
 }

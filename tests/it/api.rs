@@ -192,6 +192,16 @@ async fn a_pending_order_is_answered_202_with_its_location_when_the_wait_is_zero
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wait_past_what_a_clock_holds_is_bounded_not_a_dropped_connection() {
+    let stack = TestStack::start().await;
+    for wait in ["wait=1e300", "wait=18446744073709551616"] {
+        let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1)]), &[("prefer", wait)]).await;
+        assert_eq!((status, order["status"].as_str()), (StatusCode::CREATED, Some("CONFIRMED")), "{wait}: {order}");
+    }
+    stack.assert_invariants();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn past_the_rate_limit_is_429_and_an_unreachable_order_service_is_503_both_with_retry_after() {
     let options = Options::default().env(shop::services::Kind::Gateway, "SHOP_RATE_PER_SECOND", "1").env(
         shop::services::Kind::Gateway,

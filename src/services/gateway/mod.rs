@@ -234,7 +234,8 @@ fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
             if !(secs >= 0.0 && secs.is_finite()) {
                 return Err(ApiError::bad_request("`Prefer: wait` must be 0 or more seconds"));
             }
-            return Ok(Duration::from_secs_f64(secs).min(MAX_WAIT));
+            // Bounded before the conversion: `wait=1e300` is finite but past what a Duration holds.
+            return Ok(Duration::from_secs_f64(secs.min(MAX_WAIT.as_secs_f64())));
         }
     }
     Ok(DEFAULT_WAIT)
@@ -444,6 +445,8 @@ mod tests {
         h.insert("prefer", "respond-async, wait=0".parse().unwrap());
         assert_eq!(wait_budget(&h).unwrap(), Duration::ZERO);
         h.insert("prefer", "wait=9999".parse().unwrap());
+        assert_eq!(wait_budget(&h).unwrap(), MAX_WAIT);
+        h.insert("prefer", "wait=1e300".parse().unwrap());
         assert_eq!(wait_budget(&h).unwrap(), MAX_WAIT);
         h.insert("prefer", "wait=soon".parse().unwrap());
         assert!(wait_budget(&h).is_err());
