@@ -15,9 +15,13 @@ use super::{exit, output, Failure};
 use crate::orchestrator::control::Control;
 use crate::orchestrator::daemon;
 use crate::orchestrator::protocol::{InstanceState, Names, PsRow, Status};
-use crate::orchestrator::state_dir::{process_alive, StateDir};
+use crate::orchestrator::state_dir::{process_alive, LockKind, StateDir};
 use crate::orchestrator::supervisor::Supervisor;
 use crate::plumbing::time::parse_duration;
+
+/// How long an `up` waits for another one that is starting a stack in the same state dir: it
+/// holds the lock only until its supervisor records itself, which takes well under this.
+const UP_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -57,7 +61,18 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
     let started = Instant::now();
 
+    // Two `up`s at once start one stack: the second waits here until the first one's supervisor
+    // has recorded itself, then finds it below and joins it, as `up` on a running stack does.
+    dir.create()?;
+    let Some(starting) = dir.lock(LockKind::Up, UP_LOCK_WAIT).await? else {
+        return Err(Failure::runtime(format!(
+            "another `shop up` has been starting a stack in `{}` for {}s; wait for it, or stop it",
+            dir.root.display(),
+            UP_LOCK_WAIT.as_secs()
+        )));
+    };
     if let Some(control) = Control::connect(&dir) {
+        drop(starting);
         // Idempotent: the running supervisor starts only what is not running.
         control.up(&Names { services: args.services.clone(), no_deps: args.no_deps, timeout_ms: None }).await?;
         let code = watch(ctx, &Source::Remote(control), &args, &dir, started).await?;
@@ -74,10 +89,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     if args.detach {
         crate::orchestrator::ports::check_stack(&stack).map_err(Failure::runtime)?;
         let control = spawn_supervisor(ctx, &dir, &args).await?;
+        drop(starting);
         return watch(ctx, &Source::Remote(control), &args, &dir, started).await;
     }
 
     let running = daemon::launch(stack, dir.clone(), &args.services, args.no_deps).await?;
+    drop(starting);
     let offsets = current_offsets(&dir);
     let code = watch(ctx, &Source::Local(running.sup.clone()), &args, &dir, started).await?;
     if !ctx.quiet {

@@ -5,19 +5,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::stackfile::Stack;
-use super::state_dir::StateDir;
+use super::state_dir::{DirLock, LockKind, StateDir};
 use super::supervisor::Supervisor;
 use crate::error::Failure;
 
 /// A supervisor that is serving its control API and starting its services.
 pub struct Running {
     pub sup: Arc<Supervisor>,
+    /// The state dir's supervisor lock, held for as long as this supervisor runs.
+    _lock: DirLock,
 }
 
 /// Prepares the state dir, checks fixed ports, serves the control API, records itself, and
-/// starts `services` (all when empty) in the background.
+/// starts `services` (all when empty) in the background. A state dir has one supervisor: a
+/// second one would start a second stack on the same databases and lose track of one of them.
 pub async fn launch(stack: Stack, dir: StateDir, services: &[String], no_deps: bool) -> anyhow::Result<Running> {
     dir.create()?;
+    let Some(lock) = dir.try_lock(LockKind::Supervisor)? else {
+        return Err(Failure::runtime(format!(
+            "another supervisor runs in `{}`; `shop ps` shows its stack and `shop down` stops it",
+            dir.root.display()
+        )));
+    };
     let secret = dir.secret()?;
     let sup = Supervisor::new(stack, dir.clone(), secret)?;
     let targets = sup.resolve(services, !no_deps).map_err(Failure::usage)?;
@@ -32,7 +41,7 @@ pub async fn launch(stack: Stack, dir: StateDir, services: &[String], no_deps: b
     dir.write_record(&sup.record(control))?;
     tokio::spawn(sup.clone().monitor());
     sup.spawn_up(targets);
-    Ok(Running { sup })
+    Ok(Running { sup, _lock: lock })
 }
 
 impl Running {

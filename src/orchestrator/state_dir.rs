@@ -5,6 +5,8 @@
 //! ```text
 //! .shop/
 //!   supervisor.json   pid and control address of the live supervisor
+//!   supervisor.lock   held by the live supervisor: one per state dir
+//!   up.lock           held by a `shop up` while it starts one, so two at once start one stack
 //!   secret            the stack secret (mode 0600), required by admin endpoints
 //!   logs/INSTANCE.log one per instance, plus supervisor.log
 //!   data/SERVICE.db   one per service (replicas share it)
@@ -29,6 +31,21 @@ pub struct SupervisorRecord {
 #[derive(Clone, Debug)]
 pub struct StateDir {
     pub root: PathBuf,
+}
+
+/// An exclusive advisory lock (`flock`) on a file of the state dir, released when dropped or
+/// when the process ends, however it ends: a crashed holder never leaves the dir locked.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Which lock of the state dir.
+#[derive(Clone, Copy, Debug)]
+pub enum LockKind {
+    /// Held by a supervisor for its life.
+    Supervisor,
+    /// Held by `shop up` from its check for a running supervisor until the one it starts has
+    /// recorded itself; a second `up` waits, then finds that supervisor and joins it.
+    Up,
 }
 
 impl StateDir {
@@ -123,6 +140,42 @@ impl StateDir {
     /// The secret if the stack has one, without creating it.
     pub fn existing_secret(&self) -> Option<String> {
         std::fs::read_to_string(self.root.join("secret")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    /// Takes the lock `kind` at once, or `None` while another process holds it.
+    pub fn try_lock(&self, kind: LockKind) -> anyhow::Result<Option<DirLock>> {
+        use nix::fcntl::{Flock, FlockArg};
+        let name = match kind {
+            LockKind::Supervisor => "supervisor.lock",
+            LockKind::Up => "up.lock",
+        };
+        let path = self.root.join(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open `{}`: {e}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(DirLock(lock))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(anyhow::anyhow!("cannot lock `{}`: {e}", path.display())),
+        }
+    }
+
+    /// Takes the lock `kind`, waiting up to `wait` for its holder to let go.
+    pub async fn lock(&self, kind: LockKind, wait: std::time::Duration) -> anyhow::Result<Option<DirLock>> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(lock) = self.try_lock(kind)? {
+                return Ok(Some(lock));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub fn write_record(&self, record: &SupervisorRecord) -> anyhow::Result<()> {

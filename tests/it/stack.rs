@@ -382,6 +382,37 @@ async fn an_external_command_joins_the_stack_and_is_health_checked() {
     assert_eq!(found[0]["address"], addr.as_str());
 }
 
+#[test]
+fn three_ups_at_once_start_one_stack_and_all_three_succeed() {
+    // Each used to spawn a supervisor of its own: one stack won the state dir, the others failed
+    // on its ports, and a supervisor with its services ran on that nothing could find or stop.
+    let p = Project::new("");
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let ups: Vec<_> = (0..3).map(|_| s.spawn(|| p.shop(&["up", "-d", "-q"]))).collect();
+        ups.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for out in &outs {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    }
+    let pids: Vec<u64> = p.ps().iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 7);
+    // Supervisors started from this project's directory (their paths are relative to it).
+    let supervisors = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == p.dir.path()))
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).split('\0').any(|arg| arg == "supervise"))
+            .count()
+    };
+    assert_eq!(supervisors(), 1);
+    let out = p.shop(&["down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(pids.iter().all(|pid| !alive(*pid)), "a service outlived `down`");
+    assert_eq!(supervisors(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_foreground_up_streams_logs_and_ctrl_c_stops_everything() {
     let p = Project::new("");
