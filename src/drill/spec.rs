@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::orchestrator::protocol::{ChaosAction, ChaosRequest};
 use crate::orchestrator::proxy::toxic::{duration_ms, listed, parse_rate, parse_size};
 use crate::orchestrator::proxy::{Direction, Toxic, ToxicKind, ToxicSpec};
+use crate::plumbing::faults::MAX_DELAY_MS;
 use crate::plumbing::time::parse_duration;
 use crate::plumbing::yaml::{self, Bool, Check, FileError, Float, Int, List, Node, Pos, Raw, Sp, Text};
 use crate::raw_struct;
@@ -929,7 +930,16 @@ fn action(
             };
             let delay = duration(c, raw_delay, &format!("{path}.delay"));
             let jitter = optional_duration(c, &raw.jitter, &format!("{path}.jitter"));
-            Some(Action::Latency { target, delay: delay?, jitter: jitter.ok()?, percent: percent? })
+            let (delay, jitter) = (delay?, jitter.ok()?);
+            let longest = Duration::from_millis(MAX_DELAY_MS);
+            let too_long = [(Some(raw_delay), Some(delay)), (raw.jitter.as_ref(), jitter)]
+                .into_iter()
+                .find_map(|(raw, d)| raw.filter(|_| d.is_some_and(|d| d > longest)));
+            if let Some(raw) = too_long {
+                return c
+                    .fail(raw.at, format!("{path}: `{}` is longer than a fault may delay; write at most 10m", raw.v));
+            }
+            Some(Action::Latency { target, delay, jitter, percent: percent? })
         }
         "errors" => {
             let status = match &raw.status {
@@ -1146,6 +1156,10 @@ expect:
             ("  - { at: 1s, errors: payment, percent: 130 }\n", "d.yaml:4:41: faults[0]: `percent` must be between"),
             ("  - { at: 1s, partition: order }\n", "d.yaml:4:5: faults[0]: a partition needs the other side"),
             ("  - { at: 1s, latency: order }\n", "d.yaml:4:5: faults[0]: a latency fault needs a `delay`"),
+            (
+                "  - { at: 1s, latency: payment, delay: 11m }\n",
+                "d.yaml:4:40: faults[0]: `11m` is longer than a fault may delay; write at most 10m",
+            ),
             ("  - { at: 1s, restart: yes, kill: order }\n", "d.yaml:4:24: `faults[0].restart` must be true or false"),
         ];
         for (fault, want) in cases {

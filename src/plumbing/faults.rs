@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::plumbing::error::ApiError;
 use crate::plumbing::time::now_ms;
 
+/// Longest delay a fault may add, on a request or on the wire: past it every caller has long
+/// timed out, so a longer one only says the value was mistyped.
+pub const MAX_DELAY_MS: u64 = 600_000;
+
 /// Delay the requests this service receives.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +169,7 @@ impl Faults {
     /// partitions add up (one per peer).
     pub fn apply(&self, update: FaultSet) -> Result<FaultSet, String> {
         if let Some(l) = &update.latency {
-            if !(0.0..=100.0).contains(&l.percent) || l.delay_ms > 600_000 || l.jitter_ms > 600_000 {
+            if !(0.0..=100.0).contains(&l.percent) || l.delay_ms > MAX_DELAY_MS || l.jitter_ms > MAX_DELAY_MS {
                 return Err("latency: percent must be 0..=100 and delay, jitter at most 10 minutes".into());
             }
         }

@@ -90,6 +90,10 @@ async fn latency_and_errors_take_effect_at_once_and_end_on_clear_and_on_expiry()
         .await
     );
     assert_eq!(p.shop(&["chaos", "latency", "nosuch", "1s"]).status.code(), Some(2));
+    // A delay past every caller's timeout is a typo: refused by the supervisor in its own words.
+    let long = p.shop(&["chaos", "latency", "payment", "11m"]);
+    assert_eq!(long.status.code(), Some(2), "{}", stderr(&long));
+    assert!(stderr(&long).contains("must be at most 10m"), "{}", stderr(&long));
 
     // --jitter, --percent and --seed from the command line: the supervisor lists them, and about
     // half of the requests wait (3 s ± 500 ms, so a delayed one takes at least 2.5 s), the

@@ -273,6 +273,8 @@ async fn bad_net_input_exits_2_naming_the_problem_and_the_choices() {
         ),
         (&["chaos", "net", "payment", "latency", "--delay", "5ms", "--bytes", "9"], "which takes --delay and --jitter"),
         (&["chaos", "net", "payment", "reset", "--for", "0s"], "`0s` would end the fault as it starts"),
+        (&["chaos", "net", "payment", "latency", "--delay", "100000000000h"], "--delay must be at most 10m"),
+        (&["chaos", "net", "payment", "blackhole", "--close-after", "2h"], "--close-after must be at most 10m"),
         (&["chaos", "kill", "payment", "--for", "0ms"], "leave --for out to keep it until `chaos clear`"),
         (&["chaos", "pause", "payment", "--for", "-1s"], "`-1s` is not a duration"),
     ];

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::plumbing::faults::MAX_DELAY_MS;
+
 /// Which bytes a toxic acts on: `up` is the request side (caller to target), `down` the
 /// response side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -164,6 +166,16 @@ impl Toxic {
 
     /// Checks values that parse but make no sense (a zero rate would never send a byte).
     pub fn validate(&self) -> Result<(), String> {
+        let durations: &[(&str, Option<u64>)] = match self {
+            Toxic::Latency { delay_ms, jitter_ms } => &[("delay", Some(*delay_ms)), ("jitter", Some(*jitter_ms))],
+            Toxic::SlowClose { delay_ms } | Toxic::Slicer { delay_ms, .. } => &[("delay", Some(*delay_ms))],
+            Toxic::Blackhole { close_after_ms } => &[("close-after", *close_after_ms)],
+            Toxic::Reset { after_ms } => &[("after", Some(*after_ms))],
+            Toxic::Bandwidth { .. } | Toxic::LimitData { .. } => &[],
+        };
+        if let Some((param, _)) = durations.iter().find(|(_, ms)| ms.is_some_and(|ms| ms > MAX_DELAY_MS)) {
+            return Err(format!("--{param} must be at most 10m"));
+        }
         match self {
             Toxic::Bandwidth { bytes_per_s: 0 } => Err("--rate must be more than 0".into()),
             Toxic::Slicer { size: 0, .. } => Err("--size must be at least 1 byte".into()),

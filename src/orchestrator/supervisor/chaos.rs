@@ -6,7 +6,7 @@
 
 use crate::plumbing::admin::AdminClient;
 use crate::plumbing::config::STOP_GRACE;
-use crate::plumbing::faults::{Errors, FaultClass, FaultSet, Latency, Partition};
+use crate::plumbing::faults::{Errors, FaultClass, FaultSet, Latency, Partition, MAX_DELAY_MS};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,6 +255,9 @@ impl Supervisor {
             }
             ChaosAction::Latency => {
                 let delay_ms = req.delay_ms.ok_or("latency needs a delay, e.g. 200ms")?;
+                if delay_ms.max(req.jitter_ms.unwrap_or(0)) > MAX_DELAY_MS {
+                    return Err("the delay and --jitter must be at most 10m each".into());
+                }
                 fault.kind = FaultKind::Latency { delay_ms, jitter_ms: req.jitter_ms.unwrap_or(0), percent };
             }
             ChaosAction::Errors => {
