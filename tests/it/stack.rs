@@ -214,6 +214,25 @@ async fn a_killed_child_is_restarted_and_counted_but_a_stopped_one_is_not() {
     let out = p.shop(&["stop", "shipping"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown service `shipping`"), "{}", stderr(&out));
+
+    // The registry stops like any other service (it used to be skipped without a word). The
+    // services keep their last view, which still has payment's old address from before its
+    // restart: an order placed now waits, and confirms once the registry is back.
+    let out = p.shop(&["stop", "registry"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.row("registry")["state"], "stopped");
+    let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--wait", "1s", "--json"]);
+    let order: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    let out = p.shop(&["start", "registry"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.row("registry")["state"], "healthy");
+    let id = order["id"].as_str().unwrap();
+    let confirmed = eventually(Duration::from_secs(20), async || {
+        let out = p.shop(&["order", "get", id, "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|o| o["status"] == "CONFIRMED")
+    })
+    .await;
+    assert!(confirmed, "{id} did not confirm once the registry was back");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -58,14 +58,14 @@ async fn up(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -
 
 async fn stop(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
     authorize(&sup, &headers)?;
-    let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
+    let services = sup.resolve_named(&n.services).map_err(ApiError::bad_request)?;
     sup.stop_services(&services, grace(&n)).await;
     Ok(Json(sup.status()))
 }
 
 async fn start(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
     authorize(&sup, &headers)?;
-    let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
+    let services = sup.resolve_named(&n.services).map_err(ApiError::bad_request)?;
     sup.fresh_start(&services, false);
     sup.up(services).await;
     Ok(Json(sup.status()))
@@ -73,7 +73,7 @@ async fn start(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>
 
 async fn restart(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
     authorize(&sup, &headers)?;
-    let services = sup.resolve(&n.services, false).map_err(ApiError::bad_request)?;
+    let services = sup.resolve_named(&n.services).map_err(ApiError::bad_request)?;
     sup.stop_services(&services, grace(&n)).await;
     sup.fresh_start(&services, true);
     sup.up(services).await;

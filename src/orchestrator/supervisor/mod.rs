@@ -226,6 +226,18 @@ impl Supervisor {
         }
     }
 
+    /// The services a stop, start or restart names, as given. The registry is one of them: it
+    /// stops like any other (its clients keep their last view, and their heartbeats find it
+    /// gone), where `up` always starts it first and so leaves it out of what it resolves.
+    pub fn resolve_named(&self, names: &[String]) -> Result<Vec<String>, String> {
+        let known: Vec<String> =
+            std::iter::once(REGISTRY.to_string()).chain(self.stack.services.iter().map(|s| s.name.clone())).collect();
+        match names.iter().find(|n| !known.contains(n)) {
+            Some(n) => Err(format!("unknown service `{n}`; the stack has: {}", known.join(", "))),
+            None => Ok(names.to_vec()),
+        }
+    }
+
     /// A start asked for by the user begins a fresh crash count (and a restart is counted).
     fn fresh_start(&self, services: &[String], count_restart: bool) {
         let mut inner = self.lock();
