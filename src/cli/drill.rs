@@ -42,6 +42,11 @@ const ORDER_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let drill = read(&args.file)?;
+    for (path, what) in outputs(&args) {
+        if let Some(path) = path {
+            output::check_writable(path, what)?;
+        }
+    }
     let stack = ctx.stack()?;
     let dir = ctx.state_dir();
     let control = Control::require(&dir)?;
@@ -60,13 +65,19 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     });
     let setup = Setup { drill, seed: args.seed, control, rows, dbs, secret, load, probe, quiet: ctx.quiet };
     let report = run::run(setup).await?;
-    write_outputs(&args, &report)?;
+    // The report first: a file that cannot be written after all must not take it with it.
     if ctx.json {
         output::print_json(&report);
     } else {
         print!("{}", render(&report, output::table, output::color_stdout()));
     }
+    write_outputs(&args, &report)?;
     Ok(if report.ok { exit::OK } else { exit::RUNTIME })
+}
+
+/// The report files the flags ask for, with what each holds.
+fn outputs(args: &Args) -> [(&Option<PathBuf>, &'static str); 3] {
+    [(&args.junit, "JUnit report"), (&args.html, "HTML report"), (&args.json_file, "journal")]
 }
 
 /// `--junit`, `--html` and the journal (`--json FILE` or `--json-file FILE`), each written whole.
@@ -78,9 +89,7 @@ fn write_outputs(args: &Args, report: &crate::drill::report::DrillReport) -> any
             s
         })
     };
-    let outputs: [(&Option<PathBuf>, &str); 3] =
-        [(&args.junit, "JUnit report"), (&args.html, "HTML report"), (&args.json_file, "journal")];
-    for (path, what) in outputs {
+    for (path, what) in outputs(args) {
         let Some(path) = path else { continue };
         let text = match what {
             "JUnit report" => crate::drill::junit::drill(report),

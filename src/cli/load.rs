@@ -72,6 +72,11 @@ async fn plan(ctx: &Context, args: &Args) -> anyhow::Result<LoadPlan> {
     if args.orders == 0 {
         return Err(Failure::usage("`--orders` must be at least 1"));
     }
+    if let Some(t) = args.thresholds.iter().find(|t| t.needs_target_rate() && args.rate.is_none()) {
+        return Err(Failure::usage(format!(
+            "`{t}` compares with the target rate, which only an open loop has: add --rate, or write orders/s (rate>=200)"
+        )));
+    }
     let concurrency = args.concurrency.unwrap_or(if args.rate.is_some() { OPEN_LOOP_CONCURRENCY } else { 8 });
     if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
         return Err(Failure::usage(format!(

@@ -1,11 +1,33 @@
 //! Tables and JSON for stdout, built in one place.
 
 use std::io::IsTerminal;
+use std::path::Path;
 
 use comfy_table::{presets, Cell, Color, ContentArrangement, Table};
 use serde::Serialize;
 
+use crate::error::Failure;
 use crate::orchestrator::protocol::PsRow;
+
+/// Refuses, before any work, a report file that could not be written at the end: one in a
+/// missing or unwritable directory, or a directory itself. Found after a ten-minute drill, the
+/// typo would cost the drill.
+pub fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let problem = if path.is_dir() {
+        Some("it is a directory".to_string())
+    } else if !dir.is_dir() {
+        Some(format!("`{}` is not a directory", dir.display()))
+    } else if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
+        Some(format!("`{}` is not writable", dir.display()))
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => Err(Failure::usage(format!("cannot write the {what} to `{}`: {why}", path.display()))),
+        None => Ok(()),
+    }
+}
 
 /// Colour only on a terminal, never with `NO_COLOR` set.
 pub fn color_stdout() -> bool {

@@ -61,6 +61,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
+    if let Some(path) = &args.junit {
+        output::check_writable(path, "JUnit report")?;
+    }
     let stack = on_free_ports(ctx.stack()?);
     let users = fixture_users(&stack)?;
     let dir = StateDir { root: std::env::temp_dir().join(crate::plumbing::ids::new("shop-smoke")) };

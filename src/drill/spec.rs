@@ -687,8 +687,20 @@ fn validate_steady(c: &mut Check, raw: &RawSteady, at: Pos) -> Option<SteadyStat
         }
     };
     let list = raw.thresholds.as_ref().map(|l| l.v.clone()).unwrap_or_default();
-    let thresholds: Vec<Option<Threshold>> =
-        list.iter().enumerate().map(|(n, t)| threshold(c, t, &format!("steady_state.thresholds[{n}]"))).collect();
+    let closed_loop = matches!(&probe, Some(p) if p.rate.is_none());
+    let thresholds: Vec<Option<Threshold>> = list
+        .iter()
+        .enumerate()
+        .map(|(n, raw)| {
+            let path = format!("steady_state.thresholds[{n}]");
+            let parsed = threshold(c, raw, &path)?;
+            if closed_loop && parsed.needs_target_rate() {
+                let why = "compares with the target rate, which only a probe_load with a `rate` has";
+                return c.fail(raw.at, format!("{path}: `{parsed}` {why}; give the probe a rate, or write orders/s"));
+            }
+            Some(parsed)
+        })
+        .collect();
     let invariants = match &raw.invariants {
         None => Some(false),
         Some(i) if i.v == "all" => Some(true),
@@ -1273,6 +1285,7 @@ monkey: { mean_interval: 4s, faults: [kill, pause], targets: [payment, inventory
     fn bad_thresholds_weights_and_monkeys_are_reported_at_their_position() {
         let cases = [
             ("name: x\nload: { orders: 1 }\nsteady_state: { probe_load: { orders: 5 }, thresholds: [\"p98<5ms\"] }\n", "d.yaml:3:57: steady_state.thresholds[0]: `p98<5ms` is not a threshold: unknown metric `p98`; a threshold is METRIC OP VALUE"),
+            ("name: x\nload: { orders: 1 }\nsteady_state: { probe_load: { orders: 5 }, thresholds: [\"rate>=95%\"] }\n", "d.yaml:3:57: steady_state.thresholds[0]: `rate>=95%` compares with the target rate, which only a probe_load with a `rate` has"),
             ("name: x\nload: { orders: 1, users: \"alice:-1\" }\n", "d.yaml:2:27: load: `users`: the weight of `alice` must be above 0, not -1"),
             ("name: x\nload: { rate: 10, duration: 5s }\nmonkey: { targets: [] }\n", "d.yaml:3:20: monkey: `targets` is empty; a monkey with no targets"),
             ("name: x\nload: { rate: 10, duration: 5s }\nmonkey: { seed: 1 }\n", "d.yaml:3:9: monkey: `targets` is missing"),

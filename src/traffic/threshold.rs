@@ -144,6 +144,14 @@ pub struct Threshold {
     pub bound: Bound,
 }
 
+impl Threshold {
+    /// `rate>=95%` compares with the target start rate, which only an open loop has: judged on a
+    /// closed loop it could only ever fail, so the callers refuse it up front.
+    pub fn needs_target_rate(&self) -> bool {
+        self.metric == Metric::Rate && matches!(self.bound, Bound::Percent(_))
+    }
+}
+
 impl fmt::Display for Threshold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.expression)

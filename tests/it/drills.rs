@@ -533,6 +533,12 @@ fn the_same_monkey_seed_prints_the_same_timeline_and_bad_monkeys_exit_2() {
     assert!(stdout(&a).starts_with("monkey (seed 42):"), "{}", stdout(&a));
     assert_eq!(stdout(&a), stdout(&b));
     assert_eq!(faults_left(&p), "[]");
+    // A report that could not be written at the end is refused before the drill begins.
+    let out = p.shop(&["chaos", "drill", &shipped("payment-outage"), "--html", "/nonexistent/r.html"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let want = "cannot write the HTML report to `/nonexistent/r.html`: `/nonexistent` is not a directory";
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    assert_eq!(faults_left(&p), "[]");
     let none = p.shop(&["chaos", "monkey", "--duration", "1s", "--targets", ","]);
     assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
     assert!(stderr(&none).contains("a monkey with no targets"), "{}", stderr(&none));

@@ -92,6 +92,9 @@ fn bad_load_flags_exit_2_before_any_order_is_sent() {
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(stderr(&out).contains(want), "{flag} {value}: {}", stderr(&out));
     }
+    let out = p.shop(&["load", "--threshold", "rate>=95%", gateway[0], gateway[1]]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("which only an open loop has: add --rate"), "{}", stderr(&out));
     let out = p.shop(&["load", "--users", "nobody", gateway[0], gateway[1]]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);

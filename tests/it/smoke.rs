@@ -102,6 +102,21 @@ fn smoke_with_an_invalid_stack_file_exits_2_before_starting_anything() {
 }
 
 #[test]
+fn a_report_path_that_cannot_be_written_exits_2_before_starting_anything() {
+    let p = Project::new("");
+    for path in ["/nonexistent/smoke.xml", "."] {
+        let out = p.shop(&["smoke", "--junit", path]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with(&format!("error: cannot write the JUnit report to `{path}`")),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("throw-away"), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn a_failed_check_is_reported_the_others_still_run_and_smoke_exits_1() {
     let p = Project::new("");
     // Fixtures without an inactive user: that one check cannot pass.
