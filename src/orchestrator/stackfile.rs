@@ -402,6 +402,9 @@ fn builtin_policy() -> Policy {
     }
 }
 
+/// The longest service name: a DNS label's length.
+pub const MAX_NAME_LEN: usize = 63;
+
 /// Replicas per service. Each is a process with its own runtime, connections and health
 /// probes; a typo of a few zeros would otherwise start thousands of them and swamp the machine
 /// and its supervisor.
@@ -622,6 +625,14 @@ fn validate_service(
     // Names become file names under the state dir, so keep them tame.
     if name.v.is_empty() || !name.v.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
         c.report(name.at, format!("service name `{}` may only hold letters, digits, `-` and `_`; rename it", name.v));
+    } else if name.v.len() > MAX_NAME_LEN {
+        // With a replica's `-N` and `.log`, a longer one runs into the file system's 255 bytes
+        // long before that, and a Kubernetes name stops at 63.
+        let why = "it names files, and Kubernetes objects when exported";
+        c.report(
+            name.at,
+            format!("service name `{}` is {} characters; at most {MAX_NAME_LEN} ({why})", name.v, name.v.len()),
+        );
     }
     let mut replicas = c.count(&s.replicas, &p("replicas"), 1, 1);
     if let Some(raw) = s.replicas.as_ref().filter(|_| replicas > MAX_REPLICAS) {
@@ -1126,6 +1137,16 @@ stack.yaml:4:44: `services.payment.replicas` must be 1 or more, not 0
 stack.yaml:5:3: unknown service kind `shipping`; use one of gateway, user, order, payment, inventory, notification, or give `command:`
 stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, registry, defaults, telemetry, services"
         );
+    }
+
+    #[test]
+    fn a_service_name_longer_than_a_dns_label_is_refused() {
+        let long = "a".repeat(64);
+        assert_eq!(
+            err(&format!("services:\n  {long}: {{kind: user}}\n")),
+            format!("stack.yaml:2:3: service name `{long}` is 64 characters; at most 63 (it names files, and Kubernetes objects when exported)")
+        );
+        assert!(parse(&format!("services:\n  {}: {{kind: user}}\n", "a".repeat(63))).is_ok());
     }
 
     #[test]
