@@ -1140,6 +1140,14 @@ stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, reg
     }
 
     #[test]
+    fn an_environment_name_with_an_equals_sign_is_refused() {
+        assert_eq!(
+            err("services:\n  user: {env: {\"A=B\": x, C: y}}\n"),
+            "stack.yaml:2:16: `services.user.env` has the name `A=B`; an environment name holds no `=`"
+        );
+    }
+
+    #[test]
     fn a_service_name_longer_than_a_dns_label_is_refused() {
         let long = "a".repeat(64);
         assert_eq!(

@@ -442,13 +442,23 @@ impl Check {
 
     /// Environment variables; numbers and booleans are taken as written, a null as empty.
     pub fn env(&mut self, node: Option<&Node>, path: &str) -> BTreeMap<String, String> {
-        let entries = self.entries(node, path);
-        (entries.into_iter())
-            .filter_map(|(key, value)| match value.is_null() {
-                true => Some((key.v, String::new())),
-                false => self.text(Some(value), &format!("{path}.{}", key.v)).map(|v| (key.v, v.v)),
-            })
-            .collect()
+        let mut env = BTreeMap::new();
+        for (key, value) in self.entries(node, path) {
+            // A process environment cannot hold such a name: `A=B: x` would arrive as `A` set
+            // to `B=x`, and a NUL byte cuts it short.
+            if key.v.is_empty() || key.v.contains(['=', '\0']) {
+                self.report(key.at, format!("`{path}` has the name `{}`; an environment name holds no `=`", key.v));
+                continue;
+            }
+            let value = match value.is_null() {
+                true => Some(String::new()),
+                false => self.text(Some(value), &format!("{path}.{}", key.v)).map(|v| v.v),
+            };
+            if let Some(value) = value {
+                env.insert(key.v, value);
+            }
+        }
+        env
     }
 
     /// A list of single values.
