@@ -219,7 +219,7 @@ fn parse_for(s: &str) -> Result<Duration, String> {
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
-    d.map(|d| d.as_millis() as u64)
+    d.map(duration_ms)
 }
 
 pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
