@@ -214,8 +214,9 @@ impl Supervisor {
     /// Applies one chaos request; the error is for the user (an unknown target, a bad value).
     pub async fn apply_chaos(self: &Arc<Self>, req: ChaosRequest) -> Result<Vec<FaultRow>, String> {
         let (instances, _) = self.target_instances(&req.target)?;
-        let until = req.for_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        let until_ms = req.for_ms.map(|ms| now_ms() + ms as i64);
+        // Saturating: a `--for` of centuries means "until cleared", not an overflow.
+        let until = req.for_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+        let until_ms = until.and(req.for_ms).map(|ms| now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)));
         let percent = req.percent.unwrap_or(100.0);
         if !(0.0..=100.0).contains(&percent) {
             return Err(format!("--percent must be 0 to 100, got {percent}"));
