@@ -44,7 +44,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let drill = read(&args.file)?;
     for (path, what) in outputs(&args) {
         if let Some(path) = path {
-            output::check_writable(path, what)?;
+            output::check_writable(path, what, &[&args.file, &ctx.file])?;
         }
     }
     let stack = ctx.stack()?;

@@ -114,20 +114,6 @@ pub struct ComposeArgs {
     pub out: OutputArgs,
 }
 
-/// `-o stack.yaml` would replace the stack file the manifests were made from (or a fixture file
-/// it names) with them: refused, since the user would lose the file that describes the stack.
-fn refuse_to_overwrite_inputs(stack: &Stack, out: &Path, what: &str) -> anyhow::Result<()> {
-    let Ok(out) = out.canonicalize() else { return Ok(()) }; // a new file replaces nothing
-    let inputs = std::iter::once(&stack.file).chain(stack.services.iter().filter_map(|s| s.fixtures.as_ref()));
-    match inputs.into_iter().find(|input| input.canonicalize().is_ok_and(|i| i == out)) {
-        Some(input) => Err(Failure::usage(format!(
-            "`{}` is an input of this stack; writing the {what} there would replace it: pick another -o",
-            input.display()
-        ))),
-        None => Ok(()),
-    }
-}
-
 pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
     let (ExportCommand::K8s(K8sArgs { out, .. }) | ExportCommand::Compose(ComposeArgs { out })) = &command;
     if ctx.json && out.output.is_none() {
@@ -172,7 +158,11 @@ pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
             }
         }
         Some(path) => {
-            refuse_to_overwrite_inputs(&stack, path, what)?;
+            // `-o stack.yaml` would replace the file the manifests are made from.
+            let inputs: Vec<&Path> = std::iter::once(stack.file.as_path())
+                .chain(stack.services.iter().filter_map(|s| s.fixtures.as_deref()))
+                .collect();
+            super::output::check_writable(path, what, &inputs)?;
             std::fs::write(path, &text).with_context(|| {
                 format!("cannot write the {what} to `{}`; check that its directory exists", path.display())
             })?;

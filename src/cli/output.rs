@@ -11,10 +11,14 @@ use crate::orchestrator::protocol::PsRow;
 
 /// Refuses, before any work, a report file that could not be written at the end: one in a
 /// missing or unwritable directory, or a directory itself. Found after a ten-minute drill, the
-/// typo would cost the drill.
-pub fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
+/// typo would cost the drill. Writing over one of `inputs` (the drill or stack file the command
+/// reads) is refused too: it would replace the file with the report.
+pub fn check_writable(path: &Path, what: &str, inputs: &[&Path]) -> anyhow::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let problem = if path.is_dir() {
+    let same = |input: &Path| matches!((path.canonicalize(), input.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    let problem = if let Some(input) = inputs.iter().find(|input| same(input)) {
+        Some(format!("`{}` is what this command reads", input.display()))
+    } else if path.is_dir() {
         Some("it is a directory".to_string())
     } else if !dir.is_dir() {
         Some(format!("`{}` is not a directory", dir.display()))

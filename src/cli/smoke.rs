@@ -62,7 +62,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let started = Instant::now();
     if let Some(path) = &args.junit {
-        output::check_writable(path, "JUnit report")?;
+        output::check_writable(path, "JUnit report", &[&ctx.file])?;
     }
     let stack = on_free_ports(ctx.stack()?);
     let users = fixture_users(&stack)?;

@@ -539,6 +539,12 @@ fn the_same_monkey_seed_prints_the_same_timeline_and_bad_monkeys_exit_2() {
     let want = "cannot write the HTML report to `/nonexistent/r.html`: `/nonexistent` is not a directory";
     assert!(stderr(&out).contains(want), "{}", stderr(&out));
     assert_eq!(faults_left(&p), "[]");
+    // Nor may a report replace the drill file it comes from.
+    let drill = write(&p, "d.yaml", "name: d\nload: { orders: 1 }\n");
+    let out = p.shop(&["chaos", "drill", &drill, "--json", &drill]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is what this command reads"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&drill).unwrap(), "name: d\nload: { orders: 1 }\n");
     let none = p.shop(&["chaos", "monkey", "--duration", "1s", "--targets", ","]);
     assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
     assert!(stderr(&none).contains("a monkey with no targets"), "{}", stderr(&none));

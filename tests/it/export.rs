@@ -353,7 +353,7 @@ fn bad_export_options_are_usage_errors_that_name_the_value() {
         (&["export", "k8s", "--image-for", "shipping=x"][..], "--image-for names `shipping`, not in the stack"),
         (&["export", "compose", "--image-for", "web"][..], "--image-for `web` must be SERVICE=IMAGE"),
         (&["export", "k8s", "--namespace", "Lab_NS"][..], "namespace `Lab_NS` is not a DNS label"),
-        (&["export", "compose", "-o", "./stack.yaml"][..], "is an input of this stack; writing the compose file"),
+        (&["export", "compose", "-o", "./stack.yaml"][..], "cannot write the compose file to `./stack.yaml`: `"),
     ];
     let before = std::fs::read(dir.path().join("stack.yaml")).unwrap();
     for (args, message) in cases {
