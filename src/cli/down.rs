@@ -68,6 +68,15 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
             }
         }
     }
+    // Only a directory `up` made is purged: `--state-dir` may name any directory, and its
+    // `data/` and `logs/` are somebody else's unless the stack secret says the dir is a stack's.
+    let ours = dir.root.join("secret").is_file();
+    if args.purge && !ours && (dir.data().exists() || dir.logs().exists()) {
+        return Err(super::Failure::usage(format!(
+            "`{}` has no stack secret, so it is not a state dir `shop up` made; nothing was deleted",
+            dir.root.display()
+        )));
+    }
     if args.purge {
         for path in [dir.data(), dir.logs()] {
             match std::fs::remove_dir_all(&path) {
@@ -76,7 +85,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
                 Err(e) => anyhow::bail!("cannot delete `{}`: {e}", path.display()),
             }
         }
-        let _ = std::fs::remove_file(dir.root.join("secret"));
+        for file in ["secret", "supervisor.lock", "up.lock"] {
+            let _ = std::fs::remove_file(dir.root.join(file));
+        }
         let _ = std::fs::remove_dir(&dir.root);
         if !ctx.quiet {
             eprintln!("deleted data and logs in `{}`", dir.root.display());

@@ -344,7 +344,16 @@ async fn nothing_of_the_stack_survives_down_or_the_death_of_its_supervisor() {
     assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
     let purge = p.shop(&["down", "--purge"]);
     assert_eq!(purge.status.code(), Some(0));
-    assert!(!p.state().join(".shop/data").exists());
+    assert!(!p.state().join(".shop").exists(), "the purged state dir is gone, lock files and all");
+
+    // A directory `up` did not make is never purged, whatever `--state-dir` names.
+    let other = p.state().join("elsewhere");
+    std::fs::create_dir_all(other.join("data")).unwrap();
+    std::fs::write(other.join("data/precious.txt"), "keep").unwrap();
+    let out = p.shop(&["down", "--purge", "--state-dir", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a state dir `shop up` made; nothing was deleted"), "{}", stderr(&out));
+    assert!(other.join("data/precious.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
