@@ -103,12 +103,27 @@ impl StateDir {
     /// and logs with order details.
     pub fn create(&self) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
+        // `--state-dir` may name any directory, and this one is about to be made private: only
+        // a new, empty or earlier state dir is taken (`--state-dir /tmp` would lock others out).
+        if self.root.exists() && !self.is_ours() {
+            return Err(crate::error::Failure::usage(format!(
+                "`{}` is neither empty nor a state dir of shop; give --state-dir a new or empty directory",
+                self.root.display()
+            )));
+        }
         for dir in [self.logs(), self.data()] {
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", dir.display()))?;
         }
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| anyhow::anyhow!("cannot restrict `{}` to its owner: {e}", self.root.display()))?;
         Ok(())
+    }
+
+    /// Whether the directory is empty or holds what only a state dir holds.
+    fn is_ours(&self) -> bool {
+        let Ok(mut entries) = std::fs::read_dir(&self.root) else { return false };
+        entries.next().is_none()
+            || ["secret", "supervisor.json", "supervisor.lock", "up.lock"].iter().any(|f| self.root.join(f).is_file())
     }
 
     /// The stack secret, created on first use with mode 0600.

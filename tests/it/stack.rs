@@ -354,6 +354,13 @@ async fn nothing_of_the_stack_survives_down_or_the_death_of_its_supervisor() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("not a state dir `shop up` made; nothing was deleted"), "{}", stderr(&out));
     assert!(other.join("data/precious.txt").exists());
+    // Nor is it taken over (made private to its owner, filled with a stack) by `up`.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = p.shop(&["up", "-d", "--state-dir", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is neither empty nor a state dir of shop"), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&other).unwrap().permissions().mode() & 0o7777, 0o1777);
 }
 
 #[tokio::test(flavor = "multi_thread")]
