@@ -68,27 +68,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
             }
         }
     }
-    // Only a directory `up` made is purged: `--state-dir` may name any directory, and its
-    // `data/` and `logs/` are somebody else's unless the stack secret says the dir is a stack's.
-    let ours = dir.root.join("secret").is_file();
-    if args.purge && !ours && (dir.data().exists() || dir.logs().exists()) {
-        return Err(super::Failure::usage(format!(
-            "`{}` has no stack secret, so it is not a state dir `shop up` made; nothing was deleted",
-            dir.root.display()
-        )));
-    }
     if args.purge {
-        for path in [dir.data(), dir.logs()] {
-            match std::fs::remove_dir_all(&path) {
-                Ok(()) => report.purged.push(path.display().to_string()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => anyhow::bail!("cannot delete `{}`: {e}", path.display()),
-            }
-        }
-        for file in ["secret", "supervisor.lock", "up.lock"] {
-            let _ = std::fs::remove_file(dir.root.join(file));
-        }
-        let _ = std::fs::remove_dir(&dir.root);
+        report.purged = dir.purge()?.iter().map(|p| p.display().to_string()).collect();
         if !ctx.quiet {
             eprintln!("deleted data and logs in `{}`", dir.root.display());
         }

@@ -122,8 +122,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
 
 /// Starts `shop supervise` detached from this terminal (own session) and waits for it to
 /// serve its control API.
+/// `dir` exists already: [`run`] created it to take its `up` lock.
 async fn spawn_supervisor(ctx: &Context, dir: &StateDir, args: &Args) -> anyhow::Result<Control> {
-    dir.create()?;
     let log_path = dir.log("supervisor");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let exe = std::env::current_exe()?;

@@ -48,6 +48,20 @@ pub enum LockKind {
     Up,
 }
 
+impl LockKind {
+    const ALL: [LockKind; 2] = [LockKind::Supervisor, LockKind::Up];
+
+    fn file(self) -> &'static str {
+        match self {
+            LockKind::Supervisor => "supervisor.lock",
+            LockKind::Up => "up.lock",
+        }
+    }
+}
+
+const SECRET: &str = "secret";
+const RECORD: &str = "supervisor.json";
+
 impl StateDir {
     /// The databases of the first service of each built-in kind in `stack`, for the invariant
     /// checks; the error names a kind the stack lacks.
@@ -96,7 +110,7 @@ impl StateDir {
     }
 
     fn record_path(&self) -> PathBuf {
-        self.root.join("supervisor.json")
+        self.root.join(RECORD)
     }
 
     /// Creates the state dir readable by its owner only: it holds the secret, the databases
@@ -122,13 +136,39 @@ impl StateDir {
     /// Whether the directory is empty or holds what only a state dir holds.
     fn is_ours(&self) -> bool {
         let Ok(mut entries) = std::fs::read_dir(&self.root) else { return false };
-        entries.next().is_none()
-            || ["secret", "supervisor.json", "supervisor.lock", "up.lock"].iter().any(|f| self.root.join(f).is_file())
+        let marks = [SECRET, RECORD].into_iter().chain(LockKind::ALL.map(LockKind::file));
+        entries.next().is_none() || marks.into_iter().any(|f| self.root.join(f).is_file())
+    }
+
+    /// Deletes the data and logs (the directories deleted are returned), the secret and the
+    /// locks, and the state dir itself once empty. Only a directory `up` made is purged:
+    /// `--state-dir` may name any directory, and its `data/` and `logs/` are somebody else's
+    /// unless the stack secret says the dir is a stack's.
+    pub fn purge(&self) -> anyhow::Result<Vec<PathBuf>> {
+        if !self.root.join(SECRET).is_file() && (self.data().exists() || self.logs().exists()) {
+            return Err(crate::error::Failure::usage(format!(
+                "`{}` has no stack secret, so it is not a state dir `shop up` made; nothing was deleted",
+                self.root.display()
+            )));
+        }
+        let mut purged = Vec::new();
+        for path in [self.data(), self.logs()] {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => purged.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot delete `{}`: {e}", path.display()),
+            }
+        }
+        for file in [SECRET].into_iter().chain(LockKind::ALL.map(LockKind::file)) {
+            let _ = std::fs::remove_file(self.root.join(file));
+        }
+        let _ = std::fs::remove_dir(&self.root);
+        Ok(purged)
     }
 
     /// The stack secret, created on first use with mode 0600.
     pub fn secret(&self) -> anyhow::Result<String> {
-        let path = self.root.join("secret");
+        let path = self.root.join(SECRET);
         if let Ok(s) = std::fs::read_to_string(&path) {
             if !s.trim().is_empty() {
                 return Ok(s.trim().to_string());
@@ -154,17 +194,13 @@ impl StateDir {
 
     /// The secret if the stack has one, without creating it.
     pub fn existing_secret(&self) -> Option<String> {
-        std::fs::read_to_string(self.root.join("secret")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        std::fs::read_to_string(self.root.join(SECRET)).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
     }
 
     /// Takes the lock `kind` at once, or `None` while another process holds it.
     pub fn try_lock(&self, kind: LockKind) -> anyhow::Result<Option<DirLock>> {
         use nix::fcntl::{Flock, FlockArg};
-        let name = match kind {
-            LockKind::Supervisor => "supervisor.lock",
-            LockKind::Up => "up.lock",
-        };
-        let path = self.root.join(name);
+        let path = self.root.join(kind.file());
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
