@@ -194,6 +194,11 @@ async fn follow_query(
                 }
             }
         }
+        // Past `--until`, no line still to come can match: the follow is over. A second of
+        // grace lets lines stamped before it reach the file.
+        if query.until.is_some_and(|until| SystemTime::now() > until + Duration::from_secs(1)) {
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = tokio::signal::ctrl_c() => return,

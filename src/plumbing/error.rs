@@ -22,11 +22,13 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (429 and 503).
     pub retry_after: Option<u64>,
+    /// A `WWW-Authenticate` challenge, which a 401 must carry (RFC 9110 section 15.5.2).
+    pub challenge: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> ApiError {
-        ApiError { status, code: code.into(), message: message.into(), retry_after: None }
+        ApiError { status, code: code.into(), message: message.into(), retry_after: None, challenge: None }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -72,6 +74,9 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
+        }
         response
     }
 }
@@ -95,6 +100,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // A body declared larger than the bound is refused before waiting for any of it.
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
         // A client that sends headers and then trickles (or never sends) the body is cut off.
         let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::Bytes::from_request(req, state)).await.map_err(
             |_| {
@@ -103,17 +113,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         )?;
         let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-                )
+                too_large()
             } else {
                 ApiError::bad_request(format!("cannot read request body: {rejection}"))
             }
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 /// A JSON document into `T`, or a 400 that says what is wrong with it.

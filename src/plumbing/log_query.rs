@@ -2,7 +2,7 @@
 //! regex, trace and order, as `shop logs` offers them; and the one readable rendering of a line.
 
 use std::collections::BTreeSet;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use regex::Regex;
 
@@ -30,15 +30,41 @@ impl Level {
     }
 }
 
-/// `--since 5m` (that long ago) or `--since 2026-01-01T10:00:00Z` (an RFC 3339 time, UTC
-/// when the zone is left out).
+/// `--since 5m` (that long ago) or `--since 2026-01-01T10:00:00Z` (an RFC 3339 time, with any
+/// offset such as `+01:00`; UTC when the zone is left out).
 pub fn parse_time(s: &str, now: SystemTime) -> Result<SystemTime, String> {
     let t = s.trim();
     if let Ok(d) = humantime::parse_duration(t) {
         return Ok(now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
     }
-    humantime::parse_rfc3339_weak(t)
-        .map_err(|_| format!("`{s}` is neither a duration nor a time; write e.g. 10m, 1h30m or 2026-01-01T10:00:00Z"))
+    parse_rfc3339(t)
+        .ok_or_else(|| format!("`{s}` is neither a duration nor a time; write e.g. 10m, 1h30m or 2026-01-01T10:00:00Z"))
+}
+
+/// RFC 3339 in full: `t` and `z` in either case (section 5.6) and a numeric offset, which
+/// humantime leaves out (it reads UTC only). `-00:00`, "offset unknown", is read as UTC.
+fn parse_rfc3339(t: &str) -> Option<SystemTime> {
+    let t = t.to_ascii_uppercase();
+    let (local, offset_s) = match t.len().checked_sub(6).and_then(|i| t.get(i..).map(|zone| (i, zone))) {
+        Some((i, zone)) if matches!(zone.as_bytes(), [b'+' | b'-', _, _, b':', _, _]) && i > 10 => {
+            let hours: u64 = zone.get(1..3)?.parse().ok()?;
+            let minutes: u64 = zone.get(4..6)?.parse().ok()?;
+            if hours > 23 || minutes > 59 || !zone[1..3].bytes().chain(zone[4..6].bytes()).all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let secs = hours * 3600 + minutes * 60;
+            (&t[..i], if zone.starts_with('+') { secs as i64 } else { -(secs as i64) })
+        }
+        _ => (t.as_str(), 0),
+    };
+    let local = humantime::parse_rfc3339_weak(local).ok()?;
+    // The local time at `+01:00` is an hour ahead of UTC: the instant is an hour earlier.
+    let shift = Duration::from_secs(offset_s.unsigned_abs());
+    if offset_s >= 0 {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    }
 }
 
 /// What to keep. Every condition set must hold; an empty query keeps every line.
@@ -231,6 +257,21 @@ mod tests {
             humantime::parse_rfc3339("2026-01-01T09:00:00Z").unwrap()
         );
         assert!(parse_time("yesterday-ish", now).unwrap_err().contains("neither a duration nor a time"));
+        // Any offset, `t` and `z` in either case (RFC 3339 section 5.6).
+        let nine = humantime::parse_rfc3339("2026-01-01T09:00:00Z").unwrap();
+        for t in [
+            "2026-01-01T10:00:00+01:00",
+            "2026-01-01T04:00:00-05:00",
+            "2026-01-01T09:00:00-00:00",
+            "2026-01-01t09:00:00z",
+            "2026-01-01T09:00:00.000+00:00",
+            "2026-01-01T14:30:00+05:30",
+        ] {
+            assert_eq!(parse_time(t, now).unwrap(), nine, "{t}");
+        }
+        for t in ["2026-01-01T09:00:00+24:00", "2026-01-01T09:00:00+01:60", "2026-01-01T09:00:00+1:000"] {
+            assert!(parse_time(t, now).is_err(), "{t}");
+        }
         assert!(Level::parse("loud").is_err());
         assert_eq!(Level::parse("WARNING"), Ok(Level::Warn));
     }

@@ -46,6 +46,19 @@ async fn every_bad_order_request_is_a_json_4xx_and_creates_nothing() {
     let resp = stack.http.post(stack.gateway("/orders")).bearer_auth(ALICE).body(big).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
+    // A body declared too large is refused at once, not after waiting for bytes that never come.
+    let mut conn = tokio::net::TcpStream::connect(stack.gateway_addr()).await.unwrap();
+    let head = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{}}"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut conn, head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut conn, &mut answer))
+        .await
+        .expect("an answer before the body could arrive")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(stack.count(shop::services::Kind::Order, "SELECT count(*) FROM orders", &[]), 0);
 }
 
@@ -55,9 +68,24 @@ async fn tokens_are_required_and_inactive_users_are_refused() {
     let body = items(&[("sku-1", 1)]);
     let resp = stack.http.post(stack.gateway("/orders")).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // A 401 names the scheme it wants (RFC 9110 section 11.6.1).
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
     let (status, err, _) = stack.place("not-a-token", body.clone(), &[]).await;
     assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    // The scheme is matched in any case; two credentials are refused, not served as the first.
+    let list = |auth: Vec<&'static str>| {
+        let mut req = stack.http.get(stack.gateway("/orders"));
+        for a in auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let resp = list(vec!["bearer dev-token-alice"]).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = list(vec!["Bearer dev-token-alice", "Bearer dev-token-bob"]).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().contains("Authorization"));
     let (status, err, _) = stack.place(CAROL, body.clone(), &[]).await;
     assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("user_inactive")));
     let (status, _) = stack.get(&stack.gateway("/orders"), None).await;
@@ -85,6 +113,13 @@ async fn users_read_only_their_own_orders() {
     assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
     let (status, _) = stack.get(&stack.gateway("/orders/ord_missing"), Some(ALICE)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Ids are bounded in characters, as the document's `maxLength` counts: 64 of `é` (128
+    // bytes) are an unknown id, 65 are too long.
+    let e = "%C3%A9";
+    let (status, _) = stack.get(&stack.gateway(&format!("/orders/{}", e.repeat(64))), Some(ALICE)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = stack.get(&stack.gateway(&format!("/orders/{}", e.repeat(65))), Some(ALICE)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // Ids with bytes a URI cannot carry raw, or that would change the order service's path
     // (`/`, `?`, `%`), are one unknown id: 404, never a 5xx.
     for odd in [

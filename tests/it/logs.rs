@@ -114,6 +114,15 @@ fn each_logs_filter_keeps_only_its_lines_and_they_combine() {
         ["gateway request", "order saga started", "order step failed; compensating"]
     );
     assert_eq!(messages(&p, &["--until", "2026-01-01T10:00:00.200Z"]), ["gateway request", "order saga started"]);
+    // The same instants written with other offsets, and in lower case (RFC 3339 section 5.6).
+    assert_eq!(
+        messages(&p, &["--until", "2026-01-01T11:00:00.200+01:00"]),
+        messages(&p, &["--until", "2026-01-01t10:00:00.200z"])
+    );
+    assert_eq!(
+        messages(&p, &["--since", "2026-01-01T05:05:00-05:00"]),
+        ["gateway request", "order saga started", "order step failed; compensating"]
+    );
     assert_eq!(
         messages(&p, &["--level", "warn"]),
         ["order transient failure; retrying", "order step failed; compensating"]
@@ -144,6 +153,33 @@ fn each_logs_filter_keeps_only_its_lines_and_they_combine() {
         stdout(&out).trim(),
         "order   | ERROR step failed; compensating code=card_declined instance=order order_id=ord_B"
     );
+}
+
+#[test]
+fn following_past_until_ends_since_no_line_to_come_can_match() {
+    let p = project_with_logs();
+    let mut child = Command::new(BIN)
+        .current_dir(p.dir.path())
+        .args(["logs", "-f", "--until", "1h", "--json"])
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "`logs -f --until 1h` must end on its own");
 }
 
 #[test]

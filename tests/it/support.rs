@@ -168,6 +168,11 @@ impl TestStack {
         self.url(Kind::Gateway, path)
     }
 
+    /// The gateway's address, for a test that speaks raw HTTP.
+    pub fn gateway_addr(&self) -> std::net::SocketAddr {
+        self.procs[&Kind::Gateway].address
+    }
+
     pub fn kill(&mut self, kind: Kind) {
         if let Some(mut p) = self.procs.remove(&kind) {
             p.kill();

@@ -125,13 +125,7 @@ pub struct OrderBody {
 impl Gateway {
     /// The caller, from `Authorization: Bearer TOKEN`; rate-limited per token.
     async fn caller(&self, headers: &HeaderMap, trace: &TraceCtx) -> Result<User, ApiError> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token; send `Authorization: Bearer TOKEN`"))?;
+        let token = bearer_token(headers)?;
         let hash = token_hash(token);
         self.rate_limit(&hash)?;
         let cached = {
@@ -145,7 +139,12 @@ impl Gateway {
         let user: User = match self.client.call_idempotent::<(), _>("user", Method::GET, &path, None, Some(trace)).await
         {
             Ok(u) => u,
-            Err(e) if e.status() == Some(404) => return Err(ApiError::unauthorized("unknown token")),
+            Err(e) if e.status() == Some(404) => {
+                return Err(ApiError {
+                    challenge: Some(r#"Bearer error="invalid_token""#),
+                    ..ApiError::unauthorized("unknown token")
+                })
+            }
             Err(e) => return Err(unavailable("user", &e)),
         };
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, (user.clone(), Instant::now()));
@@ -177,6 +176,27 @@ impl Gateway {
             })
         }
     }
+}
+
+/// The token of `Authorization: Bearer TOKEN`. The scheme is matched in any case (RFC 9110
+/// section 11.1); a request with two `Authorization` headers is refused rather than served as
+/// whichever came first.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing = || ApiError {
+        challenge: Some("Bearer"),
+        ..ApiError::unauthorized("missing bearer token; send `Authorization: Bearer TOKEN`")
+    };
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or_else(missing)?;
+    if values.next().is_some() {
+        return Err(ApiError::bad_request("more than one `Authorization` header; send one"));
+    }
+    let (scheme, token) = value.to_str().ok().and_then(|v| v.trim().split_once([' ', '\t'])).ok_or_else(missing)?;
+    let token = token.trim_matches([' ', '\t']);
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(missing());
+    }
+    Ok(token)
 }
 
 fn unavailable(service: &str, e: &CallError) -> ApiError {
@@ -222,15 +242,20 @@ pub fn visit_accepted_order_ids(c: &rusqlite::Connection, mut visit: impl FnMut(
     Ok(())
 }
 
-/// `Prefer: wait=SECONDS` (RFC 7240), bounded.
+/// `Prefer: wait=SECONDS` (RFC 7240), bounded. Preference names are matched in any case, with
+/// optional spaces around `=` and an optional quoted value; parameters after `;` are ignored.
 fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
-    let Some(prefer) = headers.get("prefer").and_then(|v| v.to_str().ok()) else { return Ok(DEFAULT_WAIT) };
-    for pref in prefer.split(',').map(str::trim) {
-        if let Some(v) = pref.strip_prefix("wait=") {
-            let secs: f64 = v
-                .trim()
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
+    for prefer in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()) {
+        for pref in prefer.split(',') {
+            let pref = pref.split(';').next().unwrap_or_default();
+            let Some((name, value)) = pref.split_once('=') else { continue };
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                continue;
+            }
+            let value = value.trim();
+            let v = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+            let secs: f64 =
+                v.parse().map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
             if !(secs >= 0.0 && secs.is_finite()) {
                 return Err(ApiError::bad_request("`Prefer: wait` must be 0 or more seconds"));
             }
@@ -244,7 +269,11 @@ fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
 /// `Idempotency-Key`: 1 to 255 printable ASCII characters, as the OpenAPI document's pattern
 /// says. An empty one is refused rather than treated as absent: the client meant to send a key.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request("more than one `Idempotency-Key` header; send one"));
+    }
     let key = value.to_str().map_err(|_| ApiError::bad_request("`Idempotency-Key` must be printable ASCII"))?;
     // HTTP strips the spaces around a header value; inside, only printable ASCII and spaces.
     let key = key.trim_matches([' ', '\t']);
@@ -337,7 +366,8 @@ async fn get_order(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     let user = gw.caller(&headers, &trace).await?;
-    if id.len() > MAX_ID_LEN {
+    // Characters, as the document's `maxLength` counts them (see `validate`).
+    if id.chars().count() > MAX_ID_LEN {
         return Err(ApiError::bad_request(format!("an order id is at most {MAX_ID_LEN} characters")));
     }
     let not_found = || ApiError::not_found(format!("no order `{id}`"));
@@ -450,5 +480,29 @@ mod tests {
         assert_eq!(wait_budget(&h).unwrap(), MAX_WAIT);
         h.insert("prefer", "wait=soon".parse().unwrap());
         assert!(wait_budget(&h).is_err());
+        // RFC 7240: any case, spaces around `=`, a quoted value, parameters after `;`.
+        for prefer in ["WAIT=2", "Wait = 2", "wait=\"2\"", "respond-async, wait=2; foo=bar", "wait=2;x"] {
+            h.insert("prefer", prefer.parse().unwrap());
+            assert_eq!(wait_budget(&h).unwrap(), Duration::from_secs(2), "{prefer}");
+        }
+        h.insert("prefer", "handling=lenient".parse().unwrap());
+        assert_eq!(wait_budget(&h).unwrap(), DEFAULT_WAIT);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case_and_only_once() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h).unwrap_err().challenge, Some("Bearer"));
+        for value in ["Bearer tok", "bearer tok", "BEARER  tok ", "Bearer\ttok"] {
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer_token(&h).unwrap(), "tok", "{value}");
+        }
+        for value in ["Basic dG9r", "Bearer", "Bearer  ", "Bearertok"] {
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer_token(&h).unwrap_err().status, StatusCode::UNAUTHORIZED, "{value}");
+        }
+        h.insert(header::AUTHORIZATION, "Bearer a".parse().unwrap());
+        h.append(header::AUTHORIZATION, "Bearer b".parse().unwrap());
+        assert_eq!(bearer_token(&h).unwrap_err().status, StatusCode::BAD_REQUEST);
     }
 }
