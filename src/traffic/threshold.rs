@@ -30,7 +30,7 @@ use super::engine::Summary;
 /// What every parse error ends with, so a typo is answered with the forms that work.
 pub const ACCEPTED_FORMS: &str = "a threshold is METRIC OP VALUE with METRIC one of p50, p90, p99, p999, max \
      (VALUE in ms, s or us; a bare number is ms), errors, confirmed, failed, dropped (VALUE a count or a \
-     percentage of the orders, at most 100%), rate (VALUE a percentage of the target rate, or orders/s), and OP one of \
+     percentage of the orders offered, started or dropped, at most 100%), rate (VALUE a percentage of the target rate, or orders/s), and OP one of \
      < <= > >= ==; e.g. p99<50ms, errors<1%, confirmed>90%, rate>=95%, dropped==0";
 
 /// The figure a threshold looks at.
@@ -301,6 +301,11 @@ impl Measures {
         self
     }
 
+    /// Orders the run offered: those that started and those dropped at the cap.
+    fn offered(&self) -> u64 {
+        self.orders + self.dropped
+    }
+
     fn observe(&self, metric: Metric, bound: Bound) -> Option<f64> {
         let share = |n: u64, of: u64| (of > 0).then(|| n as f64 * 100.0 / of as f64);
         let count_or_share = |n: u64, of: u64| match bound {
@@ -315,11 +320,13 @@ impl Measures {
             Metric::P99 => latency(self.p99_ms),
             Metric::P999 => latency(self.p999_ms),
             Metric::Max => latency(self.max_ms),
-            Metric::Errors => count_or_share(self.errors, self.orders),
-            Metric::Confirmed => count_or_share(self.confirmed, self.orders),
-            Metric::Failed => count_or_share(self.failed, self.orders),
-            // A share of what the schedule asked for: the ones that started plus those dropped.
-            Metric::Dropped => count_or_share(self.dropped, self.orders + self.dropped),
+            // Shares of what the schedule offered, the orders that started plus those dropped, so
+            // they add up to 100%: an order dropped at the cap is a user never served, and
+            // `confirmed==100%` cannot pass while users were turned away.
+            Metric::Errors => count_or_share(self.errors, self.offered()),
+            Metric::Confirmed => count_or_share(self.confirmed, self.offered()),
+            Metric::Failed => count_or_share(self.failed, self.offered()),
+            Metric::Dropped => count_or_share(self.dropped, self.offered()),
             Metric::Rate => match bound {
                 Bound::Percent(_) => self.target_rate.filter(|t| *t > 0.0).map(|t| self.achieved_rate * 100.0 / t),
                 _ => Some(self.achieved_rate),
@@ -457,6 +464,18 @@ mod tests {
         assert!(row("rate>90/s").pass);
         assert!(row("dropped==0").pass);
         assert!(row("dropped<1%").pass);
+    }
+
+    #[test]
+    fn shares_are_of_the_orders_offered_so_drops_count_against_them() {
+        // 40 offered: 16 started and confirmed, 24 dropped at the cap.
+        let m = Measures { orders: 16, confirmed: 16, dropped: 24, ..Measures::default() };
+        let row = |s: &str| t(s).evaluate(&m);
+        assert_eq!(row("confirmed==100%").observed, Some(40.0));
+        assert!(!row("confirmed==100%").pass);
+        assert_eq!(row("dropped<=100%").observed, Some(60.0));
+        assert_eq!(row("errors<1%").observed, Some(0.0));
+        assert!(row("confirmed==16").pass, "a count is still a count");
     }
 
     #[test]

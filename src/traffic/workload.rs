@@ -13,8 +13,8 @@ const MAX_CYCLE: u64 = 100_000;
 pub enum MixError {
     #[error("`{0}` is not a weighted user; write USER or USER:WEIGHT with WEIGHT a whole number above 0, e.g. --users alice:70,bob:20,dave:10")]
     User(String),
-    #[error("`{0}` is not a weighted item; write SKU[:QTY][@WEIGHT] with WEIGHT a whole number above 0, e.g. --item sku-1:1@60 --item sku-2:2@40")]
-    Item(String),
+    #[error("`{0}` is not a weighted item: {1}; write SKU[:QTY][@WEIGHT] with QTY 1 to 1000 and WEIGHT a whole number above 0, e.g. --item sku-1:1@60 --item sku-2:2@40")]
+    Item(String, String),
     #[error("give every {0} a weight or none of them (e.g. alice:70,bob:30)")]
     Partial(&'static str),
     #[error("the weights {0:?} are too fine to spread (their sum divided by their common divisor is above {MAX_CYCLE}); use smaller numbers")]
@@ -104,12 +104,19 @@ pub fn parse_users(parts: &[String]) -> Result<(Vec<String>, Option<Vec<u32>>), 
 
 /// `sku-1:2@60` → ((`sku-1`, 2), Some(60)); without `@` the weight is `None`.
 pub fn parse_weighted_item(s: &str) -> Result<((String, i64), Option<u32>), MixError> {
+    let bad = |why: &str| MixError::Item(s.into(), why.into());
     let (item, w) = match s.rsplit_once('@') {
-        Some((item, w)) => (item, Some(weight(w).ok_or_else(|| MixError::Item(s.into()))?)),
+        Some((item, w)) => (item, Some(weight(w).ok_or_else(|| bad("the weight after `@` must be a whole number above 0"))?)),
         None => (s, None),
     };
-    let item = super::gateway::parse_item(item.trim()).map_err(|_| MixError::Item(s.into()))?;
-    Ok((item, w))
+    let (sku, quantity) = super::gateway::parse_item(item.trim()).map_err(|why| {
+        // parse_item names the input itself; here the whole argument is named once.
+        bad(why.split_once(": ").map_or(why.as_str(), |(_, why)| why))
+    })?;
+    // Refused here, as `order place` refuses it, rather than by every order the gateway answers.
+    let requested = crate::services::order::RequestedItem { product_id: sku, quantity };
+    requested.check_quantity().map_err(|_| bad("the quantity after `:` must be 1 to 1000"))?;
+    Ok(((requested.product_id, requested.quantity), w))
 }
 
 /// Order lines as (product id, quantity).
@@ -163,8 +170,19 @@ mod tests {
     fn items_parse_with_quantity_and_weight() {
         assert_eq!(parse_weighted_item("sku-1:2@60").unwrap(), (("sku-1".into(), 2), Some(60)));
         assert_eq!(parse_weighted_item("sku-1").unwrap(), (("sku-1".into(), 1), None));
-        for bad in ["sku-1@-3", "sku-1:x@4", "@4", "sku-1@"] {
-            assert_eq!(parse_weighted_item(bad), Err(MixError::Item(bad.into())), "{bad}");
+        for (bad, why) in [
+            ("sku-1@-3", "weight"),
+            ("sku-1@", "weight"),
+            ("sku-1:x@4", "quantity"),
+            ("sku-1:abc", "quantity"),
+            ("sku-1:0", "quantity after `:` must be 1 to 1000"),
+            ("sku-1:-1@2", "quantity after `:` must be 1 to 1000"),
+            ("sku-1:1001", "quantity after `:` must be 1 to 1000"),
+            ("@4", "product id"),
+        ] {
+            let e = parse_weighted_item(bad).unwrap_err();
+            assert!(matches!(&e, MixError::Item(s, _) if s == bad), "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
         }
         let mixed = vec![(("a".into(), 1), Some(1)), (("b".into(), 1), None)];
         assert_eq!(split_items(mixed), Err(MixError::Partial("--item")));

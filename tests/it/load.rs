@@ -87,6 +87,12 @@ fn bad_load_flags_exit_2_before_any_order_is_sent() {
         ("--duration", "-5s", "`-5s` is not a duration"),
         ("--rate", "-3", "`-3` is not a rate"),
         ("--rate", "1e-300", "`1e-300` is out of range; a rate is 0.001 to 1000000 orders per second"),
+        // Values the gateway would refuse in every order are refused here, naming the part.
+        ("--item", "sku-1:0", "the quantity after `:` must be 1 to 1000"),
+        ("--item", "sku-1:abc", "the quantity after `:` must be a whole number"),
+        ("--item", "sku-1:2@x", "the weight after `@` must be a whole number above 0"),
+        ("--gateway", "notaurl", "`notaurl` is not a URL"),
+        ("--gateway", "ftp://127.0.0.1:1", "is not an http:// URL with a host"),
     ] {
         let out = p.shop(&["load", flag, value, gateway[0], gateway[1]]);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
