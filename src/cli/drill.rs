@@ -54,7 +54,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     check_targets(&drill, &rows, &args.file)?;
     let dbs = ctx.databases(&stack)?;
     let secret = dir.existing_secret().unwrap_or_default();
-    let load = plan(ctx, &drill).await?;
+    let load = plan(ctx, &drill, &args.file).await?;
     let probe = drill.steady_state.as_ref().map(|steady| LoadPlan {
         orders: steady.probe.orders,
         rate: steady.probe.rate,
@@ -115,13 +115,18 @@ fn read(file: &std::path::Path) -> anyhow::Result<Drill> {
 }
 
 /// The drill's `load:` as the engine's plan, against the running stack's gateway.
-async fn plan(ctx: &Context, drill: &Drill) -> anyhow::Result<LoadPlan> {
+async fn plan(ctx: &Context, drill: &Drill, file: &std::path::Path) -> anyhow::Result<LoadPlan> {
     let target = Target::resolve(ctx, &GatewayArgs { gateway: None }).await?;
     let users: Vec<&str> = drill.load.users.iter().map(String::as_str).collect();
     let spec = &drill.load;
+    // A user the fixtures lack is a mistake in the file: said at the line that names it.
+    let callers = super::load::callers(&target, &users).map_err(|e| match spec.users_at {
+        Some(at) => Failure::usage(format!("{}:{}:{}: load: {e}", file.display(), at.line, at.column)),
+        None => e,
+    })?;
     Ok(LoadPlan {
         gateway: Gateway::new(&target.gateway),
-        callers: super::load::callers(&target, &users)?,
+        callers,
         orders: spec.orders,
         concurrency: spec.concurrency,
         rate: spec.rate,
@@ -185,6 +190,7 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
         max_concurrent: args.max_concurrent,
         seed: args.seed,
         fault_for: args.for_.unwrap_or(args.mean_interval.max(Duration::from_secs(1))),
+        targets_at: None,
     };
     let faults = monkey.timeline(args.duration);
     let control = Control::require(&ctx.state_dir())?;
@@ -198,6 +204,7 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
             duration: None,
             rate: None,
             items: Vec::new(),
+            users_at: None,
         },
         faults: faults.clone(),
         expect: Default::default(),

@@ -27,6 +27,8 @@ pub struct Monkey {
     pub seed: u64,
     /// How long each fault lasts.
     pub fault_for: Duration,
+    /// Where a drill file writes `targets`; the faults drawn from them point there.
+    pub targets_at: Option<crate::plumbing::yaml::Pos>,
 }
 
 /// SplitMix64: tiny, fast and fully specified, hence stable for a given seed.
@@ -101,7 +103,7 @@ impl Monkey {
             };
             // Whole milliseconds, as the supervisor takes them and the timeline prints them.
             let at = Duration::from_millis((t * 1000.0) as u64);
-            out.push(Fault { at, for_: Some(self.fault_for), action });
+            out.push(Fault { at, for_: Some(self.fault_for), action, written_at: self.targets_at });
         }
     }
 }
@@ -126,6 +128,7 @@ mod tests {
             max_concurrent: 1,
             seed,
             fault_for: Duration::from_secs(2),
+            targets_at: None,
         }
     }
 

@@ -9,6 +9,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::run::{AfterSettle, BreakerTransition, Settled};
+
+/// How a fault's error begins when the drill never tried it (not steady before the drill),
+/// so the table does not call it failed.
+pub const NOT_INJECTED: &str = "not injected";
 use super::spec::Drill;
 use crate::invariants::{self, Check};
 use crate::traffic::engine::round;
@@ -324,7 +328,11 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 f.target.clone(),
                 if f.describe.is_empty() { "-".into() } else { f.describe.clone() },
                 format!("{:.2}s", f.at_s),
-                f.error.as_ref().map(|_| "failed".to_string()).unwrap_or_else(|| opt_secs(f.applied_at_s)),
+                match &f.error {
+                    Some(e) if e.starts_with(NOT_INJECTED) => NOT_INJECTED.to_string(),
+                    Some(_) => "failed".to_string(),
+                    None => opt_secs(f.applied_at_s),
+                },
                 opt_secs(f.ended_at_s),
             ]);
         }

@@ -308,7 +308,7 @@ fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillRe
             for_s: f.for_.map(secs),
             applied_at_s: None,
             ended_at_s: None,
-            error: Some("not injected: not steady before the drill".into()),
+            error: Some(format!("{}: {NOT_STEADY}", super::report::NOT_INJECTED)),
             describe: f.describe(),
         })
         .collect();
@@ -375,21 +375,25 @@ pub fn check_targets(drill: &Drill, rows: &[PsRow], file: &Path) -> anyhow::Resu
     let known: Vec<&str> = rows.iter().flat_map(|r| [r.service.as_str(), r.instance.as_str()]).collect();
     for (n, fault) in drill.faults.iter().enumerate() {
         for name in fault.names() {
+            // `FILE:LINE:COL` where the file writes the fault, as for every other mistake in it.
+            let place = match fault.written_at {
+                Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
+                None => file.display().to_string(),
+            };
             if !known.contains(&name) {
                 let mut services: Vec<&str> = rows.iter().map(|r| r.service.as_str()).collect();
                 services.dedup();
+                let hint = match crate::plumbing::yaml::did_you_mean(name, known.iter().copied()) {
+                    Some(near) => format!("did you mean `{near}`?"),
+                    None => format!("it has: {}", services.join(", ")),
+                };
                 return Err(Failure::usage(format!(
-                    "{}: faults[{n}] names `{name}`, which is not a service or instance of the running stack; \
-                     it has: {}",
-                    file.display(),
-                    services.join(", ")
+                    "{place}: faults[{n}] names `{name}`, which is not a service or instance of the running stack; \
+                     {hint}"
                 )));
             }
             if name == REGISTRY && !fault.is_process_fault() {
-                return Err(Failure::usage(format!(
-                    "{}: faults[{n}]: the registry takes only kill and pause",
-                    file.display()
-                )));
+                return Err(Failure::usage(format!("{place}: faults[{n}]: the registry takes only kill and pause")));
             }
         }
     }

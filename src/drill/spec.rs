@@ -81,6 +81,8 @@ pub struct LoadSpec {
     /// Orders started per second; it also fixes how long the load lasts (`orders / rate`).
     pub rate: Option<f64>,
     pub items: Vec<(String, i64)>,
+    /// Where `users` is written, for a message about a user the fixtures do not have.
+    pub users_at: Option<Pos>,
 }
 
 /// One entry of `faults:`.
@@ -91,6 +93,9 @@ pub struct Fault {
     /// How long it lasts; until the end of the load when absent.
     pub for_: Option<Duration>,
     pub action: Action,
+    /// Where the file writes it (a monkey's faults: its `targets`), for a message about its
+    /// target, which only the running stack can judge.
+    pub written_at: Option<Pos>,
 }
 
 /// What a fault does, to what.
@@ -600,7 +605,8 @@ fn validate_load(c: &mut Check, raw: &RawLoad, at: Pos) -> Option<LoadSpec> {
             .collect(),
     };
     ok &= raw.item.as_ref().is_none_or(|list| items.len() == list.v.len());
-    let spec = LoadSpec { orders: orders?, concurrency, users, duration, rate, items };
+    let users_at = raw.users.as_ref().map(|list| list.at);
+    let spec = LoadSpec { orders: orders?, concurrency, users, duration, rate, items, users_at };
     ok.then_some(spec)
 }
 
@@ -822,6 +828,7 @@ fn validate_monkey(c: &mut Check, raw: &RawMonkey, at: Pos, load: Option<&LoadSp
         max_concurrent: max_concurrent?,
         seed: seed?,
         fault_for: fault_for?,
+        targets_at: raw.targets.as_ref().map(|list| list.at),
     })
 }
 
@@ -900,7 +907,7 @@ fn validate_fault(c: &mut Check, read: &ReadFault, path: &str) -> Option<Fault> 
         }
     }
     let action = action(c, raw, kind, name, for_.ok().flatten(), at, path);
-    let fault = Fault { at: at_offset?, for_: for_.ok()?, action: action? };
+    let fault = Fault { at: at_offset?, for_: for_.ok()?, action: action?, written_at: Some(at) };
     ok.then_some(fault)
 }
 

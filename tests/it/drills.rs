@@ -189,7 +189,21 @@ expect:
     .unwrap();
     let out = p.shop(&["chaos", "drill", "unknown.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).starts_with("error: unknown.yaml: faults[0] names `shipping`"), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: unknown.yaml:4:5: faults[0] names `shipping`"), "{}", stderr(&out));
+    // A near miss is named, and a user the fixtures lack is pointed at too.
+    std::fs::write(
+        p.dir.path().join("typos.yaml"),
+        "name: x\nload: { orders: 5 }\nfaults:\n  - { at: 1s, kill: paymnt }\n",
+    )
+    .unwrap();
+    let out = p.shop(&["chaos", "drill", "typos.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("typos.yaml:4:5: faults[0] names `paymnt`"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did you mean `payment`?"), "{}", stderr(&out));
+    std::fs::write(p.dir.path().join("nobody.yaml"), "name: x\nload:\n  orders: 5\n  users: [nobody]\n").unwrap();
+    let out = p.shop(&["chaos", "drill", "nobody.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: nobody.yaml:4:10: load: no fixture user `nobody`"), "{}", stderr(&out));
 }
 
 #[test]
@@ -369,6 +383,9 @@ faults:
     assert_eq!(p.row("payment")["state"], "healthy");
     let out = p.shop(&["chaos", "drill", "unsteady.yaml"]);
     assert!(stdout(&out).contains("drill unsteady: FAILED (not steady before the drill)"), "{}", stdout(&out));
+    // The fault was never tried, so it is not shown as one that failed.
+    let faults = stdout(&out).split("\nfaults").nth(1).unwrap_or_default().to_string();
+    assert!(faults.contains("not injected") && !faults.contains("failed"), "{}", stdout(&out));
 }
 
 #[test]
