@@ -35,7 +35,9 @@ pub fn init(verbose: u8, quiet: bool, origin: Option<Origin>) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("SHOP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal and never under `NO_COLOR`, as for every other output.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match origin {
         Some(origin) if !std::io::stderr().is_terminal() => {
             // JSON lines take span fields from SpanFieldsLayer; the fmt layer's own copy of them,

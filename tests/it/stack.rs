@@ -341,6 +341,9 @@ async fn nothing_of_the_stack_survives_down_or_the_death_of_its_supervisor() {
     // The dead supervisor's state is noticed and cleaned, and a new stack starts.
     let out = p.shop(&["ps", "--json"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    // Said on stderr, which is a pipe here: plain text, no colour codes.
+    assert!(stderr(&out).contains("found the state of a dead supervisor"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains('\x1b'), "colour on a pipe: {:?}", stderr(&out));
     assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
     let purge = p.shop(&["down", "--purge"]);
     assert_eq!(purge.status.code(), Some(0));
