@@ -56,8 +56,6 @@ const TMP_DIR: &str = "/tmp";
 const CONTAINER_PORT: u16 = 8080;
 /// The unprivileged user and group the image runs as (see the Dockerfile).
 const USER_ID: u32 = 10001;
-/// Consecutive failed probes before a container counts as unhealthy: the supervisor's figure.
-const FAILURES: u32 = 3;
 /// Per container: about what a service needs idle (SPEC section 11 aims under 30 MB), and a
 /// ceiling that leaves room for load.
 const CPU_REQUEST: &str = "50m";
@@ -287,8 +285,36 @@ struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     fn new(stack: &'a Stack, out: &OutputArgs) -> anyhow::Result<Plan<'a>> {
-        let project = dns_label(&stack.name)
-            .map_err(|why| Failure::usage(format!("stack name `{}` {why}; rename it in `name:`", stack.name)))?;
+        // Names Kubernetes and compose cannot take are mistakes in the stack file: all of them
+        // are told at once, each at its `FILE:LINE:COL`, as the file's other mistakes are.
+        let mut problems = Vec::new();
+        let mut problem = |at: crate::plumbing::yaml::Pos, message: String| {
+            problems.push(crate::plumbing::yaml::Problem { line: at.line, column: at.column, message });
+        };
+        let project = dns_label(&stack.name).unwrap_or_else(|why| {
+            problem(stack.name_at, format!("stack name `{}` {why}; rename it in `name:`", stack.name));
+            String::new()
+        });
+        let mut taken: BTreeMap<String, &str> = BTreeMap::new();
+        for spec in &stack.services {
+            match dns_label(&spec.name) {
+                Err(why) => problem(
+                    spec.name_at,
+                    format!("service name `{}` {why}, as Kubernetes and compose need; rename it", spec.name),
+                ),
+                Ok(label) => {
+                    if let Some(other) = taken.insert(label.clone(), &spec.name) {
+                        let why = format!("services `{other}` and `{}` both become `{label}` in the manifests", spec.name);
+                        problem(spec.name_at, format!("{why}; rename one"));
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            problems.sort_by_key(|p| (p.line, p.column));
+            let file = crate::plumbing::yaml::FileError { file: stack.file.clone(), problems };
+            return Err(Failure::usage(file.to_string()));
+        }
         let image = out.image.clone().unwrap_or_else(|| format!("shop:{}", env!("CARGO_PKG_VERSION")));
         let mut images = BTreeMap::new();
         for entry in &out.image_for {
@@ -303,19 +329,10 @@ impl<'a> Plan<'a> {
             }
             images.insert(service.to_string(), img.to_string());
         }
-        let mut taken: BTreeMap<String, &str> = BTreeMap::new();
         let mut units = Vec::new();
         for name in stack.layers().into_iter().flatten() {
             let Some(spec) = stack.service(&name) else { continue };
-            let label = dns_label(&spec.name).map_err(|why| {
-                Failure::usage(format!("service name `{}` {why}, as Kubernetes and compose need; rename it", spec.name))
-            })?;
-            if let Some(other) = taken.insert(label.clone(), &spec.name) {
-                return Err(Failure::usage(format!(
-                    "services `{other}` and `{}` both become `{label}` in the manifests; rename one",
-                    spec.name
-                )));
-            }
+            let label = dns_label(&spec.name).unwrap_or_default(); // checked above
             let role = match &spec.program {
                 Program::Builtin(Kind::Gateway) => Role::Gateway,
                 Program::Builtin(kind) => Role::Stateful(*kind),
@@ -608,8 +625,8 @@ impl K8s<'_, '_> {
         let h = &unit.spec.health;
         let ready_path = if unit.kind().is_some() { "/readyz" } else { h.path.as_str() };
         set(&mut container, "startupProbe", probe(&h.path, h, start_failures(h)));
-        set(&mut container, "readinessProbe", probe(ready_path, h, FAILURES));
-        set(&mut container, "livenessProbe", probe(&h.path, h, FAILURES));
+        set(&mut container, "readinessProbe", probe(ready_path, h, h.retries));
+        set(&mut container, "livenessProbe", probe(&h.path, h, h.retries));
         set(
             &mut container,
             "resources",
@@ -850,7 +867,8 @@ fn compose(plan: &Plan) -> String {
                 // second in every container for ever.
                 "interval" => duration(Duration::from_secs(whole_seconds(h.interval).into())),
                 "timeout" => duration(h.timeout),
-                "retries" => FAILURES,
+                // Failed probes in a row before unhealthy: the stack's `health.retries`.
+                "retries" => h.retries,
                 "start_period" => duration(h.start_period),
                 "start_interval" => duration(h.interval),
             },
@@ -926,9 +944,50 @@ fn set(map: &mut Value, key: &str, value: impl Into<Value>) {
 /// the document says so rather than vanishing.
 fn yaml_documents(docs: &[Value]) -> String {
     docs.iter()
-        .map(|d| serde_yaml::to_string(d).unwrap_or_else(|e| format!("# cannot render this document: {e}\n")))
+        .map(|d| {
+            let mut d = d.clone();
+            mark_yaml11_words(&mut d);
+            let text = serde_yaml::to_string(&d).unwrap_or_else(|e| format!("# cannot render this document: {e}\n"));
+            quote_marked_words(&text)
+        })
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+/// The words YAML 1.1 reads as booleans (yaml.org/type/bool.html). serde_yaml writes YAML 1.2,
+/// where they are plain strings, so it leaves them unquoted; but kubectl and PyYAML still read
+/// YAML 1.1, where `restart: no` or an env value `on` would turn into a boolean. They are
+/// marked before serializing and quoted after.
+const YAML11_BOOLS: [&str; 22] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on",
+    "On", "ON", "off", "Off", "OFF",
+];
+/// Around a marked word; never in a stack's own text, and plain scalars serde_yaml writes as is.
+/// The end mark keeps `y` from matching the start of `yes`.
+const QUOTE_MARK: (&str, &str) = ("shop-quote-yaml11-", "-shop-quote-end");
+
+fn mark_yaml11_words(v: &mut Value) {
+    match v {
+        Value::String(s) if YAML11_BOOLS.contains(&s.as_str()) => *s = format!("{}{s}{}", QUOTE_MARK.0, QUOTE_MARK.1),
+        Value::Sequence(items) => items.iter_mut().for_each(mark_yaml11_words),
+        Value::Mapping(map) => {
+            let entries = std::mem::take(map);
+            for (mut key, mut value) in entries {
+                mark_yaml11_words(&mut key);
+                mark_yaml11_words(&mut value);
+                map.insert(key, value);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn quote_marked_words(text: &str) -> String {
+    let mut out = text.to_string();
+    for word in YAML11_BOOLS {
+        out = out.replace(&format!("{}{word}{}", QUOTE_MARK.0, QUOTE_MARK.1), &format!("'{word}'"));
+    }
+    out
 }
 
 /// `name` as a DNS label (RFC 1035: what a Service name must be): lower case, `_` as `-`.

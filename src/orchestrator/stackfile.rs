@@ -38,6 +38,8 @@ pub struct Stack {
     pub services: Vec<ServiceSpec>,
     /// The `telemetry:` section.
     pub telemetry: Telemetry,
+    /// Where `name:` is written (`0:0` when it is not), for what `shop export` finds in it.
+    pub name_at: Pos,
 }
 
 /// The `telemetry:` section: where every service sends its spans.
@@ -73,6 +75,8 @@ pub enum Program {
 pub struct ServiceSpec {
     /// The key under `services:`; names instances, logs and `depends_on` entries.
     pub name: String,
+    /// Where that key is written, for what `shop export` finds in it.
+    pub name_at: Pos,
     /// The built-in kind (`kind:`, else the name) or the `command:`.
     pub program: Program,
     /// How many instances to run; clients balance over the healthy ones.
@@ -103,6 +107,17 @@ pub struct ServiceSpec {
     pub rate_limit: Option<RateLimit>,
     /// The stack's `telemetry.otlp`, copied here so the one environment builder sees it.
     pub otlp: Option<String>,
+}
+
+impl ServiceSpec {
+    /// Its instances' names: the service's own name, or `NAME-1`… when it has replicas. They
+    /// name processes, log files and databases, and chaos targets them.
+    pub fn instance_names(&self) -> Vec<String> {
+        match self.replicas {
+            1 => vec![self.name.clone()],
+            n => (1..=n).map(|i| format!("{}-{i}", self.name)).collect(),
+        }
+    }
 }
 
 /// `restart: no | on-failure | always`.
@@ -561,15 +576,39 @@ fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack 
     if registry.port != 0 {
         ports.push((registry.port, "the registry".into()));
     }
-    let services = (raw_services.iter())
+    let services: Vec<ServiceSpec> = (raw_services.iter())
         .map(|(name, s)| {
             let scope = Scope { names: &names, defaults: &defaults, dir: &dir, telemetry: &telemetry };
             validate_service(c, name, s, &scope, &mut ports)
         })
         .collect();
+    report_clashing_instances(c, raw_services, &services);
     report_cycles(c, raw_services);
+    let name_at = raw.name.as_ref().map_or(Pos::default(), |n| n.at);
     let name = raw.name.map_or_else(|| "shop".to_string(), |n| n.v);
-    Stack { name, file, dir, registry, services, telemetry }
+    Stack { name, file, dir, registry, services, telemetry, name_at }
+}
+
+/// Instance names must be unique and leave the registry's own name alone: each names a process,
+/// its log file and database, and a chaos target. `payment` with two replicas makes
+/// `payment-1`, which a service of that name would share.
+fn report_clashing_instances(c: &mut Check, raw: &[(Sp<String>, RawService)], services: &[ServiceSpec]) {
+    let registry = crate::orchestrator::supervisor::REGISTRY;
+    let mut taken: Vec<(String, String)> = vec![(registry.to_string(), "the stack's registry".to_string())];
+    for ((name, _), spec) in raw.iter().zip(services) {
+        let mut names = vec![spec.name.clone()];
+        names.extend(spec.instance_names().into_iter().filter(|inst| *inst != spec.name));
+        let clash = names.iter().find_map(|n| taken.iter().find(|(t, _)| t == n).map(|(_, holder)| (n, holder)));
+        // A name already refused where it is written (`registry` as a kind) is not told twice.
+        let told = c.problems.iter().any(|p| (p.line, p.column) == (name.at.line, name.at.column));
+        if let Some((n, holder)) = clash.filter(|_| !told) {
+            let what = if *n == spec.name { format!("`{n}`") } else { format!("its instance `{n}`") };
+            c.report(name.at, format!("service `{}`: {what} is also the name of {holder}; rename it", spec.name));
+        }
+        let holder = format!("an instance of `{}`", spec.name);
+        taken.push((spec.name.clone(), format!("the service `{}`", spec.name)));
+        taken.extend(names.into_iter().skip(1).map(|inst| (inst, holder.clone())));
+    }
 }
 
 fn validate_telemetry(c: &mut Check, raw: &RawTelemetry) -> Telemetry {
@@ -628,7 +667,7 @@ fn validate_service(
     } else if name.v.len() > MAX_NAME_LEN {
         // With a replica's `-N` and `.log`, a longer one runs into the file system's 255 bytes
         // long before that, and a Kubernetes name stops at 63.
-        let why = "it names files, and Kubernetes objects when exported";
+        let why = "it names files; `shop export` takes at most 52, as Kubernetes names need";
         c.report(
             name.at,
             format!("service name `{}` is {} characters; at most {MAX_NAME_LEN} ({why})", name.v, name.v.len()),
@@ -672,6 +711,7 @@ fn validate_service(
         s.saga_timeout.as_ref().map(|_| c.duration(&s.saga_timeout, &p("saga_timeout"), true, Duration::ZERO));
     ServiceSpec {
         name: name.v.clone(),
+        name_at: name.at,
         program: c.program(name, s),
         replicas,
         port,
@@ -796,6 +836,26 @@ mod tests {
              give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318"
         );
         assert!(err("telemetry: {otlpp: x}\nservices:\n  user: {}\n").contains("did you mean `otlp`?"));
+    }
+
+    #[test]
+    fn instance_names_are_unique_and_leave_the_registry_alone() {
+        assert_eq!(
+            err("services:\n  registry: {kind: payment}\n"),
+            "stack.yaml:2:3: service `registry`: `registry` is also the name of the stack's registry; rename it"
+        );
+        assert_eq!(
+            err("services:\n  payment: {replicas: 2}\n  payment-1: {kind: payment}\n"),
+            "stack.yaml:3:3: service `payment-1`: `payment-1` is also the name of an instance of `payment`; rename it"
+        );
+        assert_eq!(
+            err("services:\n  payment-2: {kind: payment}\n  payment: {replicas: 2}\n"),
+            "stack.yaml:3:3: service `payment`: its instance `payment-2` is also the name of the service \
+             `payment-2`; rename it"
+        );
+        let ok = parse("services:\n  payment: {replicas: 2}\n  payment-3: {kind: payment}\n").unwrap();
+        assert_eq!(ok.services[0].instance_names(), strings(&["payment-1", "payment-2"]));
+        assert_eq!(ok.services[1].instance_names(), strings(&["payment-3"]));
     }
 
     #[test]
@@ -1152,7 +1212,7 @@ stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, reg
         let long = "a".repeat(64);
         assert_eq!(
             err(&format!("services:\n  {long}: {{kind: user}}\n")),
-            format!("stack.yaml:2:3: service name `{long}` is 64 characters; at most 63 (it names files, and Kubernetes objects when exported)")
+            format!("stack.yaml:2:3: service name `{long}` is 64 characters; at most 63 (it names files; `shop export` takes at most 52, as Kubernetes names need)")
         );
         assert!(parse(&format!("services:\n  {}: {{kind: user}}\n", "a".repeat(63))).is_ok());
     }

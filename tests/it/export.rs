@@ -244,15 +244,16 @@ services:
     fixtures: {users}
   inventory:
     fixtures: {products}
-    env: {{ PRICE_NOTE: \"costs $5\" }}
+    env: {{ PRICE_NOTE: \"costs $5\", FLAG: \"on\" }}
   payment: {{ replicas: 2 }}
-  notification: {{ port: 9002, health: {{ interval: 2500ms }} }}
+  notification: {{ port: 9002, health: {{ interval: 2500ms, retries: 7 }} }}
   order:
     depends_on: [user, inventory, payment, notification, web]
   web:
     command: [python3, -m, http.server, \"{{port}}\", --bind, 0.0.0.0]
     port: 9300
     health: {{ path: / }}
+    restart: \"no\"
 ",
         users = fixtures.join("users.yaml").display(),
         products = fixtures.join("products.yaml").display(),
@@ -303,10 +304,14 @@ fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_fo
     assert_eq!(find(&docs, "Service", "user")["spec"]["ports"][0]["port"], 9001);
     let notification = container(find(&docs, "StatefulSet", "notification"));
     assert_eq!(notification["livenessProbe"]["periodSeconds"], 3, "2500ms rounds up");
+    assert_eq!(notification["livenessProbe"]["failureThreshold"], 7, "health.retries");
+    assert_eq!(notification["readinessProbe"]["failureThreshold"], 7, "health.retries");
     // One writer per SQLite file on Kubernetes, whatever the replicas (the warning above).
     assert_eq!(find(&docs, "StatefulSet", "payment")["spec"]["replicas"], 1);
     let inventory = container(find(&docs, "StatefulSet", "inventory"));
     assert_eq!(env_value(&docs, inventory, "PRICE_NOTE").as_deref(), Some("costs $5"));
+    // Quoted, so that YAML 1.1 readers (kubectl, PyYAML) do not take it for a boolean.
+    assert!(std::fs::read_to_string(&k8s_file).unwrap().contains("inventory.FLAG: 'on'"));
 
     let web = find(&docs, "Deployment", "web");
     let w = container(web);
@@ -337,6 +342,8 @@ fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_fo
     assert_eq!(services["payment"]["volumes"][0], "payment-data:/data");
     assert_eq!(services["user"]["command"][3], "9001");
     assert_eq!(services["inventory"]["environment"]["PRICE_NOTE"], "costs $$5", "no interpolation");
+    assert!(text.contains("FLAG: 'on'") && text.contains("restart: 'no'"), "{text}");
+    assert_eq!(services["notification"]["healthcheck"]["retries"], 7, "health.retries");
     let web = &services["web"];
     assert_eq!(web["image"], "python:3.12-slim");
     assert_eq!(web["entrypoint"], serde_json::json!(["python3", "-m", "http.server", "9300", "--bind", "0.0.0.0"]));
@@ -364,6 +371,23 @@ fn bad_export_options_are_usage_errors_that_name_the_value() {
         assert!(out.stdout.is_empty());
     }
     assert_eq!(std::fs::read(dir.path().join("stack.yaml")).unwrap(), before, "the stack file was overwritten");
+
+    // Names the manifests cannot carry are told all at once, each where the stack file writes it.
+    std::fs::write(
+        dir.path().join("names.yaml"),
+        "name: \"Bad Name!\"\nservices:\n  pay-: {kind: payment}\n  pay_3: {kind: payment}\n  pay-3: {kind: payment}\n",
+    )
+    .unwrap();
+    for format in ["k8s", "compose"] {
+        let out = shop(dir.path(), &["-f", "names.yaml", "export", format]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "{stderr}");
+        assert!(lines[0].starts_with("error: names.yaml:1:7: stack name `Bad Name!` is not a DNS label"), "{stderr}");
+        assert!(lines[1].starts_with("names.yaml:3:3: service name `pay-` is not a DNS label"), "{stderr}");
+        assert!(lines[2].starts_with("names.yaml:5:3: services `pay_3` and `pay-3` both become `pay-3`"), "{stderr}");
+    }
 }
 
 /// The shipped stack's Kubernetes manifests, with the given extra arguments.

@@ -154,8 +154,7 @@ impl Supervisor {
             .flatten()
             .filter_map(|name| stack.services.iter().enumerate().find(|(_, s)| &s.name == name))
         {
-            for i in 1..=spec.replicas {
-                let inst = if spec.replicas == 1 { spec.name.clone() } else { format!("{}-{i}", spec.name) };
+            for inst in spec.instance_names() {
                 instances.push(new_instance(Some(idx), &spec.name, &inst));
             }
         }
@@ -356,6 +355,7 @@ fn new_instance(spec: Option<usize>, service: &str, name: &str) -> Instance {
 fn registry_spec(stack: &Stack) -> ServiceSpec {
     ServiceSpec {
         name: REGISTRY.into(),
+        name_at: Default::default(),
         program: Program::Builtin(Kind::Registry),
         replicas: 1,
         port: stack.registry.port,
