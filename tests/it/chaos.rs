@@ -187,6 +187,33 @@ async fn kill_keeps_a_service_down_until_the_fault_ends_and_pause_freezes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn stop_start_and_restart_by_hand_supersede_a_kill_or_a_pause() {
+    let p = started("60s");
+    let faults = || json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().len();
+    // A restart replaces the paused process: the pause is not listed over the fresh one.
+    ok(&p, &["chaos", "pause", "payment"]);
+    ok(&p, &["restart", "payment"]);
+    let r = p.row("payment");
+    assert_eq!((r["state"].as_str(), r["faults"].as_array().map(Vec::len)), (Some("healthy"), Some(0)), "{r}");
+    assert_eq!(faults(), 0);
+    let pid = r["pid"].as_u64().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(!stat.split(") ").nth(1).unwrap().starts_with('T'), "still stopped by SIGSTOP: {stat}");
+    // A stop wins over a kill's expiry: what the user stopped stays stopped.
+    ok(&p, &["chaos", "kill", "payment", "--for", "2s"]);
+    ok(&p, &["stop", "payment"]);
+    assert_eq!(p.row("payment")["state"], "stopped");
+    assert_eq!(faults(), 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(p.row("payment")["state"], "stopped", "{}", p.row("payment"));
+    // And a start of a killed service starts it, with nothing left listed.
+    ok(&p, &["start", "payment"]);
+    ok(&p, &["chaos", "kill", "payment"]);
+    ok(&p, &["start", "payment"]);
+    assert_eq!((p.row("payment")["state"].as_str(), faults()), (Some("healthy"), 0), "{}", p.row("payment"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn orders_placed_while_payment_is_killed_all_confirm_after_clear_with_one_charge_each() {
     let p = started("60s");
     ok(&p, &["chaos", "kill", "payment"]);

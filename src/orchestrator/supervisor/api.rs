@@ -59,6 +59,7 @@ async fn up(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -
 async fn stop(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
     authorize(&sup, &headers)?;
     let services = sup.resolve_named(&n.services).map_err(ApiError::bad_request)?;
+    sup.forget_process_faults(&services);
     sup.stop_services(&services, grace(&n)).await;
     Ok(Json(sup.status()))
 }
@@ -66,6 +67,7 @@ async fn stop(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>)
 async fn start(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
     authorize(&sup, &headers)?;
     let services = sup.resolve_named(&n.services).map_err(ApiError::bad_request)?;
+    sup.forget_process_faults(&services);
     sup.fresh_start(&services, false);
     sup.up(services).await;
     Ok(Json(sup.status()))
@@ -74,6 +76,7 @@ async fn start(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>
 async fn restart(State(sup): Sup, headers: HeaderMap, JsonBody(n): JsonBody<Names>) -> Result<Json<Status>, ApiError> {
     authorize(&sup, &headers)?;
     let services = sup.resolve_named(&n.services).map_err(ApiError::bad_request)?;
+    sup.forget_process_faults(&services);
     sup.stop_services(&services, grace(&n)).await;
     sup.fresh_start(&services, true);
     sup.up(services).await;

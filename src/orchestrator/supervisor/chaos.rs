@@ -506,6 +506,21 @@ impl Supervisor {
         Ok(self.chaos_rows())
     }
 
+    /// Forgets the kills and pauses on instances of `services`, which the user is stopping,
+    /// starting or restarting by hand: that command decides what runs now, so the fault must
+    /// neither be listed over a fresh process nor, on expiry, restart what the user stopped.
+    pub(super) fn forget_process_faults(&self, services: &[String]) {
+        let mut inner = self.lock();
+        let mine: Vec<usize> = (inner.instances.iter().enumerate())
+            .filter(|(_, inst)| services.contains(&inst.service))
+            .map(|(i, _)| i)
+            .collect();
+        for fault in inner.chaos.iter_mut().filter(|f| matches!(f.kind, FaultKind::Kill | FaultKind::Pause)) {
+            fault.instances.retain(|i| !mine.contains(i));
+        }
+        inner.chaos.retain(|f| !(matches!(f.kind, FaultKind::Kill | FaultKind::Pause) && f.instances.is_empty()));
+    }
+
     /// Ends the faults whose time is up; called by the monitor.
     pub(super) async fn expire_faults(self: &Arc<Self>) {
         let now = Instant::now();

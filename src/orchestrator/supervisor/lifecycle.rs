@@ -463,7 +463,8 @@ impl Supervisor {
                 .filter_map(|i| {
                     i.generation += 1;
                     i.next_restart = None;
-                    if i.state.running() || i.state == InstanceState::Crashed {
+                    // A process chaos killed is stopped too: `stop` wins over the kill's expiry.
+                    if i.state.running() || matches!(i.state, InstanceState::Crashed | InstanceState::Killed) {
                         i.state = state;
                     }
                     i.proc.take().map(|p| (p, self.dir.log(&i.name)))
