@@ -147,8 +147,12 @@ pub struct Window {
     pub phase: &'static str,
     pub from_s: f64,
     pub to_s: f64,
+    /// Orders that started in the window; the latencies and outcomes are theirs.
     pub orders: u64,
-    /// Orders started per second.
+    /// Orders started per second: what the load offered.
+    pub started_per_s: f64,
+    /// Orders answered CONFIRMED within the window, per second, whenever they started: what
+    /// the system delivered. An outage shows here as a drop, while orders still start.
     pub throughput_per_s: f64,
     pub latency_ms: WindowLatency,
     pub confirmed: u64,
@@ -203,13 +207,20 @@ fn window(fault: usize, phase: &'static str, from: f64, to: f64, samples: &[Samp
     };
     let count = |pick: fn(&Outcome) -> bool| inside.iter().filter(|s| pick(&s.outcome)).count() as u64;
     let length = to - from;
+    let per_s = |n: usize| if length > 0.0 { round(n as f64 / length, 1) } else { 0.0 };
+    let delivered = samples
+        .iter()
+        .filter(|s| matches!(s.outcome, Outcome::Confirmed))
+        .filter(|s| (from..to).contains(&(s.start + s.latency).as_secs_f64()))
+        .count();
     Window {
         fault,
         phase,
         from_s: round(from, 3),
         to_s: round(to, 3),
         orders: inside.len() as u64,
-        throughput_per_s: if length > 0.0 { round(inside.len() as f64 / length, 1) } else { 0.0 },
+        started_per_s: per_s(inside.len()),
+        throughput_per_s: per_s(delivered),
         latency_ms: WindowLatency { p50: quantile(0.50), p99: quantile(0.99) },
         confirmed: count(|o| matches!(o, Outcome::Confirmed)),
         failed: count(|o| matches!(o, Outcome::Failed(_))),
@@ -344,7 +355,19 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
             continue;
         }
         println!("\nfault {}: {} {}", f.index, f.fault, f.target);
-        let mut t = table(&["WINDOW", "FROM", "TO", "ORDERS", "ORDERS/S", "P50", "P99", "FAILED", "ERRORS", "PENDING"]);
+        let mut t = table(&[
+            "WINDOW",
+            "FROM",
+            "TO",
+            "ORDERS",
+            "STARTED/S",
+            "CONFIRMED/S",
+            "P50",
+            "P99",
+            "FAILED",
+            "ERRORS",
+            "PENDING",
+        ]);
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.1} ms")).unwrap_or_else(|| "-".into());
         for w in rows {
             t.add_row(vec![
@@ -352,6 +375,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 format!("{:.2}s", w.from_s),
                 format!("{:.2}s", w.to_s),
                 w.orders.to_string(),
+                format!("{:.1}", w.started_per_s),
                 format!("{:.1}", w.throughput_per_s),
                 ms(w.latency_ms.p50),
                 ms(w.latency_ms.p99),
@@ -478,7 +502,10 @@ mod tests {
         let w = windows(&[fault], &samples, Duration::from_secs(3));
         let phases: Vec<(&str, u64)> = w.iter().map(|w| (w.phase, w.orders)).collect();
         assert_eq!(phases, [("before", 2), ("during", 2), ("after", 1)]);
-        assert_eq!((w[0].throughput_per_s, w[0].latency_ms.p50, w[0].latency_ms.p99), (2.0, Some(10.0), Some(20.0)));
+        assert_eq!((w[0].started_per_s, w[0].latency_ms.p50, w[0].latency_ms.p99), (2.0, Some(10.0), Some(20.0)));
+        // Confirmed answers by when they came: both before the fault, none during or after.
+        let delivered: Vec<f64> = w.iter().map(|w| w.throughput_per_s).collect();
+        assert_eq!(delivered, [2.0, 0.0, 0.0]);
         assert_eq!((w[1].errors, w[1].pending, w[2].failed), (1, 1, 1));
     }
 }

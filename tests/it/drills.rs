@@ -110,7 +110,12 @@ fn the_payment_outage_drill_passes_and_every_order_is_eventually_confirmed() {
         .iter()
         .any(|t| t["instance"] == "order" && t["dependency"] == "payment" && t["to"] == "open");
     assert!(opened, "{:#}", report["breaker_transitions"]);
-    assert!(window(&report, "during")["latency_ms"]["p99"].as_f64().unwrap() > 1000.0, "{report:#}");
+    let during = window(&report, "during");
+    assert!(during["latency_ms"]["p99"].as_f64().unwrap() > 1000.0, "{report:#}");
+    // Orders kept starting while payment was down, but few were confirmed until it came back.
+    let (started, confirmed) = (during["started_per_s"].as_f64().unwrap(), during["throughput_per_s"].as_f64().unwrap());
+    assert!(confirmed < started / 2.0, "{during:#}");
+    assert!(window(&report, "after")["throughput_per_s"].as_f64().unwrap() > 0.0, "{report:#}");
 }
 
 #[test]
