@@ -63,8 +63,20 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         progress: indicatif::ProgressBar::hidden(),
         ..load.clone()
     });
+    let kept = drill.clone();
     let setup = Setup { drill, seed: args.seed, control, rows, dbs, secret, load, probe, quiet: ctx.quiet };
-    let report = run::run(setup).await?;
+    let report = match run::run(setup).await {
+        Ok(report) => report,
+        Err(e) if run::is_interrupted(&e) => {
+            // The files still say what happened: a CI job stopped at its time limit gets a
+            // failed JUnit report, not none.
+            if let Err(not_written) = write_outputs(&args, &run::interrupted_report(&kept, args.seed)) {
+                eprintln!("error: {not_written:#}");
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     // The report first: a file that cannot be written after all must not take it with it.
     if ctx.json {
         output::print_json(&report);

@@ -341,6 +341,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 format!("{:.2}s", f.at_s),
                 match &f.error {
                     Some(e) if e.starts_with(NOT_INJECTED) => NOT_INJECTED.to_string(),
+                    Some(e) if e.starts_with(super::run::INTERRUPTED) => super::run::INTERRUPTED.to_string(),
                     Some(_) => "failed".to_string(),
                     None => opt_secs(f.applied_at_s),
                 },

@@ -295,6 +295,34 @@ fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillRe
     let failed: Vec<String> = (steady.before.iter())
         .flat_map(|b| b.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)))
         .collect();
+    let check = Check {
+        name: "steady_state_before".into(),
+        ok: false,
+        detail: format!("{NOT_STEADY}: {}", failed.join("; ")),
+    };
+    let fault_error = format!("{}: {NOT_STEADY}", super::report::NOT_INJECTED);
+    DrillReport { steady_state: Some(steady), ..unfinished(drill, seed, NOT_STEADY, check, &fault_error) }
+}
+
+/// The report of a drill interrupted (SIGINT, SIGTERM) before its verdict, so that a CI job
+/// stopped by its time limit still finds its `--junit` and journal, saying so.
+pub fn interrupted_report(drill: &Drill, seed: Option<u64>) -> DrillReport {
+    let check = Check {
+        name: INTERRUPTED.into(),
+        ok: false,
+        detail: format!("{INTERRUPTED_MESSAGE}; no verdict was reached"),
+    };
+    unfinished(drill, seed, INTERRUPTED, check, &format!("{INTERRUPTED}: the drill ended before its verdict"))
+}
+
+/// Whether `e` is the error of an interrupted drill.
+pub fn is_interrupted(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Failure>().is_some_and(|f| f.message == INTERRUPTED_MESSAGE)
+}
+
+/// A drill's report with no verdict reached: `verdict`, one failed `check`, and its faults
+/// listed with `fault_error`.
+fn unfinished(drill: &Drill, seed: Option<u64>, verdict: &str, check: Check, fault_error: &str) -> DrillReport {
     let faults = drill
         .faults
         .iter()
@@ -308,18 +336,14 @@ fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillRe
             for_s: f.for_.map(secs),
             applied_at_s: None,
             ended_at_s: None,
-            error: Some(format!("{}: {NOT_STEADY}", super::report::NOT_INJECTED)),
+            error: Some(fault_error.to_string()),
             describe: f.describe(),
         })
         .collect();
     DrillReport {
         ok: false,
-        verdict: NOT_STEADY.into(),
-        checks: vec![Check {
-            name: "steady_state_before".into(),
-            ok: false,
-            detail: format!("{NOT_STEADY}: {}", failed.join("; ")),
-        }],
+        verdict: verdict.into(),
+        checks: vec![check],
         name: drill.name.clone(),
         seed,
         monkey: monkey_report(drill),
@@ -329,13 +353,16 @@ fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillRe
         outcomes: None,
         breaker_transitions: Vec::new(),
         invariants: invariants::Report { ok: true, checks: Vec::new(), pending: 0 },
-        steady_state: Some(steady),
+        steady_state: None,
         halted: None,
     }
 }
 
 /// The verdict of a drill whose stack failed its steady state before any fault.
 pub const NOT_STEADY: &str = "not steady before the drill";
+/// The verdict of a drill stopped by SIGINT or SIGTERM.
+pub const INTERRUPTED: &str = "interrupted";
+const INTERRUPTED_MESSAGE: &str = "interrupted; the drill's faults were cleared";
 
 /// The expectations the steady state and halt rules add.
 fn steady_checks(drill: &Drill, steady: &SteadyReport, halted: Option<&Halted>) -> Vec<Check> {
@@ -523,7 +550,7 @@ fn secs_f(d: Duration) -> f64 {
 }
 
 fn interrupted() -> anyhow::Error {
-    Failure::runtime("interrupted; the drill's faults were cleared")
+    Failure::runtime(INTERRUPTED_MESSAGE)
 }
 
 /// The faults a timeline applies, and when.

@@ -394,6 +394,37 @@ faults:
 }
 
 #[test]
+fn an_interrupted_drill_clears_its_faults_and_still_writes_its_reports_saying_so() {
+    let p = started();
+    write(&p, "long.yaml", "name: long\nload: { rate: 10, duration: 60s }\nfaults:\n  - { at: 0s, kill: payment }\n");
+    let (junit, journal) = (p.dir.path().join("i.xml"), p.dir.path().join("i.json"));
+    let child = std::process::Command::new(crate::support::BIN)
+        .current_dir(p.dir.path())
+        .args(["chaos", "drill", "long.yaml", "--junit", "i.xml", "--json-file", "i.json"])
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted once the kill is in force, as a CI job's time limit would.
+    let killed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        faults_left(&p).contains("kill")
+    });
+    assert!(killed, "the drill never applied its kill");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(faults_left(&p), "[]");
+    crate::tools::assert_valid_junit(&junit);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("name=\"interrupted\"") && xml.contains("<failure"), "{xml}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["verdict"].as_str()), (Some(false), Some("interrupted")), "{report:#}");
+}
+
+#[test]
 fn a_halt_rule_stops_the_load_rolls_back_and_names_itself() {
     let p = started();
     let file = write(
