@@ -101,18 +101,41 @@ impl Live {
         Err(Failure::runtime(format!("cannot read {path} from `{}`: {last}", kind.name())))
     }
 
-    /// Every span of `trace_id` held by any running instance.
-    async fn spans(&self, trace_id: &str) -> Vec<Span> {
+    /// Every span of `trace_id` held by any running instance, and the instances whose spans may
+    /// be missing: not running, not answering, or started again since the trace began (each
+    /// instance keeps its spans in memory). A partial trace says so rather than pass for whole.
+    async fn spans(&self, trace_id: &str) -> (Vec<Span>, Vec<Missing>) {
         let mut all = Vec::new();
-        for row in self.rows.iter().filter(|r| r.pid.is_some() && r.service != "registry") {
-            let Some(addr) = &row.address else { continue };
-            // An instance that does not answer simply contributes nothing to the waterfall.
-            if let Ok(spans) = self.admin.spans(addr, trace_id).await {
-                all.extend(spans);
-            }
+        let mut missing = Vec::new();
+        let mut answered = Vec::new();
+        for row in self.rows.iter().filter(|r| r.service != "registry") {
+            let why = match (&row.address, row.pid) {
+                (Some(addr), Some(_)) => match self.admin.spans(addr, trace_id).await {
+                    Ok(spans) => {
+                        all.extend(spans);
+                        answered.push(row);
+                        continue;
+                    }
+                    Err(e) => format!("did not answer: {}", crate::plumbing::client::root_cause(&e)),
+                },
+                _ => row.state.as_str().to_string(),
+            };
+            missing.push(Missing { instance: row.instance.clone(), why });
         }
         all.sort_by_key(|s| s.start_us);
-        all
+        if let Some(first) = all.first().map(|s| s.start_us) {
+            let now = crate::plumbing::time::now_us();
+            // Uptime is in whole seconds: a second of slack keeps an instance that was already
+            // up from looking restarted.
+            for row in answered {
+                let started = now - (row.uptime_s as i64 + 1) * 1_000_000;
+                if started > first {
+                    let why = "started again since the trace began".to_string();
+                    missing.push(Missing { instance: row.instance.clone(), why });
+                }
+            }
+        }
+        (all, missing)
     }
 
     /// The `/metrics` text of the instance at `addr`, if it answers.
@@ -145,10 +168,11 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
     let notifications =
         live.get(Kind::Notification, &format!("/v1/notifications?order_id={id}")).await.unwrap_or(Value::Array(vec![]));
     let trace_id = order["trace_id"].as_str().unwrap_or("").to_string();
-    let spans = live.spans(&trace_id).await;
+    let (spans, missing) = live.spans(&trace_id).await;
     if ctx.json {
         order["notifications"] = notifications;
         order["spans"] = serde_json::to_value(&spans)?;
+        order["spans_missing_from"] = serde_json::to_value(&missing)?;
         output::print_json(&order);
         return Ok(exit::OK);
     }
@@ -196,6 +220,9 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
     }
     println!("\ntrace {trace_id}");
     print!("{}", waterfall(&spans, 40));
+    if let Some(line) = missing_line(&missing) {
+        println!("{line}");
+    }
     Ok(exit::OK)
 }
 
@@ -203,19 +230,40 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
 struct TraceDoc<'a> {
     trace_id: &'a str,
     spans: &'a [Span],
+    /// Instances whose spans may be missing; empty when every instance answered.
+    spans_missing_from: &'a [Missing],
+}
+
+/// An instance whose spans of a trace may be missing from what is shown, and why.
+#[derive(Serialize)]
+struct Missing {
+    instance: String,
+    why: String,
+}
+
+/// The line under a waterfall that names what may be missing from it.
+fn missing_line(missing: &[Missing]) -> Option<String> {
+    (!missing.is_empty()).then(|| {
+        let list: Vec<String> = missing.iter().map(|m| format!("{} ({})", m.instance, m.why)).collect();
+        format!("spans may be missing from: {}", list.join(", "))
+    })
 }
 
 async fn trace(ctx: &Context, trace_id: &str) -> anyhow::Result<i32> {
     let live = Live::connect(ctx).await?;
-    let spans = live.spans(trace_id).await;
+    let (spans, missing) = live.spans(trace_id).await;
     if spans.is_empty() {
-        return Err(Failure::runtime(format!("no spans of trace `{trace_id}` in any running service")));
+        let also = missing_line(&missing).map(|l| format!("; {l}")).unwrap_or_default();
+        return Err(Failure::runtime(format!("no spans of trace `{trace_id}` in any running service{also}")));
     }
     if ctx.json {
-        output::print_json(&TraceDoc { trace_id, spans: &spans });
+        output::print_json(&TraceDoc { trace_id, spans: &spans, spans_missing_from: &missing });
     } else {
         println!("trace {trace_id}");
         print!("{}", waterfall(&spans, 50));
+        if let Some(line) = missing_line(&missing) {
+            println!("{line}");
+        }
     }
     Ok(exit::OK)
 }

@@ -137,6 +137,22 @@ async fn a_trace_links_gateway_order_user_inventory_payment_and_notification_spa
     }
     let missing = p.shop(&["inspect", "order", "ord_nope"]);
     assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(inspected["spans_missing_from"], serde_json::json!([]), "every instance answered");
+    assert!(!text.contains("spans may be missing"), "{text}");
+
+    // A trace whose spans cannot all be read says so, and from where: an instance that is down,
+    // then one started again since (spans live in each instance's memory).
+    assert_eq!(p.shop(&["chaos", "kill", "payment"]).status.code(), Some(0));
+    let doc = json(&p.shop(&["inspect", "trace", &trace_id, "--json"]));
+    assert_eq!(doc["spans_missing_from"], serde_json::json!([{"instance": "payment", "why": "killed"}]), "{doc:#}");
+    let text = stdout(&p.shop(&["inspect", "trace", &trace_id]));
+    assert!(text.contains("spans may be missing from: payment (killed)"), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.shop(&["chaos", "clear"]).status.code(), Some(0));
+    assert!(eventually(Duration::from_secs(10), async || p.row("payment")["state"] == "healthy").await);
+    let doc = json(&p.shop(&["inspect", "order", &id, "--json"]));
+    let why = &doc["spans_missing_from"][0];
+    assert_eq!((why["instance"].as_str(), why["why"].as_str()), (Some("payment"), Some("started again since the trace began")));
 }
 
 #[test]
