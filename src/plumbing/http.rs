@@ -67,13 +67,13 @@ pub fn with_common_routes(routes: Router, common: Common) -> Router {
         .with_state(common);
     routes
         .merge(shared)
-        .route_layer(axum::middleware::from_fn_with_state(metrics, record_metrics))
+        .route_layer(axum::middleware::from_fn_with_state(metrics.clone(), record_metrics))
         .fallback(|| async { ApiError::not_found("no such route; see GET /openapi.json on the gateway") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(limit_head))
+        .layer(axum::middleware::from_fn_with_state(metrics, edge))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
 }
 
@@ -98,21 +98,37 @@ pub fn head_len(req: &Request) -> usize {
     request_line + headers + 2
 }
 
-/// Refuses a head over [`MAX_HEAD_BYTES`] with 431. hyper's own bound is on its read buffer,
-/// so whether it trips depends on how the bytes happened to arrive; this one depends only on
-/// the head. hyper's bound stays as the backstop for a head that never ends.
-async fn limit_head(req: Request, next: Next) -> Response {
+/// The outermost layer. It refuses a head over [`MAX_HEAD_BYTES`] with 431: hyper's own bound
+/// is on its read buffer, so whether it trips depends on how the bytes happened to arrive; this
+/// one depends only on the head, and hyper's stays as the backstop for a head that never ends.
+/// And it counts, under the route `unmatched`, every answer no route counted (an unknown path, a
+/// method a route does not take, a head too large), so `/metrics` shows all the traffic.
+async fn edge(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
     let len = head_len(&req);
-    if len > MAX_HEAD_BYTES {
-        return ApiError::new(
+    let response = if len > MAX_HEAD_BYTES {
+        ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "head_too_large",
             format!("the request line and headers take {len} bytes; at most {MAX_HEAD_BYTES} are accepted"),
         )
-        .into_response();
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+    if response.extensions().get::<Counted>().is_none() {
+        metrics.record(method.as_str(), UNMATCHED, response.status().as_u16(), start.elapsed());
     }
-    next.run(req).await
+    response
 }
+
+/// The route label of the answers no route counted.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Marks a response [`record_metrics`] has counted.
+#[derive(Clone, Copy)]
+struct Counted;
 
 async fn healthz(State(c): State<Common>) -> Response {
     axum::Json(serde_json::json!({"status": "ok", "service": c.service, "instance": c.instance})).into_response()
@@ -156,9 +172,10 @@ async fn record_metrics(State(metrics): State<Arc<Metrics>>, req: Request, next:
     let method = req.method().clone();
     // MatchedPath is a shared string: cloning it does not copy the route.
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
     if let Some(route) = route {
         metrics.record(method.as_str(), route.as_str(), response.status().as_u16(), start.elapsed());
+        response.extensions_mut().insert(Counted);
     }
     response
 }

@@ -80,7 +80,22 @@ impl Metrics {
             let _ = writeln!(out, "shop_http_request_duration_seconds_sum{{{l}}} {}", s.sum_s);
             let _ = writeln!(out, "shop_http_request_duration_seconds_count{{{l}}} {}", s.count);
         }
-        out.push_str(extra);
+        // The service's own families (sagas, outbox, stock, breakers, the span exporter) get the
+        // same `service` and `shop_instance` labels, so a dashboard grouped by instance keeps them.
+        let ours = format!("service=\"{service}\",shop_instance=\"{}\"", escape(instance));
+        for line in extra.lines() {
+            match line.split_once([' ', '{']) {
+                Some((name, rest)) if !line.starts_with('#') && !name.is_empty() => {
+                    let sep = if line.as_bytes()[name.len()] == b'{' { "," } else { "} " };
+                    let rest = if sep == "," { rest } else { rest.trim_start() };
+                    let _ = writeln!(out, "{name}{{{ours}{sep}{rest}");
+                }
+                _ => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
         out
     }
 }
@@ -200,6 +215,15 @@ mod tests {
         assert!(text.contains(r#"le="0.0005"} 1"#));
         assert!(text.contains(r#"le="0.05"} 2"#));
         assert!(text.contains(r#"le="+Inf"} 2"#));
+    }
+
+    #[test]
+    fn the_services_own_families_get_the_instance_labels_too() {
+        let extra = "# HELP a_gauge x\n# TYPE a_gauge gauge\na_gauge 3\nb_total{dependency=\"pay\"} 2\n";
+        let text = Metrics::default().render("order", "order-2", extra);
+        assert!(text.contains("\na_gauge{service=\"order\",shop_instance=\"order-2\"} 3\n"), "{text}");
+        assert!(text.contains("\nb_total{service=\"order\",shop_instance=\"order-2\",dependency=\"pay\"} 2\n"), "{text}");
+        assert!(text.contains("\n# TYPE a_gauge gauge\n"), "{text}");
     }
 
     #[test]

@@ -74,7 +74,25 @@ async fn every_service_answers_health_readiness_and_prometheus_metrics() {
     let text = stack.http.get(stack.url(Kind::Order, "/metrics")).send().await.unwrap().text().await.unwrap();
     let order = parse_prometheus(&text).unwrap();
     for name in ["shop_order_outbox_backlog", "shop_order_sagas_in_flight", "shop_order_orders"] {
-        assert!(order.iter().any(|s| s.0 == name), "{name} missing:\n{text}");
+        let sample = order.iter().find(|s| s.0 == name);
+        assert!(sample.is_some(), "{name} missing:\n{text}");
+        // Every family carries the instance label (SPEC section 16), not only the HTTP ones.
+        assert!(sample.unwrap().1.contains("shop_instance=\"order\""), "{name} has no shop_instance:\n{text}");
+    }
+    // Answers no route counted (an unknown path, a method a route does not take) are counted
+    // under the route `unmatched`.
+    let gateway = |path: &str| stack.url(Kind::Gateway, path);
+    assert_eq!(stack.http.get(gateway("/nope")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(stack.http.delete(gateway("/orders")).send().await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+    let text = stack.http.get(gateway("/metrics")).send().await.unwrap().text().await.unwrap();
+    let samples = parse_prometheus(&text).unwrap();
+    for (method, status) in [("GET", "404"), ("DELETE", "405")] {
+        let counted = samples.iter().any(|(name, labels, value)| {
+            name == "shop_http_requests_total"
+                && labels.contains(&format!("method=\"{method}\",status=\"{status}\""))
+                && *value == 1.0
+        });
+        assert!(counted, "{method} {status} not counted:\n{text}");
     }
     let text = stack.http.get(stack.url(Kind::Inventory, "/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(parse_prometheus(&text).unwrap().iter().any(|s| s.0 == "shop_inventory_stock_reserved"));
