@@ -214,6 +214,11 @@ impl Unit<'_> {
         }
     }
 
+    /// The name clients ask for it by: its kind, or its own name for an external program.
+    fn peer_name(&self) -> String {
+        self.kind().map_or(self.name.clone(), |k| k.name().to_string())
+    }
+
     fn labels(&self, project: &str) -> Value {
         let component = self.kind().map_or("external", Kind::name);
         obj! {
@@ -353,9 +358,17 @@ impl<'a> Plan<'a> {
         // is found by its own name, as the supervisor registers it.
         let peers = units
             .iter()
-            .map(|u| (u.kind().map_or(u.name.clone(), |k| k.name().to_string()), format!("{}:{}", u.name, u.port)))
+            .map(|u| (u.peer_name(), format!("{}:{}", u.name, u.port)))
             .collect();
         Ok(Plan { project, units, peers: Peers(peers), image, secret: new_secret() })
+    }
+
+    /// Whether `from` calls `to`. A client asks for a dependency by its kind and is balanced
+    /// over every service of that kind (`SHOP_PEERS`), so depending on `inventory` reaches
+    /// `inventory-eu` (kind inventory) too.
+    fn calls(&self, from: &Unit, to: &Unit) -> bool {
+        let wanted = to.peer_name();
+        from.spec.depends_on.iter().any(|dep| self.units.iter().any(|u| &u.spec.name == dep && u.peer_name() == wanted))
     }
 
     /// Settings every built-in service gets, in both formats.
@@ -524,7 +537,7 @@ impl K8s<'_, '_> {
                     .plan
                     .units
                     .iter()
-                    .filter(|other| other.spec.depends_on.contains(&unit.spec.name))
+                    .filter(|other| self.plan.calls(other, unit))
                     .map(|other| obj! { "podSelector" => obj! { "matchLabels" => other.selector(project) } })
                     .collect();
                 if from.is_empty() {
@@ -538,7 +551,7 @@ impl K8s<'_, '_> {
                 .plan
                 .units
                 .iter()
-                .filter(|dep| unit.spec.depends_on.contains(&dep.spec.name))
+                .filter(|dep| self.plan.calls(unit, dep))
                 .map(|dep| {
                     obj! {
                         "to" => vec![obj! { "podSelector" => obj! { "matchLabels" => dep.selector(project) } }],

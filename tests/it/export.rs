@@ -519,6 +519,28 @@ fn network_policies_admit_every_edge_of_the_dependency_graph_and_no_other() {
     ]);
     assert_eq!(open_edges(&docs), expected);
 
+    // A second service of a kind is reached by whoever depends on one of that kind: clients
+    // ask for the kind and are balanced over both (`SHOP_PEERS`), so the policies open both.
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let text = format!(
+        "name: two\nservices:\n  user: {{ fixtures: {u} }}\n  inventory: {{ fixtures: {p} }}\n  \
+         inventory-eu: {{ kind: inventory, fixtures: {p} }}\n  payment: {{}}\n  notification: {{}}\n  \
+         order: {{ depends_on: [user, inventory-eu, payment, notification] }}\n  \
+         gateway: {{ depends_on: [order, user, inventory] }}\n",
+        u = fixtures.join("users.yaml").display(),
+        p = fixtures.join("products.yaml").display(),
+    );
+    std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
+    let out = shop(dir.path(), &["export", "k8s", "-o", "k8s.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = documents(&std::fs::read_to_string(dir.path().join("k8s.yaml")).unwrap());
+    let expected = edges(&[
+        ("gateway", &["order", "user", "inventory", "inventory-eu"]),
+        ("order", &["user", "inventory", "inventory-eu", "payment", "notification"]),
+    ]);
+    assert_eq!(open_edges(&docs), expected);
+
     let dir = tempfile::tempdir().unwrap();
     let docs = shipped_k8s(dir.path(), &["--no-network-policies"]);
     assert!(names_of(&docs, "NetworkPolicy").is_empty());
