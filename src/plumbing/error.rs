@@ -74,6 +74,12 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
+        // Refused before its body was read: the rest of the body may still be on its way, so the
+        // connection ends with this answer, and says so, rather than be taken up again by a
+        // client whose next request would meet the leftover bytes.
+        if matches!(self.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) {
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
         if let Some(challenge) = self.challenge {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
         }
@@ -100,6 +106,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // A compressed body would be read as if it were not: refused, since none is decoded.
+        if let Some(coding) = req.headers().get(header::CONTENT_ENCODING) {
+            let coding = coding.to_str().unwrap_or("").trim();
+            if !coding.eq_ignore_ascii_case("identity") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("`Content-Encoding: {coding}` is not accepted; send the JSON body uncompressed"),
+                ));
+            }
+        }
         // A body declared larger than the bound is refused before waiting for any of it.
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {

@@ -46,6 +46,19 @@ async fn every_bad_order_request_is_a_json_4xx_and_creates_nothing() {
     let resp = stack.http.post(stack.gateway("/orders")).bearer_auth(ALICE).body(big).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
+    // A compressed body is not read as if it were plain.
+    let resp = stack
+        .http
+        .post(stack.gateway("/orders"))
+        .bearer_auth(ALICE)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(r#"{"items":[{"product_id":"sku-1","quantity":1}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unsupported_media_type");
     // A body declared too large is refused at once, not after waiting for bytes that never come.
     let mut conn = tokio::net::TcpStream::connect(stack.gateway_addr()).await.unwrap();
     let head = format!(
