@@ -186,29 +186,25 @@ expect:
     assert!(text.contains("min_confirmed_percent  FAIL"), "{text}");
     assert!(text.trim_end().ends_with("drill all-declined: FAILED (failed)"), "{text}");
 
-    // A target the stack does not have is refused before any order is sent.
-    std::fs::write(
-        p.dir.path().join("unknown.yaml"),
-        "name: x\nload: { orders: 5 }\nfaults:\n  - { at: 1s, kill: shipping }\n",
-    )
-    .unwrap();
-    let out = p.shop(&["chaos", "drill", "unknown.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).starts_with("error: unknown.yaml:4:5: faults[0] names `shipping`"), "{}", stderr(&out));
-    // A near miss is named, and a user the fixtures lack is pointed at too.
-    std::fs::write(
-        p.dir.path().join("typos.yaml"),
-        "name: x\nload: { orders: 5 }\nfaults:\n  - { at: 1s, kill: paymnt }\n",
-    )
-    .unwrap();
-    let out = p.shop(&["chaos", "drill", "typos.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("typos.yaml:4:5: faults[0] names `paymnt`"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("did you mean `payment`?"), "{}", stderr(&out));
-    std::fs::write(p.dir.path().join("nobody.yaml"), "name: x\nload:\n  orders: 5\n  users: [nobody]\n").unwrap();
-    let out = p.shop(&["chaos", "drill", "nobody.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).starts_with("error: nobody.yaml:4:10: load: no fixture user `nobody`"), "{}", stderr(&out));
+    // A target the stack does not have, or a user the fixtures lack, is refused before any order
+    // is sent, at its place in the file; a near miss is named.
+    let cases = [
+        ("unknown.yaml", "faults:\n  - { at: 1s, kill: shipping }\n", "error: unknown.yaml:4:5: faults[0] names `shipping`"),
+        (
+            "typos.yaml",
+            "faults:\n  - { at: 1s, kill: paymnt }\n",
+            "typos.yaml:4:5: faults[0] names `paymnt`, which is not a service or instance of the running stack; \
+             did you mean `payment`?",
+        ),
+        ("nobody.yaml", "  users: [nobody]\n", "error: nobody.yaml:4:10: load: no fixture user `nobody`"),
+    ];
+    for (file, rest, want) in cases {
+        let load = if file == "nobody.yaml" { "load:\n  orders: 5\n" } else { "load: { orders: 5 }\n" };
+        write(&p, file, &format!("name: x\n{load}{rest}"));
+        let out = p.shop(&["chaos", "drill", file]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{file}: {}", stderr(&out));
+    }
 }
 
 #[test]
