@@ -309,7 +309,8 @@ impl<'a> Plan<'a> {
                 ),
                 Ok(label) => {
                     if let Some(other) = taken.insert(label.clone(), &spec.name) {
-                        let why = format!("services `{other}` and `{}` both become `{label}` in the manifests", spec.name);
+                        let why =
+                            format!("services `{other}` and `{}` both become `{label}` in the manifests", spec.name);
                         problem(spec.name_at, format!("{why}; rename one"));
                     }
                 }
@@ -356,10 +357,7 @@ impl<'a> Plan<'a> {
         }
         // Clients ask for a service by its kind, as they ask the registry; an external program
         // is found by its own name, as the supervisor registers it.
-        let peers = units
-            .iter()
-            .map(|u| (u.peer_name(), format!("{}:{}", u.name, u.port)))
-            .collect();
+        let peers = units.iter().map(|u| (u.peer_name(), format!("{}:{}", u.name, u.port))).collect();
         Ok(Plan { project, units, peers: Peers(peers), image, secret: new_secret() })
     }
 

@@ -295,11 +295,8 @@ fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillRe
     let failed: Vec<String> = (steady.before.iter())
         .flat_map(|b| b.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)))
         .collect();
-    let check = Check {
-        name: "steady_state_before".into(),
-        ok: false,
-        detail: format!("{NOT_STEADY}: {}", failed.join("; ")),
-    };
+    let check =
+        Check { name: "steady_state_before".into(), ok: false, detail: format!("{NOT_STEADY}: {}", failed.join("; ")) };
     let fault_error = format!("{}: {NOT_STEADY}", super::report::NOT_INJECTED);
     DrillReport { steady_state: Some(steady), ..unfinished(drill, seed, NOT_STEADY, check, &fault_error) }
 }
@@ -307,11 +304,8 @@ fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillRe
 /// The report of a drill interrupted (SIGINT, SIGTERM) before its verdict, so that a CI job
 /// stopped by its time limit still finds its `--junit` and journal, saying so.
 pub fn interrupted_report(drill: &Drill, seed: Option<u64>) -> DrillReport {
-    let check = Check {
-        name: INTERRUPTED.into(),
-        ok: false,
-        detail: format!("{INTERRUPTED_MESSAGE}; no verdict was reached"),
-    };
+    let check =
+        Check { name: INTERRUPTED.into(), ok: false, detail: format!("{INTERRUPTED_MESSAGE}; no verdict was reached") };
     unfinished(drill, seed, INTERRUPTED, check, &format!("{INTERRUPTED}: the drill ended before its verdict"))
 }
 

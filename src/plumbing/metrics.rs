@@ -222,7 +222,10 @@ mod tests {
         let extra = "# HELP a_gauge x\n# TYPE a_gauge gauge\na_gauge 3\nb_total{dependency=\"pay\"} 2\n";
         let text = Metrics::default().render("order", "order-2", extra);
         assert!(text.contains("\na_gauge{service=\"order\",shop_instance=\"order-2\"} 3\n"), "{text}");
-        assert!(text.contains("\nb_total{service=\"order\",shop_instance=\"order-2\",dependency=\"pay\"} 2\n"), "{text}");
+        assert!(
+            text.contains("\nb_total{service=\"order\",shop_instance=\"order-2\",dependency=\"pay\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("\n# TYPE a_gauge gauge\n"), "{text}");
     }
 

@@ -106,7 +106,9 @@ pub fn parse_users(parts: &[String]) -> Result<(Vec<String>, Option<Vec<u32>>), 
 pub fn parse_weighted_item(s: &str) -> Result<((String, i64), Option<u32>), MixError> {
     let bad = |why: &str| MixError::Item(s.into(), why.into());
     let (item, w) = match s.rsplit_once('@') {
-        Some((item, w)) => (item, Some(weight(w).ok_or_else(|| bad("the weight after `@` must be a whole number above 0"))?)),
+        Some((item, w)) => {
+            (item, Some(weight(w).ok_or_else(|| bad("the weight after `@` must be a whole number above 0"))?))
+        }
         None => (s, None),
     };
     let (sku, quantity) = super::gateway::parse_item(item.trim()).map_err(|why| {

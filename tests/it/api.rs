@@ -66,10 +66,11 @@ async fn every_bad_order_request_is_a_json_4xx_and_creates_nothing() {
     );
     tokio::io::AsyncWriteExt::write_all(&mut conn, head.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 1024];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut conn, &mut answer))
-        .await
-        .expect("an answer before the body could arrive")
-        .unwrap();
+    let n =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut conn, &mut answer))
+            .await
+            .expect("an answer before the body could arrive")
+            .unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(stack.count(shop::services::Kind::Order, "SELECT count(*) FROM orders", &[]), 0);

@@ -113,7 +113,8 @@ fn the_payment_outage_drill_passes_and_every_order_is_eventually_confirmed() {
     let during = window(&report, "during");
     assert!(during["latency_ms"]["p99"].as_f64().unwrap() > 1000.0, "{report:#}");
     // Orders kept starting while payment was down, but few were confirmed until it came back.
-    let (started, confirmed) = (during["started_per_s"].as_f64().unwrap(), during["throughput_per_s"].as_f64().unwrap());
+    let (started, confirmed) =
+        (during["started_per_s"].as_f64().unwrap(), during["throughput_per_s"].as_f64().unwrap());
     assert!(confirmed < started / 2.0, "{during:#}");
     assert!(window(&report, "after")["throughput_per_s"].as_f64().unwrap() > 0.0, "{report:#}");
 }
@@ -189,7 +190,11 @@ expect:
     // A target the stack does not have, or a user the fixtures lack, is refused before any order
     // is sent, at its place in the file; a near miss is named.
     let cases = [
-        ("unknown.yaml", "faults:\n  - { at: 1s, kill: shipping }\n", "error: unknown.yaml:4:5: faults[0] names `shipping`"),
+        (
+            "unknown.yaml",
+            "faults:\n  - { at: 1s, kill: shipping }\n",
+            "error: unknown.yaml:4:5: faults[0] names `shipping`",
+        ),
         (
             "typos.yaml",
             "faults:\n  - { at: 1s, kill: paymnt }\n",

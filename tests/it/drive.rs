@@ -152,7 +152,10 @@ async fn a_trace_links_gateway_order_user_inventory_payment_and_notification_spa
     assert!(eventually(Duration::from_secs(10), async || p.row("payment")["state"] == "healthy").await);
     let doc = json(&p.shop(&["inspect", "order", &id, "--json"]));
     let why = &doc["spans_missing_from"][0];
-    assert_eq!((why["instance"].as_str(), why["why"].as_str()), (Some("payment"), Some("started again since the trace began")));
+    assert_eq!(
+        (why["instance"].as_str(), why["why"].as_str()),
+        (Some("payment"), Some("started again since the trace began"))
+    );
 }
 
 #[test]

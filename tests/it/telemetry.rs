@@ -258,7 +258,10 @@ async fn an_unreachable_collector_costs_requests_nothing_but_the_drop_count() {
     })
     .await;
     assert!(counted, "the gateway's 200+ spans are not all counted as dropped:\n{text}");
-    assert!(text.contains("\nshop_otlp_spans_exported_total{service=\"gateway\",shop_instance=\"gateway\"} 0\n"), "{text}");
+    assert!(
+        text.contains("\nshop_otlp_spans_exported_total{service=\"gateway\",shop_instance=\"gateway\"} 0\n"),
+        "{text}"
+    );
 }
 
 /// The JSON log lines of `kind` that belong to `trace_id`.

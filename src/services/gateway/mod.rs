@@ -254,8 +254,9 @@ fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
             }
             let value = value.trim();
             let v = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
-            let secs: f64 =
-                v.parse().map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
+            let secs: f64 = v
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
             if !(secs >= 0.0 && secs.is_finite()) {
                 return Err(ApiError::bad_request("`Prefer: wait` must be 0 or more seconds"));
             }
