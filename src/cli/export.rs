@@ -965,21 +965,25 @@ fn yaml_documents(docs: &[Value]) -> String {
         .join("---\n")
 }
 
-/// The words YAML 1.1 reads as booleans (yaml.org/type/bool.html). serde_yaml writes YAML 1.2,
-/// where they are plain strings, so it leaves them unquoted; but kubectl and PyYAML still read
-/// YAML 1.1, where `restart: no` or an env value `on` would turn into a boolean. They are
-/// marked before serializing and quoted after.
-const YAML11_BOOLS: [&str; 22] = [
+/// Words YAML 1.1 reads as booleans or null (yaml.org/type/bool.html, null.html).
+const YAML11_WORDS: [&str; 26] = [
     "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on",
-    "On", "ON", "off", "Off", "OFF",
+    "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL", "~",
 ];
-/// Around a marked word; never in a stack's own text, and plain scalars serde_yaml writes as is.
-/// The end mark keeps `y` from matching the start of `yes`.
-const QUOTE_MARK: (&str, &str) = ("shop-quote-yaml11-", "-shop-quote-end");
+/// Around a marked string (hex-encoded, so the mark is a plain word serde_yaml writes as is).
+const QUOTE_MARK: (&str, &str) = ("shop-quote-", "-end");
 
+/// serde_yaml writes YAML 1.2, which leaves plain many strings that YAML 1.1 readers (kubectl,
+/// PyYAML) take for something else: `no` and `on` for booleans, `12:30` for a number, a date,
+/// `=` and `<<` for tags they cannot build. A value a stack gives (an env value, a command
+/// argument) may be any of these, so every one-line string that is not plainly a word is
+/// marked before serializing and written single-quoted after.
 fn mark_yaml11_words(v: &mut Value) {
     match v {
-        Value::String(s) if YAML11_BOOLS.contains(&s.as_str()) => *s = format!("{}{s}{}", QUOTE_MARK.0, QUOTE_MARK.1),
+        Value::String(s) if needs_quotes(s) => {
+            let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+            *s = format!("{}{hex}{}", QUOTE_MARK.0, QUOTE_MARK.1);
+        }
         Value::Sequence(items) => items.iter_mut().for_each(mark_yaml11_words),
         Value::Mapping(map) => {
             let entries = std::mem::take(map);
@@ -993,11 +997,39 @@ fn mark_yaml11_words(v: &mut Value) {
     }
 }
 
+/// Whether a string is not plainly a word to every YAML reader: a letter, then letters, digits
+/// and `_ . / -`, and not one of [`YAML11_WORDS`]. Text over several lines is left to
+/// serde_yaml's block style, which no reader takes for anything but a string.
+fn needs_quotes(s: &str) -> bool {
+    let word = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c));
+    !s.contains('\n') && (!word || YAML11_WORDS.contains(&s))
+}
+
 fn quote_marked_words(text: &str) -> String {
-    let mut out = text.to_string();
-    for word in YAML11_BOOLS {
-        out = out.replace(&format!("{}{word}{}", QUOTE_MARK.0, QUOTE_MARK.1), &format!("'{word}'"));
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(QUOTE_MARK.0) {
+        let after = &rest[at + QUOTE_MARK.0.len()..];
+        let original = after.find(QUOTE_MARK.1).and_then(|end| {
+            let hex = &after[..end];
+            let bytes: Option<Vec<u8>> =
+                (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+            Some((end, String::from_utf8(bytes?).ok()?)).filter(|_| hex.len() % 2 == 0)
+        });
+        // Text that only looks like a mark (a stack's own word) is kept as it is.
+        let Some((end, original)) = original else {
+            out.push_str(&rest[..at + QUOTE_MARK.0.len()]);
+            rest = after;
+            continue;
+        };
+        out.push_str(&rest[..at]);
+        out.push('\'');
+        out.push_str(&original.replace('\'', "''"));
+        out.push('\'');
+        rest = &after[end + QUOTE_MARK.1.len()..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -1024,6 +1056,22 @@ fn new_secret() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_yaml_11_would_misread_come_out_single_quoted() {
+        let mut doc = Mapping::new();
+        for (k, v) in [("a", "no"), ("b", "12:30"), ("c", "it's"), ("d", "plain-word.1"), ("e", "shop-quote-zz-end")] {
+            doc.insert(k.into(), v.into());
+        }
+        doc.insert("f".into(), Value::Number(5.into()));
+        doc.insert("g".into(), "two\nlines".into());
+        let text = yaml_documents(&[Value::Mapping(doc.clone())]);
+        for line in ["a: 'no'", "b: '12:30'", "c: 'it''s'", "d: plain-word.1", "e: shop-quote-zz-end", "f: 5"] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Read back, every value is what went in.
+        assert_eq!(serde_yaml::from_str::<Value>(&text).unwrap(), Value::Mapping(doc));
+    }
 
     #[test]
     // `duration` itself is tested beside it, in `orchestrator::env`.

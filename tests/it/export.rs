@@ -244,7 +244,7 @@ services:
     fixtures: {users}
   inventory:
     fixtures: {products}
-    env: {{ PRICE_NOTE: \"costs $5\", FLAG: \"on\" }}
+    env: {{ PRICE_NOTE: \"costs $5\", FLAG: \"on\", AT: \"12:30\", SEP: \"=\", DAY: \"2026-01-01\" }}
   payment: {{ replicas: 2 }}
   notification: {{ port: 9002, health: {{ interval: 2500ms, retries: 7 }} }}
   order:
@@ -312,6 +312,10 @@ fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_fo
     assert_eq!(env_value(&docs, inventory, "PRICE_NOTE").as_deref(), Some("costs $5"));
     // Quoted, so that YAML 1.1 readers (kubectl, PyYAML) do not take it for a boolean.
     assert!(std::fs::read_to_string(&k8s_file).unwrap().contains("inventory.FLAG: 'on'"));
+    // As are values YAML 1.1 reads as numbers, dates or tags (the validators read YAML 1.1).
+    for (var, value) in [("AT", "12:30"), ("SEP", "="), ("DAY", "2026-01-01")] {
+        assert_eq!(env_value(&docs, inventory, var).as_deref(), Some(value));
+    }
 
     let web = find(&docs, "Deployment", "web");
     let w = container(web);
