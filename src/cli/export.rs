@@ -1015,7 +1015,7 @@ fn quote_marked_words(text: &str) -> String {
             let hex = &after[..end];
             let bytes: Option<Vec<u8>> =
                 (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
-            Some((end, String::from_utf8(bytes?).ok()?)).filter(|_| hex.len() % 2 == 0)
+            Some((end, String::from_utf8(bytes?).ok()?)).filter(|_| hex.len().is_multiple_of(2))
         });
         // Text that only looks like a mark (a stack's own word) is kept as it is.
         let Some((end, original)) = original else {
