@@ -11,7 +11,7 @@ use super::context::Context;
 use super::target::{GatewayArgs, Target};
 use super::{exit, output, Failure};
 use crate::drill::report::render;
-use crate::drill::run::{self, check_targets, Setup};
+use crate::drill::run::{self, target_problems, Setup};
 use crate::drill::spec::{Drill, SpecError};
 use crate::orchestrator::control::Control;
 use crate::traffic::{Gateway, LoadPlan};
@@ -51,7 +51,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
     let control = Control::require(&dir)?;
     let rows = control.status().await?.rows;
-    check_targets(&drill, &rows, &args.file)?;
+    let mut problems = target_problems(&drill, &rows, &args.file);
+    problems.extend(user_problems(&drill, &stack, &args.file)?);
+    refuse(problems, &args.file)?;
     let dbs = ctx.databases(&stack)?;
     let secret = dir.existing_secret().unwrap_or_default();
     let load = plan(ctx, &drill, &args.file).await?;
@@ -85,6 +87,45 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     }
     write_outputs(&args, &report)?;
     Ok(if report.ok { exit::OK } else { exit::RUNTIME })
+}
+
+/// The users of the drill's load that the fixtures lack, at the place `load.users` is written.
+fn user_problems(
+    drill: &Drill,
+    stack: &crate::orchestrator::stackfile::Stack,
+    file: &std::path::Path,
+) -> anyhow::Result<Vec<String>> {
+    let tokens = super::target::tokens(stack)?;
+    let known: Vec<&str> = tokens.iter().map(|(u, _)| u.as_str()).collect();
+    let place = match drill.load.users_at {
+        Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
+        None => file.display().to_string(),
+    };
+    let mut missing: Vec<&String> = drill.load.users.iter().filter(|u| !known.contains(&u.as_str())).collect();
+    missing.dedup();
+    Ok(missing
+        .into_iter()
+        .map(|user| format!("{place}: load: no fixture user `{user}`; the fixtures have: {}", known.join(", ")))
+        .collect())
+}
+
+/// Every problem found, as a usage error: one is the error line itself; several are printed
+/// one per line above a summary, as the file's own problems are.
+fn refuse(problems: Vec<String>, file: &std::path::Path) -> anyhow::Result<()> {
+    match problems.as_slice() {
+        [] => Ok(()),
+        [one] => Err(Failure::usage(one.clone())),
+        many => {
+            for p in many {
+                eprintln!("{p}");
+            }
+            Err(Failure::usage(format!(
+                "`{}` names {} things the running stack does not have; fix them and run again",
+                file.display(),
+                many.len()
+            )))
+        }
+    }
 }
 
 /// The report files the flags ask for, with what each holds.
@@ -218,14 +259,15 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
             items: Vec::new(),
             users_at: None,
         },
+        monkey_faults: faults.len(),
         faults: faults.clone(),
         expect: Default::default(),
         steady_state: None,
         halt: Vec::new(),
-        monkey: None,
-        monkey_faults: 0,
+        monkey: Some(monkey),
     };
-    check_targets(&as_drill, &rows, std::path::Path::new("--targets"))?;
+    // The targets are judged whether or not the seed drew a fault on them.
+    refuse(target_problems(&as_drill, &rows, std::path::Path::new("--targets")), std::path::Path::new("--targets"))?;
     // The timeline first, on stdout: it is the result a reader reproduces with the seed.
     println!("monkey (seed {}): {} faults over {}", args.seed, faults.len(), humantime::format_duration(args.duration));
     for line in describe(&faults) {

@@ -145,7 +145,9 @@ pub fn render(r: &DrillReport) -> String {
         );
     }
     page.push_str("<h2>per second</h2>");
-    page.push_str(&chart(r, "throughput (orders started per second)", "orders/s", |s| Some(s.started as f64)));
+    page.push_str(&chart(r, "throughput (orders confirmed per second, as answered)", "orders/s", |s| {
+        Some(s.throughput as f64)
+    }));
     page.push_str(&chart(r, "p99 latency per second", "ms", |s| s.p99_ms));
     page.push_str(&chart(r, "errors per second", "errors/s", |s| Some(s.errors as f64)));
     page.push_str("<h2>faults</h2>");

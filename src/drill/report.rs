@@ -75,7 +75,9 @@ pub struct MonkeyReport {
     pub timeline: Vec<String>,
 }
 
-/// One second of the load, by the start time of each order.
+/// One second of the load: the orders that started in it and how they fared (`started` to
+/// `p99_ms`, latency from the start), and what was answered in it (`completed`, and
+/// `throughput`, the orders confirmed), so an outage shows as a drop while orders still start.
 #[derive(Clone, Debug, Serialize)]
 pub struct Second {
     pub t: u64,
@@ -86,11 +88,19 @@ pub struct Second {
     pub pending: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Orders answered in this second, whatever the answer.
+    pub completed: u64,
+    /// Orders answered CONFIRMED in this second.
+    pub throughput: u64,
 }
 
-/// The per-second traffic timeline of a load's samples.
+/// The per-second traffic timeline of a load's samples, up to the last answer.
 pub fn per_second(samples: &[Sample]) -> Vec<Second> {
-    let Some(last) = samples.iter().map(|s| s.start.as_secs()).max() else { return Vec::new() };
+    let Some(last) = samples.iter().map(|s| (s.start + s.latency).as_secs()).max() else { return Vec::new() };
+    let mut completed = vec![0u64; last as usize + 1];
+    for s in samples {
+        completed[(s.start + s.latency).as_secs() as usize] += 1;
+    }
     (0..=last)
         .map(|t| {
             let from = t as f64;
@@ -104,6 +114,8 @@ pub fn per_second(samples: &[Sample]) -> Vec<Second> {
                 pending: w.pending,
                 p50_ms: w.latency_ms.p50,
                 p99_ms: w.latency_ms.p99,
+                completed: completed[t as usize],
+                throughput: w.throughput_per_s.round() as u64,
             }
         })
         .collect()
@@ -507,6 +519,10 @@ mod tests {
         // Confirmed answers by when they came: both before the fault, none during or after.
         let delivered: Vec<f64> = w.iter().map(|w| w.throughput_per_s).collect();
         assert_eq!(delivered, [2.0, 0.0, 0.0]);
+        // Per second: started by start time, answers by when they came, up to the last answer.
+        let seconds = per_second(&samples);
+        let by_second: Vec<(u64, u64, u64)> = seconds.iter().map(|s| (s.started, s.completed, s.throughput)).collect();
+        assert_eq!(by_second, [(2, 2, 2), (2, 1, 0), (1, 2, 0)]);
         assert_eq!((w[1].errors, w[1].pending, w[2].failed), (1, 1, 1));
     }
 }

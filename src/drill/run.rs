@@ -306,7 +306,8 @@ fn not_steady(drill: &Drill, seed: Option<u64>, steady: SteadyReport) -> DrillRe
 pub fn interrupted_report(drill: &Drill, seed: Option<u64>) -> DrillReport {
     let check =
         Check { name: INTERRUPTED.into(), ok: false, detail: format!("{INTERRUPTED_MESSAGE}; no verdict was reached") };
-    unfinished(drill, seed, INTERRUPTED, check, &format!("{INTERRUPTED}: the drill ended before its verdict"))
+    let fault_error = format!("{INTERRUPTED}: the drill ended before its verdict; when it was applied is not recorded");
+    unfinished(drill, seed, INTERRUPTED, check, &fault_error)
 }
 
 /// Whether `e` is the error of an interrupted drill.
@@ -346,7 +347,8 @@ fn unfinished(drill: &Drill, seed: Option<u64>, verdict: &str, check: Check, fau
         per_second: Vec::new(),
         outcomes: None,
         breaker_transitions: Vec::new(),
-        invariants: invariants::Report { ok: true, checks: Vec::new(), pending: 0 },
+        // Not checked, so not passed either.
+        invariants: invariants::Report { ok: false, checks: Vec::new(), pending: 0 },
         steady_state: None,
         halted: None,
     }
@@ -391,34 +393,53 @@ fn monkey_report(drill: &Drill) -> Option<MonkeyReport> {
     })
 }
 
-/// process faults, as the supervisor would say halfway through the drill.
-pub fn check_targets(drill: &Drill, rows: &[PsRow], file: &Path) -> anyhow::Result<()> {
+/// What in a drill only the running stack can judge: every fault's target (and the monkey's)
+/// must be one of its services or instances, and the registry takes only kill and pause. All
+/// of it is told before any order is sent, each at its place, rather than one problem per run
+/// or as the supervisor would say it halfway through the drill.
+pub fn target_problems(drill: &Drill, rows: &[PsRow], file: &Path) -> Vec<String> {
     let known: Vec<&str> = rows.iter().flat_map(|r| [r.service.as_str(), r.instance.as_str()]).collect();
-    for (n, fault) in drill.faults.iter().enumerate() {
+    // `FILE:LINE:COL` where the file writes it, as for every other mistake in the file.
+    let place = |at: Option<crate::plumbing::yaml::Pos>| match at {
+        Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
+        None => file.display().to_string(),
+    };
+    let unknown = |name: &str| {
+        let mut services: Vec<&str> = rows.iter().map(|r| r.service.as_str()).collect();
+        services.dedup();
+        let hint = match crate::plumbing::yaml::did_you_mean(name, known.iter().copied()) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None => format!("it has: {}", services.join(", ")),
+        };
+        format!("names `{name}`, which is not a service or instance of the running stack; {hint}")
+    };
+    let only_process = "the registry takes only kill and pause";
+    let mut problems = Vec::new();
+    // The file's own faults; the monkey's are judged by its targets below, drawn or not.
+    for (n, fault) in drill.faults[..drill.faults.len() - drill.monkey_faults].iter().enumerate() {
         for name in fault.names() {
-            // `FILE:LINE:COL` where the file writes the fault, as for every other mistake in it.
-            let place = match fault.written_at {
-                Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
-                None => file.display().to_string(),
-            };
             if !known.contains(&name) {
-                let mut services: Vec<&str> = rows.iter().map(|r| r.service.as_str()).collect();
-                services.dedup();
-                let hint = match crate::plumbing::yaml::did_you_mean(name, known.iter().copied()) {
-                    Some(near) => format!("did you mean `{near}`?"),
-                    None => format!("it has: {}", services.join(", ")),
-                };
-                return Err(Failure::usage(format!(
-                    "{place}: faults[{n}] names `{name}`, which is not a service or instance of the running stack; \
-                     {hint}"
-                )));
-            }
-            if name == REGISTRY && !fault.is_process_fault() {
-                return Err(Failure::usage(format!("{place}: faults[{n}]: the registry takes only kill and pause")));
+                problems.push(format!("{}: faults[{n}] {}", place(fault.written_at), unknown(name)));
+            } else if name == REGISTRY && !fault.is_process_fault() {
+                problems.push(format!("{}: faults[{n}]: {only_process}", place(fault.written_at)));
             }
         }
     }
-    Ok(())
+    if let Some(m) = &drill.monkey {
+        // In a drill file, `monkey.targets` at its place; on the command line, `--targets`.
+        let what = match m.targets_at {
+            Some(at) => format!("{}: monkey.targets", place(Some(at))),
+            None => "--targets".to_string(),
+        };
+        for name in &m.targets {
+            if !known.contains(&name.as_str()) {
+                problems.push(format!("{what} {}", unknown(name)));
+            } else if name == REGISTRY && m.faults.iter().any(|f| f != "kill" && f != "pause") {
+                problems.push(format!("{what}: {only_process}, and the monkey's faults include others"));
+            }
+        }
+    }
+    problems
 }
 
 /// Runs the load with the fault timeline beside it. The timeline is always stopped and

@@ -210,6 +210,30 @@ expect:
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(stderr(&out).contains(want), "{file}: {}", stderr(&out));
     }
+    // All of them at once, each at its place, including a monkey's targets.
+    write(
+        &p,
+        "all.yaml",
+        "name: x\nload:\n  rate: 5\n  duration: 2s\n  users: [nobody]\nfaults:\n  - { at: 1s, kill: paymnt }\n  \
+         - { at: 1s, latency: registry, delay: 5ms }\nmonkey: { mean_interval: 10m, targets: [invntory] }\n",
+    );
+    let out = p.shop(&["chaos", "drill", "all.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for want in [
+        "all.yaml:7:5: faults[0] names `paymnt`",
+        "all.yaml:8:5: faults[1]: the registry takes only kill and pause",
+        "all.yaml:9:40: monkey.targets names `invntory`, which is not a service or instance of the running stack; \
+         did you mean `inventory`?",
+        "all.yaml:5:10: load: no fixture user `nobody`",
+        "error: `all.yaml` names 4 things the running stack does not have",
+    ] {
+        assert!(err.contains(want), "{want}:\n{err}");
+    }
+    // `chaos monkey` judges its targets even when the seed draws no fault on them.
+    let out = p.shop(&["chaos", "monkey", "--duration", "1s", "--mean-interval", "10m", "--targets", "paymnt"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("error: --targets names `paymnt`"), "{}", stderr(&out));
 }
 
 #[test]
