@@ -181,7 +181,7 @@ impl Discovery {
     async fn heartbeat(&self) {
         let Some(me) = &self.me else { return };
         let url = format!("{}/v1/heartbeat", self.registry);
-        let body = serde_json::json!({"instance": me.instance, "service": me.service});
+        let body = serde_json::json!({"instance": me.instance, "service": me.service, "address": me.address});
         match self.http.post(url).json(&body).timeout(Duration::from_secs(2)).send().await {
             // The registry restarted (or evicted us while we were paused): register again.
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {

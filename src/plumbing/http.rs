@@ -232,6 +232,12 @@ pub fn check_secret(secret: Option<&str>, headers: &axum::http::HeaderMap) -> Re
     }
 }
 
+/// `routes`, each answering 401 without the stack secret before its body is read (SPEC section
+/// 17): the admin routes here, the registry's detours, the supervisor's control API.
+pub fn secret_required(routes: Router, secret: Option<String>) -> Router {
+    routes.route_layer(axum::middleware::from_fn_with_state(Arc::new(secret), require_secret))
+}
+
 /// Answers 401 to an admin request without the stack secret, before its body is read.
 async fn require_secret(State(secret): State<Arc<Option<String>>>, req: Request, next: Next) -> Response {
     match check_secret(secret.as_deref(), req.headers()) {

@@ -50,14 +50,18 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     let registry =
         Registry { entries: Arc::default(), routes: Arc::default(), ttl: rt.args.tuning.ttl, rt: rt.clone() };
     let evictor = evict_loop(registry.clone());
+    // The detours decide where every service's calls go: the stack secret is checked before
+    // their body is read, as for every admin route.
+    let detours = Router::new().route("/v1/routes", get(get_routes).put(put_routes)).with_state(registry.clone());
+    let detours = crate::plumbing::http::secret_required(detours, rt.args.tuning.secret.clone());
     let routes = Router::new()
         .route("/v1/register", post(register))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/instances", get(list))
-        .route("/v1/routes", get(get_routes).put(put_routes))
         .route("/v1/instances/{instance}", delete(deregister))
         .route("/v1/services/{service}", get(lookup))
-        .with_state(registry);
+        .with_state(registry)
+        .merge(detours);
     Ok(Service::new(routes).with_loop("registration expiry", evictor))
 }
 
@@ -80,10 +84,15 @@ async fn register(
     let now = now_ms();
     {
         let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.insert(
-            inst.instance.clone(),
-            Entry { instance: inst.clone(), registered_at: now, last_seen: Instant::now() },
-        );
+        let new = Entry { instance: inst.clone(), registered_at: now, last_seen: Instant::now() };
+        if let Some(old) = entries.insert(inst.instance.clone(), new).filter(|o| o.instance.address != inst.address) {
+            // Two processes under one name: the latest wins, and the other, if it still runs,
+            // takes the name back at its next heartbeat (see `heartbeat`).
+            tracing::warn!(
+                instance = %inst.instance, from = %old.instance.address, to = %inst.address,
+                "an instance registered again from another address"
+            );
+        }
     }
     tracing::info!(service = %inst.service, instance = %inst.instance, address = %inst.address, "registered");
     let row = inst.clone();
@@ -108,15 +117,23 @@ struct Heartbeat {
     instance: String,
     #[allow(dead_code)]
     service: Option<String>,
+    /// Where the beating instance listens. A heartbeat from another address than the one
+    /// registered must not keep that entry alive: the process registered there may be dead.
+    address: Option<String>,
 }
 
 async fn heartbeat(State(reg): State<Registry>, JsonBody(hb): JsonBody<Heartbeat>) -> Result<StatusCode, ApiError> {
     let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
     match entries.get_mut(&hb.instance) {
-        Some(e) => {
+        Some(e) if hb.address.as_ref().is_none_or(|a| *a == e.instance.address) => {
             e.last_seen = Instant::now();
             Ok(StatusCode::NO_CONTENT)
         }
+        // Registered elsewhere since: 404 makes this live instance register its address again.
+        Some(e) => Err(ApiError::not_found(format!(
+            "instance `{}` is registered at {}, not here; register again",
+            hb.instance, e.instance.address
+        ))),
         // Unknown: the registry restarted or evicted it. 404 tells the instance to register again.
         None => Err(ApiError::not_found(format!("instance `{}` is not registered", hb.instance))),
     }
@@ -169,26 +186,15 @@ async fn list(State(reg): State<Registry>, Query(q): Query<ListQuery>) -> Json<V
     Json(out)
 }
 
-fn admin(reg: &Registry, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    if crate::plumbing::admin::secret_matches(reg.rt.args.tuning.secret.as_deref(), headers) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized("routes need the stack secret in `x-shop-secret`"))
-    }
-}
-
-async fn get_routes(State(reg): State<Registry>, headers: axum::http::HeaderMap) -> Result<Json<Vec<Route>>, ApiError> {
-    admin(&reg, &headers)?;
-    Ok(Json(reg.routes.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+async fn get_routes(State(reg): State<Registry>) -> Json<Vec<Route>> {
+    Json(reg.routes.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
 /// Replaces every detour at once: the supervisor always sends the whole set.
 async fn put_routes(
     State(reg): State<Registry>,
-    headers: axum::http::HeaderMap,
     JsonBody(routes): JsonBody<Vec<Route>>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&reg, &headers)?;
     for r in &routes {
         if r.address.parse::<std::net::SocketAddr>().is_err() {
             return Err(ApiError::bad_request(format!("`address` must be host:port, got `{}`", r.address)));

@@ -140,44 +140,69 @@ async fn every_admin_route_of_every_service_answers_401_without_the_secret_befor
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let rows = p.ps();
     assert_eq!(rows.len(), 7);
-    let routes = [
+    let admin = [
         ("GET", "/admin/faults"),
         ("PUT", "/admin/faults"),
         ("DELETE", "/admin/faults"),
         ("GET", "/admin/spans"),
         ("GET", "/admin/breakers"),
     ];
-    let bodies = ["", "{\"latency\": 5}", "{\"nonsense\": true}", "not json at all"];
+    // Every admin route of every service, the registry's detours, and the supervisor's control
+    // API (at the address its record names).
+    let mut targets: Vec<(String, String, &str, &str)> = Vec::new();
     for row in &rows {
-        let addr = row["address"].as_str().unwrap();
-        for (method, path) in routes {
-            for body in bodies {
-                for secret in [None, Some("wrong")] {
-                    let mut req = http
-                        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
-                        .header("content-type", "application/json")
-                        .body(body);
-                    if let Some(s) = secret {
-                        req = req.header("x-shop-secret", s);
-                    }
-                    let resp = req.send().await.unwrap();
-                    let what = format!("{} {method} {path} body {body:?} secret {secret:?}", row["instance"]);
-                    assert_eq!(resp.status(), 401, "{what}");
-                    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized", "{what}");
-                }
-            }
-            // A body announced but never sent: the answer cannot have waited for it.
-            let head = format!(
-                "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50000\r\n\r\n"
-            );
-            let status = status_of_head(addr, head.as_bytes(), &[1 << 20]);
-            assert!(
-                status.starts_with("HTTP/1.1 401"),
-                "{} {method} {path} without its body: {status}",
-                row["instance"]
+        let addr = row["address"].as_str().unwrap().to_string();
+        let who = row["instance"].as_str().unwrap().to_string();
+        targets.extend(admin.iter().map(|(m, path)| (addr.clone(), who.clone(), *m, *path)));
+        if who == "registry" {
+            targets.extend(
+                [("GET", "/v1/routes"), ("PUT", "/v1/routes")].map(|(m, path)| (addr.clone(), who.clone(), m, path)),
             );
         }
     }
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.dir.path().join(".shop/supervisor.json")).unwrap()).unwrap();
+    let control = record["control"].as_str().unwrap().to_string();
+    for (m, path) in [
+        ("GET", "/v1/status"),
+        ("POST", "/v1/up"),
+        ("POST", "/v1/stop"),
+        ("POST", "/v1/start"),
+        ("POST", "/v1/restart"),
+        ("POST", "/v1/down"),
+        ("GET", "/v1/chaos"),
+        ("POST", "/v1/chaos"),
+        ("POST", "/v1/chaos/clear"),
+    ] {
+        targets.push((control.clone(), "supervisor".into(), m, path));
+    }
+    let bodies = ["", "{\"latency\": 5}", "{\"nonsense\": true}", "not json at all", "[]"];
+    for (addr, who, method, path) in &targets {
+        for body in bodies {
+            for secret in [None, Some("wrong")] {
+                let mut req = http
+                    .request(method.parse().unwrap(), format!("http://{addr}{path}"))
+                    .header("content-type", "application/json")
+                    .body(body);
+                if let Some(s) = secret {
+                    req = req.header("x-shop-secret", s);
+                }
+                let resp = req.send().await.unwrap();
+                let what = format!("{who} {method} {path} body {body:?} secret {secret:?}");
+                assert_eq!(resp.status(), 401, "{what}");
+                assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized", "{what}");
+            }
+        }
+        // A body announced but never sent: the answer cannot have waited for it.
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50000\r\n\r\n"
+        );
+        let status = status_of_head(addr, head.as_bytes(), &[1 << 20]);
+        assert!(status.starts_with("HTTP/1.1 401"), "{who} {method} {path} without its body: {status}");
+    }
+    // Nothing of it took effect: the stack runs on, unfaulted.
+    assert_eq!(p.ps().len(), 7);
+    assert!(p.ps().iter().all(|r| r["state"] == "healthy" && r["faults"].as_array().unwrap().is_empty()));
 }
 
 #[test]
