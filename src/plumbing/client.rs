@@ -101,6 +101,8 @@ pub struct ServiceClient {
     faults: Option<Arc<Faults>>,
     /// When a refused call last forced a refresh of the registry view.
     last_refresh: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// The stack secret, sent with every call: some routes (the card vault) take none without.
+    secret: Option<HeaderValue>,
 }
 
 /// A pooled client for loopback calls; one per process.
@@ -138,7 +140,13 @@ impl ServiceClient {
             breakers: None,
             faults: None,
             last_refresh: Arc::default(),
+            secret: None,
         }
+    }
+
+    /// The same client, sending the stack secret with every call.
+    pub fn with_secret(self, secret: Option<&str>) -> ServiceClient {
+        ServiceClient { secret: secret.and_then(|s| HeaderValue::from_str(s).ok()), ..self }
     }
 
     /// The same client behind per-dependency circuit breakers and injected partitions.
@@ -300,6 +308,9 @@ impl ServiceClient {
             }
             None => Bytes::new(),
         };
+        if let Some(secret) = &self.secret {
+            req = req.header(crate::plumbing::admin::SECRET_HEADER, secret.clone());
+        }
         if let Some(trace) = trace {
             req = req.header("traceparent", trace.header_value());
             if let Some(state) = &trace.tracestate {

@@ -110,6 +110,9 @@ pub struct Discovery {
     /// Round-robin positions, one slot per service (by a hash of its name), so the calls of one
     /// service spread over its instances whatever the pattern of calls to others.
     next: [AtomicUsize; 32],
+    /// The stack secret, sent with registrations and heartbeats (a registry with a secret
+    /// takes none without it).
+    secret: Option<String>,
     /// Last time a cache miss forced a refresh, so a missing service cannot hammer the registry.
     /// Held across that refresh: the other misses meanwhile wait for its view instead of
     /// finding no instance at once (a burst of them would open the caller's circuit breaker).
@@ -126,7 +129,20 @@ impl Discovery {
             view: RwLock::new(HashMap::new()),
             suspect: Mutex::new(HashMap::new()),
             next: std::array::from_fn(|_| AtomicUsize::new(0)),
+            secret: None,
             last_forced: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn with_secret(self, secret: Option<String>) -> Discovery {
+        Discovery { secret, ..self }
+    }
+
+    /// `req` with the stack secret, if this process has one.
+    fn signed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.secret {
+            Some(s) => req.header(crate::plumbing::admin::SECRET_HEADER, s),
+            None => req,
         }
     }
 
@@ -175,14 +191,25 @@ impl Discovery {
     pub async fn register(&self) -> bool {
         let Some(me) = &self.me else { return true };
         let url = format!("{}/v1/register", self.registry);
-        matches!(self.http.post(url).json(me).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status().is_success())
+        let req = self.signed(self.http.post(url)).json(me).timeout(Duration::from_secs(2));
+        match req.send().await {
+            Ok(r) if r.status().is_success() => true,
+            // Answered, but refused: unreachable it is not, and retrying will not help.
+            Ok(r) => {
+                let status = r.status();
+                let why = r.text().await.unwrap_or_default();
+                tracing::error!(registry = %self.registry, %status, answer = %why, "the registry refused this instance");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     async fn heartbeat(&self) {
         let Some(me) = &self.me else { return };
         let url = format!("{}/v1/heartbeat", self.registry);
         let body = serde_json::json!({"instance": me.instance, "service": me.service, "address": me.address});
-        match self.http.post(url).json(&body).timeout(Duration::from_secs(2)).send().await {
+        match self.signed(self.http.post(url)).json(&body).timeout(Duration::from_secs(2)).send().await {
             // The registry restarted (or evicted us while we were paused): register again.
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
                 if self.register().await {
@@ -197,7 +224,7 @@ impl Discovery {
     pub async fn deregister(&self) {
         let Some(me) = &self.me else { return };
         let url = format!("{}/v1/instances/{}", self.registry, me.instance);
-        let _ = self.http.delete(url).timeout(Duration::from_millis(500)).send().await;
+        let _ = self.signed(self.http.delete(url)).timeout(Duration::from_millis(500)).send().await;
     }
 
     /// Fetches the whole view; on failure the old view stays. In `dns` mode the view is fixed.

@@ -97,6 +97,20 @@ pub struct Runtime {
     pub address: SocketAddr,
     /// Spans recorded by this process (requests served, calls made, sagas run).
     pub spans: Arc<SpanStore>,
+    /// The stack secret (`--secret` or `SHOP_SECRET_FILE`); `None` for a service run by hand
+    /// without one.
+    pub secret: Option<String>,
+}
+
+impl Runtime {
+    /// `routes` behind the stack secret when this process has one, checked before any body is
+    /// read; open without one, as a service run by hand is.
+    pub fn guarded(&self, routes: Router) -> Router {
+        match &self.secret {
+            Some(_) => http::secret_required(routes, self.secret.clone()),
+            None => routes,
+        }
+    }
 }
 
 impl Runtime {
@@ -146,6 +160,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     let db_path = args.db.clone().unwrap_or_else(|| format!("shop-{}.db", kind.name()).into());
     let db = Db::open(&db_path, kind.migrations())?;
 
+    let secret = args.tuning.secret()?;
     let http = http_client();
     let me = (kind != Kind::Registry).then(|| Instance {
         service: kind.name().to_string(),
@@ -154,7 +169,8 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         pid: std::process::id(),
     });
     let (mode, peers) = (args.tuning.discovery, &args.tuning.peers);
-    let discovery = Arc::new(Discovery::for_mode(mode, &args.registry, peers, http.clone(), me));
+    let discovery =
+        Arc::new(Discovery::for_mode(mode, &args.registry, peers, http.clone(), me).with_secret(secret.clone()));
     let exporter = crate::plumbing::otlp::Config::from_env(kind.name(), &instance)
         .map(|config| crate::plumbing::otlp::Exporter::start(config, http.clone()));
     let spans = Arc::new(SpanStore::new(kind.name(), &instance).with_exporter(exporter));
@@ -169,7 +185,8 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     }));
     let client = ServiceClient::new(discovery.clone(), args.tuning.client_timeout, args.tuning.client_retries)
         .with_spans(spans.clone())
-        .with_resilience(breakers.clone(), faults.clone());
+        .with_resilience(breakers.clone(), faults.clone())
+        .with_secret(secret.as_deref());
     let rt = Arc::new(Runtime {
         kind,
         instance: instance.clone(),
@@ -179,6 +196,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         client,
         address,
         spans: spans.clone(),
+        secret: secret.clone(),
     });
 
     let service = match kind {
@@ -201,7 +219,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         local_ready: db_ready(db.clone()),
         extra_metrics,
         spans: spans.clone(),
-        secret: args.tuning.secret()?,
+        secret: secret.clone(),
         faults,
         breakers,
     };

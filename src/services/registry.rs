@@ -53,15 +53,20 @@ pub async fn build(rt: &Arc<Runtime>) -> anyhow::Result<Service> {
     // The detours decide where every service's calls go: the stack secret is checked before
     // their body is read, as for every admin route.
     let detours = Router::new().route("/v1/routes", get(get_routes).put(put_routes)).with_state(registry.clone());
-    let detours = crate::plumbing::http::secret_required(detours, rt.args.tuning.secret.clone());
-    let routes = Router::new()
+    let detours = crate::plumbing::http::secret_required(detours, rt.secret.clone());
+    // Registrations say where every service's calls go: with a stack secret, only the stack's
+    // own processes may make or drop one (a registry run by hand without one stays open).
+    let writes = Router::new()
         .route("/v1/register", post(register))
         .route("/v1/heartbeat", post(heartbeat))
-        .route("/v1/instances", get(list))
         .route("/v1/instances/{instance}", delete(deregister))
+        .with_state(registry.clone());
+    let routes = Router::new()
+        .route("/v1/instances", get(list))
         .route("/v1/services/{service}", get(lookup))
         .with_state(registry)
-        .merge(detours);
+        .merge(detours)
+        .merge(rt.guarded(writes));
     Ok(Service::new(routes).with_loop("registration expiry", evictor))
 }
 

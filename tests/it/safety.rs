@@ -205,6 +205,43 @@ async fn every_admin_route_of_every_service_answers_401_without_the_secret_befor
     assert!(p.ps().iter().all(|r| r["state"] == "healthy" && r["faults"].as_array().unwrap().is_empty()));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_and_the_card_vault_take_only_callers_with_the_stack_secret() {
+    let p = started();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let secret = std::fs::read_to_string(p.dir.path().join(".shop/secret")).unwrap();
+    let addr = |instance: &str| p.row(instance)["address"].as_str().unwrap().to_string();
+    let (registry, user) = (addr("registry"), addr("user"));
+    let users: Value = http.get(format!("http://{user}/v1/users")).send().await.unwrap().json().await.unwrap();
+    let token = users.as_array().unwrap().iter().find(|u| u["user_id"] == "alice").unwrap()["card_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fake = serde_json::json!({"service": "user", "instance": "user", "address": "127.0.0.1:9", "pid": 1});
+    let calls = [
+        http.post(format!("http://{registry}/v1/register")).json(&fake),
+        http.post(format!("http://{registry}/v1/heartbeat")).json(&serde_json::json!({"instance": "user"})),
+        http.delete(format!("http://{registry}/v1/instances/user")),
+        http.get(format!("http://{user}/v1/cards/{token}")),
+    ];
+    for call in calls {
+        let resp = call.header("x-shop-secret", "wrong").send().await.unwrap();
+        let url = resp.url().to_string();
+        assert_eq!(resp.status(), 401, "{url}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized", "{url}");
+    }
+    // Nothing was taken over: the user service is still found where it listens.
+    let found: Value =
+        http.get(format!("http://{registry}/v1/services/user")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(found[0]["address"], user.as_str());
+    // The stack's own callers have the secret: the vault answers them, and orders are charged.
+    let card =
+        http.get(format!("http://{user}/v1/cards/{token}")).header("x-shop-secret", &secret).send().await.unwrap();
+    assert_eq!(card.status(), 200);
+    let placed = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1"]);
+    assert_eq!(placed.status.code(), Some(0), "{}", String::from_utf8_lossy(&placed.stderr));
+}
+
 #[test]
 fn every_child_exits_soon_after_its_supervisor_is_killed_under_load() {
     let p = started();

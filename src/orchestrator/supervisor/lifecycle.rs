@@ -245,6 +245,7 @@ impl Supervisor {
         let _ = self
             .http
             .post(format!("http://{registry}/v1/register"))
+            .header(crate::plumbing::admin::SECRET_HEADER, &self.secret)
             .json(&body)
             .timeout(Duration::from_secs(1))
             .send()
