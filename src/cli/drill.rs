@@ -204,7 +204,7 @@ pub struct MonkeyArgs {
     /// Services or instances to break, comma-separated (e.g. payment,inventory)
     #[arg(long, value_delimiter = ',', required = true)]
     pub targets: Vec<String>,
-    /// Fault kinds to pick from: kill, pause, latency, errors, partition
+    /// Fault kinds to pick from: kill, pause, latency, errors, partition, net
     #[arg(long, value_delimiter = ',', default_value = "kill,pause")]
     pub faults: Vec<String>,
     /// Mean time between two faults

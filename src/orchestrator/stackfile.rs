@@ -613,9 +613,11 @@ fn report_clashing_instances(c: &mut Check, raw: &[(Sp<String>, RawService)], se
 
 fn validate_telemetry(c: &mut Check, raw: &RawTelemetry) -> Telemetry {
     let otlp = raw.otlp.as_ref().map(|url| {
-        if !(url.v.starts_with("http://") || url.v.starts_with("https://")) || url.v.contains(char::is_whitespace) {
-            let next = "give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318";
-            c.report(url.at, format!("`telemetry.otlp` must be an http:// or https:// URL, not `{}`; {next}", url.v));
+        // Plain http: the exporter speaks no TLS, and a collector for a local lab listens on
+        // loopback; an https URL would be accepted here and then drop every span.
+        if !url.v.starts_with("http://") || url.v.len() == "http://".len() || url.v.contains(char::is_whitespace) {
+            let next = "give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (https is not supported)";
+            c.report(url.at, format!("`telemetry.otlp` must be an http:// URL, not `{}`; {next}", url.v));
         }
         url.v.clone()
     });
@@ -678,6 +680,12 @@ fn validate_service(
         let why = "each replica is a process of its own on this machine";
         c.report(raw.at, format!("`{}` must be at most {MAX_REPLICAS}, not {} ({why})", p("replicas"), raw.v));
         replicas = 1;
+    }
+    // An instance name (`NAME-N` with replicas) is what the registry takes: at most 64.
+    let longest = if replicas > 1 { name.v.len() + 1 + replicas.to_string().len() } else { name.v.len() };
+    if longest > 64 && name.v.len() <= MAX_NAME_LEN {
+        let why = format!("its replicas are named up to `{}-{replicas}`, and an instance name is at most 64", name.v);
+        c.report(name.at, format!("service name `{}` is too long for {replicas} replicas ({why})", name.v));
     }
     let port = c.port(&s.port, &p("port"), 0);
     if let Some(at) = s.port.as_ref().filter(|_| port != 0).map(|p| p.at) {
@@ -832,10 +840,18 @@ mod tests {
         assert_eq!(parse("services:\n  user: {}\n").unwrap().telemetry, Telemetry::default());
         assert_eq!(
             err("telemetry:\n  otlp: collector:4318\nservices:\n  user: {}\n"),
-            "stack.yaml:2:9: `telemetry.otlp` must be an http:// or https:// URL, not `collector:4318`; \
-             give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318"
+            "stack.yaml:2:9: `telemetry.otlp` must be an http:// URL, not `collector:4318`; \
+             give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (https is not supported)"
         );
         assert!(err("telemetry: {otlpp: x}\nservices:\n  user: {}\n").contains("did you mean `otlp`?"));
+    }
+
+    #[test]
+    fn replicas_names_fit_the_registry() {
+        let name = "a".repeat(62);
+        assert!(parse(&format!("services:\n  {name}: {{kind: user, replicas: 9}}\n")).is_ok());
+        assert!(err(&format!("services:\n  {name}: {{kind: user, replicas: 10}}\n"))
+            .contains("is too long for 10 replicas"));
     }
 
     #[test]

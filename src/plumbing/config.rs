@@ -8,6 +8,31 @@ use std::time::Duration;
 use crate::plumbing::discovery::{Mode, Peers};
 use crate::plumbing::time::{parse_duration, parse_nonzero_duration};
 
+/// `--registry`: an `http://HOST:PORT` base URL, so a typo fails at once instead of leaving the
+/// service running unregistered.
+fn parse_registry_url(s: &str) -> Result<String, String> {
+    // Empty for the registry itself, which registers nowhere.
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let form = "give the registry's base URL, such as http://127.0.0.1:7070";
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL ({e}); {form}"))?;
+    if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) || url.query().is_some() {
+        return Err(format!("`{s}` is not an http:// URL with a host; {form}"));
+    }
+    Ok(s.trim().to_string())
+}
+
+/// `--instance`: what the registry takes (1 to 64 characters), and a file name under the state
+/// dir, so letters, digits, `-`, `_` and `.` only.
+fn parse_instance(s: &str) -> Result<String, String> {
+    let tame = s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.');
+    if s.is_empty() || s.len() > 64 || !tame {
+        return Err(format!("`{s}` is not an instance name: 1 to 64 letters, digits, `-`, `_` or `.`"));
+    }
+    Ok(s.to_string())
+}
+
 /// How long a service being stopped gets between SIGTERM and SIGKILL when the caller names no
 /// timeout: longer than a service's own drain of open connections, so a clean stop is never cut.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -23,10 +48,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOP_DB")]
     pub db: Option<PathBuf>,
     /// Base URL of the service registry
-    #[arg(long, env = "SHOP_REGISTRY", default_value = "http://127.0.0.1:7070")]
+    #[arg(long, env = "SHOP_REGISTRY", default_value = "http://127.0.0.1:7070", value_parser = parse_registry_url)]
     pub registry: String,
-    /// Instance name to register under [default: the service name]
-    #[arg(long, env = "SHOP_INSTANCE")]
+    /// Instance name to register under, 1 to 64 characters [default: the service name]
+    #[arg(long, env = "SHOP_INSTANCE", value_parser = parse_instance)]
     pub instance: Option<String>,
     /// Address to listen on
     #[arg(long, env = "SHOP_BIND", default_value = "127.0.0.1")]

@@ -123,6 +123,9 @@ fn serve_refuses_a_zero_pace_or_limit_before_it_starts() {
         (&["serve", "user", "--heartbeat", "0s"][..], "`0s` must be more than zero"),
         (&["serve", "registry", "--ttl", "0ms"], "`0ms` must be more than zero"),
         (&["serve", "gateway", "--rate-burst", "0"], "0 is not in 1.."),
+        // Values the registry would refuse, or no registry at all: refused before serving.
+        (&["serve", "payment", "--instance", ""], "`` is not an instance name"),
+        (&["serve", "payment", "--registry", "notaurl"], "`notaurl` is not a URL"),
     ] {
         let out = in_empty_dir(dir.path(), args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
