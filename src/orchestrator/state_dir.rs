@@ -166,14 +166,10 @@ impl StateDir {
         Ok(purged)
     }
 
-    /// The stack secret, created on first use with mode 0600.
+    /// A new stack secret for the supervisor starting on this dir (which holds its lock, so no
+    /// stack of the old secret runs), written with mode 0600.
     pub fn secret(&self) -> anyhow::Result<String> {
         let path = self.root.join(SECRET);
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            if !s.trim().is_empty() {
-                return Ok(s.trim().to_string());
-            }
-        }
         std::fs::create_dir_all(&self.root)
             .map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", self.root.display()))?;
         let secret = {
@@ -181,9 +177,17 @@ impl StateDir {
             let bytes: [u8; 32] = rand::thread_rng().gen();
             hex::encode(bytes)
         };
+        // A new one for every supervisor, never one found in the dir: a file someone else put
+        // there (readable by others, weak, or a link to elsewhere) is removed, not trusted, and
+        // the new file is created afresh (`create_new`), so no link is followed.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::anyhow!("cannot replace the stack secret `{}`: {e}", path.display()));
+            }
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .mode(0o600)
             .open(&path)

@@ -179,3 +179,26 @@ fn tokens_and_card_numbers_never_reach_the_logs_and_the_state_dir_is_private() {
         assert!(row["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{row}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_file_found_in_the_state_dir_is_replaced_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new("");
+    // Left by someone else: weak, and readable and writable by everyone.
+    let root = p.dir.path().join(".shop");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("secret"), "weak").unwrap();
+    std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", String::from_utf8_lossy(&up.stderr));
+    let secret = std::fs::read_to_string(root.join("secret")).unwrap();
+    assert_eq!(secret.len(), 64, "a fresh 32-byte secret: {secret}");
+    let mode = std::fs::metadata(root.join("secret")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let registry = p.row("registry")["address"].as_str().unwrap().to_string();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let faults = |s: String| http.get(format!("http://{registry}/admin/faults")).header("x-shop-secret", s).send();
+    assert_eq!(faults("weak".into()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(faults(secret).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(p.shop(&["down", "-q"]).status.code(), Some(0));
+}
