@@ -102,6 +102,22 @@ async fn tokens_are_required_and_inactive_users_are_refused() {
     assert!(resp.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().contains("Authorization"));
     let (status, err, _) = stack.place(CAROL, body.clone(), &[]).await;
     assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("user_inactive")));
+    // Refused before the body is read: a body announced and never sent does not hold the answer.
+    for auth in ["", "Authorization: Bearer nope\r\n"] {
+        let mut conn = tokio::net::TcpStream::connect(stack.gateway_addr()).await.unwrap();
+        let head = format!("POST /orders HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1000\r\n\r\n{{");
+        tokio::io::AsyncWriteExt::write_all(&mut conn, head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut conn, &mut answer),
+        )
+        .await
+        .expect("an answer before the body could arrive")
+        .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{auth:?}: {answer}");
+    }
     let (status, _) = stack.get(&stack.gateway("/orders"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Tokens are stored hashed, never in clear.

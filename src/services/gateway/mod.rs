@@ -290,21 +290,25 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 async fn place_order(
     State(gw): State<Gateway>,
     Extension(trace): Extension<TraceCtx>,
-    headers: HeaderMap,
-    body: Result<JsonBody<OrderBody>, ApiError>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let user = gw.caller(&headers, &trace).await?;
+    // The caller is known before the body is read: an anonymous client cannot make the gateway
+    // wait for (and hold) a body it will refuse anyway.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let user = gw.caller(headers, &trace).await?;
     // A bad key is refused before anything is placed.
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(headers)?;
     if !user.active {
         return Err(ApiError::forbidden(
             "user_inactive",
             format!("user `{}` is not active and cannot place orders", user.user_id),
         ));
     }
-    let JsonBody(body) = body?;
+    let wait = wait_budget(headers)?;
+    let request = axum::extract::Request::from_parts(parts, body);
+    let JsonBody(body) = <JsonBody<OrderBody> as axum::extract::FromRequest<()>>::from_request(request, &()).await?;
     validate(&body)?;
-    let wait = wait_budget(&headers)?;
     let canonical = serde_json::to_string(&body.items).map_err(ApiError::internal)?;
     let request_hash = token_hash(&canonical);
     // Without a client key, the gateway makes one, so its own retries to the order service can
