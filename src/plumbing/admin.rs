@@ -22,8 +22,14 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Whether `headers` carry the stack secret. Without a secret (or with an empty one) nothing
 /// matches: an admin endpoint is never open by accident.
 pub fn secret_matches(secret: Option<&str>, headers: &axum::http::HeaderMap) -> bool {
-    let given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
-    matches!((secret, given), (Some(want), Some(got)) if !want.is_empty() && want == got)
+    let given = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
+    matches!((secret, given), (Some(want), Some(got)) if !want.is_empty() && same_bytes(want.as_bytes(), got))
+}
+
+/// Compares in time that depends only on the lengths, so answers' timing tells a caller
+/// nothing about how much of a guessed secret was right.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Why an admin call failed.

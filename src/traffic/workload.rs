@@ -13,7 +13,7 @@ const MAX_CYCLE: u64 = 100_000;
 pub enum MixError {
     #[error("`{0}` is not a weighted user; write USER or USER:WEIGHT with WEIGHT a whole number above 0, e.g. --users alice:70,bob:20,dave:10")]
     User(String),
-    #[error("`{0}` is not a weighted item: {1}; write SKU[:QTY][@WEIGHT] with QTY 1 to 1000 and WEIGHT a whole number above 0, e.g. --item sku-1:1@60 --item sku-2:2@40")]
+    #[error("`{0}` is not an item: {1}; write SKU[:QTY][@WEIGHT] with QTY 1 to 1000 and WEIGHT a whole number above 0, e.g. --item sku-1:1@60 --item sku-2:2@40")]
     Item(String, String),
     #[error("give every {0} a weight or none of them (e.g. alice:70,bob:30)")]
     Partial(&'static str),

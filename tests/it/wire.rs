@@ -261,7 +261,7 @@ async fn bad_net_input_exits_2_naming_the_problem_and_the_choices() {
         (&["chaos", "net", "payment", "limit-data", "--bytes", "lots"], "is not a size"),
         (&["chaos", "net", "payment", "latency"], "needs --delay"),
         (&["chaos", "net", "payment", "reset", "--from", "ordr"], "the services are: "),
-        (&["chaos", "net", "paymnt", "reset"], "unknown service or instance `paymnt`"),
+        (&["chaos", "net", "paymnt", "reset"], "unknown service or instance `paymnt`; did you mean `payment`?"),
         (&["chaos", "net", "payment", "reset", "--toxicity", "150"], "--toxicity must be 0 to 100"),
         (&["chaos", "net", "payment", "latency", "--delay", "5parsecs"], "supported units: ns, us/µs, ms"),
         (&["chaos", "net", "payment", "reset", "--for", "-3s"], "`-3s` is not a duration"),

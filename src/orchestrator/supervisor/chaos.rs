@@ -191,7 +191,12 @@ impl Supervisor {
         if all.is_empty() {
             let mut names: Vec<&str> = inner.instances.iter().map(|i| i.service.as_str()).collect();
             names.dedup();
-            return Err(format!("unknown service or instance `{target}`; the stack has: {}", names.join(", ")));
+            let known = inner.instances.iter().flat_map(|i| [i.service.as_str(), i.name.as_str()]);
+            let hint = match crate::plumbing::yaml::did_you_mean(target, known) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!("the stack has: {}", names.join(", ")),
+            };
+            return Err(format!("unknown service or instance `{target}`; {hint}"));
         }
         Ok((all, target.to_string()))
     }
