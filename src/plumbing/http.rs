@@ -51,14 +51,13 @@ pub fn with_common_routes(routes: Router, common: Common) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(common.faults.clone(), crate::plumbing::faults::inbound));
     // Only the service's own routes make spans: health probes would drown the traces.
     let routes = routes.route_layer(axum::middleware::from_fn_with_state(common.spans.clone(), trace_requests));
-    let secret: Arc<Option<String>> = Arc::new(common.secret.clone());
     // The secret is checked by a layer, before any handler's extractors run: a caller without it
     // learns nothing from the body's validation, and a large or slow body is never read.
     let admin = Router::new()
         .route("/admin/spans", get(admin_spans))
         .route("/admin/faults", get(admin_faults).put(admin_set_faults).delete(admin_clear_faults))
-        .route("/admin/breakers", get(admin_breakers))
-        .route_layer(axum::middleware::from_fn_with_state(secret, require_secret));
+        .route("/admin/breakers", get(admin_breakers));
+    let admin = secret_required(admin, common.secret.clone());
     let shared = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -234,7 +233,7 @@ pub fn check_secret(secret: Option<&str>, headers: &axum::http::HeaderMap) -> Re
 
 /// `routes`, each answering 401 without the stack secret before its body is read (SPEC section
 /// 17): the admin routes here, the registry's detours, the supervisor's control API.
-pub fn secret_required(routes: Router, secret: Option<String>) -> Router {
+pub fn secret_required<S: Clone + Send + Sync + 'static>(routes: Router<S>, secret: Option<String>) -> Router<S> {
     routes.route_layer(axum::middleware::from_fn_with_state(Arc::new(secret), require_secret))
 }
 

@@ -111,9 +111,7 @@ impl Runtime {
             None => routes,
         }
     }
-}
 
-impl Runtime {
     pub fn discovery(&self) -> &Arc<Discovery> {
         self.client.discovery()
     }
