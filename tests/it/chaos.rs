@@ -184,6 +184,14 @@ async fn kill_keeps_a_service_down_until_the_fault_ends_and_pause_freezes_it() {
     })
     .await;
     assert!(restarted, "{}", p.row("payment"));
+    // With SIGTERM the service stops cleanly and exits 0; it is still a crash to the policy.
+    ok(&p, &["chaos", "kill", "payment", "--signal", "TERM", "--restart"]);
+    let restarted = eventually(Duration::from_secs(10), async || {
+        let r = p.row("payment");
+        r["state"] == "healthy" && r["restarts"] == 2
+    })
+    .await;
+    assert!(restarted, "{}", p.row("payment"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -398,7 +398,15 @@ impl Supervisor {
     /// with it, the exit is left to the monitor, which restarts per policy as after a crash.
     async fn kill_instances(self: &Arc<Self>, instances: &[usize], signal: Signal, restart: bool) {
         if restart {
-            self.signal_instances(instances, signal, None);
+            let mut inner = self.lock();
+            for idx in instances {
+                let inst = &mut inner.instances[*idx];
+                if let Some(p) = &inst.proc {
+                    inst.chaos_crashed = true;
+                    p.signal(Signal::SIGCONT); // a paused process cannot handle SIGTERM
+                    p.signal(signal);
+                }
+            }
             return;
         }
         let procs: Vec<_> = {

@@ -79,6 +79,7 @@ impl Supervisor {
         inst.detail = None;
         inst.next_restart = None;
         inst.ended_unhealthy = false;
+        inst.chaos_crashed = false;
         (inst.name.clone(), inst.generation)
     }
 
@@ -395,6 +396,8 @@ impl Supervisor {
         inst.generation += 1;
         let (success, what) = if inst.ended_unhealthy {
             (false, format!("was ended for being unhealthy ({status})"))
+        } else if std::mem::take(&mut inst.chaos_crashed) {
+            (false, format!("was killed by shop chaos ({status})"))
         } else {
             (status.success(), format!("exited ({status})"))
         };

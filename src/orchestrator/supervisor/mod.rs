@@ -63,6 +63,9 @@ struct Instance {
     /// The supervisor ended this process for being unhealthy: its exit is a failure whatever its
     /// status, so `on-failure` restarts it.
     ended_unhealthy: bool,
+    /// Ended by `shop chaos kill --restart`: its exit is a crash whatever its status (SIGTERM
+    /// lets a service exit 0), so the restart policy acts as after a crash.
+    chaos_crashed: bool,
     /// Ended for failing readiness and not healthy since: its restarts do not use up
     /// `max_restarts` (see `restart::Exit::counts`).
     outage: bool,
@@ -344,6 +347,7 @@ fn new_instance(spec: Option<usize>, service: &str, name: &str) -> Instance {
         generation: 0,
         detail: None,
         ended_unhealthy: false,
+        chaos_crashed: false,
         outage: false,
         auto_restart: false,
     }
