@@ -249,9 +249,9 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             let cleared = before.saturating_sub(rows.len());
             if !ctx.quiet {
                 match cleared {
-                    0 => eprintln!("no active faults{on}; nothing to clear"),
-                    1 => eprintln!("cleared 1 fault{on}"),
-                    n => eprintln!("cleared {n} faults{on}"),
+                    0 => errln!("no active faults{on}; nothing to clear"),
+                    1 => errln!("cleared 1 fault{on}"),
+                    n => errln!("cleared {n} faults{on}"),
                 }
             }
             if !rows.is_empty() {
@@ -314,7 +314,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
     };
     let rows = ctx.control()?.chaos(&request).await?;
     if !ctx.quiet && !ctx.json {
-        eprintln!("{} {}: done", request.action, request.target);
+        errln!("{} {}: done", request.action, request.target);
     }
     print_rows(ctx, &rows);
     Ok(exit::OK)
@@ -326,7 +326,7 @@ fn print_rows(ctx: &Context, rows: &[FaultRow]) {
         return;
     }
     if rows.is_empty() {
-        println!("no active faults");
+        outln!("no active faults");
         return;
     }
     let mut t = output::table(&["SERVICE", "FAULT", "PARAMS", "EXPIRES IN"]);
@@ -340,5 +340,5 @@ fn print_rows(ctx: &Context, rows: &[FaultRow]) {
         let expires = r.expires_in_s.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "until cleared".into());
         t.add_row(vec![r.service.clone(), r.fault.clone(), params, expires]);
     }
-    println!("{t}");
+    outln!("{t}");
 }

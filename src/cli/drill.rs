@@ -73,7 +73,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
             // The files still say what happened: a CI job stopped at its time limit gets a
             // failed JUnit report, not none.
             if let Err(not_written) = write_outputs(&args, &run::interrupted_report(&kept, args.seed)) {
-                eprintln!("error: {not_written:#}");
+                errln!("error: {not_written:#}");
             }
             return Err(e);
         }
@@ -83,7 +83,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     if ctx.json {
         output::print_json(&report);
     } else {
-        print!("{}", render(&report, output::table, output::color_stdout()));
+        outln!("{}", render(&report, output::table, output::color_stdout()).trim_end_matches('\n'));
     }
     write_outputs(&args, &report)?;
     Ok(if report.ok { exit::OK } else { exit::RUNTIME })
@@ -117,7 +117,7 @@ fn refuse(problems: Vec<String>, file: &std::path::Path) -> anyhow::Result<()> {
         [one] => Err(Failure::usage(one.clone())),
         many => {
             for p in many {
-                eprintln!("{p}");
+                errln!("{p}");
             }
             Err(Failure::usage(format!(
                 "`{}` names {} things the running stack does not have; fix them and run again",
@@ -161,7 +161,7 @@ fn read(file: &std::path::Path) -> anyhow::Result<Drill> {
         SpecError::Unreadable { .. } => Failure::usage(e.to_string()),
         SpecError::Invalid(e) if e.problems.len() == 1 => Failure::usage(e.to_string()),
         SpecError::Invalid(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             Failure::usage(e.summary())
         }
     })
@@ -269,9 +269,9 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
     // The targets are judged whether or not the seed drew a fault on them.
     refuse(target_problems(&as_drill, &rows, std::path::Path::new("--targets")), std::path::Path::new("--targets"))?;
     // The timeline first, on stdout: it is the result a reader reproduces with the seed.
-    println!("monkey (seed {}): {} faults over {}", args.seed, faults.len(), humantime::format_duration(args.duration));
+    outln!("monkey (seed {}): {} faults over {}", args.seed, faults.len(), humantime::format_duration(args.duration));
     for line in describe(&faults) {
-        println!("  {line}");
+        outln!("  {line}");
     }
     let code = run::monkey(control, faults, args.duration, ctx.quiet).await?;
     Ok(code)

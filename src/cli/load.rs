@@ -143,7 +143,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
                 interrupted = true;
                 load.stop();
                 load.bar().suspend(|| {
-                    eprintln!("stopping: waiting for the orders in flight (Ctrl-C again to quit at once)")
+                    errln!("stopping: waiting for the orders in flight (Ctrl-C again to quit at once)")
                 });
             }
         }
@@ -153,17 +153,18 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     if ctx.json {
         output::print_json(&Json { summary: &summary, thresholds: &results });
     } else {
-        println!("{}", summary_table(&summary));
+        outln!("{}", summary_table(&summary));
         if !results.is_empty() {
-            println!();
-            println!("{}", threshold_table(&results));
+            outln!();
+            outln!("{}", threshold_table(&results));
         }
     }
     if let (true, Some(target)) = (summary.rate_below_target, summary.target_rate_per_s) {
-        eprintln!(
+        errln!(
             "warning: the achieved start rate {:.1} orders/s is below 95% of the target {target:.1} orders/s \
              ({} orders dropped at the concurrency cap); the load asked for was not offered",
-            summary.achieved_rate_per_s, summary.dropped
+            summary.achieved_rate_per_s,
+            summary.dropped
         );
     }
     if summary.orders > 0 && summary.errors == summary.orders {

@@ -594,7 +594,11 @@ fn validate(c: &mut Check, raw: RawStack, file: PathBuf, dir: PathBuf) -> Stack 
 /// `payment-1`, which a service of that name would share.
 fn report_clashing_instances(c: &mut Check, raw: &[(Sp<String>, RawService)], services: &[ServiceSpec]) {
     let registry = crate::orchestrator::supervisor::REGISTRY;
-    let mut taken: Vec<(String, String)> = vec![(registry.to_string(), "the stack's registry".to_string())];
+    let mut taken: Vec<(String, String)> = vec![
+        (registry.to_string(), "the stack's registry".to_string()),
+        // Its log is `logs/supervisor.log`, beside the instances' own.
+        ("supervisor".to_string(), "the stack's supervisor".to_string()),
+    ];
     for ((name, _), spec) in raw.iter().zip(services) {
         let mut names = vec![spec.name.clone()];
         names.extend(spec.instance_names().into_iter().filter(|inst| *inst != spec.name));
@@ -615,7 +619,9 @@ fn validate_telemetry(c: &mut Check, raw: &RawTelemetry) -> Telemetry {
     let otlp = raw.otlp.as_ref().map(|url| {
         // Plain http: the exporter speaks no TLS, and a collector for a local lab listens on
         // loopback; an https URL would be accepted here and then drop every span.
-        if !url.v.starts_with("http://") || url.v.len() == "http://".len() || url.v.contains(char::is_whitespace) {
+        let plain_http = reqwest::Url::parse(&url.v)
+            .is_ok_and(|u| u.scheme() == "http" && u.host_str().is_some_and(|h| !h.is_empty()));
+        if !plain_http || url.v.contains(char::is_whitespace) {
             let next = "give the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (https is not supported)";
             c.report(url.at, format!("`telemetry.otlp` must be an http:// URL, not `{}`; {next}", url.v));
         }
@@ -869,6 +875,7 @@ mod tests {
             "stack.yaml:3:3: service `payment`: its instance `payment-2` is also the name of the service \
              `payment-2`; rename it"
         );
+        assert!(err("services:\n  supervisor: {kind: user}\n").contains("the stack's supervisor"));
         let ok = parse("services:\n  payment: {replicas: 2}\n  payment-3: {kind: payment}\n").unwrap();
         assert_eq!(ok.services[0].instance_names(), strings(&["payment-1", "payment-2"]));
         assert_eq!(ok.services[1].instance_names(), strings(&["payment-3"]));

@@ -17,7 +17,11 @@ fn parse_registry_url(s: &str) -> Result<String, String> {
     }
     let form = "give the registry's base URL, such as http://127.0.0.1:7070";
     let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL ({e}); {form}"))?;
-    if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) || url.query().is_some() {
+    if url.scheme() != "http"
+        || url.host_str().is_none_or(str::is_empty)
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
         return Err(format!("`{s}` is not an http:// URL with a host; {form}"));
     }
     Ok(s.trim().to_string())

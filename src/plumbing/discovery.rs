@@ -198,7 +198,14 @@ impl Discovery {
             Ok(r) => {
                 let status = r.status();
                 let why = r.text().await.unwrap_or_default();
-                tracing::error!(registry = %self.registry, %status, answer = %why, "the registry refused this instance");
+                let hint = match status {
+                    reqwest::StatusCode::UNAUTHORIZED => {
+                        "it takes only its stack's processes: give this one the stack \
+                         secret (--secret, SHOP_SECRET or SHOP_SECRET_FILE)"
+                    }
+                    _ => "see its answer",
+                };
+                tracing::error!(registry = %self.registry, %status, answer = %why, "the registry refused this instance; {hint}");
                 false
             }
             Err(_) => false,
@@ -223,7 +230,8 @@ impl Discovery {
 
     pub async fn deregister(&self) {
         let Some(me) = &self.me else { return };
-        let url = format!("{}/v1/instances/{}", self.registry, me.instance);
+        // With our address: a registration someone else made under this name since is theirs.
+        let url = format!("{}/v1/instances/{}?address={}", self.registry, me.instance, me.address);
         let _ = self.signed(self.http.delete(url)).timeout(Duration::from_millis(500)).send().await;
     }
 

@@ -158,6 +158,11 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     let db_path = args.db.clone().unwrap_or_else(|| format!("shop-{}.db", kind.name()).into());
     let db = Db::open(&db_path, kind.migrations())?;
 
+    if kind != Kind::Registry && args.tuning.discovery == DiscoveryMode::Registry && args.registry.is_empty() {
+        return Err(crate::error::Failure::usage(
+            "--registry is empty; give the registry's base URL, such as http://127.0.0.1:7070 (or --discovery dns)",
+        ));
+    }
     let secret = args.tuning.secret()?;
     let http = http_client();
     let me = (kind != Kind::Registry).then(|| Instance {
@@ -226,7 +231,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     // In `dns` mode the platform does discovery: there is no registry to register with.
     if kind != Kind::Registry && discovery.mode() == DiscoveryMode::Registry {
         if !discovery.register().await {
-            tracing::warn!(registry = %args.registry, "registry unreachable; will register when it answers");
+            tracing::warn!(registry = %args.registry, "not registered yet; will register when the registry takes it");
         }
         discovery.refresh().await;
         loops.push(Background::new("heartbeat", discovery.clone().run_loop(args.tuning.heartbeat)));

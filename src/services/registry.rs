@@ -95,7 +95,8 @@ async fn register(
             // takes the name back at its next heartbeat (see `heartbeat`).
             tracing::warn!(
                 instance = %inst.instance, from = %old.instance.address, to = %inst.address,
-                "an instance registered again from another address"
+                "an instance registered again from another address: a restart, or two live processes under one \
+                 name (then they take it from each other at every heartbeat; give each its own --instance)"
             );
         }
     }
@@ -144,8 +145,24 @@ async fn heartbeat(State(reg): State<Registry>, JsonBody(hb): JsonBody<Heartbeat
     }
 }
 
-async fn deregister(State(reg): State<Registry>, ApiPath(instance): ApiPath<String>) -> StatusCode {
-    let removed = reg.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&instance).is_some();
+#[derive(Deserialize)]
+struct DeregisterQuery {
+    /// Only the registration at this address goes: a process leaving must not take down another
+    /// that registered under its name since.
+    address: Option<String>,
+}
+
+async fn deregister(
+    State(reg): State<Registry>,
+    ApiPath(instance): ApiPath<String>,
+    Query(q): Query<DeregisterQuery>,
+) -> StatusCode {
+    let removed = {
+        let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let theirs =
+            entries.get(&instance).is_some_and(|e| q.address.as_ref().is_some_and(|a| *a != e.instance.address));
+        !theirs && entries.remove(&instance).is_some()
+    };
     if removed {
         tracing::info!(%instance, "deregistered");
         record_gone(&reg, instance).await;

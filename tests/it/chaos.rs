@@ -221,6 +221,38 @@ async fn stop_start_and_restart_by_hand_supersede_a_kill_or_a_pause() {
     assert_eq!((p.row("payment")["state"].as_str(), faults()), (Some("healthy"), 0), "{}", p.row("payment"));
 }
 
+#[test]
+fn a_partition_is_between_whole_services_and_chaos_output_survives_a_closed_pipe() {
+    let p = Project::with_file(&stack_yaml("").replace("  payment: {}\n", "  payment: {replicas: 2}\n"));
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    // Callers refuse or detour by service: one replica on either side would cut them all.
+    for args in [["chaos", "partition", "order", "payment-1"], ["chaos", "partition", "payment-1", "order"]] {
+        let out = p.shop(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("`payment-1` is one instance of `payment`"), "{}", stderr(&out));
+    }
+    assert!(json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().is_empty());
+    // A reader that goes away early is no failure of the command's.
+    let listed = std::process::Command::new("sh")
+        .current_dir(p.dir.path())
+        .arg("-c")
+        .arg(format!(
+            "'{}' chaos latency payment 1ms --for 1s | true; '{}' chaos list | true",
+            crate::support::BIN,
+            crate::support::BIN
+        ))
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&listed.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert_eq!(p.shop(&["down", "-q"]).status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_placed_while_payment_is_killed_all_confirm_after_clear_with_one_charge_each() {
     let p = started("60s");

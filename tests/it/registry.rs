@@ -26,6 +26,10 @@ async fn a_live_instance_takes_its_name_back_from_a_second_registration_elsewher
     // own again.
     let back = eventually(Duration::from_secs(10), async || address(&stack.get(&lookup, None).await.1) == real).await;
     assert!(back, "the registry kept the dead address: {}", stack.get(&lookup, None).await.1);
+    // A process leaving under that name takes only its own registration with it.
+    let leave = format!("{}/v1/instances/payment?address=127.0.0.1:9", stack.registry_url);
+    assert_eq!(stack.http.delete(leave).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(address(&stack.get(&lookup, None).await.1), real);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -218,7 +218,7 @@ impl Supervisor {
 
     /// Applies one chaos request; the error is for the user (an unknown target, a bad value).
     pub async fn apply_chaos(self: &Arc<Self>, req: ChaosRequest) -> Result<Vec<FaultRow>, String> {
-        let (instances, _) = self.target_instances(&req.target)?;
+        let (instances, target_service) = self.target_instances(&req.target)?;
         // Saturating: a `--for` of centuries means "until cleared", not an overflow.
         let until = req.for_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
         let until_ms = until.and(req.for_ms).map(|ms| now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)));
@@ -276,6 +276,16 @@ impl Supervisor {
             ChaosAction::Partition => {
                 let peer = req.peer.clone().ok_or("partition needs two services")?;
                 let (peer_instances, peer_service) = self.target_instances(&peer)?;
+                // Calls are refused or detoured by service on the callers' side, so a partition
+                // from one replica would cut its whole service: refused rather than misreported.
+                for (named, service) in [(&req.target, &target_service), (&peer, &peer_service)] {
+                    if named != service {
+                        return Err(format!(
+                            "a partition is between whole services; `{named}` is one instance of `{service}`: \
+                             name `{service}`, or kill or pause `{named}` to take that replica away"
+                        ));
+                    }
+                }
                 if peer_instances.iter().any(|i| instances.contains(i)) {
                     return Err("a partition needs two different services".into());
                 }
