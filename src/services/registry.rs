@@ -89,18 +89,24 @@ async fn register(
     let now = now_ms();
     {
         let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let new = Entry { instance: inst.clone(), registered_at: now, last_seen: Instant::now() };
-        if let Some(old) = entries.insert(inst.instance.clone(), new).filter(|o| o.instance.address != inst.address) {
+        // A renewal from the same address keeps the time of the first registration.
+        let since = entries.get(&inst.instance).filter(|e| e.instance.address == inst.address).map(|e| e.registered_at);
+        let new = Entry { instance: inst.clone(), registered_at: since.unwrap_or(now), last_seen: Instant::now() };
+        match entries.insert(inst.instance.clone(), new) {
+            None => {
+                tracing::info!(service = %inst.service, instance = %inst.instance, address = %inst.address, "registered")
+            }
             // Two processes under one name: the latest wins, and the other, if it still runs,
             // takes the name back at its next heartbeat (see `heartbeat`).
-            tracing::warn!(
+            Some(old) if old.instance.address != inst.address => tracing::warn!(
                 instance = %inst.instance, from = %old.instance.address, to = %inst.address,
                 "an instance registered again from another address: a restart, or two live processes under one \
                  name (then they take it from each other at every heartbeat; give each its own --instance)"
-            );
+            ),
+            // The same again (the supervisor renews the programs it runs, which do not beat).
+            Some(_) => tracing::debug!(instance = %inst.instance, "registration renewed"),
         }
     }
-    tracing::info!(service = %inst.service, instance = %inst.instance, address = %inst.address, "registered");
     let row = inst.clone();
     reg.rt
         .db
