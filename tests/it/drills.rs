@@ -335,6 +335,20 @@ fn write(p: &Project, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// `shop chaos drill ARGS` in the background, its stderr kept for the test to read.
+fn spawn_drill(p: &Project, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(crate::support::BIN)
+        .current_dir(p.dir.path())
+        .args(["chaos", "drill"])
+        .args(args)
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn faults_left(p: &Project) -> String {
     stdout(&p.shop(&["chaos", "list", "--json"])).trim().to_string()
 }
@@ -423,15 +437,7 @@ fn an_interrupted_drill_clears_its_faults_and_still_writes_its_reports_saying_so
     let p = started();
     write(&p, "long.yaml", "name: long\nload: { rate: 10, duration: 60s }\nfaults:\n  - { at: 0s, kill: payment }\n");
     let (junit, journal) = (p.dir.path().join("i.xml"), p.dir.path().join("i.json"));
-    let child = std::process::Command::new(crate::support::BIN)
-        .current_dir(p.dir.path())
-        .args(["chaos", "drill", "long.yaml", "--junit", "i.xml", "--json-file", "i.json"])
-        .env_remove("SHOP_STACK")
-        .env_remove("SHOP_STATE_DIR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_drill(&p, &["long.yaml", "--junit", "i.xml", "--json-file", "i.json"]);
     // Interrupted once the kill is in force, as a CI job's time limit would.
     let killed = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -541,15 +547,7 @@ fn a_sigkilled_drill_leaves_faults_that_expire_by_themselves() {
         "killed.yaml",
         "name: killed\nload: { rate: 10, duration: 2s }\nfaults:\n  - { at: 0s, latency: payment, delay: 5ms }\n",
     );
-    let mut child = std::process::Command::new(crate::support::BIN)
-        .current_dir(p.dir.path())
-        .args(["chaos", "drill", &file, "-q"])
-        .env_remove("SHOP_STACK")
-        .env_remove("SHOP_STATE_DIR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_drill(&p, &[&file, "-q"]);
     crate::tools::wait_until(Duration::from_secs(20), "the drill's fault", || faults_left(&p) != "[]");
     let listed: Value = serde_json::from_str(&faults_left(&p)).unwrap();
     let expires = listed[0]["expires_in_s"].as_f64().expect("every drill fault carries an expiry");
