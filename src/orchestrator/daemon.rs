@@ -38,9 +38,12 @@ pub async fn launch(stack: Stack, dir: StateDir, services: &[String], no_deps: b
     // stuck or hostile local client must not be able to hold the supervisor's only door shut.
     let header_timeout = crate::plumbing::test_hooks::header_timeout();
     tokio::spawn(crate::plumbing::http::serve(listener, app, header_timeout, std::future::pending()));
+    // The start is under way before the record says where this supervisor answers: an `up`
+    // waiting on the record then never sees a stack that is neither starting nor started (every
+    // instance still pending), which it would take for one that is up.
+    sup.spawn_up(targets);
     dir.write_record(&sup.record(control))?;
     tokio::spawn(sup.clone().monitor());
-    sup.spawn_up(targets);
     Ok(Running { sup, _lock: lock })
 }
 
