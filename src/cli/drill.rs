@@ -56,7 +56,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     refuse(problems, &args.file)?;
     let dbs = ctx.databases(&stack)?;
     let secret = dir.existing_secret().unwrap_or_default();
-    let load = plan(ctx, &drill, &args.file).await?;
+    let load = plan(ctx, &drill).await?;
     let probe = drill.steady_state.as_ref().map(|steady| LoadPlan {
         orders: steady.probe.orders,
         rate: steady.probe.rate,
@@ -97,10 +97,7 @@ fn user_problems(
 ) -> anyhow::Result<Vec<String>> {
     let tokens = super::target::tokens(stack)?;
     let known: Vec<&str> = tokens.iter().map(|(u, _)| u.as_str()).collect();
-    let place = match drill.load.users_at {
-        Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
-        None => file.display().to_string(),
-    };
+    let place = crate::plumbing::yaml::Pos::place(file, drill.load.users_at);
     let mut missing: Vec<&String> = drill.load.users.iter().filter(|u| !known.contains(&u.as_str())).collect();
     missing.dedup();
     Ok(missing
@@ -168,15 +165,12 @@ fn read(file: &std::path::Path) -> anyhow::Result<Drill> {
 }
 
 /// The drill's `load:` as the engine's plan, against the running stack's gateway.
-async fn plan(ctx: &Context, drill: &Drill, file: &std::path::Path) -> anyhow::Result<LoadPlan> {
+async fn plan(ctx: &Context, drill: &Drill) -> anyhow::Result<LoadPlan> {
     let target = Target::resolve(ctx, &GatewayArgs { gateway: None }).await?;
     let users: Vec<&str> = drill.load.users.iter().map(String::as_str).collect();
     let spec = &drill.load;
-    // A user the fixtures lack is a mistake in the file: said at the line that names it.
-    let callers = super::load::callers(&target, &users).map_err(|e| match spec.users_at {
-        Some(at) => Failure::usage(format!("{}:{}:{}: load: {e}", file.display(), at.line, at.column)),
-        None => e,
-    })?;
+    // The users were judged against the fixtures with the file's other mistakes (`user_problems`).
+    let callers = super::load::callers(&target, &users)?;
     Ok(LoadPlan {
         gateway: Gateway::new(&target.gateway),
         callers,

@@ -26,15 +26,7 @@ pub struct GatewayArgs {
 /// `--gateway`: an `http://HOST[:PORT]` URL, so a typo is a usage error and not a run of
 /// orders that all fail to connect.
 fn parse_gateway_url(s: &str) -> Result<String, String> {
-    let form = "write the gateway's base URL, such as http://127.0.0.1:8080";
-    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL ({e}); {form}"))?;
-    if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{s}` is not an http:// URL with a host; {form}"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{s}` has a query or fragment; {form}"));
-    }
-    Ok(s.trim().to_string())
+    crate::plumbing::config::http_base_url(s, "write the gateway's base URL, such as http://127.0.0.1:8080")
 }
 
 impl Target {

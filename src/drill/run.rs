@@ -400,10 +400,7 @@ fn monkey_report(drill: &Drill) -> Option<MonkeyReport> {
 pub fn target_problems(drill: &Drill, rows: &[PsRow], file: &Path) -> Vec<String> {
     let known: Vec<&str> = rows.iter().flat_map(|r| [r.service.as_str(), r.instance.as_str()]).collect();
     // `FILE:LINE:COL` where the file writes it, as for every other mistake in the file.
-    let place = |at: Option<crate::plumbing::yaml::Pos>| match at {
-        Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
-        None => file.display().to_string(),
-    };
+    let place = |at| crate::plumbing::yaml::Pos::place(file, at);
     let unknown = |name: &str| {
         let mut services: Vec<&str> = rows.iter().map(|r| r.service.as_str()).collect();
         services.dedup();

@@ -15,14 +15,18 @@ fn parse_registry_url(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Ok(String::new());
     }
-    let form = "give the registry's base URL, such as http://127.0.0.1:7070";
+    http_base_url(s, "give the registry's base URL, such as http://127.0.0.1:7070")
+}
+
+/// An `http://HOST[:PORT][/PATH]` base URL (no query or fragment), trimmed, or why not with
+/// `form` (what to write instead) appended: `--registry`, `--gateway`.
+pub fn http_base_url(s: &str, form: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("`{s}` is not a URL ({e}); {form}"))?;
-    if url.scheme() != "http"
-        || url.host_str().is_none_or(str::is_empty)
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
+    if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) {
         return Err(format!("`{s}` is not an http:// URL with a host; {form}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{s}` has a query or fragment; {form}"));
     }
     Ok(s.trim().to_string())
 }

@@ -26,6 +26,16 @@ pub struct Pos {
     pub column: usize,
 }
 
+impl Pos {
+    /// `FILE:LINE:COL` for a mistake at `at` in `file`, or just `FILE` when it has no place.
+    pub fn place(file: &std::path::Path, at: Option<Pos>) -> String {
+        match at {
+            Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
+            None => file.display().to_string(),
+        }
+    }
+}
+
 impl From<&Marker> for Pos {
     fn from(m: &Marker) -> Pos {
         Pos { line: m.line(), column: m.col() + 1 } // saphyr's lines are 1-based, its columns 0-based
