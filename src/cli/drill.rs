@@ -86,6 +86,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         outln!("{}", render(&report, output::table, output::color_stdout()).trim_end_matches('\n'));
     }
     write_outputs(&args, &report)?;
+    if report.verdict == run::INTERRUPTED {
+        return Err(run::interrupted());
+    }
     Ok(if report.ok { exit::OK } else { exit::RUNTIME })
 }
 

@@ -182,9 +182,10 @@ pub fn render(r: &DrillReport) -> String {
         Some(o) => {
             let mut rows: Vec<Vec<String>> = o.load.rows().into_iter().map(|(k, v)| vec![k, v]).collect();
             let a = &o.after_settle;
-            rows.push(vec!["after settling: confirmed".into(), a.confirmed.to_string()]);
-            rows.push(vec!["after settling: failed".into(), a.failed.to_string()]);
-            rows.push(vec!["after settling: pending".into(), a.pending.to_string()]);
+            let when = if r.verdict == super::run::INTERRUPTED { "when interrupted" } else { "after settling" };
+            rows.push(vec![format!("{when}: confirmed"), a.confirmed.to_string()]);
+            rows.push(vec![format!("{when}: failed"), a.failed.to_string()]);
+            rows.push(vec![format!("{when}: pending"), a.pending.to_string()]);
             page.push_str(&table(&["metric", "value"], rows));
         }
         None => page.push_str("<p>the load never ran</p>"),
@@ -198,7 +199,11 @@ pub fn render(r: &DrillReport) -> String {
         }
     }
     page.push_str("<h2>invariants</h2>");
-    page.push_str(&checks(&r.invariants.checks));
+    if r.invariants.checks.is_empty() {
+        page.push_str("<p>not checked</p>");
+    } else {
+        page.push_str(&checks(&r.invariants.checks));
+    }
     page.push_str("<h2>expectations</h2>");
     page.push_str(&checks(&r.checks));
     page.push_str("</body></html>\n");

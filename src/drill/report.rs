@@ -441,8 +441,9 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
     println!("{summary}");
     let a = &outcomes.after_settle;
     let by_code: Vec<String> = a.failures_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    let when = if r.verdict == super::run::INTERRUPTED { "when interrupted (not settled)" } else { "after settling" };
     println!(
-        "after settling: {} confirmed, {} failed{}, {} pending ({} of the drill's orders reached the order service)",
+        "{when}: {} confirmed, {} failed{}, {} pending ({} of the drill's orders reached the order service)",
         a.confirmed,
         a.failed,
         if by_code.is_empty() { String::new() } else { format!(" ({})", by_code.join(", ")) },
@@ -465,12 +466,16 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
         }
         println!("{t}");
     }
-    println!("\ninvariants");
-    let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
-    for c in &r.invariants.checks {
-        t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
+    if r.invariants.checks.is_empty() {
+        println!("\ninvariants: not checked");
+    } else {
+        println!("\ninvariants");
+        let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
+        for c in &r.invariants.checks {
+            t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
+        }
+        println!("{t}");
     }
-    println!("{t}");
     println!("\nexpectations");
     let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
     for c in &r.checks {

@@ -90,6 +90,8 @@ struct Exercise {
     /// When the load ended and the faults were cleared, from the start of the load.
     load_end: Duration,
     halted: Option<Halted>,
+    /// Ctrl-C or SIGTERM ended the load: the report says what was seen until then.
+    interrupted: bool,
 }
 
 /// How long past its planned end an open-ended fault still lasts if the drill dies without
@@ -172,19 +174,28 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
     if let Some(h) = &ex.halted {
         say(format!("halted at {:.1}s: `{}` held ({}); the faults were rolled back", h.at_s, h.rule, h.detail));
     }
-    say(format!(
-        "load done after {:.1}s; faults cleared; waiting up to {} for sagas to settle",
-        ex.load_end.as_secs_f64(),
-        humantime::format_duration(drill.expect.settle_within)
-    ));
+    if !ex.interrupted {
+        say(format!(
+            "load done after {:.1}s; faults cleared; waiting up to {} for sagas to settle",
+            ex.load_end.as_secs_f64(),
+            humantime::format_duration(drill.expect.settle_within)
+        ));
+    }
 
-    let settled = settle(&dbs, drill.expect.settle_within, &mut interrupts).await?;
-    let after = {
-        let (path, run_id) = (dbs.order.clone(), ex.run_id.clone());
-        tokio::task::spawn_blocking(move || final_outcomes(&path, &run_id))
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the drill's orders ended abnormally: {e}"))??
+    let settled = if ex.interrupted {
+        Err(interrupted())
+    } else {
+        settle(&dbs, drill.expect.settle_within, &mut interrupts).await
     };
+    let settled = match settled {
+        Ok(settled) => settled,
+        Err(e) if is_interrupted(&e) => {
+            let now = read_outcomes(&dbs, &ex.run_id).await?;
+            return Ok(interrupted_exercise(&drill, seed, &mut ex, now, steady));
+        }
+        Err(e) => return Err(e),
+    };
+    let after = read_outcomes(&dbs, &ex.run_id).await?;
     let mut ended_back = Vec::new();
     for applied in &mut ex.applied {
         let back = match applied.back.take() {
@@ -308,6 +319,52 @@ pub fn interrupted_report(drill: &Drill, seed: Option<u64>) -> DrillReport {
         Check { name: INTERRUPTED.into(), ok: false, detail: format!("{INTERRUPTED_MESSAGE}; no verdict was reached") };
     let fault_error = format!("{INTERRUPTED}: the drill ended before its verdict; when it was applied is not recorded");
     unfinished(drill, seed, INTERRUPTED, check, &fault_error)
+}
+
+/// The report of a drill interrupted once its load had begun: what the load saw until then,
+/// its faults with when they were applied, and the drill's orders as the database held them
+/// at that moment; nothing settled and no invariant checked, so no verdict but `interrupted`.
+fn interrupted_exercise(
+    drill: &Drill,
+    seed: Option<u64>,
+    ex: &mut Exercise,
+    now: AfterSettle,
+    steady: SteadyReport,
+) -> DrillReport {
+    for applied in &mut ex.applied {
+        if let Some(back) = applied.back.take() {
+            back.abort();
+        }
+    }
+    let mut faults = fault_reports(drill, ex, ex.applied.iter().map(|_| None).collect());
+    for f in faults.iter_mut().filter(|f| f.applied_at_s.is_none() && f.error.is_none()) {
+        f.error = Some(format!("{}: {INTERRUPTED} before its time", super::report::NOT_INJECTED));
+    }
+    let check = Check {
+        name: INTERRUPTED.into(),
+        ok: false,
+        detail: format!(
+            "{INTERRUPTED_MESSAGE} after {:.1}s of load; the sagas were not settled and the invariants not checked",
+            ex.load_end.as_secs_f64()
+        ),
+    };
+    let windows = windows(&faults, &ex.report.samples, ex.load_end);
+    DrillReport {
+        faults,
+        windows,
+        per_second: per_second(&ex.report.samples),
+        outcomes: Some(Outcomes { load: ex.report.summary.clone(), after_settle: now }),
+        steady_state: drill.steady_state.as_ref().map(|_| steady),
+        ..unfinished(drill, seed, INTERRUPTED, check, "")
+    }
+}
+
+/// The drill's orders as the order database holds them now.
+async fn read_outcomes(dbs: &Databases, run_id: &str) -> anyhow::Result<AfterSettle> {
+    let (path, run_id) = (dbs.order.clone(), run_id.to_string());
+    tokio::task::spawn_blocking(move || final_outcomes(&path, &run_id))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the drill's orders ended abnormally: {e}"))?
 }
 
 /// Whether `e` is the error of an interrupted drill.
@@ -464,9 +521,13 @@ async fn exercise(
     let load_end = load.started().elapsed();
     stop.send_replace(true);
     let applied = timeline.await.map_err(|e| anyhow::anyhow!("the fault timeline ended abnormally: {e}"))?;
-    let halted = driven?;
+    let (halted, interrupted) = match driven {
+        Ok(halted) => (halted, false),
+        Err(e) if is_interrupted(&e) => (None, true),
+        Err(e) => return Err(e),
+    };
     let report = load.finish()?;
-    Ok(Exercise { report, run_id, started_wall, applied, load_end, halted })
+    Ok(Exercise { report, run_id, started_wall, applied, load_end, halted, interrupted })
 }
 
 /// When the faults of a drill stop mattering: the end of its load if known, for the expiry
@@ -506,7 +567,11 @@ async fn drive(
                 Some(merged) => merged?,
             },
             _ = interrupts.recv() => {
-                load.abort();
+                // What ended so far is kept for the report; the orders in flight are given up.
+                load.abandon();
+                while let Some(merged) = load.join_next().await {
+                    merged?;
+                }
                 return Err(interrupted());
             }
             _ = tick.tick(), if !rules.is_empty() && halted.is_none() => {
@@ -561,7 +626,7 @@ fn secs_f(d: Duration) -> f64 {
     secs(d)
 }
 
-fn interrupted() -> anyhow::Error {
+pub fn interrupted() -> anyhow::Error {
     Failure::runtime(INTERRUPTED_MESSAGE)
 }
 

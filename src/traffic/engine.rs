@@ -182,6 +182,9 @@ struct Shared {
     next: AtomicU64,
     /// Set to stop starting orders (Ctrl-C, or the gateway is unreachable).
     stop: watch::Sender<bool>,
+    /// Set to give up on the orders in flight too, so the workers hand back what they counted
+    /// at once (an interrupted drill still reports what its load saw).
+    abandon: watch::Sender<bool>,
     /// Whether any request got an HTTP answer: until one does, failing to connect means the
     /// gateway is not there and the run ends instead of hammering a closed port.
     answered: AtomicBool,
@@ -224,6 +227,8 @@ struct Tally {
     service_us: Histogram<u64>,
     confirmed: u64,
     dropped: u64,
+    /// Orders started and given up on unanswered ([`Load::abandon`]).
+    abandoned: u64,
     /// Open loop: how long the schedule ran: its slots, or until the slot after the last send
     /// when sends fell behind; the achieved start rate is measured over it.
     scheduled_for: Duration,
@@ -289,6 +294,7 @@ impl Tally {
             latency_us,
             confirmed: 0,
             dropped: 0,
+            abandoned: 0,
             scheduled_for: Duration::ZERO,
             seconds: BTreeMap::new(),
             pending: 0,
@@ -316,6 +322,7 @@ impl Tally {
         self.service_us.add(&other.service_us).map_err(|e| LoadError::Histogram(e.to_string()))?;
         self.confirmed += other.confirmed;
         self.dropped += other.dropped;
+        self.abandoned += other.abandoned;
         self.scheduled_for = self.scheduled_for.max(other.scheduled_for);
         for (t, second) in other.seconds {
             self.seconds.entry(t).or_default().merge(second);
@@ -420,6 +427,10 @@ pub struct Summary {
     /// Orders the open-loop schedule called for that were still waiting for a free slot under
     /// the concurrency cap when the run's duration ended (or it was stopped).
     pub dropped: u64,
+    /// Orders started and still unanswered when the run was interrupted: not counted in
+    /// `orders`, but in the achieved start rate. Only an interrupted drill has any.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub abandoned: u64,
     pub duration_s: f64,
     pub throughput_per_s: f64,
     /// Orders per second the schedule asked for; `None` in closed loop.
@@ -477,6 +488,9 @@ impl Summary {
         };
         let mut rows: Vec<(String, String)> =
             vec![("mode".to_string(), mode), ("orders".to_string(), self.orders.to_string())];
+        if self.abandoned > 0 {
+            rows.push(("abandoned in flight".into(), self.abandoned.to_string()));
+        }
         if let Some(target) = self.target_rate_per_s {
             rows.push(("dropped".into(), self.dropped.to_string()));
             rows.push(("target start rate".into(), format!("{target:.1} orders/s")));
@@ -574,9 +588,11 @@ impl Load {
         });
         let workers = plan.concurrency.min(plan.orders);
         let (stop, _) = watch::channel(false);
+        let (abandon, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             next: AtomicU64::new(0),
             stop,
+            abandon,
             answered: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             refused_limit: if run.rate.is_some() { OPEN_LOOP_REFUSALS.min(workers) } else { workers },
@@ -636,6 +652,14 @@ impl Load {
         self.shared.stop.send_replace(true);
     }
 
+    /// Starts no more orders and gives up on those in flight, keeping the count of those that
+    /// ended: every worker returns at once, so [`Load::join_next`] then [`Load::finish`] report
+    /// the run up to now. The orders given up on are not counted.
+    pub fn abandon(&self) {
+        self.shared.stop.send_replace(true);
+        self.shared.abandon.send_replace(true);
+    }
+
     /// Gives up on the orders in flight.
     pub fn abort(&mut self) {
         self.set.abort_all();
@@ -673,6 +697,7 @@ impl Load {
 /// one answered.
 async fn worker(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tally: Tally) -> Tally {
     let stop = shared.stop.subscribe();
+    let mut abandoned = shared.abandon.subscribe();
     loop {
         if *stop.borrow() {
             break;
@@ -682,7 +707,13 @@ async fn worker(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tall
             break;
         }
         let now = Instant::now();
-        let done = order(plan.clone(), n, now).await;
+        let done = tokio::select! {
+            done = order(plan.clone(), n, now) => done,
+            _ = abandoned.wait_for(|a| *a) => {
+                tally.abandoned += 1;
+                break;
+            }
+        };
         tally.record(&plan, &shared, done);
         bar.inc(1);
     }
@@ -740,8 +771,19 @@ async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut ta
         .and_then(|(slot, at)| at.saturating_duration_since(plan.started).checked_add(slot))
         .unwrap_or(Duration::ZERO);
     tally.scheduled_for = if stopped { slots.min(plan.started.elapsed()).max(sends) } else { slots.max(sends) };
-    while let Some(joined) = in_flight.join_next().await {
-        collect(&plan, &shared, &bar, &mut tally, joined);
+    let mut abandoned = shared.abandon.subscribe();
+    loop {
+        tokio::select! {
+            joined = in_flight.join_next() => match joined {
+                Some(joined) => collect(&plan, &shared, &bar, &mut tally, joined),
+                None => break,
+            },
+            _ = abandoned.wait_for(|a| *a) => {
+                tally.abandoned += in_flight.len() as u64;
+                in_flight.abort_all();
+                break;
+            }
+        }
     }
     tally
 }
@@ -831,13 +873,14 @@ fn summarize(total: &Tally, elapsed: Duration, rate: Option<f64>) -> Summary {
     let secs = elapsed.as_secs_f64();
     let per_second = |n: u64, over: f64| if over > 0.0 { round(n as f64 / over, 1) } else { 0.0 };
     let achieved = match rate {
-        Some(_) => per_second(orders, total.scheduled_for.as_secs_f64()),
-        None => per_second(orders, secs),
+        Some(_) => per_second(orders + total.abandoned, total.scheduled_for.as_secs_f64()),
+        None => per_second(orders + total.abandoned, secs),
     };
     Summary {
         mode: if rate.is_some() { Mode::Open } else { Mode::Closed },
         orders,
         dropped: total.dropped,
+        abandoned: total.abandoned,
         target_rate_per_s: rate,
         achieved_rate_per_s: achieved,
         rate_below_target: rate.is_some_and(|r| achieved < r * RATE_WARNING_SHARE),
@@ -856,6 +899,10 @@ fn summarize(total: &Tally, elapsed: Duration, rate: Option<f64>) -> Summary {
 }
 
 pub use crate::plumbing::metrics::round;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 #[cfg(test)]
 mod tests {

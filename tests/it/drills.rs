@@ -343,7 +343,7 @@ fn spawn_drill(p: &Project, args: &[&str]) -> std::process::Child {
         .args(args)
         .env_remove("SHOP_STACK")
         .env_remove("SHOP_STATE_DIR")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
@@ -435,7 +435,7 @@ faults:
 #[test]
 fn an_interrupted_drill_clears_its_faults_and_still_writes_its_reports_saying_so() {
     let p = started();
-    write(&p, "long.yaml", "name: long\nload: { rate: 10, duration: 60s }\nfaults:\n  - { at: 0s, kill: payment }\n");
+    write(&p, "long.yaml", "name: long\nload: { rate: 10, duration: 60s }\nfaults:\n  - { at: 1s, kill: payment }\n");
     let (junit, journal) = (p.dir.path().join("i.xml"), p.dir.path().join("i.json"));
     let child = spawn_drill(&p, &["long.yaml", "--junit", "i.xml", "--json-file", "i.json"]);
     // Interrupted once the kill is in force, as a CI job's time limit would.
@@ -453,6 +453,18 @@ fn an_interrupted_drill_clears_its_faults_and_still_writes_its_reports_saying_so
     assert!(xml.contains("name=\"interrupted\"") && xml.contains("<failure"), "{xml}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
     assert_eq!((report["ok"].as_bool(), report["verdict"].as_str()), (Some(false), Some("interrupted")), "{report:#}");
+    // What happened before the signal is kept: when the kill was applied, the orders the load
+    // saw (the orders of the first second, before it), and their timeline.
+    let fault = &report["faults"][0];
+    assert!(fault["applied_at_s"].as_f64().is_some() && fault["error"].is_null(), "{report:#}");
+    assert!(report["outcomes"]["orders"].as_u64().is_some_and(|n| n > 0), "{report:#}");
+    assert!(report["per_second"].as_array().is_some_and(|s| !s.is_empty()), "{report:#}");
+    assert_eq!(report["invariants"]["checks"], serde_json::json!([]), "not checked, so none passed");
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("when interrupted (not settled)") && printed.contains("invariants: not checked"),
+        "{printed}"
+    );
 }
 
 #[test]
