@@ -157,6 +157,14 @@ async fn get(ctx: &Context, args: GetArgs) -> anyhow::Result<i32> {
             show_order(ctx, &value);
             return Ok(exit::OK);
         }
+        // Another user's order is a 404 to this one; anything else is not an answer at all.
+        if reply.status != reqwest::StatusCode::NOT_FOUND {
+            return Err(Failure::runtime(format!(
+                "the gateway could not look up order `{}` for {user}: {}",
+                args.id,
+                reply.refusal()
+            )));
+        }
     }
     Err(Failure::runtime(format!("no order `{}` for any fixture user; `shop order list` shows them", args.id)))
 }
@@ -183,9 +191,13 @@ async fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<i32> {
             .orders(&token, args.limit, args.status.as_deref(), READ_TIMEOUT)
             .await
             .map_err(|e| target.unreachable(&e))?;
-        // An inactive user may be refused reading; their orders are simply not listed.
-        if let Value::Array(orders) = reply.json() {
-            all.extend(orders);
+        // An outage is not an empty list.
+        if !reply.status.is_success() {
+            return Err(Failure::runtime(format!("the gateway could not list {user}'s orders: {}", reply.refusal())));
+        }
+        match reply.json() {
+            Value::Array(orders) => all.extend(orders),
+            _ => anyhow::bail!("the gateway listed {user}'s orders in something other than a JSON array"),
         }
     }
     all.sort_by(|a, b| b["id"].as_str().cmp(&a["id"].as_str()));

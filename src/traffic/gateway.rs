@@ -113,6 +113,17 @@ impl Reply {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
+    /// A refusal in one line: `503 unavailable: the order service is unavailable; …`.
+    pub fn refusal(&self) -> String {
+        let body = self.json();
+        match body["error"]["code"].as_str() {
+            Some(code) => {
+                format!("{} {code}: {}", self.status.as_u16(), body["error"]["message"].as_str().unwrap_or(""))
+            }
+            None => self.status.to_string(),
+        }
+    }
+
     /// The `Location` header (a 202's way to follow the order).
     pub fn location(&self) -> Option<String> {
         self.headers.get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string)

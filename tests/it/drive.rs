@@ -221,3 +221,24 @@ fn inspect_invariants_fails_on_a_broken_database_copy_and_passes_on_the_original
     assert_eq!(original.status.code(), Some(0));
     assert_eq!(json(&original)["ok"], true);
 }
+
+#[test]
+fn order_list_and_get_say_when_the_gateway_cannot_answer_rather_than_finding_nothing() {
+    let p = started();
+    let placed = json(&p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--json"]));
+    let id = placed["id"].as_str().unwrap().to_string();
+    assert_eq!(p.shop(&["stop", "order"]).status.code(), Some(0));
+    let list = p.shop(&["order", "list", "--json"]);
+    assert_eq!(list.status.code(), Some(1), "an outage is not an empty list: {}", stdout(&list));
+    assert!(stdout(&list).is_empty() && stderr(&list).contains("503"), "{}", stderr(&list));
+    let got = p.shop(&["order", "get", &id]);
+    assert_eq!(got.status.code(), Some(1));
+    assert!(stderr(&got).contains("503") && !stderr(&got).contains("no order"), "{}", stderr(&got));
+    assert_eq!(p.shop(&["start", "order"]).status.code(), Some(0));
+    // Once the gateway's discovery sees it again.
+    crate::tools::wait_until(Duration::from_secs(10), "the order back at the gateway", || {
+        p.shop(&["order", "get", &id]).status.success()
+    });
+    let missing = p.shop(&["order", "get", "ord_01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    assert!(stderr(&missing).contains("no order"), "{}", stderr(&missing));
+}
