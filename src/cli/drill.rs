@@ -207,7 +207,7 @@ pub struct MonkeyArgs {
     /// Mean time between two faults
     #[arg(long, default_value = "4s", value_parser = crate::plumbing::time::parse_duration, allow_hyphen_values = true)]
     pub mean_interval: Duration,
-    /// How long each fault lasts [default: the mean interval]
+    /// How long each fault lasts [default: the mean interval, at least 1s]
     #[arg(long = "for", value_parser = crate::plumbing::time::parse_duration, allow_hyphen_values = true)]
     pub for_: Option<Duration>,
     /// At most this many faults at once
@@ -265,11 +265,41 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
     };
     // The targets are judged whether or not the seed drew a fault on them.
     refuse(target_problems(&as_drill, &rows, std::path::Path::new("--targets")), std::path::Path::new("--targets"))?;
-    // The timeline first, on stdout: it is the result a reader reproduces with the seed.
-    outln!("monkey (seed {}): {} faults over {}", args.seed, faults.len(), humantime::format_duration(args.duration));
-    for line in describe(&faults) {
-        outln!("  {line}");
+    // The timeline first, on stdout: it is the result a reader reproduces with the seed. With
+    // `--json` stdout is the one document at the end, and the timeline goes to stderr.
+    let heading = format!(
+        "monkey (seed {}): {} faults over {}",
+        args.seed,
+        faults.len(),
+        humantime::format_duration(args.duration)
+    );
+    let lines = std::iter::once(heading).chain(describe(&faults).into_iter().map(|line| format!("  {line}")));
+    for line in lines {
+        match ctx.json {
+            false => outln!("{line}"),
+            true if !ctx.quiet => errln!("{line}"),
+            true => {}
+        }
     }
-    let code = run::monkey(control, faults, args.duration, ctx.quiet).await?;
-    Ok(code)
+    let reports = run::monkey(control, faults, args.duration, ctx.quiet).await?;
+    let applied = reports.iter().filter(|f| f.applied_at_s.is_some()).count();
+    if ctx.json {
+        output::print_json(&MonkeyJson {
+            seed: args.seed,
+            duration_s: args.duration.as_secs_f64(),
+            applied,
+            faults: &reports,
+        });
+    }
+    Ok(if applied == reports.len() { exit::OK } else { exit::RUNTIME })
+}
+
+/// `chaos monkey --json`: the timeline drawn from the seed, and what became of each fault.
+#[derive(serde::Serialize)]
+struct MonkeyJson<'a> {
+    seed: u64,
+    duration_s: f64,
+    /// How many of the faults the supervisor took.
+    applied: usize,
+    faults: &'a [crate::drill::report::FaultReport],
 }

@@ -845,18 +845,28 @@ async fn breaker_transitions(rows: &[PsRow], secret: &str, since: SystemTime) ->
 }
 
 fn fault_reports(drill: &Drill, ex: &Exercise, back: Vec<Option<Duration>>) -> Vec<FaultReport> {
-    drill
-        .faults
+    timeline_reports(&drill.faults, &ex.applied, back, ex.load_end)
+}
+
+/// Each fault with when it was applied and ended; `end` is when the run ended and cleared
+/// them, and `back` when a killed target that restarts was healthy again.
+fn timeline_reports(
+    faults: &[Fault],
+    applied: &[Applied],
+    back: Vec<Option<Duration>>,
+    end: Duration,
+) -> Vec<FaultReport> {
+    faults
         .iter()
-        .zip(&ex.applied)
+        .zip(applied)
         .zip(back)
         .enumerate()
         .map(|(n, ((fault, applied), back))| {
             let ended = applied.at.map(|at| {
                 if fault.restarts() {
-                    back.unwrap_or(ex.load_end).max(at)
+                    back.unwrap_or(end).max(at)
                 } else {
-                    fault.for_.map_or(ex.load_end, |d| (at + d).min(ex.load_end)).max(at)
+                    fault.for_.map_or(end, |d| (at + d).min(end)).max(at)
                 }
             });
             FaultReport {
@@ -875,15 +885,21 @@ fn fault_reports(drill: &Drill, ex: &Exercise, back: Vec<Option<Duration>>) -> V
         .collect()
 }
 
-/// `shop chaos monkey`: applies `faults` on their timeline for `duration`, then rolls back;
-/// Ctrl-C or SIGTERM rolls back at once (exit 1). Each fault carries its own expiry too.
-pub async fn monkey(control: Control, faults: Vec<Fault>, duration: Duration, quiet: bool) -> anyhow::Result<i32> {
+/// `shop chaos monkey`: applies `faults` on their timeline for `duration`, then rolls back and
+/// says what was applied when; Ctrl-C or SIGTERM rolls back at once (exit 1). Each fault
+/// carries its own expiry too.
+pub async fn monkey(
+    control: Control,
+    faults: Vec<Fault>,
+    duration: Duration,
+    quiet: bool,
+) -> anyhow::Result<Vec<FaultReport>> {
     let control = Arc::new(control);
     let mut interrupts = Interrupts::new()?;
     let started = Instant::now();
     let (stop, stopped) = watch::channel(false);
     let bar = indicatif::ProgressBar::hidden();
-    let schedule = Schedule { faults, seed: None, horizon: Some(duration), started };
+    let schedule = Schedule { faults: faults.clone(), seed: None, horizon: Some(duration), started };
     let mut applying = tokio::spawn(timeline(control.clone(), schedule, stopped, bar, quiet));
     let end = tokio::time::sleep_until((started + duration).into());
     tokio::pin!(end);
@@ -909,5 +925,7 @@ pub async fn monkey(control: Control, faults: Vec<Fault>, duration: Duration, qu
     if interrupted_at {
         return Err(interrupted());
     }
-    Ok(if took == applied.len() { 0 } else { 1 })
+    // A killed target that restarts is back by the policy's own timing, not watched here.
+    let back = applied.iter().map(|_| None).collect();
+    Ok(timeline_reports(&faults, &applied, back, started.elapsed()))
 }

@@ -621,6 +621,15 @@ fn the_same_monkey_seed_prints_the_same_timeline_and_bad_monkeys_exit_2() {
     assert!(stdout(&a).starts_with("monkey (seed 42):"), "{}", stdout(&a));
     assert_eq!(stdout(&a), stdout(&b));
     assert_eq!(faults_left(&p), "[]");
+    // With --json, stdout is one document: the same timeline, and what became of each fault.
+    let listed = stdout(&a).lines().count() - 1;
+    let c = p.shop(&[&["--json"][..], &args].concat());
+    assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+    let doc: Value = serde_json::from_slice(&c.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&c)));
+    let faults = doc["faults"].as_array().unwrap();
+    assert_eq!((doc["seed"].as_u64(), faults.len(), doc["applied"].as_u64()), (Some(42), listed, Some(listed as u64)));
+    assert!(faults.iter().all(|f| f["applied_at_s"].as_f64().is_some() && f["error"].is_null()), "{doc:#}");
+    assert!(stderr(&c).contains("monkey (seed 42):"), "the timeline still shows: {}", stderr(&c));
     // A report that could not be written at the end is refused before the drill begins.
     let out = p.shop(&["chaos", "drill", &shipped("payment-outage"), "--html", "/nonexistent/r.html"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
