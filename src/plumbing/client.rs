@@ -280,14 +280,14 @@ impl ServiceClient {
         let result = self.exchange(service, address, method.clone(), path, body, span.as_ref().map(|s| &s.1)).await;
         if let (Some((parent, ctx, start)), Some(store)) = (span, &self.spans) {
             let status = match &result {
-                Ok(_) => "200".to_string(),
+                Ok((status, _)) => status.as_str().to_string(),
                 Err(CallError::Status { status, .. }) => status.to_string(),
                 Err(e) => format!("error: {e}"),
             };
             let route = path.split('?').next().unwrap_or(path);
             store.record(&ctx, Some(&parent.span_id), format!("→ {service} {method} {route}"), start, status);
         }
-        result
+        result.map(|(_, answer)| answer)
     }
 
     async fn exchange<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -298,7 +298,7 @@ impl ServiceClient {
         path: &str,
         body: Option<&B>,
         trace: Option<&TraceCtx>,
-    ) -> Result<T, CallError> {
+    ) -> Result<(hyper::StatusCode, T), CallError> {
         let transport = |message: String| CallError::Transport { service: service.to_string(), message };
         let mut req = hyper::Request::builder().method(method).uri(format!("http://{address}{}", escape_uri(path)));
         let body = match body {
@@ -332,6 +332,7 @@ impl ServiceClient {
         };
         if status.is_success() {
             return serde_json::from_slice(&bytes)
+                .map(|answer| (status, answer))
                 .map_err(|e| CallError::Decode { service: service.to_string(), message: e.to_string() });
         }
         let (code, message) = match serde_json::from_slice::<serde_json::Value>(&bytes) {

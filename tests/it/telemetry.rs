@@ -180,6 +180,24 @@ async fn one_order_yields_otlp_spans_from_every_service_in_the_callers_trace() {
     let saga = spans.iter().find(|s| s.name.starts_with("saga ")).expect("saga span");
     assert_eq!((saga.kind, saga.attribute("shop.order.id")), (SpanKind::Internal as i32, Some(order_id.as_str())));
     assert!(spans.iter().any(|s| s.kind == SpanKind::Client as i32 && s.attribute("peer.service") == Some("payment")));
+    // A client span records the status its call was answered with, as the server span under it
+    // does (201 for the order the gateway forwards, not any 2xx as 200).
+    let mut pairs = Vec::new();
+    for client in spans.iter().filter(|s| s.kind == SpanKind::Client as i32) {
+        let served = spans.iter().find(|s| s.parent_id == client.span_id && s.kind == SpanKind::Server as i32);
+        if let Some(server) = served {
+            let status = client.attribute("http.response.status_code");
+            assert_eq!(
+                status,
+                server.attribute("http.response.status_code"),
+                "{} {}",
+                client.service_name,
+                client.name
+            );
+            pairs.push(status);
+        }
+    }
+    assert!(pairs.contains(&Some("201")), "{pairs:?}");
     // The caller's tracestate went on, unchanged, to every hop: the request, its saga and the
     // notification the saga queued.
     for s in &spans {
