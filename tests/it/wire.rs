@@ -184,6 +184,37 @@ async fn toxicity_50_with_a_seed_affects_about_half_the_connections_the_same_way
     let affected = patterns[0].iter().filter(|a| **a).count();
     assert!((30..=70).contains(&affected), "{affected} of 100 affected");
     assert_eq!(patterns[0], patterns[1], "the same seed affects the same connections");
+    // A proxy that ran before with toxics of its own draws the same once seeded afresh.
+    let proxy = Proxy::start(addr, toxics.clone(), None).await.unwrap();
+    for _ in 0..7 {
+        call(proxy.address(), Duration::from_secs(10)).await;
+    }
+    proxy.reseed(42);
+    let mut pattern = Vec::new();
+    for _ in 0..100 {
+        pattern.push(call(proxy.address(), Duration::from_secs(10)).await.bytes == 0);
+    }
+    assert_eq!(pattern, patterns[0], "reseeded, it draws as a fresh proxy with that seed");
+}
+
+#[tokio::test]
+async fn a_reset_or_a_blackhole_close_added_later_acts_on_connections_already_open() {
+    let (addr, _) = server(100).await;
+    let proxy = Proxy::start(addr, Vec::new(), None).await.unwrap();
+    let mut buf = [0u8; 16];
+    for (toxic, want) in [
+        (Toxic::Reset { after_ms: 200 }, Err(ErrorKind::ConnectionReset)),
+        (Toxic::Blackhole { close_after_ms: Some(200) }, Ok(0)),
+    ] {
+        proxy.set_toxics(Vec::new());
+        // An open connection, idle as a pooled keep-alive connection is between calls.
+        let mut pooled = TcpStream::connect(proxy.address()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.set_toxics(spec(toxic.clone(), Direction::Both));
+        let read = tokio::time::timeout(Duration::from_secs(5), pooled.read(&mut buf)).await;
+        let got = read.unwrap_or_else(|_| panic!("{toxic:?} never reached the open connection"));
+        assert_eq!(got.map_err(|e| e.kind()), want, "{toxic:?}");
+    }
 }
 
 // ---- `shop chaos net` on a running stack ----
@@ -242,6 +273,18 @@ async fn a_net_fault_detours_only_its_callers_through_a_proxy_and_ends_on_clear_
         eventually(Duration::from_secs(10), async || p.row("payment")["faults"].as_array().unwrap().len() == 1).await;
     assert!(expired, "the slicer did not expire");
 
+    // A fault on every caller reaches order too, through order's own proxy: a narrower fault
+    // never hides a broader one.
+    let out = p.shop(&["chaos", "net", "payment", "latency", "--delay", "300ms"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mine = seen_by(&p, "order", "payment").await;
+    assert_ne!(seen_by(&p, "gateway", "payment").await, mine, "every caller's proxy is another one");
+    let http = reqwest::Client::new();
+    let sent = Instant::now();
+    let answer = http.get(format!("http://{mine}/healthz")).send().await.unwrap();
+    assert!(answer.status().is_success());
+    assert!(sent.elapsed() >= Duration::from_millis(300), "order's calls skip the 300 ms: {:?}", sent.elapsed());
+
     let out = p.shop(&["chaos", "clear"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(seen_by(&p, "order", "payment").await, real, "the real address again");
@@ -277,6 +320,7 @@ async fn bad_net_input_exits_2_naming_the_problem_and_the_choices() {
         (&["chaos", "net", "payment", "blackhole", "--close-after", "2h"], "--close-after must be at most 10m"),
         (&["chaos", "kill", "payment", "--for", "0ms"], "leave --for out to keep it until `chaos clear`"),
         (&["chaos", "pause", "payment", "--for", "-1s"], "`-1s` is not a duration"),
+        (&["chaos", "net", "gateway", "latency", "--delay", "5ms"], "is the gateway: its callers are clients outside"),
     ];
     for (args, want) in cases {
         let out = p.shop(args);

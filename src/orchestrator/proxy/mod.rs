@@ -10,7 +10,12 @@
 //! Toxicity is decided once per connection (a connection is either affected or not, as in
 //! Toxiproxy): a number drawn in `[0, 100)` from the proxy's random source, seeded by `--seed`
 //! so that the same seed affects the same connections in the same order, and the jitter of
-//! each connection comes from the same source.
+//! each connection comes from the same source. A fault applied to a running proxy with a seed
+//! seeds it afresh ([`Proxy::reseed`]), so the sequence is the same whatever ran before.
+//!
+//! As in Toxiproxy, a toxic added to a running proxy acts on the connections already open
+//! too: callers keep pooled connections, and a fault that only new ones saw would never show
+//! under steady traffic. A reset or a blackhole's close counts its time from when it came.
 
 pub mod toxic;
 
@@ -32,6 +37,8 @@ pub use toxic::{Direction, Toxic, ToxicKind, ToxicSpec};
 struct Shared {
     toxics: Arc<Vec<ToxicSpec>>,
     upstream: SocketAddr,
+    /// The latest seed given by [`Proxy::reseed`], numbered so the same seed twice counts.
+    reseed: Option<(u64, u64)>,
 }
 
 /// One running proxy. Dropping it aborts the accept loop, which owns every connection task, so
@@ -53,7 +60,7 @@ impl Proxy {
     pub async fn start(upstream: SocketAddr, toxics: Vec<ToxicSpec>, seed: Option<u64>) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let address = listener.local_addr()?;
-        let (state, rx) = watch::channel(Shared { toxics: Arc::new(toxics), upstream });
+        let (state, rx) = watch::channel(Shared { toxics: Arc::new(toxics), upstream, reseed: None });
         let rng = match seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_entropy(),
@@ -78,6 +85,15 @@ impl Proxy {
     /// Replaces the toxics; chunks read from now on see the new set.
     pub fn set_toxics(&self, toxics: Vec<ToxicSpec>) {
         self.state.send_modify(|s| s.toxics = Arc::new(toxics));
+    }
+
+    /// Starts the random source again from `seed`: the connections accepted from now on draw
+    /// the same toxicity and jitter as on a fresh proxy with that seed.
+    pub fn reseed(&self, seed: u64) {
+        self.state.send_modify(|s| {
+            let epoch = s.reseed.map_or(1, |(epoch, _)| epoch + 1);
+            s.reseed = Some((epoch, seed));
+        });
     }
 
     /// Points new connections at another address (the target restarted on a new port).
@@ -110,10 +126,16 @@ impl Drop for Proxy {
 async fn accept_loop(listener: TcpListener, state: watch::Receiver<Shared>, mut rng: StdRng) {
     // Dropped with this task: aborting the loop aborts every connection.
     let mut conns = JoinSet::new();
+    let mut seeded = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
+                    if let Some((epoch, seed)) = state.borrow().reseed {
+                        if epoch != seeded {
+                            (seeded, rng) = (epoch, StdRng::seed_from_u64(seed));
+                        }
+                    }
                     let lottery: f64 = rng.gen_range(0.0..100.0);
                     let seed: u64 = rng.gen();
                     conns.spawn(connection(socket, state.clone(), lottery, seed));
@@ -146,18 +168,15 @@ fn active(state: &watch::Receiver<Shared>, lottery: f64, flow: Direction) -> Vec
     shared.toxics.iter().filter(|t| lottery < t.toxicity && t.direction.covers(flow)).map(|t| t.toxic.clone()).collect()
 }
 
-async fn connection(mut client: TcpStream, state: watch::Receiver<Shared>, lottery: f64, seed: u64) {
-    let (upstream, at_open) = {
-        let s = state.borrow();
-        (s.upstream, s.toxics.clone())
-    };
+/// The connection-wide toxics that act on a connection that drew `lottery`: a reset (after
+/// how long, which way) and the soonest close of a blackhole.
+fn connection_wide(toxics: &[ToxicSpec], lottery: f64) -> (Option<(u64, Direction)>, Option<u64>) {
     let applies = |t: &&ToxicSpec| lottery < t.toxicity;
-    // Connection-wide toxics are fixed when the connection opens; per-chunk ones follow changes.
-    let reset = at_open.iter().filter(applies).find_map(|t| match t.toxic {
+    let reset = toxics.iter().filter(applies).find_map(|t| match t.toxic {
         Toxic::Reset { after_ms } => Some((after_ms, t.direction)),
         _ => None,
     });
-    let close_after = at_open
+    let close_after = toxics
         .iter()
         .filter(applies)
         .filter_map(|t| match t.toxic {
@@ -165,6 +184,49 @@ async fn connection(mut client: TcpStream, state: watch::Receiver<Shared>, lotte
             _ => None,
         })
         .min();
+    (reset, close_after)
+}
+
+/// A connection-wide toxic's timer: its setting, and when it fires.
+#[derive(Clone, Copy)]
+struct Timer<T> {
+    what: T,
+    at: tokio::time::Instant,
+}
+
+impl<T: PartialEq + Copy> Timer<T> {
+    /// The timer for `wanted` (the toxic's setting now, and its delay in ms), keeping
+    /// `current` if the setting did not change, so a change elsewhere in the set does not
+    /// restart its clock.
+    fn follow(current: Option<Timer<T>>, wanted: Option<(T, u64)>) -> Option<Timer<T>> {
+        match (current, wanted) {
+            (Some(timer), Some((what, _))) if timer.what == what => Some(timer),
+            (_, Some((what, ms))) => Some(Timer { what, at: tokio::time::Instant::now() + Duration::from_millis(ms) }),
+            (_, None) => None,
+        }
+    }
+}
+
+/// Resolves to the timer's setting when it fires; never without a timer.
+async fn fire<T: Copy>(timer: Option<Timer<T>>) -> T {
+    match timer {
+        Some(t) => {
+            tokio::time::sleep_until(t.at).await;
+            t.what
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn connection(mut client: TcpStream, mut state: watch::Receiver<Shared>, lottery: f64, seed: u64) {
+    let (upstream, at_open) = {
+        let s = state.borrow_and_update();
+        (s.upstream, s.toxics.clone())
+    };
+    let (reset, close_after) = connection_wide(&at_open, lottery);
+    // Keyed by the toxic's own setting, so the clock restarts only when that setting changes.
+    let mut reset_timer = Timer::follow(None, reset.map(|(ms, dir)| ((ms, dir), ms)));
+    let mut close_timer = Timer::follow(None, close_after.map(|ms| (ms, ms)));
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         // The caller sees the refusal as a closed connection, as with Toxiproxy.
         return;
@@ -176,35 +238,30 @@ async fn connection(mut client: TcpStream, state: watch::Receiver<Shared>, lotte
         let (mut sr, mut sw) = server.split();
         let up = pipe(&mut cr, &mut sw, Direction::Up, state.clone(), lottery, seed);
         let down = pipe(&mut sr, &mut cw, Direction::Down, state.clone(), lottery, seed.rotate_left(17) ^ 1);
-        let reset_timer = async {
-            match reset {
-                Some((ms, dir)) => {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    dir
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let close_timer = async {
-            match close_after {
-                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(up, down, reset_timer, close_timer);
+        tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
+        let mut watching = true;
         loop {
             // A reset after 0 ms acts before a single byte is relayed: a timer of zero still
             // waits for the next tick of tokio's millisecond wheel, and by then a fast target
             // has answered and the whole exchange has passed (the toxic would do nothing).
-            if let Some((0, dir)) = reset {
+            if let Some(Timer { what: (0, dir), .. }) = reset_timer {
                 break End::Reset(dir);
             }
             // Biased, timers first: a reset or close that is due wins over bytes that are ready.
             let end = tokio::select! {
                 biased;
-                dir = &mut reset_timer => End::Reset(dir),
-                () = &mut close_timer => End::Close,
+                (_, dir) = fire(reset_timer) => End::Reset(dir),
+                _ = fire(close_timer) => End::Close,
+                changed = state.changed(), if watching => {
+                    // The proxy is going away (its sender dropped): keep relaying as it was.
+                    watching = changed.is_ok();
+                    let toxics = state.borrow_and_update().toxics.clone();
+                    let (reset, close_after) = connection_wide(&toxics, lottery);
+                    reset_timer = Timer::follow(reset_timer, reset.map(|(ms, dir)| ((ms, dir), ms)));
+                    close_timer = Timer::follow(close_timer, close_after.map(|ms| (ms, ms)));
+                    continue;
+                }
                 end = &mut up, if !up_done => { up_done = true; end }
                 end = &mut down, if !down_done => { down_done = true; end }
             };

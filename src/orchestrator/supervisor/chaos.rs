@@ -17,6 +17,7 @@ use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow, Instanc
 use crate::orchestrator::proxy::{ToxicKind, ToxicSpec};
 use crate::orchestrator::stackfile::Program;
 use crate::plumbing::time::now_ms;
+use crate::services::Kind;
 
 #[derive(Clone, Debug)]
 pub enum FaultKind {
@@ -219,9 +220,19 @@ impl Supervisor {
     /// Applies one chaos request; the error is for the user (an unknown target, a bad value).
     pub async fn apply_chaos(self: &Arc<Self>, req: ChaosRequest) -> Result<Vec<FaultRow>, String> {
         let (instances, target_service) = self.target_instances(&req.target)?;
+        let wire = match req.action {
+            ChaosAction::Net => true,
+            ChaosAction::Partition => !req.refuse,
+            _ => false,
+        };
+        // A wire fault is in force once callers have switched to its proxy (one discovery
+        // refresh, waited for below), and lasts its `--for` from then.
+        let switch = if wire { self.stack.registry.heartbeat + Duration::from_millis(100) } else { Duration::ZERO };
         // Saturating: a `--for` of centuries means "until cleared", not an overflow.
-        let until = req.for_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
-        let until_ms = until.and(req.for_ms).map(|ms| now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)));
+        let lasts = req.for_ms.map(|ms| Duration::from_millis(ms).saturating_add(switch));
+        let until = lasts.and_then(|d| Instant::now().checked_add(d));
+        let until_ms =
+            until.and(lasts).map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
         let percent = req.percent.unwrap_or(100.0);
         if !(0.0..=100.0).contains(&percent) {
             return Err(format!("--percent must be 0 to 100, got {percent}"));
@@ -299,6 +310,18 @@ impl Supervisor {
             }
             ChaosAction::Net => {
                 let spec = req.net.clone().ok_or("net needs a toxic, e.g. `shop chaos net payment reset`")?;
+                if matches!(
+                    self.stack.service(&target_service).map(|s| &s.program),
+                    Some(Program::Builtin(Kind::Gateway))
+                ) {
+                    // Its callers are clients outside the stack, which never ask the registry.
+                    return Err(format!(
+                        "`{}` is the gateway: its callers are clients outside the stack, which do not look it up \
+                         in the registry, so no call would pass a proxy; break the wire behind it instead \
+                         (e.g. `shop chaos net order …`, or `--from gateway`)",
+                        req.target
+                    ));
+                }
                 spec.toxic.validate()?;
                 if !(0.0..=100.0).contains(&spec.toxicity) {
                     return Err(format!("--toxicity must be 0 to 100, got {}", spec.toxicity));
@@ -317,7 +340,12 @@ impl Supervisor {
             }
         }
         self.push(&fault).await?;
-        let wire = matches!(fault.kind, FaultKind::Net { .. } | FaultKind::Partition { refuse: false, .. });
+        // With a seed, the proxies it acts through draw as from a fresh start: the same seed
+        // gives the same connections whatever ran on them before.
+        let reseed = match (&fault.kind, fault.seed) {
+            (FaultKind::Net { from, .. }, Some(seed)) => Some((self.keys_of(&fault.instances, from.as_deref()), seed)),
+            _ => None,
+        };
         {
             let mut inner = self.lock();
             // A new fault of the same kind on the same instances replaces the old one; wire faults
@@ -332,10 +360,10 @@ impl Supervisor {
             inner.chaos.push(fault);
         }
         if wire {
-            self.sync_wire().await?;
+            self.sync_wire(reseed.as_ref().map(|(keys, seed)| (keys.as_slice(), *seed))).await?;
             // Callers learn the detour on their next discovery refresh, one heartbeat away:
             // answering after it means the fault is on the wire when `shop chaos` returns.
-            tokio::time::sleep(self.stack.registry.heartbeat + Duration::from_millis(100)).await;
+            tokio::time::sleep(switch).await;
         }
         Ok(self.chaos_rows())
     }
@@ -489,7 +517,7 @@ impl Supervisor {
             FaultKind::Pause => self.resume(&fault.instances),
             FaultKind::Net { .. } | FaultKind::Partition { refuse: false, .. } => {
                 // The fault is already off the list: reconciling retires its proxies.
-                if let Err(e) = self.sync_wire().await {
+                if let Err(e) = self.sync_wire(None).await {
                     tracing::warn!(error = %e, "wire faults");
                 }
             }
@@ -573,7 +601,7 @@ impl Supervisor {
             .iter()
             .any(|f| matches!(f.kind, FaultKind::Net { .. } | FaultKind::Partition { refuse: false, .. }));
         if wire {
-            let _ = self.sync_wire().await;
+            let _ = self.sync_wire(None).await;
         }
         let faults: Vec<ActiveFault> = self.lock().chaos.iter().filter(|f| f.covers(idx)).cloned().collect();
         for f in faults {

@@ -3,7 +3,9 @@
 //! detours the registry hands to callers.
 //!
 //! One proxy fronts one target instance for one kind of caller (`--from`, or every caller);
-//! the toxics of every active fault with that key stack on it. A key no fault needs any more
+//! the toxics of every active fault with that key stack on it. A caller with a proxy of its
+//! own passes only that one, so it carries the toxics meant for every caller as well: a
+//! narrower fault never hides a broader one. A key no fault needs any more
 //! loses its detour first and its proxy [`DRAIN`] later, so callers switch back on their next
 //! discovery refresh and calls already in flight finish. The proxies live in the supervisor's
 //! process: `chaos clear`, `shop down` or the supervisor's death leaves none running.
@@ -64,11 +66,36 @@ impl Supervisor {
                 _ => {}
             }
         }
+        let everyone: HashMap<usize, (Vec<ToxicSpec>, Option<u64>)> =
+            want.iter().filter(|(k, _)| k.from.is_none()).map(|(k, v)| (k.instance, v.clone())).collect();
+        for (key, (toxics, seed)) in want.iter_mut().filter(|(k, _)| k.from.is_some()) {
+            if let Some((all, all_seed)) = everyone.get(&key.instance) {
+                toxics.extend(all.iter().cloned());
+                *seed = seed.or(*all_seed);
+            }
+        }
         want
     }
 
-    /// Brings the proxies and the registry's detours in line with the active faults.
-    pub(super) async fn sync_wire(&self) -> Result<(), String> {
+    /// The proxies a wire fault acts through: its own, and those of single callers of the same
+    /// instances, which carry it too.
+    pub(super) fn keys_of(&self, instances: &[usize], from: Option<&str>) -> Vec<Key> {
+        let from = from.map(|s| self.registry_name(s));
+        let mut keys: Vec<Key> = instances.iter().map(|i| Key { instance: *i, from: from.clone() }).collect();
+        if from.is_none() {
+            for (key, _) in self.wanted() {
+                if key.from.is_some() && instances.contains(&key.instance) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+
+    /// Brings the proxies and the registry's detours in line with the active faults; the
+    /// proxies of `reseed`'s keys that run already start their random source again from its
+    /// seed (a fault just applied with `--seed`).
+    pub(super) async fn sync_wire(&self, reseed: Option<(&[Key], u64)>) -> Result<(), String> {
         let want = self.wanted();
         let addresses: Vec<(String, Option<std::net::SocketAddr>)> = {
             let inner = self.lock();
@@ -90,6 +117,9 @@ impl Supervisor {
                     p.set_upstream(upstream);
                     if p.toxics() != toxics {
                         p.set_toxics(toxics);
+                    }
+                    if let Some((_, seed)) = reseed.filter(|(keys, _)| keys.contains(&key)) {
+                        p.reseed(seed);
                     }
                 }
                 None => match Proxy::start(upstream, toxics, seed).await {
