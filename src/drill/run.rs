@@ -520,13 +520,15 @@ async fn exercise(
     let driven = drive(&mut load, interrupts, &drill.halt, Some(halt)).await;
     let load_end = load.started().elapsed();
     stop.send_replace(true);
+    // The load's own report first: a fault still being confirmed is not part of its time.
+    let report = load.finish();
     let applied = timeline.await.map_err(|e| anyhow::anyhow!("the fault timeline ended abnormally: {e}"))?;
     let (halted, interrupted) = match driven {
         Ok(halted) => (halted, false),
         Err(e) if is_interrupted(&e) => (None, true),
         Err(e) => return Err(e),
     };
-    let report = load.finish()?;
+    let report = report?;
     Ok(Exercise { report, run_id, started_wall, applied, load_end, halted, interrupted })
 }
 
@@ -643,7 +645,10 @@ pub struct Schedule {
 }
 
 /// Applies each fault at its offset, in time order, until the load ends (`stop`); faults
-/// still waiting then are never applied.
+/// still waiting then are never applied. Each is applied in a task of its own, so a wire
+/// fault, which the supervisor confirms only once callers have switched to its proxy, does
+/// not hold back the faults due after it; those sent before `stop` are awaited, so none is
+/// applied after the caller clears them.
 pub async fn timeline(
     control: Arc<Control>,
     schedule: Schedule,
@@ -655,48 +660,74 @@ pub async fn timeline(
     let mut applied: Vec<Applied> = faults.iter().map(|_| Applied::default()).collect();
     let mut order: Vec<usize> = (0..faults.len()).collect();
     order.sort_by_key(|i| faults[*i].at);
+    let mut sent = tokio::task::JoinSet::new();
     for i in order {
-        let fault = &faults[i];
+        let fault = faults[i].clone();
         tokio::select! {
             _ = tokio::time::sleep_until((started + fault.at).into()) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        // The instances a restarting kill takes down, to tell the new processes from them.
-        let before = if fault.restarts() { pids_of(&control, fault.target()).await } else { HashSet::new() };
-        let at = started.elapsed();
-        let mut request = fault.request(seed);
-        // Every fault carries an expiry, so one left by a drill that was SIGKILLed ends anyway.
-        if request.for_ms.is_none() && !fault.restarts() {
-            let left = horizon.map_or(UNKNOWN_EXPIRY, |h| h.saturating_sub(at) + EXPIRY_SLACK);
-            request.for_ms = Some(left.as_millis() as u64);
+        let (control, bar) = (control.clone(), bar.clone());
+        let (seed, horizon) = (seed, horizon);
+        sent.spawn(async move { (i, apply(control, fault, seed, horizon, started, bar, quiet).await) });
+    }
+    while let Some(joined) = sent.join_next().await {
+        match joined {
+            Ok((i, outcome)) => applied[i] = outcome,
+            Err(e) => tracing::warn!(error = %e, "applying a fault ended abnormally"),
         }
-        let body = match serde_json::to_value(request) {
-            Ok(body) => body,
-            Err(e) => {
-                applied[i].error = Some(format!("cannot encode the request: {e}"));
-                continue;
+    }
+    applied
+}
+
+/// Applies one fault; `at` in what it returns is when the supervisor confirmed it (for a wire
+/// fault, once callers had switched to its proxy).
+async fn apply(
+    control: Arc<Control>,
+    fault: Fault,
+    seed: Option<u64>,
+    horizon: Option<Duration>,
+    started: Instant,
+    bar: indicatif::ProgressBar,
+    quiet: bool,
+) -> Applied {
+    let mut applied = Applied::default();
+    // The instances a restarting kill takes down, to tell the new processes from them.
+    let before = if fault.restarts() { pids_of(&control, fault.target()).await } else { HashSet::new() };
+    let due = started.elapsed();
+    let mut request = fault.request(seed);
+    // Every fault carries an expiry, so one left by a drill that was SIGKILLed ends anyway.
+    if request.for_ms.is_none() && !fault.restarts() {
+        let left = horizon.map_or(UNKNOWN_EXPIRY, |h| h.saturating_sub(due) + EXPIRY_SLACK);
+        request.for_ms = Some(left.as_millis() as u64);
+    }
+    let body = match serde_json::to_value(request) {
+        Ok(body) => body,
+        Err(e) => {
+            applied.error = Some(format!("cannot encode the request: {e}"));
+            return applied;
+        }
+    };
+    match control.post("/v1/chaos", body, Duration::from_secs(30)).await {
+        Ok(_) => {
+            let at = started.elapsed();
+            applied.at = Some(at);
+            if fault.restarts() {
+                let target = fault.target().to_string();
+                applied.back = Some(tokio::spawn(watch_restart(control.clone(), target, before, started)));
             }
-        };
-        match control.post("/v1/chaos", body, Duration::from_secs(30)).await {
-            Ok(_) => {
-                applied[i].at = Some(at);
-                if fault.restarts() {
-                    let target = fault.target().to_string();
-                    applied[i].back = Some(tokio::spawn(watch_restart(control.clone(), target, before, started)));
-                }
-                if !quiet {
-                    bar.suspend(|| {
-                        eprintln!("+{:.2}s {} {} {}", at.as_secs_f64(), fault.kind(), fault.target(), fault.describe())
-                    });
-                }
+            if !quiet {
+                bar.suspend(|| {
+                    eprintln!("+{:.2}s {} {} {}", at.as_secs_f64(), fault.kind(), fault.target(), fault.describe())
+                });
             }
-            Err(e) => {
-                let message = format!("{e:#}");
-                if !quiet {
-                    bar.suspend(|| eprintln!("warning: cannot apply {} {}: {message}", fault.kind(), fault.target()));
-                }
-                applied[i].error = Some(message);
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            if !quiet {
+                bar.suspend(|| eprintln!("warning: cannot apply {} {}: {message}", fault.kind(), fault.target()));
             }
+            applied.error = Some(message);
         }
     }
     applied

@@ -670,3 +670,25 @@ fn smoke_junit_has_one_valid_testcase_per_check() {
     assert!(xml.contains("tests=\"7\" failures=\"0\""), "{xml}");
     assert!(xml.contains("<testcase name=\"order_survives_payment_outage\" classname=\"smoke\""), "{xml}");
 }
+
+#[test]
+fn a_wire_fault_holds_back_no_fault_due_beside_it_and_counts_as_applied_once_in_force() {
+    let p = started();
+    let file = write(
+        &p,
+        "side.yaml",
+        "name: side
+load: { rate: 20, duration: 2s }
+faults:
+  - { at: 0s, net: payment, toxic: latency, delay: 5ms, for: 1s }
+  - { at: 0s, latency: inventory, delay: 5ms, for: 1s }
+",
+    );
+    let (code, report) = drill(&p, &file);
+    assert_eq!(code, Some(0), "{report:#}");
+    let applied = |n: usize| report["faults"][n]["applied_at_s"].as_f64().unwrap();
+    // The wire fault is in force once callers switched to its proxy, a discovery refresh (200 ms
+    // here) later; the request-level fault beside it did not wait for that.
+    assert!(applied(0) >= 0.2, "{report:#}");
+    assert!(applied(1) < applied(0), "{report:#}");
+}
