@@ -32,7 +32,7 @@ use crate::error::Failure;
 use crate::invariants::Check;
 use crate::invariants::{self, Databases};
 use crate::orchestrator::control::Control;
-use crate::orchestrator::protocol::{InstanceState, PsRow};
+use crate::orchestrator::protocol::{ChaosAction, InstanceState, PsRow};
 use crate::orchestrator::supervisor::REGISTRY;
 use crate::traffic::threshold::Measures;
 use crate::traffic::{self, Live, Load, LoadPlan};
@@ -451,11 +451,22 @@ fn monkey_report(drill: &Drill) -> Option<MonkeyReport> {
 }
 
 /// What in a drill only the running stack can judge: every fault's target (and the monkey's)
-/// must be one of its services or instances, and the registry takes only kill and pause. All
+/// must be one of its services or instances, a partition's sides and a wire fault's `from`
+/// whole services, the registry takes only kill and pause, and the gateway (its callers are
+/// outside the stack, `gateways` names it) no wire fault. All
 /// of it is told before any order is sent, each at its place, rather than one problem per run
 /// or as the supervisor would say it halfway through the drill.
-pub fn target_problems(drill: &Drill, rows: &[PsRow], file: &Path) -> Vec<String> {
+pub fn target_problems(drill: &Drill, rows: &[PsRow], gateways: &[String], file: &Path) -> Vec<String> {
     let known: Vec<&str> = rows.iter().flat_map(|r| [r.service.as_str(), r.instance.as_str()]).collect();
+    let service_of =
+        |name: &str| rows.iter().find(|r| r.instance == name && r.service != name).map(|r| r.service.clone());
+    let part_of = |name: &str, service: &str| {
+        format!(
+            "names `{name}`, one instance of `{service}`; partitions and `from` take whole services: name `{service}`"
+        )
+    };
+    let no_wire = "the gateway takes no wire fault: its callers are clients outside the stack, which never pass a \
+                   proxy; break the wire behind it (e.g. `net: order`, or `from: gateway`)";
     // `FILE:LINE:COL` where the file writes it, as for every other mistake in the file.
     let place = |at| crate::plumbing::yaml::Pos::place(file, at);
     let unknown = |name: &str| {
@@ -476,7 +487,12 @@ pub fn target_problems(drill: &Drill, rows: &[PsRow], file: &Path) -> Vec<String
                 problems.push(format!("{}: faults[{n}] {}", place(fault.written_at), unknown(name)));
             } else if name == REGISTRY && !fault.is_process_fault() {
                 problems.push(format!("{}: faults[{n}]: {only_process}", place(fault.written_at)));
+            } else if let Some(service) = service_of(name).filter(|_| fault.whole_services().contains(&name)) {
+                problems.push(format!("{}: faults[{n}] {}", place(fault.written_at), part_of(name, &service)));
             }
+        }
+        if fault.action() == ChaosAction::Net && gateways.iter().any(|g| g == fault.target()) {
+            problems.push(format!("{}: faults[{n}]: {no_wire}", place(fault.written_at)));
         }
     }
     if let Some(m) = &drill.monkey {
@@ -490,6 +506,10 @@ pub fn target_problems(drill: &Drill, rows: &[PsRow], file: &Path) -> Vec<String
                 problems.push(format!("{what} {}", unknown(name)));
             } else if name == REGISTRY && m.faults.iter().any(|f| f != "kill" && f != "pause") {
                 problems.push(format!("{what}: {only_process}, and the monkey's faults include others"));
+            } else if let Some(service) = service_of(name).filter(|_| m.faults.iter().any(|f| f == "partition")) {
+                problems.push(format!("{what} {}, and the monkey's faults include partition", part_of(name, &service)));
+            } else if gateways.contains(name) && m.faults.iter().any(|f| f == "net") {
+                problems.push(format!("{what}: {no_wire}, and the monkey's faults include net"));
             }
         }
     }

@@ -198,6 +198,16 @@ impl Fault {
         }
     }
 
+    /// The names the fault needs to be whole services: a partition's two sides (callers refuse
+    /// or detour by service) and the caller a wire fault is `from`.
+    pub fn whole_services(&self) -> Vec<&str> {
+        match &self.action {
+            Action::Partition { target, with, .. } => vec![target, with],
+            Action::Net { from: Some(from), .. } => vec![from],
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether only kill and pause, which the registry takes too.
     pub fn is_process_fault(&self) -> bool {
         matches!(self.action, Action::Kill { .. } | Action::Pause { .. })

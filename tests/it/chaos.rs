@@ -232,6 +232,22 @@ fn a_partition_is_between_whole_services_and_chaos_output_survives_a_closed_pipe
         assert!(stderr(&out).contains("`payment-1` is one instance of `payment`"), "{}", stderr(&out));
     }
     assert!(json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().is_empty());
+    // So in a drill file, a partition's side or a wire fault's `from`, told before any order.
+    std::fs::write(
+        p.dir.path().join("sides.yaml"),
+        "name: sides\nload: { orders: 5 }\nfaults:\n  - { at: 1s, partition: order, with: payment-2 }\n  \
+         - { at: 1s, net: inventory, toxic: reset, from: payment-1 }\n",
+    )
+    .unwrap();
+    let out = p.shop(&["chaos", "drill", "sides.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    for want in [
+        "sides.yaml:4:5: faults[0] names `payment-2`, one instance of `payment`; partitions and `from` take whole \
+         services: name `payment`",
+        "sides.yaml:5:5: faults[1] names `payment-1`, one instance of `payment`",
+    ] {
+        assert!(stderr(&out).contains(want), "{want}\n{}", stderr(&out));
+    }
     // A reader that goes away early is no failure of the command's.
     let listed = std::process::Command::new("sh")
         .current_dir(p.dir.path())

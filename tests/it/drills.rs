@@ -215,7 +215,8 @@ expect:
         &p,
         "all.yaml",
         "name: x\nload:\n  rate: 5\n  duration: 2s\n  users: [nobody]\nfaults:\n  - { at: 1s, kill: paymnt }\n  \
-         - { at: 1s, latency: registry, delay: 5ms }\nmonkey: { mean_interval: 10m, targets: [invntory] }\n",
+         - { at: 1s, latency: registry, delay: 5ms }\n  - { at: 1s, net: gateway, toxic: reset }\nmonkey: { \
+         mean_interval: 10m, targets: [invntory] }\n",
     );
     let out = p.shop(&["chaos", "drill", "all.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -223,10 +224,11 @@ expect:
     for want in [
         "all.yaml:7:5: faults[0] names `paymnt`",
         "all.yaml:8:5: faults[1]: the registry takes only kill and pause",
-        "all.yaml:9:40: monkey.targets names `invntory`, which is not a service or instance of the running stack; \
+        "all.yaml:9:5: faults[2]: the gateway takes no wire fault: its callers are clients outside the stack",
+        "all.yaml:10:40: monkey.targets names `invntory`, which is not a service or instance of the running stack; \
          did you mean `inventory`?",
         "all.yaml:5:10: load: no fixture user `nobody`",
-        "error: `all.yaml` names 4 things the running stack does not have",
+        "error: `all.yaml` names 5 things the running stack does not have",
     ] {
         assert!(err.contains(want), "{want}:\n{err}");
     }
