@@ -312,6 +312,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
         }
         ChaosCommand::Drill(_) | ChaosCommand::Monkey(_) => unreachable!("handled above"),
     };
+    request.check().map_err(Failure::usage)?;
     let rows = ctx.control()?.chaos(&request).await?;
     if !ctx.quiet && !ctx.json {
         errln!("{} {}: done", request.action, request.target);

@@ -224,6 +224,43 @@ pub struct ChaosRequest {
     pub refuse: bool,
 }
 
+impl ChaosRequest {
+    /// The checks of the request's own values, which need no running stack: `shop chaos`
+    /// makes them before it looks for one, and the supervisor again on what it is sent.
+    pub fn check(&self) -> Result<(), String> {
+        // NaN is not in any range: it is refused here rather than sent as JSON `null`.
+        if let Some(p) = self.percent.filter(|p| !(0.0..=100.0).contains(p)) {
+            return Err(format!("--percent must be 0 to 100, got {p}"));
+        }
+        match self.action {
+            ChaosAction::Kill => match self.signal.as_deref().unwrap_or("KILL").trim_start_matches("SIG") {
+                "KILL" | "TERM" => {}
+                other => return Err(format!("--signal must be KILL or TERM, got `{other}`")),
+            },
+            ChaosAction::Latency => {
+                let delay_ms = self.delay_ms.ok_or("latency needs a delay, e.g. 200ms")?;
+                if delay_ms.max(self.jitter_ms.unwrap_or(0)) > crate::plumbing::faults::MAX_DELAY_MS {
+                    return Err("the delay and --jitter must be at most 10m each".into());
+                }
+            }
+            ChaosAction::Errors => {
+                if let Some(status) = self.status.filter(|s| !(400..=599).contains(s)) {
+                    return Err(format!("--status must be 400 to 599, got {status}"));
+                }
+            }
+            ChaosAction::Net => {
+                let spec = self.net.as_ref().ok_or("net needs a toxic, e.g. `shop chaos net payment reset`")?;
+                spec.toxic.validate()?;
+                if !(0.0..=100.0).contains(&spec.toxicity) {
+                    return Err(format!("--toxicity must be 0 to 100, got {}", spec.toxicity));
+                }
+            }
+            ChaosAction::Pause | ChaosAction::Resume | ChaosAction::Partition => {}
+        }
+        Ok(())
+    }
+}
+
 /// The body of `POST /v1/chaos/clear`: one service's or instance's faults, or all.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ClearRequest {

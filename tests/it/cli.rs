@@ -179,6 +179,22 @@ fn with_a_valid_file_and_nothing_running_ps_logs_and_down_say_so_and_succeed() {
 }
 
 #[test]
+fn a_bad_chaos_value_is_a_usage_error_whether_or_not_a_stack_runs() {
+    let p = Project::new("");
+    for (args, want) in [
+        (&["chaos", "net", "payment", "bandwidth", "--rate", "0"][..], "--rate must be more than 0"),
+        (&["chaos", "net", "payment", "reset", "--toxicity", "200"], "--toxicity must be 0 to 100, got 200"),
+        (&["chaos", "net", "payment", "reset", "--toxicity", "NaN"], "--toxicity must be 0 to 100, got NaN"),
+        (&["chaos", "latency", "payment", "5ms", "--percent", "NaN"], "--percent must be 0 to 100, got NaN"),
+        (&["chaos", "errors", "payment", "--status", "200"], "--status must be 400 to 599, got 200"),
+    ] {
+        let out = p.shop(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn json_is_refused_with_exit_2_where_it_cannot_mean_anything() {
     let p = Project::new("");
     for (args, why) in [
