@@ -11,7 +11,10 @@
 //! own transaction) that also fails when the connection is read-only or the file at the path is
 //! no longer the file that is open (deleted or replaced). Once that file is gone, the writer
 //! refuses every job with [`DbError::Unavailable`] instead of committing into an unlinked file,
-//! so nothing is confirmed and then lost; a restart opens the file that is at the path.
+//! so nothing is confirmed and then lost; a restart opens the file that is at the path. The
+//! same holds for the write-ahead log beside it (`-wal`): commits land there first, so a log
+//! deleted or replaced under a running service would lose them at its next crash. What the
+//! deleted log holds is checkpointed into the database first, then writes are refused.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -97,6 +100,11 @@ pub enum Unready {
     Deleted(PathBuf),
     #[error("database `{0}` was replaced: the file at its path is not the file open; a restart opens the new one")]
     Replaced(PathBuf),
+    #[error(
+        "the write-ahead log of database `{0}` was deleted or replaced: commits would go to a file nobody \
+         will read again; what it held was checkpointed into the database, and a restart starts a new log"
+    )]
+    LogGone(PathBuf),
     #[error("database `{0}` is open read-only")]
     ReadOnly(PathBuf),
     #[error("database `{path}` cannot be written: {why}")]
@@ -133,13 +141,48 @@ enum Job {
 pub struct OpenFile {
     path: PathBuf,
     identity: (u64, u64),
+    /// The write-ahead log beside it, and its identity once it has been seen (SQLite creates
+    /// it on the first access and keeps it while any connection is open).
+    log: PathBuf,
+    log_identity: std::cell::Cell<Option<(u64, u64)>>,
 }
 
 impl OpenFile {
     fn new(path: &Path) -> Result<OpenFile, DbError> {
         let meta = std::fs::metadata(path)
             .map_err(|e| DbError::NotWritable { path: path.to_path_buf(), why: format!("cannot stat it: {e}") })?;
-        Ok(OpenFile { path: path.to_path_buf(), identity: (meta.dev(), meta.ino()) })
+        let mut log = path.as_os_str().to_owned();
+        log.push("-wal");
+        let file = OpenFile {
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            log: PathBuf::from(log),
+            log_identity: std::cell::Cell::new(None),
+        };
+        // Seen now if the migrations made it; otherwise on the first check after it exists.
+        let _ = file.log_at_path();
+        Ok(file)
+    }
+
+    /// Whether the write-ahead log at the path is still the one this connection writes: gone
+    /// or another file once seen means commits go where nobody will read them.
+    fn log_at_path(&self) -> Result<(), Unready> {
+        let seen = self.log_identity.get();
+        match std::fs::metadata(&self.log) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match seen {
+                Some(_) => Err(Unready::LogGone(self.path.clone())),
+                None => Ok(()),
+            },
+            Err(e) => Err(Unready::Unwritable { path: self.path.clone(), why: format!("cannot stat its log: {e}") }),
+            Ok(m) => match seen {
+                None => {
+                    self.log_identity.set(Some((m.dev(), m.ino())));
+                    Ok(())
+                }
+                Some(identity) if identity != (m.dev(), m.ino()) => Err(Unready::LogGone(self.path.clone())),
+                Some(_) => Ok(()),
+            },
+        }
     }
 
     /// Whether the file at the path is still the file open: one `stat`, cheap enough to run
@@ -362,6 +405,7 @@ fn open_writer(path: &Path, migrations: &[&str]) -> Result<Connection, DbError> 
 fn probe(conn: &Connection, file: &OpenFile) -> Result<(), Unready> {
     let path = || file.path.clone();
     file.still_at_path()?;
+    file.log_at_path()?;
     let query_only = conn.pragma_query_value(None, "query_only", |r| r.get::<_, bool>(0));
     if conn.is_readonly(DatabaseName::Main).unwrap_or(true) || query_only.unwrap_or(true) {
         return Err(Unready::ReadOnly(path()));
@@ -410,12 +454,15 @@ fn write_loop(mut conn: Connection, file: OpenFile, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let gone = match file.still_at_path() {
-            Err(u @ (Unready::Deleted(_) | Unready::Replaced(_))) => Some(u),
+        let gone = match file.still_at_path().and_then(|()| file.log_at_path()) {
+            Err(u @ (Unready::Deleted(_) | Unready::Replaced(_) | Unready::LogGone(_))) => Some(u),
             _ => None,
         };
         if let Some(u) = gone.as_ref().filter(|_| !warned) {
             warned = true;
+            if let Unready::LogGone(_) = u {
+                rescue_log(&conn);
+            }
             tracing::error!(error = %u, "refusing every write from now on");
         }
         let mut group = Vec::new();
@@ -474,6 +521,29 @@ fn write_loop(mut conn: Connection, file: OpenFile, jobs: mpsc::Receiver<Job>) {
         }
         for reply in replies {
             reply(committed.clone());
+        }
+    }
+}
+
+/// Copies what a deleted write-ahead log holds into the database file, which is still at its
+/// path: the commits it confirmed survive a crash after all.
+fn rescue_log(conn: &Connection) {
+    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match checkpoint {
+        Ok((0, frames, copied)) => {
+            tracing::warn!(frames, copied, "the write-ahead log was deleted; what it held is in the database now")
+        }
+        Ok((_, frames, copied)) => {
+            tracing::error!(
+                frames,
+                copied,
+                "the write-ahead log was deleted and readers kept it from being copied whole"
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the write-ahead log was deleted and could not be copied into the database")
         }
     }
 }

@@ -239,6 +239,34 @@ async fn a_deleted_payment_database_refuses_charges_and_after_the_restart_no_con
     assert_eq!(inv.status.code(), Some(0), "{}", String::from_utf8_lossy(&inv.stdout));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_write_ahead_log_is_unready_refuses_orders_and_loses_nothing_confirmed_to_a_crash() {
+    let p = started_with("order", "{ health: { interval: 300ms } }", "");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let place =
+        |wait: &str| p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--wait", wait, "--json"]);
+    let before = place("5s");
+    assert_eq!(before.status.code(), Some(0), "{}", stderr(&before));
+    let id = serde_json::from_slice::<Value>(&before.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    // Commits land in the log first: one deleted under a running service swallows them.
+    std::fs::remove_file(data(&p, "order.db-wal")).unwrap();
+    let order = addr(&p, "order");
+    let resp = http.get(format!("http://{order}/readyz?scope=local")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().await.unwrap().contains("write-ahead log"));
+    let refused = place("0s");
+    assert_ne!(refused.status.code(), Some(0), "an order confirmed into a deleted log: {}", stderr(&refused));
+    // A crash now loses nothing that was confirmed: the log's content is in the database.
+    assert_eq!(p.shop(&["chaos", "kill", "order", "--restart"]).status.code(), Some(0));
+    let back = eventually(Duration::from_secs(20), async || {
+        p.row("order")["state"] == "healthy" && p.shop(&["order", "get", &id]).status.success()
+    })
+    .await;
+    assert!(back, "order {id} is gone after the crash: {}", p.row("order"));
+    let inv = p.shop(&["inspect", "invariants", "--settle", "20s"]);
+    assert_eq!(inv.status.code(), Some(0), "{}", String::from_utf8_lossy(&inv.stdout));
+}
+
 /// What the load saw: ids the gateway accepted, and how many placements it refused.
 #[derive(Default)]
 struct Seen {
