@@ -267,6 +267,28 @@ async fn a_deleted_write_ahead_log_is_unready_refuses_orders_and_loses_nothing_c
     assert_eq!(inv.status.code(), Some(0), "{}", String::from_utf8_lossy(&inv.stdout));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_a_healthy_spell_whose_restarts_keep_failing_backs_off_and_counts_them() {
+    let p = started_with("notification", "{}", "");
+    // Healthy for the whole spell (10 s) that wipes a crash history clean.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let files = database_files(&data(&p, "notification.db"));
+    for f in &files {
+        immutable(f, true);
+    }
+    let pid = p.row("notification")["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Each failed start is one more crash, with the wait doubling: not "restart 1" forever.
+    let counted = eventually(Duration::from_secs(15), async || log(&p, "notification").contains("restart 3 of")).await;
+    for f in &files {
+        immutable(f, false);
+    }
+    assert!(counted, "{}", log(&p, "notification"));
+    let text = log(&p, "notification");
+    assert!(text.contains("restart 2 of 5 in 100ms") && text.contains("restart 3 of 5 in 200ms"), "{text}");
+    p.shop(&["down", "-q"]);
+}
+
 /// What the load saw: ids the gateway accepted, and how many placements it refused.
 #[derive(Default)]
 struct Seen {

@@ -421,6 +421,9 @@ impl Supervisor {
             max_restarts: max,
             counts: !inst.outage,
         });
+        // No longer healthy: a restart that fails to start is not "after a healthy spell" again,
+        // which would reset its backoff and crash count every time.
+        inst.healthy_since = None;
         let log = self.dir.log(&inst.name);
         let name = &inst.name;
         match decision {
