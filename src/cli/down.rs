@@ -6,9 +6,10 @@ use serde::Serialize;
 
 use super::context::Context;
 use super::output;
+use super::Failure;
 use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::PsRow;
-use crate::orchestrator::state_dir::process_alive;
+use crate::orchestrator::state_dir::{process_alive, LockKind};
 use crate::plumbing::time::parse_duration;
 
 #[derive(clap::Args, Debug)]
@@ -39,6 +40,14 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         Some(control) => {
             let pid = control.record.pid;
             let started = Instant::now();
+            // An `up` meanwhile waits until this stack is gone, then starts its own.
+            let Some(_stopping) = dir.lock(LockKind::Up, super::up::UP_LOCK_WAIT).await? else {
+                return Err(Failure::runtime(format!(
+                    "a `shop up` has been starting a stack in `{}` for {}s; wait for it, then stop it",
+                    dir.root.display(),
+                    super::up::UP_LOCK_WAIT.as_secs()
+                )));
+            };
             // Only for the report: a supervisor too busy to answer is still stopped below.
             if let Ok(status) = control.status().await {
                 report.stopped = status.rows;
@@ -55,7 +64,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
             dir.kill_leftovers();
-            dir.remove_record();
+            dir.remove_record_of(pid);
             report.duration_s = started.elapsed().as_secs_f64();
             if !ctx.quiet {
                 eprintln!("stack stopped in {:.1}s", started.elapsed().as_secs_f64());

@@ -21,7 +21,7 @@ use crate::plumbing::time::parse_duration;
 
 /// How long an `up` waits for another one that is starting a stack in the same state dir: it
 /// holds the lock only until its supervisor records itself, which takes well under this.
-const UP_LOCK_WAIT: Duration = Duration::from_secs(30);
+pub(super) const UP_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -55,6 +55,6 @@ impl Running {
             _ = self.sup.shutdown.notified() => {}
             _ = crate::plumbing::http::shutdown_signal() => self.sup.down(grace).await,
         }
-        self.sup.dir.remove_record();
+        self.sup.dir.remove_record_of(std::process::id());
     }
 }

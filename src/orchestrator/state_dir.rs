@@ -44,7 +44,9 @@ pub enum LockKind {
     /// Held by a supervisor for its life.
     Supervisor,
     /// Held by `shop up` from its check for a running supervisor until the one it starts has
-    /// recorded itself; a second `up` waits, then finds that supervisor and joins it.
+    /// recorded itself; a second `up` waits, then finds that supervisor and joins it. `shop down`
+    /// holds it too, so an `up` racing a `down` starts a new stack once the old one is gone
+    /// instead of joining the one going away.
     Up,
 }
 
@@ -242,6 +244,16 @@ impl StateDir {
 
     pub fn remove_record(&self) {
         let _ = std::fs::remove_file(self.record_path());
+    }
+
+    /// Removes the record if it is the one supervisor `pid` wrote: a supervisor started since
+    /// keeps its own, so every command still finds it.
+    pub fn remove_record_of(&self, pid: u32) {
+        let Ok(text) = std::fs::read_to_string(self.record_path()) else { return };
+        match serde_json::from_str::<SupervisorRecord>(&text) {
+            Ok(record) if record.pid != pid => {}
+            _ => self.remove_record(),
+        }
     }
 
     /// The live supervisor, if any. A record whose process is gone is stale: it is removed

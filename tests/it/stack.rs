@@ -451,6 +451,47 @@ fn three_ups_at_once_start_one_stack_and_all_three_succeed() {
     assert_eq!(supervisors(), 0);
 }
 
+#[test]
+fn an_up_racing_a_down_leaves_a_stack_every_command_finds_or_none() {
+    // The `up` used to join the stack being stopped (reporting it healthy as it went away), or
+    // start one whose record the finishing `down` then deleted: running, and found by nothing.
+    let p = Project::new("");
+    for delay_ms in [0, 10, 30, 60] {
+        assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+        let down = std::process::Command::new(crate::support::BIN)
+            .current_dir(p.dir.path())
+            .args(["down", "-q"])
+            .env_remove("SHOP_STACK")
+            .env_remove("SHOP_STATE_DIR")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let up = p.shop(&["up", "-d", "-q"]);
+        let down = down.wait_with_output().unwrap();
+        assert_eq!((up.status.code(), down.status.code()), (Some(0), Some(0)), "{}", stderr(&up));
+        // Whichever went first, what runs is what `ps` finds: all of the stack, or none of it.
+        let rows = p.ps();
+        let serving = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == p.dir.path()))
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).split('\0').any(|arg| arg == "serve"))
+            .count();
+        assert_eq!((serving, [0, 7].contains(&rows.len())), (rows.len(), true), "after {delay_ms} ms: {rows:?}");
+        for row in &rows {
+            assert_eq!(row["state"], "healthy", "after {delay_ms} ms: {row}");
+            assert!(alive(row["pid"].as_u64().unwrap()), "after {delay_ms} ms: {row}");
+        }
+        let out = p.shop(&["down", "-q"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            rows.iter().all(|r| !alive(r["pid"].as_u64().unwrap())),
+            "after {delay_ms} ms: a service outlived `down`"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_foreground_up_streams_logs_and_ctrl_c_stops_everything() {
     let p = Project::new("");
