@@ -201,11 +201,9 @@ async fn watch(ctx: &Context, source: &Source, args: &Args, dir: &StateDir, star
     }
     for r in &bad {
         match r.state {
-            InstanceState::Skipped => errln!(
-                "error: service `{}` was not started: {}",
-                r.instance,
-                r.detail.clone().unwrap_or_default().trim_start_matches("skipped: ")
-            ),
+            InstanceState::Skipped => {
+                errln!("error: service `{}` was not started: {}", r.instance, r.detail.clone().unwrap_or_default())
+            }
             InstanceState::Failed | InstanceState::Crashed => {
                 errln!("error: service `{}` failed: {}", r.instance, r.detail.clone().unwrap_or_default());
                 let tail = crate::orchestrator::supervisor::tail_lines(&dir.log(&r.instance), 10);

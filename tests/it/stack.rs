@@ -208,6 +208,11 @@ async fn a_killed_child_is_restarted_and_counted_but_a_stopped_one_is_not() {
     let r = p.row("payment");
     assert_eq!((r["state"].as_str(), r["restarts"].as_i64()), (Some("stopped"), Some(1)), "{r}");
     assert!(r["pid"].is_null());
+    // A service restarted by hand while a dependency is down runs anyway (it tolerates that
+    // dependency being down): the restart must not take it down as well.
+    let out = p.shop(&["restart", "order"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.row("order")["state"], "healthy", "{}", p.row("order"));
     let out = p.shop(&["start", "payment"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(p.row("payment")["state"], "healthy");

@@ -61,7 +61,7 @@ async fn start(State(sup): Sup, JsonBody(n): JsonBody<Names>) -> Result<Json<Sta
     let services = sup.resolve_named(&n.services).map_err(ApiError::bad_request)?;
     sup.forget_process_faults(&services);
     sup.fresh_start(&services, false);
-    sup.up(services).await;
+    sup.start_named(services).await;
     Ok(Json(sup.status()))
 }
 
@@ -70,7 +70,7 @@ async fn restart(State(sup): Sup, JsonBody(n): JsonBody<Names>) -> Result<Json<S
     sup.forget_process_faults(&services);
     sup.stop_services(&services, grace(&n)).await;
     sup.fresh_start(&services, true);
-    sup.up(services).await;
+    sup.start_named(services).await;
     Ok(Json(sup.status()))
 }
 

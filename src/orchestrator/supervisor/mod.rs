@@ -256,15 +256,29 @@ impl Supervisor {
     /// Starts `services` (already resolved) in dependency order, registry first; what runs
     /// already is left alone. Services whose dependency failed are marked skipped.
     pub async fn up(self: &Arc<Self>, services: Vec<String>) {
-        self.ensure_started(0).await;
+        self.start_in_order(services, Dependencies::MustBeHealthy).await;
+    }
+
+    /// Starts the services a user named (`shop start`, `shop restart`), in dependency order,
+    /// whatever state their dependencies are in: each tolerates a dependency that is down (the
+    /// saga retries, readiness leaves dependencies out), so a restart while one is down must
+    /// not turn into an outage of its own, as `docker compose restart` does not.
+    pub async fn start_named(self: &Arc<Self>, services: Vec<String>) {
+        self.start_in_order(services, Dependencies::Tolerated).await;
+    }
+
+    async fn start_in_order(self: &Arc<Self>, services: Vec<String>, dependencies: Dependencies) {
+        if dependencies == Dependencies::MustBeHealthy || services.iter().any(|s| s == REGISTRY) {
+            self.ensure_started(0).await;
+        }
         let registry_ok = self.lock().instances[0].state == InstanceState::Healthy;
         for layer in self.stack.layers() {
             let mut batch = tokio::task::JoinSet::new();
             for spec in layer.iter().filter(|n| services.contains(n)).filter_map(|n| self.stack.service(n)) {
-                let failed_dep = if registry_ok {
-                    spec.depends_on.iter().find(|d| !self.service_healthy(d)).cloned()
-                } else {
-                    Some(REGISTRY.to_string())
+                let failed_dep = match dependencies {
+                    Dependencies::Tolerated => None,
+                    Dependencies::MustBeHealthy if !registry_ok => Some(REGISTRY.to_string()),
+                    Dependencies::MustBeHealthy => spec.depends_on.iter().find(|d| !self.service_healthy(d)).cloned(),
                 };
                 for idx in self.instances_of(&spec.name) {
                     if let Some(dep) = &failed_dep {
@@ -272,7 +286,7 @@ impl Supervisor {
                         let inst = &mut inner.instances[idx];
                         if !inst.state.running() {
                             inst.state = InstanceState::Skipped;
-                            inst.detail = Some(format!("skipped: dependency `{dep}` is not healthy"));
+                            inst.detail = Some(format!("dependency `{dep}` is not healthy"));
                         }
                         continue;
                     }
@@ -411,4 +425,14 @@ pub fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Whether a start waits on the health of what a service depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dependencies {
+    /// `up`: a service whose dependency is not healthy is skipped, as compose's
+    /// `condition: service_healthy`.
+    MustBeHealthy,
+    /// A start the user named: it runs whatever its dependencies do.
+    Tolerated,
 }
