@@ -70,8 +70,6 @@ where
             humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string().into(),
         );
         map.insert("level".into(), event.metadata().level().as_str().into());
-        map.insert("service".into(), self.origin.service.clone().into());
-        map.insert("instance".into(), self.origin.instance.clone().into());
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<SpanFields>() {
@@ -80,6 +78,10 @@ where
             }
         }
         event.record(&mut Fields(&mut map));
+        // Who wrote the line, last: a field of the same name cannot make a line look as if
+        // another service wrote it.
+        map.insert("service".into(), self.origin.service.clone().into());
+        map.insert("instance".into(), self.origin.instance.clone().into());
         writeln!(writer, "{}", Value::Object(map))
     }
 }

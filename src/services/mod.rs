@@ -238,7 +238,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut loops = Loops::start(loops);
     println!("listening on {address}");
-    tracing::info!(service = kind.name(), %instance, %address, db = %db_path.display(), "serving");
+    tracing::info!(%address, db = %db_path.display(), "serving");
 
     let parent = args.tuning.parent_pid;
     let server = http::serve(listener, app, args.tuning.header_timeout, async move {
@@ -273,7 +273,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     }
     match outcome {
         Ok(_) => {
-            tracing::info!(service = kind.name(), %instance, "stopped");
+            tracing::info!("stopped");
             Ok(())
         }
         Err(ended) => Err(anyhow::Error::new(ended).context(format!("service `{}` stopped", kind.name()))),

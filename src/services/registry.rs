@@ -94,7 +94,7 @@ async fn register(
         let new = Entry { instance: inst.clone(), registered_at: since.unwrap_or(now), last_seen: Instant::now() };
         match entries.insert(inst.instance.clone(), new) {
             None => {
-                tracing::info!(service = %inst.service, instance = %inst.instance, address = %inst.address, "registered")
+                tracing::info!(registered_service = %inst.service, registered_instance = %inst.instance, address = %inst.address, "registered")
             }
             // Two processes under one name: the latest wins, and the other, if it still runs,
             // takes the name back at its next heartbeat (see `heartbeat`).
@@ -104,7 +104,7 @@ async fn register(
                  name (then they take it from each other at every heartbeat; give each its own --instance)"
             ),
             // The same again (the supervisor renews the programs it runs, which do not beat).
-            Some(_) => tracing::debug!(instance = %inst.instance, "registration renewed"),
+            Some(_) => tracing::debug!(registered_instance = %inst.instance, "registration renewed"),
         }
     }
     let row = inst.clone();
@@ -170,7 +170,7 @@ async fn deregister(
         !theirs && entries.remove(&instance).is_some()
     };
     if removed {
-        tracing::info!(%instance, "deregistered");
+        tracing::info!(registered_instance = %instance, "deregistered");
         record_gone(&reg, instance).await;
     }
     StatusCode::NO_CONTENT
@@ -251,7 +251,7 @@ async fn evict_loop(reg: Registry) {
             stale
         };
         for instance in evicted {
-            tracing::warn!(%instance, ttl_ms = reg.ttl.as_millis() as u64, "evicted: no heartbeat within the TTL");
+            tracing::warn!(registered_instance = %instance, ttl_ms = reg.ttl.as_millis() as u64, "evicted: no heartbeat within the TTL");
             record_gone(&reg, instance).await;
         }
     }

@@ -180,6 +180,17 @@ async fn up_detached_returns_once_everything_is_healthy_and_ps_reports_it() {
         "{}",
         String::from_utf8_lossy(&logs.stdout)
     );
+    // Each JSON line names the service that wrote it, whatever the line is about: the
+    // registry's lines about the instances it registers are still the registry's.
+    let raw = p.shop(&["logs", "registry", "-n", "50", "--json"]);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&raw.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let registered: Vec<&Value> = lines.iter().filter(|l| l["message"] == "registered").collect();
+    assert!(registered.len() >= 6, "{lines:?}");
+    for l in registered {
+        assert_eq!((l["service"].as_str(), l["instance"].as_str()), (Some("registry"), Some("registry")), "{l}");
+        assert!(l["registered_instance"].is_string(), "{l}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -310,7 +310,7 @@ impl Supervisor {
                     let log = self.dir.log(&inst.name);
                     let then = if restarts { "ending it so its restart policy acts" } else { "restart: no leaves it" };
                     log_line(&log, &format!("supervisor: {} unhealthy ({why}); {then}", inst.name));
-                    tracing::warn!(instance = %inst.name, %why, "unhealthy");
+                    tracing::warn!(child = %inst.name, %why, "unhealthy");
                     inst.pid.filter(|_| restarts)
                 } else {
                     None
@@ -436,7 +436,7 @@ impl Supervisor {
                 inst.state = InstanceState::Failed;
                 inst.detail = Some(format!("gave up after {max} restarts (max_restarts); it keeps crashing: {status}"));
                 log_line(&log, &format!("supervisor: {name} {status}; gave up after {max} restarts (max_restarts)"));
-                tracing::error!(instance = %name, "gave up after {max} restarts");
+                tracing::error!(child = %name, "gave up after {max} restarts");
             }
             Decision::Restart { after, crashes } => {
                 inst.consecutive = crashes;
@@ -449,7 +449,7 @@ impl Supervisor {
                     format!("restart {crashes} of {max}")
                 };
                 log_line(&log, &format!("supervisor: {name} crashed: {status}; {count} in {after:?}"));
-                tracing::warn!(instance = %name, %status, wait = ?after, "crashed; restarting");
+                tracing::warn!(child = %name, %status, wait = ?after, "crashed; restarting");
             }
         }
     }

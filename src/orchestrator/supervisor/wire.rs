@@ -124,7 +124,7 @@ impl Supervisor {
                 }
                 None => match Proxy::start(upstream, toxics, seed).await {
                     Ok(p) => {
-                        tracing::info!(instance = %addresses[key.instance].0, from = ?key.from, proxy = %p.address(), "wire proxy started");
+                        tracing::info!(child = %addresses[key.instance].0, from = ?key.from, proxy = %p.address(), "wire proxy started");
                         proxies.insert(key, p);
                     }
                     Err(e) => problem = Some(format!("cannot start a proxy: {e}")),

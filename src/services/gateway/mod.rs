@@ -200,7 +200,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 fn unavailable(service: &str, e: &CallError) -> ApiError {
-    tracing::warn!(service, error = %e, "dependency unavailable");
+    tracing::warn!(dependency = service, error = %e, "dependency unavailable");
     ApiError::unavailable(format!("the {service} service is unavailable; try again shortly"), 1)
 }
 
