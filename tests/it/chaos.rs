@@ -389,3 +389,20 @@ async fn admin_endpoints_refuse_calls_without_the_stack_secret() {
     let resp = http.get(format!("http://{}/v1/status", control["control"].as_str().unwrap())).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+#[test]
+fn a_failed_notification_delivery_is_logged_in_its_orders_trace() {
+    let p = started("60s");
+    ok(&p, &["chaos", "errors", "notification", "--status", "503", "--for", "2s"]);
+    let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let order = json(&out);
+    let (id, trace) = (order["id"].as_str().unwrap(), order["trace_id"].as_str().unwrap());
+    // `shop logs --trace` finds the relay's retries as `--order` does.
+    let found = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = String::from_utf8_lossy(&p.shop(&["logs", "--trace", trace, "--order", id]).stdout).into_owned();
+        lines.contains("notification delivery failed; will retry")
+    });
+    assert!(found, "{}", String::from_utf8_lossy(&p.shop(&["logs", "--order", id]).stdout));
+}

@@ -196,7 +196,7 @@ async fn deliver_batch(store: &Store, client: &ServiceClient, spans: &Arc<SpanSt
         Err(e) => {
             for d in &batch {
                 d.record(spans, start, false);
-                failed(store, &d.row, &e).await;
+                failed(store, d, &e).await;
             }
         }
     }
@@ -233,12 +233,23 @@ async fn deliver_one(store: &Store, client: &ServiceClient, spans: &SpanStore, d
             Ok(()) => crate::plumbing::test_hooks::crash_after("NotificationDelivered", &d.row.order_id),
             Err(e) => tracing::error!(event_id = %d.row.event_id, error = %e, "cannot record a delivery outcome"),
         },
-        Err(e) => failed(store, &d.row, &e).await,
+        Err(e) => failed(store, &d, &e).await,
     }
 }
 
-async fn failed(store: &Store, row: &OutboxRow, e: &CallError) {
-    tracing::warn!(event_id = %row.event_id, order_id = %row.order_id, attempt = row.attempts + 1, error = %e, "notification delivery failed; will retry");
+/// Logs a failed delivery in its order's trace (the delivery's own span), then backs off.
+async fn failed(store: &Store, d: &Delivery, e: &CallError) {
+    let row = &d.row;
+    let (trace_id, span_id) = d.trace.as_ref().map(|t| (t.trace_id.as_str(), t.span_id.as_str())).unzip();
+    tracing::warn!(
+        event_id = %row.event_id,
+        order_id = %row.order_id,
+        trace_id,
+        span_id,
+        attempt = row.attempts + 1,
+        error = %e,
+        "notification delivery failed; will retry"
+    );
     retry_later(store, row, e.to_string()).await;
 }
 
