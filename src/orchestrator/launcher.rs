@@ -24,8 +24,17 @@ pub enum LaunchError {
     Spawn { instance: String, program: String, cause: std::io::Error },
     #[error("cannot open log file `{path}` for `{instance}`: {cause}")]
     Log { instance: String, path: PathBuf, cause: std::io::Error },
-    #[error("`{instance}` exited before it was listening (see its log{})", log.as_ref().map(|p| format!(" `{}`", p.display())).unwrap_or_default())]
-    Exited { instance: String, log: Option<PathBuf> },
+    #[error(
+        "`{instance}` exited before it was listening{} (see its log{})",
+        said.as_ref().map(|s| format!(": {s}")).unwrap_or_default(),
+        log.as_ref().map(|p| format!(" `{}`", p.display())).unwrap_or_default()
+    )]
+    Exited {
+        instance: String,
+        log: Option<PathBuf>,
+        /// The last `error:` line it wrote, which says why (a database it cannot write, say).
+        said: Option<String>,
+    },
     #[error("`{instance}` did not report its address within {timeout:?}")]
     NoAddress { instance: String, timeout: Duration },
 }
@@ -162,7 +171,8 @@ impl Starting {
         let exited = |child: &mut Child, log: &Option<PathBuf>| {
             signal_group(child.id(), Signal::SIGKILL);
             let _ = child.wait();
-            LaunchError::Exited { instance: instance.clone(), log: log.clone() }
+            let said = log.as_deref().and_then(last_error);
+            LaunchError::Exited { instance: instance.clone(), log: log.clone(), said }
         };
         match self.first_line.recv_timeout(timeout) {
             Ok(Some(line)) => match line.strip_prefix("listening on ").and_then(|a| a.trim().parse().ok()) {
@@ -270,4 +280,21 @@ pub async fn wait_healthy(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The last line starting `error:` among the last lines of a log: what a service that exits at
+/// start-up says about why.
+fn last_error(log: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the end: a log can be large, and this runs at every failed start.
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(8 * 1024))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let lines: Vec<&str> = text.lines().collect();
+    (lines[lines.len().saturating_sub(5)..].iter().rev())
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(|l| l.chars().take(300).collect())
 }

@@ -280,9 +280,16 @@ async fn a_crash_after_a_healthy_spell_whose_restarts_keep_failing_backs_off_and
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     // Each failed start is one more crash, with the wait doubling: not "restart 1" forever.
     let counted = eventually(Duration::from_secs(15), async || log(&p, "notification").contains("restart 3 of")).await;
+    // `ps` says why meanwhile (between two attempts), in the service's own words.
+    let want = "exited before it was listening: cannot open database";
+    let said = eventually(Duration::from_secs(5), async || {
+        p.row("notification")["detail"].as_str().is_some_and(|d| d.contains(want))
+    })
+    .await;
     for f in &files {
         immutable(f, false);
     }
+    assert!(said, "{}", p.row("notification"));
     assert!(counted, "{}", log(&p, "notification"));
     let text = log(&p, "notification");
     assert!(text.contains("restart 2 of 5 in 100ms") && text.contains("restart 3 of 5 in 200ms"), "{text}");

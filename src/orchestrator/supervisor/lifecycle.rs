@@ -395,7 +395,9 @@ impl Supervisor {
         inst.proc = None;
         inst.generation += 1;
         let (success, what) = if inst.ended_unhealthy {
-            (false, format!("was ended for being unhealthy ({status})"))
+            // The reason it was unhealthy stays in what `ps` says until it is healthy again.
+            let why = inst.detail.take().unwrap_or_else(|| "unhealthy".to_string());
+            (false, format!("was ended for being {why} ({status})"))
         } else if std::mem::take(&mut inst.chaos_crashed) {
             (false, format!("was killed by shop chaos ({status})"))
         } else {
@@ -448,6 +450,7 @@ impl Supervisor {
                 } else {
                     format!("restart {crashes} of {max}")
                 };
+                inst.detail = Some(format!("{status}; {count} in {after:?}"));
                 log_line(&log, &format!("supervisor: {name} crashed: {status}; {count} in {after:?}"));
                 tracing::warn!(child = %name, %status, wait = ?after, "crashed; restarting");
             }
