@@ -63,7 +63,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
                 let _ =
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
-            dir.kill_leftovers();
+            dir.kill_leftovers(pid);
             dir.remove_record_of(pid);
             report.duration_s = started.elapsed().as_secs_f64();
             if !ctx.quiet {

@@ -175,7 +175,7 @@ async fn teardown(sup: &Supervisor, dir: &StateDir) {
         }
     }
     // Belt and braces: any `shop serve` still holding a database under the dir.
-    dir.kill_leftovers();
+    dir.kill_leftovers(std::process::id());
     dir.remove_record();
     remove_dir(dir);
 }

@@ -271,27 +271,30 @@ impl StateDir {
             return Some(record);
         }
         tracing::warn!(pid = record.pid, "found the state of a dead supervisor; cleaning it up");
-        self.kill_leftovers();
+        self.kill_leftovers(record.pid);
         self.remove_record();
         None
     }
 
-    /// Kills processes of a dead supervisor's stack that are still running: any `shop serve`
-    /// whose `--db` is under this state dir. Children normally exit on their own when their
-    /// supervisor dies; this is for those that could not.
-    pub fn kill_leftovers(&self) {
-        let data = self.data();
-        let Ok(data) = data.canonicalize() else { return };
+    /// Kills what is left of the stack of supervisor `supervisor` (gone, or stopping it): every
+    /// process that carries its pid in `SHOP_PARENT_PID`, which each child is started with and
+    /// the programs an external command starts inherit, with its process group. Built-in
+    /// services exit on their own when their supervisor dies, and an external command gets
+    /// SIGTERM from the kernel; this is for what could not (the program `sh -c` started, say,
+    /// which would hold its port against the next `up`).
+    pub fn kill_leftovers(&self, supervisor: u32) {
+        let marker = format!("SHOP_PARENT_PID={supervisor}");
         let Ok(entries) = std::fs::read_dir("/proc") else { return };
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             if pid == std::process::id() {
                 continue;
             }
-            if let Some(cmd) = cmdline(pid) {
-                if cmd.contains(" serve ") && cmd.contains(&*data.to_string_lossy()) {
-                    crate::orchestrator::launcher::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                }
+            let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+            if environ.split(|b| *b == 0).any(|var| var == marker.as_bytes()) {
+                crate::orchestrator::launcher::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }

@@ -417,6 +417,32 @@ async fn replicas_each_register_and_share_the_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn what_an_external_command_started_does_not_outlive_a_dead_supervisor_and_block_the_next_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // `sh` dies with the supervisor (the kernel's SIGTERM); the python it started would not.
+    let extra = format!(
+        "  web:
+    port: {port}
+    command: [sh, -c, \"python3 -m http.server {{port}} --bind 127.0.0.1; echo ended\"]
+    health: {{ path: / }}
+"
+    );
+    let p = Project::new(&extra);
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    let sup = p.supervisor_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The next command finds the dead supervisor's state and cleans up what is left of it.
+    assert_eq!(p.shop(&["ps", "-q"]).status.code(), Some(0));
+    let freed =
+        eventually(Duration::from_secs(5), async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err())
+            .await;
+    assert!(freed, "something still listens on web's port {port}");
+    let out = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(p.shop(&["down", "-q"]).status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_external_command_joins_the_stack_and_is_health_checked() {
     let extra = "  web:
     command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1]
