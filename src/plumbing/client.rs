@@ -284,7 +284,7 @@ impl ServiceClient {
                 Err(CallError::Status { status, .. }) => status.to_string(),
                 Err(e) => format!("error: {e}"),
             };
-            let route = path.split('?').next().unwrap_or(path);
+            let route = span_path(path);
             store.record(&ctx, Some(&parent.span_id), format!("→ {service} {method} {route}"), start, status);
         }
         result.map(|(_, answer)| answer)
@@ -406,8 +406,30 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     half + exp.mul_f64(rand::thread_rng().gen_range(0.0..0.5))
 }
 
+/// A call's path as its span shows it (and exports it, as `url.path`): without the query, and
+/// with a credential in the path (the hash of a bearer token the gateway looks up, which a
+/// dictionary would reverse for a weak token) replaced by its route's name.
+fn span_path(path: &str) -> std::borrow::Cow<'_, str> {
+    const CREDENTIALS: &[(&str, &str)] = &[("/v1/tokens/", "{hash}")];
+    let path = path.split('?').next().unwrap_or(path);
+    for (prefix, name) in CREDENTIALS {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let tail = rest.find('/').map_or("", |at| &rest[at..]);
+            return format!("{prefix}{name}{tail}").into();
+        }
+    }
+    path.into()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_span_shows_no_credential_of_its_path() {
+        assert_eq!(span_path("/v1/tokens/0fdfad7fffda93507205d06ab1c3"), "/v1/tokens/{hash}");
+        assert_eq!(span_path("/v1/orders/ord_1/commit?x=1"), "/v1/orders/ord_1/commit");
+        assert_eq!(span_path("/v1/users/alice"), "/v1/users/alice");
+    }
     use super::*;
 
     #[test]
