@@ -9,7 +9,8 @@
 //!
 //! A request is never delayed by export: [`Exporter::offer`] is a `try_send` into a bounded
 //! queue. When the collector is slow or gone the queue fills and spans are dropped, and counted
-//! in `shop_otlp_spans_dropped_total`.
+//! in `shop_otlp_spans_dropped_total`. A service that stops sends what is queued first
+//! ([`Exporter::flush`], as the SDK's batch processor does on shutdown), within a bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,10 +90,17 @@ struct Counters {
     dropped_failed: AtomicU64,
 }
 
+/// What the export loop is handed: a span, or the request to send what it holds now.
+enum Queued {
+    Span(Box<Finished>),
+    /// Answered once every span queued before it has been sent (or given up on).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The sending half of the export queue; cheap to clone.
 #[derive(Clone)]
 pub struct Exporter {
-    tx: mpsc::Sender<Finished>,
+    tx: mpsc::Sender<Queued>,
     counters: Arc<Counters>,
     url: Arc<str>,
 }
@@ -111,9 +119,22 @@ impl Exporter {
 
     /// Queues `span` for export, or drops and counts it if the queue is full. Never waits.
     pub fn offer(&self, span: Finished) {
-        if self.tx.try_send(span).is_err() {
+        if self.tx.try_send(Queued::Span(Box::new(span))).is_err() {
             self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Sends every span queued so far without waiting for its batch to fill, and returns once
+    /// they are sent, or after `within` (a collector that does not answer must not hold up a
+    /// stopping service).
+    pub async fn flush(&self, within: Duration) {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let _ = tokio::time::timeout(within, async {
+            if self.tx.send(Queued::Flush(done)).await.is_ok() {
+                let _ = sent.await;
+            }
+        })
+        .await;
     }
 
     /// Spans dropped so far, for any reason.
@@ -149,16 +170,27 @@ impl Exporter {
 
 /// Collects batches (full, or `delay` after their first span) and posts them one at a time, so
 /// a slow collector fills the queue instead of piling up requests.
-async fn run(mut rx: mpsc::Receiver<Finished>, config: Config, http: reqwest::Client, counters: Arc<Counters>) {
+async fn run(mut rx: mpsc::Receiver<Queued>, config: Config, http: reqwest::Client, counters: Arc<Counters>) {
     // Whether the last export failed: failures are logged when they start and when they end,
     // not once per batch.
     let mut failing = false;
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+        let (mut batch, mut flushed) = (Vec::new(), None);
+        match first {
+            Queued::Span(span) => batch.push(*span),
+            Queued::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        }
         let deadline = tokio::time::Instant::now() + config.delay;
         while batch.len() < config.batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
+                Ok(Some(Queued::Span(span))) => batch.push(*span),
+                Ok(Some(Queued::Flush(done))) => {
+                    flushed = Some(done);
+                    break;
+                }
                 _ => break,
             }
         }
@@ -189,6 +221,9 @@ async fn run(mut rx: mpsc::Receiver<Finished>, config: Config, http: reqwest::Cl
                     tracing::warn!(url = %config.url, error = %why, "cannot export spans; dropping them until the collector answers");
                 }
             }
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
         }
     }
 }

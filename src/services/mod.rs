@@ -176,7 +176,7 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(Discovery::for_mode(mode, &args.registry, peers, http.clone(), me).with_secret(secret.clone()));
     let exporter = crate::plumbing::otlp::Config::from_env(kind.name(), &instance)
         .map(|config| crate::plumbing::otlp::Exporter::start(config, http.clone()));
-    let spans = Arc::new(SpanStore::new(kind.name(), &instance).with_exporter(exporter));
+    let spans = Arc::new(SpanStore::new(kind.name(), &instance).with_exporter(exporter.clone()));
     let faults = Arc::new(Faults::new(args.tuning.fault_delay, args.tuning.fault_delay_requests));
     if let Some(seed) = args.tuning.seed {
         let _ = faults.apply(crate::plumbing::faults::FaultSet { seed: Some(seed), ..Default::default() });
@@ -270,6 +270,10 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     // could only wait for a timeout.
     if !matches!(outcome, Ok(http::Stop::Abandon)) {
         discovery.deregister().await;
+        // The last spans go out too (the last second of a load would be missing otherwise).
+        if let Some(exporter) = &exporter {
+            exporter.flush(OTLP_FLUSH).await;
+        }
     }
     match outcome {
         Ok(_) => {
@@ -279,6 +283,9 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         Err(ended) => Err(anyhow::Error::new(ended).context(format!("service `{}` stopped", kind.name()))),
     }
 }
+
+/// How long a stopping service waits for its last spans to reach the OTLP collector.
+const OTLP_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `/metrics` gauges read from the service's own database on each scrape: `read` returns one
 /// figure per `(name, help)` of `gauges`; a failed read shows zeros rather than no series.

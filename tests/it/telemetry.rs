@@ -381,3 +381,35 @@ async fn the_gateway_refuses_what_its_openapi_document_forbids() {
     let (status, _, _) = stack.place(ALICE, items(&[("sku-1", 1)]), &[("idempotency-key", &"k".repeat(255))]).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_service_sends_the_spans_still_queued_before_it_exits() {
+    let collector = Collector::start().await;
+    // Batches that would wait a minute for company: only the flush at shutdown sends them.
+    let mut options = Options::default();
+    for kind in Kind::ALL {
+        options = options.env(kind, "OTEL_EXPORTER_OTLP_ENDPOINT", &collector.url).env(
+            kind,
+            "OTEL_BSP_SCHEDULE_DELAY",
+            "60000",
+        );
+    }
+    let mut stack = TestStack::with(options).await;
+    let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1)]), &[("traceparent", parent.as_str())]).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    // Once the notification is delivered, every service has finished its spans of the trace.
+    let id = order["id"].as_str().unwrap().to_string();
+    let delivered = eventually(Duration::from_secs(20), async || {
+        stack.count(Kind::Notification, "SELECT count(*) FROM notifications WHERE order_id = ?1", &[&id]) == 1
+    })
+    .await;
+    assert!(delivered, "the notification was never delivered");
+    for kind in Kind::ALL {
+        stack.process(kind).stop(Duration::from_secs(10));
+    }
+    let spans = collector.of_trace(CALLER_TRACE);
+    let services: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.service_name.as_str()).collect();
+    let every = ["gateway", "inventory", "notification", "order", "payment", "user"];
+    assert_eq!(services.into_iter().collect::<Vec<_>>(), every, "{spans:#?}");
+}
