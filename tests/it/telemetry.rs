@@ -413,3 +413,45 @@ async fn a_stopping_service_sends_the_spans_still_queued_before_it_exits() {
     let every = ["gateway", "inventory", "notification", "order", "payment", "user"];
     assert_eq!(services.into_iter().collect::<Vec<_>>(), every, "{spans:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_resumed_after_a_crash_keeps_its_callers_sampled_flag_and_tracestate() {
+    let collector = Collector::start().await;
+    let mut stack = TestStack::with(exporting_to(&collector.url, "2048")).await;
+    let unsampled = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let sampled = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let mut ids = Vec::new();
+    // Each order's saga stops halfway (the order service crashes) and resumes on the restart,
+    // with no request to read the trace context from.
+    for (trace, flags) in [(unsampled, "00"), (sampled, "01")] {
+        stack.kill(Kind::Order);
+        stack.spawn_with(Kind::Order, &[("SHOP_TEST_HOOKS", "1"), ("SHOP_CRASH_AFTER", "StockReserved")]).await;
+        stack.wait_ready(Kind::Order).await;
+        stack.wait_gateway_reaches_order().await;
+        let parent = format!("00-{trace}-{CALLER_SPAN}-{flags}");
+        let headers = [("traceparent", parent.as_str()), ("tracestate", "shop=resumed"), ("prefer", "wait=1")];
+        stack.place(ALICE, items(&[("sku-1", 1)]), &headers).await;
+        assert!(eventually(Duration::from_secs(10), async || stack.process(Kind::Order).exited()).await);
+        stack.spawn(Kind::Order).await;
+        ids.push(stack.count(Kind::Order, "SELECT count(*) FROM orders", &[]));
+    }
+    assert_eq!(ids, [1, 2]);
+    // Every order's notification delivered: both sagas are done, and their spans exported.
+    let done = eventually(Duration::from_secs(20), async || {
+        stack.count(Kind::Notification, "SELECT count(*) FROM notifications", &[]) == 2
+    })
+    .await;
+    assert!(done, "{}", stack.log(Kind::Order));
+    let charged = eventually(Duration::from_secs(10), async || {
+        collector.of_trace(sampled).iter().any(|s| s.service_name == "payment")
+    })
+    .await;
+    assert!(charged, "the resumed saga's charge was not exported");
+    for s in collector.of_trace(sampled) {
+        assert_eq!(s.trace_state, "shop=resumed", "{} {}", s.service_name, s.name);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leaked: Vec<String> =
+        collector.of_trace(unsampled).iter().map(|s| format!("{} {}", s.service_name, s.name)).collect();
+    assert!(leaked.is_empty(), "an unsampled trace was exported after the resume: {leaked:?}");
+}

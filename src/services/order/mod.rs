@@ -276,8 +276,14 @@ async fn place(
         }
         _ => Vec::new(),
     };
-    let placed =
-        o.saga.store.place(order_id.clone(), req.idempotency_key, req.request_hash, event.clone(), more.clone());
+    let placed = o.saga.store.place(
+        order_id.clone(),
+        req.idempotency_key,
+        req.request_hash,
+        &trace,
+        event.clone(),
+        more.clone(),
+    );
     match placed.await? {
         Placed::New(state) => {
             for e in std::iter::once(&event).chain(more.iter()) {

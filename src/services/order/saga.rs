@@ -138,12 +138,15 @@ impl Saga {
                 }
             }
         };
-        // The saga is one span of the order's trace; every call it makes is a child of it.
-        // A saga started by the request that placed the order keeps that caller's sampled flag
-        // and `tracestate`; a resumed one has only the stored trace id.
+        // The saga is one span of the order's trace; every call it makes is a child of it. It
+        // keeps the caller's sampled flag and `tracestate`: from the request that placed the
+        // order, or, resumed, as the order row kept them.
         let trace = match &parent {
             Some(p) if p.trace_id == state.trace_id => p.child(),
-            _ => TraceCtx::resume(&state.trace_id),
+            _ => {
+                let (sampled, tracestate) = self.store.trace_context(order_id).await.unwrap_or((true, None));
+                TraceCtx { sampled, tracestate, ..TraceCtx::resume(&state.trace_id) }
+            }
         };
         // Every log line of the saga carries its ids (the span opened in `start`).
         tracing::Span::current().record("trace_id", trace.trace_id.as_str()).record("span_id", trace.span_id.as_str());

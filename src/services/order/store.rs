@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::events::{self, steps, Event, Implied, Item, Recorded, SagaState, Status, Step};
 use crate::plumbing::db::{Db, DbError};
 use crate::plumbing::time::{now_ms, rfc3339};
+use crate::plumbing::trace::TraceCtx;
 
 /// The view `order_events`: the compact log in its old shape (type names, JSON objects) for
 /// anyone with a sqlite3 shell. `$items` is the SQL that gives an order's lines as JSON objects.
@@ -217,6 +218,10 @@ pub const MIGRATIONS: &[&str] = &[
                                  FROM json_each(o.items)))
                        ELSE json(o.items) END")
     ),
+    // Version 5: the caller's trace context where it differs from the default (sampled, no
+    // `tracestate`), so a saga resumed after a restart keeps it. Both NULL otherwise: a byte each.
+    "ALTER TABLE orders ADD COLUMN trace_unsampled INTEGER;
+    ALTER TABLE orders ADD COLUMN tracestate TEXT;",
 ];
 
 /// How long a saga runner owns an order without writing to it before another may take over.
@@ -300,9 +305,11 @@ impl Store {
         order_id: String,
         idempotency_key: String,
         request_hash: String,
+        trace: &TraceCtx,
         event: Event,
         more: Vec<Event>,
     ) -> Result<Placed, DbError> {
+        let (unsampled, tracestate) = ((!trace.sampled).then_some(1), trace.tracestate.clone());
         let owner = self.owner.clone();
         self.db
             .tx(move |tx| {
@@ -316,8 +323,8 @@ impl Store {
                 let now = now_ms();
                 tx.prepare_cached(
                     "INSERT INTO orders (order_id, user_id, idempotency_key, request_hash, status, items, total_cents, currency,
-                                         trace_id, created_at, updated_at, lease_owner, lease_until)
-                     VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
+                                         trace_id, created_at, updated_at, lease_owner, lease_until, trace_unsampled, tracestate)
+                     VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)",
                 )?
                 .execute(params![
                     order_id,
@@ -330,7 +337,9 @@ impl Store {
                     trace_id,
                     now,
                     owner,
-                    now + LEASE_MS
+                    now + LEASE_MS,
+                    unsampled,
+                    tracestate
                 ])?;
                 let key = LogKey { order: tx.last_insert_rowid(), created_ms: now };
                 let mut recorded = Vec::with_capacity(1 + more.len());
@@ -436,6 +445,22 @@ impl Store {
     pub async fn events(&self, order_id: &str) -> Result<Vec<Recorded>, DbError> {
         let order_id = order_id.to_string();
         self.db.read(move |c| load_events(c, &order_id)).await
+    }
+
+    /// The trace context the order's caller gave, as far as the trace id does not say it: its
+    /// sampled flag and `tracestate`, for a saga resumed without the request.
+    pub async fn trace_context(&self, order_id: &str) -> Result<(bool, Option<String>), DbError> {
+        let order_id = order_id.to_string();
+        self.db
+            .read(move |c| {
+                let found: Option<(Option<i64>, Option<String>)> = c
+                    .prepare_cached("SELECT trace_unsampled, tracestate FROM orders WHERE order_id = ?1")?
+                    .query_row([&order_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let (unsampled, tracestate) = found.unwrap_or_default();
+                Ok((unsampled.is_none(), tracestate))
+            })
+            .await
     }
 
     /// The order with its steps, or `None`.
