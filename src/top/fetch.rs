@@ -12,9 +12,15 @@ use crate::orchestrator::state_dir::StateDir;
 /// the dashboard.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(700);
 
+/// The longest wait for the supervisor's rows: the keys wait while a sample is taken, so one
+/// that does not answer (stopped, overloaded) must not leave `q` unheard for long.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Reads the supervisor's rows, then scrapes the running instances' `/metrics` in parallel.
 pub async fn sample(control: &Control, http: &reqwest::Client) -> anyhow::Result<RawSample> {
-    let status = control.status().await?;
+    let status = tokio::time::timeout(STATUS_TIMEOUT, control.status()).await.map_err(|_| {
+        anyhow::anyhow!("the supervisor did not answer within {STATUS_TIMEOUT:?}; showing the last sample")
+    })??;
     let at_ms = crate::plumbing::time::now_ms();
     let mut scrapes = tokio::task::JoinSet::new();
     for row in &status.rows {

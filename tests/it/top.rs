@@ -164,6 +164,25 @@ fn the_dashboard_in_a_terminal_kills_payment_with_k_and_restores_the_terminal_on
 }
 
 #[test]
+fn a_supervisor_that_does_not_answer_is_reported_and_q_still_quits() {
+    let p = started();
+    let tmux = Tmux::new();
+    let dir = p.dir.path().display().to_string();
+    let script = format!(
+        "cd '{dir}' && env -u SHOP_STACK -u SHOP_STATE_DIR NO_COLOR=1 '{BIN}' top --interval 200ms; echo top-exited-$?; sleep 600"
+    );
+    tmux.run(&["new-session", "-d", "-x", "100", "-y", "24", "-s", "top", "sh", "-c", &script]);
+    tmux.wait_for("the dashboard", |s| s.contains("instances"));
+    let supervisor = nix::unistd::Pid::from_raw(p.supervisor_pid() as i32);
+    nix::sys::signal::kill(supervisor, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let said = std::panic::catch_unwind(|| tmux.wait_for("the unanswered sample", |s| s.contains("did not answer")));
+    tmux.keys(&["q"]);
+    let quit = std::panic::catch_unwind(|| tmux.wait_for("top to exit on q", |s| s.contains("top-exited-0")));
+    nix::sys::signal::kill(supervisor, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(said.is_ok() && quit.is_ok(), "{}", tmux.screen());
+}
+
+#[test]
 fn ctrl_c_and_a_lost_stack_restore_the_terminal_too() {
     let p = started();
     let tmux = Tmux::new();
