@@ -50,8 +50,8 @@ pub enum ChaosCommand {
         /// Up to this much more or less, at random (e.g. 50ms)
         #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
         jitter: Option<Duration>,
-        /// Share of requests delayed
-        #[arg(long, default_value_t = 100.0, allow_hyphen_values = true)]
+        /// Share of requests delayed, 0 to 100 (e.g. 50 or 50%)
+        #[arg(long, default_value_t = 100.0, value_parser = parse_share, allow_hyphen_values = true)]
         percent: f64,
         /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
         #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
@@ -67,8 +67,8 @@ pub enum ChaosCommand {
         /// The HTTP status the failing requests get
         #[arg(long, default_value_t = 503, allow_hyphen_values = true)]
         status: u16,
-        /// Share of requests that fail
-        #[arg(long, default_value_t = 100.0, allow_hyphen_values = true)]
+        /// Share of requests that fail, 0 to 100 (e.g. 50 or 50%)
+        #[arg(long, default_value_t = 100.0, value_parser = parse_share, allow_hyphen_values = true)]
         percent: f64,
         /// End the fault by itself after this long (e.g. 30s) [default: until `chaos clear`]
         #[arg(long = "for", value_parser = parse_for, allow_hyphen_values = true)]
@@ -140,8 +140,8 @@ pub struct NetArgs {
     /// up: request bytes; down: response bytes
     #[arg(long, value_enum, default_value_t = Direction::Both)]
     direction: Direction,
-    /// Share of connections affected, 0 to 100
-    #[arg(long, default_value_t = 100.0, allow_hyphen_values = true)]
+    /// Share of connections affected, 0 to 100 (e.g. 50 or 50%)
+    #[arg(long, default_value_t = 100.0, value_parser = parse_share, allow_hyphen_values = true)]
     toxicity: f64,
     /// Only calls from this service go through the proxy (default: every caller)
     #[arg(long)]
@@ -216,6 +216,16 @@ fn parse_for(s: &str) -> Result<Duration, String> {
         )),
         d => Ok(d),
     }
+}
+
+/// `--percent` and `--toxicity`: a share of requests or connections, written `50` or `50%`.
+/// The range (0 to 100) is the request's own check, with or without a stack.
+fn parse_share(s: &str) -> Result<f64, String> {
+    let number = s.trim().strip_suffix('%').unwrap_or(s.trim());
+    number
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("`{s}` is not a share; write a percentage from 0 to 100, e.g. 50 or 50%"))
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {

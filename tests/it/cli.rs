@@ -187,11 +187,16 @@ fn a_bad_chaos_value_is_a_usage_error_whether_or_not_a_stack_runs() {
         (&["chaos", "net", "payment", "reset", "--toxicity", "NaN"], "--toxicity must be 0 to 100, got NaN"),
         (&["chaos", "latency", "payment", "5ms", "--percent", "NaN"], "--percent must be 0 to 100, got NaN"),
         (&["chaos", "errors", "payment", "--status", "200"], "--status must be 400 to 599, got 200"),
+        (&["chaos", "errors", "payment", "--percent", "half"], "`half` is not a share; write a percentage"),
+        (&["chaos", "net", "payment", "reset", "--toxicity", "150%"], "--toxicity must be 0 to 100, got 150"),
     ] {
         let out = p.shop(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
     }
+    // A share may be written with its sign: past the values, only the missing stack is wrong.
+    let out = p.shop(&["chaos", "net", "payment", "reset", "--toxicity", "50%"]);
+    assert!(stderr(&out).contains("no stack is running"), "{}", stderr(&out));
 }
 
 #[test]
