@@ -57,6 +57,8 @@ pub enum InspectCommand {
 struct Live {
     stack: Stack,
     rows: Vec<PsRow>,
+    /// When `rows` were read (µs since the epoch): the moment their uptimes count back from.
+    rows_at_us: i64,
     http: reqwest::Client,
     admin: AdminClient,
 }
@@ -67,9 +69,10 @@ impl Live {
         let dir = ctx.state_dir();
         let control = Control::require(&dir)?;
         let rows = control.status().await?.rows;
+        let rows_at_us = crate::plumbing::time::now_us();
         let secret = dir.existing_secret().unwrap_or_default();
         let http = crate::plumbing::client::http_client();
-        Ok(Live { stack, rows, admin: AdminClient::with_http(http.clone(), secret), http })
+        Ok(Live { stack, rows, rows_at_us, admin: AdminClient::with_http(http.clone(), secret), http })
     }
 
     /// Addresses of the running instances of built-in `kind`.
@@ -124,11 +127,11 @@ impl Live {
         }
         all.sort_by_key(|s| s.start_us);
         if let Some(first) = all.first().map(|s| s.start_us) {
-            let now = crate::plumbing::time::now_us();
             // Uptime is in whole seconds: a second of slack keeps an instance that was already
-            // up from looking restarted.
+            // up from looking restarted. It counts back from when the rows were read, not from
+            // now: a slow answer meanwhile would make every instance look restarted.
             for row in answered {
-                let started = now - (row.uptime_s as i64 + 1) * 1_000_000;
+                let started = self.rows_at_us - (row.uptime_s as i64 + 1) * 1_000_000;
                 if started > first {
                     let why = "started again since the trace began".to_string();
                     missing.push(Missing { instance: row.instance.clone(), why });
@@ -165,12 +168,17 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
             e
         }
     })?;
-    let notifications =
-        live.get(Kind::Notification, &format!("/v1/notifications?order_id={id}")).await.unwrap_or(Value::Array(vec![]));
+    // A notification service that does not answer is not one that delivered nothing.
+    let notifications = live.get(Kind::Notification, &format!("/v1/notifications?order_id={id}")).await;
+    let unread = notifications.as_ref().err().map(|e| format!("{e:#}"));
+    let notifications = notifications.unwrap_or(Value::Null);
     let trace_id = order["trace_id"].as_str().unwrap_or("").to_string();
     let (spans, missing) = live.spans(&trace_id).await;
     if ctx.json {
-        order["notifications"] = notifications;
+        order["notifications"] = notifications.clone();
+        if let Some(why) = &unread {
+            order["notifications_unread"] = Value::String(why.clone());
+        }
         order["spans"] = serde_json::to_value(&spans)?;
         order["spans_missing_from"] = serde_json::to_value(&missing)?;
         output::print_json(&order);
@@ -205,7 +213,8 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
     println!("{t}");
     println!("\nnotification");
     match notifications.as_array().map(Vec::as_slice) {
-        Some([]) | None => println!("  none delivered yet"),
+        None => println!("  unknown: {}", unread.as_deref().unwrap_or("the notification service answered no list")),
+        Some([]) => println!("  none delivered yet"),
         Some(list) => {
             for n in list {
                 println!(

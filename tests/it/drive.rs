@@ -242,3 +242,27 @@ fn order_list_and_get_say_when_the_gateway_cannot_answer_rather_than_finding_not
     let missing = p.shop(&["order", "get", "ord_01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     assert!(stderr(&missing).contains("no order"), "{}", stderr(&missing));
 }
+
+#[test]
+fn inspect_order_names_only_what_did_not_answer_and_never_takes_silence_for_nothing_delivered() {
+    let p = started();
+    let placed = json(&p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--json"]));
+    let id = placed["id"].as_str().unwrap().to_string();
+    // Delivered, so its notification is on record before anything breaks.
+    crate::tools::wait_until(Duration::from_secs(10), "the notification", || {
+        json(&p.shop(&["inspect", "order", &id, "--json"]))["notifications"].as_array().is_some_and(|n| n.len() == 1)
+    });
+    // A paused instance keeps the span query waiting out its timeout: the others, which did
+    // not restart, are not to look restarted for it.
+    assert_eq!(p.shop(&["chaos", "pause", "payment", "--for", "30s"]).status.code(), Some(0));
+    let doc = json(&p.shop(&["inspect", "order", &id, "--json"]));
+    let missing: Vec<&str> =
+        doc["spans_missing_from"].as_array().unwrap().iter().map(|m| m["instance"].as_str().unwrap()).collect();
+    assert_eq!(missing, ["payment"], "{doc:#}");
+    assert_eq!(p.shop(&["chaos", "clear"]).status.code(), Some(0));
+    assert_eq!(p.shop(&["stop", "notification"]).status.code(), Some(0));
+    let doc = json(&p.shop(&["inspect", "order", &id, "--json"]));
+    assert!(doc["notifications"].is_null() && doc["notifications_unread"].is_string(), "{doc:#}");
+    let text = stdout(&p.shop(&["inspect", "order", &id]));
+    assert!(!text.contains("none delivered yet") && text.contains("notification\n  unknown: "), "{text}");
+}
