@@ -229,7 +229,7 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
     }
     println!("\ntrace {trace_id}");
     print!("{}", waterfall(&spans, 40));
-    if let Some(line) = missing_line(&missing) {
+    if let Some(line) = missing_line(SPANS_MISSING, &missing) {
         println!("{line}");
     }
     Ok(exit::OK)
@@ -250,19 +250,22 @@ struct Missing {
     why: String,
 }
 
-/// The line under a waterfall that names what may be missing from it.
-fn missing_line(missing: &[Missing]) -> Option<String> {
+/// The line that names the instances a report lacks (`what`: what it lacks of them), and why.
+fn missing_line(what: &str, missing: &[Missing]) -> Option<String> {
     (!missing.is_empty()).then(|| {
         let list: Vec<String> = missing.iter().map(|m| format!("{} ({})", m.instance, m.why)).collect();
-        format!("spans may be missing from: {}", list.join(", "))
+        format!("{what}: {}", list.join(", "))
     })
 }
+
+/// Under a waterfall.
+const SPANS_MISSING: &str = "spans may be missing from";
 
 async fn trace(ctx: &Context, trace_id: &str) -> anyhow::Result<i32> {
     let live = Live::connect(ctx).await?;
     let (spans, missing) = live.spans(trace_id).await;
     if spans.is_empty() {
-        let also = missing_line(&missing).map(|l| format!("; {l}")).unwrap_or_default();
+        let also = missing_line(SPANS_MISSING, &missing).map(|l| format!("; {l}")).unwrap_or_default();
         return Err(Failure::runtime(format!("no spans of trace `{trace_id}` in any running service{also}")));
     }
     if ctx.json {
@@ -270,7 +273,7 @@ async fn trace(ctx: &Context, trace_id: &str) -> anyhow::Result<i32> {
     } else {
         println!("trace {trace_id}");
         print!("{}", waterfall(&spans, 50));
-        if let Some(line) = missing_line(&missing) {
+        if let Some(line) = missing_line(SPANS_MISSING, &missing) {
             println!("{line}");
         }
     }
@@ -345,10 +348,15 @@ struct ServiceReport {
     /// Per instance: the request faults it is under.
     faults: BTreeMap<String, FaultSet>,
     database: Option<DatabaseReport>,
-    requests: f64,
-    errors: f64,
-    error_rate: f64,
+    /// Summed over the instances that answered; `null` when none did (not zero: nothing was
+    /// measured).
+    requests: Option<f64>,
+    errors: Option<f64>,
+    error_rate: Option<f64>,
     latency_ms: BTreeMap<String, f64>,
+    /// Instances left out of the figures, and why: not running, or their `/metrics` did not
+    /// answer (paused, overloaded).
+    unanswered: Vec<Missing>,
 }
 
 #[derive(Serialize)]
@@ -384,10 +392,19 @@ async fn gather_service(ctx: &Context, live: &Live, name: &str) -> anyhow::Resul
     let mut figures = RequestFigures::default();
     let mut breakers = BTreeMap::new();
     let mut faults = BTreeMap::new();
-    for r in instances.iter().filter(|r| r.pid.is_some()) {
-        let Some(addr) = &r.address else { continue };
-        if let Some(text) = live.metrics_text(addr).await {
-            figures.add_text(&text);
+    let mut unanswered = Vec::new();
+    for r in &instances {
+        let (Some(addr), Some(_)) = (&r.address, r.pid) else {
+            unanswered.push(Missing { instance: r.instance.clone(), why: r.state.as_str().to_string() });
+            continue;
+        };
+        match live.metrics_text(addr).await {
+            Some(text) => figures.add_text(&text),
+            None => {
+                let why = format!("{}; /metrics did not answer", r.state.as_str());
+                unanswered.push(Missing { instance: r.instance.clone(), why });
+                continue;
+            }
         }
         if let Ok(b) = live.admin.breakers(addr).await {
             breakers.insert(r.instance.clone(), b);
@@ -396,6 +413,7 @@ async fn gather_service(ctx: &Context, live: &Live, name: &str) -> anyhow::Resul
             faults.insert(r.instance.clone(), f);
         }
     }
+    let measured = unanswered.len() < instances.len();
     let latency_ms = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
         .into_iter()
         .filter_map(|(label, q)| figures.latency_ms(q).map(|ms| (label.to_string(), ms)))
@@ -406,10 +424,11 @@ async fn gather_service(ctx: &Context, live: &Live, name: &str) -> anyhow::Resul
         breakers,
         faults,
         database,
-        requests: figures.requests,
-        errors: figures.errors,
-        error_rate: figures.error_rate(),
+        requests: measured.then_some(figures.requests),
+        errors: measured.then_some(figures.errors),
+        error_rate: measured.then(|| figures.error_rate()),
         latency_ms,
+        unanswered,
     })
 }
 
@@ -425,12 +444,15 @@ fn print_service(report: &ServiceReport) {
         }
         println!("{t}");
     }
-    println!(
-        "\nrequests {}  errors (5xx) {}  error rate {:.2}%",
-        report.requests,
-        report.errors,
-        report.error_rate * 100.0
-    );
+    match (report.requests, report.errors, report.error_rate) {
+        (Some(requests), Some(errors), Some(rate)) => {
+            println!("\nrequests {requests}  errors (5xx) {errors}  error rate {:.2}%", rate * 100.0)
+        }
+        _ => println!("\nrequests unknown: no instance answered"),
+    }
+    if let Some(line) = missing_line("left out of the figures", &report.unanswered) {
+        println!("{line}");
+    }
     let lat: Vec<String> = report.latency_ms.iter().map(|(k, v)| format!("{k} ≤ {v} ms")).collect();
     println!("latency {}", if lat.is_empty() { "-".to_string() } else { lat.join("  ") });
     let mut t = output::table(&["INSTANCE", "DEPENDENCY", "BREAKER", "FAILURES", "TRANSITIONS"]);

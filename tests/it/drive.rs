@@ -259,6 +259,12 @@ fn inspect_order_names_only_what_did_not_answer_and_never_takes_silence_for_noth
     let missing: Vec<&str> =
         doc["spans_missing_from"].as_array().unwrap().iter().map(|m| m["instance"].as_str().unwrap()).collect();
     assert_eq!(missing, ["payment"], "{doc:#}");
+    // Nor does a service none of whose instances answered show figures of zero.
+    let svc = json(&p.shop(&["inspect", "service", "payment", "--json"]));
+    assert!(svc["requests"].is_null() && svc["error_rate"].is_null(), "{svc:#}");
+    assert_eq!(svc["unanswered"][0]["instance"], "payment", "{svc:#}");
+    let text = stdout(&p.shop(&["inspect", "service", "payment"]));
+    assert!(text.contains("requests unknown") && text.contains("left out of the figures: payment (paused"), "{text}");
     assert_eq!(p.shop(&["chaos", "clear"]).status.code(), Some(0));
     assert_eq!(p.shop(&["stop", "notification"]).status.code(), Some(0));
     let doc = json(&p.shop(&["inspect", "order", &id, "--json"]));
