@@ -160,9 +160,10 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
     }
 
     let plan = LoadPlan { record: true, ..load };
-    let exercised = exercise(plan, &drill, seed, &control, quiet, &mut interrupts).await;
+    let owner = crate::plumbing::ids::new("drill");
+    let exercised = exercise(plan, &drill, seed, &control, &owner, quiet, &mut interrupts).await;
     // Whatever happened, the stack is not left broken.
-    let cleared = rollback(&control).await;
+    let cleared = rollback(&control, &owner).await;
     let mut ex = match (exercised, cleared) {
         (Ok(ex), Ok(_)) => ex,
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
@@ -249,10 +250,11 @@ pub async fn run(setup: Setup) -> anyhow::Result<DrillReport> {
     })
 }
 
-/// Clears every fault on the stack: the drill's rollback.
-async fn rollback(control: &Control) -> anyhow::Result<()> {
+/// Clears the faults `owner` applied: the drill's (or monkey's) rollback. Faults someone else
+/// set on the stack stay, as a Chaos Toolkit rollback reverts only its own actions.
+async fn rollback(control: &Control, owner: &str) -> anyhow::Result<()> {
     control
-        .post("/v1/chaos/clear", json!({"target": null}), Duration::from_secs(30))
+        .post("/v1/chaos/clear", json!({"target": null, "owner": owner}), Duration::from_secs(30))
         .await
         .map(|_| ())
         .map_err(|e| e.context("cannot clear the drill's faults; run `shop chaos clear`"))
@@ -523,6 +525,7 @@ async fn exercise(
     drill: &Drill,
     seed: Option<u64>,
     control: &Arc<Control>,
+    owner: &str,
     quiet: bool,
     interrupts: &mut Interrupts,
 ) -> anyhow::Result<Exercise> {
@@ -533,10 +536,15 @@ async fn exercise(
     let run_id = load.run_id().to_string();
     let started_wall = SystemTime::now() - load.started().elapsed();
     let (stop, stopped) = watch::channel(false);
-    let schedule =
-        Schedule { faults: drill.faults.clone(), seed, horizon: expiry_horizon(drill), started: load.started() };
+    let schedule = Schedule {
+        faults: drill.faults.clone(),
+        seed,
+        horizon: expiry_horizon(drill),
+        started: load.started(),
+        owner: owner.to_string(),
+    };
     let timeline = tokio::spawn(timeline(control.clone(), schedule, stopped, load.bar().clone(), quiet));
-    let halt = Halting { stop: &stop, control };
+    let halt = Halting { stop: &stop, control, owner };
     let driven = drive(&mut load, interrupts, &drill.halt, Some(halt)).await;
     let load_end = load.started().elapsed();
     stop.send_replace(true);
@@ -562,6 +570,7 @@ fn expiry_horizon(drill: &Drill) -> Option<Duration> {
 struct Halting<'a> {
     stop: &'a watch::Sender<bool>,
     control: &'a Control,
+    owner: &'a str,
 }
 
 /// Waits for the load to end, judging the halt rules every second; Ctrl-C or SIGTERM gives up
@@ -625,7 +634,7 @@ async fn drive(
                         if let Some(h) = &halting {
                             h.stop.send_replace(true);
                             // Rolled back now, not once the orders in flight are done.
-                            if let Err(e) = rollback(h.control).await {
+                            if let Err(e) = rollback(h.control, h.owner).await {
                                 eprintln!("warning: {e:#}");
                             }
                         }
@@ -662,6 +671,8 @@ pub struct Schedule {
     pub horizon: Option<Duration>,
     /// The moment the faults' offsets count from.
     pub started: Instant,
+    /// Whose faults they are: the rollback clears these and no others.
+    pub owner: String,
 }
 
 /// Applies each fault at its offset, in time order, until the load ends (`stop`); faults
@@ -676,7 +687,8 @@ pub async fn timeline(
     bar: indicatif::ProgressBar,
     quiet: bool,
 ) -> Vec<Applied> {
-    let Schedule { faults, seed, horizon, started } = schedule;
+    let Schedule { faults, seed, horizon, started, owner } = schedule;
+    let how = Arc::new(Applying { control, seed, horizon, started, owner, bar, quiet });
     let mut applied: Vec<Applied> = faults.iter().map(|_| Applied::default()).collect();
     let mut order: Vec<usize> = (0..faults.len()).collect();
     order.sort_by_key(|i| faults[*i].at);
@@ -687,9 +699,8 @@ pub async fn timeline(
             _ = tokio::time::sleep_until((started + fault.at).into()) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let (control, bar) = (control.clone(), bar.clone());
-        let (seed, horizon) = (seed, horizon);
-        sent.spawn(async move { (i, apply(control, fault, seed, horizon, started, bar, quiet).await) });
+        let how = how.clone();
+        sent.spawn(async move { (i, apply(&how, fault).await) });
     }
     while let Some(joined) = sent.join_next().await {
         match joined {
@@ -700,22 +711,28 @@ pub async fn timeline(
     applied
 }
 
-/// Applies one fault; `at` in what it returns is when the supervisor confirmed it (for a wire
-/// fault, once callers had switched to its proxy).
-async fn apply(
+/// What every fault of a timeline is applied with.
+struct Applying {
     control: Arc<Control>,
-    fault: Fault,
     seed: Option<u64>,
     horizon: Option<Duration>,
     started: Instant,
+    owner: String,
     bar: indicatif::ProgressBar,
     quiet: bool,
-) -> Applied {
+}
+
+/// Applies one fault; `at` in what it returns is when the supervisor confirmed it (for a wire
+/// fault, once callers had switched to its proxy).
+async fn apply(how: &Applying, fault: Fault) -> Applied {
+    let Applying { control, seed, horizon, started, owner, bar, quiet } = how;
+    let (seed, horizon, started, quiet) = (*seed, *horizon, *started, *quiet);
     let mut applied = Applied::default();
     // The instances a restarting kill takes down, to tell the new processes from them.
-    let before = if fault.restarts() { pids_of(&control, fault.target()).await } else { HashSet::new() };
+    let before = if fault.restarts() { pids_of(control, fault.target()).await } else { HashSet::new() };
     let due = started.elapsed();
     let mut request = fault.request(seed);
+    request.owner = Some(owner.to_string());
     // Every fault carries an expiry, so one left by a drill that was SIGKILLed ends anyway.
     if request.for_ms.is_none() && !fault.restarts() {
         let left = horizon.map_or(UNKNOWN_EXPIRY, |h| h.saturating_sub(due) + EXPIRY_SLACK);
@@ -950,7 +967,9 @@ pub async fn monkey(
     let started = Instant::now();
     let (stop, stopped) = watch::channel(false);
     let bar = indicatif::ProgressBar::hidden();
-    let schedule = Schedule { faults: faults.clone(), seed: None, horizon: Some(duration), started };
+    let owner = crate::plumbing::ids::new("monkey");
+    let schedule =
+        Schedule { faults: faults.clone(), seed: None, horizon: Some(duration), started, owner: owner.clone() };
     let mut applying = tokio::spawn(timeline(control.clone(), schedule, stopped, bar, quiet));
     let end = tokio::time::sleep_until((started + duration).into());
     tokio::pin!(end);
@@ -968,7 +987,7 @@ pub async fn monkey(
         None => applying.await,
     }
     .map_err(|e| anyhow::anyhow!("the fault timeline ended abnormally: {e}"))?;
-    rollback(&control).await?;
+    rollback(&control, &owner).await?;
     let took = applied.iter().filter(|a| a.took()).count();
     if !quiet {
         eprintln!("monkey done: {took} of {} faults applied; faults cleared", applied.len());

@@ -71,7 +71,7 @@ impl Control {
 
     /// Ends the faults on `target` (or all); answers the faults left.
     pub async fn chaos_clear(&self, target: Option<String>) -> anyhow::Result<Vec<FaultRow>> {
-        let resp = self.post("/v1/chaos/clear", &ClearRequest { target }, Duration::from_secs(30)).await?;
+        let resp = self.post("/v1/chaos/clear", &ClearRequest { target, owner: None }, Duration::from_secs(30)).await?;
         resp.json().await.context("unreadable answer from the supervisor")
     }
 

@@ -222,6 +222,9 @@ pub struct ChaosRequest {
     /// partition: refuse calls at once in the callers' client instead of cutting the wire.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refuse: bool,
+    /// Who applied it (a drill's run, a monkey): its rollback clears its own faults only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl ChaosRequest {
@@ -266,6 +269,9 @@ impl ChaosRequest {
 pub struct ClearRequest {
     #[serde(default)]
     pub target: Option<String>,
+    /// Only the faults this owner applied (see [`ChaosRequest::owner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One row of `shop chaos list`.

@@ -694,3 +694,19 @@ faults:
     assert!(applied(0) >= 0.2, "{report:#}");
     assert!(applied(1) < applied(0), "{report:#}");
 }
+
+#[test]
+fn a_drill_rolls_back_its_own_faults_and_leaves_the_ones_it_found() {
+    let p = started();
+    assert_eq!(p.shop(&["chaos", "latency", "notification", "1ms", "--for", "120s"]).status.code(), Some(0));
+    let file = write(
+        &p,
+        "own.yaml",
+        "name: own\nload: { rate: 10, duration: 1s }\nfaults:\n  - { at: 0s, latency: inventory, delay: 1ms }\n",
+    );
+    let (code, report) = drill(&p, &file);
+    assert_eq!(code, Some(0), "{report:#}");
+    let left: Value = serde_json::from_str(&faults_left(&p)).unwrap();
+    let services: Vec<&str> = left.as_array().unwrap().iter().map(|f| f["service"].as_str().unwrap()).collect();
+    assert_eq!(services, ["notification"], "{left:#}");
+}

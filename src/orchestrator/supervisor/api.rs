@@ -93,5 +93,5 @@ async fn chaos_apply(State(sup): Sup, JsonBody(req): JsonBody<ChaosRequest>) -> 
 }
 
 async fn chaos_clear(State(sup): Sup, JsonBody(req): JsonBody<ClearRequest>) -> Result<Json<Vec<FaultRow>>, ApiError> {
-    sup.clear_chaos(req.target.as_deref()).await.map(Json).map_err(ApiError::bad_request)
+    sup.clear_chaos(req.target.as_deref(), req.owner.as_deref()).await.map(Json).map_err(ApiError::bad_request)
 }

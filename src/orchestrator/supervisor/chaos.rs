@@ -55,6 +55,8 @@ pub struct ActiveFault {
     pub until: Option<Instant>,
     pub until_ms: Option<i64>,
     pub seed: Option<u64>,
+    /// Who applied it, if a drill or a monkey did: their rollback takes only their own.
+    pub owner: Option<String>,
 }
 
 impl ActiveFault {
@@ -243,6 +245,7 @@ impl Supervisor {
             until,
             until_ms,
             seed: req.seed,
+            owner: req.owner.clone(),
         };
         match req.action {
             ChaosAction::Kill => {
@@ -515,21 +518,31 @@ impl Supervisor {
     }
 
     /// Removes the faults on `target` (a service or instance), or all; undoes each.
-    pub async fn clear_chaos(self: &Arc<Self>, target: Option<&str>) -> Result<Vec<FaultRow>, String> {
+    /// Clears the faults on `target` (every target if `None`), or only those `owner` applied.
+    pub async fn clear_chaos(
+        self: &Arc<Self>,
+        target: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<Vec<FaultRow>, String> {
         let scope = match target {
             Some(t) => Some(self.target_instances(t)?.0),
             None => None,
         };
         let removed: Vec<ActiveFault> = {
             let mut inner = self.lock();
-            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.chaos)
-                .into_iter()
-                .partition(|f| scope.as_ref().is_none_or(|s| s.iter().any(|i| f.covers(*i))));
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.chaos).into_iter().partition(|f| {
+                scope.as_ref().is_none_or(|s| s.iter().any(|i| f.covers(*i)))
+                    && owner.is_none_or(|o| f.owner.as_deref() == Some(o))
+            });
             inner.chaos = kept;
             gone
         };
         for f in removed {
             self.undo(f).await;
+        }
+        if owner.is_some() {
+            // An owner's rollback: a pause it did not apply is not its to end.
+            return Ok(self.chaos_rows());
         }
         // Whatever chaos stopped without a record (a resumed-but-not-cleared process) comes back.
         let paused: Vec<usize> = {
