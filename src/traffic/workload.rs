@@ -15,8 +15,8 @@ pub enum MixError {
     User(String),
     #[error("`{0}` is not an item: {1}; write SKU[:QTY][@WEIGHT] with QTY 1 to 1000 and WEIGHT a whole number above 0, e.g. --item sku-1:1@60 --item sku-2:2@40")]
     Item(String, String),
-    #[error("give every {0} a weight or none of them (e.g. alice:70,bob:30)")]
-    Partial(&'static str),
+    #[error("give every {0} a weight or none of them (e.g. {1})")]
+    Partial(&'static str, &'static str),
     #[error("the weights {0:?} are too fine to spread (their sum divided by their common divisor is above {MAX_CYCLE}); use smaller numbers")]
     TooFine(Vec<u32>),
 }
@@ -98,7 +98,7 @@ pub fn parse_users(parts: &[String]) -> Result<(Vec<String>, Option<Vec<u32>>), 
     match weights.len() {
         0 => Ok((users, None)),
         n if n == users.len() => Ok((users, Some(weights))),
-        _ => Err(MixError::Partial("user")),
+        _ => Err(MixError::Partial("user", "--users alice:70,bob:30")),
     }
 }
 
@@ -132,7 +132,7 @@ pub fn split_items(items: Vec<((String, i64), Option<u32>)>) -> Result<(Items, O
     match weighted {
         0 => Ok((items, None)),
         n if n == items.len() => Ok((items, Some(weights.into_iter().flatten().collect()))),
-        _ => Err(MixError::Partial("--item")),
+        _ => Err(MixError::Partial("--item", "--item sku-1:1@60 --item sku-2:2@40")),
     }
 }
 
@@ -165,7 +165,7 @@ mod tests {
         for bad in ["alice:-5", "alice:0", "alice:x", ":3"] {
             assert_eq!(parse_users(&strings(&[bad])), Err(MixError::User(bad.into())), "{bad}");
         }
-        assert_eq!(parse_users(&strings(&["alice:3,bob"])), Err(MixError::Partial("user")));
+        assert_eq!(parse_users(&strings(&["alice:3,bob"])), Err(MixError::Partial("user", "--users alice:70,bob:30")));
     }
 
     #[test]
@@ -187,6 +187,6 @@ mod tests {
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
         let mixed = vec![(("a".into(), 1), Some(1)), (("b".into(), 1), None)];
-        assert_eq!(split_items(mixed), Err(MixError::Partial("--item")));
+        assert_eq!(split_items(mixed), Err(MixError::Partial("--item", "--item sku-1:1@60 --item sku-2:2@40")));
     }
 }
