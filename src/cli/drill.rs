@@ -292,17 +292,21 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
             true => {}
         }
     }
-    let reports = run::monkey(control, faults, args.duration, ctx.quiet).await?;
-    let applied = reports.iter().filter(|f| f.applied_at_s.is_some()).count();
+    let run = run::monkey(control, faults, args.duration, ctx.quiet).await?;
+    let applied = run.faults.iter().filter(|f| f.applied_at_s.is_some()).count();
     if ctx.json {
         output::print_json(&MonkeyJson {
             seed: args.seed,
             duration_s: args.duration.as_secs_f64(),
             applied,
-            faults: &reports,
+            interrupted: run.interrupted,
+            faults: &run.faults,
         });
     }
-    Ok(if applied == reports.len() { exit::OK } else { exit::RUNTIME })
+    if run.interrupted {
+        return Err(Failure::runtime("interrupted; the monkey's faults were cleared"));
+    }
+    Ok(if applied == run.faults.len() { exit::OK } else { exit::RUNTIME })
 }
 
 /// `chaos monkey --json`: the timeline drawn from the seed, and what became of each fault.
@@ -312,5 +316,7 @@ struct MonkeyJson<'a> {
     duration_s: f64,
     /// How many of the faults the supervisor took.
     applied: usize,
+    /// Ctrl-C or SIGTERM ended it before its duration; what it applied was cleared.
+    interrupted: bool,
     faults: &'a [crate::drill::report::FaultReport],
 }

@@ -961,7 +961,7 @@ pub async fn monkey(
     faults: Vec<Fault>,
     duration: Duration,
     quiet: bool,
-) -> anyhow::Result<Vec<FaultReport>> {
+) -> anyhow::Result<MonkeyRun> {
     let control = Arc::new(control);
     let mut interrupts = Interrupts::new()?;
     let started = Instant::now();
@@ -992,10 +992,20 @@ pub async fn monkey(
     if !quiet {
         eprintln!("monkey done: {took} of {} faults applied; faults cleared", applied.len());
     }
-    if interrupted_at {
-        return Err(interrupted());
-    }
     // A killed target that restarts is back by the policy's own timing, not watched here.
     let back = applied.iter().map(|_| None).collect();
-    Ok(timeline_reports(&faults, &applied, back, started.elapsed()))
+    let mut faults = timeline_reports(&faults, &applied, back, started.elapsed());
+    if interrupted_at {
+        for f in faults.iter_mut().filter(|f| f.applied_at_s.is_none() && f.error.is_none()) {
+            f.error = Some(format!("{}: {INTERRUPTED} before its time", super::report::NOT_INJECTED));
+        }
+    }
+    Ok(MonkeyRun { faults, interrupted: interrupted_at })
+}
+
+/// What a monkey run did: each fault with when it was applied and ended, and whether Ctrl-C
+/// or SIGTERM cut it short (its faults were cleared all the same).
+pub struct MonkeyRun {
+    pub faults: Vec<FaultReport>,
+    pub interrupted: bool,
 }

@@ -90,7 +90,7 @@ pub async fn run(control: Control, dir: StateDir, options: Options) -> anyhow::R
                     if failures >= LOST_AFTER && Control::connect(&dir).is_none() {
                         break Outcome::Lost;
                     }
-                    view.status = Some(format!("error: {e:#}"));
+                    view.status = Some(format!("error: {e:#}; showing the last sample"));
                 }
             },
             key = keys.recv() => {

@@ -18,9 +18,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Reads the supervisor's rows, then scrapes the running instances' `/metrics` in parallel.
 pub async fn sample(control: &Control, http: &reqwest::Client) -> anyhow::Result<RawSample> {
-    let status = tokio::time::timeout(STATUS_TIMEOUT, control.status()).await.map_err(|_| {
-        anyhow::anyhow!("the supervisor did not answer within {STATUS_TIMEOUT:?}; showing the last sample")
-    })??;
+    let status = tokio::time::timeout(STATUS_TIMEOUT, control.status())
+        .await
+        .map_err(|_| anyhow::anyhow!("the supervisor did not answer within {STATUS_TIMEOUT:?}"))??;
     let at_ms = crate::plumbing::time::now_ms();
     let mut scrapes = tokio::task::JoinSet::new();
     for row in &status.rows {

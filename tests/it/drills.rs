@@ -710,3 +710,29 @@ fn a_drill_rolls_back_its_own_faults_and_leaves_the_ones_it_found() {
     let services: Vec<&str> = left.as_array().unwrap().iter().map(|f| f["service"].as_str().unwrap()).collect();
     assert_eq!(services, ["notification"], "{left:#}");
 }
+
+#[test]
+fn an_interrupted_monkey_still_prints_its_json_saying_so() {
+    let p = started();
+    let child = std::process::Command::new(crate::support::BIN)
+        .current_dir(p.dir.path())
+        .args(["--json", "chaos", "monkey", "--duration", "60s", "--seed", "3", "--targets", "payment"])
+        .args(["--faults", "latency", "--mean-interval", "500ms", "--for", "30s"])
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::tools::wait_until(Duration::from_secs(20), "the monkey's first fault", || faults_left(&p) != "[]");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted; the monkey's faults were cleared"), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    assert_eq!((doc["interrupted"].as_bool(), doc["seed"].as_u64()), (Some(true), Some(3)), "{doc:#}");
+    assert!(doc["applied"].as_u64().is_some_and(|n| n >= 1), "{doc:#}");
+    let faults = doc["faults"].as_array().unwrap();
+    assert!(faults.iter().any(|f| f["error"].as_str().is_some_and(|e| e.contains("interrupted"))), "{doc:#}");
+    assert_eq!(faults_left(&p), "[]");
+}

@@ -415,6 +415,7 @@ fn log_line(path: &std::path::Path, message: &str) {
             "level": "INFO",
             "message": message,
             "service": "supervisor",
+            "instance": "supervisor",
         });
         let _ = f.write_all(format!("{line}\n").as_bytes()); // one write: lines from several writers never interleave
     }
