@@ -13,6 +13,9 @@ use super::run::{AfterSettle, BreakerTransition, Settled};
 /// How a fault's error begins when the drill never tried it (not steady before the drill),
 /// so the table does not call it failed.
 pub const NOT_INJECTED: &str = "not injected";
+/// How a fault's error begins when it was in force only after the load ended (a wire fault
+/// confirmed once callers switched): applied, but no order met it.
+pub const TOO_LATE: &str = "too late";
 use super::spec::Drill;
 use crate::invariants::{self, Check};
 use crate::traffic::engine::round;
@@ -193,6 +196,9 @@ pub fn windows(faults: &[FaultReport], samples: &[Sample], load_end: Duration) -
     let mut out = Vec::new();
     for f in faults {
         let (Some(applied), Some(ended)) = (f.applied_at_s, f.ended_at_s) else { continue };
+        // Nothing is measured past the load's end: a fault in force only then has no window
+        // of its own, and the one before it ends with the load.
+        let (applied, ended) = (applied.min(end), ended.min(end));
         for (phase, from, to) in [("before", 0.0, applied), ("during", applied, ended), ("after", ended, end)] {
             if to - from >= MIN_WINDOW_S {
                 out.push(window(f.index, phase, from, to, samples));
@@ -254,7 +260,7 @@ pub fn expectations(
     let mut checks = Vec::new();
     let missed: Vec<String> = faults
         .iter()
-        .filter(|f| f.applied_at_s.is_none())
+        .filter(|f| f.applied_at_s.is_none() || f.error.is_some())
         .map(|f| match &f.error {
             Some(e) => format!("#{} {} {}: {e}", f.index, f.fault, f.target),
             None => format!("#{} {} {} at {}s: the load ended first", f.index, f.fault, f.target, f.at_s),
@@ -353,6 +359,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 format!("{:.2}s", f.at_s),
                 match &f.error {
                     Some(e) if e.starts_with(NOT_INJECTED) => NOT_INJECTED.to_string(),
+                    Some(e) if e.starts_with(TOO_LATE) => TOO_LATE.to_string(),
                     Some(e) if e.starts_with(super::run::INTERRUPTED) => super::run::INTERRUPTED.to_string(),
                     Some(_) => "failed".to_string(),
                     None => opt_secs(f.applied_at_s),

@@ -937,6 +937,14 @@ fn timeline_reports(
                     fault.for_.map_or(end, |d| (at + d).min(end)).max(at)
                 }
             });
+            let late = applied.at.filter(|at| *at > end).map(|at| {
+                format!(
+                    "{}: in force at {:.2}s, after the load ended at {:.2}s; no order met it",
+                    super::report::TOO_LATE,
+                    secs(at),
+                    secs(end)
+                )
+            });
             FaultReport {
                 index: n + 1,
                 fault: fault.kind(),
@@ -946,7 +954,7 @@ fn timeline_reports(
                 for_s: fault.for_.map(secs),
                 applied_at_s: applied.at.map(secs),
                 ended_at_s: ended.map(secs),
-                error: applied.error.clone(),
+                error: applied.error.clone().or(late),
                 describe: fault.describe(),
             }
         })

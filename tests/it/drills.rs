@@ -736,3 +736,25 @@ fn an_interrupted_monkey_still_prints_its_json_saying_so() {
     assert!(faults.iter().any(|f| f["error"].as_str().is_some_and(|e| e.contains("interrupted"))), "{doc:#}");
     assert_eq!(faults_left(&p), "[]");
 }
+
+#[test]
+fn a_wire_fault_in_force_only_after_the_load_is_not_counted_as_applied() {
+    // Callers refresh their view every 1.5 s here: a wire fault due at 0.4 s is in force at
+    // about 1.6 s, well after the 1 s load.
+    let text = crate::stack::stack_yaml("").replace("heartbeat: 200ms, ttl: 1s", "heartbeat: 1500ms, ttl: 5s");
+    let p = Project::with_file(&text);
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    let file = write(
+        &p,
+        "late.yaml",
+        "name: late\nload: { rate: 10, duration: 1s }\nfaults:\n  - { at: 400ms, net: inventory, toxic: latency, delay: 5ms }\n",
+    );
+    let (code, report) = drill(&p, &file);
+    assert_eq!(code, Some(1), "{report:#}");
+    let detail = check(&report, "expectations", "faults_applied")["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("too late: in force at") && detail.contains("no order met it"), "{report:#}");
+    // Nothing is measured past the load: the window before the fault ends with it.
+    for w in report["windows"].as_array().unwrap() {
+        assert!(w["to_s"].as_f64().unwrap() <= report["outcomes"]["duration_s"].as_f64().unwrap() + 0.1, "{w}");
+    }
+}
