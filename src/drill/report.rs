@@ -101,7 +101,8 @@ pub struct Second {
 pub fn per_second(samples: &[Sample]) -> Vec<Second> {
     let Some(last) = samples.iter().map(|s| (s.start + s.latency).as_secs()).max() else { return Vec::new() };
     let mut completed = vec![0u64; last as usize + 1];
-    for s in samples {
+    // An order given up on in flight started, and never completed.
+    for s in samples.iter().filter(|s| s.answered) {
         completed[(s.start + s.latency).as_secs() as usize] += 1;
     }
     (0..=last)
@@ -216,7 +217,8 @@ fn window(fault: usize, phase: &'static str, from: f64, to: f64, samples: &[Samp
             t >= from && t < to
         })
         .collect();
-    let mut latencies: Vec<f64> = inside.iter().map(|s| s.latency.as_secs_f64() * 1000.0).collect();
+    let mut latencies: Vec<f64> =
+        inside.iter().filter(|s| s.answered).map(|s| s.latency.as_secs_f64() * 1000.0).collect();
     latencies.sort_by(f64::total_cmp);
     // Nearest rank: the smallest latency that at least q of the orders did not exceed.
     let quantile = |q: f64| -> Option<f64> {
@@ -500,7 +502,12 @@ mod tests {
     use serde_json::json;
 
     fn sample(start_ms: u64, latency_ms: u64, outcome: Outcome) -> Sample {
-        Sample { start: Duration::from_millis(start_ms), latency: Duration::from_millis(latency_ms), outcome }
+        Sample {
+            start: Duration::from_millis(start_ms),
+            latency: Duration::from_millis(latency_ms),
+            outcome,
+            answered: true,
+        }
     }
 
     #[test]

@@ -248,9 +248,24 @@ struct Tally {
 pub struct Sample {
     /// When the order was due (open loop) or sent (closed loop), from the start of the run.
     pub start: Duration,
-    /// From `start` to the answer.
+    /// From `start` to the answer, or to when it was given up on.
     pub latency: Duration,
     pub outcome: Outcome,
+    /// Whether it was answered; not when the run was interrupted with it in flight
+    /// ([`Load::abandon`]): then its outcome is `Pending`, and its latency no measure.
+    pub answered: bool,
+}
+
+impl Tally {
+    /// An order started at `due` and given up on unanswered: it started all the same.
+    fn abandoned(&mut self, plan: &Plan, due: Instant) {
+        self.abandoned += 1;
+        self.seconds.entry(second_of(plan, due)).or_default().started += 1;
+        if plan.record {
+            let (start, latency) = (due.saturating_duration_since(plan.started), due.elapsed());
+            self.samples.push(Sample { start, latency, outcome: Outcome::Pending, answered: false });
+        }
+    }
 }
 
 /// One second of a run as it is tallied.
@@ -378,7 +393,12 @@ impl Tally {
                 Ok(o) => o.clone(),
                 Err(_) => Outcome::Error("transport".to_string()),
             };
-            self.samples.push(Sample { start: due.saturating_duration_since(plan.started), latency, outcome });
+            self.samples.push(Sample {
+                start: due.saturating_duration_since(plan.started),
+                latency,
+                outcome,
+                answered: true,
+            });
         }
         match outcome {
             Ok(Outcome::Confirmed) => self.confirmed += 1,
@@ -710,7 +730,7 @@ async fn worker(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tall
         let done = tokio::select! {
             done = order(plan.clone(), n, now) => done,
             _ = abandoned.wait_for(|a| *a) => {
-                tally.abandoned += 1;
+                tally.abandoned(&plan, now);
                 break;
             }
         };
@@ -728,6 +748,8 @@ async fn worker(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tall
 async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut tally: Tally, rate: f64) -> Tally {
     let mut stop = shared.stop.subscribe();
     let mut in_flight: JoinSet<Done> = JoinSet::new();
+    // When each order in flight was due, for those given up on if the run is abandoned.
+    let mut dues: std::collections::HashMap<tokio::task::Id, Instant> = std::collections::HashMap::new();
     let mut next = 0u64;
     let mut last_send: Option<Instant> = None;
     let mut stopped = false;
@@ -743,7 +765,7 @@ async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut ta
             _ = tokio::time::sleep_until(due.into()) => {
                 if (in_flight.len() as u64) < plan.concurrency {
                     last_send = Some(Instant::now());
-                    in_flight.spawn(order(plan.clone(), next, due));
+                    dues.insert(in_flight.spawn(order(plan.clone(), next, due)).id(), due);
                 } else {
                     tally.dropped += 1;
                     tally.seconds.entry(second_of(&plan, due)).or_default().dropped += 1;
@@ -757,8 +779,8 @@ async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut ta
                 stopped = true;
                 break;
             }
-            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                collect(&plan, &shared, &bar, &mut tally, joined);
+            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                collect(&plan, &shared, &bar, &mut tally, &mut dues, joined);
             }
         }
     }
@@ -774,13 +796,15 @@ async fn schedule(plan: Arc<Plan>, shared: Arc<Shared>, bar: ProgressBar, mut ta
     let mut abandoned = shared.abandon.subscribe();
     loop {
         tokio::select! {
-            joined = in_flight.join_next() => match joined {
-                Some(joined) => collect(&plan, &shared, &bar, &mut tally, joined),
+            joined = in_flight.join_next_with_id() => match joined {
+                Some(joined) => collect(&plan, &shared, &bar, &mut tally, &mut dues, joined),
                 None => break,
             },
             _ = abandoned.wait_for(|a| *a) => {
-                tally.abandoned += in_flight.len() as u64;
                 in_flight.abort_all();
+                for due in dues.into_values() {
+                    tally.abandoned(&plan, due);
+                }
                 break;
             }
         }
@@ -794,11 +818,18 @@ fn collect(
     shared: &Shared,
     bar: &ProgressBar,
     tally: &mut Tally,
-    joined: Result<Done, tokio::task::JoinError>,
+    dues: &mut std::collections::HashMap<tokio::task::Id, Instant>,
+    joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
 ) {
     match joined {
-        Ok(done) => tally.record(plan, shared, done),
-        Err(_) => *tally.errors_by_kind.entry("load_task".to_string()).or_default() += 1,
+        Ok((id, done)) => {
+            dues.remove(&id);
+            tally.record(plan, shared, done)
+        }
+        Err(e) => {
+            dues.remove(&e.id());
+            *tally.errors_by_kind.entry("load_task".to_string()).or_default() += 1
+        }
     }
     bar.inc(1);
 }

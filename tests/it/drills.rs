@@ -446,6 +446,8 @@ fn an_interrupted_drill_clears_its_faults_and_still_writes_its_reports_saying_so
         faults_left(&p).contains("kill")
     });
     assert!(killed, "the drill never applied its kill");
+    // Orders keep starting while payment is down, and wait for it.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
@@ -461,6 +463,11 @@ fn an_interrupted_drill_clears_its_faults_and_still_writes_its_reports_saying_so
     assert!(fault["applied_at_s"].as_f64().is_some() && fault["error"].is_null(), "{report:#}");
     assert!(report["outcomes"]["orders"].as_u64().is_some_and(|n| n > 0), "{report:#}");
     assert!(report["per_second"].as_array().is_some_and(|s| !s.is_empty()), "{report:#}");
+    // Those in flight when the signal came count as started, in their second and window.
+    assert!(report["outcomes"]["abandoned"].as_u64().is_some_and(|n| n > 0), "{report:#}");
+    assert!(report["per_second"][1]["started"].as_u64().is_some_and(|n| n > 0), "{report:#}");
+    let during = report["windows"].as_array().unwrap().iter().find(|w| w["phase"] == "during").cloned();
+    assert!(during.is_some_and(|w| w["orders"].as_u64() > Some(0)), "{report:#}");
     assert_eq!(report["invariants"]["checks"], serde_json::json!([]), "not checked, so none passed");
     let printed = stdout(&out);
     assert!(
