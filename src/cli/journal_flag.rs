@@ -12,7 +12,7 @@ use std::ffi::OsString;
 
 /// The options of `command` that take a value (`--file`, `-f`, …), as clap knows them, so
 /// this pass skips their values exactly as clap will and needs no list of its own.
-fn value_options(command: &clap::Command) -> Vec<String> {
+pub(super) fn value_options(command: &clap::Command) -> Vec<String> {
     command
         .get_arguments()
         .filter(|a| !a.is_positional() && a.get_action().takes_values())

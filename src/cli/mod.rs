@@ -25,6 +25,7 @@ mod down;
 mod drill;
 mod examples;
 mod export;
+mod file_flag;
 mod inspect;
 mod journal_flag;
 mod load;
@@ -57,7 +58,7 @@ pub struct Cli {
     /// The stack file [default: ./stack.yaml, or $SHOP_STACK]
     #[arg(long = "file", global = true, env = "SHOP_STACK")]
     pub file: Option<PathBuf>,
-    /// Same as --file; before the subcommand only (`shop logs -f` means follow)
+    /// Same as --file, before or after the subcommand (after `shop logs`, -f means follow)
     #[arg(short = 'f', value_name = "FILE", conflicts_with = "file")]
     pub file_short: Option<PathBuf>,
     /// Where the running stack keeps pids, ports, logs and data [default: .shop/ beside the stack file]
@@ -140,7 +141,7 @@ pub fn command() -> clap::Command {
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn main() -> i32 {
     // `chaos drill FILE --json JOURNAL` names the journal; everywhere else `--json` is the switch.
-    let args = journal_flag::rewrite(std::env::args_os().collect());
+    let args = journal_flag::rewrite(file_flag::rewrite(std::env::args_os().collect()));
     let cli = match command().try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => {
