@@ -33,6 +33,9 @@ struct Stopped {
     purged: Vec<String>,
 }
 
+/// How long `down` waits for the supervisor's rows, which only its report shows.
+const REPORT_WAIT: Duration = Duration::from_secs(1);
+
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
     let mut report = Stopped { stopped: Vec::new(), duration_s: 0.0, purged: Vec::new() };
@@ -48,8 +51,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
                     super::up::UP_LOCK_WAIT.as_secs()
                 )));
             };
-            // Only for the report: a supervisor too busy to answer is still stopped below.
-            if let Ok(status) = control.status().await {
+            // Only for the report, so briefly: a supervisor too busy to answer is still stopped
+            // below, within the grace the user gave.
+            if let Ok(Ok(status)) = tokio::time::timeout(REPORT_WAIT, control.status()).await {
                 report.stopped = status.rows;
             }
             // The supervisor may exit before it answers; what counts is that it is gone.

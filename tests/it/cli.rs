@@ -324,12 +324,18 @@ async fn on_a_running_stack_json_chaos_clear_and_coloured_tables_behave() {
 #[test]
 fn f_names_the_stack_file_after_the_subcommand_too_but_follows_after_logs() {
     let p = Project::new("");
-    for args in [&["ps", "-f", "missing.yaml"][..], &["inspect", "stock", "-f", "missing.yaml"], &["-f", "missing.yaml", "ps"]] {
+    for args in
+        [&["ps", "-f", "missing.yaml"][..], &["inspect", "stock", "-f", "missing.yaml"], &["-f", "missing.yaml", "ps"]]
+    {
         let out = p.shop(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("missing.yaml"), "{args:?}: {}", stderr(&out));
     }
     // `logs -f` follows: with nothing running it says so and ends, as without -f.
     let out = p.shop(&["logs", "-f"]);
-    assert!(!stderr(&out).contains("missing.yaml") && !stderr(&out).contains("unexpected argument"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("missing.yaml") && !stderr(&out).contains("unexpected argument"),
+        "{}",
+        stderr(&out)
+    );
 }

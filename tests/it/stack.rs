@@ -224,6 +224,13 @@ async fn a_killed_child_is_restarted_and_counted_but_a_stopped_one_is_not() {
     let out = p.shop(&["restart", "order"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(p.row("order")["state"], "healthy", "{}", p.row("order"));
+    // Nothing to kill or pause in a stopped service: said so, not listed as done.
+    for action in ["kill", "pause"] {
+        let out = p.shop(&["chaos", action, "payment"]);
+        assert_eq!(out.status.code(), Some(2), "{action}: {}", stderr(&out));
+        assert!(stderr(&out).contains("`payment` has no process to act on (`payment` is stopped)"), "{}", stderr(&out));
+    }
+    assert_eq!(String::from_utf8_lossy(&p.shop(&["chaos", "list", "--json"]).stdout).trim(), "[]");
     let out = p.shop(&["start", "payment"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(p.row("payment")["state"], "healthy");

@@ -249,6 +249,7 @@ impl Supervisor {
         };
         match req.action {
             ChaosAction::Kill => {
+                self.require_any_running(&instances, &req.target)?;
                 // KILL or TERM, as `check` made sure.
                 let signal = match req.signal.as_deref().unwrap_or("KILL").trim_start_matches("SIG") {
                     "TERM" => Signal::SIGTERM,
@@ -261,6 +262,7 @@ impl Supervisor {
                 }
             }
             ChaosAction::Pause => {
+                self.require_any_running(&instances, &req.target)?;
                 self.signal_instances(&instances, Signal::SIGSTOP, Some(InstanceState::Paused));
                 fault.kind = FaultKind::Pause;
             }
@@ -373,6 +375,23 @@ impl Supervisor {
             Ok(())
         } else {
             Err(format!("`{target}` is not running ({}); start it first: shop start {target}", down.join(", ")))
+        }
+    }
+
+    /// A kill or pause needs a process to act on: on a target with none it would be listed as
+    /// done while doing nothing (and a later `start` would silently drop it).
+    fn require_any_running(&self, instances: &[usize], target: &str) -> Result<(), String> {
+        let inner = self.lock();
+        let states: Vec<String> =
+            instances.iter().map(|i| &inner.instances[*i]).map(|i| format!("`{}` is {}", i.name, i.state)).collect();
+        // The pid of an instance stopped or killed is its last one: the state says if it runs.
+        if instances.iter().any(|i| inner.instances[*i].pid.is_some() && inner.instances[*i].state.running()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{target}` has no process to act on ({}); start it first: shop start {target}",
+                states.join(", ")
+            ))
         }
     }
 
