@@ -256,8 +256,10 @@ async fn a_deleted_write_ahead_log_is_unready_refuses_orders_and_loses_nothing_c
     assert!(resp.text().await.unwrap().contains("write-ahead log"));
     let refused = place("0s");
     assert_ne!(refused.status.code(), Some(0), "an order confirmed into a deleted log: {}", stderr(&refused));
-    // A crash now loses nothing that was confirmed: the log's content is in the database.
-    assert_eq!(p.shop(&["chaos", "kill", "order", "--restart"]).status.code(), Some(0));
+    // A crash now loses nothing that was confirmed: the log's content is in the database. (The
+    // supervisor may have ended the unready service already: then there is no process to kill.)
+    let kill = p.shop(&["chaos", "kill", "order", "--restart"]);
+    assert!(kill.status.success() || stderr(&kill).contains("has no process to act on"), "{}", stderr(&kill));
     let back = eventually(Duration::from_secs(20), async || {
         p.row("order")["state"] == "healthy" && p.shop(&["order", "get", &id]).status.success()
     })

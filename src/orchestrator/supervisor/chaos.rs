@@ -378,20 +378,22 @@ impl Supervisor {
         }
     }
 
-    /// A kill or pause needs a process to act on: on a target with none it would be listed as
-    /// done while doing nothing (and a later `start` would silently drop it).
+    /// A kill or pause needs a process to act on, now or soon: on a service stopped by hand (or
+    /// never started, or given up on) it would be listed as done while doing nothing, and a
+    /// later `start` would drop it without a word. One killed or restarting comes back by
+    /// itself, so a fault on it stands.
     fn require_any_running(&self, instances: &[usize], target: &str) -> Result<(), String> {
+        use InstanceState::{Failed, Pending, Skipped, Stopped};
         let inner = self.lock();
-        let states: Vec<String> =
-            instances.iter().map(|i| &inner.instances[*i]).map(|i| format!("`{}` is {}", i.name, i.state)).collect();
-        // The pid of an instance stopped or killed is its last one: the state says if it runs.
-        if instances.iter().any(|i| inner.instances[*i].pid.is_some() && inner.instances[*i].state.running()) {
-            Ok(())
-        } else {
+        let all = instances.iter().map(|i| &inner.instances[*i]);
+        if all.clone().all(|i| matches!(i.state, Stopped | Pending | Failed | Skipped)) {
+            let states: Vec<String> = all.map(|i| format!("`{}` is {}", i.name, i.state)).collect();
             Err(format!(
                 "`{target}` has no process to act on ({}); start it first: shop start {target}",
                 states.join(", ")
             ))
+        } else {
+            Ok(())
         }
     }
 
