@@ -51,7 +51,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
     let control = Control::require(&dir)?;
     let rows = control.status().await?.rows;
-    let mut problems = target_problems(&drill, &rows, &gateways(&stack), &args.file);
+    let gateways = stack.services_of(crate::services::Kind::Gateway);
+    let mut problems = target_problems(&drill, &rows, &gateways, &args.file);
     problems.extend(user_problems(&drill, &stack, &args.file)?);
     refuse(problems, &args.file)?;
     let dbs = ctx.databases(&stack)?;
@@ -90,15 +91,6 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         return Err(run::interrupted());
     }
     Ok(if report.ok { exit::OK } else { exit::RUNTIME })
-}
-
-/// The stack's gateways: no wire fault reaches them.
-fn gateways(stack: &crate::orchestrator::stackfile::Stack) -> Vec<String> {
-    use crate::orchestrator::stackfile::Program;
-    (stack.services.iter())
-        .filter(|s| s.program == Program::Builtin(crate::services::Kind::Gateway))
-        .map(|s| s.name.clone())
-        .collect()
 }
 
 /// The users of the drill's load that the fixtures lack, at the place `load.users` is written.
@@ -273,7 +265,7 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
         monkey: Some(monkey),
     };
     // The targets are judged whether or not the seed drew a fault on them.
-    let gateways = gateways(&ctx.stack()?);
+    let gateways = ctx.stack()?.services_of(crate::services::Kind::Gateway);
     let targets = std::path::Path::new("--targets");
     refuse(target_problems(&as_drill, &rows, &gateways, targets), targets)?;
     // The timeline first, on stdout: it is the result a reader reproduces with the seed. With

@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 
-use super::journal_flag::value_options;
+use super::journal_flag::{subcommand_at, value_options};
 
 /// The command line with `-f` after a subcommand other than `logs` turned into `--file`.
 pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
@@ -19,17 +19,7 @@ pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
     let cli = <super::Cli as clap::CommandFactory>::command();
     let global = value_options(&cli);
     let text: Vec<Option<String>> = args.iter().map(|a| a.to_str().map(str::to_string)).collect();
-    // The program name, then global options up to the subcommand.
-    let mut i = 1;
-    while let Some(Some(arg)) = text.get(i) {
-        if global.iter().any(|g| g == arg) {
-            i += 2;
-        } else if arg.starts_with('-') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
+    let i = subcommand_at(&args, &global);
     let Some(Some(name)) = text.get(i) else { return args };
     let Some(sub) = cli.find_subcommand(name) else { return args };
     if name == "logs" {

@@ -24,6 +24,22 @@ pub(super) fn value_options(command: &clap::Command) -> Vec<String> {
         .collect()
 }
 
+/// Where the subcommand is in `args`: past the program name and the global options before it,
+/// `global` naming those that take a value (whose value is skipped, as clap reads it).
+pub(super) fn subcommand_at(args: &[OsString], global: &[String]) -> usize {
+    let mut i = 1;
+    while let Some(Some(arg)) = args.get(i).map(|a| a.to_str()) {
+        if global.iter().any(|g| g == arg) {
+            i += 2;
+        } else if arg.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
 /// The command line with `chaos drill`'s `--json FILE` turned into `--json-file FILE`;
 /// any other command line comes back as it was.
 pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
@@ -34,17 +50,7 @@ pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
     let cli = <super::Cli as clap::CommandFactory>::command();
     let global = value_options(&cli);
     let text: Vec<Option<&str>> = args.iter().map(|a| a.to_str()).collect();
-    // The program name, then global options up to the subcommand.
-    let mut i = 1;
-    while let Some(Some(arg)) = text.get(i) {
-        if global.iter().any(|g| g == arg) {
-            i += 2;
-        } else if arg.starts_with('-') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
+    let i = subcommand_at(&args, &global);
     if text.get(i) != Some(&Some("chaos")) || text.get(i + 1) != Some(&Some("drill")) {
         return args;
     }

@@ -256,18 +256,6 @@ pub struct Sample {
     pub answered: bool,
 }
 
-impl Tally {
-    /// An order started at `due` and given up on unanswered: it started all the same.
-    fn abandoned(&mut self, plan: &Plan, due: Instant) {
-        self.abandoned += 1;
-        self.seconds.entry(second_of(plan, due)).or_default().started += 1;
-        if plan.record {
-            let (start, latency) = (due.saturating_duration_since(plan.started), due.elapsed());
-            self.samples.push(Sample { start, latency, outcome: Outcome::Pending, answered: false });
-        }
-    }
-}
-
 /// One second of a run as it is tallied.
 #[derive(Default)]
 struct Second {
@@ -317,6 +305,16 @@ impl Tally {
             errors_by_kind: BTreeMap::new(),
             connect_error: None,
             samples: Vec::new(),
+        }
+    }
+
+    /// An order started at `due` and given up on unanswered: it started all the same.
+    fn abandoned(&mut self, plan: &Plan, due: Instant) {
+        self.abandoned += 1;
+        self.seconds.entry(second_of(plan, due)).or_default().started += 1;
+        if plan.record {
+            let (start, latency) = (due.saturating_duration_since(plan.started), due.elapsed());
+            self.samples.push(Sample { start, latency, outcome: Outcome::Pending, answered: false });
         }
     }
 

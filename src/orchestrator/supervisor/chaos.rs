@@ -308,10 +308,7 @@ impl Supervisor {
             ChaosAction::Net => {
                 let spec = req.net.clone().ok_or("net needs a toxic, e.g. `shop chaos net payment reset`")?;
                 // Its toxic and toxicity passed `check`.
-                if matches!(
-                    self.stack.service(&target_service).map(|s| &s.program),
-                    Some(Program::Builtin(Kind::Gateway))
-                ) {
+                if self.stack.services_of(Kind::Gateway).contains(&target_service) {
                     // Its callers are clients outside the stack, which never ask the registry.
                     return Err(format!(
                         "`{}` is the gateway: its callers are clients outside the stack, which do not look it up \
