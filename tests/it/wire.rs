@@ -169,6 +169,21 @@ async fn latency_up_and_down_each_delay_their_own_direction() {
 }
 
 #[tokio::test]
+async fn latency_shifts_a_long_body_by_its_delay_once_not_once_per_chunk() {
+    // 400 KB arrive at the proxy at once, in a dozen or more reads of at most 32 KiB. A slow
+    // link delays them all by 400 ms; 400 ms per read would be five seconds or more.
+    let (addr, _) = server(400_000).await;
+    let proxy =
+        Proxy::start(addr, spec(Toxic::Latency { delay_ms: 400, jitter_ms: 0 }, Direction::Down), None).await.unwrap();
+    let t = Instant::now();
+    let seen = call(proxy.address(), Duration::from_secs(20)).await;
+    let took = t.elapsed();
+    assert_eq!((seen.bytes, seen.error), (400_000, None));
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "the delay was added per chunk: {took:?}");
+}
+
+#[tokio::test]
 async fn toxicity_50_with_a_seed_affects_about_half_the_connections_the_same_way_each_time() {
     let (addr, _) = server(100).await;
     let toxics = vec![ToxicSpec { toxic: Toxic::LimitData { bytes: 0 }, direction: Direction::Down, toxicity: 50.0 }];

@@ -288,7 +288,27 @@ fn socket_zero_linger(s: &TcpStream) -> std::io::Result<()> {
     s.set_linger(Some(Duration::ZERO))
 }
 
+/// What the reading half of a pipe hands to the writing half.
+enum Read {
+    /// Bytes, and when they were read: a latency toxic delays each chunk from its arrival.
+    Chunk(tokio::time::Instant, Vec<u8>),
+    /// The source closed.
+    Eof,
+    /// Reading failed.
+    Failed,
+}
+
+/// How many chunks a pipe holds between its halves (at most 32 KiB each): enough that a
+/// delayed stream keeps arriving while earlier chunks wait, bounded so a blocked writer
+/// pushes back on the source as a real link does.
+const PIPE_CHUNKS: usize = 16;
+
 /// Relays `src` to `dst` through the toxics for `flow` until `src` closes.
+///
+/// Reading and writing are two halves joined by a bounded queue, as in Toxiproxy: the reader
+/// stamps each chunk when it arrives and the writer applies the toxics. A latency of 300 ms
+/// therefore shifts a stream by 300 ms, rather than adding 300 ms per chunk, which is what a
+/// slow link does.
 async fn pipe<R, W>(
     src: &mut R,
     dst: &mut W,
@@ -301,72 +321,99 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut passed: u64 = 0;
-    loop {
-        let n = match src.read(&mut buf).await {
-            Ok(0) => {
-                let delay = active(&state, lottery, flow).iter().find_map(|t| match t {
-                    Toxic::SlowClose { delay_ms } => Some(*delay_ms),
-                    _ => None,
-                });
-                if let Some(ms) = delay {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PIPE_CHUNKS);
+    let reader = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let read = match src.read(&mut buf).await {
+                Ok(0) => Read::Eof,
+                Ok(n) => Read::Chunk(tokio::time::Instant::now(), buf[..n].to_vec()),
+                Err(_) => Read::Failed,
+            };
+            let last = !matches!(read, Read::Chunk(..));
+            if tx.send(read).await.is_err() || last {
+                // The writer ends the pipe; this half only waits for it.
+                return std::future::pending::<End>().await;
+            }
+        }
+    };
+    let writer = async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut passed: u64 = 0;
+        loop {
+            let (read_at, bytes) = match rx.recv().await {
+                Some(Read::Chunk(at, bytes)) => (at, bytes),
+                Some(Read::Eof) => {
+                    let delay = active(&state, lottery, flow).iter().find_map(|t| match t {
+                        Toxic::SlowClose { delay_ms } => Some(*delay_ms),
+                        _ => None,
+                    });
+                    if let Some(ms) = delay {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    let _ = dst.shutdown().await;
+                    return End::Eof;
                 }
-                let _ = dst.shutdown().await;
-                return End::Eof;
+                Some(Read::Failed) | None => return End::Close,
+            };
+            let toxics = active(&state, lottery, flow);
+            if toxics.iter().any(|t| matches!(t, Toxic::Blackhole { .. })) {
+                // Swallowed: the other side waits for bytes that never come.
+                continue;
             }
-            Ok(n) => n,
-            Err(_) => return End::Close,
-        };
-        let toxics = active(&state, lottery, flow);
-        if toxics.iter().any(|t| matches!(t, Toxic::Blackhole { .. })) {
-            // Swallowed: the other side waits for bytes that never come.
-            continue;
-        }
-        let mut chunk = &buf[..n];
-        let mut stop_after = false;
-        if let Some(limit) = toxics.iter().find_map(|t| match t {
-            Toxic::LimitData { bytes } => Some(*bytes),
-            _ => None,
-        }) {
-            let room = limit.saturating_sub(passed);
-            if chunk.len() as u64 >= room {
-                chunk = &chunk[..room as usize];
-                stop_after = true;
-            }
-        }
-        for t in &toxics {
-            if let Toxic::Latency { delay_ms, jitter_ms } = t {
-                let jitter = if *jitter_ms > 0 { rng.gen_range(-(*jitter_ms as i64)..=*jitter_ms as i64) } else { 0 };
-                let ms = (*delay_ms as i64 + jitter).max(0) as u64;
-                if ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+            let mut chunk = &bytes[..];
+            let mut stop_after = false;
+            if let Some(limit) = toxics.iter().find_map(|t| match t {
+                Toxic::LimitData { bytes } => Some(*bytes),
+                _ => None,
+            }) {
+                let room = limit.saturating_sub(passed);
+                if chunk.len() as u64 >= room {
+                    chunk = &chunk[..room as usize];
+                    stop_after = true;
                 }
             }
+            // Counted from the chunk's arrival, so time it spent queued behind earlier chunks
+            // counts toward its own delay; two latency toxics (a caller's and everyone's) add.
+            let mut delayed = false;
+            let mut due = read_at;
+            for t in &toxics {
+                if let Toxic::Latency { delay_ms, jitter_ms } = t {
+                    let jitter =
+                        if *jitter_ms > 0 { rng.gen_range(-(*jitter_ms as i64)..=*jitter_ms as i64) } else { 0 };
+                    due += Duration::from_millis((*delay_ms as i64 + jitter).max(0) as u64);
+                    delayed = true;
+                }
+            }
+            if delayed {
+                tokio::time::sleep_until(due).await;
+            }
+            let slicer = toxics.iter().find_map(|t| match t {
+                Toxic::Slicer { size, variation, delay_ms } => Some((*size, *variation, *delay_ms)),
+                _ => None,
+            });
+            let rate = toxics.iter().find_map(|t| match t {
+                Toxic::Bandwidth { bytes_per_s } => Some(*bytes_per_s),
+                _ => None,
+            });
+            let written = if slicer.is_none() && rate.is_none() {
+                dst.write_all(chunk).await.map(|_| chunk.len())
+            } else {
+                write_paced(dst, chunk, slicer, rate, &mut rng).await
+            };
+            match written {
+                Ok(w) => passed += w as u64,
+                Err(_) => return End::Close,
+            }
+            if stop_after {
+                let _ = dst.flush().await;
+                return End::Close;
+            }
         }
-        let slicer = toxics.iter().find_map(|t| match t {
-            Toxic::Slicer { size, variation, delay_ms } => Some((*size, *variation, *delay_ms)),
-            _ => None,
-        });
-        let rate = toxics.iter().find_map(|t| match t {
-            Toxic::Bandwidth { bytes_per_s } => Some(*bytes_per_s),
-            _ => None,
-        });
-        let written = if slicer.is_none() && rate.is_none() {
-            dst.write_all(chunk).await.map(|_| chunk.len())
-        } else {
-            write_paced(dst, chunk, slicer, rate, &mut rng).await
-        };
-        match written {
-            Ok(w) => passed += w as u64,
-            Err(_) => return End::Close,
-        }
-        if stop_after {
-            let _ = dst.flush().await;
-            return End::Close;
-        }
+    };
+    tokio::select! {
+        end = writer => end,
+        end = reader => end,
     }
 }
 
