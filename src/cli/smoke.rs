@@ -78,7 +78,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         }
     };
     let sup = running.sup;
-    let mut report = Report { checks: Vec::new(), color: !ctx.json && output::color_stdout(), json: ctx.json };
+    let mut report =
+        Report { checks: Vec::new(), took: Vec::new(), color: !ctx.json && output::color_stdout(), json: ctx.json };
     let work = async {
         wait_started(&sup, args.wait_timeout, ctx.quiet).await;
         let smoke = Smoke::new(sup.clone(), stack, users);
@@ -98,19 +99,22 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     }
     teardown(&sup, &dir).await;
     if let Some(path) = &args.junit {
-        write_junit(path, &report.checks, started.elapsed())?;
+        write_junit(path, &report, started.elapsed())?;
     }
     let all_passed = !interrupted && report.checks.len() == CHECKS.len() && report.checks.iter().all(|c| c.ok);
     Ok(if all_passed { exit::OK } else { exit::RUNTIME })
 }
 
 /// One testcase per check; a check that never ran (Ctrl-C) is a failure saying so.
-fn write_junit(path: &std::path::Path, checks: &[Check], elapsed: Duration) -> anyhow::Result<()> {
+fn write_junit(path: &std::path::Path, report: &Report, elapsed: Duration) -> anyhow::Result<()> {
     use crate::drill::junit::{suite, Case};
     let cases: Vec<Case> = CHECKS
         .iter()
-        .map(|name| match checks.iter().find(|c| c.name == *name) {
-            Some(c) => Case::new("smoke", name, c.ok, &c.detail),
+        .map(|name| match report.checks.iter().position(|c| c.name == *name) {
+            Some(i) => {
+                let c = &report.checks[i];
+                Case { time_s: report.took[i].as_secs_f64(), ..Case::new("smoke", name, c.ok, &c.detail) }
+            }
             None => Case::new("smoke", name, false, "not run: smoke was interrupted first"),
         })
         .collect();
@@ -191,6 +195,8 @@ fn remove_dir(dir: &StateDir) {
 /// The checks' results, printed as they come (human mode) or as one document at the end.
 struct Report {
     checks: Vec<Check>,
+    /// How long each check took, beside it: the JUnit report's `time` of each testcase.
+    took: Vec<Duration>,
     color: bool,
     json: bool,
 }
@@ -206,7 +212,7 @@ struct Summary<'a> {
 }
 
 impl Report {
-    fn record(&mut self, name: &str, result: anyhow::Result<String>) {
+    fn record(&mut self, name: &str, (result, took): (anyhow::Result<String>, Duration)) {
         let check = match result {
             Ok(detail) => Check { name: name.into(), ok: true, detail },
             Err(e) => Check { name: name.into(), ok: false, detail: format!("{e:#}") },
@@ -220,6 +226,7 @@ impl Report {
             }
         }
         self.checks.push(check);
+        self.took.push(took);
     }
 
     fn finish(&self, elapsed: Duration) {
@@ -237,6 +244,13 @@ impl Report {
             outln!("{passed} passed, {failed} failed");
         }
     }
+}
+
+/// A check's result and how long it took.
+async fn timed<T>(check: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let result = check.await;
+    (result, started.elapsed())
 }
 
 /// A product of `GET /products`.
@@ -308,13 +322,13 @@ impl Smoke {
     }
 
     async fn run(&self, report: &mut Report) {
-        report.record(CHECKS[0], self.health().await);
-        report.record(CHECKS[1], self.confirmed_order().await);
-        report.record(CHECKS[2], self.declined_card_released().await);
-        report.record(CHECKS[3], self.inactive_user_refused().await);
-        report.record(CHECKS[4], self.idempotent_retry().await);
-        report.record(CHECKS[5], self.order_survives_payment_outage().await);
-        report.record(CHECKS[6], self.invariants().await);
+        report.record(CHECKS[0], timed(self.health()).await);
+        report.record(CHECKS[1], timed(self.confirmed_order()).await);
+        report.record(CHECKS[2], timed(self.declined_card_released()).await);
+        report.record(CHECKS[3], timed(self.inactive_user_refused()).await);
+        report.record(CHECKS[4], timed(self.idempotent_retry()).await);
+        report.record(CHECKS[5], timed(self.order_survives_payment_outage()).await);
+        report.record(CHECKS[6], timed(self.invariants()).await);
     }
 
     // ---- the checks ----

@@ -678,6 +678,10 @@ fn smoke_junit_has_one_valid_testcase_per_check() {
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("tests=\"7\" failures=\"0\""), "{xml}");
     assert!(xml.contains("<testcase name=\"order_survives_payment_outage\" classname=\"smoke\""), "{xml}");
+    // Each testcase carries how long its check took: the outage check waits for payment.
+    let case = xml.split("name=\"order_survives_payment_outage\"").nth(1).unwrap();
+    let time: f64 = case.split("time=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    assert!(time > 0.05, "{xml}");
 }
 
 #[test]
