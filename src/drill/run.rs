@@ -496,6 +496,16 @@ pub fn target_problems(drill: &Drill, rows: &[PsRow], gateways: &[String], file:
         if fault.action() == ChaosAction::Net && gateways.iter().any(|g| g == fault.target()) {
             problems.push(format!("{}: faults[{n}]: {no_wire}", place(fault.written_at)));
         }
+        if let Some(from) = fault.whole_services().first().filter(|_| fault.action() == ChaosAction::Net) {
+            let target = service_of(fault.target()).unwrap_or_else(|| fault.target().to_string());
+            if *from == target {
+                problems.push(format!(
+                    "{}: faults[{n}]: `from: {from}` is the target itself, and a service never calls itself over \
+                     the wire; name one of its callers",
+                    place(fault.written_at)
+                ));
+            }
+        }
     }
     if let Some(m) = &drill.monkey {
         // In a drill file, `monkey.targets` at its place; on the command line, `--targets`.

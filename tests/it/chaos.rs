@@ -231,12 +231,18 @@ fn a_partition_is_between_whole_services_and_chaos_output_survives_a_closed_pipe
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("`payment-1` is one instance of `payment`"), "{}", stderr(&out));
     }
+    // A service never calls itself over the wire: a fault from it to itself would do nothing.
+    let out = p.shop(&["chaos", "net", "payment-1", "latency", "--delay", "5ms", "--from", "payment"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--from names `payment`, the target itself"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("name one of its callers (order)"), "{}", stderr(&out));
     assert!(json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().is_empty());
     // So in a drill file, a partition's side or a wire fault's `from`, told before any order.
     std::fs::write(
         p.dir.path().join("sides.yaml"),
         "name: sides\nload: { orders: 5 }\nfaults:\n  - { at: 1s, partition: order, with: payment-2 }\n  \
-         - { at: 1s, net: inventory, toxic: reset, from: payment-1 }\n",
+         - { at: 1s, net: inventory, toxic: reset, from: payment-1 }\n  \
+         - { at: 1s, net: payment-2, toxic: reset, from: payment }\n",
     )
     .unwrap();
     let out = p.shop(&["chaos", "drill", "sides.yaml"]);
@@ -245,6 +251,7 @@ fn a_partition_is_between_whole_services_and_chaos_output_survives_a_closed_pipe
         "sides.yaml:4:5: faults[0] names `payment-2`, one instance of `payment`; partitions and `from` take whole \
          services: name `payment`",
         "sides.yaml:5:5: faults[1] names `payment-1`, one instance of `payment`",
+        "sides.yaml:6:5: faults[2]: `from: payment` is the target itself",
     ] {
         assert!(stderr(&out).contains(want), "{want}\n{}", stderr(&out));
     }

@@ -325,6 +325,18 @@ impl Supervisor {
                             services.join(", ")
                         ));
                     }
+                    if *from == target_service {
+                        // A service's calls to itself never leave it, so the fault would do nothing.
+                        let callers: Vec<&str> = (self.stack.services.iter())
+                            .filter(|s| s.depends_on.contains(&target_service))
+                            .map(|s| s.name.as_str())
+                            .collect();
+                        return Err(format!(
+                            "--from names `{from}`, the target itself: a service never calls itself over the wire; \
+                             name one of its callers{}",
+                            if callers.is_empty() { String::new() } else { format!(" ({})", callers.join(", ")) }
+                        ));
+                    }
                 }
                 self.require_running(&instances, &req.target)?;
                 fault.kind = FaultKind::Net { spec, from: req.from.clone() };
