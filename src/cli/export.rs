@@ -361,10 +361,16 @@ impl<'a> Plan<'a> {
         Ok(Plan { project, units, peers: Peers(peers), image, secret: new_secret() })
     }
 
-    /// Whether `from` calls `to`. A client asks for a dependency by its kind and is balanced
-    /// over every service of that kind (`SHOP_PEERS`), so depending on `inventory` reaches
-    /// `inventory-eu` (kind inventory) too.
+    /// Whether `from` calls `to`: a call its kind makes whatever `depends_on` says (payment asks
+    /// the user service for cards), or an edge of `depends_on`. A client asks for a dependency
+    /// by its kind and is balanced over every service of that kind (`SHOP_PEERS`), so
+    /// depending on `inventory` reaches `inventory-eu` (kind inventory) too.
     fn calls(&self, from: &Unit, to: &Unit) -> bool {
+        if let (Some(caller), Some(callee)) = (from.kind(), to.kind()) {
+            if caller.callees().contains(&callee) {
+                return true;
+            }
+        }
         let wanted = to.peer_name();
         from.spec.depends_on.iter().any(|dep| self.units.iter().any(|u| &u.spec.name == dep && u.peer_name() == wanted))
     }
@@ -502,9 +508,9 @@ impl K8s<'_, '_> {
     }
 
     /// Default deny for every pod of the stack, DNS for all of them, then per service: ingress
-    /// from the services that depend on it (the gateway: from anywhere, on its port) and egress
-    /// to the services it depends on. A connection needs both ends' consent, so exactly the
-    /// edges of `depends_on` are open.
+    /// from the services that call it (the gateway: from anywhere, on its port) and egress to
+    /// the services it calls. A connection needs both ends' consent, so exactly the calls the
+    /// services make ([`Plan::calls`]) are open.
     fn network_policies(&self) -> Vec<Value> {
         let project = self.plan.project.as_str();
         let labels = self.stack_labels();

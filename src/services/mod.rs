@@ -63,6 +63,18 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
+    /// The built-in services this kind calls itself, whatever the stack file's `depends_on`
+    /// says (every kind also calls the registry): what a network policy must let through.
+    pub fn callees(self) -> &'static [Kind] {
+        match self {
+            Kind::Gateway => &[Kind::Order, Kind::User, Kind::Inventory],
+            Kind::Order => &[Kind::User, Kind::Inventory, Kind::Payment, Kind::Notification],
+            // The card vault: a charge resolves its card token there.
+            Kind::Payment => &[Kind::User],
+            Kind::Registry | Kind::User | Kind::Inventory | Kind::Notification => &[],
+        }
+    }
+
     /// The port a service listens on when none is given: the two well-known ones, else any.
     pub fn default_port(self) -> u16 {
         match self {
