@@ -307,6 +307,23 @@ pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// How long open connections get to finish after shutdown starts.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Set once this process's server starts to drain: requests that wait on something (an order
+/// reaching a terminal state) answer with what they have instead of being cut off at the end
+/// of [`DRAIN`]. One server per process, so one flag.
+static DRAINING: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+
+/// Resolves once this process's server has started to drain (Ctrl-C or SIGTERM).
+pub async fn draining() {
+    let mut rx = DRAINING.subscribe();
+    let _ = rx.wait_for(|draining| *draining).await;
+}
+
+/// Whether this process's server is draining.
+pub fn is_draining() -> bool {
+    *DRAINING.borrow()
+}
+
 /// How [`serve`] ends once its shutdown future resolves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -370,6 +387,7 @@ pub async fn serve(
         // The connection tasks die with the runtime, which the caller is about to drop.
         return stop;
     }
+    DRAINING.send_replace(true);
     let _ = closing.send(true);
     drop(closed);
     // Every connection task holds a receiver; when the last is gone, all have finished.

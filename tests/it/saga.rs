@@ -304,3 +304,37 @@ async fn an_expired_reservation_cannot_be_committed_and_the_charge_is_refunded()
     assert_eq!(stack.count(Kind::Payment, "SELECT refunded_cents FROM payments WHERE order_id = ?1", &[&id]), 3250);
     stack.assert_invariants();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_waiting_on_its_order_gets_202_with_its_id_when_the_order_service_or_gateway_stops() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut stack = TestStack::start().await;
+    // Payment down: every order stays PENDING, so each client would wait its whole budget.
+    stack.kill(Kind::Payment);
+    let mut ids = Vec::new();
+    for stopping in [Kind::Order, Kind::Gateway] {
+        let pid = Pid::from_raw(stack.process(stopping).pid() as i32);
+        let started = std::time::Instant::now();
+        let ((status, order, headers), ()) =
+            tokio::join!(stack.place(ALICE, items(&[("sku-1", 1)]), &[("prefer", "wait=30")]), async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                kill(pid, Signal::SIGTERM).unwrap();
+            });
+        // Cut off, the client could not know its order exists and would place it again.
+        assert_eq!(status, StatusCode::ACCEPTED, "{stopping:?} stopping: {order}");
+        let id = order["id"].as_str().unwrap().to_string();
+        assert_eq!(headers["location"], format!("/orders/{id}").as_str());
+        assert!(started.elapsed() < Duration::from_secs(20), "{stopping:?}: waited out the budget");
+        assert!(eventually(Duration::from_secs(10), async || stack.is_down(stopping)).await);
+        stack.spawn(stopping).await;
+        stack.wait_gateway_reaches_order().await;
+        ids.push(id);
+    }
+    stack.spawn(Kind::Payment).await;
+    for id in &ids {
+        let order = stack.wait_terminal(id, Duration::from_secs(30)).await;
+        assert_eq!(order["status"], "CONFIRMED", "{order:#}");
+    }
+    stack.assert_invariants();
+}

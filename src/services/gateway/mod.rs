@@ -322,15 +322,24 @@ async fn place_order(
         wait_ms: wait.as_millis() as u64,
     };
     let client = gw.client.with_timeout(wait + gw.client.timeout());
-    let placed: RawPlacement = client
-        .call_idempotent("order", Method::POST, "/v1/orders", Some(&request), Some(&trace))
-        .await
-        .map_err(|e| match e {
-            CallError::Status { status, code, message, .. } if (400..500).contains(&status) => {
-                ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, message)
-            }
-            e => unavailable("order", &e),
-        })?;
+    let call =
+        client.call_idempotent::<_, RawPlacement>("order", Method::POST, "/v1/orders", Some(&request), Some(&trace));
+    let (placed, drained) = tokio::select! {
+        placed = call => (placed, false),
+        // Stopping: this gateway will not wait out the budget, but the client must still learn
+        // its order's id, or it would retry and pay twice. The same key again, without waiting,
+        // gives the order as it stands.
+        () = crate::plumbing::http::draining() => {
+            let now = PlaceRequest { wait_ms: 0, ..request.clone() };
+            (client.call_idempotent("order", Method::POST, "/v1/orders", Some(&now), Some(&trace)).await, true)
+        }
+    };
+    let placed = placed.map_err(|e| match e {
+        CallError::Status { status, code, message, .. } if (400..500).contains(&status) => {
+            ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, message)
+        }
+        e => unavailable("order", &e),
+    })?;
     // The order goes back to the client as the order service wrote it: only the few fields the
     // gateway needs are decoded, the rest is never parsed and encoded again.
     let order: OrderHead = serde_json::from_str(placed.order.get()).map_err(ApiError::internal)?;
@@ -345,7 +354,7 @@ async fn place_order(
             .execute(rusqlite::params![id, uid, now_ms()])
         })
         .await?;
-    let status = match (placed.created, order.status) {
+    let status = match (placed.created || drained, order.status) {
         (false, _) => StatusCode::OK,
         (true, Status::Pending) => StatusCode::ACCEPTED,
         (true, _) => StatusCode::CREATED,

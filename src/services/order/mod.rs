@@ -39,7 +39,7 @@ pub use store::MIGRATIONS;
 /// The currency of every price in the catalog.
 pub const CURRENCY: &str = "USD";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceRequest {
     pub user_id: String,
@@ -196,7 +196,13 @@ impl Orders {
         let deadline = tokio::time::Instant::now() + budget;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let Some(done) = self.saga.wait(order_id, remaining).await {
+            let done = tokio::select! {
+                done = self.saga.wait(order_id, remaining) => done,
+                // Stopping: the order as it stands goes back now (PENDING: the gateway answers
+                // 202 with its Location), rather than no answer when the drain ends.
+                () = crate::plumbing::http::draining() => None,
+            };
+            if let Some(done) = done {
                 return Ok(done.as_ref().clone());
             }
             let view = self
@@ -207,7 +213,10 @@ impl Orders {
                 .map(|v| v.0)
                 .ok_or_else(|| ApiError::not_found("order vanished"))?;
             // Another replica may be running it: poll the database until the budget is spent.
-            if view.status != Status::Pending || tokio::time::Instant::now() >= deadline {
+            if view.status != Status::Pending
+                || tokio::time::Instant::now() >= deadline
+                || crate::plumbing::http::is_draining()
+            {
                 return Ok(view);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
