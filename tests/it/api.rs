@@ -26,6 +26,11 @@ async fn every_bad_order_request_is_a_json_4xx_and_creates_nothing() {
         ("huge quantity", r#"{"items":[{"product_id":"sku-1","quantity":99999999999999999999999}]}"#.into()),
         ("id longer than 64", json!({"items": [{"product_id": long_id, "quantity": 1}]}).to_string()),
         ("empty id", r#"{"items":[{"product_id":"","quantity":1}]}"#.into()),
+        // Lines of one product are merged: the limit holds for their sum.
+        (
+            "two lines of 600 of one product",
+            r#"{"items":[{"product_id":"sku-1","quantity":600},{"product_id":"sku-1","quantity":600}]}"#.into(),
+        ),
     ];
     for (what, body) in cases {
         let resp = stack
@@ -298,7 +303,7 @@ async fn past_the_rate_limit_is_429_and_an_unreachable_order_service_is_503_both
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_for_the_same_product_are_merged_into_one_as_the_document_says() {
     let stack = TestStack::start().await;
-    let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1), ("sku-2", 1), ("sku-1", 1000)]), &[]).await;
+    let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1), ("sku-2", 1), ("sku-1", 999)]), &[]).await;
     assert!(status.is_success(), "{status}: {order}");
     let lines: Vec<(String, i64)> = order["items"]
         .as_array()
@@ -306,8 +311,9 @@ async fn lines_for_the_same_product_are_merged_into_one_as_the_document_says() {
         .iter()
         .map(|l| (l["product_id"].as_str().unwrap().to_string(), l["quantity"].as_i64().unwrap()))
         .collect();
-    assert_eq!(lines, [("sku-1".to_string(), 1001), ("sku-2".to_string(), 1)], "{order}");
+    assert_eq!(lines, [("sku-1".to_string(), 1000), ("sku-2".to_string(), 1)], "{order}");
     let doc: Value = stack.http.get(stack.gateway("/openapi.json")).send().await.unwrap().json().await.unwrap();
     let schema = &doc["components"]["schemas"]["OrderRequest"]["properties"]["items"];
     assert!(schema["description"].as_str().unwrap().contains("merged"), "{schema}");
+    assert!(schema["description"].as_str().unwrap().contains("at most 1000 per product in all"), "{schema}");
 }

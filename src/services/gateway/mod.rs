@@ -225,9 +225,8 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
         if item.product_id.is_empty() || item.product_id.chars().count() > MAX_ID_LEN {
             return Err(ApiError::bad_request(format!("`product_id` must be 1 to {MAX_ID_LEN} characters")));
         }
-        item.check_quantity().map_err(ApiError::bad_request)?;
     }
-    Ok(())
+    crate::services::order::check_quantities(&body.items).map_err(ApiError::bad_request)
 }
 
 /// Visits every order id the gateway ever returned to a client (invariant 5 of SPEC section 7),

@@ -128,7 +128,7 @@ pub fn document(server: &str) -> Value {
                 "OrderRequest": {
                     "type": "object", "required": ["items"], "additionalProperties": false,
                     "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 100,
-                        "description": "Order lines; lines for the same product_id are merged into one, their quantities added", "items": {
+                        "description": "Order lines; lines for the same product_id are merged into one, their quantities added (at most 1000 per product in all)", "items": {
                         "type": "object", "required": ["product_id", "quantity"], "additionalProperties": false,
                         "properties": {
                             "product_id": {"type": "string", "minLength": 1, "maxLength": 64,
