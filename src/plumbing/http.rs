@@ -68,12 +68,15 @@ pub fn with_common_routes(routes: Router, common: Common) -> Router {
         .merge(shared)
         .route_layer(axum::middleware::from_fn_with_state(metrics.clone(), record_metrics))
         .fallback(|| async { ApiError::not_found("no such route; see GET /openapi.json on the gateway") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(metrics, edge))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// The JSON 405 of a method a route does not take.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
 /// A handler that panicked answers a JSON 500 instead of dropping the connection, and says so
@@ -233,8 +236,14 @@ pub fn check_secret(secret: Option<&str>, headers: &axum::http::HeaderMap) -> Re
 
 /// `routes`, each answering 401 without the stack secret before its body is read (SPEC section
 /// 17): the admin routes here, the registry's detours, the supervisor's control API.
+///
+/// A method a route does not take gets the 401 too, not a 405 that tells a caller without the
+/// secret which methods there are: the routes' own 405 is set here, under the layer (a router's
+/// `method_not_allowed_fallback` later on fills in only the routes that have none).
 pub fn secret_required<S: Clone + Send + Sync + 'static>(routes: Router<S>, secret: Option<String>) -> Router<S> {
-    routes.route_layer(axum::middleware::from_fn_with_state(Arc::new(secret), require_secret))
+    routes
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(Arc::new(secret), require_secret))
 }
 
 /// Answers 401 to an admin request without the stack secret, before its body is read.

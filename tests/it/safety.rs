@@ -146,6 +146,9 @@ async fn every_admin_route_of_every_service_answers_401_without_the_secret_befor
         ("DELETE", "/admin/faults"),
         ("GET", "/admin/spans"),
         ("GET", "/admin/breakers"),
+        // A method no route takes is no reason to answer anything but 401 either.
+        ("POST", "/admin/faults"),
+        ("PATCH", "/admin/spans"),
     ];
     // Every admin route of every service, the registry's detours, and the supervisor's control
     // API (at the address its record names).
@@ -173,6 +176,7 @@ async fn every_admin_route_of_every_service_answers_401_without_the_secret_befor
         ("GET", "/v1/chaos"),
         ("POST", "/v1/chaos"),
         ("POST", "/v1/chaos/clear"),
+        ("DELETE", "/v1/status"),
     ] {
         targets.push((control.clone(), "supervisor".into(), m, path));
     }
