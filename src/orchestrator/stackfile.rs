@@ -1226,8 +1226,20 @@ stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, reg
     fn an_environment_name_with_an_equals_sign_is_refused() {
         assert_eq!(
             err("services:\n  user: {env: {\"A=B\": x, C: y}}\n"),
-            "stack.yaml:2:16: `services.user.env` has the name `A=B`; an environment name holds no `=`"
+            "stack.yaml:2:16: `services.user.env` has the name `A=B`; an environment name is not empty and holds \
+             no `=` or NUL"
         );
+    }
+
+    #[test]
+    fn an_env_that_would_rewire_the_service_is_refused_and_tuning_is_not() {
+        assert_eq!(
+            err("services:\n  payment: {env: {SHOP_BIND: 0.0.0.0, SHOP_CLIENT_RETRIES: 9, SHOP_SECRET: x}}\n"),
+            "\
+stack.yaml:2:19: `services.payment.env` sets `SHOP_BIND`, which shop sets itself to wire the service into the stack; use `bind:`
+stack.yaml:2:63: `services.payment.env` sets `SHOP_SECRET`, which shop sets itself to wire the service into the stack; every stack makes its own secret"
+        );
+        assert!(parse("services:\n  payment: {env: {SHOP_CLIENT_RETRIES: 9, SHOP_LOG: debug}}\n").is_ok());
     }
 
     #[test]

@@ -8,6 +8,26 @@ use std::time::Duration;
 use crate::plumbing::discovery::{Mode, Peers};
 use crate::plumbing::time::{parse_duration, parse_nonzero_duration};
 
+/// The variables that wire a service into its stack, which `shop up` and `shop export` set
+/// themselves: a stack file's `env:` setting one would cut the service off (a registry it
+/// cannot find, an address nobody calls, a secret the others do not have). Each with what to
+/// write instead. The tuning variables (client, breaker, saga, rate limit) stay open to `env:`.
+pub const WIRING_VARS: &[(&str, &str)] = &[
+    ("SHOP_BIND", "use `bind:`"),
+    ("SHOP_PORT", "use `port:`"),
+    ("SHOP_FIXTURES", "use `fixtures:`"),
+    ("SHOP_DB", "each service's database is in the state dir"),
+    ("SHOP_HEARTBEAT", "use `registry.heartbeat`"),
+    ("SHOP_TTL", "use `registry.ttl`"),
+    ("SHOP_REGISTRY", "services find each other through the stack's registry"),
+    ("SHOP_DISCOVERY", "services find each other through the stack's registry"),
+    ("SHOP_PEERS", "services find each other through the stack's registry"),
+    ("SHOP_INSTANCE", "instances are named after their service (`NAME-N` with replicas)"),
+    ("SHOP_SECRET", "every stack makes its own secret"),
+    ("SHOP_SECRET_FILE", "every stack makes its own secret"),
+    ("SHOP_PARENT_PID", "it names the supervisor"),
+];
+
 /// `--registry`: an `http://HOST:PORT` base URL, so a typo fails at once instead of leaving the
 /// service running unregistered.
 fn parse_registry_url(s: &str) -> Result<String, String> {

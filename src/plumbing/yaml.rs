@@ -457,7 +457,13 @@ impl Check {
             // A process environment cannot hold such a name: `A=B: x` would arrive as `A` set
             // to `B=x`, and a NUL byte cuts it short.
             if key.v.is_empty() || key.v.contains(['=', '\0']) {
-                self.report(key.at, format!("`{path}` has the name `{}`; an environment name holds no `=`", key.v));
+                let why = "an environment name is not empty and holds no `=` or NUL";
+                self.report(key.at, format!("`{path}` has the name `{}`; {why}", key.v));
+                continue;
+            }
+            if let Some((_, instead)) = crate::plumbing::config::WIRING_VARS.iter().find(|(name, _)| *name == key.v) {
+                let why = "which shop sets itself to wire the service into the stack";
+                self.report(key.at, format!("`{path}` sets `{}`, {why}; {instead}", key.v));
                 continue;
             }
             let value = match value.is_null() {
