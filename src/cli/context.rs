@@ -24,6 +24,28 @@ impl Context {
         }
     }
 
+    /// The validated stack with its fixture files read and checked too, for the commands that
+    /// start it or ship it (`up`, `smoke`, `export`): a fixture a service would refuse at its
+    /// start is a mistake in the configuration, told before anything runs, at its place, with
+    /// exit 2. The other commands do not read fixtures: an edit to one while the stack runs
+    /// must not stop `ps` or `down`.
+    pub fn stack_with_fixtures(&self) -> anyhow::Result<Stack> {
+        let stack = self.stack()?;
+        let problems = stack.fixture_problems();
+        if problems.is_empty() {
+            return Ok(stack);
+        }
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
+        let n = problems.len();
+        Err(Failure::usage(format!(
+            "the fixtures of `{}` are invalid ({n} problem{}); fix them and run again",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )))
+    }
+
     /// The validated stack; an invalid file prints every problem and exits 2.
     pub fn stack(&self) -> anyhow::Result<Stack> {
         Stack::load(&self.file).map_err(|e| {

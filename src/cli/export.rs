@@ -120,7 +120,7 @@ pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
             "`export --json` reports the file it wrote; add `-o FILE` (without `-o` the YAML itself is the output)",
         ));
     }
-    let stack = ctx.stack()?;
+    let stack = ctx.stack_with_fixtures()?;
     let (text, out, what, format) = match command {
         ExportCommand::K8s(args) => {
             let plan = Plan::new(&stack, &args.out)?;

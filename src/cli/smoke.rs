@@ -64,7 +64,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     if let Some(path) = &args.junit {
         output::check_writable(path, "JUnit report", &[&ctx.file])?;
     }
-    let stack = on_free_ports(ctx.stack()?);
+    let stack = on_free_ports(ctx.stack_with_fixtures()?);
     let users = fixture_users(&stack)?;
     let dir = StateDir { root: std::env::temp_dir().join(crate::plumbing::ids::new("shop-smoke")) };
     if !ctx.quiet {

@@ -57,7 +57,7 @@ impl Source {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
-    let stack = ctx.stack()?;
+    let stack = ctx.stack_with_fixtures()?;
     let dir = ctx.state_dir();
     let started = Instant::now();
 

@@ -210,6 +210,24 @@ impl Stack {
         self.services.iter().filter(|s| s.program == Program::Builtin(kind)).map(|s| s.name.clone()).collect()
     }
 
+    /// What the services would refuse in their fixture files at start, each as
+    /// `FILE:LINE:COL: message` where the file has a place for it (reads every fixture file).
+    pub fn fixture_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for s in &self.services {
+            let (Program::Builtin(kind), Some(path)) = (&s.program, &s.fixtures) else { continue };
+            let checked = match kind {
+                Kind::User => crate::fixtures::load_users(path).map(drop),
+                Kind::Inventory => crate::fixtures::load_products(path).map(drop),
+                _ => Ok(()),
+            };
+            if let Err(e) = checked {
+                problems.push(e.to_string());
+            }
+        }
+        problems
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -704,6 +722,15 @@ fn validate_service(
         })
     });
     let depends_on = validate_depends_on(c, s.depends_on.as_ref(), &p("depends_on"), scope.names);
+    let before = c.problems.len();
+    let program = c.program(name, s);
+    // Only for a program that resolved: an unknown kind was just told, and is not a gateway.
+    if let Some(f) = s.fixtures.as_ref().filter(|_| c.problems.len() == before) {
+        if !matches!(program, Program::Builtin(Kind::User | Kind::Inventory)) {
+            let why = "only the user and inventory services load fixtures";
+            c.report(f.at, format!("`{}`: `{}` would never read them; {why}", p("fixtures"), name.v));
+        }
+    }
     let fixtures = s.fixtures.as_ref().map(|f| {
         let resolved = scope.dir.join(&f.v);
         if !resolved.is_file() {
@@ -726,7 +753,7 @@ fn validate_service(
     ServiceSpec {
         name: name.v.clone(),
         name_at: name.at,
-        program: c.program(name, s),
+        program,
         replicas,
         port,
         bind,
@@ -1229,6 +1256,27 @@ stack.yaml:6:1: unknown key `bogus` at the top level; expected one of: name, reg
             "stack.yaml:2:16: `services.user.env` has the name `A=B`; an environment name is not empty and holds \
              no `=` or NUL"
         );
+    }
+
+    #[test]
+    fn fixtures_on_a_service_that_never_reads_them_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.yaml"), "products: []").unwrap();
+        let path = dir.path().join("stack.yaml");
+        let text = "services:\n  payment: {fixtures: f.yaml}\n  web: {command: [x], fixtures: f.yaml}\n  shipping: {fixtures: f.yaml}\n";
+        std::fs::write(&path, text).unwrap();
+        let err = Stack::load(&path).unwrap_err().to_string();
+        let shown = path.display();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(
+            lines[0]
+                .starts_with(&format!("{shown}:2:23: `services.payment.fixtures`: `payment` would never read them")),
+            "{err}"
+        );
+        assert!(lines[1].starts_with(&format!("{shown}:3:33: `services.web.fixtures`")), "{err}");
+        // An unknown kind is told once, as unknown.
+        assert!(lines[2].starts_with(&format!("{shown}:4:3: unknown service kind `shipping`")), "{err}");
     }
 
     #[test]

@@ -115,6 +115,31 @@ fn a_fixture_price_that_is_not_whole_cents_from_1_to_10_9_stops_the_service_with
     }
 }
 
+#[test]
+fn up_export_and_smoke_refuse_a_bad_fixture_with_its_position_before_starting_anything() {
+    let p = Project::new("");
+    let products = p.dir.path().join("dear.yaml");
+    std::fs::write(&products, DEAR_PRODUCTS.replacen("1000000000", "0", 1)).unwrap();
+    let stack = std::fs::read_to_string(p.dir.path().join("stack.yaml")).unwrap();
+    let stack: Vec<String> = stack
+        .lines()
+        .map(|l| if l.contains("products.yaml") { format!("    fixtures: {}", products.display()) } else { l.into() })
+        .collect();
+    std::fs::write(p.dir.path().join("stack.yaml"), stack.join("\n")).unwrap();
+    let wanted = format!("{}:4:18: products[0].price_cents: must be whole cents", products.display());
+    for args in [&["up", "-d"][..], &["export", "k8s"], &["export", "compose"], &["smoke"]] {
+        let out = p.shop(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(&wanted), "{args:?}: {stderr}");
+        assert!(stderr.contains("the fixtures of `stack.yaml` are invalid (1 problem)"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert!(!p.dir.path().join(".shop/supervisor.json").exists(), "nothing was started");
+    // The commands that only read the running stack do not read fixtures.
+    assert_eq!(p.shop(&["ps"]).status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_32_kib_head_limit_holds_exactly_however_the_bytes_arrive() {
     let options = Kind::ALL.iter().fold(Options::default(), |o, k| o.env(*k, "SHOP_HEADER_TIMEOUT", "20s"));
