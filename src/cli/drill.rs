@@ -51,8 +51,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let dir = ctx.state_dir();
     let control = Control::require(&dir)?;
     let rows = control.status().await?.rows;
-    let gateways = stack.services_of(crate::services::Kind::Gateway);
-    let mut problems = target_problems(&drill, &rows, &gateways, &args.file);
+    let mut problems = target_problems(&drill, &rows, &stack, &args.file);
     problems.extend(user_problems(&drill, &stack, &args.file)?);
     refuse(problems, &args.file)?;
     let dbs = ctx.databases(&stack)?;
@@ -265,9 +264,8 @@ pub async fn monkey(ctx: &Context, args: MonkeyArgs) -> anyhow::Result<i32> {
         monkey: Some(monkey),
     };
     // The targets are judged whether or not the seed drew a fault on them.
-    let gateways = ctx.stack()?.services_of(crate::services::Kind::Gateway);
     let targets = std::path::Path::new("--targets");
-    refuse(target_problems(&as_drill, &rows, &gateways, targets), targets)?;
+    refuse(target_problems(&as_drill, &rows, &ctx.stack()?, targets), targets)?;
     // The timeline first, on stdout: it is the result a reader reproduces with the seed. With
     // `--json` stdout is the one document at the end, and the timeline goes to stderr.
     let heading = format!(

@@ -33,6 +33,7 @@ use crate::invariants::Check;
 use crate::invariants::{self, Databases};
 use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::{ChaosAction, InstanceState, PsRow};
+use crate::orchestrator::stackfile::Stack;
 use crate::orchestrator::supervisor::REGISTRY;
 use crate::traffic::threshold::Measures;
 use crate::traffic::{self, Live, Load, LoadPlan};
@@ -454,11 +455,12 @@ fn monkey_report(drill: &Drill) -> Option<MonkeyReport> {
 
 /// What in a drill only the running stack can judge: every fault's target (and the monkey's)
 /// must be one of its services or instances, a partition's sides and a wire fault's `from`
-/// whole services, the registry takes only kill and pause, and the gateway (its callers are
-/// outside the stack, `gateways` names it) no wire fault. All
+/// whole services that call the target, the registry takes only kill and pause, and the
+/// gateway (its callers are outside the stack) no wire fault. All
 /// of it is told before any order is sent, each at its place, rather than one problem per run
 /// or as the supervisor would say it halfway through the drill.
-pub fn target_problems(drill: &Drill, rows: &[PsRow], gateways: &[String], file: &Path) -> Vec<String> {
+pub fn target_problems(drill: &Drill, rows: &[PsRow], stack: &Stack, file: &Path) -> Vec<String> {
+    let gateways = stack.services_of(crate::services::Kind::Gateway);
     let known: Vec<&str> = rows.iter().flat_map(|r| [r.service.as_str(), r.instance.as_str()]).collect();
     let service_of =
         |name: &str| rows.iter().find(|r| r.instance == name && r.service != name).map(|r| r.service.clone());
@@ -498,10 +500,15 @@ pub fn target_problems(drill: &Drill, rows: &[PsRow], gateways: &[String], file:
         }
         if let Some(from) = fault.whole_services().first().filter(|_| fault.action() == ChaosAction::Net) {
             let target = service_of(fault.target()).unwrap_or_else(|| fault.target().to_string());
-            if *from == target {
+            if known.contains(from) && !stack.calls(from, &target) {
+                let why = if *from == target {
+                    "is the target itself, and a service never calls itself over the wire".to_string()
+                } else {
+                    format!("never calls `{target}`, so no call would pass the fault")
+                };
+                let callers = stack.callers_of(&target).join(", ");
                 problems.push(format!(
-                    "{}: faults[{n}]: `from: {from}` is the target itself, and a service never calls itself over \
-                     the wire; name one of its callers",
+                    "{}: faults[{n}]: `from: {from}` {why}; name one of its callers ({callers})",
                     place(fault.written_at)
                 ));
             }

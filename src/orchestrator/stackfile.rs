@@ -228,6 +228,21 @@ impl Stack {
         problems
     }
 
+    /// Whether service `from` calls service `to` over the wire: a call its kind makes whatever
+    /// the file says (payment asks the user service for cards), or an edge of `depends_on`.
+    pub fn calls(&self, from: &str, to: &str) -> bool {
+        let (Some(f), Some(t)) = (self.service(from), self.service(to)) else { return false };
+        if f.depends_on.iter().any(|d| d == to) {
+            return true;
+        }
+        matches!((&f.program, &t.program), (Program::Builtin(a), Program::Builtin(b)) if a.callees().contains(b))
+    }
+
+    /// The services that call `to` ([`Stack::calls`]), in file order.
+    pub fn callers_of(&self, to: &str) -> Vec<String> {
+        self.services.iter().filter(|s| self.calls(&s.name, to)).map(|s| s.name.clone()).collect()
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)
     }

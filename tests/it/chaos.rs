@@ -236,13 +236,23 @@ fn a_partition_is_between_whole_services_and_chaos_output_survives_a_closed_pipe
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--from names `payment`, the target itself"), "{}", stderr(&out));
     assert!(stderr(&out).contains("name one of its callers (order)"), "{}", stderr(&out));
+    // Nor through a service that never calls it: listed, the fault would never act.
+    let out = p.shop(&["chaos", "net", "payment", "blackhole", "--from", "gateway"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let want = "--from names `gateway`, which never calls `payment`; name one of its callers (order)";
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    // The card vault's caller is one, though the stack file does not say so.
+    let out = p.shop(&["chaos", "net", "user", "latency", "--delay", "1ms", "--from", "payment", "--for", "1s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    p.shop(&["chaos", "clear"]);
     assert!(json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().is_empty());
     // So in a drill file, a partition's side or a wire fault's `from`, told before any order.
     std::fs::write(
         p.dir.path().join("sides.yaml"),
         "name: sides\nload: { orders: 5 }\nfaults:\n  - { at: 1s, partition: order, with: payment-2 }\n  \
          - { at: 1s, net: inventory, toxic: reset, from: payment-1 }\n  \
-         - { at: 1s, net: payment-2, toxic: reset, from: payment }\n",
+         - { at: 1s, net: payment-2, toxic: reset, from: payment }\n  \
+         - { at: 1s, net: payment, toxic: reset, from: notification }\n",
     )
     .unwrap();
     let out = p.shop(&["chaos", "drill", "sides.yaml"]);
@@ -252,6 +262,8 @@ fn a_partition_is_between_whole_services_and_chaos_output_survives_a_closed_pipe
          services: name `payment`",
         "sides.yaml:5:5: faults[1] names `payment-1`, one instance of `payment`",
         "sides.yaml:6:5: faults[2]: `from: payment` is the target itself",
+        "sides.yaml:7:5: faults[3]: `from: notification` never calls `payment`, so no call would pass the fault; \
+         name one of its callers (order)",
     ] {
         assert!(stderr(&out).contains(want), "{want}\n{}", stderr(&out));
     }

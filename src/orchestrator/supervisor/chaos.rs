@@ -325,17 +325,15 @@ impl Supervisor {
                             services.join(", ")
                         ));
                     }
-                    if *from == target_service {
-                        // A service's calls to itself never leave it, so the fault would do nothing.
-                        let callers: Vec<&str> = (self.stack.services.iter())
-                            .filter(|s| s.depends_on.contains(&target_service))
-                            .map(|s| s.name.as_str())
-                            .collect();
-                        return Err(format!(
-                            "--from names `{from}`, the target itself: a service never calls itself over the wire; \
-                             name one of its callers{}",
-                            if callers.is_empty() { String::new() } else { format!(" ({})", callers.join(", ")) }
-                        ));
+                    if !self.stack.calls(from, &target_service) {
+                        // The proxy would sit on a path no call takes: listed, and never acting.
+                        let callers = self.stack.callers_of(&target_service).join(", ");
+                        let why = if *from == target_service {
+                            "the target itself: a service never calls itself over the wire".to_string()
+                        } else {
+                            format!("which never calls `{target_service}`")
+                        };
+                        return Err(format!("--from names `{from}`, {why}; name one of its callers ({callers})"));
                     }
                 }
                 self.require_running(&instances, &req.target)?;
