@@ -110,9 +110,17 @@ async fn place(ctx: &Context, args: PlaceArgs) -> anyhow::Result<i32> {
             (400 | 401 | 413 | 422, _) => exit::USAGE,
             _ => exit::RUNTIME,
         };
+        // An answer lost on the way may have placed the order: the key that asks for it again
+        // comes back, and this command takes it as a flag.
+        let again = match reply.headers.get("idempotency-key").and_then(|k| k.to_str().ok()) {
+            Some(key) if args.idempotency_key.is_none() => {
+                format!(" (here: run the same command again with `--idempotency-key {key}`)")
+            }
+            _ => String::new(),
+        };
         return Err(Failure::with_code(
             exit_code,
-            format!("the gateway refused the order ({status} {code}): {message}"),
+            format!("the gateway refused the order ({status} {code}): {message}{again}"),
         ));
     }
     show_order(ctx, &value);

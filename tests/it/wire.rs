@@ -520,3 +520,44 @@ async fn no_proxy_outlives_shop_down_or_a_sigkilled_supervisor() {
     assert!(closed, "the proxy at {proxy} outlived its SIGKILLed supervisor");
     p.shop(&["down"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_whose_answer_the_wire_lost_is_a_503_naming_the_key_that_gets_it_not_a_second_order() {
+    let p = started();
+    let gateway = p.row("gateway")["address"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"items": [{"product_id": "sku-1", "quantity": 1}]});
+    // The order service's answers are cut short: every order it places, its caller never hears of.
+    let out = p.shop(&["chaos", "net", "order", "limit-data", "--bytes", "300", "--direction", "down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let answer =
+        http.post(format!("http://{gateway}/orders")).bearer_auth("dev-token-erin").json(&body).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let key = answer.headers()["idempotency-key"].to_str().unwrap().to_string();
+    let error: Value = answer.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("`Idempotency-Key: {key}`")), "{error}");
+    assert!(message.contains("may or may not have been placed"), "{error}");
+    let out = p.shop(&["chaos", "clear"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Asking again as told gives the order the lost answer was about, not a second one.
+    let again = eventually(Duration::from_secs(10), async || {
+        let answer = http
+            .post(format!("http://{gateway}/orders"))
+            .bearer_auth("dev-token-erin")
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        answer.status().is_success()
+    })
+    .await;
+    assert!(again);
+    let listed = p.shop(&["order", "list", "--user", "erin", "--json"]);
+    let orders: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(orders.as_array().unwrap().len(), 1, "{orders:#}");
+    let out = p.shop(&["inspect", "invariants", "--settle", "30s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    p.shop(&["down"]);
+}

@@ -199,6 +199,28 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
+/// The 503 of an order the order service may or may not have placed: an attempt can have
+/// reached it before its answer was lost (a reset, a timeout), so the client is told how to ask
+/// again without placing a second order: by the same key, which the answer names in its
+/// `Idempotency-Key` header when the gateway made it.
+fn outcome_unknown(e: &CallError, key: &str, key_given: bool) -> Response {
+    tracing::warn!(dependency = "order", error = %e, "order service unavailable; the order's outcome is unknown");
+    let again = if key_given {
+        "the same Idempotency-Key".to_string()
+    } else {
+        format!("`Idempotency-Key: {key}` (this answer's header)")
+    };
+    let message = format!(
+        "the order service is unavailable and this order may or may not have been placed; try again shortly \
+         with {again}, which gives the order if it was placed instead of placing another"
+    );
+    let mut response = ApiError::unavailable(message, 1).into_response();
+    if let Ok(value) = key.parse() {
+        response.headers_mut().insert("idempotency-key", value);
+    }
+    response
+}
+
 fn unavailable(service: &str, e: &CallError) -> ApiError {
     tracing::warn!(dependency = service, error = %e, "dependency unavailable");
     ApiError::unavailable(format!("the {service} service is unavailable; try again shortly"), 1)
@@ -312,6 +334,7 @@ async fn place_order(
     let request_hash = token_hash(&canonical);
     // Without a client key, the gateway makes one, so its own retries to the order service can
     // never create a second order.
+    let key_given = key.is_some();
     let key = key.unwrap_or_else(|| crate::plumbing::ids::new("gw"));
     let request = PlaceRequest {
         user_id: user.user_id,
@@ -333,12 +356,13 @@ async fn place_order(
             (client.call_idempotent("order", Method::POST, "/v1/orders", Some(&now), Some(&trace)).await, true)
         }
     };
-    let placed = placed.map_err(|e| match e {
-        CallError::Status { status, code, message, .. } if (400..500).contains(&status) => {
-            ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, message)
+    let placed = match placed {
+        Ok(placed) => placed,
+        Err(CallError::Status { status, code, message, .. }) if (400..500).contains(&status) => {
+            return Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, message));
         }
-        e => unavailable("order", &e),
-    })?;
+        Err(e) => return Ok(outcome_unknown(&e, &request.idempotency_key, key_given)),
+    };
     // The order goes back to the client as the order service wrote it: only the few fields the
     // gateway needs are decoded, the rest is never parsed and encoded again.
     let order: OrderHead = serde_json::from_str(placed.order.get()).map_err(ApiError::internal)?;
@@ -353,7 +377,9 @@ async fn place_order(
             .execute(rusqlite::params![id, uid, now_ms()])
         })
         .await?;
-    let status = match (placed.created || drained, order.status) {
+    // A key the gateway made is this request's alone: an order found under it is this
+    // request's, placed by an attempt whose answer was lost, not an earlier request's.
+    let status = match (placed.created || drained || !key_given, order.status) {
         (false, _) => StatusCode::OK,
         (true, Status::Pending) => StatusCode::ACCEPTED,
         (true, _) => StatusCode::CREATED,
