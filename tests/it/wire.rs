@@ -105,6 +105,22 @@ async fn a_blackhole_makes_the_client_hit_its_timeout_and_close_after_ends_it() 
 }
 
 #[tokio::test]
+async fn a_blackhole_holds_the_bytes_and_lets_them_through_when_it_ends() {
+    let (addr, _) = server(1000).await;
+    let proxy =
+        Proxy::start(addr, spec(Toxic::Blackhole { close_after_ms: None }, Direction::Both), None).await.unwrap();
+    let lifted = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.set_toxics(Vec::new());
+    };
+    let t = Instant::now();
+    let (seen, ()) = tokio::join!(call(proxy.address(), Duration::from_secs(10)), lifted);
+    // As over a cut link that comes back: nothing while it lasts, then the whole exchange.
+    assert_eq!((seen.bytes, seen.error), (1000, None));
+    assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
 async fn reset_gives_the_client_a_connection_reset_in_the_middle_of_the_response() {
     let (addr, _) = server(200_000).await;
     // The body trickles at 50 KB/s, so the reset after 500 ms lands mid-response.

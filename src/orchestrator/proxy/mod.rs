@@ -338,6 +338,7 @@ where
         }
     };
     let writer = async move {
+        let mut state = state;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut passed: u64 = 0;
         loop {
@@ -356,10 +357,15 @@ where
                 }
                 Some(Read::Failed) | None => return End::Close,
             };
-            let toxics = active(&state, lottery, flow);
-            if toxics.iter().any(|t| matches!(t, Toxic::Blackhole { .. })) {
-                // Swallowed: the other side waits for bytes that never come.
-                continue;
+            let mut toxics = active(&state, lottery, flow);
+            while toxics.iter().any(|t| matches!(t, Toxic::Blackhole { .. })) {
+                // Held, not dropped: the other side waits for bytes that do not come while the
+                // fault lasts, and gets them when it ends, as over a cut link that comes back
+                // (TCP sends the segments again). A caller that gave up has closed by then.
+                if state.changed().await.is_err() {
+                    return End::Close;
+                }
+                toxics = active(&state, lottery, flow);
             }
             let mut chunk = &bytes[..];
             let mut stop_after = false;
