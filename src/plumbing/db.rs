@@ -84,6 +84,10 @@ pub enum DbError {
         "cannot open database `{path}` for writing: {why}; make the file, its `-wal` and `-shm` companions and their directory writable, then start again"
     )]
     NotWritable { path: PathBuf, why: String },
+    #[error(
+        "database `{path}` belongs to another service (application id {found:#x}); give this one a database of its own"
+    )]
+    Foreign { path: PathBuf, found: i32 },
     #[error(transparent)]
     Unavailable(#[from] Unready),
     #[error(transparent)]
@@ -219,8 +223,12 @@ impl Db {
     /// Opens (creating if needed) the file and brings its schema up to `migrations.len()`.
     ///
     /// `migrations[i]` takes the schema from version `i` to `i + 1`; the version lives in
-    /// `PRAGMA user_version`, so a restart applies only what is new.
-    pub fn open(path: &Path, migrations: &[&str]) -> Result<Db, DbError> {
+    /// `PRAGMA user_version`, so a restart applies only what is new. `owner` (non-zero) is the
+    /// service's mark in the file's header (`PRAGMA application_id`), set when the file is made:
+    /// a file with another mark is another service's database and is refused, before its
+    /// schema could be taken for an old one of ours and "migrated". A file made before marks
+    /// existed takes ours.
+    pub fn open(path: &Path, migrations: &[&str], owner: i32) -> Result<Db, DbError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -228,7 +236,7 @@ impl Db {
         // races without waiting (changing the journal mode), so the loser tries again.
         let mut attempt = 0;
         let conn = loop {
-            match open_writer(path, migrations) {
+            match open_writer(path, migrations, owner) {
                 Err(e) if e.is_busy() && attempt < 50 => {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -369,7 +377,7 @@ where
     (job, rx)
 }
 
-fn open_writer(path: &Path, migrations: &[&str]) -> Result<Connection, DbError> {
+fn open_writer(path: &Path, migrations: &[&str], owner: i32) -> Result<Connection, DbError> {
     let open_err = |cause| DbError::Open { path: path.to_path_buf(), cause };
     let mut conn = Connection::open(path).map_err(open_err)?;
     // SQLite quietly falls back to read-only when it cannot open the file for writing; a
@@ -391,7 +399,7 @@ fn open_writer(path: &Path, migrations: &[&str]) -> Result<Connection, DbError> 
     conn.pragma_update(None, "wal_autocheckpoint", 256).map_err(open_err)?;
     conn.pragma_update(None, "journal_size_limit", 1 << 20).map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(64);
-    migrate(&mut conn, path, migrations)?;
+    migrate(&mut conn, path, migrations, owner)?;
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), probed_at INTEGER NOT NULL)"
     ))
@@ -555,11 +563,19 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), DbError> {
+fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str], owner: i32) -> Result<(), DbError> {
     // The version is read inside the write transaction: replicas sharing one file start at the
     // same moment, and only one of them may apply a migration.
     let open_err = |cause| DbError::Open { path: path.to_path_buf(), cause };
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(open_err)?;
+    if owner != 0 {
+        let mark = tx.pragma_query_value(None, "application_id", |r| r.get::<_, i32>(0)).map_err(open_err)?;
+        match mark {
+            0 => tx.pragma_update(None, "application_id", owner).map_err(open_err)?,
+            mark if mark != owner => return Err(DbError::Foreign { path: path.to_path_buf(), found: mark }),
+            _ => {}
+        }
+    }
     let found = tx.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(open_err)? as usize;
     if found > migrations.len() {
         return Err(DbError::TooNew { path: path.to_path_buf(), found, known: migrations.len() });
@@ -607,15 +623,27 @@ pub fn table_counts(path: &Path) -> std::collections::BTreeMap<String, i64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_file_marked_by_another_owner_is_refused_and_an_unmarked_one_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let v1 = ["CREATE TABLE a (x INTEGER)"];
+        // Made before marks existed: taken, and marked.
+        drop(Db::open(&path, &v1, 0).unwrap());
+        drop(Db::open(&path, &v1, 7).unwrap());
+        assert!(matches!(Db::open(&path, &v1, 8), Err(DbError::Foreign { found: 7, .. })));
+        drop(Db::open(&path, &v1, 7).unwrap());
+    }
+
     #[tokio::test]
     async fn migrations_apply_once_and_only_what_is_new() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let v1 = ["CREATE TABLE a (x INTEGER);"];
-        Db::open(&path, &v1).unwrap();
+        Db::open(&path, &v1, 0).unwrap();
         // Reopening with one more migration applies only the new one (the first would fail twice).
         let v2 = ["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"];
-        let db = Db::open(&path, &v2).unwrap();
+        let db = Db::open(&path, &v2, 0).unwrap();
         let n: i64 = db
             .call(|c| {
                 let sql = format!("SELECT count(*) FROM sqlite_master WHERE type='table' AND name != '{PROBE_TABLE}'");
@@ -626,7 +654,7 @@ mod tests {
         assert_eq!(n, 2);
         let mode: String = db.call(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0))).await.unwrap();
         assert_eq!(mode, "wal");
-        assert!(matches!(Db::open(&path, &v1), Err(DbError::TooNew { found: 2, known: 1, .. })));
+        assert!(matches!(Db::open(&path, &v1, 0), Err(DbError::TooNew { found: 2, known: 1, .. })));
     }
 
     const T: [&str; 1] = ["CREATE TABLE t (x INTEGER);"];
@@ -639,7 +667,7 @@ mod tests {
     #[tokio::test]
     async fn a_writable_database_passes_the_write_probe_by_really_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.db"), &T).unwrap();
+        let db = Db::open(&dir.path().join("t.db"), &T, 0).unwrap();
         assert_eq!(db.health(PROBE).await, Ok(()));
         let sql = format!("SELECT probed_at FROM {PROBE_TABLE} WHERE id = 1");
         let first: i64 = db.call(move |c| c.query_row(&sql, [], |r| r.get(0))).await.unwrap();
@@ -666,7 +694,7 @@ mod tests {
     async fn a_deleted_file_fails_the_probe_and_every_write_is_refused_as_unavailable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let db = Db::open(&path, &T).unwrap();
+        let db = Db::open(&path, &T, 0).unwrap();
         insert(&db).await.unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(db.health(PROBE).await, Err(Unready::Deleted(path.clone())));
@@ -681,9 +709,9 @@ mod tests {
     async fn a_replaced_file_fails_the_probe() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let db = Db::open(&path, &T).unwrap();
+        let db = Db::open(&path, &T, 0).unwrap();
         let other = dir.path().join("other.db");
-        Db::open(&other, &T).unwrap();
+        Db::open(&other, &T, 0).unwrap();
         std::fs::rename(&other, &path).unwrap();
         assert_eq!(db.health(PROBE).await, Err(Unready::Replaced(path)));
         assert!(insert(&db).await.unwrap_err().is_unavailable());
@@ -693,7 +721,7 @@ mod tests {
     async fn a_query_only_connection_is_not_ready() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let db = Db::open(&path, &T).unwrap();
+        let db = Db::open(&path, &T, 0).unwrap();
         db.call(|c| c.pragma_update(None, "query_only", true)).await.unwrap();
         assert_eq!(db.health(PROBE).await, Err(Unready::ReadOnly(path)));
     }
@@ -716,7 +744,7 @@ mod tests {
     #[tokio::test]
     async fn a_transaction_that_fails_alone_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.db"), &T).unwrap();
+        let db = Db::open(&dir.path().join("t.db"), &T, 0).unwrap();
         assert!(matches!(write_then(&db, 1, true).await, Err(DbError::Sql(_))));
         write_then(&db, 2, false).await.unwrap();
         assert_eq!(rows(&db).await, [2]);
@@ -725,7 +753,7 @@ mod tests {
     #[tokio::test]
     async fn in_a_group_commit_a_failing_transaction_is_rolled_back_without_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.db"), &T).unwrap();
+        let db = Db::open(&dir.path().join("t.db"), &T, 0).unwrap();
         // The writer is held by a plain job until all three transactions are queued, so they
         // are taken as one group.
         let (started, writer_held) = oneshot::channel();
@@ -762,13 +790,13 @@ mod tests {
     fn a_file_sqlite_can_only_open_read_only_is_refused_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        drop(Db::open(&path, &T).unwrap());
+        drop(Db::open(&path, &T, 0).unwrap());
         // Root ignores mode bits; the immutable flag stops root too, where the filesystem has it.
         let immutable = std::process::Command::new("chattr").arg("+i").arg(&path).status();
         if !matches!(immutable, Ok(s) if s.success()) {
             panic!("this test needs `chattr +i` (e2fsprogs) on a filesystem that supports it");
         }
-        let opened = Db::open(&path, &T);
+        let opened = Db::open(&path, &T, 0);
         let _ = std::process::Command::new("chattr").arg("-i").arg(&path).status();
         let err = opened.err().expect("an immutable database must not open");
         assert!(matches!(err, DbError::NotWritable { .. }), "{err:?}");

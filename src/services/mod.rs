@@ -84,6 +84,12 @@ impl Kind {
         }
     }
 
+    /// The mark in each database file's header (`PRAGMA application_id`): `sh` and the kind,
+    /// so a file given to the wrong service is told apart from an old schema of its own.
+    pub fn application_id(self) -> i32 {
+        0x7368_0000 + Kind::ALL.iter().position(|k| *k == self).unwrap_or(0) as i32 + 1
+    }
+
     fn migrations(self) -> &'static [&'static str] {
         match self {
             Kind::Registry => registry::MIGRATIONS,
@@ -168,7 +174,20 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let instance = args.instance.clone().unwrap_or_else(|| kind.name().to_string());
     let db_path = args.db.clone().unwrap_or_else(|| format!("shop-{}.db", kind.name()).into());
-    let db = Db::open(&db_path, kind.migrations())?;
+    let db = Db::open(&db_path, kind.migrations(), kind.application_id()).map_err(|e| match e {
+        crate::plumbing::db::DbError::Foreign { path, found } => {
+            let whose = match Kind::ALL.into_iter().find(|k| k.application_id() == found) {
+                Some(other) => format!("the {} service's database", other.name()),
+                None => format!("another program's database (application id {found:#x})"),
+            };
+            anyhow::anyhow!(
+                "database `{}` is {whose}, not the {} service's; give it a database of its own with --db",
+                path.display(),
+                kind.name()
+            )
+        }
+        e => e.into(),
+    })?;
 
     if kind != Kind::Registry && args.tuning.discovery == DiscoveryMode::Registry && args.registry.is_empty() {
         return Err(crate::error::Failure::usage(

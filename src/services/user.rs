@@ -156,7 +156,7 @@ mod tests {
     async fn the_token_migration_gives_every_existing_user_its_own_card_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("user.db");
-        let v1 = Db::open(&path, &MIGRATIONS[..1]).unwrap();
+        let v1 = Db::open(&path, &MIGRATIONS[..1], 0).unwrap();
         v1.call(|c| {
             c.execute_batch(
                 "INSERT INTO users VALUES ('alice', 'A', 1, '4242424242424242', 'h1', 0);
@@ -166,7 +166,7 @@ mod tests {
         .await
         .unwrap();
         drop(v1);
-        let db = Db::open(&path, MIGRATIONS).unwrap();
+        let db = Db::open(&path, MIGRATIONS, 0).unwrap();
         let users: Vec<User> = db
             .read(|c| {
                 let mut stmt = c.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY user_id"))?;

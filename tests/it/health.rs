@@ -189,6 +189,45 @@ async fn a_service_that_cannot_write_its_database_exits_at_start_up_with_a_clear
     assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "it must not say it is listening");
 }
 
+#[test]
+fn a_service_given_another_services_database_refuses_it_naming_whose_it_is() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("user.db");
+    let mut user = Command::new(crate::support::BIN)
+        .args(["serve", "user", "--port", "0", "--registry", "http://127.0.0.1:9", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(user.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let _ = user.kill();
+    let _ = user.wait();
+    for kind in ["inventory", "order", "notification"] {
+        let mut child = Command::new(crate::support::BIN)
+            .args(["serve", kind, "--port", "0", "--registry", "http://127.0.0.1:9", "--db"])
+            .arg(&db)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // One that took the file would serve on: it gets 10 s to refuse, then is stopped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {err}");
+        let want = format!("database `{}` is the user service's database, not the {kind} service's", db.display());
+        assert!(err.contains(&want), "{kind}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_payment_database_refuses_charges_and_after_the_restart_no_confirmed_order_lacks_its_charge() {
     // A slower probe gives the test time to see the refusal before the supervisor acts.
