@@ -16,6 +16,19 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// How a registration went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// Registered (or nothing to register: the registry itself).
+    Done,
+    /// No answer: the registry is not up yet, or gone for now; the heartbeat tries again.
+    Unreachable,
+    /// Another live process holds this instance name; why, as the registry said it.
+    NameTaken(String),
+    /// Refused otherwise (a missing secret); logged.
+    Refused,
+}
+
 /// One running instance as the registry knows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Instance {
@@ -188,12 +201,18 @@ impl Discovery {
     }
 
     /// Registers (or re-registers) this instance; false when the registry is unreachable.
-    pub async fn register(&self) -> bool {
-        let Some(me) = &self.me else { return true };
+    pub async fn register(&self) -> Registration {
+        let Some(me) = &self.me else { return Registration::Done };
         let url = format!("{}/v1/register", self.registry);
         let req = self.signed(self.http.post(url)).json(me).timeout(Duration::from_secs(2));
         match req.send().await {
-            Ok(r) if r.status().is_success() => true,
+            Ok(r) if r.status().is_success() => Registration::Done,
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                let why = answer["error"]["message"].as_str().unwrap_or("the name is taken").to_string();
+                tracing::error!(registry = %self.registry, "the registry refused this instance: {why}");
+                Registration::NameTaken(why)
+            }
             // Answered, but refused: unreachable it is not, and retrying will not help.
             Ok(r) => {
                 let status = r.status();
@@ -206,9 +225,9 @@ impl Discovery {
                     _ => "see its answer",
                 };
                 tracing::error!(registry = %self.registry, %status, answer = %why, "the registry refused this instance; {hint}");
-                false
+                Registration::Refused
             }
-            Err(_) => false,
+            Err(_) => Registration::Unreachable,
         }
     }
 
@@ -219,7 +238,7 @@ impl Discovery {
         match self.signed(self.http.post(url)).json(&body).timeout(Duration::from_secs(2)).send().await {
             // The registry restarted (or evicted us while we were paused): register again.
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
-                if self.register().await {
+                if self.register().await == Registration::Done {
                     tracing::info!(registry = %self.registry, "re-registered with the registry");
                 }
             }
@@ -359,7 +378,7 @@ mod tests {
         let peers = Peers::parse("user=user:8080,payment=p1:8080,payment=p2:8080,payment=p1:8080").unwrap();
         let d = Discovery::dns(&peers, reqwest::Client::new());
         assert_eq!(d.mode(), Mode::Dns);
-        assert!(d.register().await, "nothing to register with is not a failure");
+        assert_eq!(d.register().await, Registration::Done, "nothing to register with is not a failure");
         assert!(d.refresh().await);
         assert!(d.knows("user") && d.knows("payment") && !d.knows("order"));
         let addresses: Vec<String> = d.instances("payment").await.iter().map(|i| i.address.clone()).collect();

@@ -261,8 +261,16 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
 
     // In `dns` mode the platform does discovery: there is no registry to register with.
     if kind != Kind::Registry && discovery.mode() == DiscoveryMode::Registry {
-        if !discovery.register().await {
-            tracing::warn!(registry = %args.registry, "not registered yet; will register when the registry takes it");
+        match discovery.register().await {
+            crate::plumbing::discovery::Registration::Done => {}
+            // A second process under a live one's name would take turns with it in the
+            // registry, each missing from it half the time: this one stops instead.
+            crate::plumbing::discovery::Registration::NameTaken(why) => {
+                return Err(anyhow::anyhow!("{why}"));
+            }
+            _ => {
+                tracing::warn!(registry = %args.registry, "not registered yet; will register when the registry takes it")
+            }
         }
         discovery.refresh().await;
         loops.push(Background::new("heartbeat", discovery.clone().run_loop(args.tuning.heartbeat)));

@@ -89,6 +89,16 @@ async fn register(
     let now = now_ms();
     {
         let mut entries = reg.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = entries.get(&inst.instance).filter(|e| held_by_another(e, &inst, reg.ttl)) {
+            return Err(ApiError::conflict(
+                "instance_name_taken",
+                format!(
+                    "instance name `{}` is held by pid {} at {}, which is alive and beating; give this one \
+                     another name (--instance)",
+                    inst.instance, held.instance.pid, held.instance.address
+                ),
+            ));
+        }
         // A renewal from the same address keeps the time of the first registration.
         let since = entries.get(&inst.instance).filter(|e| e.instance.address == inst.address).map(|e| e.registered_at);
         let new = Entry { instance: inst.clone(), registered_at: since.unwrap_or(now), last_seen: Instant::now() };
@@ -122,6 +132,21 @@ async fn register(
     Ok(Json(serde_json::json!({
         "ttl_ms": reg.ttl.as_millis() as u64,
     })))
+}
+
+/// Whether `entry` is another live process's, on this machine, than the one registering `inst`
+/// under its name. A restart registers from a new address while the old entry still lives out
+/// its ttl, but the old process is gone by then (the supervisor waits for it), so it is not held.
+/// Only loopback addresses are judged: a pid means something only on this machine.
+fn held_by_another(entry: &Entry, inst: &Instance, ttl: Duration) -> bool {
+    let loopback = |a: &str| a.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    entry.instance.address != inst.address
+        && entry.instance.pid != inst.pid
+        && entry.last_seen.elapsed() < ttl
+        && loopback(&entry.instance.address)
+        && loopback(&inst.address)
+        && i32::try_from(entry.instance.pid)
+            .is_ok_and(|pid| pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
 }
 
 #[derive(Deserialize)]

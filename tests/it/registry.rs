@@ -10,25 +10,36 @@ use shop::services::Kind;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_live_instance_takes_its_name_back_from_a_second_registration_elsewhere() {
+async fn a_second_live_process_under_a_live_instances_name_is_refused_and_stops() {
     let stack = TestStack::start().await;
     let lookup = format!("{}/v1/services/payment", stack.registry_url);
     let address = |list: &Value| list[0]["address"].as_str().unwrap_or_default().to_string();
     let real = address(&stack.get(&lookup, None).await.1);
     assert_eq!(format!("http://{real}"), stack.url(Kind::Payment, ""));
-    // A second process under the same name registers from an address nothing answers at (as a
-    // copy started by hand, then killed, leaves behind).
-    let dead = serde_json::json!({"service": "payment", "instance": "payment", "address": "127.0.0.1:9", "pid": 1});
-    let resp = stack.http.post(format!("{}/v1/register", stack.registry_url)).json(&dead).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(address(&stack.get(&lookup, None).await.1), "127.0.0.1:9");
-    // The live instance's next heartbeat does not keep the dead address alive: it registers its
-    // own again.
-    let back = eventually(Duration::from_secs(10), async || address(&stack.get(&lookup, None).await.1) == real).await;
-    assert!(back, "the registry kept the dead address: {}", stack.get(&lookup, None).await.1);
-    // A process leaving under that name takes only its own registration with it.
-    let leave = format!("{}/v1/instances/payment?address=127.0.0.1:9", stack.registry_url);
-    assert_eq!(stack.http.delete(leave).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    // A registration under the name from elsewhere, by a live process (pid 1 always is): refused.
+    let other = serde_json::json!({"service": "payment", "instance": "payment", "address": "127.0.0.1:9", "pid": 1});
+    let resp = stack.http.post(format!("{}/v1/register", stack.registry_url)).json(&other).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "instance_name_taken", "{answer}");
+    assert_eq!(address(&stack.get(&lookup, None).await.1), real);
+    // A second `shop serve` under that name stops at start, saying who holds it, instead of
+    // taking turns with the first at every heartbeat.
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = std::process::Command::new(BIN)
+        .args(["serve", "payment", "--port", "0", "--instance", "payment", "--registry", &stack.registry_url, "--db"])
+        .arg(dir.path().join("p2.db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stopped = eventually(Duration::from_secs(10), async || second.try_wait().unwrap().is_some()).await;
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(stopped && out.status.code() == Some(1), "{err}");
+    assert!(err.contains("instance name `payment` is held by pid"), "{err}");
+    assert!(err.contains("another name (--instance)"), "{err}");
     assert_eq!(address(&stack.get(&lookup, None).await.1), real);
 }
 
