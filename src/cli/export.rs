@@ -81,7 +81,7 @@ pub enum ExportCommand {
 /// What both formats take.
 #[derive(clap::Args, Debug)]
 pub struct OutputArgs {
-    /// Write to FILE instead of stdout
+    /// Write to FILE instead of stdout (`-` is stdout, as kubectl and docker take it)
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// The image every service runs (built from the Dockerfile) [default: shop:VERSION]
@@ -112,8 +112,12 @@ pub struct ComposeArgs {
     pub out: OutputArgs,
 }
 
-pub fn run(ctx: &Context, command: ExportCommand) -> anyhow::Result<i32> {
-    let (ExportCommand::K8s(K8sArgs { out, .. }) | ExportCommand::Compose(ComposeArgs { out })) = &command;
+pub fn run(ctx: &Context, mut command: ExportCommand) -> anyhow::Result<i32> {
+    let (ExportCommand::K8s(K8sArgs { out, .. }) | ExportCommand::Compose(ComposeArgs { out })) = &mut command;
+    // `-o -` is stdout, as kubectl and docker take it.
+    if out.output.as_deref() == Some(Path::new("-")) {
+        out.output = None;
+    }
     if ctx.json && out.output.is_none() {
         // Without `-o` the manifests are the output; JSON about them would have to replace them.
         return Err(Failure::usage(
@@ -250,7 +254,10 @@ impl Unit<'_> {
         let mut argv = vec!["serve".to_string(), kind.name().into(), "--port".into(), self.port.to_string()];
         argv.extend(["--db".into(), format!("{DATA_DIR}/{}.db", self.name)]);
         if instance {
-            argv.extend(["--instance".into(), self.name.clone()]);
+            // Replicas run this one command line, and leases and logs need a name each: the
+            // container's host name, which compose gives every replica its own.
+            let name = if self.spec.replicas > 1 { format!("{}-{{hostname}}", self.name) } else { self.name.clone() };
+            argv.extend(["--instance".into(), name]);
         }
         if let Some(file) = self.fixture_name() {
             argv.extend(["--fixtures".into(), format!("{FIXTURES_DIR}/{file}")]);
@@ -318,8 +325,15 @@ impl<'a> Plan<'a> {
         }
         if !problems.is_empty() {
             problems.sort_by_key(|p| (p.line, p.column));
-            let file = crate::plumbing::yaml::FileError { file: stack.file.clone(), problems };
-            return Err(Failure::usage(file.to_string()));
+            let n = problems.len();
+            // As every other mistake in the file: `FILE:LINE:COL: message` lines, then one line
+            // of what to do.
+            eprintln!("{}", crate::plumbing::yaml::FileError { file: stack.file.clone(), problems });
+            return Err(Failure::usage(format!(
+                "`{}` cannot be exported ({n} problem{}); fix it and run again",
+                stack.file.display(),
+                if n == 1 { "" } else { "s" }
+            )));
         }
         let image = out.image.clone().unwrap_or_else(|| format!("shop:{}", env!("CARGO_PKG_VERSION")));
         let mut images = BTreeMap::new();

@@ -52,13 +52,31 @@ pub fn http_base_url(s: &str, form: &str) -> Result<String, String> {
 }
 
 /// `--instance`: what the registry takes (1 to 64 characters), and a file name under the state
-/// dir, so letters, digits, `-`, `_` and `.` only.
+/// dir, so letters, digits, `-`, `_` and `.` only; `{hostname}` stands for the host's name
+/// ([`instance_name`]), which tells apart replicas that run one command line (compose).
 fn parse_instance(s: &str) -> Result<String, String> {
-    let tame = s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.');
-    if s.is_empty() || s.len() > 64 || !tame {
-        return Err(format!("`{s}` is not an instance name: 1 to 64 letters, digits, `-`, `_` or `.`"));
+    let bare = s.replace(HOSTNAME, "h");
+    let tame = bare.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !bare.starts_with('.');
+    if bare.is_empty() || bare.len() > 64 || !tame {
+        let form = "1 to 64 letters, digits, `-`, `_` or `.`, and `{hostname}` for the host's name";
+        return Err(format!("`{s}` is not an instance name: {form}"));
     }
     Ok(s.to_string())
+}
+
+/// What `--instance` writes for the host's name.
+const HOSTNAME: &str = "{hostname}";
+
+/// The instance name `--instance` gives, with `{hostname}` replaced by this host's name (its
+/// characters an instance name cannot hold as `-`), cut to the registry's 64 characters.
+pub fn instance_name(given: &str) -> String {
+    if !given.contains(HOSTNAME) {
+        return given.to_string();
+    }
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let host: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
+    given.replace(HOSTNAME, if host.is_empty() { "host" } else { &host }).chars().take(64).collect()
 }
 
 /// How long a service being stopped gets between SIGTERM and SIGKILL when the caller names no
@@ -177,5 +195,24 @@ impl Tuning {
         let secret = secret.strip_suffix('\r').unwrap_or(secret);
         anyhow::ensure!(!secret.is_empty(), "the stack secret file `{}` is empty", path.display());
         Ok(Some(secret.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_name_can_carry_the_host_name_and_stays_a_name() {
+        assert_eq!(parse_instance("order-{hostname}").as_deref(), Ok("order-{hostname}"));
+        assert!(parse_instance("order-{host}").is_err());
+        assert_eq!(instance_name("order-2"), "order-2");
+        let named = instance_name("order-{hostname}");
+        let host = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+        assert!(named.starts_with("order-") && !named.contains('{') && named.len() <= 64, "{named}");
+        if host.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && host.len() < 50 {
+            assert_eq!(named, format!("order-{host}"));
+        }
+        assert!(parse_instance(&named).is_ok(), "{named}");
     }
 }

@@ -172,7 +172,8 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         )
     })?;
     let address = listener.local_addr()?;
-    let instance = args.instance.clone().unwrap_or_else(|| kind.name().to_string());
+    let instance =
+        args.instance.as_deref().map_or_else(|| kind.name().to_string(), crate::plumbing::config::instance_name);
     let db_path = args.db.clone().unwrap_or_else(|| format!("shop-{}.db", kind.name()).into());
     let db = Db::open(&db_path, kind.migrations(), kind.application_id()).map_err(|e| match e {
         crate::plumbing::db::DbError::Foreign { path, found } => {

@@ -344,6 +344,13 @@ fn a_stack_with_replicas_an_external_command_and_custom_ports_exports_in_both_fo
     // Compose keeps the replicas, all on the service's one volume, as `shop up` does.
     assert_eq!(services["payment"]["deploy"]["replicas"], 2);
     assert_eq!(services["payment"]["volumes"][0], "payment-data:/data");
+    // One command line for all of them, each named by its container's host name: two replicas
+    // under one name would run each other's sagas.
+    let argv = strings(&services["payment"]["command"], 99);
+    let at = argv.iter().position(|a| *a == "--instance").unwrap();
+    assert_eq!(argv[at + 1], "payment-{hostname}");
+    let argv = strings(&services["user"]["command"], 99);
+    assert_eq!(argv[argv.iter().position(|a| *a == "--instance").unwrap() + 1], "user");
     assert_eq!(services["user"]["command"][3], "9001");
     assert_eq!(services["inventory"]["environment"]["PRICE_NOTE"], "costs $$5", "no interpolation");
     assert!(text.contains("FLAG: 'on'") && text.contains("restart: 'no'"), "{text}");
@@ -366,6 +373,11 @@ fn bad_export_options_are_usage_errors_that_name_the_value() {
         (&["export", "k8s", "--namespace", "Lab_NS"][..], "namespace `Lab_NS` is not a DNS label"),
         (&["export", "compose", "-o", "./stack.yaml"][..], "cannot write the compose file to `./stack.yaml`: `"),
     ];
+    // `-o -` is stdout, as kubectl and docker take it, not a file named `-`.
+    let out = shop(dir.path(), &["export", "compose", "-o", "-"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).starts_with("# docker compose file"), "{}", stdout(&out));
+    assert!(!dir.path().join("-").exists());
     let before = std::fs::read(dir.path().join("stack.yaml")).unwrap();
     for (args, message) in cases {
         let out = shop(dir.path(), args);
@@ -387,10 +399,12 @@ fn bad_export_options_are_usage_errors_that_name_the_value() {
         assert_eq!(out.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(lines.len(), 3, "{stderr}");
-        assert!(lines[0].starts_with("error: names.yaml:1:7: stack name `Bad Name!` is not a DNS label"), "{stderr}");
+        assert_eq!(lines.len(), 4, "{stderr}");
+        // `FILE:LINE:COL: message` as for every other mistake in a stack file, then what to do.
+        assert!(lines[0].starts_with("names.yaml:1:7: stack name `Bad Name!` is not a DNS label"), "{stderr}");
         assert!(lines[1].starts_with("names.yaml:3:3: service name `pay-` is not a DNS label"), "{stderr}");
         assert!(lines[2].starts_with("names.yaml:5:3: services `pay_3` and `pay-3` both become `pay-3`"), "{stderr}");
+        assert_eq!(lines[3], "error: `names.yaml` cannot be exported (3 problems); fix it and run again");
     }
 }
 
