@@ -135,8 +135,15 @@ pub fn run(ctx: &Context, mut command: ExportCommand) -> anyhow::Result<i32> {
                     return Err(Failure::usage(format!("namespace `{ns}` {why}; pick another")));
                 }
             }
+            let config = plan.config_bytes();
+            if config > CONFIG_MAP_MAX {
+                return Err(Failure::usage(format!(
+                    "the settings and fixtures come to {config} bytes, more than the {CONFIG_MAP_MAX} a Kubernetes \
+                     ConfigMap holds; trim the fixture files"
+                )));
+            }
             if !ctx.quiet {
-                for warning in plan.k8s_warnings() {
+                for warning in plan.k8s_warnings().into_iter().chain(plan.warnings()) {
                     eprintln!("warning: {warning}");
                 }
             }
@@ -144,6 +151,11 @@ pub fn run(ctx: &Context, mut command: ExportCommand) -> anyhow::Result<i32> {
         }
         ExportCommand::Compose(args) => {
             let plan = Plan::new(&stack, &args.out)?;
+            if !ctx.quiet {
+                for warning in plan.warnings() {
+                    eprintln!("warning: {warning}");
+                }
+            }
             (compose(&plan), args.out, "compose file", "compose")
         }
     };
@@ -283,6 +295,7 @@ impl Unit<'_> {
 }
 
 struct Plan<'a> {
+    stack: &'a Stack,
     /// The stack's name as a DNS label: labels, compose project, ConfigMap and Secret names.
     project: String,
     /// In start order.
@@ -372,7 +385,7 @@ impl<'a> Plan<'a> {
         // Clients ask for a service by its kind, as they ask the registry; an external program
         // is found by its own name, as the supervisor registers it.
         let peers = units.iter().map(|u| (u.peer_name(), format!("{}:{}", u.name, u.port))).collect();
-        Ok(Plan { project, units, peers: Peers(peers), image, secret: new_secret() })
+        Ok(Plan { stack, project, units, peers: Peers(peers), image, secret: new_secret() })
     }
 
     /// Whether `from` calls `to`: a call its kind makes whatever `depends_on` says (payment asks
@@ -401,9 +414,40 @@ impl<'a> Plan<'a> {
         ]
     }
 
+    /// What the stack asks for that a container cannot give as asked, in either format.
+    fn warnings(&self) -> Vec<String> {
+        let loopback = |url: &str| {
+            reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            })
+        };
+        let mut warnings = Vec::new();
+        if let Some(url) = self.stack.telemetry.otlp.as_deref().filter(|u| loopback(u)) {
+            warnings.push(format!(
+                "`telemetry.otlp` is `{url}`, a loopback address: inside a container that is the container itself, \
+                 so every span would be dropped; name the collector as the containers reach it"
+            ));
+        }
+        warnings
+    }
+
+    /// Bytes of the ConfigMap's data: the settings and the fixture files.
+    fn config_bytes(&self) -> usize {
+        let env: usize = self.shared_env().iter().map(|(k, v)| k.len() + v.len()).sum();
+        let own: usize = (self.units.iter())
+            .map(|u| {
+                u.env().iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                    + u.fixtures.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        env + own
+    }
+
     /// What the stack asks for that Kubernetes cannot give as asked.
     fn k8s_warnings(&self) -> Vec<String> {
-        self.units
+        let mut warnings: Vec<String> = self
+            .units
             .iter()
             .filter(|u| matches!(u.role, Role::Stateful(_)) && u.spec.replicas > 1)
             .map(|u| {
@@ -413,11 +457,25 @@ impl<'a> Plan<'a> {
                     u.spec.name, u.spec.replicas
                 )
             })
-            .collect()
+            .collect();
+        let config = self.config_bytes();
+        if config > APPLY_ANNOTATION_MAX {
+            warnings.push(format!(
+                "the ConfigMap holds {config} bytes of settings and fixtures: `kubectl apply` keeps a copy in an \
+                 annotation of at most {APPLY_ANNOTATION_MAX} bytes and refuses it; use `kubectl apply --server-side` \
+                 or `kubectl create`"
+            ));
+        }
+        warnings
     }
 }
 
 // ---- Kubernetes ----
+
+/// The most a ConfigMap's data may hold (the API server's limit on an object).
+const CONFIG_MAP_MAX: usize = 1 << 20;
+/// The most `kubectl apply`'s `last-applied-configuration` annotation holds.
+const APPLY_ANNOTATION_MAX: usize = 256 * 1024;
 
 /// The objects of one Kubernetes export, one method per kind of object.
 ///

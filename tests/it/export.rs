@@ -667,3 +667,49 @@ async fn a_service_reads_the_stack_secret_from_the_file_shop_secret_file_names()
     assert_eq!(status(Some("wrong")).await, 401);
     assert_eq!(status(None).await, 401);
 }
+
+#[test]
+fn what_a_container_cannot_give_as_asked_is_a_warning_or_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let stack = |products: &Path, otlp: &str| {
+        format!(
+            "telemetry: {{ otlp: '{otlp}' }}\nservices:\n  user: {{ fixtures: {} }}\n  inventory: {{ fixtures: {} }}\n  \
+             payment: {{}}\n  notification: {{}}\n  order: {{}}\n  gateway: {{}}\n",
+            fixtures.join("users.yaml").display(),
+            products.display()
+        )
+    };
+    // A collector on loopback is the container itself once inside one.
+    std::fs::write(dir.path().join("stack.yaml"), stack(&fixtures.join("products.yaml"), "http://127.0.0.1:4318"))
+        .unwrap();
+    for format in ["k8s", "compose"] {
+        let out = shop(dir.path(), &["export", format]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("warning: `telemetry.otlp` is `http://127.0.0.1:4318`, a loopback address"),
+            "{stderr}"
+        );
+    }
+    // A catalog too large for `kubectl apply`'s annotation is a warning; past a ConfigMap's
+    // 1 MiB, a refusal: the manifests could not be applied at all.
+    let line = "  - { id: sku-XXXXXXXX, name: a product with a long enough name to fill the file, price_cents: 100, stock: 1 }\n";
+    for (count, refused) in [(3_000, false), (12_000, true)] {
+        let products = dir.path().join(format!("products-{count}.yaml"));
+        let body: String = (0..count).map(|i| line.replace("XXXXXXXX", &format!("{i:08}"))).collect();
+        std::fs::write(&products, format!("products:\n{body}")).unwrap();
+        std::fs::write(dir.path().join("stack.yaml"), stack(&products, "http://collector:4318")).unwrap();
+        let out = shop(dir.path(), &["export", "k8s"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if refused {
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains("more than the 1048576 a Kubernetes ConfigMap holds"), "{stderr}");
+            assert!(out.stdout.is_empty());
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{stderr}");
+            assert!(stderr.contains("`kubectl apply` keeps a copy in an annotation"), "{stderr}");
+            assert!(!stderr.contains("loopback"), "{stderr}");
+        }
+    }
+}
