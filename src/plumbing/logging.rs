@@ -34,7 +34,15 @@ pub fn init(verbose: u8, quiet: bool, origin: Option<Origin>) {
         (_, 1) => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("SHOP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // A filter that does not parse is said once, not ignored: the user asked for some output.
+    let mut bad_filter = None;
+    let filter = match std::env::var("SHOP_LOG") {
+        Ok(text) if !text.trim().is_empty() => EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            bad_filter = Some(format!("SHOP_LOG=`{text}` is not a tracing filter ({e}); logging at `{default}`"));
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
     // Colour only on a terminal and never under `NO_COLOR`, as for every other output.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -51,6 +59,9 @@ pub fn init(verbose: u8, quiet: bool, origin: Option<Origin>) {
         None => {
             let _ = builder.with_target(false).without_time().try_init();
         }
+    }
+    if let Some(why) = bad_filter {
+        tracing::warn!("{why}, e.g. SHOP_LOG=debug or SHOP_LOG=warn,shop::services::order=debug");
     }
 }
 

@@ -339,3 +339,13 @@ fn f_names_the_stack_file_after_the_subcommand_too_but_follows_after_logs() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_shop_log_filter_that_does_not_parse_is_said_not_ignored() {
+    let p = crate::stack::Project::new("");
+    let out = p.shop_env(&["ps"], &[("SHOP_LOG", "warn,[[")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SHOP_LOG=`warn,[[` is not a tracing filter"), "{}", stderr(&out));
+    let out = p.shop_env(&["ps"], &[("SHOP_LOG", "warn")]);
+    assert!(!stderr(&out).contains("tracing filter"), "{}", stderr(&out));
+}
