@@ -101,7 +101,8 @@ impl Live {
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
-        Err(Failure::runtime(format!("cannot read {path} from `{}`: {last}", kind.name())))
+        let next = "`shop ps` shows its state; `shop start` or `shop chaos clear` brings back one stopped or faulted";
+        Err(Failure::runtime(format!("cannot read {path} from `{}`: {last}; {next}", kind.name())))
     }
 
     /// Every span of `trace_id` held by any running instance, and the instances whose spans may

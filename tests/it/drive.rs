@@ -272,3 +272,15 @@ fn inspect_order_names_only_what_did_not_answer_and_never_takes_silence_for_noth
     let text = stdout(&p.shop(&["inspect", "order", &id]));
     assert!(!text.contains("none delivered yet") && text.contains("notification\n  unknown: "), "{text}");
 }
+
+#[test]
+fn inspecting_a_service_that_is_down_says_what_to_do() {
+    let p = started();
+    assert_eq!(p.shop(&["chaos", "kill", "registry"]).status.code(), Some(0));
+    let out = p.shop(&["inspect", "registry"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no running instance of `registry`"), "{err}");
+    assert!(err.contains("`shop ps` shows its state; `shop start` or `shop chaos clear` brings back"), "{err}");
+    p.shop(&["down"]);
+}
