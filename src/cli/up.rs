@@ -72,10 +72,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         )));
     };
     if let Some(control) = Control::connect(&dir) {
-        drop(starting);
-        // Idempotent: the running supervisor starts only what is not running.
+        // Idempotent: the running supervisor starts only what is not running. The lock is held
+        // until the stack is reported: a `down` meanwhile waits for this `up` to finish rather
+        // than stop the stack under it, so what `up` reports is what runs.
         control.up(&Names { services: args.services.clone(), no_deps: args.no_deps, timeout_ms: None }).await?;
         let code = watch(ctx, &Source::Remote(control), &args, &dir, started).await?;
+        drop(starting);
         if !args.detach {
             errln!(
                 "the stack runs in the background (pid in `{}`); following its logs, `shop down` stops it",
