@@ -95,7 +95,8 @@ pub struct ServiceClient {
     retries: u32,
     /// Where calls made within a trace are recorded as client spans.
     spans: Option<Arc<SpanStore>>,
-    /// One breaker per dependency.
+    /// One breaker per instance of each dependency (named as the registry names it, so the
+    /// service's own name when it runs one).
     breakers: Option<Arc<Breakers>>,
     /// Partitions injected by `shop chaos`.
     faults: Option<Arc<Faults>>,
@@ -149,7 +150,7 @@ impl ServiceClient {
         ServiceClient { secret: secret.and_then(|s| HeaderValue::from_str(s).ok()), ..self }
     }
 
-    /// The same client behind per-dependency circuit breakers and injected partitions.
+    /// The same client behind per-instance circuit breakers and injected partitions.
     pub fn with_resilience(self, breakers: Arc<Breakers>, faults: Arc<Faults>) -> ServiceClient {
         ServiceClient { breakers: Some(breakers), faults: Some(faults), ..self }
     }
@@ -183,17 +184,7 @@ impl ServiceClient {
         body: Option<&B>,
         trace: Option<&TraceCtx>,
     ) -> Result<T, CallError> {
-        if let Some(b) = &self.breakers {
-            if !b.allow(service) {
-                return Err(CallError::BreakerOpen(service.to_string()));
-            }
-        }
-        let result = self.call_instances(service, method, path, body, trace).await;
-        if let Some(b) = &self.breakers {
-            // A 4xx is the dependency working as it should; only transient failures count.
-            b.record(service, !matches!(&result, Err(e) if e.is_transient()));
-        }
-        result
+        self.call_instances(service, method, path, body, trace).await
     }
 
     async fn call_instances<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -205,6 +196,19 @@ impl ServiceClient {
         trace: Option<&TraceCtx>,
     ) -> Result<T, CallError> {
         if self.faults.as_ref().is_some_and(|f| f.partitioned_from(service)) {
+            // Every instance is cut off: each call is a failure toward each of them, until
+            // their breakers are open.
+            if let Some(b) = &self.breakers {
+                let list = self.discovery.instances(service).await;
+                let allowed: Vec<&str> =
+                    list.iter().map(|i| i.instance.as_str()).filter(|name| b.allow(name)).collect();
+                if allowed.is_empty() && !list.is_empty() {
+                    return Err(CallError::BreakerOpen(service.to_string()));
+                }
+                for name in allowed {
+                    b.record(name, false);
+                }
+            }
             return Err(CallError::Refused {
                 service: service.to_string(),
                 address: "-".into(),
@@ -221,10 +225,21 @@ impl ServiceClient {
             if round == 1 {
                 self.discovery.refresh().await;
             }
-            let instances = self.discovery.instances(service).await.len().max(1);
-            for _ in 0..instances {
-                let Some(address) = self.discovery.pick(service).await else { break };
-                match self.send(service, &address, method.clone(), path, body, trace).await {
+            for (address, instance) in self.discovery.pick(service).await {
+                // One breaker per instance: a replica that fails is passed over while the others
+                // serve, and the call fails fast only when every one is open.
+                if self.breakers.as_ref().is_some_and(|b| !b.allow(&instance)) {
+                    if !matches!(last, CallError::Refused { .. }) {
+                        last = CallError::BreakerOpen(service.to_string());
+                    }
+                    continue;
+                }
+                let result = self.send(service, &address, method.clone(), path, body, trace).await;
+                if let Some(b) = &self.breakers {
+                    // A 4xx is the dependency working as it should; only transient failures count.
+                    b.record(&instance, !matches!(&result, Err(e) if e.is_transient()));
+                }
+                match result {
                     Err(e @ CallError::Refused { .. }) => {
                         self.discovery.mark_failed(&address);
                         last = e;

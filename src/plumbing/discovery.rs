@@ -319,22 +319,21 @@ impl Discovery {
         view.get(service).filter(|l| !l.is_empty()).cloned()
     }
 
-    /// The next address for `service` in round-robin order, skipping instances that just
-    /// refused a connection unless every one of them did.
-    pub async fn pick(&self, service: &str) -> Option<String> {
+    /// The instances of `service` in the order to try them: round robin (each call starts one
+    /// further), those that just refused a connection last. Each as its address and its name.
+    pub async fn pick(&self, service: &str) -> Vec<(String, String)> {
         let list = self.instances(service).await;
         if list.is_empty() {
-            return None;
+            return Vec::new();
         }
         let slot = service.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % self.next.len();
         let start = self.next[slot].fetch_add(1, Ordering::Relaxed);
         let suspect = self.suspect.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        (0..list.len())
-            .map(|i| &list[(start + i) % list.len()])
-            .find(|inst| suspect.get(&inst.address).is_none_or(|until| *until <= now))
-            .or_else(|| list.get(start % list.len()))
-            .map(|inst| inst.address.clone())
+        let mut order: Vec<&Instance> = (0..list.len()).map(|i| &list[(start + i) % list.len()]).collect();
+        // Stable: the round-robin order holds within each group.
+        order.sort_by_key(|inst| suspect.get(&inst.address).is_some_and(|until| *until > now));
+        order.into_iter().map(|inst| (inst.address.clone(), inst.instance.clone())).collect()
     }
 
     /// Notes that `address` refused a connection, so `pick` prefers the others for a moment.
@@ -383,11 +382,11 @@ mod tests {
         assert!(d.knows("user") && d.knows("payment") && !d.knows("order"));
         let addresses: Vec<String> = d.instances("payment").await.iter().map(|i| i.address.clone()).collect();
         assert_eq!(addresses, ["p1:8080", "p2:8080"]);
-        let mut picked = vec![d.pick("payment").await.unwrap(), d.pick("payment").await.unwrap()];
+        let mut picked = vec![d.pick("payment").await[0].0.clone(), d.pick("payment").await[0].0.clone()];
         picked.sort();
         assert_eq!(picked, ["p1:8080", "p2:8080"]);
         d.mark_failed("p1:8080");
-        assert_eq!(d.pick("payment").await.as_deref(), Some("p2:8080"));
-        assert_eq!(d.pick("order").await, None);
+        assert_eq!(d.pick("payment").await.first().map(|p| p.0.as_str()), Some("p2:8080"));
+        assert!(d.pick("order").await.is_empty());
     }
 }

@@ -425,3 +425,31 @@ fn a_failed_notification_delivery_is_logged_in_its_orders_trace() {
     });
     assert!(found, "{}", String::from_utf8_lossy(&p.shop(&["logs", "--order", id]).stdout));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_replica_opens_only_its_own_breaker_and_the_others_keep_serving() {
+    // A breaker that opens at the first failure and stays open: one per service would turn a
+    // single failing replica into an outage of the whole service for `open_for`.
+    let text = stack_yaml("").replace(
+        "  gateway:\n",
+        "  gateway:\n    client: { circuit_breaker: { failure_threshold: 1, open_for: 60s } }\n",
+    );
+    let p = Project::with_file(&text.replace("  order:\n", "  order:\n    replicas: 3\n"));
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    ok(&p, &["chaos", "errors", "order-1", "--status", "503", "--percent", "100"]);
+    for n in 0..9 {
+        let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1"]);
+        assert_eq!(out.status.code(), Some(0), "order {n}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gateway = addr(&p, "gateway");
+    let report = breakers(&reqwest::Client::new(), &gateway, &p).await;
+    let state = |name: &str| {
+        let list = report["breakers"].as_array().unwrap();
+        list.iter().find(|b| b["dependency"] == name).map(|b| b["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(state("order-1").as_deref(), Some("open"), "{report:#}");
+    for other in ["order-2", "order-3"] {
+        assert_eq!(state(other).as_deref(), Some("closed"), "{report:#}");
+    }
+    p.shop(&["down"]);
+}
