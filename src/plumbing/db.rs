@@ -84,6 +84,7 @@ pub enum DbError {
         "cannot open database `{path}` for writing: {why}; make the file, its `-wal` and `-shm` companions and their directory writable, then start again"
     )]
     NotWritable { path: PathBuf, why: String },
+    /// `found` is the file's mark; 0 for an unmarked file whose tables are not ours.
     #[error(
         "database `{path}` belongs to another service (application id {found:#x}); give this one a database of its own"
     )]
@@ -571,7 +572,19 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str], owner: i32) 
     if owner != 0 {
         let mark = tx.pragma_query_value(None, "application_id", |r| r.get::<_, i32>(0)).map_err(open_err)?;
         match mark {
-            0 => tx.pragma_update(None, "application_id", owner).map_err(open_err)?,
+            // Made before marks existed (or new): ours only if its tables are the ones our own
+            // migrations make at its version, so one wrong start cannot brand another
+            // service's data as ours.
+            0 => {
+                let version =
+                    tx.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(open_err)? as usize;
+                if version > 0
+                    && tables(&tx).map_err(open_err)? != expected_tables(&migrations[..version.min(migrations.len())])?
+                {
+                    return Err(DbError::Foreign { path: path.to_path_buf(), found: 0 });
+                }
+                tx.pragma_update(None, "application_id", owner).map_err(open_err)?
+            }
             mark if mark != owner => return Err(DbError::Foreign { path: path.to_path_buf(), found: mark }),
             _ => {}
         }
@@ -587,6 +600,26 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str], owner: i32) 
     }
     tx.commit().map_err(open_err)?;
     Ok(())
+}
+
+/// The names of a database's own tables, sorted (SQLite's and the write probe's left out).
+fn tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != '{PROBE_TABLE}' \
+         ORDER BY name"
+    ))?;
+    let names = stmt.query_map([], |r| r.get(0))?.collect();
+    names
+}
+
+/// The tables `migrations` make, in a database of their own in memory.
+fn expected_tables(migrations: &[&str]) -> Result<Vec<String>, DbError> {
+    let sql = |cause| DbError::Sql(cause);
+    let conn = Connection::open_in_memory().map_err(sql)?;
+    for m in migrations {
+        conn.execute_batch(m).map_err(sql)?;
+    }
+    tables(&conn).map_err(sql)
 }
 
 /// Opens another service's database read-only, for `shop inspect` and the invariant checks.
@@ -628,11 +661,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         let v1 = ["CREATE TABLE a (x INTEGER)"];
-        // Made before marks existed: taken, and marked.
+        // Made before marks existed: taken, and marked, when its tables are ours.
         drop(Db::open(&path, &v1, 0).unwrap());
         drop(Db::open(&path, &v1, 7).unwrap());
         assert!(matches!(Db::open(&path, &v1, 8), Err(DbError::Foreign { found: 7, .. })));
         drop(Db::open(&path, &v1, 7).unwrap());
+        // An unmarked file of another schema is refused, and left unmarked.
+        let other = dir.path().join("o.db");
+        drop(Db::open(&other, &["CREATE TABLE b (y INTEGER)"], 0).unwrap());
+        assert!(matches!(Db::open(&other, &v1, 7), Err(DbError::Foreign { found: 0, .. })));
+        let mark: i32 = open_read_only(&other).unwrap().query_row("PRAGMA application_id", [], |r| r.get(0)).unwrap();
+        assert_eq!(mark, 0);
     }
 
     #[tokio::test]

@@ -179,6 +179,8 @@ pub async fn serve(kind: Kind, mut args: ServeArgs) -> anyhow::Result<()> {
         crate::plumbing::db::DbError::Foreign { path, found } => {
             let whose = match Kind::ALL.into_iter().find(|k| k.application_id() == found) {
                 Some(other) => format!("the {} service's database", other.name()),
+                // Unmarked, from before the marks: its tables told it apart.
+                None if found == 0 => "another schema's database (its tables are not this service's)".to_string(),
                 None => format!("another program's database (application id {found:#x})"),
             };
             anyhow::anyhow!(

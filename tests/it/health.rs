@@ -206,7 +206,8 @@ fn a_service_given_another_services_database_refuses_it_naming_whose_it_is() {
     assert!(line.starts_with("listening on"), "{line}");
     let _ = user.kill();
     let _ = user.wait();
-    for kind in ["inventory", "order", "notification"] {
+    // One that took the file would serve on: each gets 10 s to refuse, then is stopped.
+    let serve = |kind: &str| {
         let mut child = Command::new(crate::support::BIN)
             .args(["serve", kind, "--port", "0", "--registry", "http://127.0.0.1:9", "--db"])
             .arg(&db)
@@ -214,18 +215,33 @@ fn a_service_given_another_services_database_refuses_it_naming_whose_it_is() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // One that took the file would serve on: it gets 10 s to refuse, then is stopped.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for kind in ["inventory", "order", "notification"] {
+        let out = serve(kind);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{kind}: {err}");
         let want = format!("database `{}` is the user service's database, not the {kind} service's", db.display());
         assert!(err.contains(&want), "{kind}: {err}");
     }
+    // A file from before the marks: told apart by its tables, and not marked by the refusal.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "application_id", 0).unwrap();
+    drop(conn);
+    let out = serve("inventory");
+    assert!(
+        stderr(&out).contains("is another schema's database (its tables are not this service's)"),
+        "{}",
+        stderr(&out)
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mark: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).unwrap();
+    assert_eq!(mark, 0, "a refusal leaves the file as it was");
 }
 
 #[tokio::test(flavor = "multi_thread")]
