@@ -15,7 +15,11 @@ pub struct Args {
 pub fn run(args: Args, verbose: u8, quiet: bool) -> anyhow::Result<i32> {
     let origin = crate::plumbing::logging::Origin {
         service: args.service.name().into(),
-        instance: args.serve.instance.clone().unwrap_or_else(|| args.service.name().into()),
+        instance: args
+            .serve
+            .instance
+            .as_deref()
+            .map_or_else(|| args.service.name().into(), crate::plumbing::config::instance_name),
     };
     crate::plumbing::logging::init(verbose, quiet, Some(origin));
     raise_open_files_limit();

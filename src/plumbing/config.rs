@@ -68,7 +68,8 @@ fn parse_instance(s: &str) -> Result<String, String> {
 const HOSTNAME: &str = "{hostname}";
 
 /// The instance name `--instance` gives, with `{hostname}` replaced by this host's name (its
-/// characters an instance name cannot hold as `-`), cut to the registry's 64 characters.
+/// characters an instance name cannot hold as `-`). Past the registry's 64 characters the
+/// rest of the name is cut, never the host's: it is what tells the replicas apart.
 pub fn instance_name(given: &str) -> String {
     if !given.contains(HOSTNAME) {
         return given.to_string();
@@ -76,7 +77,14 @@ pub fn instance_name(given: &str) -> String {
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let host: String =
         host.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
-    given.replace(HOSTNAME, if host.is_empty() { "host" } else { &host }).chars().take(64).collect()
+    let host: String = if host.is_empty() { "host".into() } else { host.chars().take(48).collect() };
+    // `parse_instance` let through only ASCII, so byte lengths are character counts.
+    let (before, after) = given.split_once(HOSTNAME).unwrap_or((given, ""));
+    let after = after.replace(HOSTNAME, "");
+    let room = 64 - host.len();
+    let keep_before = before.len().min(room - after.len().min(room / 2));
+    let keep_after = after.len().min(room - keep_before);
+    format!("{}{host}{}", &before[..keep_before], &after[..keep_after])
 }
 
 /// How long a service being stopped gets between SIGTERM and SIGKILL when the caller names no
@@ -214,5 +222,13 @@ mod tests {
             assert_eq!(named, format!("order-{host}"));
         }
         assert!(parse_instance(&named).is_ok(), "{named}");
+        // A long name gives way to the host's, which tells replicas apart.
+        let long = instance_name(&format!("{}-{{hostname}}", "n".repeat(63)));
+        assert!(long.len() <= 64, "{long}");
+        let shown: String = host.chars().take(48).collect();
+        if host.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            assert!(long.ends_with(&shown), "{long}");
+            assert_eq!(instance_name("a-{hostname}-b"), format!("a-{shown}-b"));
+        }
     }
 }
