@@ -359,7 +359,7 @@ raw_struct!(
         port: Int = int,
         bind: Text = text,
         depends_on: List = list,
-        env: BTreeMap<String, String> = env,
+        env: BTreeMap<String, Sp<String>> = env,
         fixtures: Text = text,
         saga_timeout: Text = text,
         rate_limit: Option<Sp<RawRateLimit>> = optional,
@@ -739,6 +739,16 @@ fn validate_service(
     let depends_on = validate_depends_on(c, s.depends_on.as_ref(), &p("depends_on"), scope.names);
     let before = c.problems.len();
     let program = c.program(name, s);
+    // A built-in service is wired into the stack by variables shop sets itself; an external
+    // program gets none of them, so its `env:` is its own.
+    if let Program::Builtin(_) = program {
+        for (key, value) in &s.env {
+            if let Some((_, instead)) = crate::plumbing::config::WIRING_VARS.iter().find(|(n, _)| n == key) {
+                let why = "which shop sets itself to wire the service into the stack";
+                c.report(value.at, format!("`{}` sets `{key}`, {why}; {instead}", p("env")));
+            }
+        }
+    }
     // Only for a program that resolved: an unknown kind was just told, and is not a gateway.
     if let Some(f) = s.fixtures.as_ref().filter(|_| c.problems.len() == before) {
         if !matches!(program, Program::Builtin(Kind::User | Kind::Inventory)) {
@@ -773,7 +783,7 @@ fn validate_service(
         port,
         bind,
         depends_on,
-        env: s.env.clone(),
+        env: s.env.iter().map(|(k, v)| (k.clone(), v.v.clone())).collect(),
         fixtures,
         restart: policy.restart,
         max_restarts: policy.max_restarts,
@@ -1303,6 +1313,8 @@ stack.yaml:2:19: `services.payment.env` sets `SHOP_BIND`, which shop sets itself
 stack.yaml:2:63: `services.payment.env` sets `SHOP_SECRET`, which shop sets itself to wire the service into the stack; every stack makes its own secret"
         );
         assert!(parse("services:\n  payment: {env: {SHOP_CLIENT_RETRIES: 9, SHOP_LOG: debug}}\n").is_ok());
+        // An external program gets none of them: its `env:` is its own.
+        assert!(parse("services:\n  web: {command: [x], env: {SHOP_REGISTRY: 'http://x:1', SHOP_PORT: 1}}\n").is_ok());
     }
 
     #[test]

@@ -450,8 +450,9 @@ impl Check {
         node.map(|n| Sp { at: n.at, v: T::read(self, Some(n), path) })
     }
 
-    /// Environment variables; numbers and booleans are taken as written, a null as empty.
-    pub fn env(&mut self, node: Option<&Node>, path: &str) -> BTreeMap<String, String> {
+    /// Environment variables; numbers and booleans are taken as written, a null as empty. Each
+    /// value is kept with where its name is written, for what only the caller can judge.
+    pub fn env(&mut self, node: Option<&Node>, path: &str) -> BTreeMap<String, Sp<String>> {
         let mut env = BTreeMap::new();
         for (key, value) in self.entries(node, path) {
             // A process environment cannot hold such a name: `A=B: x` would arrive as `A` set
@@ -461,17 +462,12 @@ impl Check {
                 self.report(key.at, format!("`{path}` has the name `{}`; {why}", key.v));
                 continue;
             }
-            if let Some((_, instead)) = crate::plumbing::config::WIRING_VARS.iter().find(|(name, _)| *name == key.v) {
-                let why = "which shop sets itself to wire the service into the stack";
-                self.report(key.at, format!("`{path}` sets `{}`, {why}; {instead}", key.v));
-                continue;
-            }
             let value = match value.is_null() {
                 true => Some(String::new()),
                 false => self.text(Some(value), &format!("{path}.{}", key.v)).map(|v| v.v),
             };
             if let Some(value) = value {
-                env.insert(key.v, value);
+                env.insert(key.v, Sp { at: key.at, v: value });
             }
         }
         env
