@@ -248,7 +248,7 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
             return Err(ApiError::bad_request(format!("`product_id` must be 1 to {MAX_ID_LEN} characters")));
         }
     }
-    crate::services::order::check_quantities(&body.items).map_err(ApiError::bad_request)
+    crate::services::order::check_quantities(&body.items)
 }
 
 /// Visits every order id the gateway ever returned to a client (invariant 5 of SPEC section 7),

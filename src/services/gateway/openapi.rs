@@ -65,7 +65,7 @@ pub fn document(server: &str) -> Value {
                         "403": error_response("The user is inactive (code user_inactive)"),
                         "413": error_response("The body is larger than 64 KiB"),
                         "415": error_response("The body is compressed (a Content-Encoding other than identity); send it uncompressed"),
-                        "422": error_response("The Idempotency-Key was used with a different body (code idempotency_key_reused)"),
+                        "422": error_response("The Idempotency-Key was used with a different body (code idempotency_key_reused), or the lines of one product add up to more than 1000 (code quantity_too_large)"),
                         "503": {
                             "description": "A service behind the gateway is unreachable. When it is the order service, the order may or may not have been placed: send the same body again with the Idempotency-Key this answer names (the client's own, or one the gateway made), which gives the order if it was placed instead of placing another",
                             "headers": {

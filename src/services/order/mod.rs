@@ -74,15 +74,20 @@ impl RequestedItem {
     }
 }
 
-/// Checks every line's quantity, then each product's sum over its lines (they are merged into
-/// one): two lines of 600 are one line of 1,200, past the limit as surely as one line is.
-pub fn check_quantities(items: &[RequestedItem]) -> Result<(), String> {
+/// Checks every line's quantity (a 400: the request is malformed), then each product's sum
+/// over its lines, which are merged into one: two lines of 600 are one line of 1,200, past the
+/// limit as surely as one line is. That is a 422 (`quantity_too_large`): each line is valid as
+/// written, and only their sum is not, which no schema of a line can say.
+pub fn check_quantities(items: &[RequestedItem]) -> Result<(), ApiError> {
     for item in items {
-        item.check_quantity()?;
+        item.check_quantity().map_err(ApiError::bad_request)?;
     }
     match merge_lines(items).into_iter().find(|(_, quantity)| *quantity > MAX_QUANTITY) {
-        Some((product_id, quantity)) => Err(format!(
-            "the lines for `{product_id}` add up to a quantity of {quantity}; at most {MAX_QUANTITY} per product"
+        Some((product_id, quantity)) => Err(ApiError::unprocessable(
+            "quantity_too_large",
+            format!(
+                "the lines for `{product_id}` add up to a quantity of {quantity}; at most {MAX_QUANTITY} per product"
+            ),
         )),
         None => Ok(()),
     }
@@ -260,7 +265,7 @@ async fn place(
     if req.items.is_empty() || req.idempotency_key.is_empty() || req.user_id.is_empty() {
         return Err(ApiError::bad_request("an order needs a user_id, an idempotency_key and at least one item"));
     }
-    check_quantities(&req.items).map_err(ApiError::bad_request)?;
+    check_quantities(&req.items)?;
     let budget = Duration::from_millis(req.wait_ms.min(120_000));
     let ids: Vec<&str> = req.items.iter().map(|i| i.product_id.as_str()).collect();
     let prices = o.prices(&ids, &trace).await?;
