@@ -92,14 +92,28 @@ async fn place(ctx: &Context, args: PlaceArgs) -> anyhow::Result<i32> {
     };
     let gateway = Gateway::new(&target.gateway);
     let wait = Wait::new(args.wait);
+    // Always a key, as a careful client sends one: if the answer is lost on the way, the same
+    // command with this key gets the order instead of placing a second one.
+    let key = args.idempotency_key.clone().unwrap_or_else(|| crate::plumbing::ids::new("cli"));
     let order = Place {
         token: &token,
         body: &OrderBody::new(&args.items),
         wait: &wait,
-        idempotency_key: args.idempotency_key.as_deref(),
+        idempotency_key: Some(&key),
         timeout: wait.duration() + Duration::from_secs(10),
     };
-    let reply = gateway.place(&order).await.map_err(|e| target.unreachable(&e))?;
+    let reply = gateway.place(&order).await.map_err(|e| {
+        if e.is_timeout() {
+            // Sent, and no answer: it may have been placed.
+            return Failure::runtime(format!(
+                "the gateway at {} did not answer within {}s, and the order may or may not have been placed; run \
+                 the same command again with `--idempotency-key {key}` to get it if it was, instead of placing another",
+                target.gateway,
+                order.timeout.as_secs()
+            ));
+        }
+        target.unreachable(&e)
+    })?;
     let status = reply.status.as_u16();
     let value = reply.json();
     if !(200..300).contains(&status) {
@@ -113,10 +127,8 @@ async fn place(ctx: &Context, args: PlaceArgs) -> anyhow::Result<i32> {
         // An answer lost on the way may have placed the order: the key that asks for it again
         // comes back, and this command takes it as a flag.
         let again = match reply.headers.get("idempotency-key").and_then(|k| k.to_str().ok()) {
-            Some(key) if args.idempotency_key.is_none() => {
-                format!(" (here: run the same command again with `--idempotency-key {key}`)")
-            }
-            _ => String::new(),
+            Some(key) => format!(" (here: run the same command again with `--idempotency-key {key}`)"),
+            None => String::new(),
         };
         return Err(Failure::with_code(
             exit_code,

@@ -573,6 +573,23 @@ async fn an_order_whose_answer_the_wire_lost_is_a_503_naming_the_key_that_gets_i
     let listed = p.shop(&["order", "list", "--user", "erin", "--json"]);
     let orders: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(orders.as_array().unwrap().len(), 1, "{orders:#}");
+    // `shop order place` sends a key of its own, and says how to ask again with it.
+    let out = p.shop(&["chaos", "net", "order", "limit-data", "--bytes", "300", "--direction", "down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = p.shop(&["order", "place", "--user", "alice", "--item", "sku-1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let key = err.split("--idempotency-key ").nth(1).and_then(|k| k.split('`').next()).unwrap_or_default();
+    assert!(key.starts_with("cli_"), "{err}");
+    assert_eq!(p.shop(&["chaos", "clear"]).status.code(), Some(0));
+    let again = eventually(Duration::from_secs(10), async || {
+        p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--idempotency-key", key]).status.success()
+    })
+    .await;
+    assert!(again);
+    let listed = p.shop(&["order", "list", "--user", "alice", "--json"]);
+    let orders: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(orders.as_array().unwrap().len(), 1, "{orders:#}");
     let out = p.shop(&["inspect", "invariants", "--settle", "30s"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     p.shop(&["down"]);

@@ -344,8 +344,16 @@ async fn place_order(
         wait_ms: wait.as_millis() as u64,
     };
     let client = gw.client.with_timeout(wait + gw.client.timeout());
+    // The retries share one budget, so the client hears within its wait and two call timeouts
+    // (with the key to ask again if the answer was lost), not after four whole attempts.
+    let budget = wait + 2 * gw.client.timeout();
     let call =
         client.call_idempotent::<_, RawPlacement>("order", Method::POST, "/v1/orders", Some(&request), Some(&trace));
+    let call = async {
+        tokio::time::timeout(budget, call)
+            .await
+            .unwrap_or_else(|_| Err(CallError::Timeout { service: "order".into(), timeout: budget }))
+    };
     let (placed, drained) = tokio::select! {
         placed = call => (placed, false),
         // Stopping: this gateway will not wait out the budget, but the client must still learn
