@@ -113,11 +113,17 @@ pub fn load_users(path: &Path) -> Result<Vec<UserFixture>, FixtureError> {
 
 pub fn load_products(path: &Path) -> Result<Vec<ProductFixture>, FixtureError> {
     let products = load::<ProductsFile>(path)?.products;
-    if let Some(p) = products.iter().find(|p| p.stock < 0 || p.id.is_empty() || p.id.len() > 64) {
-        return Err(FixtureError::Invalid {
-            path: path.display().to_string(),
-            message: format!("product `{}` needs an id of 1..=64 characters, and a stock that is not negative", p.id),
-        });
+    let invalid = |message: String| FixtureError::Invalid { path: path.display().to_string(), message };
+    for (n, p) in products.iter().enumerate() {
+        if p.id.is_empty() || p.id.chars().count() > 64 {
+            return Err(invalid(format!("products[{n}].id `{}` must be 1 to 64 characters", p.id)));
+        }
+        if p.stock < 0 {
+            return Err(invalid(format!("products[{n}].stock of `{}` is {}; it cannot be negative", p.id, p.stock)));
+        }
+        if let Some(first) = products[..n].iter().position(|q| q.id == p.id) {
+            return Err(invalid(format!("products[{n}].id `{}` is products[{first}]'s too; ids are unique", p.id)));
+        }
     }
     Ok(products)
 }
@@ -160,6 +166,22 @@ mod tests {
             let err = products(&entry(bad)).unwrap_err().to_string();
             assert!(err.starts_with("products.yaml:4:18: "), "{bad}: {err}");
             assert!(err.contains("price_cents"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_product_is_named_with_what_is_wrong_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        let line = |id: &str, stock: i64| format!("  - {{ id: {id}, name: x, price_cents: 100, stock: {stock} }}\n");
+        for (body, want) in [
+            (line("a", 1) + &line("b", -1), "products[1].stock of `b` is -1; it cannot be negative"),
+            (line("a", 1) + &line("a", 2), "products[1].id `a` is products[0]'s too; ids are unique"),
+            (line("''", 1), "products[0].id `` must be 1 to 64 characters"),
+        ] {
+            std::fs::write(&path, format!("products:\n{body}")).unwrap();
+            let err = load_products(&path).unwrap_err().to_string();
+            assert!(err.ends_with(want), "{err}");
         }
     }
 }

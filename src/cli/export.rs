@@ -116,6 +116,12 @@ pub fn run(ctx: &Context, mut command: ExportCommand) -> anyhow::Result<i32> {
     let (ExportCommand::K8s(K8sArgs { out, .. }) | ExportCommand::Compose(ComposeArgs { out })) = &mut command;
     // `-o -` is stdout, as kubectl and docker take it.
     if out.output.as_deref() == Some(Path::new("-")) {
+        if ctx.json {
+            return Err(Failure::usage(
+                "`export --json` reports the file it wrote, and `-o -` writes the YAML to stdout instead; give \
+                 `-o FILE`",
+            ));
+        }
         out.output = None;
     }
     if ctx.json && out.output.is_none() {
@@ -432,13 +438,15 @@ impl<'a> Plan<'a> {
         warnings
     }
 
-    /// Bytes of the ConfigMap's data: the settings and the fixture files.
+    /// Bytes of the ConfigMap's data (the settings and the fixture files) as JSON, the form
+    /// the API server and `kubectl apply`'s annotation hold: every newline and quote escaped.
     fn config_bytes(&self) -> usize {
-        let env: usize = self.shared_env().iter().map(|(k, v)| k.len() + v.len()).sum();
+        let json = |text: &str| serde_json::to_string(text).map_or(text.len(), |j| j.len());
+        let env: usize = self.shared_env().iter().map(|(k, v)| json(k) + json(v)).sum();
         let own: usize = (self.units.iter())
             .map(|u| {
-                u.env().iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-                    + u.fixtures.as_ref().map_or(0, String::len)
+                let env: usize = u.env().iter().map(|(k, v)| json(k) + json(v)).sum();
+                env + u.fixtures.as_deref().map_or(0, json)
             })
             .sum();
         env + own
