@@ -178,6 +178,17 @@ impl Saga {
                 }
             };
             if let Err(e) = result {
+                // Another instance may have taken the saga over while this one was paused or
+                // slow past its lease, and written the step first: it runs it now, and this one
+                // stops rather than retry a write that can never be its own.
+                if let Ok(false) = self.store.claim(order_id).await {
+                    tracing::info!(
+                        order_id,
+                        error = %e,
+                        "saga taken over by another instance (this one held it past its lease); leaving it"
+                    );
+                    return None;
+                }
                 // The database itself failed (disk full, locked for too long). The state in
                 // memory may hold events that were not committed, so it is rebuilt from the log
                 // before anything else is done; the same action is then retried.
