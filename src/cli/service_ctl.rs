@@ -9,7 +9,7 @@ use crate::plumbing::time::parse_duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Services (all their instances)
+    /// Services (all their instances), or instances (`order-2`: one replica)
     #[arg(required = true)]
     pub services: Vec<String>,
     /// Grace period between SIGTERM and SIGKILL when stopping
@@ -23,7 +23,9 @@ pub async fn run(ctx: &Context, action: ServiceAction, args: Args) -> anyhow::Re
         Names { services: args.services.clone(), no_deps: false, timeout_ms: Some(args.timeout.as_millis() as u64) };
     let wait = args.timeout + Duration::from_secs(60);
     let status = control.service(action, &names, wait).await?;
-    let rows: Vec<_> = status.rows.into_iter().filter(|r| args.services.contains(&r.service)).collect();
+    let rows: Vec<_> = (status.rows.into_iter())
+        .filter(|r| args.services.contains(&r.service) || args.services.contains(&r.instance))
+        .collect();
     output::print_ps(&rows, ctx.json);
     // A stop is done whatever state it leaves; a start or restart must end healthy.
     let failed: Vec<_> =

@@ -201,3 +201,26 @@ async fn down_with_a_timeout_kills_what_ignores_sigterm() {
     // It ignored SIGTERM, so only the SIGKILL after the timeout can have ended it.
     assert!(gone, "the process that ignores SIGTERM outlived `down --timeout 1s`");
 }
+
+#[test]
+fn stop_start_and_restart_take_one_replica_by_its_instance_name() {
+    let p = Project::with_file(&crate::stack::stack_yaml("").replace("  order:\n", "  order:\n    replicas: 2\n"));
+    ok(&p, &["up", "-d", "-q"]);
+    let state = |instance: &str| p.row(instance)["state"].as_str().unwrap().to_string();
+    ok(&p, &["stop", "order-2"]);
+    assert_eq!((state("order-1"), state("order-2")), ("healthy".into(), "stopped".into()));
+    ok(&p, &["start", "order-2"]);
+    assert_eq!(state("order-2"), "healthy");
+    let before = pid(&p, "order-2");
+    ok(&p, &["restart", "order-1"]);
+    assert_eq!((p.row("order-1")["restarts"].as_u64(), p.row("order-2")["restarts"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(pid(&p, "order-2"), before, "the other replica was left alone");
+    let out = p.shop(&["stop", "order-9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown service or instance `order-9`; did you mean `order-1`?"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&p, &["down"]);
+}

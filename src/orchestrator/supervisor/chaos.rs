@@ -592,10 +592,8 @@ impl Supervisor {
     /// neither be listed over a fresh process nor, on expiry, restart what the user stopped.
     pub(super) fn forget_process_faults(&self, services: &[String]) {
         let mut inner = self.lock();
-        let mine: Vec<usize> = (inner.instances.iter().enumerate())
-            .filter(|(_, inst)| services.contains(&inst.service))
-            .map(|(i, _)| i)
-            .collect();
+        let mine: Vec<usize> =
+            (inner.instances.iter().enumerate()).filter(|(_, inst)| inst.named_by(services)).map(|(i, _)| i).collect();
         for fault in inner.chaos.iter_mut().filter(|f| matches!(f.kind, FaultKind::Kill | FaultKind::Pause)) {
             fault.instances.retain(|i| !mine.contains(i));
         }

@@ -469,7 +469,7 @@ impl Supervisor {
             inner
                 .instances
                 .iter_mut()
-                .filter(|i| services.contains(&i.service))
+                .filter(|i| i.named_by(services))
                 .filter_map(|i| {
                     i.generation += 1;
                     i.next_restart = None;

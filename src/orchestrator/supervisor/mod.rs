@@ -76,6 +76,11 @@ struct Instance {
 }
 
 impl Instance {
+    /// Whether a stop, start or restart naming `names` (services or instances) means this one.
+    fn named_by(&self, names: &[String]) -> bool {
+        names.contains(&self.service) || names.contains(&self.name)
+    }
+
     /// A user-asked start (or healthy spell) begins a fresh crash history.
     fn forget_crashes(&mut self) {
         self.consecutive = 0;
@@ -228,14 +233,23 @@ impl Supervisor {
         }
     }
 
-    /// The services a stop, start or restart names, as given. The registry is one of them: it
-    /// stops like any other (its clients keep their last view, and their heartbeats find it
-    /// gone), where `up` always starts it first and so leaves it out of what it resolves.
+    /// The services, or instances of one (`order-2`: one replica), that a stop, start or
+    /// restart names, as given. The registry is one of them: it stops like any other (its
+    /// clients keep their last view, and their heartbeats find it gone), where `up` always
+    /// starts it first and so leaves it out of what it resolves.
     pub fn resolve_named(&self, names: &[String]) -> Result<Vec<String>, String> {
         let known: Vec<String> =
             std::iter::once(REGISTRY.to_string()).chain(self.stack.services.iter().map(|s| s.name.clone())).collect();
-        match names.iter().find(|n| !known.contains(n)) {
-            Some(n) => Err(format!("unknown service `{n}`; the stack has: {}", known.join(", "))),
+        let instances: Vec<String> = self.lock().instances.iter().map(|i| i.name.clone()).collect();
+        match names.iter().find(|n| !known.contains(n) && !instances.contains(n)) {
+            Some(n) => {
+                let hint =
+                    match crate::plumbing::yaml::did_you_mean(n, known.iter().chain(&instances).map(String::as_str)) {
+                        Some(near) => format!("did you mean `{near}`?"),
+                        None => format!("the stack has: {}", known.join(", ")),
+                    };
+                Err(format!("unknown service or instance `{n}`; {hint}"))
+            }
             None => Ok(names.to_vec()),
         }
     }
@@ -243,7 +257,7 @@ impl Supervisor {
     /// A start asked for by the user begins a fresh crash count (and a restart is counted).
     fn fresh_start(&self, services: &[String], count_restart: bool) {
         let mut inner = self.lock();
-        for inst in inner.instances.iter_mut().filter(|i| services.contains(&i.service)) {
+        for inst in inner.instances.iter_mut().filter(|i| i.named_by(services)) {
             inst.forget_crashes();
             inst.auto_restart = false;
             inst.outage = false;
@@ -274,13 +288,21 @@ impl Supervisor {
         let registry_ok = self.lock().instances[0].state == InstanceState::Healthy;
         for layer in self.stack.layers() {
             let mut batch = tokio::task::JoinSet::new();
-            for spec in layer.iter().filter(|n| services.contains(n)).filter_map(|n| self.stack.service(n)) {
+            // A service named, or one of its instances.
+            let named = |n: &String| {
+                services.contains(n)
+                    || self.instances_of(n).iter().any(|i| self.lock().instances[*i].named_by(&services))
+            };
+            for spec in layer.iter().filter(|n| named(n)).filter_map(|n| self.stack.service(n)) {
                 let failed_dep = match dependencies {
                     Dependencies::Tolerated => None,
                     Dependencies::MustBeHealthy if !registry_ok => Some(REGISTRY.to_string()),
                     Dependencies::MustBeHealthy => spec.depends_on.iter().find(|d| !self.service_healthy(d)).cloned(),
                 };
                 for idx in self.instances_of(&spec.name) {
+                    if !self.lock().instances[idx].named_by(&services) {
+                        continue;
+                    }
                     if let Some(dep) = &failed_dep {
                         let mut inner = self.lock();
                         let inst = &mut inner.instances[idx];
