@@ -236,7 +236,7 @@ async fn a_killed_child_is_restarted_and_counted_but_a_stopped_one_is_not() {
     assert_eq!(p.row("payment")["state"], "healthy");
     let out = p.shop(&["stop", "shipping"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown service `shipping`"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown service or instance `shipping`"), "{}", stderr(&out));
 
     // The registry stops like any other service (it used to be skipped without a word). The
     // services keep their last view, which still has payment's old address from before its
