@@ -344,9 +344,10 @@ async fn place_order(
         wait_ms: wait.as_millis() as u64,
     };
     let client = gw.client.with_timeout(wait + gw.client.timeout());
-    // The retries share one budget, so the client hears within its wait and two call timeouts
-    // (with the key to ask again if the answer was lost), not after four whole attempts.
-    let budget = wait + 2 * gw.client.timeout();
+    // The retries share one budget, so the client hears within its wait and three call
+    // timeouts (with the key to ask again if the answer was lost), not after four whole
+    // attempts: a first attempt that timed out still leaves room for a second.
+    let budget = wait + 3 * gw.client.timeout();
     let call =
         client.call_idempotent::<_, RawPlacement>("order", Method::POST, "/v1/orders", Some(&request), Some(&trace));
     let call = async {
