@@ -216,6 +216,17 @@ impl ServiceClient {
             });
         }
         let mut last = CallError::NoInstance(service.to_string());
+        // Instances that refused this call. Each counts against its breaker once the call is
+        // over, unless the same instance answered at its new address after a refresh: a
+        // restart moves an instance, and its old address refusing is no failure of it.
+        let mut refused: Vec<String> = Vec::new();
+        let settle = |refused: &[String], answered: Option<&str>| {
+            if let Some(b) = &self.breakers {
+                for name in refused.iter().filter(|n| Some(n.as_str()) != answered) {
+                    b.record(name, false);
+                }
+            }
+        };
         // Every known instance refused: the view may be stale (a restart moved the service to a
         // new port), so it is refreshed once, at most every 200 ms, before giving up.
         for round in 0..2 {
@@ -234,20 +245,27 @@ impl ServiceClient {
                     }
                     continue;
                 }
-                let result = self.send(service, &address, method.clone(), path, body, trace).await;
-                if let Some(b) = &self.breakers {
-                    // A 4xx is the dependency working as it should; only transient failures count.
-                    b.record(&instance, !matches!(&result, Err(e) if e.is_transient()));
-                }
-                match result {
+                match self.send(service, &address, method.clone(), path, body, trace).await {
                     Err(e @ CallError::Refused { .. }) => {
                         self.discovery.mark_failed(&address);
+                        if !refused.contains(&instance) {
+                            refused.push(instance);
+                        }
                         last = e;
                     }
-                    other => return other,
+                    other => {
+                        if let Some(b) = &self.breakers {
+                            // A 4xx is the dependency working as it should; only transient
+                            // failures count.
+                            b.record(&instance, !matches!(&other, Err(e) if e.is_transient()));
+                        }
+                        settle(&refused, Some(&instance));
+                        return other;
+                    }
                 }
             }
         }
+        settle(&refused, None);
         Err(last)
     }
 

@@ -241,6 +241,13 @@ async fn a_killed_child_is_restarted_and_counted_but_a_stopped_one_is_not() {
     // The registry stops like any other service (it used to be skipped without a word). The
     // services keep their last view, which still has payment's old address from before its
     // restart: an order placed now waits, and confirms once the registry is back.
+    // First the gateway's own view must have order's address since its restart: an order
+    // through it now makes it look the address up if its last refresh came before.
+    let reached = eventually(Duration::from_secs(10), async || {
+        p.shop(&["order", "place", "--user", "alice", "--item", "sku-1", "--wait", "5s"]).status.code() == Some(0)
+    })
+    .await;
+    assert!(reached, "the gateway never reached the restarted order service");
     let out = p.shop(&["stop", "registry"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(p.row("registry")["state"], "stopped");
