@@ -184,17 +184,6 @@ impl ServiceClient {
         body: Option<&B>,
         trace: Option<&TraceCtx>,
     ) -> Result<T, CallError> {
-        self.call_instances(service, method, path, body, trace).await
-    }
-
-    async fn call_instances<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        service: &str,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-        trace: Option<&TraceCtx>,
-    ) -> Result<T, CallError> {
         if self.faults.as_ref().is_some_and(|f| f.partitioned_from(service)) {
             // Every instance is cut off: each call is a failure toward each of them, until
             // their breakers are open.
