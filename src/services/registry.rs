@@ -106,12 +106,14 @@ async fn register(
             None => {
                 tracing::info!(registered_service = %inst.service, registered_instance = %inst.instance, address = %inst.address, "registered")
             }
-            // Two processes under one name: the latest wins, and the other, if it still runs,
-            // takes the name back at its next heartbeat (see `heartbeat`).
+            // From another address, with no live local process left at the old one (that is
+            // refused above): a restart, or a process on another machine, which the latest
+            // registration wins; a live one there takes the name back at its next heartbeat.
             Some(old) if old.instance.address != inst.address => tracing::warn!(
                 instance = %inst.instance, from = %old.instance.address, to = %inst.address,
-                "an instance registered again from another address: a restart, or two live processes under one \
-                 name (then they take it from each other at every heartbeat; give each its own --instance)"
+                "an instance registered again from another address: a restart, or two processes under one name \
+                 on different machines (then they take it from each other at every heartbeat; give each its own \
+                 --instance)"
             ),
             // The same again (the supervisor renews the programs it runs, which do not beat).
             Some(_) => tracing::debug!(registered_instance = %inst.instance, "registration renewed"),
