@@ -149,7 +149,7 @@ pub fn run(ctx: &Context, mut command: ExportCommand) -> anyhow::Result<i32> {
                 )));
             }
             if !ctx.quiet {
-                for warning in plan.k8s_warnings().into_iter().chain(plan.warnings()) {
+                for warning in plan.k8s_warnings(config).into_iter().chain(plan.warnings()) {
                     eprintln!("warning: {warning}");
                 }
             }
@@ -453,7 +453,8 @@ impl<'a> Plan<'a> {
     }
 
     /// What the stack asks for that Kubernetes cannot give as asked.
-    fn k8s_warnings(&self) -> Vec<String> {
+    /// `config` is the ConfigMap's size ([`Plan::config_bytes`]), measured once by the caller.
+    fn k8s_warnings(&self, config: usize) -> Vec<String> {
         let mut warnings: Vec<String> = self
             .units
             .iter()
@@ -466,7 +467,6 @@ impl<'a> Plan<'a> {
                 )
             })
             .collect();
-        let config = self.config_bytes();
         if config > APPLY_ANNOTATION_MAX {
             warnings.push(format!(
                 "the ConfigMap holds {config} bytes of settings and fixtures: `kubectl apply` keeps a copy in an \

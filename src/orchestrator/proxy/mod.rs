@@ -381,17 +381,15 @@ where
             }
             // Counted from the chunk's arrival, so time it spent queued behind earlier chunks
             // counts toward its own delay; two latency toxics (a caller's and everyone's) add.
-            let mut delayed = false;
             let mut due = read_at;
             for t in &toxics {
                 if let Toxic::Latency { delay_ms, jitter_ms } = t {
                     let jitter =
                         if *jitter_ms > 0 { rng.gen_range(-(*jitter_ms as i64)..=*jitter_ms as i64) } else { 0 };
                     due += Duration::from_millis((*delay_ms as i64 + jitter).max(0) as u64);
-                    delayed = true;
                 }
             }
-            if delayed {
+            if due > read_at {
                 tokio::time::sleep_until(due).await;
             }
             let slicer = toxics.iter().find_map(|t| match t {
