@@ -14,7 +14,7 @@ use crate::drill::report::render;
 use crate::drill::run::{self, target_problems, Setup};
 use crate::drill::spec::{Drill, SpecError};
 use crate::orchestrator::control::Control;
-use crate::traffic::{Gateway, LoadPlan};
+use crate::traffic::LoadPlan;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -175,7 +175,7 @@ async fn plan(ctx: &Context, drill: &Drill) -> anyhow::Result<LoadPlan> {
     // The users were judged against the fixtures with the file's other mistakes (`user_problems`).
     let callers = super::load::callers(&target, &users)?;
     Ok(LoadPlan {
-        gateway: Gateway::new(&target.gateway),
+        gateways: target.balanced(),
         callers,
         orders: spec.orders,
         concurrency: spec.concurrency,

@@ -17,9 +17,7 @@ use super::{exit, output, Failure};
 use crate::plumbing::time::parse_duration;
 use crate::traffic::threshold::{evaluate_all, Measures, Threshold, ThresholdResult};
 use crate::traffic::workload::{parse_users, parse_weighted_item, split_items};
-use crate::traffic::{
-    Gateway, Load, LoadError, LoadPlan, Summary, Weights, MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY, RATES,
-};
+use crate::traffic::{Load, LoadError, LoadPlan, Summary, Weights, MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY, RATES};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -96,7 +94,7 @@ async fn plan(ctx: &Context, args: &Args) -> anyhow::Result<LoadPlan> {
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let callers = callers(&target, &users)?;
     Ok(LoadPlan {
-        gateway: Gateway::new(&target.gateway),
+        gateways: target.balanced(),
         callers,
         orders: args.orders,
         concurrency,

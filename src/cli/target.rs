@@ -1,19 +1,30 @@
 //! Finding the running stack's gateway and the fixture users' dev tokens, for the commands
 //! that drive traffic (`shop order`, `shop load`).
 
+use std::time::Duration;
+
 use super::context::Context;
 use super::Failure;
 use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::InstanceState;
 use crate::orchestrator::stackfile::{Program, Stack};
+use crate::orchestrator::state_dir::StateDir;
 use crate::services::Kind;
+use crate::traffic::Gateways;
 
 /// Where to send requests, and as whom.
 pub struct Target {
-    /// `http://host:port` of the gateway.
+    /// `http://host:port` of the gateway: the first healthy instance of the running stack's.
     pub gateway: String,
+    /// Every gateway instance with an address, healthy ones first; `gateway` alone when it was
+    /// given or is the stack file's fixed port.
+    pub gateways: Vec<String>,
     /// Fixture user id → dev token, in file order.
     pub tokens: Vec<(String, String)>,
+    /// The running stack's state dir, when the gateways came from its supervisor.
+    supervised: Option<StateDir>,
+    /// The stack's services of the gateway kind.
+    stack_gateways: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -33,11 +44,30 @@ impl Target {
     pub async fn resolve(ctx: &Context, args: &GatewayArgs) -> anyhow::Result<Target> {
         let stack = ctx.stack()?;
         let tokens = tokens(&stack)?;
-        let gateway = match &args.gateway {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => gateway_of(ctx, &stack).await?,
+        let stack_gateways = stack.services_of(Kind::Gateway);
+        let (gateways, supervised) = match &args.gateway {
+            Some(url) => (vec![url.trim_end_matches('/').to_string()], None),
+            None => match supervised_gateways(&ctx.state_dir(), &stack_gateways).await? {
+                Some(gateways) => (gateways, Some(ctx.state_dir())),
+                None => (vec![fixed_gateway(&stack)?], None),
+            },
         };
-        Ok(Target { gateway, tokens })
+        Ok(Target { gateway: gateways[0].clone(), gateways, tokens, supervised, stack_gateways })
+    }
+
+    /// A load's client of the gateways: balanced over the running stack's gateway instances,
+    /// kept up to date from its supervisor (a replica killed and restarted on a new port).
+    pub fn balanced(&self) -> Gateways {
+        let balanced = Gateways::new(&self.gateway);
+        balanced.set(&self.gateways);
+        if let Some(state_dir) = self.supervised.clone() {
+            let stack_gateways = self.stack_gateways.clone();
+            balanced.follow(GATEWAYS_REFRESH, move || {
+                let (state_dir, names) = (state_dir.clone(), stack_gateways.clone());
+                async move { healthy_gateways(&state_dir, &names).await.unwrap_or_default() }
+            });
+        }
+        balanced
     }
 
     /// The dev token of fixture user `user`, or a usage error listing the users there are.
@@ -61,21 +91,41 @@ impl Target {
     }
 }
 
-/// The running stack's gateway (the first healthy instance), else the fixed port in the stack
-/// file, so a stack started by hand on the default ports works too.
-async fn gateway_of(ctx: &Context, stack: &Stack) -> anyhow::Result<String> {
+/// How often a load asks the supervisor which gateways are healthy.
+const GATEWAYS_REFRESH: Duration = Duration::from_secs(1);
+
+/// The running stack's gateway instances with an address, healthy ones first; `None` when no
+/// supervisor answers for the state dir or it runs no gateway.
+async fn supervised_gateways(state_dir: &StateDir, names: &[String]) -> anyhow::Result<Option<Vec<String>>> {
+    let Some(control) = Control::connect(state_dir) else {
+        return Ok(None);
+    };
+    let status = control.status().await?;
+    let mut rows: Vec<_> = status.rows.iter().filter(|r| names.contains(&r.service) && r.address.is_some()).collect();
+    rows.sort_by_key(|r| r.state != InstanceState::Healthy);
+    let gateways: Vec<String> = rows.iter().filter_map(|r| r.address.as_ref()).map(|a| format!("http://{a}")).collect();
+    Ok((!gateways.is_empty()).then_some(gateways))
+}
+
+/// The running stack's healthy gateway instances, as its supervisor sees them now.
+async fn healthy_gateways(state_dir: &StateDir, names: &[String]) -> Option<Vec<String>> {
+    let status = Control::connect(state_dir)?.status().await.ok()?;
+    Some(
+        status
+            .rows
+            .iter()
+            .filter(|r| names.contains(&r.service) && r.state == InstanceState::Healthy)
+            .filter_map(|r| r.address.as_ref())
+            .map(|a| format!("http://{a}"))
+            .collect(),
+    )
+}
+
+/// The gateway's fixed port in the stack file, so a stack started by hand on the default
+/// ports works too.
+fn fixed_gateway(stack: &Stack) -> anyhow::Result<String> {
     let names = stack.services_of(Kind::Gateway);
-    let gateways: Vec<&str> = names.iter().map(String::as_str).collect();
-    if let Some(control) = Control::connect(&ctx.state_dir()) {
-        let status = control.status().await?;
-        let mut rows: Vec<_> =
-            status.rows.iter().filter(|r| gateways.contains(&r.service.as_str()) && r.address.is_some()).collect();
-        rows.sort_by_key(|r| r.state != InstanceState::Healthy);
-        if let Some(addr) = rows.first().and_then(|r| r.address.clone()) {
-            return Ok(format!("http://{addr}"));
-        }
-    }
-    let port = stack.services.iter().find(|s| gateways.contains(&s.name.as_str())).map(|s| s.port).unwrap_or(8080);
+    let port = stack.services.iter().find(|s| names.contains(&s.name)).map(|s| s.port).unwrap_or(8080);
     if port == 0 {
         return Err(Failure::runtime("no stack is running and the gateway has no fixed port; start the stack with `shop up -d` or pass --gateway URL"));
     }

@@ -1,8 +1,8 @@
 //! The load engine: order traffic against the gateway, and the throughput, latency
 //! percentiles and outcome counts it came to (SPEC section 3, "Driving the flow").
 //!
-//! Two modes (SPEC section 14). Closed loop (no `rate`): C workers share one [`Gateway`] client
-//! (one connection pool) and claim order numbers from one atomic counter, each starting its next
+//! Two modes (SPEC section 14). Closed loop (no `rate`): C workers share one [`Gateways`]
+//! client (one connection pool, balanced over the gateways) and claim order numbers from one atomic counter, each starting its next
 //! order when the last one answered, so the run ends at exactly N orders however the work is
 //! spread. Open loop (`rate` R): one scheduler makes order `n` due at `start + n / R` whatever
 //! earlier orders did and starts each in its own task, with at most C in flight; an order due
@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::gateway::{root_cause, Gateway, HeaderError, OrderBody, Outcome, Place, Token, Wait};
+use super::gateway::{root_cause, Gateways, HeaderError, OrderBody, Outcome, Place, Token, Wait};
 use super::workload::{Cycle, MixError};
 
 /// Slowest latency the histogram tracks (one hour, in µs); slower requests are recorded as this.
@@ -51,8 +51,8 @@ const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 /// What traffic to send: built from `shop load`'s flags or a drill's `load:` section.
 #[derive(Clone, Debug)]
 pub struct LoadPlan {
-    /// Where the orders go.
-    pub gateway: Gateway,
+    /// Where the orders go: balanced over the gateways, past one that refuses connections.
+    pub gateways: Gateways,
     /// (user, token) of the users who place the orders, in turn by order number.
     pub callers: Vec<(String, String)>,
     /// How many orders to place.
@@ -155,7 +155,7 @@ impl LoadPlan {
 
 /// Everything a worker needs, built once so that each request only formats its own key.
 struct Plan {
-    gateway: Gateway,
+    gateways: Gateways,
     /// One per caller, picked by `callers` from the order number.
     tokens: Vec<Token>,
     callers: Cycle,
@@ -588,7 +588,7 @@ impl Load {
         };
         let started = Instant::now();
         let run = Arc::new(Plan {
-            gateway: plan.gateway,
+            gateways: plan.gateways,
             tokens,
             callers,
             timeout: wait.duration() + TIMEOUT_SLACK,
@@ -700,7 +700,7 @@ impl Load {
         self.bar.finish_and_clear();
         if !self.shared.answered.load(Ordering::Relaxed) {
             if let Some(e) = &self.total.connect_error {
-                let gateway = self.plan.gateway.base().to_string();
+                let gateway = self.plan.gateways.describe();
                 return Err(LoadError::Unreachable { gateway, cause: root_cause(e) });
             }
         }
@@ -848,7 +848,7 @@ async fn place(plan: &Plan, n: u64) -> Result<Outcome, reqwest::Error> {
     let body = &plan.body[plan.bodies.pick(n)];
     let key = format!("{}-{n}", plan.run_id);
     let order = Place { token, body, wait: &plan.wait, idempotency_key: Some(&key), timeout: plan.timeout };
-    Ok(plan.gateway.place(&order).await?.outcome())
+    Ok(plan.gateways.place(&order).await?.outcome())
 }
 
 fn ms(us: u64) -> f64 {
@@ -939,7 +939,7 @@ mod tests {
 
     fn plan() -> LoadPlan {
         LoadPlan {
-            gateway: Gateway::new("http://127.0.0.1:1"),
+            gateways: Gateways::new("http://127.0.0.1:1"),
             callers: vec![("alice".into(), "t".into())],
             orders: 10,
             concurrency: 2,

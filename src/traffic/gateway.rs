@@ -6,7 +6,9 @@
 //! hot path only formats its idempotency key; an answer is kept as status, headers and raw
 //! body ([`Reply`]) so each caller decodes only what it needs.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
@@ -204,8 +206,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(base: &str) -> Gateway {
+        Gateway::with_client(crate::plumbing::client::http_client(), base)
+    }
+
+    fn with_client(http: reqwest::Client, base: &str) -> Gateway {
         let base = base.trim_end_matches('/').to_string();
-        Gateway { http: crate::plumbing::client::http_client(), orders: format!("{base}/orders"), base }
+        Gateway { http, orders: format!("{base}/orders"), base }
     }
 
     /// `http://host:port` of the gateway.
@@ -256,6 +262,139 @@ impl Gateway {
             request = request.header(AUTHORIZATION, token.0.clone());
         }
         reply(request).await
+    }
+}
+
+/// How long a gateway that refused a connection is passed over: about the supervisor's restart
+/// of it, and longer than a burst of orders all failing over one by one.
+const PASSED_OVER_FOR: Duration = Duration::from_secs(1);
+
+/// The gateways a load balances over, as a load balancer in front of them would: each order
+/// goes to the next one in turn, and an order whose connection a gateway refuses (the request
+/// was never sent, so nothing is placed twice) goes to the next one instead, which is then
+/// passed over for a moment. SPEC section 4: clients balance over healthy instances. Anything
+/// after the connection (a reset, a timeout, a 503) is the answer: a load balancer cannot
+/// know whether an order was placed either. Cheap to clone; [`Gateways::set`] swaps the
+/// members while a load runs.
+#[derive(Clone, Debug)]
+pub struct Gateways {
+    inner: Arc<Members>,
+}
+
+#[derive(Debug)]
+struct Members {
+    http: reqwest::Client,
+    list: std::sync::RwLock<Arc<Vec<Member>>>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+struct Member {
+    gateway: Gateway,
+    /// Passed over until this many milliseconds after `epoch`.
+    passed_over_until_ms: AtomicU64,
+}
+
+impl Gateways {
+    /// Starts with the gateway at `base` (`http://host:port`); [`Gateways::set`] adds the others.
+    pub fn new(base: &str) -> Gateways {
+        let http = crate::plumbing::client::http_client();
+        let members = vec![Member::new(Gateway::with_client(http.clone(), base))];
+        Gateways {
+            inner: Arc::new(Members {
+                http,
+                list: std::sync::RwLock::new(Arc::new(members)),
+                next: AtomicUsize::new(0),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// The gateways now: those still in `bases` keep their state, the new ones join. An empty
+    /// list changes nothing (a moment with no healthy gateway is no reason to forget them).
+    pub fn set(&self, bases: &[String]) {
+        if bases.is_empty() {
+            return;
+        }
+        let old = self.members();
+        let mut members = Vec::with_capacity(bases.len());
+        for base in bases {
+            let base = base.trim_end_matches('/');
+            match old.iter().find(|m| m.gateway.base == base) {
+                Some(m) => members.push(Member {
+                    gateway: m.gateway.clone(),
+                    passed_over_until_ms: AtomicU64::new(m.passed_over_until_ms.load(Ordering::Relaxed)),
+                }),
+                None => members.push(Member::new(Gateway::with_client(self.inner.http.clone(), base))),
+            }
+        }
+        *self.inner.list.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(members);
+    }
+
+    /// Keeps the members as `list` finds them, asking it every `every` for as long as any
+    /// clone of these gateways is in use (a load's replicas restarted on new ports).
+    pub fn follow<F, Fut>(&self, every: Duration, list: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Vec<String>> + Send,
+    {
+        let members = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let bases = list().await;
+                let Some(inner) = members.upgrade() else { break };
+                Gateways { inner }.set(&bases);
+            }
+        });
+    }
+
+    /// The gateways' addresses, for messages: `http://a` or `http://a, http://b`.
+    pub fn describe(&self) -> String {
+        self.members().iter().map(|m| m.gateway.base()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn members(&self) -> Arc<Vec<Member>> {
+        self.inner.list.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// `POST /orders` to the next gateway in turn, past those that refuse the connection; the
+    /// last refusal when every one refuses.
+    pub async fn place(&self, order: &Place<'_>) -> Result<Reply, reqwest::Error> {
+        let members = self.members();
+        let first = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        // Each gateway once: those not passed over first, in turn from this order's; then the
+        // others, so that a gateway back from a restart is found while every one is passed over.
+        let mut tries: Vec<&Member> = (0..members.len()).map(|i| &members[(first + i) % members.len()]).collect();
+        tries.sort_by_cached_key(|m| m.passed_over_until_ms.load(Ordering::Relaxed) > now);
+        let mut refused = None;
+        for member in tries {
+            match member.gateway.place(order).await {
+                Err(e) if e.is_connect() => {
+                    let until = self.now_ms() + PASSED_OVER_FOR.as_millis() as u64;
+                    member.passed_over_until_ms.store(until, Ordering::Relaxed);
+                    refused = Some(e);
+                }
+                answer => {
+                    member.passed_over_until_ms.store(0, Ordering::Relaxed);
+                    return answer;
+                }
+            }
+        }
+        // `new` gives one member and `set` never empties the list, so one was tried.
+        Err(refused.unwrap_or_else(|| unreachable!("a load balances over at least one gateway")))
+    }
+}
+
+impl Member {
+    fn new(gateway: Gateway) -> Member {
+        Member { gateway, passed_over_until_ms: AtomicU64::new(0) }
     }
 }
 

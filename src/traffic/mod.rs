@@ -14,5 +14,5 @@ pub use engine::{
     Live, Load, LoadError, LoadPlan, Mode, PlanError, Report, Sample, Summary, TimelineSecond, Weights,
     MAX_CONCURRENCY, OPEN_LOOP_CONCURRENCY, RATES,
 };
-pub use gateway::{Gateway, Outcome};
+pub use gateway::{Gateway, Gateways, Outcome};
 pub use threshold::{Measures, Threshold, ThresholdError, ThresholdResult};

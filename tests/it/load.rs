@@ -343,3 +343,48 @@ fn bad_rates_weights_and_thresholds_exit_2_naming_the_accepted_forms() {
         assert_eq!(stdout(&out), "", "{flags:?}");
     }
 }
+
+/// The POST /orders answers an instance counted in its `/metrics`.
+async fn orders_served(address: &str) -> f64 {
+    let text = reqwest::get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("shop_http_requests_total") && l.contains("route=\"/orders\"") && l.contains("POST"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_load_balances_over_gateway_replicas_and_fails_over_when_one_is_killed() {
+    let p = Project::with_file(&crate::stack::stack_yaml("").replace("  gateway:\n", "  gateway:\n    replicas: 2\n"));
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    let second = p.row("gateway-2")["address"].as_str().unwrap().to_string();
+    let load = std::process::Command::new(crate::support::BIN)
+        .current_dir(p.dir.path())
+        .args(["load", "--rate", "40", "--duration", "6s", "--users", "alice", "--json"])
+        .env_remove("SHOP_STACK")
+        .env_remove("SHOP_STATE_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The first gateway is the one a load that talks to one gateway would have picked.
+    let kill = p.shop(&["chaos", "kill", "gateway-1", "-q"]);
+    assert_eq!(kill.status.code(), Some(0), "{}", stderr(&kill));
+    let out = load.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    // Only an order in flight on the killed replica can be lost; every later one goes to the
+    // healthy replica instead of failing to connect.
+    assert!(count(&report, "errors") <= 3, "{report}");
+    assert!(count(&report, "confirmed") >= count(&report, "orders") - 3, "{report}");
+    let timeline = report["timeline"].as_array().unwrap();
+    for second in &timeline[3..timeline.len().min(6)] {
+        assert!(second["confirmed"].as_u64().unwrap() > 0 && second["errors"] == 0, "{second} in {report}");
+    }
+    // Both replicas took orders: the load was balanced before the kill.
+    let served = orders_served(&second).await;
+    assert!(served >= 40.0, "gateway-2 served {served} orders");
+    assert_eq!(p.shop(&["chaos", "clear", "-q"]).status.code(), Some(0));
+}
