@@ -2,7 +2,7 @@
 //! sides import these types, so a field renamed here is renamed for both.
 //!
 //! Routes (all need the `x-shop-secret` header):
-//! - `GET /v1/status` → [`Status`]
+//! - `GET /v1/status` → [`Status`], with the supervisor's recent [`StackEvent`]s
 //! - `POST /v1/up` [`Names`] → 202; `POST /v1/start|stop|restart` [`Names`] → [`Status`]
 //! - `POST /v1/down` [`Names`] (only `timeout_ms`) → 204
 //! - `GET /v1/chaos` → [`FaultRow`]s; `POST /v1/chaos` [`ChaosRequest`] → [`FaultRow`]s;
@@ -84,12 +84,41 @@ pub struct PsRow {
     pub detail: Option<String>,
 }
 
-/// What the control API reports: the rows, and whether a start-up is still running.
+/// What the control API reports: the rows, whether a start-up is still running, and what
+/// happened lately.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub starting: bool,
     pub stopping: bool,
     pub rows: Vec<PsRow>,
+    /// The supervisor's recent events, oldest first ([`MAX_EVENTS`] at most).
+    #[serde(default)]
+    pub events: Vec<StackEvent>,
+}
+
+/// Events a supervisor keeps for `shop top`'s events pane.
+pub const MAX_EVENTS: usize = 50;
+
+/// Something that happened to an instance: a restart, a change of state, a fault applied or
+/// cleared (from the supervisor's rows), or a breaker's transition (`shop top`'s own, from the
+/// instances' metrics).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StackEvent {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub instance: String,
+    pub kind: EventKind,
+    pub text: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Restart,
+    State,
+    FaultApplied,
+    FaultCleared,
+    Breaker,
 }
 
 /// The body of `up`, `start`, `stop`, `restart` and `down`: which services, and how.

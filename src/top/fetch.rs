@@ -42,7 +42,7 @@ pub async fn sample(control: &Control, http: &reqwest::Client) -> anyhow::Result
             metrics.insert(instance, m);
         }
     }
-    Ok(RawSample { at_ms, rows: status.rows, metrics })
+    Ok(RawSample { at_ms, rows: status.rows, events: status.events, metrics })
 }
 
 /// The last `n` lines of an instance's log, rendered as `shop logs` shows them.

@@ -18,7 +18,7 @@ const ORDER_WINDOW_MS: i64 = 10_000;
 /// The sparkline covers this much history.
 const HISTORY_MS: i64 = 60_000;
 /// Events kept for the events pane.
-const MAX_EVENTS: usize = 50;
+const MAX_EVENTS: usize = crate::orchestrator::protocol::MAX_EVENTS;
 
 /// One refresh: the figures `--json` prints and every frame is drawn from.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -75,23 +75,7 @@ pub struct Mark {
     pub kind: EventKind,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Restart,
-    State,
-    FaultApplied,
-    FaultCleared,
-    Breaker,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Event {
-    pub at_ms: i64,
-    pub instance: String,
-    pub kind: EventKind,
-    pub text: String,
-}
+pub use crate::orchestrator::protocol::{EventKind, StackEvent as Event};
 
 /// What `top` gathered at one instant: the supervisor's rows and each reachable instance's
 /// metrics, already parsed.
@@ -99,6 +83,8 @@ pub struct Event {
 pub struct RawSample {
     pub at_ms: i64,
     pub rows: Vec<PsRow>,
+    /// The supervisor's recent events, oldest first.
+    pub events: Vec<Event>,
     /// By instance name; an instance that did not answer is absent.
     pub metrics: BTreeMap<String, InstanceMetrics>,
 }
@@ -227,7 +213,8 @@ pub struct Sampler {
     orders: VecDeque<(i64, f64, f64, f64)>,
     /// `(at_ms, orders finished per second, event kind if any)`, newest last.
     points: VecDeque<(i64, f64, Option<EventKind>)>,
-    events: VecDeque<Event>,
+    /// Breaker transitions seen between samples; the supervisor keeps the other events.
+    breakers: VecDeque<Event>,
 }
 
 impl Sampler {
@@ -239,9 +226,12 @@ impl Sampler {
     pub fn absorb(&mut self, raw: RawSample) -> Snapshot {
         let prev = self.last.take();
         let window_s = prev.as_ref().map(|p| (raw.at_ms - p.at_ms).max(1) as f64 / 1000.0).unwrap_or(0.0);
+        // The supervisor's events since the last sample, and the breakers' transitions between
+        // the two samples of the instances' metrics.
         let mut new_events = Vec::new();
         if let Some(p) = &prev {
-            diff_events(p, &raw, &mut new_events);
+            new_events.extend(raw.events.iter().filter(|e| !p.events.contains(e)).cloned());
+            breaker_events(p, &raw, &mut new_events);
         }
         let instances = raw
             .rows
@@ -291,22 +281,17 @@ impl Sampler {
         while self.points.front().is_some_and(|p| p.0 <= raw.at_ms - HISTORY_MS) {
             self.points.pop_front();
         }
-        self.events.extend(new_events);
-        while self.events.len() > MAX_EVENTS {
-            self.events.pop_front();
+        self.breakers.extend(new_events.into_iter().filter(|e| e.kind == EventKind::Breaker));
+        while self.breakers.len() > MAX_EVENTS {
+            self.breakers.pop_front();
         }
+        let mut events: Vec<Event> = raw.events.iter().chain(&self.breakers).cloned().collect();
+        events.sort_by_key(|e| e.at_ms);
+        let events = events.split_off(events.len().saturating_sub(MAX_EVENTS));
         let throughput = self.points.iter().map(|p| p.1).collect();
         let marks =
             self.points.iter().enumerate().filter_map(|(index, p)| p.2.map(|kind| Mark { index, kind })).collect();
-        let snapshot = Snapshot {
-            at_ms: raw.at_ms,
-            window_s,
-            orders,
-            throughput,
-            marks,
-            instances,
-            events: self.events.iter().cloned().collect(),
-        };
+        let snapshot = Snapshot { at_ms: raw.at_ms, window_s, orders, throughput, marks, instances, events };
         self.last = Some(raw);
         snapshot
     }
@@ -353,36 +338,19 @@ fn instance_row(
     out
 }
 
-/// Restarts, state changes, faults applied and cleared, and breaker transitions between two
-/// samples.
-fn diff_events(prev: &RawSample, now: &RawSample, out: &mut Vec<Event>) {
-    let at_ms = now.at_ms;
-    let mut push = |instance: &str, kind: EventKind, text: String| {
-        out.push(Event { at_ms, instance: instance.to_string(), kind, text });
-    };
-    for row in &now.rows {
-        let Some(old) = prev.rows.iter().find(|r| r.instance == row.instance) else { continue };
-        if row.restarts > old.restarts {
-            push(&row.instance, EventKind::Restart, format!("restarted (#{})", row.restarts));
-        } else if row.state != old.state {
-            push(&row.instance, EventKind::State, format!("{} -> {}", old.state, row.state));
-        }
-        for f in row.faults.iter().filter(|f| !old.faults.contains(f)) {
-            push(&row.instance, EventKind::FaultApplied, format!("fault {f}"));
-        }
-        for f in old.faults.iter().filter(|f| !row.faults.contains(f)) {
-            push(&row.instance, EventKind::FaultCleared, format!("cleared {f}"));
-        }
-        if let (Some(a), Some(b)) = (prev.metrics.get(&row.instance), now.metrics.get(&row.instance)) {
-            for (dep, state) in &b.breakers {
-                let was = a.breakers.get(dep).copied().unwrap_or(0);
-                if was != *state {
-                    push(
-                        &row.instance,
-                        EventKind::Breaker,
-                        format!("breaker to {dep}: {} -> {}", breaker_name(was), breaker_name(*state)),
-                    );
-                }
+/// Breaker transitions between two samples of the instances' metrics.
+fn breaker_events(prev: &RawSample, now: &RawSample, out: &mut Vec<Event>) {
+    for (instance, b) in &now.metrics {
+        let Some(a) = prev.metrics.get(instance) else { continue };
+        for (dep, state) in &b.breakers {
+            let was = a.breakers.get(dep).copied().unwrap_or(0);
+            if was != *state {
+                out.push(Event {
+                    at_ms: now.at_ms,
+                    instance: instance.clone(),
+                    kind: EventKind::Breaker,
+                    text: format!("breaker to {dep}: {} -> {}", breaker_name(was), breaker_name(*state)),
+                });
             }
         }
     }
@@ -451,9 +419,11 @@ shop_order_orders{status="PENDING"} 2
     #[test]
     fn two_samples_give_rates_events_and_a_marked_sparkline_point() {
         let mut s = Sampler::new();
+        let rows = vec![row("order", InstanceState::Healthy, 0, &[]), row("payment", InstanceState::Healthy, 0, &[])];
         let first = RawSample {
             at_ms: 1_000,
-            rows: vec![row("order", InstanceState::Healthy, 0, &[]), row("payment", InstanceState::Healthy, 0, &[])],
+            rows: rows.clone(),
+            events: Vec::new(),
             metrics: [("order".to_string(), InstanceMetrics::parse(PAGE))].into(),
         };
         let snap = s.absorb(first);
@@ -462,22 +432,34 @@ shop_order_orders{status="PENDING"} 2
             PAGE.replace("status=\"201\"} 90", "status=\"201\"} 110").replace("le=\"0.1\"} 90", "le=\"0.1\"} 110");
         let page2 =
             page2.replace("le=\"+Inf\"} 90", "le=\"+Inf\"} 110").replace("\"CONFIRMED\"} 80", "\"CONFIRMED\"} 90");
+        let killed =
+            vec![row("order", InstanceState::Healthy, 0, &[]), row("payment", InstanceState::Killed, 0, &["killed"])];
+        // The supervisor's events, and a breaker that opened between the two scrapes of `order`.
+        let event = |kind, text: &str| Event { at_ms: 2_500, instance: "payment".into(), kind, text: text.into() };
+        let events = vec![event(EventKind::FaultApplied, "fault killed"), event(EventKind::State, "healthy -> killed")];
+        let page2 =
+            page2.replace("shop_breaker_state{dependency=\"user\"} 0", "shop_breaker_state{dependency=\"user\"} 1");
         let second = RawSample {
             at_ms: 3_000,
-            rows: vec![
-                row("order", InstanceState::Healthy, 0, &[]),
-                row("payment", InstanceState::Killed, 0, &["killed"]),
-            ],
+            rows: killed,
+            events,
             metrics: [("order".to_string(), InstanceMetrics::parse(&page2))].into(),
         };
         let snap = s.absorb(second);
         assert_eq!(snap.instances[0].requests_per_s, Some(10.0));
         assert_eq!(snap.instances[0].error_pct, Some(0.0));
-        assert_eq!(snap.instances[0].breakers_open, 1);
+        assert_eq!(snap.instances[0].breakers_open, 2);
         assert_eq!(snap.orders.confirmed_per_s, 5.0);
         assert_eq!(snap.throughput, vec![5.0]);
         assert_eq!(snap.marks, vec![Mark { index: 0, kind: EventKind::FaultApplied }]);
         let texts: Vec<_> = snap.events.iter().map(|e| e.text.as_str()).collect();
-        assert_eq!(texts, vec!["healthy -> killed", "fault killed"]);
+        assert_eq!(texts, vec!["fault killed", "healthy -> killed", "breaker to user: closed -> open"]);
+        // A later sample keeps the supervisor's events and the breaker's, in time order, and
+        // marks no new point for events already shown.
+        let third = RawSample { at_ms: 4_000, ..s.last.clone().unwrap() };
+        let snap = s.absorb(third);
+        let texts: Vec<_> = snap.events.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, vec!["fault killed", "healthy -> killed", "breaker to user: closed -> open"]);
+        assert_eq!(snap.marks, vec![Mark { index: 0, kind: EventKind::FaultApplied }]);
     }
 }

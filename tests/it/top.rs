@@ -72,6 +72,53 @@ fn once_prints_a_frame_and_json_a_snapshot_with_every_instance() {
     assert!(snap["throughput"].is_array() && snap["events"].is_array(), "{snap:#}");
 }
 
+#[test]
+fn once_and_json_show_the_events_that_came_before_them() {
+    let p = started();
+    let killed = p.shop(&["chaos", "kill", "payment", "-q"]);
+    assert_eq!(killed.status.code(), Some(0), "{}", stderr(&killed));
+    let cleared = p.shop(&["chaos", "clear", "payment", "-q"]);
+    assert_eq!(cleared.status.code(), Some(0), "{}", stderr(&cleared));
+    // The restart after the clear is the last thing that happened.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.row("payment")["state"] != "healthy" {
+        assert!(Instant::now() < deadline, "payment did not come back: {:?}", p.row("payment"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let json = p.shop(&["top", "--json", "--interval", "200ms"]);
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let snap: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let events: Vec<(String, String, String)> = snap["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["instance"].as_str().unwrap().into(),
+                e["kind"].as_str().unwrap().into(),
+                e["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let payment: Vec<_> = events.iter().filter(|e| e.0 == "payment").map(|e| (e.1.as_str(), e.2.as_str())).collect();
+    let at = |want: (&str, &str)| {
+        payment.iter().position(|e| *e == want).unwrap_or_else(|| panic!("no {want:?} in {payment:?}"))
+    };
+    assert!(at(("state", "healthy -> killed")) < at(("fault_cleared", "cleared killed")), "{payment:?}");
+    assert!(at(("fault_applied", "fault killed")) < at(("fault_cleared", "cleared killed")), "{payment:?}");
+    // Then it started again (a restart or a change of state, as the supervisor's tick saw it).
+    assert!(at(("fault_cleared", "cleared killed")) < payment.len() - 1, "{payment:?}");
+    let times: Vec<i64> = snap["events"].as_array().unwrap().iter().map(|e| e["at_ms"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first: {times:?}");
+
+    let once = p.shop(&["top", "--once", "--interval", "200ms"]);
+    assert_eq!(once.status.code(), Some(0), "{}", stderr(&once));
+    let text = String::from_utf8_lossy(&once.stdout).into_owned();
+    assert!(!text.contains("no events yet"), "{text}");
+    assert!(text.lines().any(|l| l.contains("payment") && l.contains("cleared killed")), "{text}");
+}
+
 /// A tmux server of its own, killed when the test ends however it ends.
 struct Tmux {
     socket: String,

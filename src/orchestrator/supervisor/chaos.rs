@@ -268,9 +268,12 @@ impl Supervisor {
             }
             ChaosAction::Resume => {
                 self.resume(&instances);
-                self.lock().chaos.retain(|f| {
+                let mut inner = self.lock();
+                inner.chaos.retain(|f| {
                     !(matches!(f.kind, FaultKind::Pause) && f.instances.iter().all(|i| instances.contains(i)))
                 });
+                self.journal.faults_changed(&inner);
+                drop(inner);
                 return Ok(self.chaos_rows());
             }
             ChaosAction::Latency => {
@@ -359,6 +362,7 @@ impl Supervisor {
                     && f.from() == fault.from())
             });
             inner.chaos.push(fault);
+            self.journal.faults_changed(&inner);
         }
         if wire {
             self.sync_wire(reseed.as_ref().map(|(keys, seed)| (keys.as_slice(), *seed))).await?;
@@ -475,7 +479,7 @@ impl Supervisor {
                     let inst = &mut inner.instances[*idx];
                     inst.generation += 1;
                     inst.next_restart = None;
-                    inst.state = InstanceState::Killed;
+                    inst.set_state(InstanceState::Killed, &self.journal);
                     inst.detail =
                         Some(format!("killed by shop chaos (SIG{})", signal.as_str().trim_start_matches("SIG")));
                     inst.proc.take()
@@ -502,7 +506,7 @@ impl Supervisor {
             if let Some(p) = &inst.proc {
                 p.signal(signal);
                 if let Some(state) = state {
-                    inst.state = state;
+                    inst.set_state(state, &self.journal);
                 }
             }
         }
@@ -515,7 +519,7 @@ impl Supervisor {
             if let Some(p) = &inst.proc {
                 p.signal(Signal::SIGCONT);
                 if inst.state == InstanceState::Paused {
-                    inst.state = InstanceState::Healthy;
+                    inst.set_state(InstanceState::Healthy, &self.journal);
                     inst.healthy_since = Some(Instant::now());
                 }
             }
@@ -563,6 +567,7 @@ impl Supervisor {
                     && owner.is_none_or(|o| f.owner.as_deref() == Some(o))
             });
             inner.chaos = kept;
+            self.journal.faults_changed(&inner);
             gone
         };
         for f in removed {
@@ -598,6 +603,7 @@ impl Supervisor {
             fault.instances.retain(|i| !mine.contains(i));
         }
         inner.chaos.retain(|f| !(matches!(f.kind, FaultKind::Kill | FaultKind::Pause) && f.instances.is_empty()));
+        self.journal.faults_changed(&inner);
     }
 
     /// Ends the faults whose time is up; called by the monitor.
@@ -611,6 +617,7 @@ impl Supervisor {
             let (gone, kept): (Vec<_>, Vec<_>) =
                 std::mem::take(&mut inner.chaos).into_iter().partition(|f| f.until.is_some_and(|u| u <= now));
             inner.chaos = kept;
+            self.journal.faults_changed(&inner);
             gone
         };
         for f in expired {

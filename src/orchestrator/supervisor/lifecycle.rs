@@ -56,7 +56,7 @@ impl Supervisor {
             if inst.generation != generation {
                 return;
             }
-            inst.state = InstanceState::Healthy;
+            inst.set_state(InstanceState::Healthy, &self.journal);
             inst.healthy_since = Some(Instant::now());
             inst.outage = false;
             inst.auto_restart = false;
@@ -75,7 +75,7 @@ impl Supervisor {
         let mut inner = self.lock();
         let inst = &mut inner.instances[idx];
         inst.generation += 1;
-        inst.state = InstanceState::Starting;
+        inst.set_state(InstanceState::Starting, &self.journal);
         inst.detail = None;
         inst.next_restart = None;
         inst.ended_unhealthy = false;
@@ -222,7 +222,7 @@ impl Supervisor {
                 self.after_exit(inst, spec, false, &format!("did not start again ({why})"), Instant::now());
                 return;
             }
-            inst.state = InstanceState::Failed;
+            inst.set_state(InstanceState::Failed, &self.journal);
             inst.detail = Some(why.clone());
             self.dir.log(&inst.name)
         };
@@ -290,7 +290,7 @@ impl Supervisor {
                     None
                 } else if ok {
                     if inst.state != InstanceState::Healthy {
-                        inst.state = InstanceState::Healthy;
+                        inst.set_state(InstanceState::Healthy, &self.journal);
                         inst.healthy_since = Some(Instant::now());
                         inst.detail = None;
                     }
@@ -300,7 +300,7 @@ impl Supervisor {
                     None
                 } else if failures >= health.retries && inst.state == InstanceState::Healthy {
                     let why = outcome.err().unwrap_or_default();
-                    inst.state = InstanceState::Unhealthy;
+                    inst.set_state(InstanceState::Unhealthy, &self.journal);
                     inst.healthy_since = None;
                     inst.detail = Some(format!("unhealthy after {failures} failed probes: {why}"));
                     let restarts = spec.restart != RestartPolicy::No;
@@ -368,7 +368,7 @@ impl Supervisor {
             if let Some(at) = inst.next_restart {
                 if at <= now {
                     inst.next_restart = None;
-                    inst.restarts += 1;
+                    inst.count_restart(&self.journal);
                     inst.auto_restart = true;
                     due.push(idx);
                 }
@@ -427,15 +427,15 @@ impl Supervisor {
         // which would reset its backoff and crash count every time.
         inst.healthy_since = None;
         let log = self.dir.log(&inst.name);
-        let name = &inst.name;
+        let name = inst.name.clone();
         match decision {
             Decision::LeaveStopped => {
-                inst.state = InstanceState::Crashed;
+                inst.set_state(InstanceState::Crashed, &self.journal);
                 inst.detail = Some(format!("{status}; restart policy does not restart it"));
                 log_line(&log, &format!("supervisor: {name} {status}; not restarted (restart: {policy:?})"));
             }
             Decision::GiveUp => {
-                inst.state = InstanceState::Failed;
+                inst.set_state(InstanceState::Failed, &self.journal);
                 inst.detail = Some(format!("gave up after {max} restarts (max_restarts); it keeps crashing: {status}"));
                 log_line(&log, &format!("supervisor: {name} {status}; gave up after {max} restarts (max_restarts)"));
                 tracing::error!(child = %name, "gave up after {max} restarts");
@@ -443,7 +443,7 @@ impl Supervisor {
             Decision::Restart { after, crashes } => {
                 inst.consecutive = crashes;
                 inst.last_backoff = Some(after);
-                inst.state = InstanceState::Crashed;
+                inst.set_state(InstanceState::Crashed, &self.journal);
                 inst.next_restart = Some(now + after);
                 let count = if inst.outage {
                     "restart (not counted toward max_restarts while it has not been ready since)".to_string()
@@ -475,7 +475,7 @@ impl Supervisor {
                     i.next_restart = None;
                     // A process chaos killed is stopped too: `stop` wins over the kill's expiry.
                     if i.state.running() || matches!(i.state, InstanceState::Crashed | InstanceState::Killed) {
-                        i.state = state;
+                        i.set_state(state, &self.journal);
                     }
                     i.proc.take().map(|p| (p, self.dir.log(&i.name)))
                 })
@@ -516,7 +516,7 @@ impl Supervisor {
             if let Some(mut p) = i.proc.take() {
                 p.kill();
             }
-            i.state = InstanceState::Killed;
+            i.set_state(InstanceState::Killed, &self.journal);
         }
     }
 }

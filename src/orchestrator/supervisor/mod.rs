@@ -19,6 +19,7 @@ mod lifecycle;
 mod restart;
 mod wire;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::launcher::{LaunchError, ServiceProcess, Starting};
 use super::protocol::InstanceState;
-use super::protocol::{PsRow, Status};
+use super::protocol::{EventKind, PsRow, StackEvent, Status, MAX_EVENTS};
 use super::stackfile::{BreakerSpec, ClientSpec, HealthSpec, Program, RestartPolicy, ServiceSpec, Stack};
 use super::state_dir::{StateDir, SupervisorRecord};
 use crate::services::Kind;
@@ -75,6 +76,26 @@ struct Instance {
     auto_restart: bool,
 }
 
+/// The rows `shop ps` shows.
+fn rows(inner: &Inner) -> Vec<PsRow> {
+    inner
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(idx, i)| PsRow {
+            service: i.service.clone(),
+            instance: i.name.clone(),
+            pid: i.pid.filter(|_| i.state.running()),
+            address: i.address.map(|a| a.to_string()),
+            state: i.state,
+            restarts: i.restarts,
+            uptime_s: i.started.filter(|_| i.state.running()).map(|s| s.elapsed().as_secs()).unwrap_or(0),
+            faults: chaos::labels(&inner.chaos, idx),
+            detail: i.detail.clone(),
+        })
+        .collect()
+}
+
 impl Instance {
     /// Whether a stop, start or restart naming `names` (services or instances) means this one.
     fn named_by(&self, names: &[String]) -> bool {
@@ -85,6 +106,68 @@ impl Instance {
     fn forget_crashes(&mut self) {
         self.consecutive = 0;
         self.last_backoff = None;
+    }
+
+    /// Every change of state goes through here, so the journal misses none, however brief.
+    fn set_state(&mut self, state: InstanceState, journal: &Journal) {
+        if state != self.state {
+            journal.record(&self.name, EventKind::State, format!("{} -> {state}", self.state));
+            self.state = state;
+        }
+    }
+
+    fn count_restart(&mut self, journal: &Journal) {
+        self.restarts += 1;
+        journal.record(&self.name, EventKind::Restart, format!("restarted (#{})", self.restarts));
+    }
+}
+
+/// The supervisor's recent events for `shop top`, whose `--once` frame has no history of its
+/// own: each change of state and restart as it is made, each fault as it is applied or cleared.
+/// Its lock is a leaf, taken inside `inner`'s.
+#[derive(Default)]
+struct Journal(Mutex<JournalInner>);
+
+#[derive(Default)]
+struct JournalInner {
+    events: VecDeque<StackEvent>,
+    /// The fault labels of each instance as last recorded.
+    faults: Vec<Vec<String>>,
+}
+
+impl Journal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JournalInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, instance: &str, kind: EventKind, text: String) {
+        let mut journal = self.lock();
+        let at_ms = crate::plumbing::time::now_ms();
+        journal.events.push_back(StackEvent { at_ms, instance: instance.to_string(), kind, text });
+        if journal.events.len() > MAX_EVENTS {
+            journal.events.pop_front();
+        }
+    }
+
+    /// Records the faults applied and cleared since the last call, per instance; called
+    /// wherever the faults change, with the state lock held.
+    fn faults_changed(&self, inner: &Inner) {
+        let now: Vec<Vec<String>> = (0..inner.instances.len()).map(|idx| chaos::labels(&inner.chaos, idx)).collect();
+        let before = std::mem::replace(&mut self.lock().faults, now.clone());
+        for (idx, labels) in now.iter().enumerate() {
+            let old = before.get(idx).map(Vec::as_slice).unwrap_or_default();
+            let name = &inner.instances[idx].name;
+            for f in old.iter().filter(|f| !labels.contains(f)) {
+                self.record(name, EventKind::FaultCleared, format!("cleared {f}"));
+            }
+            for f in labels.iter().filter(|f| !old.contains(f)) {
+                self.record(name, EventKind::FaultApplied, format!("fault {f}"));
+            }
+        }
+    }
+
+    fn recent(&self) -> Vec<StackEvent> {
+        self.lock().events.iter().cloned().collect()
     }
 }
 
@@ -113,6 +196,7 @@ pub struct Supervisor {
     inner: Mutex<Inner>,
     /// The proxies of active wire faults.
     wire: wire::Wire,
+    journal: Journal,
     /// Fires when `down` is asked for (by the API or a signal).
     pub shutdown: Notify,
 }
@@ -175,6 +259,7 @@ impl Supervisor {
             http: crate::plumbing::client::http_client(),
             spawner: Spawner::new()?,
             inner: Mutex::new(Inner { instances, chaos: Vec::new(), registry: None, starting: 0, stopping: false }),
+            journal: Journal::default(),
             wire: wire::Wire::default(),
             shutdown: Notify::new(),
         }))
@@ -197,23 +282,12 @@ impl Supervisor {
 
     pub fn status(&self) -> Status {
         let inner = self.lock();
-        let rows = inner
-            .instances
-            .iter()
-            .enumerate()
-            .map(|(idx, i)| PsRow {
-                service: i.service.clone(),
-                instance: i.name.clone(),
-                pid: i.pid.filter(|_| i.state.running()),
-                address: i.address.map(|a| a.to_string()),
-                state: i.state,
-                restarts: i.restarts,
-                uptime_s: i.started.filter(|_| i.state.running()).map(|s| s.elapsed().as_secs()).unwrap_or(0),
-                faults: chaos::labels(&inner.chaos, idx),
-                detail: i.detail.clone(),
-            })
-            .collect();
-        Status { starting: inner.starting > 0, stopping: inner.stopping, rows }
+        Status {
+            starting: inner.starting > 0,
+            stopping: inner.stopping,
+            rows: rows(&inner),
+            events: self.journal.recent(),
+        }
     }
 
     /// Service names as the user may give them: unknown ones are a usage error.
@@ -262,7 +336,7 @@ impl Supervisor {
             inst.auto_restart = false;
             inst.outage = false;
             if count_restart {
-                inst.restarts += 1;
+                inst.count_restart(&self.journal);
             }
         }
     }
@@ -307,7 +381,7 @@ impl Supervisor {
                         let mut inner = self.lock();
                         let inst = &mut inner.instances[idx];
                         if !inst.state.running() {
-                            inst.state = InstanceState::Skipped;
+                            inst.set_state(InstanceState::Skipped, &self.journal);
                             inst.detail = Some(format!("dependency `{dep}` is not healthy"));
                         }
                         continue;
