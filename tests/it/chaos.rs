@@ -453,3 +453,39 @@ async fn a_failing_replica_opens_only_its_own_breaker_and_the_others_keep_servin
     }
     p.shop(&["down"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clearing_one_replica_leaves_its_services_fault_on_the_others_or_says_why_it_cannot() {
+    let p = Project::with_file(&stack_yaml("").replace("  payment: {}\n", "  payment: {replicas: 2}\n"));
+    assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
+    ok(&p, &["chaos", "errors", "payment", "--status", "503"]);
+    ok(&p, &["chaos", "kill", "payment"]);
+    ok(&p, &["chaos", "clear", "payment-1"]);
+    // payment-1 is back and answers; payment-2 is still killed and still listed.
+    let faults = |instance: &str| p.row(instance)["faults"].clone();
+    assert_eq!(faults("payment-1"), serde_json::json!([]), "{}", p.row("payment-1"));
+    assert_eq!(faults("payment-2"), serde_json::json!(["errors 503 100%", "killed"]), "{}", p.row("payment-2"));
+    assert_eq!(p.row("payment-2")["state"], "killed");
+    let back = eventually(Duration::from_secs(20), async || p.row("payment-1")["state"] == "healthy").await;
+    assert!(back, "{}", p.row("payment-1"));
+    let list = json(&p.shop(&["chaos", "list", "--json"]));
+    let targets: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["service"].as_str().unwrap()).collect();
+    assert_eq!(targets, vec!["payment-2", "payment-2"], "{list}");
+    // The cleared replica's requests are its own again: no 503 from the fault.
+    let first = p.row("payment-1")["address"].as_str().unwrap().to_string();
+    let status = reqwest::get(format!("http://{first}/v1/payments/pay_none")).await.unwrap().status();
+    assert_ne!(status, 503, "payment-1 still answers with the cleared fault");
+    // The rest clears with its service's name.
+    ok(&p, &["chaos", "clear", "payment"]);
+    assert!(json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().is_empty());
+
+    // A wire toxic in front of the whole service has no per-replica half: refused, kept.
+    ok(&p, &["chaos", "net", "payment", "latency", "--delay", "5ms"]);
+    let out = p.shop(&["chaos", "clear", "payment-2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let want = "`payment-2` is under a net fault set on `payment`, which cannot be cleared for one instance; \
+                clear it with `shop chaos clear payment`";
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    assert_eq!(json(&p.shop(&["chaos", "list", "--json"])).as_array().unwrap().len(), 1);
+    ok(&p, &["chaos", "clear", "payment"]);
+}

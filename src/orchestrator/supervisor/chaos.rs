@@ -155,9 +155,30 @@ impl ActiveFault {
         Some(set)
     }
 
+    /// Whether it acts on each of its instances alone (a process or a request fault), so it
+    /// can be cleared for some of them and stay on the others.
+    fn per_instance(&self) -> bool {
+        matches!(self.kind, FaultKind::Kill | FaultKind::Pause | FaultKind::Latency { .. } | FaultKind::Errors { .. })
+    }
+
+    /// The instances on the side of `scope`: a partition's peers when the scope is on that
+    /// side, else its own; either side of a partition, cleared whole, ends it.
+    fn side_of(&self, scope: &[usize]) -> &[usize] {
+        match self.instances.iter().any(|i| scope.contains(i)) {
+            true => &self.instances,
+            false => &self.peer_instances,
+        }
+    }
+
     fn covers(&self, idx: usize) -> bool {
         self.instances.contains(&idx) || self.peer_instances.contains(&idx)
     }
+}
+
+/// What `chaos list` names a fault left on `left` after it was cleared for other instances of
+/// its service: the one instance, or their names.
+fn narrowed_target(instances: &[super::Instance], left: &[usize]) -> String {
+    left.iter().map(|i| instances[*i].name.as_str()).collect::<Vec<_>>().join(",")
 }
 
 /// The FAULTS column of `ps` for instance `idx`.
@@ -562,10 +583,46 @@ impl Supervisor {
         };
         let removed: Vec<ActiveFault> = {
             let mut inner = self.lock();
-            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.chaos).into_iter().partition(|f| {
-                scope.as_ref().is_none_or(|s| s.iter().any(|i| f.covers(*i)))
-                    && owner.is_none_or(|o| f.owner.as_deref() == Some(o))
-            });
+            // A fault on more instances than the scope (a service's, cleared for one replica)
+            // is split when it acts on each instance alone; one that ties the instances to
+            // others (a partition, a wire toxic in front of the whole service) is refused here,
+            // before anything is cleared.
+            if let Some(scope) = &scope {
+                let tied = inner.chaos.iter().find(|f| {
+                    owner.is_none_or(|o| f.owner.as_deref() == Some(o))
+                        && scope.iter().any(|i| f.covers(*i))
+                        && !f.per_instance()
+                        && f.side_of(scope).iter().any(|i| !scope.contains(i))
+                });
+                if let Some(f) = tied {
+                    return Err(format!(
+                        "`{}` is under a {} fault set on `{}`, which cannot be cleared for one instance; \
+                         clear it with `shop chaos clear {}`",
+                        target.unwrap_or_default(),
+                        f.name(),
+                        f.target,
+                        f.target
+                    ));
+                }
+            }
+            let mut gone = Vec::new();
+            let mut kept = Vec::new();
+            for f in std::mem::take(&mut inner.chaos) {
+                let mine = owner.is_none_or(|o| f.owner.as_deref() == Some(o));
+                match &scope {
+                    _ if !mine => kept.push(f),
+                    None => gone.push(f),
+                    Some(scope) if !scope.iter().any(|i| f.covers(*i)) => kept.push(f),
+                    Some(scope) if f.instances.iter().all(|i| scope.contains(i)) => gone.push(f),
+                    Some(scope) => {
+                        let (cleared, left): (Vec<usize>, Vec<usize>) =
+                            f.instances.iter().partition(|i| scope.contains(i));
+                        let target = narrowed_target(&inner.instances, &left);
+                        gone.push(ActiveFault { instances: cleared, ..f.clone() });
+                        kept.push(ActiveFault { instances: left, target, ..f });
+                    }
+                }
+            }
             inner.chaos = kept;
             self.journal.faults_changed(&inner);
             gone
