@@ -101,16 +101,33 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         ctx.check_stack_file()?;
     }
     let files = log_files(&dir, &args.services);
-    if files.is_empty() {
-        if !args.services.is_empty() {
-            return Err(super::Failure::usage(format!(
-                "no logs for {} in `{}`; `shop ps` lists the instances",
-                args.services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
-                dir.logs().display()
-            )));
+    // A name that no log has and the stack does not know is a typo, not a quiet service.
+    let all = log_files(&dir, &[]);
+    let known: Vec<String> = match ctx.stack() {
+        Ok(stack) => stack.services.iter().flat_map(|s| [vec![s.name.clone()], s.instance_names()].concat()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for name in &args.services {
+        if !all.iter().any(|(instance, _)| matches(instance, name)) && !known.contains(name) {
+            let names = all.iter().map(|(n, _)| n.as_str()).chain(known.iter().map(String::as_str));
+            let hint = match crate::plumbing::yaml::did_you_mean(name, names) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => {
+                    format!("the logs are of: {}", all.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "))
+                }
+            };
+            return Err(super::Failure::usage(format!("no service or instance `{name}` in this stack; {hint}")));
         }
+    }
+    if files.is_empty() {
         if !ctx.quiet {
-            eprintln!("no logs in `{}` yet; start the stack with `shop up`", dir.logs().display());
+            let of = match args.services.is_empty() {
+                true => String::new(),
+                false => {
+                    format!(" of {}", args.services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
+                }
+            };
+            eprintln!("no logs{of} in `{}` yet; start the stack with `shop up`", dir.logs().display());
         }
         return Ok(super::exit::OK);
     }
@@ -124,18 +141,32 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     let mut offsets = BTreeMap::new();
     let mut texts = Vec::new();
     for (instance, path) in &files {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        offsets.insert(instance.clone(), text.len() as u64);
+        let bytes = std::fs::read(path).unwrap_or_default();
+        offsets.insert(instance.clone(), bytes.len() as u64);
+        // A program's own output may be in any encoding: one stray byte must not hide the file.
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         text.lines().for_each(|l| query.learn(l));
         texts.push((instance.clone(), text));
     }
-    // Kept lines merged by time; `-n` counts kept lines, per instance.
+    // Kept lines merged by time; `-n` counts kept lines, per instance. A line that is not JSON
+    // (a panic, a program's own output) has no time of its own: it goes with the line before it.
     let mut merged: Vec<(String, &str, &str)> = Vec::new();
     for (instance, text) in &texts {
-        let kept: Vec<&str> = text.lines().filter(|l| query.matches(l)).collect();
+        let mut last = String::new();
+        let mut kept = Vec::new();
+        for line in text.lines() {
+            let at = log_query::timestamp_of(line);
+            if !at.is_empty() {
+                last = at;
+            }
+            if query.matches(line) {
+                kept.push((last.clone(), instance.as_str(), line));
+            }
+        }
         let from = args.lines.map(|n| kept.len().saturating_sub(n)).unwrap_or(0);
-        merged.extend(kept[from..].iter().map(|l| (log_query::timestamp_of(l), instance.as_str(), *l)));
+        merged.extend(kept.drain(from..));
     }
+    // Stable: lines of one file with the same time keep their order.
     merged.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, instance, line) in &merged {
         if printer.print(instance, line).is_err() {
@@ -177,15 +208,15 @@ async fn follow_query(
             if len == *offset || f.seek(SeekFrom::Start(*offset)).is_err() {
                 continue;
             }
-            let mut buf = String::new();
-            if f.read_to_string(&mut buf).is_err() {
+            let mut buf = Vec::new();
+            if f.read_to_end(&mut buf).is_err() {
                 continue;
             }
             // Only whole lines; a partial last line waits for its newline.
-            let complete = buf.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            let complete = buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
             *offset += complete as u64;
             printer.add(&instance);
-            for line in buf[..complete].lines() {
+            for line in String::from_utf8_lossy(&buf[..complete]).lines() {
                 query.learn(line);
                 if query.matches(line) && printer.print(&instance, line).is_err() {
                     // Nobody reads any more (`shop up | head`): end as Ctrl-C would, so a

@@ -47,7 +47,8 @@ pub async fn sample(control: &Control, http: &reqwest::Client) -> anyhow::Result
 
 /// The last `n` lines of an instance's log, rendered as `shop logs` shows them.
 pub fn last_log_lines(dir: &StateDir, instance: &str, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(dir.log(instance)).unwrap_or_default();
+    let bytes = std::fs::read(dir.log(instance)).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(n);
     lines[from..].iter().map(|l| crate::plumbing::log_query::readable(l, false)).collect()

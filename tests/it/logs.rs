@@ -231,3 +231,77 @@ fn follow_with_a_filter_prints_only_new_matching_lines() {
     let _ = child.wait();
     assert!(next.contains("\"message\":\"loud\""), "the info line is skipped, the error printed: {next}");
 }
+
+#[test]
+fn a_stray_byte_hides_no_line_text_lines_keep_their_place_and_unknown_names_are_refused() {
+    let p = project_with_logs();
+    let logs = p.dir.path().join(".shop/logs");
+    // A program's own output in Latin-1 in the middle of the payment log.
+    let mut payment = std::fs::OpenOptions::new().append(true).open(logs.join("payment.log")).unwrap();
+    payment.write_all(b"caf\xe9 ok\n").unwrap();
+    payment
+        .write_all(
+            (line("2026-01-01T10:06:00.000000Z", "INFO", "payment", "after the stray byte", "") + "\n").as_bytes(),
+        )
+        .unwrap();
+    let out = p.shop(&["logs", "--no-color"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert!(text.iter().any(|l| l.contains("after the stray byte")), "{text:#?}");
+    assert!(text.iter().any(|l| l.contains("caf\u{fffd} ok")), "{text:#?}");
+    // The panic comes right after the line before it (10:00:00.5), not first of all.
+    let at =
+        |needle: &str| text.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}: {text:#?}"));
+    assert!(at("gateway") < at("panicked"), "{text:#?}");
+    assert!(at("DEBUG charge") < at("panicked") && at("panicked") < at("transient failure"), "{text:#?}");
+
+    // Followed too: a stray byte does not stop the lines after it.
+    let mut follow = Command::new(BIN)
+        .current_dir(p.dir.path())
+        .args(["logs", "payment", "-f", "-n", "0", "--no-color"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    payment.write_all(b"\xff\xfe junk\n").unwrap();
+    payment
+        .write_all((line("2026-01-01T10:07:00.000000Z", "INFO", "payment", "followed", "") + "\n").as_bytes())
+        .unwrap();
+    // Read on a thread, so a follow that prints nothing fails the test instead of hanging it.
+    let reader = BufReader::new(follow.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || reader.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    let seen: Vec<String> = (0..2).map_while(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).ok()).collect();
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    assert!(seen.last().is_some_and(|l| l.contains("followed")), "{seen:?}");
+
+    // A name no log has and the stack does not know is refused; a known one without logs is not.
+    let out = p.shop(&["logs", "order", "ordr-x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no service or instance `ordr-x` in this stack"), "{}", stderr(&out));
+    let out = p.shop(&["logs", "odrer"]);
+    assert!(stderr(&out).contains("did you mean `order`?"), "{}", stderr(&out));
+    let out = p.shop(&["logs", "inventory"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no logs of `inventory`"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_crash_is_a_warning_in_the_instances_log_and_a_chaos_line_names_what_it_hit() {
+    let p = crate::stack::started();
+    let out = p.shop(&["chaos", "kill", "payment", "--restart", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let crashed = loop {
+        let out = p.shop(&["logs", "payment", "--level", "warn", "--grep", "crashed", "--no-color"]);
+        if !stdout(&out).is_empty() || std::time::Instant::now() > deadline {
+            break stdout(&out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(crashed.contains("WARN  supervisor: payment crashed"), "{crashed}");
+    let out = p.shop(&["logs", "supervisor", "--grep", "payment", "--no-color"]);
+    let chaos = stdout(&out).lines().find(|l| l.contains("WARN  chaos action=kill")).map(str::to_string);
+    assert!(chaos.is_some_and(|l| l.contains("on=payment")), "{}", stdout(&out));
+}

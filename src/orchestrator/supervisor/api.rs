@@ -88,7 +88,9 @@ async fn chaos_apply(State(sup): Sup, JsonBody(req): JsonBody<ChaosRequest>) -> 
     if req.target == REGISTRY && !req.action.on_process() {
         return Err(ApiError::bad_request("the registry takes only kill, pause and resume"));
     }
-    tracing::warn!(action = %req.action, target = %req.target, "chaos");
+    // `on`, not `target`: the log line's `target` is the code that wrote it, left out of
+    // what `shop logs` shows and searches.
+    tracing::warn!(action = %req.action, on = %req.target, "chaos");
     sup.apply_chaos(req).await.map(Json).map_err(ApiError::bad_request)
 }
 

@@ -678,7 +678,7 @@ impl Supervisor {
             gone
         };
         for f in expired {
-            tracing::info!(target = %f.target, fault = f.name(), "fault expired");
+            tracing::info!(on = %f.target, fault = f.name(), "fault expired");
             self.undo(f).await;
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tracing::Level;
 
 use super::restart::{self, Decision, HEALTHY_SPELL};
 use super::{log_line, Instance, Supervisor, REGISTRY};
@@ -148,7 +149,11 @@ impl Supervisor {
             }
             self.dir.log(&inner.instances[idx].name)
         };
-        log_line(&log, &format!("supervisor: started {} (pid {pid}) on {address}", self.lock().instances[idx].name));
+        log_line(
+            &log,
+            Level::INFO,
+            &format!("supervisor: started {} (pid {pid}) on {address}", self.lock().instances[idx].name),
+        );
         Some(address)
     }
 
@@ -226,7 +231,7 @@ impl Supervisor {
             inst.detail = Some(why.clone());
             self.dir.log(&inst.name)
         };
-        log_line(&log, &format!("supervisor: {why}"));
+        log_line(&log, Level::ERROR, &format!("supervisor: {why}"));
         tracing::error!("{why}");
     }
 
@@ -309,7 +314,7 @@ impl Supervisor {
                     }
                     let log = self.dir.log(&inst.name);
                     let then = if restarts { "ending it so its restart policy acts" } else { "restart: no leaves it" };
-                    log_line(&log, &format!("supervisor: {} unhealthy ({why}); {then}", inst.name));
+                    log_line(&log, Level::WARN, &format!("supervisor: {} unhealthy ({why}); {then}", inst.name));
                     tracing::warn!(child = %inst.name, %why, "unhealthy");
                     inst.pid.filter(|_| restarts)
                 } else {
@@ -432,12 +437,20 @@ impl Supervisor {
             Decision::LeaveStopped => {
                 inst.set_state(InstanceState::Crashed, &self.journal);
                 inst.detail = Some(format!("{status}; restart policy does not restart it"));
-                log_line(&log, &format!("supervisor: {name} {status}; not restarted (restart: {policy:?})"));
+                log_line(
+                    &log,
+                    Level::WARN,
+                    &format!("supervisor: {name} {status}; not restarted (restart: {policy:?})"),
+                );
             }
             Decision::GiveUp => {
                 inst.set_state(InstanceState::Failed, &self.journal);
                 inst.detail = Some(format!("gave up after {max} restarts (max_restarts); it keeps crashing: {status}"));
-                log_line(&log, &format!("supervisor: {name} {status}; gave up after {max} restarts (max_restarts)"));
+                log_line(
+                    &log,
+                    Level::ERROR,
+                    &format!("supervisor: {name} {status}; gave up after {max} restarts (max_restarts)"),
+                );
                 tracing::error!(child = %name, "gave up after {max} restarts");
             }
             Decision::Restart { after, crashes } => {
@@ -451,7 +464,7 @@ impl Supervisor {
                     format!("restart {crashes} of {max}")
                 };
                 inst.detail = Some(format!("{status}; {count} in {after:?}"));
-                log_line(&log, &format!("supervisor: {name} crashed: {status}; {count} in {after:?}"));
+                log_line(&log, Level::WARN, &format!("supervisor: {name} crashed: {status}; {count} in {after:?}"));
                 tracing::warn!(child = %name, %status, wait = ?after, "crashed; restarting");
             }
         }
@@ -486,7 +499,7 @@ impl Supervisor {
             batch.spawn_blocking(move || {
                 p.signal(Signal::SIGCONT); // a paused process cannot handle SIGTERM
                 p.stop(grace);
-                log_line(&log, &format!("supervisor: stopped {}", p.instance));
+                log_line(&log, Level::INFO, &format!("supervisor: stopped {}", p.instance));
             });
         }
         while batch.join_next().await.is_some() {}

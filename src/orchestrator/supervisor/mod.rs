@@ -502,13 +502,14 @@ fn registry_spec(stack: &Stack) -> ServiceSpec {
     }
 }
 
-/// Appends a line to an instance's log, in the JSON-lines shape the services use.
-fn log_line(path: &std::path::Path, message: &str) {
+/// Appends a line to an instance's log, in the JSON-lines shape the services use, at the level
+/// `shop logs --level` filters on: a crash is a warning there as in the supervisor's own log.
+fn log_line(path: &std::path::Path, level: tracing::Level, message: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let line = serde_json::json!({
             "timestamp": crate::plumbing::time::rfc3339(crate::plumbing::time::now_ms()),
-            "level": "INFO",
+            "level": level.as_str(),
             "message": message,
             "service": "supervisor",
             "instance": "supervisor",
@@ -519,8 +520,8 @@ fn log_line(path: &std::path::Path, message: &str) {
 
 /// The last `n` lines of a file; none if it cannot be read.
 pub fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let lines: Vec<String> = String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
