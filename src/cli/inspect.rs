@@ -14,7 +14,7 @@ use super::{exit, output, Failure};
 use crate::invariants;
 use crate::orchestrator::control::Control;
 use crate::orchestrator::protocol::PsRow;
-use crate::orchestrator::stackfile::Stack;
+use crate::orchestrator::stackfile::{Program, Stack};
 use crate::plumbing::admin::{AdminClient, ADMIN_TIMEOUT};
 use crate::plumbing::breaker::BreakerReport;
 use crate::plumbing::faults::FaultSet;
@@ -28,6 +28,7 @@ pub enum InspectCommand {
     /// An order's saga as a timeline, its notification, and its trace as a waterfall
     Order {
         /// The order id (ord_…)
+        #[arg(value_parser = crate::plumbing::ids::parse_order_id)]
         id: String,
     },
     /// All spans of one trace across services, as a waterfall
@@ -112,7 +113,7 @@ impl Live {
         let mut all = Vec::new();
         let mut missing = Vec::new();
         let mut answered = Vec::new();
-        for row in self.rows.iter().filter(|r| r.service != "registry") {
+        for row in self.rows.iter().filter(|r| self.builtin(&r.service)) {
             let why = match (&row.address, row.pid) {
                 (Some(addr), Some(_)) => match self.admin.spans(addr, trace_id).await {
                     Ok(spans) => {
@@ -142,10 +143,26 @@ impl Live {
         (all, missing)
     }
 
-    /// The `/metrics` text of the instance at `addr`, if it answers.
-    async fn metrics_text(&self, addr: &str) -> Option<String> {
-        let resp = self.http.get(format!("http://{addr}/metrics")).timeout(ADMIN_TIMEOUT).send().await.ok()?;
-        Some(resp.text().await.unwrap_or_default())
+    /// The `/metrics` text of the instance at `addr`, or why there is none: no answer, or an
+    /// answer that is no metrics page (a program of `command:` without one).
+    async fn metrics_text(&self, addr: &str) -> Result<String, String> {
+        let resp = self
+            .http
+            .get(format!("http://{addr}/metrics"))
+            .timeout(ADMIN_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("/metrics did not answer: {}", crate::plumbing::client::root_cause(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("/metrics answered {}", resp.status()));
+        }
+        resp.text().await.map_err(|e| format!("/metrics was cut off: {}", crate::plumbing::client::root_cause(&e)))
+    }
+
+    /// Whether the instances of `service` are shop's own, which answer the admin API: only they
+    /// are asked for spans, breakers and faults, so the stack's secret never goes elsewhere.
+    fn builtin(&self, service: &str) -> bool {
+        service == "registry" || self.stack.service(service).is_some_and(|s| matches!(s.program, Program::Builtin(_)))
     }
 }
 
@@ -400,12 +417,15 @@ async fn gather_service(ctx: &Context, live: &Live, name: &str) -> anyhow::Resul
             continue;
         };
         match live.metrics_text(addr).await {
-            Some(text) => figures.add_text(&text),
-            None => {
-                let why = format!("{}; /metrics did not answer", r.state.as_str());
+            Ok(text) => figures.add_text(&text),
+            Err(e) => {
+                let why = format!("{}; {e}", r.state.as_str());
                 unanswered.push(Missing { instance: r.instance.clone(), why });
                 continue;
             }
+        }
+        if !live.builtin(&r.service) {
+            continue;
         }
         if let Ok(b) = live.admin.breakers(addr).await {
             breakers.insert(r.instance.clone(), b);

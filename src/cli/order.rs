@@ -44,6 +44,7 @@ pub struct PlaceArgs {
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
     /// The order id (ord_…)
+    #[arg(value_parser = crate::plumbing::ids::parse_order_id)]
     pub id: String,
     /// Fixture user who owns it [default: whichever fixture user does]
     #[arg(long)]

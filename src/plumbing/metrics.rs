@@ -143,7 +143,19 @@ pub fn round(x: f64, decimals: i32) -> f64 {
     (x * scale).round() / scale
 }
 
-/// Request figures read back from one or more `/metrics` texts, summed over routes.
+/// Whether `route` is the tooling talking to a service (health probes, scrapes, admin calls)
+/// rather than traffic: counted as traffic, it would show a busy service where nothing happens.
+pub fn is_tooling_route(route: &str) -> bool {
+    matches!(route, "/healthz" | "/readyz" | "/metrics") || route.starts_with("/admin")
+}
+
+/// The `route` label of a series, as [`Metrics::render`] writes it.
+fn route_of(series: &str) -> &str {
+    series.split("route=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("")
+}
+
+/// Request figures read back from one or more `/metrics` texts, summed over the traffic routes
+/// (not the tooling's: [`is_tooling_route`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RequestFigures {
     pub requests: f64,
@@ -159,6 +171,9 @@ impl RequestFigures {
     pub fn add_text(&mut self, text: &str) {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            if is_tooling_route(route_of(series)) {
+                continue;
+            }
             let value: f64 = value.parse().unwrap_or(0.0);
             if series.starts_with("shop_http_requests_total{") {
                 self.requests += value;

@@ -10,9 +10,6 @@ use serde::Serialize;
 
 use crate::orchestrator::protocol::{InstanceState, PsRow};
 
-/// Routes that are the tooling talking to a service (health probes, scrapes, admin calls),
-/// not traffic; counting them would show a busy service where nothing happens.
-const TOOLING_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// The header's order rates are averaged over this window.
 const ORDER_WINDOW_MS: i64 = 10_000;
 /// The sparkline covers this much history.
@@ -119,7 +116,7 @@ impl InstanceMetrics {
                 None => (series, BTreeMap::new()),
             };
             let label = |k: &str| labels.get(k).map(String::as_str).unwrap_or("");
-            let traffic = !TOOLING_ROUTES.contains(&label("route")) && !label("route").starts_with("/admin");
+            let traffic = !crate::plumbing::metrics::is_tooling_route(label("route"));
             match name {
                 "shop_http_requests_total" if traffic => {
                     m.requests += value;

@@ -284,3 +284,43 @@ fn inspecting_a_service_that_is_down_says_what_to_do() {
     assert!(err.contains("`shop ps` shows its state; `shop start` or `shop chaos clear` brings back"), "{err}");
     p.shop(&["down"]);
 }
+
+#[test]
+fn inspect_asks_only_shops_own_services_for_admin_data_and_counts_traffic_not_probes() {
+    let extra = "  web:
+    command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1]
+    health: { path: / }
+";
+    let p = crate::stack::Project::new(extra);
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    let (order, why) = p.place("alice", "sku-1");
+    let id = order["id"].as_str().unwrap_or_else(|| panic!("{why}")).to_string();
+
+    // A program of `command:` has no admin API and must never be handed the stack's secret.
+    let out = p.shop(&["inspect", "order", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("web"), "{}", stdout(&out));
+    // Without a metrics page its figures are unknown, not zero.
+    let out = p.shop(&["--json", "inspect", "service", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let web: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(web["requests"].is_null() && web["error_rate"].is_null(), "{web:#}");
+    assert!(web["unanswered"][0]["why"].as_str().unwrap().contains("/metrics answered 404"), "{web:#}");
+    let access = std::fs::read_to_string(p.dir.path().join(".shop/logs/web.log")).unwrap();
+    assert!(!access.contains("/admin"), "web was asked for admin data:\n{access}");
+
+    // The health checks, every 50 ms here, are no traffic: inventory served this one order's
+    // reservation and commit.
+    let out = p.shop(&["--json", "inspect", "service", "inventory"]);
+    let inventory: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let requests = inventory["requests"].as_f64().unwrap();
+    assert!((1.0..=4.0).contains(&requests), "{inventory:#}");
+
+    // An id is an id: a path in its place is refused before any request.
+    for bad in ["../../healthz", "ord_X#junk"] {
+        let out = p.shop(&["inspect", "order", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stdout(&out));
+        assert!(stderr(&out).contains("is not an order id"), "{}", stderr(&out));
+    }
+}
