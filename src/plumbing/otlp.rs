@@ -54,7 +54,7 @@ impl Config {
     fn from_vars(kind: &str, instance: &str, var: impl Fn(&str) -> Option<String>) -> Option<Config> {
         let url = match var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             Some(url) => url,
-            None => format!("{}/v1/traces", var("OTEL_EXPORTER_OTLP_ENDPOINT")?.trim_end_matches('/')),
+            None => traces_url(&var("OTEL_EXPORTER_OTLP_ENDPOINT")?),
         };
         let number = |name: &str, default: u64| var(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default);
         Some(Config {
@@ -68,6 +68,57 @@ impl Config {
             timeout: Duration::from_millis(number("OTEL_BSP_EXPORT_TIMEOUT", 10_000).max(1)),
         })
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` with `v1/traces` appended to its path, as the exporter
+/// specification says: after the path, before any query (`http://c:4318/otlp?k=v` posts to
+/// `/otlp/v1/traces?k=v`).
+fn traces_url(endpoint: &str) -> String {
+    match reqwest::Url::parse(endpoint.trim()) {
+        Ok(mut url) => {
+            let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+            url.to_string()
+        }
+        // Not a URL: the request fails and says so, as the variable's other users would.
+        Err(_) => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    }
+}
+
+/// The collector's URL as logs and `/metrics` show it: without a user name, password or query,
+/// where a collector's credentials go (the gateway's `/metrics` is public).
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let hidden = !u.username().is_empty() || u.password().is_some() || u.query().is_some();
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            if hidden {
+                format!("{u} (credentials and query not shown)")
+            } else {
+                u.to_string()
+            }
+        }
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
+/// Answers worth sending a batch again for (OTLP/HTTP, "Failures"): the collector is
+/// throttling or briefly unavailable.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// Tries per batch, and the longest wait between two: a collector that stays down loses the
+/// batch after a few seconds, and the spans behind it wait in the bounded queue meanwhile.
+const ATTEMPTS: u32 = 3;
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a `Retry-After` answer asks to wait (delay-seconds; a date is left to backoff).
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let value = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// A finished span with what the in-memory store does not keep.
@@ -111,8 +162,8 @@ impl Exporter {
     pub fn start(config: Config, http: reqwest::Client) -> Exporter {
         let (tx, rx) = mpsc::channel(config.queue);
         let counters = Arc::new(Counters::default());
-        let url: Arc<str> = config.url.as_str().into();
-        tracing::info!(url = %config.url, service_name = %config.service_name, "exporting spans over OTLP");
+        let url: Arc<str> = shown_url(&config.url).into();
+        tracing::info!(url = %url, service_name = %config.service_name, "exporting spans over OTLP");
         tokio::spawn(run(rx, config, http, counters.clone()));
         Exporter { tx, counters, url }
     }
@@ -174,6 +225,7 @@ async fn run(mut rx: mpsc::Receiver<Queued>, config: Config, http: reqwest::Clie
     // Whether the last export failed: failures are logged when they start and when they end,
     // not once per batch.
     let mut failing = false;
+    let shown = shown_url(&config.url);
     while let Some(first) = rx.recv().await {
         let (mut batch, mut flushed) = (Vec::new(), None);
         match first {
@@ -196,35 +248,53 @@ async fn run(mut rx: mpsc::Receiver<Queued>, config: Config, http: reqwest::Clie
         }
         let n = batch.len() as u64;
         let body = encode(&config, &batch).encode_to_vec();
-        let sent = http
-            .post(&config.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-            .timeout(config.timeout)
-            .body(body)
-            .send()
-            .await;
-        let failure = match sent {
-            Ok(resp) if resp.status().is_success() => None,
-            Ok(resp) => Some(format!("the collector answered {}", resp.status())),
-            Err(e) => Some(crate::plumbing::client::root_cause(&e)),
-        };
+        let failure = send(&http, &config, body).await;
         match failure {
             None => {
                 counters.exported.fetch_add(n, Ordering::Relaxed);
                 if std::mem::take(&mut failing) {
-                    tracing::info!(url = %config.url, "OTLP collector accepts spans again");
+                    tracing::info!(url = %shown, "OTLP collector accepts spans again");
                 }
             }
             Some(why) => {
                 counters.dropped_failed.fetch_add(n, Ordering::Relaxed);
                 if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(url = %config.url, error = %why, "cannot export spans; dropping them until the collector answers");
+                    tracing::warn!(url = %shown, error = %why, "cannot export spans; dropping them until the collector answers");
                 }
             }
         }
         if let Some(done) = flushed {
             let _ = done.send(());
         }
+    }
+}
+
+/// Posts one batch, again after a throttling or unavailable answer or a failed connection
+/// (waiting as `Retry-After` asks, else 1 s, then 2 s), at most [`ATTEMPTS`] times; why it
+/// failed, or `None` once the collector took it.
+async fn send(http: &reqwest::Client, config: &Config, body: Vec<u8>) -> Option<String> {
+    let mut attempt = 1;
+    loop {
+        let sent = http
+            .post(&config.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .timeout(config.timeout)
+            .body(body.clone())
+            .send()
+            .await;
+        let (why, again, asked) = match sent {
+            Ok(resp) if resp.status().is_success() => return None,
+            Ok(resp) => {
+                (format!("the collector answered {}", resp.status()), retryable(resp.status()), retry_after(&resp))
+            }
+            Err(e) => (crate::plumbing::client::root_cause(&e), e.is_connect(), None),
+        };
+        if !again || attempt >= ATTEMPTS {
+            return Some(why);
+        }
+        let backoff = Duration::from_secs(1 << (attempt - 1));
+        tokio::time::sleep(asked.unwrap_or(backoff).min(MAX_RETRY_WAIT)).await;
+        attempt += 1;
     }
 }
 
@@ -353,6 +423,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.url.as_str(), c.service_name.as_str()), ("http://t/x", "shop-order"));
+    }
+
+    #[test]
+    fn the_traces_path_goes_after_the_endpoints_path_and_before_its_query() {
+        assert_eq!(traces_url("http://c:4318/otlp/?k=v"), "http://c:4318/otlp/v1/traces?k=v");
+        assert_eq!(traces_url("http://u:p@c:4318"), "http://u:p@c:4318/v1/traces");
+    }
+
+    #[test]
+    fn credentials_and_query_stay_out_of_the_url_shown() {
+        let shown = shown_url("http://collector-user:s3cr3t@127.0.0.1:4318/v1/traces?api_key=TOPSECRET");
+        assert_eq!(shown, "http://127.0.0.1:4318/v1/traces (credentials and query not shown)");
+        assert_eq!(shown_url("http://127.0.0.1:4318/v1/traces"), "http://127.0.0.1:4318/v1/traces");
     }
 
     #[test]

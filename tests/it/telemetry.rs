@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::response::IntoResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -42,17 +43,34 @@ impl Received {
 struct Collector {
     url: String,
     spans: Arc<Mutex<Vec<Received>>>,
+    /// Requests answered `503` with `Retry-After: 1` so far.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Collector {
     async fn start() -> Collector {
+        Collector::throttling(0).await
+    }
+
+    /// A collector that answers its first `refusals` requests `503 Retry-After: 1`, as one whose
+    /// memory limiter tripped, and takes the rest.
+    async fn throttling(refusals: usize) -> Collector {
+        use std::sync::atomic::Ordering;
         let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sink = spans.clone();
+        let count = refused.clone();
         let app = axum::Router::new().route(
             "/v1/traces",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
                 let sink = sink.clone();
+                let count = count.clone();
                 async move {
+                    if count.fetch_add(1, Ordering::SeqCst) < refusals {
+                        let throttled = [(axum::http::header::RETRY_AFTER, "1")];
+                        return (StatusCode::SERVICE_UNAVAILABLE, throttled).into_response();
+                    }
+                    count.fetch_sub(1, Ordering::SeqCst);
                     assert_eq!(headers["content-type"], "application/x-protobuf");
                     let request = ExportTraceServiceRequest::decode(body).expect("a valid OTLP protobuf");
                     let mut sink = sink.lock().unwrap();
@@ -85,14 +103,14 @@ impl Collector {
                             });
                         }
                     }
-                    StatusCode::OK
+                    StatusCode::OK.into_response()
                 }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Collector { url, spans }
+        Collector { url, spans, refused }
     }
 
     fn of_trace(&self, trace_id: &str) -> Vec<Received> {
@@ -454,4 +472,27 @@ async fn a_saga_resumed_after_a_crash_keeps_its_callers_sampled_flag_and_tracest
     let leaked: Vec<String> =
         collector.of_trace(unsampled).iter().map(|s| format!("{} {}", s.service_name, s.name)).collect();
     assert!(leaked.is_empty(), "an unsampled trace was exported after the resume: {leaked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttling_collector_gets_the_batch_again_after_its_retry_after() {
+    // The first 6 requests are refused: the first batch of several services, each tried again.
+    let collector = Collector::throttling(6).await;
+    let stack = TestStack::with(exporting_to(&collector.url, "2048")).await;
+    let (status, order, _) = stack.place(ALICE, items(&[("sku-1", 1)]), &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let trace_id = order["trace_id"].as_str().unwrap().to_string();
+    let gateway_span = eventually(Duration::from_secs(20), async || {
+        collector.of_trace(&trace_id).iter().any(|s| s.service_name == "gateway")
+    })
+    .await;
+    assert!(gateway_span, "the order's gateway span never arrived: {:?}", collector.of_trace(&trace_id));
+    assert!(collector.refused.load(std::sync::atomic::Ordering::SeqCst) >= 6);
+    // Nothing was given up on, by any service: the refused batches were sent again.
+    for kind in Kind::ALL {
+        let text = stack.http.get(stack.url(kind, "/metrics")).send().await.unwrap().text().await.unwrap();
+        let failed =
+            text.lines().find(|l| l.starts_with("shop_otlp_spans_dropped_total{") && l.contains("export_failed"));
+        assert!(failed.is_some_and(|l| l.ends_with(" 0")), "{kind:?}: {text}");
+    }
 }
