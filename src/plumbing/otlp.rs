@@ -329,20 +329,34 @@ fn span(f: &Finished) -> opentelemetry_proto::tonic::trace::v1::Span {
     let s = &f.span;
     let http_status: Option<u16> = s.status.parse().ok();
     let mut attributes = Vec::new();
-    let kind = if let Some(call) = s.name.strip_prefix("→ ") {
+    // The name is the most general one that tells the operation (OpenTelemetry's span-name
+    // rule): a client span is `{method} {url.template}`, and no name carries an id, so a
+    // backend lists operations, not orders. The ids stay in the attributes.
+    let (kind, name) = if let Some(call) = s.name.strip_prefix("→ ") {
         let mut words = call.splitn(3, ' ');
+        let mut name = s.name.clone();
         if let (Some(peer), Some(method), Some(path)) = (words.next(), words.next(), words.next()) {
             attributes.push(attribute("peer.service", peer));
             attributes.push(attribute("http.request.method", method));
             attributes.push(attribute("url.path", path));
+            name = match route_template(path) {
+                Some(template) => {
+                    attributes.push(attribute("url.template", template));
+                    format!("{method} {template}")
+                }
+                None => method.to_string(),
+            };
         }
-        SpanKind::Client
+        (SpanKind::Client, name)
     } else if let Some((method, route)) = s.name.split_once(' ').filter(|(m, _)| is_method(m)) {
         attributes.push(attribute("http.request.method", method));
         attributes.push(attribute("http.route", route));
-        SpanKind::Server
+        attributes.push(attribute("url.scheme", "http"));
+        (SpanKind::Server, s.name.clone())
     } else {
-        SpanKind::Internal
+        // `saga ord_… (resumed)`, `relay evt_…`: the words without the id.
+        let name: Vec<&str> = s.name.split(' ').filter(|w| !is_id(w)).collect();
+        (SpanKind::Internal, name.join(" "))
     };
     if let Some(code) = http_status {
         attributes.push(KeyValue {
@@ -373,7 +387,7 @@ fn span(f: &Finished) -> opentelemetry_proto::tonic::trace::v1::Span {
         parent_span_id: s.parent_id.as_deref().and_then(|p| hex::decode(p).ok()).unwrap_or_default(),
         // Only sampled spans are exported: the W3C sampled bit.
         flags: 1,
-        name: s.name.clone(),
+        name,
         kind: kind as i32,
         start_time_unix_nano: nanos(s.start_us),
         end_time_unix_nano: nanos(s.start_us + s.duration_us),
@@ -381,6 +395,48 @@ fn span(f: &Finished) -> opentelemetry_proto::tonic::trace::v1::Span {
         status: Some(status),
         ..Default::default()
     }
+}
+
+/// The routes shop's services serve one another, as their routers declare them.
+const ROUTES: &[&str] = &[
+    "/v1/users/{id}",
+    "/v1/cards/{token}",
+    "/v1/tokens/{hash}",
+    "/v1/orders/{id}",
+    "/v1/reservations/{order_id}",
+    "/v1/reservations/{order_id}/commit",
+    "/v1/reservations/{order_id}/release",
+    "/v1/payments/by-order/{order_id}",
+    "/v1/payments/by-order/{order_id}/refund",
+    "/v1/notifications/batch",
+    "/v1/instances/{instance}",
+    "/v1/services/{service}",
+];
+
+/// The route `path` (query left out) fills: itself when it has no parameter, the template of
+/// [`ROUTES`] it matches, or `None`, which leaves a client span named by its method alone.
+fn route_template(path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    let fills = |template: &str| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(p, s)| p == s || (p.starts_with('{') && !s.is_empty()))
+    };
+    // A literal route first: `/v1/notifications/batch` is not an instance of a template.
+    ROUTES.iter().find(|t| **t == path).or_else(|| ROUTES.iter().find(|t| fills(t))).copied().or_else(|| {
+        // A path with nothing in it that varies is its own template.
+        const PLAIN: &[&str] =
+            &["/v1/orders", "/v1/products", "/v1/payments", "/v1/reservations", "/v1/notifications", "/v1/users"];
+        PLAIN.iter().find(|p| **p == path).copied()
+    })
+}
+
+/// An id (`ord_01M8…`, `evt_…`), not a word of an operation's name.
+fn is_id(word: &str) -> bool {
+    word.split_once('_').is_some_and(|(prefix, rest)| {
+        prefix.len() <= 5 && prefix.bytes().all(|b| b.is_ascii_lowercase()) && rest.len() >= 10
+    })
 }
 
 fn is_method(word: &str) -> bool {
@@ -469,8 +525,47 @@ mod tests {
         assert_eq!(spans[1].kind, SpanKind::Client as i32);
         assert_eq!(spans[1].status.as_ref().unwrap().code, StatusCode::Error as i32);
         let keys: Vec<&str> = spans[0].attributes.iter().map(|a| a.key.as_str()).collect();
-        assert_eq!(keys, ["http.request.method", "http.route", "http.response.status_code", "shop.order.id"]);
+        assert_eq!(
+            keys,
+            ["http.request.method", "http.route", "url.scheme", "http.response.status_code", "shop.order.id"]
+        );
         let resource = back.resource_spans[0].resource.as_ref().unwrap();
         assert_eq!(resource.attributes[0].key, "service.name");
+    }
+
+    #[test]
+    fn span_names_are_operations_and_the_ids_stay_in_attributes() {
+        let config = Config::from_vars("order", "order", vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")])).unwrap();
+        let finished = |name: &str| Finished {
+            span: Span { name: name.into(), status: "200".into(), ..Span::default() },
+            tracestate: None,
+            order_id: None,
+        };
+        let names = [
+            ("→ user GET /v1/users/erin", "GET /v1/users/{id}"),
+            ("→ user GET /v1/cards/card_bcd4eff17edd87", "GET /v1/cards/{token}"),
+            (
+                "→ inventory POST /v1/reservations/ord_01M8HCM1KEEG0Y3DTZSWNTKCF7/commit",
+                "POST /v1/reservations/{order_id}/commit",
+            ),
+            (
+                "→ payment POST /v1/payments/by-order/ord_01M8HCM1KEEG0Y3DTZSWNTKCF7/refund",
+                "POST /v1/payments/by-order/{order_id}/refund",
+            ),
+            ("→ notification POST /v1/notifications/batch", "POST /v1/notifications/batch"),
+            ("→ order GET /v1/orders?user_id=alice&limit=5", "GET /v1/orders"),
+            ("→ web GET /somewhere/else/42", "GET"),
+            ("saga ord_01M8HCM1KEEG0Y3DTZSWNTKCF7 (resumed)", "saga (resumed)"),
+            ("relay evt_01M8HCM1KN6AC0W9ZJ5T2XQ4DP", "relay"),
+            ("GET /v1/orders/{id}", "GET /v1/orders/{id}"),
+        ];
+        let batch: Vec<Finished> = names.iter().map(|(n, _)| finished(n)).collect();
+        let request = encode(&config, &batch);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        for ((recorded, want), span) in names.iter().zip(spans) {
+            assert_eq!(span.name, *want, "{recorded}");
+        }
+        let path = spans[0].attributes.iter().find(|a| a.key == "url.path").unwrap();
+        assert_eq!(path.value, Some(AnyValue { value: Some(any_value::Value::StringValue("/v1/users/erin".into())) }));
     }
 }

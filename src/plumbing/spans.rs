@@ -13,7 +13,7 @@ use crate::plumbing::trace::TraceCtx;
 /// How many spans a process keeps; the oldest go first.
 const CAPACITY: usize = 8_192;
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Span {
     pub trace_id: String,
     pub span_id: String,
