@@ -265,7 +265,9 @@ pub fn visit_accepted_order_ids(c: &rusqlite::Connection, mut visit: impl FnMut(
 
 /// `Prefer: wait=SECONDS` (RFC 7240), bounded. Preference names are matched in any case, with
 /// optional spaces around `=` and an optional quoted value; parameters after `;` are ignored.
-fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
+/// A wait that is no number of seconds (`wait=abc`, `wait=-1`) is a preference the gateway
+/// cannot comply with, which RFC 7240 section 2 says to ignore, not to refuse.
+fn wait_budget(headers: &HeaderMap) -> Duration {
     for prefer in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()) {
         for pref in prefer.split(',') {
             let pref = pref.split(';').next().unwrap_or_default();
@@ -275,17 +277,16 @@ fn wait_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
             }
             let value = value.trim();
             let v = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
-            let secs: f64 = v
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("`Prefer: wait={v}` is not a number of seconds")))?;
-            if !(secs >= 0.0 && secs.is_finite()) {
-                return Err(ApiError::bad_request("`Prefer: wait` must be 0 or more seconds"));
+            match v.parse::<f64>() {
+                // Bounded before the conversion: `wait=1e300` is finite but past what a Duration holds.
+                Ok(secs) if secs >= 0.0 && secs.is_finite() => {
+                    return Duration::from_secs_f64(secs.min(MAX_WAIT.as_secs_f64()))
+                }
+                _ => continue,
             }
-            // Bounded before the conversion: `wait=1e300` is finite but past what a Duration holds.
-            return Ok(Duration::from_secs_f64(secs.min(MAX_WAIT.as_secs_f64())));
         }
     }
-    Ok(DEFAULT_WAIT)
+    DEFAULT_WAIT
 }
 
 /// `Idempotency-Key`: 1 to 255 printable ASCII characters, as the OpenAPI document's pattern
@@ -326,7 +327,7 @@ async fn place_order(
             format!("user `{}` is not active and cannot place orders", user.user_id),
         ));
     }
-    let wait = wait_budget(headers)?;
+    let wait = wait_budget(headers);
     let request = axum::extract::Request::from_parts(parts, body);
     let JsonBody(body) = <JsonBody<OrderBody> as axum::extract::FromRequest<()>>::from_request(request, &()).await?;
     validate(&body)?;
@@ -519,22 +520,27 @@ mod tests {
     #[test]
     fn prefer_wait_is_parsed_and_bounded() {
         let mut h = HeaderMap::new();
-        assert_eq!(wait_budget(&h).unwrap(), DEFAULT_WAIT);
+        assert_eq!(wait_budget(&h), DEFAULT_WAIT);
         h.insert("prefer", "respond-async, wait=0".parse().unwrap());
-        assert_eq!(wait_budget(&h).unwrap(), Duration::ZERO);
+        assert_eq!(wait_budget(&h), Duration::ZERO);
         h.insert("prefer", "wait=9999".parse().unwrap());
-        assert_eq!(wait_budget(&h).unwrap(), MAX_WAIT);
+        assert_eq!(wait_budget(&h), MAX_WAIT);
         h.insert("prefer", "wait=1e300".parse().unwrap());
-        assert_eq!(wait_budget(&h).unwrap(), MAX_WAIT);
-        h.insert("prefer", "wait=soon".parse().unwrap());
-        assert!(wait_budget(&h).is_err());
+        assert_eq!(wait_budget(&h), MAX_WAIT);
+        // A wait it cannot comply with is ignored, not refused (RFC 7240 section 2).
+        for prefer in ["wait=soon", "wait=-1", "wait=NaN"] {
+            h.insert("prefer", prefer.parse().unwrap());
+            assert_eq!(wait_budget(&h), DEFAULT_WAIT, "{prefer}");
+        }
+        h.insert("prefer", "wait=soon, wait=3".parse().unwrap());
+        assert_eq!(wait_budget(&h), Duration::from_secs(3));
         // RFC 7240: any case, spaces around `=`, a quoted value, parameters after `;`.
         for prefer in ["WAIT=2", "Wait = 2", "wait=\"2\"", "respond-async, wait=2; foo=bar", "wait=2;x"] {
             h.insert("prefer", prefer.parse().unwrap());
-            assert_eq!(wait_budget(&h).unwrap(), Duration::from_secs(2), "{prefer}");
+            assert_eq!(wait_budget(&h), Duration::from_secs(2), "{prefer}");
         }
         h.insert("prefer", "handling=lenient".parse().unwrap());
-        assert_eq!(wait_budget(&h).unwrap(), DEFAULT_WAIT);
+        assert_eq!(wait_budget(&h), DEFAULT_WAIT);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn document(server: &str) -> Value {
                             "headers": {"Location": {"schema": {"type": "string"}, "description": "/orders/{id}"}},
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}}
                         },
-                        "400": error_response("Malformed JSON, unknown fields, no items, more than 100 items, a quantity outside 1..=1000, an id longer than 64 characters, a total above 10^12 cents (code amount_too_large), an Idempotency-Key that is empty, longer than 255 characters or not printable ASCII, or a Prefer wait that is not a number of seconds"),
+                        "400": error_response("Malformed JSON, unknown fields, no items, more than 100 items, a quantity outside 1..=1000, an id longer than 64 characters, a total above 10^12 cents (code amount_too_large), or an Idempotency-Key that is empty, longer than 255 characters or not printable ASCII (a Prefer wait that is no number of seconds is ignored, as RFC 7240 asks)"),
                         "403": error_response("The user is inactive (code user_inactive)"),
                         "413": error_response("The body is larger than 64 KiB"),
                         "415": error_response("The body is compressed (a Content-Encoding other than identity); send it uncompressed"),
