@@ -140,6 +140,19 @@ impl Live {
                 }
             }
         }
+        // With every instance up since the trace began, a span whose parent none holds lost it
+        // to an instance's bounded memory (the oldest spans go first); the first span aside,
+        // whose parent may be the caller's own. Listed, so a trace cut short does not pass for
+        // whole.
+        let orphans = orphans(&all);
+        if orphans > 0 && missing.is_empty() {
+            let why = format!(
+                "the parents of {orphans} span{} are held by no instance; each keeps only its last {} spans",
+                if orphans == 1 { "" } else { "s" },
+                crate::plumbing::spans::CAPACITY
+            );
+            missing.push(Missing { instance: "earlier spans".to_string(), why });
+        }
         (all, missing)
     }
 
@@ -266,6 +279,12 @@ struct TraceDoc<'a> {
 struct Missing {
     instance: String,
     why: String,
+}
+
+/// Spans of a trace (sorted by start) whose parent is not among them, the first one aside.
+fn orphans(spans: &[Span]) -> usize {
+    let held: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    spans.iter().skip(1).filter(|s| s.parent_id.as_deref().is_some_and(|p| !held.contains(p))).count()
 }
 
 /// The line that names the instances a report lacks (`what`: what it lacks of them), and why.
@@ -600,6 +619,14 @@ mod tests {
             duration_us: dur,
             status: "200".into(),
         }
+    }
+
+    #[test]
+    fn a_span_whose_parent_no_instance_holds_is_counted_but_not_the_first() {
+        // The first span's parent is the caller's; the third's parent was dropped.
+        let spans = [span("a", Some("caller"), 0, 10), span("b", Some("a"), 1, 5), span("c", Some("gone"), 2, 1)];
+        assert_eq!(super::orphans(&spans), 1);
+        assert_eq!(super::orphans(&spans[..2]), 0);
     }
 
     #[test]

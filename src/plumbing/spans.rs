@@ -11,7 +11,7 @@ use crate::plumbing::otlp::{Exporter, Finished};
 use crate::plumbing::trace::TraceCtx;
 
 /// How many spans a process keeps; the oldest go first.
-const CAPACITY: usize = 8_192;
+pub const CAPACITY: usize = 8_192;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Span {
@@ -33,6 +33,8 @@ pub struct SpanStore {
     pub service: String,
     pub instance: String,
     spans: Mutex<VecDeque<Span>>,
+    /// [`CAPACITY`], unless a test asks for fewer.
+    capacity: usize,
     /// The OTLP exporter, when a collector is configured; it never blocks `record`.
     exporter: Option<Exporter>,
 }
@@ -43,6 +45,7 @@ impl SpanStore {
             service: service.into(),
             instance: instance.into(),
             spans: Mutex::new(VecDeque::with_capacity(1024)),
+            capacity: crate::plumbing::test_hooks::span_capacity(CAPACITY),
             exporter: None,
         }
     }
@@ -88,7 +91,7 @@ impl SpanStore {
             exporter.offer(Finished { span: span.clone(), tracestate: ctx.tracestate.clone(), order_id });
         }
         let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
-        if spans.len() == CAPACITY {
+        while spans.len() >= self.capacity {
             spans.pop_front();
         }
         spans.push_back(span);

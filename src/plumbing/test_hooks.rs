@@ -14,8 +14,14 @@ use crate::plumbing::config::Tuning;
 pub const OPT_IN: &str = "SHOP_TEST_HOOKS";
 
 /// Every hook, by the environment variable that sets it.
-pub const HOOKS: [&str; 5] =
-    ["SHOP_CRASH_AFTER", "SHOP_FAULT_DELAY", "SHOP_FAULT_DELAY_REQUESTS", "SHOP_HEADER_TIMEOUT", "SHOP_TOP_PANIC"];
+pub const HOOKS: [&str; 6] = [
+    "SHOP_CRASH_AFTER",
+    "SHOP_FAULT_DELAY",
+    "SHOP_FAULT_DELAY_REQUESTS",
+    "SHOP_HEADER_TIMEOUT",
+    "SHOP_TOP_PANIC",
+    "SHOP_SPAN_CAPACITY",
+];
 
 /// The header deadline of SPEC and of `--header-timeout`'s default, restored when the hook that
 /// shortens it is not allowed.
@@ -67,6 +73,15 @@ pub fn header_timeout() -> Duration {
         .ok()
         .and_then(|v| crate::plumbing::time::parse_duration(&v).ok())
         .unwrap_or(DEFAULT_HEADER_TIMEOUT)
+}
+
+/// `SHOP_SPAN_CAPACITY=N`: how many spans the process keeps, when allowed, so that a test
+/// sees the oldest go after a few orders instead of thousands.
+pub fn span_capacity(default: usize) -> usize {
+    if !active("SHOP_SPAN_CAPACITY") {
+        return default;
+    }
+    std::env::var("SHOP_SPAN_CAPACITY").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(default)
 }
 
 /// `SHOP_CRASH_AFTER=EVENT` for the events written outside the saga (the outbox relay's

@@ -324,3 +324,26 @@ fn inspect_asks_only_shops_own_services_for_admin_data_and_counts_traffic_not_pr
         assert!(stderr(&out).contains("is not an order id"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn a_trace_whose_older_spans_an_instance_no_longer_holds_says_so() {
+    // The order service keeps 12 spans, so the first order's are gone after a few more.
+    let text = crate::stack::stack_yaml("")
+        .replace("  order:\n", "  order:\n    env: { SHOP_TEST_HOOKS: \"1\", SHOP_SPAN_CAPACITY: \"12\" }\n");
+    let p = crate::stack::Project::with_file(&text);
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    let (first, why) = p.place("alice", "sku-1");
+    let id = first["id"].as_str().unwrap_or_else(|| panic!("{why}")).to_string();
+    let doc = json(&p.shop(&["inspect", "order", &id, "--json"]));
+    assert_eq!(doc["spans_missing_from"], serde_json::json!([]), "whole while the order service holds it: {doc:#}");
+    for _ in 0..4 {
+        p.place("alice", "sku-1");
+    }
+    let doc = json(&p.shop(&["inspect", "order", &id, "--json"]));
+    let missing = doc["spans_missing_from"].as_array().unwrap();
+    assert_eq!(missing.len(), 1, "{doc:#}");
+    assert!(missing[0]["why"].as_str().unwrap().contains("are held by no instance"), "{doc:#}");
+    let text = stdout(&p.shop(&["inspect", "order", &id]));
+    assert!(text.contains("spans may be missing from: earlier spans (the parents of"), "{text}");
+}
