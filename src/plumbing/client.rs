@@ -184,25 +184,28 @@ impl ServiceClient {
         body: Option<&B>,
         trace: Option<&TraceCtx>,
     ) -> Result<T, CallError> {
+        let start_us = crate::plumbing::time::now_us();
         if self.faults.as_ref().is_some_and(|f| f.partitioned_from(service)) {
             // Every instance is cut off: each call is a failure toward each of them, until
             // their breakers are open.
+            let mut error = CallError::Refused {
+                service: service.to_string(),
+                address: "-".into(),
+                message: "network partition injected by shop chaos".into(),
+            };
             if let Some(b) = &self.breakers {
                 let list = self.discovery.instances(service).await;
                 let allowed: Vec<&str> =
                     list.iter().map(|i| i.instance.as_str()).filter(|name| b.allow(name)).collect();
                 if allowed.is_empty() && !list.is_empty() {
-                    return Err(CallError::BreakerOpen(service.to_string()));
+                    error = CallError::BreakerOpen(service.to_string());
                 }
                 for name in allowed {
                     b.record(name, false);
                 }
             }
-            return Err(CallError::Refused {
-                service: service.to_string(),
-                address: "-".into(),
-                message: "network partition injected by shop chaos".into(),
-            });
+            self.record_unsent(service, &method, path, trace, start_us, &error);
+            return Err(error);
         }
         let mut last = CallError::NoInstance(service.to_string());
         // Instances that refused this call. Each counts against its breaker once the call is
@@ -255,7 +258,28 @@ impl ServiceClient {
             }
         }
         settle(&refused, None);
+        // A refusal was a call sent, and has its span; no instance, or every breaker open, was none.
+        if !matches!(last, CallError::Refused { .. }) {
+            self.record_unsent(service, &method, path, trace, start_us, &last);
+        }
         Err(last)
+    }
+
+    /// A call that never left (no instance known, every breaker open, a partition) still gets
+    /// its client span, so the caller's trace shows where the time went and why.
+    fn record_unsent(
+        &self,
+        service: &str,
+        method: &Method,
+        path: &str,
+        trace: Option<&TraceCtx>,
+        start_us: i64,
+        error: &CallError,
+    ) {
+        if let (Some(parent), Some(store)) = (trace, &self.spans) {
+            let name = format!("→ {service} {method} {}", span_path(path));
+            store.record(&parent.child(), Some(&parent.span_id), name, start_us, format!("error: {error}"));
+        }
     }
 
     fn refresh_due(&self) -> bool {

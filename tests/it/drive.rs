@@ -347,3 +347,38 @@ fn a_trace_whose_older_spans_an_instance_no_longer_holds_says_so() {
     let text = stdout(&p.shop(&["inspect", "order", &id]));
     assert!(text.contains("spans may be missing from: earlier spans (the parents of"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_never_left_still_has_its_span_in_the_trace() {
+    let p = started();
+    assert_eq!(p.shop(&["stop", "order", "-q"]).status.code(), Some(0));
+    let gateway = p.row("gateway")["address"].as_str().unwrap().to_string();
+    // Once the registry has let the stopped instance go (ttl 1s) and the gateway has seen it,
+    // there is nothing to call: the call is never sent.
+    let registry = p.row("registry")["address"].as_str().unwrap().to_string();
+    let gone = eventually(Duration::from_secs(10), async || {
+        let url = format!("http://{registry}/v1/services/order");
+        let list: Value = reqwest::get(&url).await.unwrap().json().await.unwrap_or(Value::Null);
+        list.as_array().is_some_and(|l| l.is_empty())
+    })
+    .await;
+    assert!(gone, "the registry still lists order");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .post(format!("http://{gateway}/orders"))
+        .bearer_auth("dev-token-alice")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("prefer", "wait=1")
+        .json(&serde_json::json!({"items": [{"product_id": "sku-1", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let doc = json(&p.shop(&["inspect", "trace", trace_id, "--json"]));
+    let spans = doc["spans"].as_array().unwrap();
+    let unsent: Vec<&Value> = spans.iter().filter(|s| s["name"] == "→ order POST /v1/orders").collect();
+    assert!(!unsent.is_empty(), "no span for the call the gateway could not make: {doc:#}");
+    let statuses: Vec<&str> = unsent.iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert!(statuses.iter().all(|s| s.starts_with("error: no instance of `order`")), "{statuses:?}");
+}
