@@ -148,6 +148,14 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
         text.lines().for_each(|l| query.learn(l));
         texts.push((instance.clone(), text));
     }
+    // `--order` finds the lines of other services through the order's trace, which only the
+    // order service's lines name: learnt from every log, whichever ones are shown.
+    if query.order.is_some() {
+        for (_, path) in all.iter().filter(|(name, _)| !files.iter().any(|(f, _)| f == name)) {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            String::from_utf8_lossy(&bytes).lines().for_each(|l| query.learn(l));
+        }
+    }
     // Kept lines merged by time; `-n` counts kept lines, per instance. A line that is not JSON
     // (a panic, a program's own output) has no time of its own: it goes with the line before it.
     let mut merged: Vec<(String, &str, &str)> = Vec::new();

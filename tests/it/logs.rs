@@ -142,6 +142,8 @@ fn each_logs_filter_keeps_only_its_lines_and_they_combine() {
         messages(&p, &["--order", "ord_A", "--level", "info", "order"]),
         ["order saga started", "order transient failure; retrying"]
     );
+    // The trace is learnt from the order's lines even when only other services are shown.
+    assert_eq!(messages(&p, &["--order", "ord_A", "gateway", "payment"]), ["gateway request", "payment charge"]);
     assert_eq!(messages(&p, &["--since", "1h", "--level", "info"]), Vec::<String>::new(), "2026-01-01 is long ago");
     assert_eq!(messages(&p, &["--level", "error", "--since", "2026-01-01T10:00:00Z", "-n", "1"]).len(), 1);
 
