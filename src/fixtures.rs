@@ -102,14 +102,61 @@ fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FixtureError> 
 
 pub fn load_users(path: &Path) -> Result<Vec<UserFixture>, FixtureError> {
     let users = load::<UsersFile>(path)?.users;
-    if let Some(u) = users.iter().find(|u| u.id.is_empty() || u.token.is_empty()) {
-        return Err(FixtureError::Invalid {
-            path: path.display().to_string(),
-            message: format!("user `{}` needs an id and a token", u.id),
-        });
+    let invalid = |message: String| FixtureError::Invalid { path: path.display().to_string(), message };
+    for (n, u) in users.iter().enumerate() {
+        if u.id.is_empty() || u.token.is_empty() {
+            return Err(invalid(format!("user `{}` needs an id and a token", u.id)));
+        }
+        if !card_number_valid(&u.card) {
+            return Err(invalid(format!(
+                "users[{n}].card of `{}` is not a card number (12 to 19 digits passing the Luhn check), \
+                 such as 4242424242424242",
+                u.id
+            )));
+        }
+        if let Some(first) = users[..n].iter().position(|v| v.id == u.id) {
+            return Err(invalid(format!("users[{n}].id `{}` is users[{first}]'s too; ids are unique", u.id)));
+        }
+        // A token names one user: shared, it would place one user's orders as another's.
+        if let Some(first) = users[..n].iter().position(|v| v.token == u.token) {
+            let other = &users[first].id;
+            return Err(invalid(format!(
+                "users[{n}].token of `{}` is `{other}`'s too; each user needs a token of its own",
+                u.id
+            )));
+        }
     }
     Ok(users)
 }
+
+/// 12 to 19 digits whose Luhn checksum holds, as every card number's does.
+fn card_number_valid(card: &str) -> bool {
+    let digits: Vec<u32> = card.chars().filter_map(|c| c.to_digit(10)).collect();
+    if digits.len() != card.len() || !(12..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            } else {
+                *d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// The most a product's stock may hold: sums of stock over every product stay far inside the
+/// 64-bit integers the invariants add them in.
+pub const MAX_STOCK: i64 = 1_000_000_000_000;
 
 pub fn load_products(path: &Path) -> Result<Vec<ProductFixture>, FixtureError> {
     let products = load::<ProductsFile>(path)?.products;
@@ -120,6 +167,9 @@ pub fn load_products(path: &Path) -> Result<Vec<ProductFixture>, FixtureError> {
         }
         if p.stock < 0 {
             return Err(invalid(format!("products[{n}].stock of `{}` is {}; it cannot be negative", p.id, p.stock)));
+        }
+        if p.stock > MAX_STOCK {
+            return Err(invalid(format!("products[{n}].stock of `{}` is {}; at most {MAX_STOCK}", p.id, p.stock)));
         }
         if let Some(first) = products[..n].iter().position(|q| q.id == p.id) {
             return Err(invalid(format!("products[{n}].id `{}` is products[{first}]'s too; ids are unique", p.id)));
@@ -170,6 +220,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_user_is_named_with_what_is_wrong_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.yaml");
+        let line = |id: &str, card: &str, token: &str| {
+            format!("  - {{ id: {id}, name: x, active: true, card: \"{card}\", token: {token} }}\n")
+        };
+        let good = line("alice", "4242424242424242", "ta");
+        for (body, want) in [
+            (good.clone() + &line("bob", "4242424242424241", "tb"), "users[1].card of `bob` is not a card number"),
+            (good.clone() + &line("bob", "4242-4242", "tb"), "users[1].card of `bob` is not a card number"),
+            (good.clone() + &line("bob", "4000000000000002", "ta"), "users[1].token of `bob` is `alice`'s too"),
+            (good.clone() + &line("alice", "4000000000000002", "tb"), "users[1].id `alice` is users[0]'s too"),
+        ] {
+            std::fs::write(&path, format!("users:\n{body}")).unwrap();
+            let err = load_users(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        std::fs::write(&path, format!("users:\n{good}{}", line("bob", "4000000000009995", "tb"))).unwrap();
+        assert_eq!(load_users(&path).unwrap().len(), 2);
+    }
+
+    #[test]
     fn a_bad_product_is_named_with_what_is_wrong_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.yaml");
@@ -178,6 +250,7 @@ mod tests {
             (line("a", 1) + &line("b", -1), "products[1].stock of `b` is -1; it cannot be negative"),
             (line("a", 1) + &line("a", 2), "products[1].id `a` is products[0]'s too; ids are unique"),
             (line("''", 1), "products[0].id `` must be 1 to 64 characters"),
+            (line("a", i64::MAX), "products[0].stock of `a` is 9223372036854775807; at most 1000000000000"),
         ] {
             std::fs::write(&path, format!("products:\n{body}")).unwrap();
             let err = load_products(&path).unwrap_err().to_string();
