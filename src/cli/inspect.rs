@@ -618,6 +618,7 @@ mod tests {
             start_us: start,
             duration_us: dur,
             status: "200".into(),
+            address: None,
         }
     }
 

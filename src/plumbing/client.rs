@@ -331,7 +331,8 @@ impl ServiceClient {
                 Err(e) => format!("error: {e}"),
             };
             let route = span_path(path);
-            store.record(&ctx, Some(&parent.span_id), format!("→ {service} {method} {route}"), start, status);
+            let name = format!("→ {service} {method} {route}");
+            store.record_call(&ctx, Some(&parent.span_id), name, start, status, address);
         }
         result.map(|(_, answer)| answer)
     }

@@ -339,6 +339,18 @@ fn span(f: &Finished) -> opentelemetry_proto::tonic::trace::v1::Span {
             attributes.push(attribute("peer.service", peer));
             attributes.push(attribute("http.request.method", method));
             attributes.push(attribute("url.path", path));
+            // Where the call went, when it went anywhere (HTTP client conventions: required).
+            if let Some((host, port)) = s.address.as_deref().and_then(|a| a.rsplit_once(':')) {
+                attributes.push(attribute("server.address", host));
+                if let Ok(port) = port.parse::<i64>() {
+                    attributes.push(KeyValue {
+                        key: "server.port".into(),
+                        value: Some(AnyValue { value: Some(any_value::Value::IntValue(port)) }),
+                        ..Default::default()
+                    });
+                }
+                attributes.push(attribute("url.full", &format!("http://{host}:{port}{path}")));
+            }
             name = match route_template(path) {
                 Some(template) => {
                     attributes.push(attribute("url.template", template));
@@ -509,6 +521,7 @@ mod tests {
                 start_us: 1_000,
                 duration_us: 5,
                 status: status.into(),
+                address: Some("127.0.0.1:4100".into()),
             },
             tracestate: Some("rojo=1".into()),
             order_id: Some("ord_1".into()),
@@ -523,6 +536,15 @@ mod tests {
         assert_eq!((spans[0].start_time_unix_nano, spans[0].end_time_unix_nano), (1_000_000, 1_005_000));
         assert_eq!(spans[0].status.as_ref().unwrap().code, StatusCode::Unset as i32);
         assert_eq!(spans[1].kind, SpanKind::Client as i32);
+        let client: Vec<(&str, Option<&any_value::Value>)> = spans[1]
+            .attributes
+            .iter()
+            .map(|a| (a.key.as_str(), a.value.as_ref().and_then(|v| v.value.as_ref())))
+            .collect();
+        assert!(client.contains(&("server.address", Some(&any_value::Value::StringValue("127.0.0.1".into())))));
+        assert!(client.contains(&("server.port", Some(&any_value::Value::IntValue(4100)))));
+        let full = any_value::Value::StringValue("http://127.0.0.1:4100/v1/orders".into());
+        assert!(client.contains(&("url.full", Some(&full))), "{client:?}");
         assert_eq!(spans[1].status.as_ref().unwrap().code, StatusCode::Error as i32);
         let keys: Vec<&str> = spans[0].attributes.iter().map(|a| a.key.as_str()).collect();
         assert_eq!(

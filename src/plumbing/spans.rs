@@ -27,6 +27,9 @@ pub struct Span {
     pub duration_us: i64,
     /// The HTTP status, or `error: …` for a call that got no answer, or `ok`.
     pub status: String,
+    /// For a call made, the `host:port` it went to (`server.address` and `server.port` in OTLP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 pub struct SpanStore {
@@ -63,7 +66,21 @@ impl SpanStore {
     /// concerns is read from the name (`saga ord_…`, `→ order GET /v1/orders/ord_…`).
     pub fn record(&self, ctx: &TraceCtx, parent: Option<&str>, name: String, start_us: i64, status: String) {
         let order_id = order_in(&name);
-        self.record_for_order(ctx, parent, name, start_us, status, order_id);
+        self.keep(ctx, parent, name, start_us, status, order_id, None);
+    }
+
+    /// [`record`](Self::record) for a call made to `address` (`host:port`).
+    pub fn record_call(
+        &self,
+        ctx: &TraceCtx,
+        parent: Option<&str>,
+        name: String,
+        start_us: i64,
+        status: String,
+        address: &str,
+    ) {
+        let order_id = order_in(&name);
+        self.keep(ctx, parent, name, start_us, status, order_id, Some(address.to_string()));
     }
 
     /// [`record`](Self::record) for a span known to concern `order_id`.
@@ -76,6 +93,20 @@ impl SpanStore {
         status: String,
         order_id: Option<String>,
     ) {
+        self.keep(ctx, parent, name, start_us, status, order_id, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        &self,
+        ctx: &TraceCtx,
+        parent: Option<&str>,
+        name: String,
+        start_us: i64,
+        status: String,
+        order_id: Option<String>,
+        address: Option<String>,
+    ) {
         let span = Span {
             trace_id: ctx.trace_id.clone(),
             span_id: ctx.span_id.clone(),
@@ -86,6 +117,7 @@ impl SpanStore {
             start_us,
             duration_us: (crate::plumbing::time::now_us() - start_us).max(0),
             status,
+            address,
         };
         if let Some(exporter) = self.exporter.as_ref().filter(|_| ctx.sampled) {
             exporter.offer(Finished { span: span.clone(), tracestate: ctx.tracestate.clone(), order_id });
