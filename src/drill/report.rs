@@ -173,8 +173,12 @@ pub struct Window {
     pub latency_ms: WindowLatency,
     pub confirmed: u64,
     pub failed: u64,
+    /// Answered 202: the order was placed and its saga still ran.
     pub pending: u64,
     pub errors: u64,
+    /// Still unanswered when an interrupted drill gave up on them: nobody knows yet what came
+    /// of them, so they are neither pending nor errors.
+    pub abandoned: u64,
 }
 
 #[derive(Serialize)]
@@ -244,8 +248,9 @@ fn window(fault: usize, phase: &'static str, from: f64, to: f64, samples: &[Samp
         latency_ms: WindowLatency { p50: quantile(0.50), p99: quantile(0.99) },
         confirmed: count(|o| matches!(o, Outcome::Confirmed)),
         failed: count(|o| matches!(o, Outcome::Failed(_))),
-        pending: count(|o| matches!(o, Outcome::Pending)),
+        pending: inside.iter().filter(|s| s.answered && matches!(s.outcome, Outcome::Pending)).count() as u64,
         errors: count(|o| matches!(o, Outcome::Error(_))),
+        abandoned: inside.iter().filter(|s| !s.answered).count() as u64,
     }
 }
 
@@ -403,7 +408,10 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 ms(w.latency_ms.p99),
                 w.failed.to_string(),
                 w.errors.to_string(),
-                w.pending.to_string(),
+                match w.abandoned {
+                    0 => w.pending.to_string(),
+                    n => format!("{} +{n} abandoned", w.pending),
+                },
             ]);
         }
         println!("{t}");
@@ -518,6 +526,8 @@ mod tests {
             sample(1_100, 500, Outcome::Error("http_503".into())),
             sample(1_500, 700, Outcome::Pending),
             sample(2_500, 30, Outcome::Failed("card_declined".into())),
+            // In flight when an interrupted drill gave up on it.
+            Sample { answered: false, ..sample(1_600, 1_400, Outcome::Pending) },
         ];
         let fault = FaultReport {
             index: 1,
@@ -533,7 +543,7 @@ mod tests {
         };
         let w = windows(&[fault], &samples, Duration::from_secs(3));
         let phases: Vec<(&str, u64)> = w.iter().map(|w| (w.phase, w.orders)).collect();
-        assert_eq!(phases, [("before", 2), ("during", 2), ("after", 1)]);
+        assert_eq!(phases, [("before", 2), ("during", 3), ("after", 1)]);
         assert_eq!((w[0].started_per_s, w[0].latency_ms.p50, w[0].latency_ms.p99), (2.0, Some(10.0), Some(20.0)));
         // Confirmed answers by when they came: both before the fault, none during or after.
         let delivered: Vec<f64> = w.iter().map(|w| w.throughput_per_s).collect();
@@ -541,7 +551,9 @@ mod tests {
         // Per second: started by start time, answers by when they came, up to the last answer.
         let seconds = per_second(&samples);
         let by_second: Vec<(u64, u64, u64)> = seconds.iter().map(|s| (s.started, s.completed, s.throughput)).collect();
-        assert_eq!(by_second, [(2, 2, 2), (2, 1, 0), (1, 2, 0)]);
-        assert_eq!((w[1].errors, w[1].pending, w[2].failed), (1, 1, 1));
+        // The abandoned order started in second 1 and never completed; the run went on until
+        // it was given up on, in second 3.
+        assert_eq!(by_second, [(2, 2, 2), (3, 1, 0), (1, 2, 0), (0, 0, 0)]);
+        assert_eq!((w[1].errors, w[1].pending, w[1].abandoned, w[2].failed), (1, 1, 1, 1));
     }
 }
