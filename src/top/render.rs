@@ -152,6 +152,10 @@ fn draw_table(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &View) {
         header.insert(0, "SERVICE");
         widths.insert(0, Constraint::Length(13));
     }
+    // What the FAULTS column gets of the width: the rest, less the spaces between columns and
+    // the selection mark. A longer list ends in `…`, so a cut is never taken for the whole.
+    let fixed: u16 = widths.iter().map(|w| if let Constraint::Length(n) = w { *n } else { 0 }).sum();
+    let room = area.width.saturating_sub(fixed + widths.len() as u16).max(6) as usize;
     let rows = snap.instances.iter().map(|r| {
         let mut cells = vec![
             r.instance.clone(),
@@ -163,7 +167,7 @@ fn draw_table(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &View) {
             ms(r.p50_ms),
             ms(r.p99_ms),
             r.breakers_open.to_string(),
-            if r.faults.is_empty() { "-".into() } else { r.faults.join(",") },
+            if r.faults.is_empty() { "-".into() } else { ellipsis(&r.faults.join(", "), room) },
         ];
         if wide {
             cells.insert(0, r.service.clone());
@@ -179,6 +183,14 @@ fn draw_table(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &View) {
     let mut state =
         TableState::default().with_selected((view.interactive && !snap.instances.is_empty()).then_some(view.selected));
     frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// `text` cut to `width` characters, ending in `…` when cut.
+fn ellipsis(text: &str, width: usize) -> String {
+    match text.chars().count() <= width {
+        true => text.to_string(),
+        false => text.chars().take(width.saturating_sub(1)).chain(['…']).collect(),
+    }
 }
 
 fn state_style(row: &InstanceRow, color: bool) -> Style {
@@ -302,7 +314,7 @@ mod tests {
                 row("payment", "payment", InstanceState::Killed, &["killed"]),
                 row("notification", "notification", InstanceState::Paused, &["paused"]),
                 order,
-                row("gateway", "gateway", InstanceState::Healthy, &["latency"]),
+                row("gateway", "gateway", InstanceState::Healthy, &["latency 30ms 100%", "errors 503 5%"]),
             ],
             events: vec![Event {
                 at_ms: 3_600_000,
@@ -329,6 +341,9 @@ mod tests {
         assert!(payment.contains("killed"), "{text}");
         assert!(text.lines().any(|l| l.contains("notification") && l.contains("paused")), "{text}");
         assert!(text.lines().any(|l| l.contains("gateway") && l.contains("latency")), "{text}");
+        // Two faults do not fit in 80 columns: the cut shows.
+        let gateway = text.lines().find(|l| l.contains("gateway")).unwrap_or("");
+        assert!(gateway.trim_end().ends_with('…'), "{gateway}");
         assert!(text.contains("confirmed 4.2"), "{text}");
         assert!(text.contains("01:00:00 payment"), "events pane:\n{text}");
         assert!(text.contains("F"), "the fault is marked under the sparkline:\n{text}");
