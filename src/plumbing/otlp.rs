@@ -110,6 +110,9 @@ fn retryable(status: reqwest::StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
 }
 
+/// How long a batch may be on its way before a stopping service stops waiting for it.
+const STALLED: Duration = Duration::from_secs(1);
+
 /// Tries per batch, and the longest wait between two: a collector that stays down loses the
 /// batch after a few seconds, and the spans behind it wait in the bounded queue meanwhile.
 const ATTEMPTS: u32 = 3;
@@ -139,6 +142,11 @@ struct Counters {
     dropped_full: AtomicU64,
     /// The collector refused or could not be reached.
     dropped_failed: AtomicU64,
+    /// When the batch being sent now was first sent (ms since the epoch), 0 when none is: a
+    /// stopping service does not wait on a collector that has held a batch for long.
+    sending_since_ms: std::sync::atomic::AtomicI64,
+    /// The last batch could not be delivered.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// What the export loop is handed: a span, or the request to send what it holds now.
@@ -179,6 +187,13 @@ impl Exporter {
     /// they are sent, or after `within` (a collector that does not answer must not hold up a
     /// stopping service).
     pub async fn flush(&self, within: Duration) {
+        // A collector that is failing, or has held a batch for a second already, would only
+        // make the stop wait out `within`: each service of a stopping stack would add it again.
+        let since = self.counters.sending_since_ms.load(Ordering::Relaxed);
+        let stalled = since > 0 && crate::plumbing::time::now_ms() - since > STALLED.as_millis() as i64;
+        if stalled || self.counters.failing.load(Ordering::Relaxed) {
+            return;
+        }
         let (done, sent) = tokio::sync::oneshot::channel();
         let _ = tokio::time::timeout(within, async {
             if self.tx.send(Queued::Flush(done)).await.is_ok() {
@@ -248,7 +263,10 @@ async fn run(mut rx: mpsc::Receiver<Queued>, config: Config, http: reqwest::Clie
         }
         let n = batch.len() as u64;
         let body = encode(&config, &batch).encode_to_vec();
+        counters.sending_since_ms.store(crate::plumbing::time::now_ms(), Ordering::Relaxed);
         let failure = send(&http, &config, body).await;
+        counters.sending_since_ms.store(0, Ordering::Relaxed);
+        counters.failing.store(failure.is_some(), Ordering::Relaxed);
         match failure {
             None => {
                 counters.exported.fetch_add(n, Ordering::Relaxed);
@@ -491,6 +509,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.url.as_str(), c.service_name.as_str()), ("http://t/x", "shop-order"));
+    }
+
+    #[tokio::test]
+    async fn a_stop_does_not_wait_on_a_collector_that_holds_a_batch() {
+        // A collector that takes the connection and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let pairs = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "10")];
+        let config = Config::from_vars("order", "order", vars(&pairs)).unwrap();
+        let exporter = Exporter::start(config, reqwest::Client::new());
+        let ctx = crate::plumbing::trace::TraceCtx::resume("4bf92f3577b34da6a3ce929d0e0e4736");
+        exporter.offer(Finished {
+            span: Span { trace_id: ctx.trace_id.clone(), span_id: ctx.span_id.clone(), ..Span::default() },
+            tracestate: None,
+            order_id: None,
+        });
+        tokio::time::sleep(STALLED + Duration::from_millis(300)).await;
+        // Its batch has been on its way for longer than `STALLED`: the flush gives up at once
+        // instead of waiting out its 10 s.
+        let flushed = tokio::time::timeout(Duration::from_secs(3), exporter.flush(Duration::from_secs(10))).await;
+        assert!(flushed.is_ok(), "the flush waited on a collector that holds its batch");
     }
 
     #[test]
