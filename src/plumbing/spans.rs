@@ -66,7 +66,7 @@ impl SpanStore {
     /// concerns is read from the name (`saga ord_…`, `→ order GET /v1/orders/ord_…`).
     pub fn record(&self, ctx: &TraceCtx, parent: Option<&str>, name: String, start_us: i64, status: String) {
         let order_id = order_in(&name);
-        self.keep(ctx, parent, name, start_us, status, order_id, None);
+        self.keep(ctx, self.span(ctx, parent, name, start_us, status), order_id);
     }
 
     /// [`record`](Self::record) for a call made to `address` (`host:port`).
@@ -80,7 +80,8 @@ impl SpanStore {
         address: &str,
     ) {
         let order_id = order_in(&name);
-        self.keep(ctx, parent, name, start_us, status, order_id, Some(address.to_string()));
+        let span = Span { address: Some(address.to_string()), ..self.span(ctx, parent, name, start_us, status) };
+        self.keep(ctx, span, order_id);
     }
 
     /// [`record`](Self::record) for a span known to concern `order_id`.
@@ -93,21 +94,12 @@ impl SpanStore {
         status: String,
         order_id: Option<String>,
     ) {
-        self.keep(ctx, parent, name, start_us, status, order_id, None);
+        self.keep(ctx, self.span(ctx, parent, name, start_us, status), order_id);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn keep(
-        &self,
-        ctx: &TraceCtx,
-        parent: Option<&str>,
-        name: String,
-        start_us: i64,
-        status: String,
-        order_id: Option<String>,
-        address: Option<String>,
-    ) {
-        let span = Span {
+    /// The span of `ctx` that ends now.
+    fn span(&self, ctx: &TraceCtx, parent: Option<&str>, name: String, start_us: i64, status: String) -> Span {
+        Span {
             trace_id: ctx.trace_id.clone(),
             span_id: ctx.span_id.clone(),
             parent_id: parent.map(str::to_string),
@@ -117,8 +109,12 @@ impl SpanStore {
             start_us,
             duration_us: (crate::plumbing::time::now_us() - start_us).max(0),
             status,
-            address,
-        };
+            address: None,
+        }
+    }
+
+    /// Hands `span` to the exporter when it is sampled, and keeps it.
+    fn keep(&self, ctx: &TraceCtx, span: Span, order_id: Option<String>) {
         if let Some(exporter) = self.exporter.as_ref().filter(|_| ctx.sampled) {
             exporter.offer(Finished { span: span.clone(), tracestate: ctx.tracestate.clone(), order_id });
         }

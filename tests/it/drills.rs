@@ -587,15 +587,7 @@ fn sigint_and_sigterm_roll_the_drill_back_long_before_the_faults_expire() {
         "name: long\nload: { rate: 5, duration: 60s }\nfaults:\n  - { at: 0s, latency: payment, delay: 5ms }\n",
     );
     for signal in ["-INT", "-TERM"] {
-        let child = std::process::Command::new(crate::support::BIN)
-            .current_dir(p.dir.path())
-            .args(["chaos", "drill", &file, "-q"])
-            .env_remove("SHOP_STACK")
-            .env_remove("SHOP_STATE_DIR")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = p.spawn(&["chaos", "drill", &file, "-q"]);
         crate::tools::wait_until(Duration::from_secs(20), "the drill's fault", || faults_left(&p) != "[]");
         let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
         assert!(sent.success());

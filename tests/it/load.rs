@@ -359,15 +359,7 @@ async fn a_load_balances_over_gateway_replicas_and_fails_over_when_one_is_killed
     let up = p.shop(&["up", "-d", "-q"]);
     assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
     let second = p.row("gateway-2")["address"].as_str().unwrap().to_string();
-    let load = std::process::Command::new(crate::support::BIN)
-        .current_dir(p.dir.path())
-        .args(["load", "--rate", "40", "--duration", "6s", "--users", "alice", "--json"])
-        .env_remove("SHOP_STACK")
-        .env_remove("SHOP_STATE_DIR")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let load = p.spawn(&["load", "--rate", "40", "--duration", "6s", "--users", "alice", "--json"]);
     std::thread::sleep(Duration::from_millis(1500));
     // The first gateway is the one a load that talks to one gateway would have picked.
     let kill = p.shop(&["chaos", "kill", "gateway-1", "-q"]);

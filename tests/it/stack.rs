@@ -93,6 +93,19 @@ impl Project {
             .unwrap()
     }
 
+    /// `shop ARGS` started in the background, as from a second terminal, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(BIN)
+            .current_dir(self.dir.path())
+            .args(args)
+            .env_remove("SHOP_STACK")
+            .env_remove("SHOP_STATE_DIR")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `shop --json order place --user USER --item ITEM`: the order it printed (`Null` if it
     /// printed none) and its stderr, for the assertion's message.
     pub fn place(&self, user: &str, item: &str) -> (Value, String) {
