@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::context::Context;
 use super::Failure;
 use crate::orchestrator::control::Control;
-use crate::orchestrator::protocol::InstanceState;
+use crate::orchestrator::protocol::{InstanceState, PsRow};
 use crate::orchestrator::stackfile::{Program, Stack};
 use crate::orchestrator::state_dir::StateDir;
 use crate::services::Kind;
@@ -25,6 +25,8 @@ pub struct Target {
     supervised: Option<StateDir>,
     /// The stack's services of the gateway kind.
     stack_gateways: Vec<String>,
+    /// Those of `gateways` that were healthy when they were read.
+    healthy: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -45,14 +47,14 @@ impl Target {
         let stack = ctx.stack()?;
         let tokens = tokens(&stack)?;
         let stack_gateways = stack.services_of(Kind::Gateway);
-        let (gateways, supervised) = match &args.gateway {
-            Some(url) => (vec![url.trim_end_matches('/').to_string()], None),
+        let (gateways, healthy, supervised) = match &args.gateway {
+            Some(url) => (vec![url.trim_end_matches('/').to_string()], Vec::new(), None),
             None => match supervised_gateways(&ctx.state_dir(), &stack_gateways).await? {
-                Some(gateways) => (gateways, Some(ctx.state_dir())),
-                None => (vec![fixed_gateway(&stack)?], None),
+                Some((gateways, healthy)) => (gateways, healthy, Some(ctx.state_dir())),
+                None => (vec![fixed_gateway(&stack)?], Vec::new(), None),
             },
         };
-        Ok(Target { gateway: gateways[0].clone(), gateways, tokens, supervised, stack_gateways })
+        Ok(Target { gateway: gateways[0].clone(), gateways, tokens, supervised, stack_gateways, healthy })
     }
 
     /// A load's client of the gateways: balanced over the running stack's gateway instances,
@@ -61,6 +63,10 @@ impl Target {
         let balanced = Gateways::new(&self.gateway);
         balanced.set(&self.gateways);
         if let Some(state_dir) = self.supervised.clone() {
+            // From the first order on, only the healthy ones: a paused replica would hold every
+            // order sent to it for the whole request timeout. `set` keeps the list as it is when
+            // none is healthy.
+            balanced.set(&self.healthy);
             let stack_gateways = self.stack_gateways.clone();
             balanced.follow(GATEWAYS_REFRESH, move || {
                 let (state_dir, names) = (state_dir.clone(), stack_gateways.clone());
@@ -94,17 +100,22 @@ impl Target {
 /// How often a load asks the supervisor which gateways are healthy.
 const GATEWAYS_REFRESH: Duration = Duration::from_secs(1);
 
-/// The running stack's gateway instances with an address, healthy ones first; `None` when no
-/// supervisor answers for the state dir or it runs no gateway.
-async fn supervised_gateways(state_dir: &StateDir, names: &[String]) -> anyhow::Result<Option<Vec<String>>> {
+/// The running stack's gateway instances with an address, healthy ones first, and the healthy
+/// ones; `None` when no supervisor answers for the state dir or it runs no gateway.
+async fn supervised_gateways(
+    state_dir: &StateDir,
+    names: &[String],
+) -> anyhow::Result<Option<(Vec<String>, Vec<String>)>> {
     let Some(control) = Control::connect(state_dir) else {
         return Ok(None);
     };
     let status = control.status().await?;
     let mut rows: Vec<_> = status.rows.iter().filter(|r| names.contains(&r.service) && r.address.is_some()).collect();
     rows.sort_by_key(|r| r.state != InstanceState::Healthy);
-    let gateways: Vec<String> = rows.iter().filter_map(|r| r.address.as_ref()).map(|a| format!("http://{a}")).collect();
-    Ok((!gateways.is_empty()).then_some(gateways))
+    let url = |r: &&PsRow| r.address.as_ref().map(|a| format!("http://{a}"));
+    let gateways: Vec<String> = rows.iter().filter_map(url).collect();
+    let healthy: Vec<String> = rows.iter().filter(|r| r.state == InstanceState::Healthy).filter_map(url).collect();
+    Ok((!gateways.is_empty()).then_some((gateways, healthy)))
 }
 
 /// The running stack's healthy gateway instances, as its supervisor sees them now.

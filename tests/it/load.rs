@@ -380,3 +380,19 @@ async fn a_load_balances_over_gateway_replicas_and_fails_over_when_one_is_killed
     assert!(served >= 40.0, "gateway-2 served {served} orders");
     assert_eq!(p.shop(&["chaos", "clear", "-q"]).status.code(), Some(0));
 }
+
+#[test]
+fn a_load_sends_nothing_to_a_gateway_replica_that_is_paused_when_it_starts() {
+    let p = Project::with_file(&crate::stack::stack_yaml("").replace("  gateway:\n", "  gateway:\n    replicas: 2\n"));
+    let up = p.shop(&["up", "-d", "-q"]);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    let paused = p.shop(&["chaos", "pause", "gateway-1", "-q"]);
+    assert_eq!(paused.status.code(), Some(0), "{}", stderr(&paused));
+    // A paused replica takes the connection and never answers: an order sent there would
+    // wait out the whole request timeout.
+    let out = p.shop(&["load", "--rate", "20", "--duration", "2s", "--users", "alice", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!((count(&report, "errors"), count(&report, "confirmed")), (0, count(&report, "orders")), "{report}");
+    assert_eq!(p.shop(&["chaos", "clear", "-q"]).status.code(), Some(0));
+}
