@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, value_name = "ID", value_parser = crate::plumbing::trace::parse_trace_id)]
     pub trace: Option<String>,
     /// Only lines about this order (its own lines and those of its trace)
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = crate::plumbing::ids::parse_order_id)]
     pub order: Option<String>,
 }
 
@@ -151,8 +151,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     // `--order` finds the lines of other services through the order's trace, which only the
     // order service's lines name: learnt from every log, whichever ones are shown.
     if query.order.is_some() {
-        for (_, path) in all.iter().filter(|(name, _)| !files.iter().any(|(f, _)| f == name)) {
+        for (name, path) in all.iter().filter(|(name, _)| !files.iter().any(|(f, _)| f == name)) {
             let bytes = std::fs::read(path).unwrap_or_default();
+            offsets.insert(name.clone(), bytes.len() as u64);
             String::from_utf8_lossy(&bytes).lines().for_each(|l| query.learn(l));
         }
     }
@@ -167,7 +168,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
             if !at.is_empty() {
                 last = at;
             }
-            if query.matches(line) {
+            if query.matches_after(line, &last) {
                 kept.push((last.clone(), instance.as_str(), line));
             }
         }
@@ -205,8 +206,15 @@ async fn follow_query(
     mut printer: Printer,
     mut query: LogQuery,
 ) {
+    // The time of each log's last stamped line, for the plain-text lines after it.
+    let mut stamped: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        for (instance, path) in log_files(dir, filter) {
+        for (instance, path) in log_files(dir, &[]) {
+            // The other logs are read only to learn an order's trace from its own lines.
+            let shown = filter.is_empty() || filter.iter().any(|f| matches(&instance, f));
+            if !shown && query.order.is_none() {
+                continue;
+            }
             let offset = offsets.entry(instance.clone()).or_insert(0);
             let Ok(mut f) = std::fs::File::open(&path) else { continue };
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -223,10 +231,17 @@ async fn follow_query(
             // Only whole lines; a partial last line waits for its newline.
             let complete = buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
             *offset += complete as u64;
-            printer.add(&instance);
+            if shown {
+                printer.add(&instance);
+            }
+            let last = stamped.entry(instance.clone()).or_default();
             for line in String::from_utf8_lossy(&buf[..complete]).lines() {
                 query.learn(line);
-                if query.matches(line) && printer.print(&instance, line).is_err() {
+                let at = log_query::timestamp_of(line);
+                if !at.is_empty() {
+                    *last = at;
+                }
+                if shown && query.matches_after(line, last) && printer.print(&instance, line).is_err() {
                     // Nobody reads any more (`shop up | head`): end as Ctrl-C would, so a
                     // foreground `up` stops its stack instead of running on unseen.
                     return;

@@ -117,26 +117,26 @@ impl LogQuery {
     }
 
     pub fn matches(&self, line: &str) -> bool {
+        self.matches_after(line, "")
+    }
+
+    /// [`matches`](Self::matches) for a line written after one stamped `before` (RFC 3339, or
+    /// empty): a line that is not JSON (a panic message, a program's own output) has no time,
+    /// level or ids of its own. It is taken to be of the time of the line before it; it has no
+    /// level, so `--level` keeps it (a panic must not hide behind its missing level); and no
+    /// trace or order can claim it.
+    pub fn matches_after(&self, line: &str, before: &str) -> bool {
         if self.is_empty() {
             return true;
         }
         let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(line) else {
-            // A line that is not JSON (a panic message, a program's own output) has no time,
-            // level or ids: only a pure text search can keep it.
-            let text_only = self.since.is_none()
-                && self.until.is_none()
-                && self.level.is_none()
-                && self.trace.is_none()
-                && self.order.is_none();
-            return text_only && self.grep.as_ref().is_some_and(|r| r.is_match(line));
-        };
-        if self.since.is_some() || self.until.is_some() {
-            let Some(at) = field(&map, "timestamp").and_then(|t| humantime::parse_rfc3339_weak(t).ok()) else {
-                return false;
-            };
-            if self.since.is_some_and(|s| at < s) || self.until.is_some_and(|u| at > u) {
+            if self.trace.is_some() || self.order.is_some() || !self.in_time(before) {
                 return false;
             }
+            return self.grep.as_ref().is_none_or(|r| r.is_match(line));
+        };
+        if !self.in_time(field(&map, "timestamp").unwrap_or_default()) {
+            return false;
         }
         if let Some(min) = self.level {
             let level = field(&map, "level").and_then(|l| Level::parse(l).ok()).unwrap_or(Level::Info);
@@ -162,6 +162,18 @@ impl LogQuery {
             }
         }
         true
+    }
+}
+
+impl LogQuery {
+    /// Whether a line stamped `timestamp` (RFC 3339; empty: unknown) is within `--since` and
+    /// `--until`; with either set, an unknown time is not.
+    fn in_time(&self, timestamp: &str) -> bool {
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        let Ok(at) = humantime::parse_rfc3339_weak(timestamp) else { return false };
+        !(self.since.is_some_and(|s| at < s) || self.until.is_some_and(|u| at > u))
     }
 }
 

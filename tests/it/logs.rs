@@ -147,14 +147,23 @@ fn each_logs_filter_keeps_only_its_lines_and_they_combine() {
     assert_eq!(messages(&p, &["--since", "1h", "--level", "info"]), Vec::<String>::new(), "2026-01-01 is long ago");
     assert_eq!(messages(&p, &["--level", "error", "--since", "2026-01-01T10:00:00Z", "-n", "1"]).len(), 1);
 
-    // Readable output: prefixed, the same filters; plain-text lines only for a pure text search.
+    // Readable output: prefixed, the same filters. A plain-text line has no level of its own,
+    // so `--level` keeps it (a panic must not hide), and the time of the line before it.
     let out = p.shop(&["logs", "--grep", "panicked"]);
     assert_eq!(stdout(&out).trim(), "payment | thread 'main' panicked at src/payment.rs:1:1: boom", "{}", stderr(&out));
     let out = p.shop(&["logs", "--level", "error", "--no-color"]);
     assert_eq!(
         stdout(&out).trim(),
-        "order   | ERROR step failed; compensating code=card_declined instance=order order_id=ord_B"
+        "payment | thread 'main' panicked at src/payment.rs:1:1: boom\n\
+         order   | ERROR step failed; compensating code=card_declined instance=order order_id=ord_B"
     );
+    // Written after payment's line of 10:00:00.5: within a window that holds it, not after it.
+    let within = p.shop(&["logs", "payment", "--since", "2026-01-01T10:00:00Z", "--until", "2026-01-01T10:00:01Z"]);
+    assert!(stdout(&within).contains("panicked"), "{}", stdout(&within));
+    let after = p.shop(&["logs", "payment", "--since", "2026-01-01T10:00:01Z"]);
+    assert!(!stdout(&after).contains("panicked"), "{}", stdout(&after));
+    // Nor does an order or a trace claim it.
+    assert!(!stdout(&p.shop(&["logs", "--order", "ord_A", "--no-color"])).contains("panicked"));
 }
 
 #[test]
@@ -306,4 +315,35 @@ fn a_crash_is_a_warning_in_the_instances_log_and_a_chaos_line_names_what_it_hit(
     let out = p.shop(&["logs", "supervisor", "--grep", "payment", "--no-color"]);
     let chaos = stdout(&out).lines().find(|l| l.contains("WARN  chaos action=kill")).map(str::to_string);
     assert!(chaos.is_some_and(|l| l.contains("on=payment")), "{}", stdout(&out));
+}
+
+#[test]
+fn a_followed_service_filter_finds_the_orders_lines_by_the_trace_other_logs_name() {
+    let p = project_with_logs();
+    let logs = p.dir.path().join(".shop/logs");
+    let mut follow = p.spawn(&["logs", "payment", "-f", "-n", "0", "--order", "ord_C", "--no-color"]);
+    let reader = BufReader::new(follow.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || reader.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let append = |file: &str, text: String| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(logs.join(file)).unwrap();
+        f.write_all((text + "\n").as_bytes()).unwrap();
+    };
+    // Only the order service's line names the order; payment's names only its trace.
+    let trace = r#","trace_id":"1bf92f3577b34da6a3ce929d0e0e4736""#;
+    append(
+        "order.log",
+        line("2026-01-01T11:00:00.000000Z", "INFO", "order", "saga started", &format!(r#","order_id":"ord_C"{trace}"#)),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    append("payment.log", line("2026-01-01T11:00:00.100000Z", "INFO", "payment", "charged", trace));
+    let seen = rx.recv_timeout(std::time::Duration::from_secs(10));
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    assert!(seen.as_deref().is_ok_and(|l| l.contains("charged")), "{seen:?}");
+
+    let out = p.shop(&["logs", "--order", "../x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not an order id"), "{}", stderr(&out));
 }
