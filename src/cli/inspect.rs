@@ -169,6 +169,16 @@ impl Live {
         if !resp.status().is_success() {
             return Err(format!("/metrics answered {}", resp.status()));
         }
+        // Prometheus's text format says so in its media type; a program that answers every
+        // path with a page of its own has no figures to read.
+        let prometheus = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain") && v.contains("version=0.0.4"));
+        if !prometheus {
+            return Err("/metrics answered no Prometheus text".to_string());
+        }
         resp.text().await.map_err(|e| format!("/metrics was cut off: {}", crate::plumbing::client::root_cause(&e)))
     }
 
@@ -281,10 +291,16 @@ struct Missing {
     why: String,
 }
 
-/// Spans of a trace (sorted by start) whose parent is not among them, the first one aside.
+/// Spans of a trace (sorted by start) whose parent is not among them, other than those whose
+/// parent is the first span's: the caller's own span, which may have made several requests.
 fn orphans(spans: &[Span]) -> usize {
     let held: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
-    spans.iter().skip(1).filter(|s| s.parent_id.as_deref().is_some_and(|p| !held.contains(p))).count()
+    let callers = spans.first().and_then(|s| s.parent_id.as_deref());
+    spans
+        .iter()
+        .skip(1)
+        .filter(|s| s.parent_id.as_deref().is_some_and(|p| !held.contains(p) && Some(p) != callers))
+        .count()
 }
 
 /// The line that names the instances a report lacks (`what`: what it lacks of them), and why.
@@ -628,6 +644,9 @@ mod tests {
         let spans = [span("a", Some("caller"), 0, 10), span("b", Some("a"), 1, 5), span("c", Some("gone"), 2, 1)];
         assert_eq!(super::orphans(&spans), 1);
         assert_eq!(super::orphans(&spans[..2]), 0);
+        // A second request of the same caller is no orphan.
+        let two_requests = [span("a", Some("caller"), 0, 10), span("d", Some("caller"), 20, 5)];
+        assert_eq!(super::orphans(&two_requests), 0);
     }
 
     #[test]

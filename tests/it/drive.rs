@@ -287,11 +287,31 @@ fn inspecting_a_service_that_is_down_says_what_to_do() {
 
 #[test]
 fn inspect_asks_only_shops_own_services_for_admin_data_and_counts_traffic_not_probes() {
-    let extra = "  web:
-    command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1]
-    health: { path: / }
-";
-    let p = crate::stack::Project::new(extra);
+    // `web` answers 404 where a metrics page would be; `app` answers 200 "ok" on every path,
+    // as many application servers do.
+    let app = tempfile::tempdir().unwrap();
+    let script = app.path().join("ok.py");
+    std::fs::write(
+        &script,
+        "import http.server, sys\n\
+         class Ok(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       self.send_response(200); self.send_header('content-type', 'text/plain'); self.end_headers()\n\
+         \x20       self.wfile.write(b'ok')\n\
+         http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Ok).serve_forever()\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "  web:
+    command: [python3, -m, http.server, \"{{port}}\", --bind, 127.0.0.1]
+    health: {{ path: / }}
+  app:
+    command: [python3, {}, \"{{port}}\"]
+    health: {{ path: / }}
+",
+        script.display()
+    );
+    let p = crate::stack::Project::new(&extra);
     let up = p.shop(&["up", "-d", "-q"]);
     assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
     let (order, why) = p.place("alice", "sku-1");
@@ -307,6 +327,10 @@ fn inspect_asks_only_shops_own_services_for_admin_data_and_counts_traffic_not_pr
     let web: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(web["requests"].is_null() && web["error_rate"].is_null(), "{web:#}");
     assert!(web["unanswered"][0]["why"].as_str().unwrap().contains("/metrics answered 404"), "{web:#}");
+    let out = p.shop(&["--json", "inspect", "service", "app"]);
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(app["requests"].is_null(), "a page of its own is no metrics: {app:#}");
+    assert!(app["unanswered"][0]["why"].as_str().unwrap().contains("no Prometheus text"), "{app:#}");
     let access = std::fs::read_to_string(p.dir.path().join(".shop/logs/web.log")).unwrap();
     assert!(!access.contains("/admin"), "web was asked for admin data:\n{access}");
 
