@@ -248,7 +248,7 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
         }
         ChaosCommand::Clear { target } => {
             let control = ctx.control()?;
-            let before = control.chaos_list().await?.len();
+            let before = control.chaos_list().await?;
             let rows = control.chaos_clear(target.clone()).await?;
             if ctx.json {
                 print_rows(ctx, &rows);
@@ -256,7 +256,11 @@ pub async fn run(ctx: &Context, command: ChaosCommand) -> anyhow::Result<i32> {
             }
             // One line says what happened; the table follows only if faults elsewhere remain.
             let on = target.map(|t| format!(" on `{t}`")).unwrap_or_default();
-            let cleared = before.saturating_sub(rows.len());
+            // Counted by what is gone, not by the rows left: a service's fault cleared for one
+            // replica is still a row, of the replicas it stays on.
+            let same =
+                |a: &FaultRow, b: &FaultRow| a.service == b.service && a.fault == b.fault && a.params == b.params;
+            let cleared = before.iter().filter(|b| !rows.iter().any(|r| same(b, r))).count();
             if !ctx.quiet {
                 match cleared {
                     0 => errln!("no active faults{on}; nothing to clear"),

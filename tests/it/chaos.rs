@@ -460,7 +460,9 @@ async fn clearing_one_replica_leaves_its_services_fault_on_the_others_or_says_wh
     assert_eq!(p.shop(&["up", "-d", "-q"]).status.code(), Some(0));
     ok(&p, &["chaos", "errors", "payment", "--status", "503"]);
     ok(&p, &["chaos", "kill", "payment"]);
-    ok(&p, &["chaos", "clear", "payment-1"]);
+    let cleared = p.shop(&["chaos", "clear", "payment-1"]);
+    assert_eq!(cleared.status.code(), Some(0), "{}", stderr(&cleared));
+    assert!(stderr(&cleared).contains("cleared 2 faults on `payment-1`"), "{}", stderr(&cleared));
     // payment-1 is back and answers; payment-2 is still killed and still listed.
     let faults = |instance: &str| p.row(instance)["faults"].clone();
     assert_eq!(faults("payment-1"), serde_json::json!([]), "{}", p.row("payment-1"));
