@@ -315,6 +315,10 @@ fn a_crash_is_a_warning_in_the_instances_log_and_a_chaos_line_names_what_it_hit(
     let out = p.shop(&["logs", "supervisor", "--grep", "payment", "--no-color"]);
     let chaos = stdout(&out).lines().find(|l| l.contains("WARN  chaos action=kill")).map(str::to_string);
     assert!(chaos.is_some_and(|l| l.contains("on=payment")), "{}", stdout(&out));
+    // A fault ended by hand says so too, not only one that expires.
+    assert_eq!(p.shop(&["chaos", "clear", "payment", "-q"]).status.code(), Some(0));
+    let out = p.shop(&["logs", "supervisor", "--grep", "chaos cleared", "--no-color"]);
+    assert!(stdout(&out).contains("on=payment"), "{}", stdout(&out));
 }
 
 #[test]

@@ -112,9 +112,14 @@ fn once_and_json_show_the_events_that_came_before_them() {
     let times: Vec<i64> = snap["events"].as_array().unwrap().iter().map(|e| e["at_ms"].as_i64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first: {times:?}");
 
+    // A kill left to the restart policy is a fault too, not a crash of the service's own.
+    let restarted = p.shop(&["chaos", "kill", "inventory", "--restart", "-q"]);
+    assert_eq!(restarted.status.code(), Some(0), "{}", stderr(&restarted));
+
     let once = p.shop(&["top", "--once", "--interval", "200ms"]);
     assert_eq!(once.status.code(), Some(0), "{}", stderr(&once));
     let text = String::from_utf8_lossy(&once.stdout).into_owned();
+    assert!(text.contains("inventory      fault killed (SIGKILL), left to"), "{text}");
     assert!(!text.contains("no events yet"), "{text}");
     assert!(text.lines().any(|l| l.contains("payment") && l.contains("cleared killed")), "{text}");
 }

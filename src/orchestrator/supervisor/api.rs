@@ -95,5 +95,7 @@ async fn chaos_apply(State(sup): Sup, JsonBody(req): JsonBody<ChaosRequest>) -> 
 }
 
 async fn chaos_clear(State(sup): Sup, JsonBody(req): JsonBody<ClearRequest>) -> Result<Json<Vec<FaultRow>>, ApiError> {
+    let on = req.target.as_deref().unwrap_or("every target");
+    tracing::info!(on, owner = req.owner.as_deref(), "chaos cleared");
     sup.clear_chaos(req.target.as_deref(), req.owner.as_deref()).await.map(Json).map_err(ApiError::bad_request)
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::Supervisor;
-use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, FaultRow, InstanceState};
+use crate::orchestrator::protocol::{ChaosAction, ChaosRequest, EventKind, FaultRow, InstanceState};
 use crate::orchestrator::proxy::{ToxicKind, ToxicSpec};
 use crate::orchestrator::stackfile::Program;
 use crate::plumbing::time::now_ms;
@@ -276,11 +276,24 @@ impl Supervisor {
                     "TERM" => Signal::SIGTERM,
                     _ => Signal::SIGKILL,
                 };
-                self.kill_instances(&instances, signal, req.restart).await;
                 if req.restart {
-                    // The restart policy takes over, as after a crash: nothing lasting to record.
+                    // The restart policy takes over, as after a crash: nothing lasting to keep,
+                    // but the journal tells this crash from one of the service's own.
+                    let names: Vec<String> = {
+                        let inner = self.lock();
+                        instances.iter().map(|i| inner.instances[*i].name.clone()).collect()
+                    };
+                    for name in names {
+                        let text = format!(
+                            "fault killed (SIG{}), left to the restart policy",
+                            signal.as_str().trim_start_matches("SIG")
+                        );
+                        self.journal.record(&name, EventKind::FaultApplied, text);
+                    }
+                    self.kill_instances(&instances, signal, true).await;
                     return Ok(self.chaos_rows());
                 }
+                self.kill_instances(&instances, signal, false).await;
             }
             ChaosAction::Pause => {
                 self.require_any_running(&instances, &req.target)?;
