@@ -221,7 +221,8 @@ fn draw_pane(frame: &mut Frame, area: Rect, snap: &Snapshot, view: &View) {
             .map(|e| Line::from(format!("{} {:<14} {}", clock(e.at_ms), e.instance, e.text)))
             .collect::<Vec<_>>();
         let lines = if lines.is_empty() { vec![Line::from("no events yet")] } else { lines };
-        (" events ".to_string(), lines)
+        // The times are UTC, as the logs' are: said once in the title rather than on each line.
+        (" events (UTC) ".to_string(), lines)
     };
     let block = Block::default().borders(Borders::TOP).title(title);
     frame.render_widget(Paragraph::new(lines).block(block), area);
@@ -346,6 +347,7 @@ mod tests {
         assert!(gateway.trim_end().ends_with('…'), "{gateway}");
         assert!(text.contains("confirmed 4.2"), "{text}");
         assert!(text.contains("01:00:00 payment"), "events pane:\n{text}");
+        assert!(text.contains(" events (UTC) "), "the pane says its times are UTC:\n{text}");
         assert!(text.contains("F"), "the fault is marked under the sparkline:\n{text}");
         assert!(text.contains("q quit"), "{text}");
         assert!(text.lines().all(|l| l.chars().count() <= 80));
