@@ -153,6 +153,7 @@ impl Discovery {
 
     /// `req` with the stack secret, if this process has one.
     fn signed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let req = bookkeeping(req);
         match &self.secret {
             Some(s) => req.header(crate::plumbing::admin::SECRET_HEADER, s),
             None => req,
@@ -264,7 +265,9 @@ impl Discovery {
             Some(me) => format!("{}/v1/instances?caller={}", self.registry, me.service),
             None => format!("{}/v1/instances", self.registry),
         };
-        let Ok(resp) = self.http.get(url).timeout(Duration::from_secs(2)).send().await else { return false };
+        let Ok(resp) = bookkeeping(self.http.get(url)).timeout(Duration::from_secs(2)).send().await else {
+            return false;
+        };
         let Ok(list) = resp.json::<Vec<InstanceStatus>>().await else { return false };
         let mut by_service: HashMap<String, Vec<Instance>> = HashMap::new();
         for s in list {
@@ -347,6 +350,11 @@ impl Discovery {
     pub fn knows(&self, service: &str) -> bool {
         self.cached(service).is_some()
     }
+}
+
+/// A call to the registry is the stack's bookkeeping: its trace is kept, never exported.
+fn bookkeeping(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    req.header("traceparent", crate::plumbing::trace::TraceCtx::bookkeeping().header_value())
 }
 
 #[cfg(test)]

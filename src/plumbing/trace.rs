@@ -27,6 +27,14 @@ impl TraceCtx {
         TraceCtx { trace_id: random_id(16), span_id: random_id(8), sampled: true, tracestate: None }
     }
 
+    /// A fresh trace that is not sampled: the stack's own bookkeeping (registrations,
+    /// heartbeats, a batch of deliveries that belongs to no one order), kept in memory like any
+    /// trace but never exported, so a collector shows the orders and not one trace per
+    /// heartbeat.
+    pub fn bookkeeping() -> TraceCtx {
+        TraceCtx { sampled: false, ..TraceCtx::new_root() }
+    }
+
     /// A new span in the known trace `trace_id` (work resumed from a stored trace id).
     pub fn resume(trace_id: &str) -> TraceCtx {
         TraceCtx { trace_id: trace_id.to_string(), ..TraceCtx::new_root() }

@@ -195,6 +195,20 @@ async fn one_order_yields_otlp_spans_from_every_service_in_the_callers_trace() {
             );
         }
     }
+    // The stack's bookkeeping (registrations, heartbeats, a relay's batch of deliveries) is no
+    // trace of its own at the collector: only the orders' traces are exported.
+    // (Each delivery of the batch is in its order's trace, under the relay's span.)
+    let roots: Vec<String> = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.parent_id.is_empty())
+        .map(|s| format!("{} {}", s.service_name, s.name))
+        .collect();
+    for bookkeeping in ["/v1/heartbeat", "/v1/register", "/v1/instances", "/v1/services/", "/v1/notifications/batch"] {
+        assert!(!roots.iter().any(|n| n.contains(bookkeeping)), "{bookkeeping} exported as a trace: {roots:?}");
+    }
     // Names are operations, never ids (OpenTelemetry's span-name rule): the order is an attribute.
     for s in &spans {
         assert!(!s.name.contains("ord_") && !s.name.contains("evt_"), "{} {}", s.service_name, s.name);

@@ -162,9 +162,11 @@ fn split(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
 async fn deliver_batch(store: &Store, client: &ServiceClient, spans: &Arc<SpanStore>, batch: Vec<Delivery>) {
     let body = NotifyBatch { notifications: batch.iter().map(Delivery::item).collect() };
     let start = now_us();
-    // No traceparent: the request serves many orders; each item carries its own trace.
+    // The request serves many orders, each item carrying its own trace: the batch itself is
+    // bookkeeping, kept in memory but not exported as a trace of its own.
+    let trace = TraceCtx::bookkeeping();
     let result = client
-        .call::<_, BatchAnswer>("notification", Method::POST, "/v1/notifications/batch", Some(&body), None)
+        .call::<_, BatchAnswer>("notification", Method::POST, "/v1/notifications/batch", Some(&body), Some(&trace))
         .await
         .and_then(|answer| matching(&batch, answer));
     match result {
