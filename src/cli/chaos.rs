@@ -355,5 +355,5 @@ fn print_rows(ctx: &Context, rows: &[FaultRow]) {
         let expires = r.expires_in_s.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "until cleared".into());
         t.add_row(vec![r.service.clone(), r.fault.clone(), params, expires]);
     }
-    outln!("{t}");
+    outln!("{}", t.trim_fmt());
 }

@@ -251,7 +251,7 @@ async fn order(ctx: &Context, id: &str) -> anyhow::Result<i32> {
             truncate(&detail, 90),
         ]);
     }
-    println!("{t}");
+    println!("{}", t.trim_fmt());
     println!("\nnotification");
     match notifications.as_array().map(Vec::as_slice) {
         None => println!("  unknown: {}", unread.as_deref().unwrap_or("the notification service answered no list")),
@@ -491,14 +491,14 @@ async fn gather_service(ctx: &Context, live: &Live, name: &str) -> anyhow::Resul
 /// The service report as tables: instances, database, requests, breakers, faults.
 fn print_service(report: &ServiceReport) {
     println!("service {}", report.service);
-    println!("{}", output::ps_table(&report.instances));
+    println!("{}", output::ps_table(&report.instances).trim_fmt());
     if let Some(db) = &report.database {
         println!("\ndatabase {}", db.path);
         let mut t = output::table(&["TABLE", "ROWS"]);
         for (table, n) in &db.tables {
             t.add_row(vec![table.clone(), n.to_string()]);
         }
-        println!("{t}");
+        println!("{}", t.trim_fmt());
     }
     match (report.requests, report.errors, report.error_rate) {
         (Some(requests), Some(errors), Some(rate)) => {
@@ -527,7 +527,7 @@ fn print_service(report: &ServiceReport) {
     }
     if any {
         println!("\ncircuit breakers");
-        println!("{t}");
+        println!("{}", t.trim_fmt());
     } else {
         println!("circuit breakers: none yet (one appears per dependency once it is called)");
     }
@@ -575,7 +575,7 @@ async fn registry(ctx: &Context) -> anyhow::Result<i32> {
             i["registered_at"].as_str().unwrap_or("").to_string(),
         ]);
     }
-    println!("{t}");
+    println!("{}", t.trim_fmt());
     Ok(exit::OK)
 }
 
@@ -597,7 +597,7 @@ fn stock(ctx: &Context) -> anyhow::Result<i32> {
             s.sold.to_string(),
         ]);
     }
-    println!("{t}");
+    println!("{}", t.trim_fmt());
     Ok(exit::OK)
 }
 
@@ -612,7 +612,7 @@ fn check_invariants(ctx: &Context, settle: Duration) -> anyhow::Result<i32> {
         for c in &report.checks {
             t.add_row(vec![Cell::new(&c.name), output::pass_fail(c.ok, color), Cell::new(&c.detail)]);
         }
-        println!("{t}");
+        println!("{}", t.trim_fmt());
         let failed = report.checks.iter().filter(|c| !c.ok).count();
         println!("{} passed, {failed} failed", report.checks.len() - failed);
     }

@@ -151,10 +151,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     if ctx.json {
         output::print_json(&Json { summary: &summary, thresholds: &results });
     } else {
-        outln!("{}", summary_table(&summary));
+        outln!("{}", summary_table(&summary).trim_fmt());
         if !results.is_empty() {
             outln!();
-            outln!("{}", threshold_table(&results));
+            outln!("{}", threshold_table(&results).trim_fmt());
         }
     }
     if let (true, Some(target)) = (summary.rate_below_target, summary.target_rate_per_s) {

@@ -239,7 +239,7 @@ async fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<i32> {
             o["created_at"].as_str().unwrap_or("").to_string(),
         ]);
     }
-    println!("{t}");
+    println!("{}", t.trim_fmt());
     Ok(exit::OK)
 }
 
@@ -285,7 +285,7 @@ pub fn show_order(ctx: &Context, o: &Value) {
             money(p * q, currency),
         ]);
     }
-    println!("{items}");
+    println!("{}", items.trim_fmt());
     let mut steps = output::table(&["STEP", "SERVICE", "OUTCOME", "ATTEMPTS", "DURATION"]);
     for s in o["steps"].as_array().into_iter().flatten() {
         let name = s["step"].as_str().unwrap_or("").to_string();
@@ -298,7 +298,7 @@ pub fn show_order(ctx: &Context, o: &Value) {
             format!("{} ms", s["duration_ms"].as_i64().unwrap_or(0)),
         ]);
     }
-    println!("{steps}");
+    println!("{}", steps.trim_fmt());
     println!("payment {}  trace {}", o["payment_id"].as_str().unwrap_or("-"), o["trace_id"].as_str().unwrap_or("-"));
 }
 

@@ -92,7 +92,7 @@ pub fn print_ps(rows: &[PsRow], json: bool) {
     if json {
         print_json(&rows);
     } else {
-        println!("{}", ps_table(rows));
+        println!("{}", ps_table(rows).trim_fmt());
     }
 }
 

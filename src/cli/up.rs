@@ -196,7 +196,7 @@ async fn watch(ctx: &Context, source: &Source, args: &Args, dir: &StateDir, star
     if ctx.json {
         output::print_json(&rows);
     } else {
-        outln!("{}", output::ps_table(&rows));
+        outln!("{}", output::ps_table(&rows).trim_fmt());
     }
     if !ctx.quiet && bad.is_empty() {
         errln!("{} instances healthy in {} ms", rows.len(), started.elapsed().as_millis());

@@ -374,7 +374,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 opt_secs(f.ended_at_s),
             ]);
         }
-        println!("{t}");
+        println!("{}", t.trim_fmt());
     }
     for f in &r.faults {
         let rows: Vec<&Window> = r.windows.iter().filter(|w| w.fault == f.index).collect();
@@ -414,7 +414,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 },
             ]);
         }
-        println!("{t}");
+        println!("{}", t.trim_fmt());
     }
     if let Some(m) = &r.monkey {
         println!("\nmonkey (seed {}): {} faults", m.seed, m.faults);
@@ -434,7 +434,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                     comfy_table::Cell::new(&c.detail),
                 ]);
             }
-            println!("{t}");
+            println!("{}", t.trim_fmt());
         }
     }
     if let Some(h) = &r.halted {
@@ -446,7 +446,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
         for c in &r.checks {
             t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
         }
-        println!("{t}");
+        println!("{}", t.trim_fmt());
         println!("\ndrill {}: FAILED ({})", r.name, r.verdict);
         return out;
     };
@@ -455,7 +455,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
     for (name, value) in outcomes.load.rows() {
         summary.add_row(vec![name, value]);
     }
-    println!("{summary}");
+    println!("{}", summary.trim_fmt());
     let a = &outcomes.after_settle;
     let by_code: Vec<String> = a.failures_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
     let when = if r.verdict == super::run::INTERRUPTED { "when interrupted (not settled)" } else { "after settling" };
@@ -481,7 +481,7 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
                 format!("{:.2}s", b.at_s),
             ]);
         }
-        println!("{t}");
+        println!("{}", t.trim_fmt());
     }
     if r.invariants.checks.is_empty() {
         println!("\ninvariants: not checked");
@@ -491,14 +491,14 @@ pub fn render(r: &DrillReport, table: fn(&[&str]) -> Table, color: bool) -> Stri
         for c in &r.invariants.checks {
             t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
         }
-        println!("{t}");
+        println!("{}", t.trim_fmt());
     }
     println!("\nexpectations");
     let mut t = table(&["CHECK", "RESULT", "DETAIL"]);
     for c in &r.checks {
         t.add_row(vec![comfy_table::Cell::new(&c.name), pass_fail(c.ok, color), comfy_table::Cell::new(&c.detail)]);
     }
-    println!("{t}");
+    println!("{}", t.trim_fmt());
     let verdict = if r.ok { "PASSED".to_string() } else { format!("FAILED ({})", r.verdict) };
     println!("\ndrill {}: {verdict}", r.name);
     out

@@ -187,6 +187,8 @@ async fn up_detached_returns_once_everything_is_healthy_and_ps_reports_it() {
     for col in ["SERVICE", "INSTANCE", "PID", "ADDRESS", "STATE", "RESTARTS", "UPTIME", "FAULTS"] {
         assert!(table.contains(col), "{table}");
     }
+    // No line ends in the padding of its last column: copied or diffed, output is what it says.
+    assert!(table.lines().all(|l| !l.ends_with(' ')), "{table:?}");
     let logs = p.shop(&["logs", "registry", "-n", "50", "--no-color"]);
     assert!(
         String::from_utf8_lossy(&logs.stdout).contains("registry | INFO  registered"),
