@@ -100,9 +100,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<i32> {
     if crate::orchestrator::control::Control::connect(&dir).is_none() {
         ctx.check_stack_file()?;
     }
-    let files = log_files(&dir, &args.services);
-    // A name that no log has and the stack does not know is a typo, not a quiet service.
     let all = log_files(&dir, &[]);
+    let files: Vec<(String, PathBuf)> = all.iter().filter(|(name, _)| shown(name, &args.services)).cloned().collect();
+    // A name that no log has and the stack does not know is a typo, not a quiet service.
     let known: Vec<String> = match ctx.stack() {
         Ok(stack) => stack.services.iter().flat_map(|s| [vec![s.name.clone()], s.instance_names()].concat()).collect(),
         Err(_) => Vec::new(),
@@ -211,8 +211,8 @@ async fn follow_query(
     loop {
         for (instance, path) in log_files(dir, &[]) {
             // The other logs are read only to learn an order's trace from its own lines.
-            let shown = filter.is_empty() || filter.iter().any(|f| matches(&instance, f));
-            if !shown && query.order.is_none() {
+            let visible = shown(&instance, filter);
+            if !visible && query.order.is_none() {
                 continue;
             }
             let offset = offsets.entry(instance.clone()).or_insert(0);
@@ -231,7 +231,7 @@ async fn follow_query(
             // Only whole lines; a partial last line waits for its newline.
             let complete = buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
             *offset += complete as u64;
-            if shown {
+            if visible {
                 printer.add(&instance);
             }
             let last = stamped.entry(instance.clone()).or_default();
@@ -241,7 +241,7 @@ async fn follow_query(
                 if !at.is_empty() {
                     *last = at;
                 }
-                if shown && query.matches_after(line, last) && printer.print(&instance, line).is_err() {
+                if visible && query.matches_after(line, last) && printer.print(&instance, line).is_err() {
                     // Nobody reads any more (`shop up | head`): end as Ctrl-C would, so a
                     // foreground `up` stops its stack instead of running on unseen.
                     return;
@@ -271,10 +271,15 @@ pub fn log_files(dir: &StateDir, filter: &[String]) -> Vec<(String, PathBuf)> {
             let name = path.file_name()?.to_str()?.strip_suffix(".log")?.to_string();
             Some((name, path))
         })
-        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| matches(name, f)))
+        .filter(|(name, _)| shown(name, filter))
         .collect();
     out.sort();
     out
+}
+
+/// Whether `instance`'s log is one `filter` asks for (all of them when it is empty).
+fn shown(instance: &str, filter: &[String]) -> bool {
+    filter.is_empty() || filter.iter().any(|f| matches(instance, f))
 }
 
 fn matches(instance: &str, filter: &str) -> bool {

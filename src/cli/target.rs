@@ -120,16 +120,7 @@ async fn supervised_gateways(
 
 /// The running stack's healthy gateway instances, as its supervisor sees them now.
 async fn healthy_gateways(state_dir: &StateDir, names: &[String]) -> Option<Vec<String>> {
-    let status = Control::connect(state_dir)?.status().await.ok()?;
-    Some(
-        status
-            .rows
-            .iter()
-            .filter(|r| names.contains(&r.service) && r.state == InstanceState::Healthy)
-            .filter_map(|r| r.address.as_ref())
-            .map(|a| format!("http://{a}"))
-            .collect(),
-    )
+    supervised_gateways(state_dir, names).await.ok().flatten().map(|(_, healthy)| healthy)
 }
 
 /// The gateway's fixed port in the stack file, so a stack started by hand on the default

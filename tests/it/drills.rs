@@ -339,16 +339,7 @@ fn write(p: &Project, name: &str, text: &str) -> String {
 
 /// `shop chaos drill ARGS` in the background, its stderr kept for the test to read.
 fn spawn_drill(p: &Project, args: &[&str]) -> std::process::Child {
-    std::process::Command::new(crate::support::BIN)
-        .current_dir(p.dir.path())
-        .args(["chaos", "drill"])
-        .args(args)
-        .env_remove("SHOP_STACK")
-        .env_remove("SHOP_STATE_DIR")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    p.spawn(&[&["chaos", "drill"], args].concat())
 }
 
 fn faults_left(p: &Project) -> String {

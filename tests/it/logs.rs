@@ -91,6 +91,15 @@ fn project_with_logs() -> Project {
     p
 }
 
+/// The lines a child prints, read on a thread, so a follow that prints nothing fails the test
+/// (`recv_timeout`) instead of hanging it.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || reader.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    rx
+}
+
 /// The messages of the kept lines, in the order printed.
 fn messages(p: &Project, args: &[&str]) -> Vec<String> {
     let mut all = vec!["logs", "--json"];
@@ -278,10 +287,7 @@ fn a_stray_byte_hides_no_line_text_lines_keep_their_place_and_unknown_names_are_
     payment
         .write_all((line("2026-01-01T10:07:00.000000Z", "INFO", "payment", "followed", "") + "\n").as_bytes())
         .unwrap();
-    // Read on a thread, so a follow that prints nothing fails the test instead of hanging it.
-    let reader = BufReader::new(follow.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || reader.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    let rx = lines_of(&mut follow);
     let seen: Vec<String> = (0..2).map_while(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).ok()).collect();
     follow.kill().unwrap();
     let _ = follow.wait();
@@ -326,9 +332,7 @@ fn a_followed_service_filter_finds_the_orders_lines_by_the_trace_other_logs_name
     let p = project_with_logs();
     let logs = p.dir.path().join(".shop/logs");
     let mut follow = p.spawn(&["logs", "payment", "-f", "-n", "0", "--order", "ord_C", "--no-color"]);
-    let reader = BufReader::new(follow.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || reader.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    let rx = lines_of(&mut follow);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let append = |file: &str, text: String| {
         let mut f = std::fs::OpenOptions::new().append(true).open(logs.join(file)).unwrap();
